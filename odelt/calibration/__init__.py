@@ -1,0 +1,1 @@
+"""calibration: see the issue tracker; filled in by later work."""

@@ -1,0 +1,1 @@
+"""engines: see the issue tracker; filled in by later work."""

@@ -1,0 +1,1 @@
+"""exporter: see the issue tracker; filled in by later work."""

@@ -1,0 +1,239 @@
+"""Checkpoints: our own safetensors files (weights + config), the embedded `builtin:` models, and
+upstream's pickled Flax checkpoints (nested dicts of numpy arrays, Dense kernels [in, out], Conv
+HWIO)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from odelt.errors import CheckpointError, ConfigError
+from odelt.models.config import DiTConfig
+from odelt.models.dit import DiT
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+BUILTIN_PREFIX = "builtin:"
+_FORMAT = "odelt-dit/1"
+
+
+def builtin_path(name: str) -> Path:
+    path = WEIGHTS_DIR / f"{name}.safetensors"
+    if not path.is_file():
+        have = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors") if not p.stem.endswith("_classifier"))
+        raise CheckpointError(f"unknown builtin model {name!r}; expected one of {have}")
+    return path
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """'builtin:<name>' or a path -> an existing file path."""
+    s = str(source)
+    if s.startswith(BUILTIN_PREFIX):
+        return builtin_path(s[len(BUILTIN_PREFIX):])
+    path = Path(s)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: expected a file or builtin:<name>, found {s!r}")
+    return path
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (first 16 hex digits): the identity of a model in manifests."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def save_checkpoint(model: DiT, path: str | os.PathLike, extra: dict | None = None) -> None:
+    """Write weights + config as one safetensors file, atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    meta = {"format": _FORMAT, "config": json.dumps(model.config.to_dict()), **(extra or {})}
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={k: str(v) for k, v in meta.items()})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(source: str | os.PathLike, config: DiTConfig | dict | None = None) -> DiT:
+    """Load a DiT in eval mode from `builtin:<name>`, our safetensors file, or an upstream pickle.
+
+    Args:
+        source: `builtin:digits`, a `.safetensors` file written by `save_checkpoint`, or an upstream
+            Flax pickle (`{'params': ...}` or `{'train_state': {'params': ...}}`).
+        config: required for upstream pickles: a DiTConfig or a dict with upstream's field names
+            (unknown training keys are ignored). For our own files it must match the stored one.
+    Raises:
+        CheckpointError: unreadable file, missing/misshapen weights, or a config mismatch.
+    """
+    path = resolve_source(source)
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if head[:1] == b"\x80":  # pickle protocol >= 2
+        return _load_upstream_pickle(path, config)
+    return _load_safetensors(path, config)
+
+
+def _as_config(config: DiTConfig | dict) -> DiTConfig:
+    return config if isinstance(config, DiTConfig) else DiTConfig.from_dict(config, strict=False)
+
+
+def _load_safetensors(path: Path, config: DiTConfig | dict | None) -> DiT:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from None
+    if meta.get("format") != _FORMAT or "config" not in meta:
+        raise CheckpointError(f"{path}: expected an odelt checkpoint (format {_FORMAT}), found metadata {sorted(meta)}")
+    stored = DiTConfig.from_dict(json.loads(meta["config"]))
+    if config is not None and _as_config(config) != stored:
+        raise ConfigError(f"{path}: the given config {_as_config(config)} differs from the stored one {stored}")
+    return _build(stored, {k: v.float() for k, v in state.items()}, str(path))
+
+
+def _build(config: DiTConfig, state: dict[str, torch.Tensor], where: str) -> DiT:
+    model = DiT(config)
+    expected = model.state_dict()
+    for name, ref in expected.items():
+        if name not in state:
+            raise CheckpointError(f"{where}: missing weight {name!r} (expected shape {tuple(ref.shape)})")
+        if tuple(state[name].shape) != tuple(ref.shape):
+            raise CheckpointError(
+                f"{where}: weight {name!r} has shape {tuple(state[name].shape)}, expected {tuple(ref.shape)}; "
+                "does the config match the checkpoint?")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise CheckpointError(f"{where}: unexpected weights {extra[:3]}{'...' if len(extra) > 3 else ''} "
+                              "for this config (is depth too small?)")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+# -- upstream Flax pickles ----------------------------------------------------------------------
+
+class _Opaque:
+    """Stands in for any class the pickle names outside numpy/builtins (optax, flax states)."""
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _FlaxUnpickler(pickle.Unpickler):
+    # Only numpy and plain containers are rebuilt; anything else (optax optimiser state objects)
+    # becomes _Opaque, so neither optax nor flax has to be importable and no foreign code runs.
+    _ALLOWED = ("numpy", "builtins", "collections", "copyreg", "_codecs")
+
+    def find_class(self, module: str, name: str):
+        if module.split(".")[0] in self._ALLOWED:
+            return super().find_class(module, name)
+        return type(name, (_Opaque,), {"__module__": "odelt._opaque"})
+
+
+def _unwrap(node):
+    """FrozenDicts and other wrappers pickled by reduce -> plain dict."""
+    if isinstance(node, _Opaque):
+        for arg in list(node.args) + [getattr(node, "state", None)]:
+            if isinstance(arg, dict):
+                return arg
+    return node
+
+
+def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
+    tree = _unwrap(tree)
+    out: dict[str, np.ndarray] = {}
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            out.update(_flatten(v, f"{prefix}{k}/"))
+    elif isinstance(tree, np.ndarray):
+        out[prefix[:-1]] = tree
+    return out
+
+
+def _read_pickle(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with open(path, "rb") as f:
+            ckpt = _FlaxUnpickler(f).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError) as e:
+        raise CheckpointError(f"{path}: cannot unpickle checkpoint (truncated or corrupt?): {e}") from None
+    ckpt = _unwrap(ckpt)
+    if isinstance(ckpt, dict) and "train_state" in ckpt:         # shortcut-models originals
+        ckpt = _unwrap(ckpt["train_state"])
+    if not isinstance(ckpt, dict) or "params" not in ckpt:
+        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: expected an upstream checkpoint with a 'params' tree, found {found}")
+    # Upstream's eval loads ckpt['params'] into both params and params_ema; so do we.
+    return _flatten(ckpt["params"])
+
+
+def _flax_to_torch_names(depth: int) -> dict[str, tuple[str, str]]:
+    """torch name -> (flax path, kind); kind says how to lay the array out."""
+    m: dict[str, tuple[str, str]] = {
+        "x_embedder.weight": ("PatchEmbed_0/Conv_0/kernel", "conv"),
+        "x_embedder.bias": ("PatchEmbed_0/Conv_0/bias", "bias"),
+        "y_embedder.weight": ("LabelEmbedder_0/Embed_0/embedding", "embed"),
+        "l_embedder.weight": ("BlockEmbedder_0/Embed_0/embedding", "embed"),
+    }
+
+    def dense(torch_name: str, flax_name: str) -> None:
+        m[f"{torch_name}.weight"] = (f"{flax_name}/kernel", "dense")
+        m[f"{torch_name}.bias"] = (f"{flax_name}/bias", "bias")
+
+    for i, mod in enumerate(("t_embedder", "dt_embedder")):
+        dense(f"{mod}.mlp.0", f"TimestepEmbedder_{i}/Dense_0")
+        dense(f"{mod}.mlp.2", f"TimestepEmbedder_{i}/Dense_1")
+    for i in range(depth):
+        blk = f"DiTBlock_{i}"
+        # Flax creation order: Dense_1 = K, Dense_2 = Q, Dense_3 = V (not Q, K, V).
+        for name, flax in (("adaLN", "Dense_0"), ("attn.k", "Dense_1"), ("attn.q", "Dense_2"),
+                           ("attn.v", "Dense_3"), ("attn.proj", "Dense_4"),
+                           ("fc1", "MlpBlock_0/Dense_0"), ("fc2", "MlpBlock_0/Dense_1")):
+            dense(f"blocks.{i}.{name}", f"{blk}/{flax}")
+    dense("final.adaLN", "FinalLayer_0/Dense_0")
+    dense("final.linear", "FinalLayer_0/Dense_1")
+    return m
+
+
+_LAYOUT = {
+    "dense": lambda a: a.T,                          # [in, out] -> [out, in]
+    "conv": lambda a: a.transpose(3, 2, 0, 1),       # HWIO -> OIHW
+    "bias": lambda a: a,
+    "embed": lambda a: a,
+}
+
+
+def _load_upstream_pickle(path: Path, config: DiTConfig | dict | None) -> DiT:
+    if config is None:
+        raise CheckpointError(f"{path}: an upstream pickle needs its model config (num_heads and depth_group "
+                              "cannot be read from the weights); pass config= or --config FILE")
+    cfg = _as_config(config)
+    flat = _read_pickle(path)
+    state = {}
+    for torch_name, (flax_name, kind) in _flax_to_torch_names(cfg.depth).items():
+        if flax_name not in flat:
+            raise CheckpointError(f"{path}: missing key params/{flax_name} (needed for {torch_name})")
+        state[torch_name] = torch.from_numpy(np.ascontiguousarray(_LAYOUT[kind](flat[flax_name]), dtype=np.float32))
+    blocks = {k.split("/")[0] for k in flat if k.startswith("DiTBlock_")}
+    if len(blocks) > cfg.depth:
+        raise CheckpointError(f"{path}: checkpoint has {len(blocks)} DiT blocks but the config says depth={cfg.depth}")
+    return _build(cfg, state, str(path))

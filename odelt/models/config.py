@@ -1,0 +1,104 @@
+"""Model configuration (a frozen dataclass) and the named presets, as data."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from odelt.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    input_size: int = 32          # latent side; images are NCHW (B, in_channels, input_size, input_size)
+    in_channels: int = 4
+    out_channels: int = 4         # velocity channels; upstream has no learned sigma
+    patch_size: int = 2
+    hidden_size: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    mlp_ratio: float = 4.0
+    depth_group: int = 4          # G: blocks per group; a group's last block feeds the velocity sum
+    depth_min: int = 4            # shortest trained length; trained lengths step by G up to depth
+    num_classes: int = 1          # label embedding has num_classes + 1 rows; the null class = num_classes
+    class_dropout_prob: float = 0.1   # training only
+    frequency_embedding_size: int = 256
+    ignore_dt: bool = False       # upstream flag: the model has no shortcut levels (dt_base forced to 0)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.hidden_size % self.num_heads == 0, "hidden_size divisible by num_heads"),
+            (self.hidden_size % 4 == 0, "hidden_size divisible by 4 (2-D sin-cos positions)"),
+            (self.input_size % self.patch_size == 0, "input_size divisible by patch_size"),
+            (self.depth >= 1 and self.depth_group >= 1, "depth >= 1 and depth_group >= 1"),
+            (1 <= self.depth_min <= self.depth, "1 <= depth_min <= depth"),
+            (self.num_classes >= 1, "num_classes >= 1"),
+            (self.frequency_embedding_size % 2 == 0, "an even frequency_embedding_size"),
+        ]
+        for ok, what in checks:
+            if not ok:
+                raise ConfigError(f"invalid model config: expected {what}, found {self}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def num_tokens(self) -> int:
+        return (self.input_size // self.patch_size) ** 2
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        """The lengths upstream trains: depth_min + G*k up to depth."""
+        return tuple(range(self.depth_min, self.depth + 1, self.depth_group))
+
+    @property
+    def group_ends(self) -> tuple[int, ...]:
+        """Lengths at which a group closes (G, 2G, ...): the only places an output can exit."""
+        return tuple(range(self.depth_group, self.depth + 1, self.depth_group))
+
+    def live_depth(self, length: int) -> int:
+        """Blocks that can affect the output at `length`: up to the last group end <= length."""
+        self.check_length(length)
+        return (length // self.depth_group) * self.depth_group
+
+    def check_length(self, length: int) -> None:
+        if not 1 <= int(length) <= self.depth:
+            raise ConfigError(f"length must be in [1, {self.depth}], found {length}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, strict: bool = True) -> DiTConfig:
+        """Build from a dict; strict=False ignores keys we do not model (upstream's training knobs)."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"model config must be a JSON object, found {type(d).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if strict and unknown:
+            raise ConfigError(f"unknown model config keys {unknown}; expected some of {sorted(names)}")
+        kwargs = {k: v for k, v in d.items() if k in names}
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"invalid model config: {e}") from None
+
+
+# Presets, as upstream names them (README commands / train.py defaults). num_classes=1 is CelebA's
+# unconditional setting; ImageNet models use num_classes=1000.
+PRESETS: dict[str, DiTConfig] = {
+    "DiT-B/2": DiTConfig(hidden_size=768, depth=12, num_heads=12, depth_group=4, depth_min=4),
+    "DiT-XL/2": DiTConfig(hidden_size=1152, depth=28, num_heads=16, depth_group=8, depth_min=12,
+                          num_classes=1000),
+    "DiT-S/2": DiTConfig(hidden_size=384, depth=12, num_heads=6, depth_group=4, depth_min=4),
+    # The bundled demo model: 8x8 digits, 1 channel, 10 classes, lengths 2/4/6/8.
+    "digits": DiTConfig(input_size=8, in_channels=1, out_channels=1, patch_size=2, hidden_size=64,
+                        depth=8, num_heads=4, depth_group=2, depth_min=2, num_classes=10),
+}
+
+
+def preset(name: str) -> DiTConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]

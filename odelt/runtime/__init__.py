@@ -1,0 +1,1 @@
+"""runtime: see the issue tracker; filled in by later work."""

@@ -1,0 +1,1 @@
+"""schedules: see the issue tracker; filled in by later work."""
