@@ -81,10 +81,12 @@ def load_checkpoint(source: str | os.PathLike, config: DiTConfig | dict | None =
     """
     path = resolve_source(source)
     with open(path, "rb") as f:
-        head = f.read(16)
+        head = f.read(9)
+    if head[8:9] == b"{":  # safetensors: 8-byte header length, then a JSON header
+        return _load_safetensors(path, config)
     if head[:1] == b"\x80":  # pickle protocol >= 2
         return _load_upstream_pickle(path, config)
-    return _load_safetensors(path, config)
+    raise CheckpointError(f"{path}: expected a safetensors checkpoint or an upstream pickle, found neither")
 
 
 def _as_config(config: DiTConfig | dict) -> DiTConfig:
