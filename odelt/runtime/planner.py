@@ -1,0 +1,84 @@
+"""Pick (solver, schedule, NFE, per-step lengths, precision) to meet a latency budget.
+
+A plan's latency is predicted from an on-device profile: the cost of one network call at a
+given (precision, length, batch) is the sum of the medians of the graphs its chain runs, plus
+the measured host-side cost of one solver step. Quality comes from a table computed once on the
+host (held-out error to the teacher). Pure Python: runs on the device next to the runtime.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+from odelt.errors import OdeltError
+
+
+class BudgetError(OdeltError):
+    """No candidate plan fits the latency budget."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    name: str                      # e.g. "ld3-euler-nfe4-int8"
+    schedule: str                  # schedule artifact name or file
+    solver: str
+    lengths: tuple[int, ...]       # the length of every network call, in order (len = NFE)
+    precision: str                 # "fp32" | "fp16" | "int8"
+    error: float                   # held-out RMSE to the teacher (lower is better)
+    fd: float | None = None        # FD-digits, when measured
+
+    @property
+    def nfe(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def block_evals(self) -> int:
+        return sum(self.lengths)
+
+
+@dataclass(frozen=True)
+class Choice:
+    candidate: Candidate
+    predicted_ms: float
+    table: tuple[tuple[Candidate, float], ...] = field(repr=False)  # every candidate, with its prediction
+
+
+# A call cost: (precision, length, batch) -> milliseconds for one network call, from a profile.
+CallCost = Callable[[str, int, int], float]
+
+
+def predict_ms(candidate: Candidate, call_ms: CallCost, batch: int, step_overhead_ms: float = 0.0) -> float:
+    """Predicted wall time of one generation: every call's chain plus the solver's host work."""
+    calls = sum(call_ms(candidate.precision, length, batch) for length in candidate.lengths)
+    return calls + step_overhead_ms * candidate.nfe
+
+
+def choose(candidates: Sequence[Candidate], budget_ms: float, call_ms: CallCost, batch: int = 1,
+           step_overhead_ms: float = 0.0) -> Choice:
+    """The lowest-error candidate whose predicted latency fits the budget (ties: the faster one).
+
+    Raises:
+        BudgetError: when even the cheapest candidate is over budget; names the minimum.
+    """
+    if not candidates:
+        raise BudgetError("no candidate plans: expected a quality table with at least one plan, found none")
+    if not budget_ms > 0:
+        raise BudgetError(f"--budget-ms must be a positive number of milliseconds, found {budget_ms}")
+    table = tuple((c, predict_ms(c, call_ms, batch, step_overhead_ms)) for c in candidates)
+    fits = [(c, ms) for c, ms in table if ms <= budget_ms]
+    if not fits:
+        cheapest, ms = min(table, key=lambda cm: cm[1])
+        raise BudgetError(f"budget {budget_ms:g} ms is below the cheapest plan at batch {batch}: "
+                          f"{cheapest.name} needs {ms:.3g} ms (the minimum achievable latency)")
+    best, ms = min(fits, key=lambda cm: (cm[0].error, cm[1]))
+    return Choice(best, ms, table)
+
+
+def pareto_front(points: Iterable[tuple[Candidate, float]]) -> list[tuple[Candidate, float]]:
+    """Candidates no other candidate beats on both latency and error, fastest first."""
+    front: list[tuple[Candidate, float]] = []
+    for c, ms in sorted(points, key=lambda cm: (cm[1], cm[0].error)):
+        if not front or c.error < front[-1][0].error:
+            front.append((c, ms))
+    return front
