@@ -1,0 +1,182 @@
+"""ONNX Runtime "engines": the graph optimised offline plus the session options to load it with.
+
+ONNX Runtime optimises a graph every time a session starts (constant folding, fusions, layout
+changes). An engine does that once, at build time, saving the optimised graph (optimised ONNX or
+the .ort flatbuffer format) through SessionOptions.optimized_model_filepath, and records how to
+load it: with graph optimisations disabled, on the same ONNX Runtime version and providers (the
+optimised graph contains provider-specific fused contrib ops, so it is not portable).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from odelt.engines.graph import graph_digest
+from odelt.engines.platform import EngineMismatch, write_json_atomic
+from odelt.errors import ConfigError, ExportError
+
+LEVELS = ("basic", "extended", "all")
+FORMATS = ("onnx", "ort")
+RECORD_SUFFIX = ".json"
+
+
+def _ort() -> Any:
+    import onnxruntime  # lazy: heavy import, and optional on some deployments
+
+    return onnxruntime
+
+
+@dataclass(frozen=True)
+class OrtEngineOptions:
+    level: str = "all"                                       # optimisations applied offline
+    providers: tuple[str, ...] = ("CPUExecutionProvider",)   # the graph is optimised for these
+    format: str = "onnx"                                     # "onnx" or the "ort" flatbuffer
+    intra_op_threads: int = 0                                # 0: ONNX Runtime's default
+
+    def __post_init__(self) -> None:
+        if self.level not in LEVELS:
+            raise ConfigError(f"optimisation level {self.level!r}: expected one of {', '.join(LEVELS)}")
+        if self.format not in FORMATS:
+            raise ConfigError(f"ORT engine format {self.format!r}: expected one of {', '.join(FORMATS)}")
+
+
+@dataclass(frozen=True)
+class OrtEngine:
+    path: Path           # the optimised graph
+    record: dict[str, Any]  # what built it and how to load it (also in path + ".json")
+
+
+def _level(ort: Any, name: str) -> Any:
+    g = ort.GraphOptimizationLevel
+    return {"disabled": g.ORT_DISABLE_ALL, "basic": g.ORT_ENABLE_BASIC,
+            "extended": g.ORT_ENABLE_EXTENDED, "all": g.ORT_ENABLE_ALL}[name]
+
+
+def _session_options(ort: Any, level: str, threads: int) -> Any:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = _level(ort, level)
+    if threads:
+        so.intra_op_num_threads = threads
+    return so
+
+
+def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions = OrtEngineOptions()
+                     ) -> OrtEngine:
+    """Optimise `onnx_path` once and write the result to `out_path` with its record next to it."""
+    ort = _ort()
+    onnx_path, out_path = Path(onnx_path), Path(out_path)
+    missing = set(options.providers) - set(ort.get_available_providers())
+    if missing:
+        raise ConfigError(f"ONNX Runtime providers {sorted(missing)} are not available here "
+                          f"(available: {', '.join(ort.get_available_providers())})")
+    so = _session_options(ort, options.level, options.intra_op_threads)
+    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp{out_path.suffix}")
+    so.optimized_model_filepath = str(tmp)
+    if options.format == "ort":
+        so.add_session_config_entry("session.save_model_format", "ORT")
+    try:
+        ort.InferenceSession(str(onnx_path), so, providers=list(options.providers))
+        if not tmp.is_file():
+            raise ExportError(f"ONNX Runtime wrote no optimised graph for {onnx_path.name}")
+        os.replace(tmp, out_path)
+    except OSError as e:
+        raise ExportError(f"could not write ORT engine {out_path}: {e.strerror or e}") from None
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+        if isinstance(e, ExportError):
+            raise
+        raise ExportError(f"ONNX Runtime could not optimise {onnx_path.name}: "
+                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    record = _record(ort, onnx_path, out_path, options)
+    write_json_atomic(record_path(out_path), record)
+    return OrtEngine(out_path, record)
+
+
+def _record(ort: Any, onnx_path: Path, out_path: Path, options: OrtEngineOptions) -> dict[str, Any]:
+    return {
+        "backend": "onnxruntime", "onnxruntime_version": ort.__version__,
+        "build_options": asdict(options), "graph_sha256": graph_digest(onnx_path),
+        "engine_sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(),
+        # How the device must open it: the optimisations are already in the file.
+        "session_options": {"graph_optimization_level": "disabled",
+                            "intra_op_num_threads": options.intra_op_threads,
+                            "providers": list(options.providers)},
+    }
+
+
+def record_path(engine_path: Path) -> Path:
+    return engine_path.with_name(engine_path.name + RECORD_SUFFIX)
+
+
+def read_record(engine_path: Path) -> dict[str, Any]:
+    p = record_path(Path(engine_path))
+    try:
+        return dict(json.loads(p.read_text()))
+    except FileNotFoundError:
+        raise EngineMismatch(f"ORT engine {engine_path} has no record {p.name}; rebuild it") from None
+    except ValueError as e:
+        raise EngineMismatch(f"ORT engine record {p} is unreadable ({e}); rebuild it") from None
+
+
+def session_from_engine(engine_path: Path) -> Any:
+    """An InferenceSession on a built engine, opened with optimisations disabled as recorded."""
+    ort = _ort()
+    engine_path = Path(engine_path)
+    rec = read_record(engine_path)
+    if rec.get("onnxruntime_version") != ort.__version__:
+        raise EngineMismatch(f"ORT engine {engine_path.name} was built with ONNX Runtime "
+                             f"{rec.get('onnxruntime_version')}, this machine has {ort.__version__}: "
+                             "rebuild it with `odelt-export build BUNDLE --backend ort --force`")
+    opts = rec["session_options"]
+    so = _session_options(ort, opts["graph_optimization_level"], int(opts["intra_op_num_threads"]))
+    return ort.InferenceSession(str(engine_path), so, providers=list(opts["providers"]))
+
+
+def dummy_feed(session: Any, batch: int = 1) -> dict[str, np.ndarray]:
+    """Zeros for every input (dynamic dims -> `batch`): enough to time a first run."""
+    types = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+             "tensor(int32)": np.int32, "tensor(int64)": np.int64}
+    feed = {}
+    for i in session.get_inputs():
+        shape = [d if isinstance(d, int) else batch for d in i.shape]
+        feed[i.name] = np.zeros(shape, dtype=types.get(i.type, np.float32))
+    return feed
+
+
+def _startup_s(open_session: Any) -> float:
+    """Seconds from nothing to the first result: session creation plus one run."""
+    t0 = time.perf_counter()
+    sess = open_session()
+    sess.run(None, dummy_feed(sess))
+    return time.perf_counter() - t0
+
+
+def measure_startup(onnx_path: Path, engine_path: Path, repeats: int = 7) -> dict[str, float]:
+    """Median start-up (session + first run) of the raw graph, opened the default way (all
+    optimisations at load), vs the built engine. Alternates the two to share any drift."""
+    ort = _ort()
+    rec = read_record(engine_path)
+    providers = list(rec["session_options"]["providers"])
+    threads = int(rec["session_options"]["intra_op_num_threads"])
+
+    def raw() -> Any:
+        so = _session_options(ort, "all", threads)
+        return ort.InferenceSession(str(onnx_path), so, providers=providers)
+
+    raw_s, eng_s = [], []
+    for _ in range(repeats):
+        raw_s.append(_startup_s(raw))
+        eng_s.append(_startup_s(lambda: session_from_engine(engine_path)))
+    raw_med, eng_med = statistics.median(raw_s), statistics.median(eng_s)
+    return {"raw_startup_ms": 1e3 * raw_med, "engine_startup_ms": 1e3 * eng_med,
+            "speedup": raw_med / eng_med, "repeats": float(repeats)}
