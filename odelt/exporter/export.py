@@ -1,0 +1,204 @@
+"""Export stages: `onnx_from_model` (one wrapper -> one checked ONNX graph) and `export_bundle`
+(every graph of the chosen layouts -> a bundle folder, written to a temp folder and renamed into
+place only when complete)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from odelt.errors import ConfigError, ExportError
+from odelt.exporter import onnx_utils
+from odelt.exporter.bundle import FORMAT, MANIFEST, Manifest, load_manifest, write_manifest
+from odelt.exporter.iospec import LAYOUTS, BatchRange, GraphSpec, TensorSpec, check_lengths, plan_layout
+from odelt.exporter.wrappers import ChunkGraph, ConditioningGraph, HeadGraph, LengthGraph
+from odelt.models.dit import DiT
+
+SUPPORTED_OPSETS = tuple(range(14, 21))   # TorchScript exporter range we test; 16 = TensorRT 8.5
+EXTERNAL_DATA_BYTES = 100 * 2**20          # models above this keep weights in .onnx.data files
+TRACE_BATCH = 2                            # > 1 so nothing in the trace specialises on batch 1
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    layouts: tuple[str, ...] = ("segments",)
+    lengths: tuple[int, ...] | None = None     # None: the model's trained lengths
+    batch: BatchRange = BatchRange()
+    opset: int = 17
+    cfg: bool = False                           # fold classifier-free guidance into the graphs
+    external_data: bool | None = None           # None: when the model's parameters exceed 100 MiB
+    force: bool = False                         # overwrite an existing bundle
+
+    def __post_init__(self) -> None:
+        if self.opset not in SUPPORTED_OPSETS:
+            raise ConfigError(f"unsupported opset {self.opset}; expected one of {list(SUPPORTED_OPSETS)} "
+                              "(16 for TensorRT 8.5 / JetPack 5)")
+        bad = [x for x in self.layouts if x not in LAYOUTS]
+        if bad or not self.layouts:
+            raise ConfigError(f"unknown layout {bad or self.layouts}; expected some of {list(LAYOUTS)}")
+
+
+def example_feed(tensors: tuple[TensorSpec, ...], dit: DiT, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random but valid values for `tensors` (labels, levels and lengths in range)."""
+    rng, cfg = np.random.default_rng(seed), dit.config
+    ints = {"dt_base": 8, "y": cfg.num_classes + 1, "l": cfg.depth + 1}
+    feed = {}
+    for t in tensors:
+        shape = t.resolve(batch)
+        if t.dtype == "int32":
+            feed[t.name] = rng.integers(1 if t.name == "l" else 0, ints.get(t.name, 2), size=shape).astype(np.int32)
+        elif t.name == "t":
+            feed[t.name] = rng.uniform(0.0, 1.0, size=shape).astype(np.float32)
+        elif t.name == "cfg_scale":
+            feed[t.name] = rng.uniform(1.0, 4.0, size=shape).astype(np.float32)
+        else:
+            feed[t.name] = rng.standard_normal(shape).astype(np.float32)
+    return feed
+
+
+def wrapper_for(dit: DiT, spec: GraphSpec, guided: bool) -> nn.Module:
+    if spec.kind == "conditioning":
+        return ConditioningGraph(dit, sum(1 for o in spec.outputs if o.name.startswith("mod")), guided)
+    if spec.kind == "chunk":
+        return ChunkGraph(dit, spec.blocks, guided)
+    if spec.kind == "head":
+        return HeadGraph(dit, guided)
+    return LengthGraph(dit, spec.length, guided)
+
+
+def onnx_from_model(module: nn.Module, spec: GraphSpec, feed: dict[str, np.ndarray], opset: int,
+                    scratch: Path):
+    """Trace `module` on `feed` into an ONNX ModelProto whose IO matches `spec` exactly."""
+    import onnx
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    path = scratch / f"{spec.name}.onnx"
+    args = tuple(torch.from_numpy(feed[t.name]) for t in spec.inputs)
+    axes = {t.name: t.dynamic_axes() for t in spec.inputs + spec.outputs}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter (dynamo=False) is deprecated but fast and predictable for these
+        # small static graphs; it warns about that and about shape-derived Python ints.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, str(path), input_names=[t.name for t in spec.inputs],
+                          output_names=[t.name for t in spec.outputs], opset_version=opset, dynamo=False,
+                          do_constant_folding=True, dynamic_axes=axes)
+    model = onnx.load(str(path))
+    onnx_utils.restore_unused_inputs(model, spec)
+    onnx_utils.check_io(model, spec)
+    if opset < 17 and "LayerNormalization" in onnx_utils.op_types(model):
+        raise ExportError(f"graph {spec.name}: opset {opset} must not contain LayerNormalization")
+    return model
+
+
+def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, source: str = "",
+                  source_hash: str = "") -> Manifest:
+    """Export `dit` into the bundle folder `out`; returns its manifest. Nothing is left at `out`
+    unless the whole bundle was written."""
+    cfg = dit.config
+    lengths = check_lengths(cfg, tuple(options.lengths or cfg.lengths))
+    plans = [plan_layout(cfg, layout, lengths, options.cfg) for layout in dict.fromkeys(options.layouts)]
+    out = Path(out)
+    _check_target(out, options.force)
+    external = options.external_data
+    if external is None:
+        external = dit.param_bytes() > EXTERNAL_DATA_BYTES
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        graphs = _export_graphs(dit, plans, options, tmp, external)
+        shutil.rmtree(tmp / ".scratch", ignore_errors=True)
+        write_manifest(tmp, _manifest_data(dit, options, lengths, plans, graphs, (source, source_hash)))
+        _move_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return load_manifest(out, check_files=False)
+
+
+def _export_graphs(dit: DiT, plans: list, options: ExportOptions, root: Path, external: bool) -> dict:
+    from tqdm import tqdm
+
+    specs = [g for plan in plans for g in plan.graphs]
+    entries = {}
+    for spec in tqdm(specs, desc="export", unit="graph", disable=None, leave=False):
+        feed = example_feed(spec.inputs, dit, TRACE_BATCH)
+        model = onnx_from_model(wrapper_for(dit, spec, options.cfg), spec, feed, options.opset, root / ".scratch")
+        weight_bytes = onnx_utils.weight_bytes(model)
+        data = onnx_utils.save_graph(model, root / spec.file, external)
+        entries[spec.name] = {**spec.to_dict(), "external_data": data, "weight_bytes": weight_bytes}
+        del model
+        shutil.rmtree(root / ".scratch", ignore_errors=True)
+    return entries
+
+
+def _manifest_data(dit: DiT, options: ExportOptions, lengths: tuple[int, ...], plans: list, graphs: dict,
+                   source: tuple[str, str]) -> dict:
+    totals = {}
+    for plan in plans:
+        totals[plan.layout] = sum(graphs[g.name]["weight_bytes"] for g in plan.graphs)
+        if plan.layout == "segments":
+            totals["segments_without_conditioning"] = totals["segments"] - graphs["cond"]["weight_bytes"]
+    return {
+        "format": FORMAT,
+        "model": {"config": dit.config.to_dict(), "source": source[0], "source_hash": source[1],
+                  "param_bytes": dit.param_bytes()},
+        "opset": options.opset, "cfg": options.cfg, "null_class": dit.config.num_classes,
+        "batch": options.batch.to_dict(),
+        "layouts": [p.layout for p in plans], "lengths": list(lengths),
+        "graphs": graphs,
+        "chains": {p.layout: {str(n): list(chain) for n, chain in p.chains.items()} for p in plans},
+        "weight_bytes": totals,
+        "tables": {},
+    }
+
+
+def _check_target(out: Path, force: bool) -> None:
+    """`out` may be absent or empty; a bundle only with force; anything else is refused."""
+    _remove_stale(out)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"output {out} exists and is a file; expected a folder path")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ExportError(f"output folder {out} is not empty; pass --force to overwrite it")
+        if not (out / MANIFEST).is_file():
+            raise ExportError(f"refusing to overwrite {out}: it is not empty and not an odelt bundle (no {MANIFEST})")
+
+
+def _remove_stale(out: Path) -> None:
+    """Temp folders of earlier exports to `out` that were killed midway (their process is gone)."""
+    if not out.parent.is_dir():
+        return
+    for p in out.parent.glob(f".{out.name}.*-*"):
+        kind, _, pid = p.name.rpartition("-")
+        if kind.endswith((".partial", ".old")) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()
+    if not out.exists():
+        os.rename(tmp, out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    os.rename(out, old)
+    os.rename(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,141 @@
+"""Thin nn.Modules that express each exported graph with the DiT's own pieces (embed_tokens,
+condition, l_embedder, blocks[i].modulation / apply_modulated, final.modulation / apply_modulated).
+They hold references to the model's modules, never copies, and run only the blocks a graph needs:
+dead blocks are never called, so the tracer never sees their weights.
+
+With `guided` (classifier-free guidance folded in, like DiT's forward_with_cfg) the caller passes
+B rows; the graphs run 2B rows internally: B conditional rows, then B null-class rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from odelt.models.dit import DiT
+
+
+def with_null_rows(y: Tensor, null_class: int) -> Tensor:
+    """(B,) labels -> (2B,): the labels, then the null class."""
+    return torch.cat([y, torch.full_like(y, null_class)])
+
+
+def twice(z: Tensor) -> Tensor:
+    return torch.cat([z, z])
+
+
+def guide(out: Tensor, cfg_scale: Tensor) -> Tensor:
+    """(2B, ...) cond rows then null rows -> (B, ...): uncond + s * (cond - uncond)."""
+    cond, uncond = out.chunk(2)
+    return uncond + cfg_scale.reshape(-1, *([1] * (out.ndim - 1))) * (cond - uncond)
+
+
+def unpatchify(tokens: Tensor, patch: int, channels: int, grid: int) -> Tensor:
+    """(B, N, p*p*C) -> (B, C, H, W), as DiT.unpatchify, with reshape/transpose only.
+
+    DiT.unpatchify uses einsum and reads the grid from a shape (which the tracer turns into a
+    tensor); reshape + Transpose is what every TensorRT version parses.
+    """
+    b = tokens.shape[0]
+    x = tokens.reshape(b, grid, grid, patch, patch, channels)      # (B, h, w, p, q, C)
+    x = x.permute(0, 5, 1, 3, 2, 4)                                # (B, C, h, p, w, q)
+    return x.reshape(b, channels, grid * patch, grid * patch)
+
+
+def run_blocks(dit: DiT, blocks: range, h: Tensor, v: Tensor | None, mods: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """The group recurrence over `blocks` with precomputed modulations; returns (h, V).
+
+    Inside a group h <- B(h); at a group end v = B(h), h <- h + v, V <- V + v (V starts at zero,
+    so the first group end sets it).
+    """
+    g = dit.config.depth_group
+    for i, mod in zip(blocks, mods):
+        out = dit.blocks[i].apply_modulated(h, mod)                  # (R, N, D)
+        if i % g != g - 1:
+            h = out
+        else:
+            h, v = h + out, (out if v is None else v + out)
+    assert v is not None, "a chunk must end at a group end"
+    return h, v
+
+
+class ConditioningGraph(nn.Module):
+    """(t, dt_base, y, l) -> (mod0, ..., mod{k-1}, final_mod): every adaLN output of a step."""
+
+    def __init__(self, dit: DiT, num_blocks: int, guided: bool):
+        super().__init__()
+        self.dit, self.num_blocks, self.guided = dit, num_blocks, guided
+
+    def forward(self, t: Tensor, dt_base: Tensor, y: Tensor, l: Tensor) -> tuple[Tensor, ...]:
+        if self.guided:
+            t, dt_base, l = twice(t), twice(dt_base), twice(l)
+            y = with_null_rows(y, self.dit.config.num_classes)
+        c = self.dit.condition(t, dt_base, y)                           # (R, D)
+        cb = c + self.dit.l_embedder(l.long())                          # (R, D)
+        mods = [self.dit.blocks[i].modulation(cb) for i in range(self.num_blocks)]  # each (R, 6D)
+        return (*mods, self.dit.final.modulation(c))                   # final: (R, 2D)
+
+
+class ChunkGraph(nn.Module):
+    """(x | h, V, mod_i for i in blocks) -> (h_out, V_out). The first chunk embeds x itself."""
+
+    def __init__(self, dit: DiT, blocks: tuple[int, ...], guided: bool):
+        super().__init__()
+        self.dit, self.blocks, self.guided = dit, range(blocks[0], blocks[-1] + 1), guided
+
+    def forward(self, *args: Tensor) -> tuple[Tensor, Tensor]:
+        if self.blocks.start == 0:
+            x, mods = args[0], list(args[1:])
+            h = self.dit.embed_tokens(twice(x) if self.guided else x)  # (R, N, D)
+            return run_blocks(self.dit, self.blocks, h, None, mods)
+        h, v, mods = args[0], args[1], list(args[2:])
+        return run_blocks(self.dit, self.blocks, h, v, mods)
+
+
+class HeadGraph(nn.Module):
+    """(V, final_mod[, cfg_scale]) -> velocity (B, C, H, W)."""
+
+    def __init__(self, dit: DiT, guided: bool):
+        super().__init__()
+        self.dit, self.guided = dit, guided
+
+    def forward(self, v: Tensor, final_mod: Tensor, cfg_scale: Tensor | None = None) -> Tensor:
+        cfg = self.dit.config
+        out = unpatchify(self.dit.final.apply_modulated(v, final_mod), cfg.patch_size, cfg.out_channels,
+                         cfg.input_size // cfg.patch_size)              # (R, C, H, W)
+        return guide(out, cfg_scale) if self.guided else out
+
+
+class LengthGraph(nn.Module):
+    """(x, t, dt_base, y[, cfg_scale]) -> velocity at one length, l folded in as a constant."""
+
+    def __init__(self, dit: DiT, length: int, guided: bool):
+        super().__init__()
+        self.dit, self.guided = dit, guided
+        self.blocks = range(dit.config.live_depth(length))
+        # Only row l of the length table is a constant of this graph, not the whole table.
+        self.register_buffer("l_emb", dit.l_embedder.weight[length].detach().clone(), persistent=False)
+
+    def forward(self, x: Tensor, t: Tensor, dt_base: Tensor, y: Tensor,
+                cfg_scale: Tensor | None = None) -> Tensor:
+        dit, cfg = self.dit, self.dit.config
+        if self.guided:
+            x, t, dt_base, y = twice(x), twice(t), twice(dt_base), with_null_rows(y, cfg.num_classes)
+        c = dit.condition(t, dt_base, y)                                # (R, D)
+        cb = c + self.l_emb                                             # (R, D)
+        mods = [dit.blocks[i].modulation(cb) for i in self.blocks]
+        _, v = run_blocks(dit, self.blocks, dit.embed_tokens(x), None, mods)  # (R, N, D)
+        out = unpatchify(dit.final.apply_modulated(v, dit.final.modulation(c)), cfg.patch_size,
+                         cfg.out_channels, cfg.input_size // cfg.patch_size)
+        return guide(out, cfg_scale) if self.guided else out
+
+
+def reference_velocity(dit: DiT, x: Tensor, t: Tensor, dt_base: Tensor, y: Tensor, length: int,
+                       cfg_scale: Tensor | None = None) -> Tensor:
+    """PyTorch reference for a bundle's output: DiT.forward, with CFG as two separate calls."""
+    with torch.no_grad():
+        cond = dit(x, t, dt_base, y, length)
+        if cfg_scale is None:
+            return cond
+        uncond = dit(x, t, dt_base, torch.full_like(y, dit.config.num_classes), length)
+        return uncond + cfg_scale.reshape(-1, 1, 1, 1) * (cond - uncond)
