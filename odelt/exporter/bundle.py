@@ -46,6 +46,7 @@ at batch B, repeat each row B times in order: np.repeat(table[name][s], B, axis=
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -56,8 +57,19 @@ import numpy as np
 
 from odelt.errors import ExportError
 from odelt.exporter.iospec import BatchRange, GraphSpec
-from odelt.models.checkpoint import file_hash
 from odelt.models.config import DiTConfig
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (first 16 hex digits), the same digest as
+    odelt.models.checkpoint.file_hash; defined here so that reading a bundle never imports torch
+    (the runtime runs on devices without it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
 
 FORMAT = "odelt-bundle/1"
 MANIFEST = "manifest.json"
