@@ -202,3 +202,14 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     os.rename(out, old)
     os.rename(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def export_source(source: str, out: str | os.PathLike, options: ExportOptions, config: dict | None = None) -> Manifest:
+    """Load `source` (builtin:NAME, our checkpoint, or an upstream pickle with `config`) and export it.
+    The manifest records where it came from and the file's hash, so `verify` can reload it."""
+    from odelt.models.checkpoint import BUILTIN_PREFIX, file_hash, load_checkpoint, resolve_source
+
+    dit = load_checkpoint(source, config)
+    path = resolve_source(source)
+    recorded = source if str(source).startswith(BUILTIN_PREFIX) else str(path.resolve())
+    return export_bundle(dit, out, options, recorded, file_hash(path))

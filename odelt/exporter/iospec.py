@@ -134,7 +134,7 @@ def _per_sample(name: str, dtype: str) -> TensorSpec:
     return TensorSpec(name, dtype, (BATCH,))
 
 
-def _step_inputs(cfg: DiTConfig, guided: bool) -> tuple[TensorSpec, ...]:
+def caller_inputs(cfg: DiTConfig, guided: bool) -> tuple[TensorSpec, ...]:
     """What a sampler step provides: x_t, t, dt_base, y (and the guidance scale when cfg)."""
     ins = (_image(cfg, "x", cfg.in_channels), _per_sample("t", "float32"),
            _per_sample("dt_base", "int32"), _per_sample("y", "int32"))
@@ -177,7 +177,7 @@ def check_lengths(cfg: DiTConfig, lengths: tuple[int, ...]) -> tuple[int, ...]:
 def plan_per_length(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> LayoutPlan:
     """One self-contained graph per length; only its live blocks."""
     graphs = tuple(GraphSpec(f"length_{n}", "per-length", "length", tuple(range(cfg.live_depth(n))),
-                             _step_inputs(cfg, guided), (_velocity(cfg),), length=n)
+                             caller_inputs(cfg, guided), (_velocity(cfg),), length=n)
                    for n in check_lengths(cfg, lengths))
     return LayoutPlan("per-length", graphs, {g.length: (g.name,) for g in graphs})
 
@@ -190,7 +190,7 @@ def plan_segments(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> Lay
     """
     lengths = check_lengths(cfg, lengths)
     exits = sorted({cfg.live_depth(n) for n in lengths})
-    cond_ins = tuple(t for t in _step_inputs(cfg, False) if t.name != "x") + (_per_sample("l", "int32"),)
+    cond_ins = tuple(t for t in caller_inputs(cfg, False) if t.name != "x") + (_per_sample("l", "int32"),)
     cond = GraphSpec("cond", "segments", "conditioning", (), cond_ins,
                      tuple(block_mod(cfg, i, guided) for i in range(exits[-1])) + (final_mod(cfg, guided),))
     chunks, start = [], 0
