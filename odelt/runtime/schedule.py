@@ -11,7 +11,7 @@ Adapted from schedules.md §5 to our convention (t=0 noise -> t=1 data, grids in
                  "params": {...}},            # e.g. dopri5 rtol/atol
       "t_grid": [N+1 floats],                 # strictly increasing, 0 <= t <= 1
       "t_eval": [N+1 floats] | null,          # decoupled model-evaluation times (LD3), x unchanged
-      "amed": {"t_mid": [N], "scale": [N]} | null,
+      "amed": {"t_mid": [N] | null, "scale": [N]} | null,   # t_mid null: AMED-Plugin on a host
       "lengths": [N ints],  "dt_base": [N ints in 0..7],   # per step: depth l_n, shortcut level
       "nfe": int | null,                      # model calls per sample without CFG; null = adaptive
       "cfg_scale": float | null,              # the guidance scale a learned schedule was fit for
@@ -38,6 +38,9 @@ from odelt.runtime.solvers import SOLVER_INFO, nfe_for
 FORMAT = "odelt-schedule/1"
 TIME_CONVENTION = "x_t=(1-t)*x0+t*x1"
 MAX_DT_BASE = 7           # 2^-7: the flow-matching level the model was trained at
+# AMED-Plugin hosts: an `amed.scale` without `t_mid` multiplies each step's increment (the host
+# runs on the interleaved grid [t_0, m_0, t_1, ...]; scale is 1 on t_n -> m_n and c_n on m_n -> t_n+1).
+PLUGIN_HOSTS = ("euler", "ipndm", "ipndm_v")
 ADAPTIVE_DT_BASE = 0      # upstream's adaptive (diffrax Dopri5) solves use level 0; kept for parity
 
 
@@ -72,6 +75,8 @@ class Schedule:
             kw["t_eval"] = list(self.t_eval)
         if self.t_mid is not None:
             kw["t_mid"], kw["scale"] = list(self.t_mid), list(self.scale or [1.0] * self.steps)
+        elif self.scale is not None:          # AMED-Plugin: per-step increment scales on a host
+            kw["scale"] = list(self.scale)
         return kw
 
     def validate(self) -> Schedule:
@@ -103,8 +108,12 @@ class Schedule:
             _check(self.order is None or self.order == info.order,
                    f"{self.solver} has fixed order {info.order}, found order {self.order}")
         is_amed = self.solver == "amed"
-        _check(is_amed or (self.t_mid is None and self.scale is None),
+        _check(is_amed or self.t_mid is None,
                f"amed mid-points given for solver {self.solver!r}; expected them only with 'amed'")
+        _check(is_amed or self.scale is None or self.solver in PLUGIN_HOSTS,
+               f"amed scales given for solver {self.solver!r}; expected 'amed' or a plugin host {list(PLUGIN_HOSTS)}")
+        _check(self.scale is None or all(math.isfinite(c) and c > 0 for c in self.scale),
+               f"amed.scale must be positive and finite, found {list(self.scale or ())}")
         if is_amed and self.t_mid is not None:
             inside = all(a < m < b for a, m, b in zip(self.t_grid, self.t_mid, self.t_grid[1:]))
             _check(inside, "amed.t_mid must lie strictly inside each step (t_n < t_mid_n < t_n+1)")
@@ -136,7 +145,8 @@ class Schedule:
             "solver": {"name": self.solver, "order": self.order, "family": SOLVER_INFO[self.solver].family,
                        "params": dict(self.params)},
             "t_grid": list(self.t_grid), "t_eval": _opt_list(self.t_eval),
-            "amed": None if self.t_mid is None else {"t_mid": list(self.t_mid), "scale": _opt_list(self.scale)},
+            "amed": None if self.t_mid is None and self.scale is None else
+                    {"t_mid": _opt_list(self.t_mid), "scale": _opt_list(self.scale)},
             "lengths": list(self.lengths), "dt_base": list(self.dt_base), "nfe": self.nfe,
             "cfg_scale": self.cfg_scale, "provenance": dict(self.provenance),
         }

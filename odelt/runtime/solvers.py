@@ -78,10 +78,13 @@ def _done(callback: Callback | None, n: int, t: Any, x: Any) -> None:
 # -- one-stage and two-stage methods ---------------------------------------------------------------
 
 @register("euler", SolverInfo(order=1, calls_per_step=1, family="fm_velocity"))
-def euler(f: Velocity, x: Any, ts: Any, *, t_eval: Any = None, callback: Callback | None = None) -> Any:
+def euler(f: Velocity, x: Any, ts: Any, *, t_eval: Any = None, scale: Any = None,
+          callback: Callback | None = None) -> Any:
+    """scale[n] (optional) multiplies step n's increment: AMED-Plugin on an interleaved grid."""
     te = ts if t_eval is None else t_eval
     for n in range(len(ts) - 1):
-        x = x + (ts[n + 1] - ts[n]) * f(x, te[n], n)
+        c = 1.0 if scale is None else scale[n]
+        x = x + (c * (ts[n + 1] - ts[n])) * f(x, te[n], n)
         _done(callback, n, ts[n + 1], x)
     return x
 
@@ -153,7 +156,7 @@ def _ab_weights(nodes: list[Any], t: Any, t_next: Any) -> list[Any]:
 
 
 def _adams_bashforth(f: Velocity, x: Any, ts: Any, order: int, fixed: bool, t_eval: Any,
-                     callback: Callback | None) -> Any:
+                     callback: Callback | None, scale: Any = None) -> Any:
     if not 1 <= order <= 4:
         raise ScheduleError(f"iPNDM order must be 1..4, found {order}")
     te = ts if t_eval is None else t_eval
@@ -167,6 +170,8 @@ def _adams_bashforth(f: Velocity, x: Any, ts: Any, order: int, fixed: bool, t_ev
             weights = [h * b for b in _AB_FIXED[len(hist_v) - 1]]
         else:
             weights = _ab_weights(hist_t, ts[n], ts[n + 1])
+        if scale is not None:                            # AMED-Plugin: scale this step's increment
+            weights = [scale[n] * w for w in weights]
         for w, v in zip(weights, hist_v):
             x = x + w * v
         _done(callback, n, ts[n + 1], x)
@@ -174,20 +179,20 @@ def _adams_bashforth(f: Velocity, x: Any, ts: Any, order: int, fixed: bool, t_ev
 
 
 @register("ipndm", SolverInfo(order=4, calls_per_step=1, family="fm_velocity", max_order=4))
-def ipndm(f: Velocity, x: Any, ts: Any, *, order: int = 4, t_eval: Any = None,
+def ipndm(f: Velocity, x: Any, ts: Any, *, order: int = 4, t_eval: Any = None, scale: Any = None,
           callback: Callback | None = None) -> Any:
     """iPNDM: Adams-Bashforth on v with the equal-step coefficients whatever the grid (the
     'improved PNDM' heuristic of diff-sampler). Exact AB order only on uniform grids."""
-    return _adams_bashforth(f, x, ts, order, True, t_eval, callback)
+    return _adams_bashforth(f, x, ts, order, True, t_eval, callback, scale)
 
 
 @register("ipndm_v", SolverInfo(order=4, calls_per_step=1, family="fm_velocity", max_order=4))
-def ipndm_v(f: Velocity, x: Any, ts: Any, *, order: int = 4, t_eval: Any = None,
+def ipndm_v(f: Velocity, x: Any, ts: Any, *, order: int = 4, t_eval: Any = None, scale: Any = None,
             callback: Callback | None = None) -> Any:
     """Variable-step Adams-Bashforth on v: the weights integrate the interpolating polynomial on
     the actual grid, so the order holds on learned (non-uniform) grids. Equals `ipndm` on a
     uniform grid."""
-    return _adams_bashforth(f, x, ts, order, False, t_eval, callback)
+    return _adams_bashforth(f, x, ts, order, False, t_eval, callback, scale)
 
 
 # -- DPM-Solver++ multistep (data prediction) in FM time -------------------------------------------
