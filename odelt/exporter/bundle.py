@@ -204,3 +204,17 @@ def run_chain(manifest: Manifest, length: int, feeds: Mapping[str, np.ndarray], 
         for name, value in outputs.items():
             env[name[:-4] if name.endswith("_out") else name] = value
     return env["velocity"]
+
+
+def load_table(manifest: Manifest, name: str) -> dict[str, np.ndarray]:
+    """A stored modulation table: {output name: (S, rows, width) float32}."""
+    if name not in manifest.tables:
+        raise ExportError(f"{manifest.root}: no modulation table {name!r}; expected one of {sorted(manifest.tables)}")
+    with np.load(manifest.root / manifest.tables[name]["file"]) as z:
+        return {k: z[k] for k in z.files}
+
+
+def table_feeds(table: Mapping[str, np.ndarray], step: int, batch: int) -> dict[str, np.ndarray]:
+    """Conditioning outputs for step `step` at caller batch `batch`: each row repeated batch times,
+    rows in order (class rows, then null rows with cfg) -> (rows * batch, width)."""
+    return {name: np.repeat(arr[step], batch, axis=0) for name, arr in table.items()}

@@ -1,0 +1,96 @@
+"""Precomputed modulation tables: for a fixed time schedule, class and length, every output of the
+conditioning graph at every step, stored in the bundle so a device needs no conditioning weights.
+The format is documented in bundle.py (manifest "tables")."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from odelt.errors import ScheduleError
+from odelt.exporter.bundle import Manifest, load_manifest, write_manifest
+
+# (t (1,), dt_base (1,), y (1,), l (1,)) -> {output name: (rows, width)}
+Conditioner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
+
+
+def onnx_conditioner(manifest: Manifest) -> Conditioner:
+    """The bundle's own conditioning graph in ONNX Runtime (CPU): the numbers a device would compute."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(manifest.graph_path("cond")), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    return lambda feed: dict(zip(names, sess.run(None, feed)))
+
+
+def torch_conditioner(dit, manifest: Manifest) -> Conditioner:
+    """The same outputs from the PyTorch model, through the export wrapper."""
+    import torch
+
+    from odelt.exporter.wrappers import ConditioningGraph
+
+    spec = manifest.graph("cond")
+    mods = sum(1 for o in spec.outputs if o.name.startswith("mod"))
+    wrapper = ConditioningGraph(dit, mods, manifest.cfg)
+
+    def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with torch.no_grad():
+            outs = wrapper(*(torch.from_numpy(feed[k]) for k in ("t", "dt_base", "y", "l")))
+        return {o.name: v.numpy() for o, v in zip(spec.outputs, outs)}
+
+    return run
+
+
+def _check_schedule(manifest: Manifest, t: np.ndarray, dt_base: np.ndarray, length: int, y: int | None) -> None:
+    if "segments" not in manifest.layouts:
+        raise ScheduleError(f"{manifest.root}: modulation tables need the segments layout (a conditioning graph)")
+    if length not in manifest.lengths:
+        raise ScheduleError(f"length {length} not exported; expected one of {list(manifest.lengths)}")
+    if t.ndim != 1 or t.shape != dt_base.shape or t.size == 0:
+        raise ScheduleError(f"expected equal-length 1-D t and dt_base, found shapes {t.shape} and {dt_base.shape}")
+    if not np.all((t >= 0) & (t <= 1)):
+        raise ScheduleError(f"t must lie in [0, 1], found [{t.min():g}, {t.max():g}]")
+    if not np.all((dt_base >= 0) & (dt_base <= 7)):
+        raise ScheduleError(f"dt_base must lie in 0..7, found {sorted(set(dt_base.tolist()))}")
+    classes = manifest.config.num_classes
+    if y is not None and not 0 <= y <= classes:
+        raise ScheduleError(f"class must be in [0, {classes}] ({classes} = null), found {y}")
+
+
+def build_table(manifest: Manifest, t: Sequence[float], dt_base: Sequence[int], length: int,
+                y: int | None = None, conditioner: Conditioner | None = None) -> dict[str, np.ndarray]:
+    """{output name: (S, rows, width) float32} for steps (t[s], dt_base[s]) at `length`, class y
+    (None = the null class); rows = 2 (class, then null) when the bundle has cfg, else 1."""
+    t_arr, dt_arr = np.asarray(t, dtype=np.float32), np.asarray(dt_base, dtype=np.int32)
+    _check_schedule(manifest, t_arr, dt_arr, length, y)
+    run = conditioner or onnx_conditioner(manifest)
+    label = manifest.config.num_classes if y is None else y
+    steps = [run({"t": t_arr[s:s + 1], "dt_base": dt_arr[s:s + 1], "y": np.array([label], np.int32),
+                  "l": np.array([length], np.int32)}) for s in range(t_arr.size)]
+    return {name: np.stack([step[name] for step in steps]).astype(np.float32) for name in steps[0]}
+
+
+def add_table(bundle: str | os.PathLike, name: str, t: Sequence[float], dt_base: Sequence[int], length: int,
+              y: int | None = None, conditioner: Conditioner | None = None) -> dict:
+    """Build a table and store it as tables/<name>.npz; the manifest is rewritten atomically."""
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ScheduleError(f"table name must be letters, digits, '-' or '_', found {name!r}")
+    manifest = load_manifest(bundle)
+    table = build_table(manifest, t, dt_base, length, y, conditioner)
+    root = Path(bundle)
+    (root / "tables").mkdir(exist_ok=True)
+    rel = f"tables/{name}.npz"
+    tmp = root / "tables" / f".{name}.tmp.npz"
+    np.savez(tmp, **table)
+    os.replace(tmp, root / rel)
+    entry = {"file": rel, "length": int(length), "y": y, "cfg": manifest.cfg,
+             "rows": int(next(iter(table.values())).shape[1]),
+             "t": [float(v) for v in np.asarray(t, np.float32)], "dt_base": [int(v) for v in dt_base],
+             "outputs": list(table)}
+    data = {k: v for k, v in manifest.data.items() if k != "files"}
+    data["tables"] = {**manifest.tables, name: entry}
+    write_manifest(root, data)
+    return entry
