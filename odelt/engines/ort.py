@@ -16,6 +16,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from platform import machine
 from typing import Any
 
 import numpy as np
@@ -81,6 +82,7 @@ def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions 
     so = _session_options(ort, options.level, options.intra_op_threads)
     tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp{out_path.suffix}")
     so.optimized_model_filepath = str(tmp)
+    so.log_severity_level = 3  # ORT warns that level "all" output is hardware specific: recorded
     if options.format == "ort":
         so.add_session_config_entry("session.save_model_format", "ORT")
     try:
@@ -105,6 +107,8 @@ def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions 
 def _record(ort: Any, onnx_path: Path, out_path: Path, options: OrtEngineOptions) -> dict[str, Any]:
     return {
         "backend": "onnxruntime", "onnxruntime_version": ort.__version__,
+        # level "all" adds CPU-layout (NCHWc) rewrites: the file is tied to this architecture.
+        "machine": machine(),
         "build_options": asdict(options), "graph_sha256": graph_digest(onnx_path),
         "engine_sha256": hashlib.sha256(out_path.read_bytes()).hexdigest(),
         # How the device must open it: the optimisations are already in the file.
@@ -137,6 +141,9 @@ def session_from_engine(engine_path: Path) -> Any:
         raise EngineMismatch(f"ORT engine {engine_path.name} was built with ONNX Runtime "
                              f"{rec.get('onnxruntime_version')}, this machine has {ort.__version__}: "
                              "rebuild it with `odelt-export build BUNDLE --backend ort --force`")
+    if rec.get("machine", machine()) != machine():
+        raise EngineMismatch(f"ORT engine {engine_path.name} was optimised on {rec['machine']}, this "
+                             f"machine is {machine()}: rebuild it here with --force")
     opts = rec["session_options"]
     so = _session_options(ort, opts["graph_optimization_level"], int(opts["intra_op_num_threads"]))
     return ort.InferenceSession(str(engine_path), so, providers=list(opts["providers"]))
@@ -146,7 +153,7 @@ def dummy_feed(session: Any, batch: int = 1) -> dict[str, np.ndarray]:
     """Zeros for every input (dynamic dims -> `batch`): enough to time a first run."""
     types = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
              "tensor(int32)": np.int32, "tensor(int64)": np.int64}
-    feed = {}
+    feed: dict[str, np.ndarray] = {}
     for i in session.get_inputs():
         shape = [d if isinstance(d, int) else batch for d in i.shape]
         feed[i.name] = np.zeros(shape, dtype=types.get(i.type, np.float32))

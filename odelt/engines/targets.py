@@ -13,6 +13,7 @@ Facts from ../shared/research/deploy.md §2.8 and §7 (JetPack <-> TensorRT tabl
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from odelt.errors import ConfigError
@@ -86,10 +87,12 @@ def parse_version(text: str) -> Version:
     """'10.13.3.9' -> (10, 13, 3, 9); non-numeric tails ('10.3.0.post1') are dropped."""
     parts: list[int] = []
     for piece in text.split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
-        if not digits:
+        m = re.match(r"\d+", piece)   # leading digits only: "0rc1" -> 0
+        if not m:
             break
-        parts.append(int(digits))
+        parts.append(int(m.group()))
+        if m.end() < len(piece):     # a suffix ends the numeric part
+            break
     if not parts:
         raise ConfigError(f"cannot read a version number from {text!r}")
     return tuple(parts)

@@ -10,6 +10,7 @@ never run against a real TensorRT here: see the README.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Mapping
@@ -54,7 +55,7 @@ class BuildConfig:
         """What goes into the engine cache key (the timing cache only changes build speed)."""
         d = asdict(self)
         d.pop("timing_cache")
-        return d
+        return dict(json.loads(json.dumps(d)))  # JSON-shaped (lists), as the manifest reads back
 
 
 def profiles_from(io: Any) -> tuple[tuple[str, Shape, Shape, Shape], ...]:

@@ -1,0 +1,66 @@
+"""Fixtures for engine tests: tiny ONNX graphs and a tiny bundle written through the exporter's
+own manifest writer (the graphs are small stand-ins, not exported DiTs: the engine builder only
+needs ONNX files and their IO specs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from odelt.exporter.bundle import FORMAT, write_manifest
+from odelt.exporter.iospec import GraphSpec, TensorSpec
+from odelt.models.config import PRESETS
+
+
+class TinyNet(torch.nn.Module):
+    """Linear -> LayerNorm -> GELU -> Linear: gives ONNX Runtime something to fuse."""
+
+    def __init__(self, width: int = 16) -> None:
+        super().__init__()
+        self.a, self.norm, self.b = torch.nn.Linear(width, 32), torch.nn.LayerNorm(32), torch.nn.Linear(32, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:   # (B, W) -> (B, W)
+        return self.b(torch.nn.functional.gelu(self.norm(self.a(x))))
+
+
+def export_tiny(path: Path, seed: int = 0, opset: int = 17) -> Path:
+    torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.onnx.export(TinyNet().eval(), (torch.randn(2, 16),), str(path), input_names=["x"],
+                      output_names=["velocity"], dynamic_axes={"x": {0: "batch"}, "velocity": {0: "batch"}},
+                      opset_version=opset, dynamo=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tmp_path_factory) -> Path:
+    return export_tiny(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
+
+
+@pytest.fixture
+def tiny_bundle(tmp_path) -> Path:
+    """A two-graph per-length bundle (format odelt-bundle/1)."""
+    root = tmp_path / "bundle"
+    graphs, chains = {}, {}
+    for i, length in enumerate((2, 4)):
+        spec = GraphSpec(f"length_{length}", "per-length", "length", tuple(range(length)),
+                         (TensorSpec("x", "float32", ("batch", 16)),),
+                         (TensorSpec("velocity", "float32", ("batch", 16)),), length=length)
+        export_tiny(root / spec.file, seed=i)
+        graphs[spec.name] = {**spec.to_dict(), "external_data": None, "weight_bytes": 0}
+        chains[str(length)] = [spec.name]
+    write_manifest(root, {
+        "format": FORMAT, "model": {"config": PRESETS["digits"].to_dict(), "source": "test",
+                                    "source_hash": "0", "param_bytes": 0},
+        "opset": 17, "cfg": False, "null_class": 10, "batch": {"min": 1, "opt": 2, "max": 8},
+        "layouts": ["per-length"], "lengths": [2, 4], "graphs": graphs,
+        "chains": {"per-length": chains}, "weight_bytes": {"per-length": 0}, "tables": {}})
+    return root
+
+
+@pytest.fixture
+def x_batch() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)

@@ -1,0 +1,78 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from odelt.engines import ort as oe
+from odelt.engines.platform import EngineMismatch
+from odelt.errors import ConfigError, ExportError
+
+
+def _raw(path, level):
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "ort"])
+def test_engine_matches_raw_graph_and_loads_unoptimised(tmp_path, tiny_onnx, x_batch, fmt):
+    eng = oe.engine_from_onnx(tiny_onnx, tmp_path / f"tiny.{fmt}", oe.OrtEngineOptions(format=fmt))
+    sess = oe.session_from_engine(eng.path)
+    assert sess.get_session_options().graph_optimization_level == ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    got = sess.run(None, {"x": x_batch})[0]
+    # Same optimisations, applied at build time instead of at load: bit-identical outputs.
+    default = _raw(tiny_onnx, ort.GraphOptimizationLevel.ORT_ENABLE_ALL).run(None, {"x": x_batch})[0]
+    np.testing.assert_array_equal(got, default)
+    plain = _raw(tiny_onnx, ort.GraphOptimizationLevel.ORT_DISABLE_ALL).run(None, {"x": x_batch})[0]
+    np.testing.assert_allclose(got, plain, rtol=1e-5, atol=1e-5)
+    rec = json.loads(oe.record_path(eng.path).read_text())
+    assert rec["session_options"]["graph_optimization_level"] == "disabled"
+    assert rec["onnxruntime_version"] == ort.__version__
+
+
+def test_engine_graph_is_actually_optimised(tmp_path, tiny_onnx):
+    eng = oe.engine_from_onnx(tiny_onnx, tmp_path / "tiny.onnx", oe.OrtEngineOptions())
+    raw_nodes = onnx.load(str(tiny_onnx)).graph.node
+    opt_nodes = onnx.load(str(eng.path)).graph.node
+    # LayerNorm, GELU and MatMul+Add are fused: fewer nodes, contrib (com.microsoft) ops appear.
+    assert len(opt_nodes) < len(raw_nodes)
+    assert any(n.domain == "com.microsoft" for n in opt_nodes)
+
+
+def test_engine_from_other_onnxruntime_or_machine_is_refused(tmp_path, tiny_onnx):
+    eng = oe.engine_from_onnx(tiny_onnx, tmp_path / "tiny.onnx")
+    rp = oe.record_path(eng.path)
+    rec = json.loads(rp.read_text())
+    rp.write_text(json.dumps({**rec, "onnxruntime_version": "0.0.1"}))
+    with pytest.raises(EngineMismatch, match="ONNX Runtime 0.0.1"):
+        oe.session_from_engine(eng.path)
+    rp.write_text(json.dumps({**rec, "machine": "vax"}))
+    with pytest.raises(EngineMismatch, match="optimised on vax"):
+        oe.session_from_engine(eng.path)
+    rp.unlink()
+    with pytest.raises(EngineMismatch, match="no record"):
+        oe.session_from_engine(eng.path)
+
+
+def test_bad_options_and_bad_graph(tmp_path):
+    with pytest.raises(ConfigError, match="optimisation level"):
+        oe.OrtEngineOptions(level="max")
+    with pytest.raises(ConfigError, match="format"):
+        oe.OrtEngineOptions(format="plan")
+    with pytest.raises(ConfigError, match="not available"):
+        oe.engine_from_onnx(tmp_path / "x.onnx", tmp_path / "y.onnx",
+                            oe.OrtEngineOptions(providers=("NoSuchExecutionProvider",)))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a graph")
+    with pytest.raises(ExportError, match="could not optimise"):
+        oe.engine_from_onnx(bad, tmp_path / "out.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx"]  # nothing half-written
+
+
+def test_measure_startup_reports_both_medians(tmp_path, tiny_onnx):
+    eng = oe.engine_from_onnx(tiny_onnx, tmp_path / "tiny.onnx")
+    m = oe.measure_startup(tiny_onnx, eng.path, repeats=3)
+    assert m["raw_startup_ms"] > 0 and m["engine_startup_ms"] > 0
+    assert m["speedup"] == pytest.approx(m["raw_startup_ms"] / m["engine_startup_ms"])
