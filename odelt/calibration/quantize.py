@@ -1,0 +1,223 @@
+"""`quantize_bundle`: FP16 or trajectory-calibrated INT8 variants of a bundle's graphs, checked by an
+accuracy guard that sends the most sensitive layers back to FP32 until the final samples pass.
+
+Stages: record calibration feeds along real trajectories (trajectories.record_feeds) -> convert every
+graph (fp16.fp16_from_onnx / int8.int8_from_onnx) -> sample FP32 and the variant from the same
+held-out noise and compare (RMSE, FD-digits) -> if a threshold is broken, rank the block linears by
+their own error (sensitivity.layer_errors) and fall back 1, 2, 4, ... of the worst to FP32 -> write
+the variant folder and its report, rename it into the bundle, update the manifest (variants.py).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import onnx
+
+from odelt.calibration import metrics, trajectories as traj
+from odelt.calibration.fp16 import fp16_from_onnx
+from odelt.calibration.graph_roles import analyse, name_nodes
+from odelt.calibration.int8 import CALIB_METHODS, int8_from_onnx
+from odelt.calibration.sensitivity import layer_errors
+from odelt.calibration.variants import graph_entry, unchanged_entry
+from odelt.errors import AccuracyError, ConfigError, ExportError
+from odelt.exporter.bundle import Manifest, load_manifest, write_manifest
+from odelt.exporter.onnx_utils import save_graph, weight_bytes
+
+DEFAULT_SCHEDULES = ("uniform:euler:4", "uniform:euler:8")   # runtime --schedule names
+MAX_RMSE = {"fp16": 0.01, "int8": 0.05}     # final samples vs FP32, data in [-1, 1]
+QUANTISED_OPS = {"QuantizeLinear", "DequantizeLinear", "QLinearMatMul", "MatMulInteger"}
+
+
+@dataclass(frozen=True)
+class QuantizeOptions:
+    precision: str                               # "fp16" | "int8"
+    calib_samples: int = 32                      # noise samples; each runs every schedule at every length
+    schedules: tuple[str, ...] = DEFAULT_SCHEDULES
+    eval_samples: int = 64                       # held-out noise for the accuracy guard
+    max_rmse: float | None = None                # None: MAX_RMSE[precision]
+    max_fd_rel: float = 0.10                     # |FD(variant) - FD(fp32)| / FD(fp32), digits-shaped models
+    method: str = "minmax"                       # INT8 activation ranges: minmax | percentile | entropy
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.precision not in MAX_RMSE:
+            raise ConfigError(f"unknown precision {self.precision!r}; expected one of {sorted(MAX_RMSE)}")
+        if self.calib_samples < 1:
+            raise ConfigError(f"--calib-samples must be >= 1, found {self.calib_samples}")
+        if self.eval_samples < 1:
+            raise ConfigError(f"evaluation needs at least 1 sample, found {self.eval_samples}")
+        if not self.schedules:
+            raise ConfigError("expected at least one calibration schedule, found none")
+        if self.method not in CALIB_METHODS:
+            raise ConfigError(f"unknown calibration method {self.method!r}; expected one of {list(CALIB_METHODS)}")
+
+    @property
+    def rmse_limit(self) -> float:
+        return MAX_RMSE[self.precision] if self.max_rmse is None else self.max_rmse
+
+
+class _Converter:
+    """Builds the variant of every graph for a given set of fallback nodes (graph -> node names)."""
+
+    def __init__(self, manifest: Manifest, options: QuantizeOptions, feeds: dict, cache: Path):
+        self.manifest, self.options, self.feeds, self.cache = manifest, options, feeds, cache
+        self.fp32 = {name: name_nodes(onnx.load(str(manifest.graph_path(name)))) for name in manifest.graphs}
+        self.candidates = {name: analyse(m).block_linears for name, m in self.fp32.items()}
+
+    def convertible(self, name: str) -> bool:
+        if self.options.precision == "int8":
+            return bool(self.candidates[name])
+        return bool(analyse(self.fp32[name]).token_inputs)          # fp16: anything on the token path
+
+    def build(self, name: str, fallback: set[str]) -> tuple[onnx.ModelProto, dict]:
+        model = self.fp32[name]
+        if self.options.precision == "fp16":
+            return fp16_from_onnx(model, keep_fp32_nodes=tuple(sorted(fallback)))
+        return int8_from_onnx(model, self.feeds.get(name, []), exclude=tuple(sorted(fallback)),
+                              method=self.options.method, cache=self.cache / f"{name}.json")
+
+
+def check_source(manifest: Manifest, precision: str) -> None:
+    """Refuse a bundle that already has this precision, or whose FP32 graphs are not FP32."""
+    if precision in manifest.data.get("precisions", {}):
+        raise ExportError(f"{manifest.root} already has a {precision} variant; expected an FP32 bundle "
+                          "without it (re-export the bundle to quantise again)")
+    for name in manifest.graphs:
+        model = onnx.load(str(manifest.graph_path(name)), load_external_data=False)
+        ops = {n.op_type for n in model.graph.node} & QUANTISED_OPS
+        halves = [i.name for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+        if ops or halves:
+            found = f"ops {sorted(ops)}" if ops else f"FP16 weights ({halves[0]}, ...)"
+            raise ExportError(f"{manifest.root}: graph {name} is already quantised ({found}); "
+                              "expected the FP32 graphs of an exported bundle")
+
+
+def quantize_bundle(bundle: str | os.PathLike, options: QuantizeOptions) -> dict:
+    """Add the `options.precision` variant to `bundle`; returns the report (also saved in it)."""
+    manifest = load_manifest(bundle)
+    check_source(manifest, options.precision)
+    schedules = traj.per_length([traj.resolve_schedule(s, manifest) for s in options.schedules], manifest)
+    calib = traj.Noise.draw(manifest, options.calib_samples, options.seed)
+    held_out = traj.Noise.draw(manifest, options.eval_samples, options.seed + 1)
+    feeds = traj.record_feeds(manifest, schedules, calib)
+    root = manifest.root
+    tmp = root / f".{options.precision}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with tempfile.TemporaryDirectory(prefix="odelt-calib-") as cache:
+            report = _guarded_build(manifest, options, schedules, (feeds, held_out), (tmp, Path(cache)))
+        _install(manifest, options.precision, tmp, report)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return report
+
+
+def _guarded_build(manifest: Manifest, options: QuantizeOptions, schedules: list, data: tuple,
+                   dirs: tuple[Path, Path]) -> dict:
+    feeds, held_out = data
+    tmp, cache = dirs
+    conv = _Converter(manifest, options, feeds, cache)
+    names = [n for n in manifest.graphs if conv.convertible(n)]
+    reference = metrics.reference_samples(manifest, schedules, held_out)
+    fallback: dict[str, set[str]] = {n: set() for n in names}
+    ranking: list[tuple[float, str, str]] | None = None
+    rounds = []
+    while True:
+        built = {n: conv.build(n, fallback[n]) for n in names}
+        _write_graphs(manifest, built, tmp, options.precision)
+        path_of = _path_of(manifest, set(names), tmp, options.precision)
+        result = metrics.compare(manifest, path_of, schedules, held_out, reference)
+        passed = metrics.passes(result, options.rmse_limit, options.max_fd_rel)
+        rounds.append({"fallback_layers": sum(map(len, fallback.values())), **metrics.summary(result),
+                       "passed": passed})
+        if passed:
+            break
+        if ranking is None:
+            ranking = _rank(conv, names, built, options.precision)
+        done = sum(map(len, fallback.values()))
+        if done >= len(ranking):
+            break
+        for _, graph, node in ranking[:max(1, 2 * done)]:       # 1, 2, 4, 8, ... worst layers
+            fallback[graph].add(node)
+    if not passed:
+        raise AccuracyError(f"{options.precision} misses the accuracy limit even with every block linear in "
+                            f"FP32: {metrics.describe(result, options.rmse_limit, options.max_fd_rel)}")
+    return _report(options, conv, built, (result, rounds), (ranking, fallback, feeds))
+
+
+def _rank(conv: _Converter, names: list[str], built: dict, precision: str) -> list[tuple[float, str, str]]:
+    """Block linears of all graphs, worst local error first."""
+    out = []
+    for n in names:
+        errs = layer_errors(conv.fp32[n], conv.feeds.get(n, [])[:8], precision,
+                            built[n][0] if precision == "int8" else None)
+        out += [(e, n, node) for node, e in errs.items()]
+    return sorted(out, reverse=True)
+
+
+def _path_of(manifest: Manifest, changed: set[str], tmp: Path, precision: str):
+    return lambda spec: (tmp / spec.file) if spec.name in changed else manifest.graph_path(spec.name)
+
+
+def _write_graphs(manifest: Manifest, built: dict, tmp: Path, precision: str) -> None:
+    for name, (model, _) in built.items():
+        external = manifest.data["graphs"][name].get("external_data") is not None
+        save_graph(model, tmp / manifest.graph(name).file, external)
+
+
+def _report(options: QuantizeOptions, conv: _Converter, built: dict, outcome: tuple, fallback_info: tuple) -> dict:
+    result, rounds = outcome
+    ranking, fallback, feeds = fallback_info
+    errors = {(g, node): e for e, g, node in (ranking or [])}
+    fell_back = [{"graph": g, "node": node, "layer_error": round(errors.get((g, node), float("nan")), 6)}
+                 for g in sorted(fallback) for node in sorted(fallback[g])]
+    return {
+        "precision": options.precision,
+        "options": asdict(options),
+        "thresholds": {"rmse": options.rmse_limit, "fd_rel": options.max_fd_rel},
+        "calibration": {"feeds_per_graph": {k: len(v) for k, v in feeds.items()}},
+        "graphs": {name: rep for name, (_, rep) in built.items()},
+        "metrics": result,
+        "rounds": rounds,
+        "fallback": fell_back,
+    }
+
+
+def _install(manifest: Manifest, precision: str, tmp: Path, report: dict) -> None:
+    """Move the finished variant folder into the bundle, then record it in the manifest."""
+    import json
+
+    (tmp / "report.json").write_text(json.dumps(report, indent=1, default=float))
+    final = manifest.root / precision
+    if final.exists():                     # left by a run that died before updating the manifest
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    entries = {}
+    for name in manifest.graphs:
+        if name in report["graphs"]:
+            size = weight_bytes(onnx.load(str(final / manifest.graph(name).file)))
+            entries[name] = graph_entry(manifest, name, precision, manifest.root, size)
+        else:
+            entries[name] = unchanged_entry(manifest, name)
+    data = dict(manifest.data)
+    data["precisions"] = {**data.get("precisions", {}), precision: {
+        "graphs": entries, "report": f"{precision}/report.json", "metrics": metrics.summary(report["metrics"]),
+        "fallback": [f"{f['graph']}:{f['node']}" for f in report["fallback"]]}}
+    write_manifest(manifest.root, data)
+
+
+def load_report(manifest: Manifest, precision: str) -> dict:
+    import json
+
+    entry = manifest.data.get("precisions", {}).get(precision)
+    if entry is None:
+        raise ExportError(f"{manifest.root}: no {precision} variant")
+    return json.loads((manifest.root / entry["report"]).read_text())
+
+

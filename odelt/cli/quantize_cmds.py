@@ -1,0 +1,49 @@
+"""Command `quantize`: FP16 or trajectory-calibrated INT8 variants of a bundle's graphs."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from odelt.cli import cli
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True)
+@click.option("--calib-samples", type=int, default=32, show_default=True,
+              help="Noise samples; each is integrated with every schedule at every length.")
+@click.option("--calib-schedule", "schedules", multiple=True,
+              help="Schedule NAME|FILE to calibrate along (repeatable; default uniform:euler:4 and :8).")
+@click.option("--eval-samples", type=int, default=64, show_default=True, help="Held-out noise for the accuracy guard.")
+@click.option("--max-rmse", type=float, default=None, help="Final-sample RMSE limit (default fp16 0.01, int8 0.05).")
+@click.option("--max-fd-rel", type=float, default=0.10, show_default=True, help="FD-digits relative change limit.")
+@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+def quantize(bundle: str, precision: str, calib_samples: int, schedules: tuple[str, ...], eval_samples: int,
+             max_rmse: float | None, max_fd_rel: float, calib_method: str, seed: int, as_json: bool) -> None:
+    """Add an FP16 or INT8 (Q/DQ) variant to BUNDLE, guarded against FP32 on the final samples."""
+    from odelt.calibration.quantize import DEFAULT_SCHEDULES, QuantizeOptions, quantize_bundle
+
+    options = QuantizeOptions(precision, calib_samples, tuple(schedules) or DEFAULT_SCHEDULES, eval_samples,
+                              max_rmse, max_fd_rel, calib_method, seed)
+    report = quantize_bundle(bundle, options)
+    if as_json:
+        click.echo(json.dumps(report, indent=1, default=float))
+        return
+    m, th = report["metrics"], report["thresholds"]
+    click.echo(f"{bundle}: {precision} variant written to {bundle}/{precision}/ (report.json)")
+    click.echo(f"  final samples vs FP32: RMSE {m['rmse']:.4g} pooled, {m['rmse_worst']:.4g} worst run "
+               f"(limit {th['rmse']:g})")
+    if "fd_rel" in m:
+        click.echo(f"  FD-digits: fp32 {m['fd_fp32']:.4g}, {precision} {m['fd']:.4g}, rel. change "
+                   f"{m['fd_rel']:.3g} (limit {th['fd_rel']:g})")
+    for name, g in report["graphs"].items():
+        low = g.get("int8_linears", g.get("fp16_linears", []))
+        click.echo(f"  {name}: {len(low)} block linears in {precision}")
+    fell = report["fallback"]
+    click.echo(f"  fell back to FP32: {len(fell)} layer(s)" + "".join(
+        f"\n    {f['graph']}:{f['node']} (layer error {f['layer_error']:.3g})" for f in fell))
