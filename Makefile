@@ -2,12 +2,24 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+TRT_STUBS := tensorrt-stubs==10.13.0.35.1
 
 $(BIN)/odelt-export: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[test]'
+	# TensorRT type stubs for tools/make_trt_stubs.py. --no-deps: the wheel depends on `tensorrt`,
+	# which cannot install here (so it cannot sit in the `test` extra); --target: installed into
+	# site-packages it would leave an empty `tensorrt` namespace package that imports fine.
+	# Optional ("-"): the patched stub is committed in typings/, so offline installs still test.
+	-$(BIN)/pip install -q --no-deps --target $(VENV)/trt-stubs $(TRT_STUBS)
 	touch $@
+
+# Regenerate typings/tensorrt/__init__.pyi (commit the result).
+.PHONY: trt-stubs
+trt-stubs: $(BIN)/odelt-export
+	$(BIN)/pip install -q --no-deps --upgrade --target $(VENV)/trt-stubs $(TRT_STUBS)
+	$(BIN)/python tools/make_trt_stubs.py
 
 .PHONY: test demo clean
 test: $(BIN)/odelt-export
