@@ -56,14 +56,13 @@ class BuildRequest:
 def graph_source(manifest: Manifest, name: str, precision: str) -> tuple[Path, bool]:
     """(ONNX file to build from, whether it already holds `precision`).
 
-    FP16/INT8 graphs are written by `odelt-export quantize` and listed under
-    manifest["precisions"][precision]["graphs"][name]["file"] (relative to the bundle). When they
-    are absent the FP32 graph is returned: TensorRT 8.x can still build it with precision flags."""
-    if precision == "fp32":
-        return manifest.graph_path(name), True
-    entry = manifest.data.get("precisions", {}).get(precision, {}).get("graphs", {}).get(name)
-    if entry:
-        return manifest.root / entry["file"], True
+    FP16/INT8 graphs are the bundle's precision variants written by `odelt-export quantize`
+    (odelt.calibration.variants). Without one the FP32 graph is returned: TensorRT 8.x can still
+    build it with precision flags; ONNX Runtime and TensorRT >= 10 refuse."""
+    from odelt.calibration.variants import precisions, variant_graph_path
+
+    if precision in precisions(manifest):
+        return variant_graph_path(manifest, name, precision), True
     return manifest.graph_path(name), False
 
 

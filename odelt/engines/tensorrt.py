@@ -147,9 +147,10 @@ def _configure(builder: trt.Builder, network: trt.INetworkDefinition, bc: BuildC
         config.builder_optimization_level = bc.optimization_level
     for name in flags:  # names, not enum ints: BuilderFlag was renumbered in 11.0
         config.set_flag(getattr(trt.BuilderFlag, name))
-    for name, lo, opt, hi in bc.profiles:
+    if bc.profiles:  # one profile covering every input (one batch range per engine)
         profile = builder.create_optimization_profile()
-        profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
+        for name, lo, opt, hi in bc.profiles:
+            profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
         config.add_optimization_profile(profile)
     if bc.use_dla:
         _place_on_dla(config, network, bc, target, version)
