@@ -22,6 +22,8 @@ def _register() -> None:
     from odelt.cli import quantize_cmds  # noqa: F401
     from odelt.cli import engines_cmds  # noqa: F401
     from odelt.cli import export_cmds  # noqa: F401
+    from odelt.cli import runtime_cmds  # noqa: F401
+    from odelt.cli import schedule_cmds  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,0 +1,137 @@
+"""The learning problem shared by every method: a model, teacher pairs and a differentiable rollout.
+
+Teacher pairs are (noise z, class y, teacher sample x_T) with x_T = 128 full-length Euler steps at the
+flow-matching shortcut level dt_base = 7 from the same z (the reference sampler the foundation
+issue trains the model for). Learning uses one seed stream, split into train and validation;
+evaluation uses another stream (`HELD_OUT_SEED_OFFSET`) that learning never sees.
+
+The rollout drives the runtime's SOLVERS with torch tensors, so the gradient of the final sample
+flows through the time points, and maps each solver step n to its length l_n and shortcut level
+dt_base_n (the solvers never see them).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from odelt.models.dit import DiT
+
+FM_LEVEL = 7                 # dt_base of the flow-matching level (steps of 1/128)
+TEACHER_STEPS = 128          # full-length Euler steps of the teacher
+HELD_OUT_SEED_OFFSET = 1_000_003   # held-out noise: a seed stream learning never draws from
+
+
+def dt_base_for_step(h: float) -> int:
+    """The shortcut level upstream trains for a step of size h: log2(1/h) rounded, clamped 0..7."""
+    if h <= 0:
+        return FM_LEVEL
+    return int(min(FM_LEVEL, max(0, round(math.log2(1.0 / h)))))
+
+
+@dataclass(frozen=True)
+class Pairs:
+    z: Tensor        # (N, C, H, W) noise at t=0
+    y: Tensor        # (N,) class labels
+    x: Tensor        # (N, C, H, W) teacher sample at t=1
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def take(self, idx: Any) -> Pairs:
+        return Pairs(self.z[idx], self.y[idx], self.x[idx])
+
+
+def make_velocity(model: DiT, y: Tensor, lengths: Sequence[int], dt_bases: Sequence[int]):
+    """f(x, t, n) for the solvers: the model at step n's length and shortcut level.
+
+    t may be a python float or a 0-d tensor (then gradients flow into it); it is broadcast to (B,).
+    """
+    def f(x: Tensor, t: Any, n: int) -> Tensor:
+        b = x.shape[0]
+        tt = t.reshape(1).expand(b) if isinstance(t, Tensor) else torch.full((b,), float(t))
+        dt = torch.full((b,), int(dt_bases[n]), dtype=torch.long)
+        return model(x, tt.float(), dt, y, int(lengths[n]))
+    return f
+
+
+@torch.no_grad()
+def teacher_samples(model: DiT, z: Tensor, y: Tensor, steps: int = TEACHER_STEPS, chunk: int = 256) -> Tensor:
+    """Full-length Euler with `steps` uniform steps at dt_base = log2(steps) (7 for 128)."""
+    from odelt.runtime.solvers import SOLVERS
+
+    level = dt_base_for_step(1.0 / steps)
+    ts = [k / steps for k in range(steps + 1)]
+    full = model.config.depth
+    out = []
+    for i in range(0, len(z), chunk):
+        yi = y[i:i + chunk]
+        f = make_velocity(model, yi, [full] * steps, [level] * steps)
+        out.append(SOLVERS["euler"](f, z[i:i + chunk], ts))
+    return torch.cat(out)
+
+
+def draw_noise(model: DiT, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """n noise tensors and labels (cycling through the classes) from one seed."""
+    cfg = model.config
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn((n, cfg.in_channels, cfg.input_size, cfg.input_size), generator=gen)
+    y = torch.arange(n) % cfg.num_classes
+    return z, y
+
+
+_CACHE: dict[tuple, Pairs] = {}
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ODELT_CACHE", Path.home() / ".cache" / "odelt")) / "teacher"
+
+
+def make_pairs(model: DiT, n: int, seed: int, held_out: bool = False, key: str | None = None,
+               cache_dir: str | os.PathLike | None = None) -> Pairs:
+    """Teacher pairs from seed `seed` (learning) or seed + HELD_OUT_SEED_OFFSET (evaluation).
+
+    key: a model identity (its weights hash) to reuse teacher solves within one process and, with
+    cache_dir, across runs (the 128-step teacher is the slowest part of learning on a small CPU).
+    """
+    s = seed + (HELD_OUT_SEED_OFFSET if held_out else 0)
+    ck = (key, n, s, TEACHER_STEPS)
+    if key is not None and ck in _CACHE:
+        return _CACHE[ck]
+    path = Path(cache_dir) / f"{key}-n{n}-s{s}-e{TEACHER_STEPS}.pt" if key and cache_dir else None
+    if path is not None and path.is_file():
+        pairs = Pairs(**torch.load(path))
+    else:
+        z, y = draw_noise(model, n, s)
+        pairs = Pairs(z, y, teacher_samples(model, z, y))
+        if path is not None:
+            _save_atomic({"z": pairs.z, "y": pairs.y, "x": pairs.x}, path)
+    if key is not None:
+        _CACHE[ck] = pairs
+    return pairs
+
+
+def _save_atomic(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def split(pairs: Pairs, n_train: int) -> tuple[Pairs, Pairs]:
+    return pairs.take(slice(0, n_train)), pairs.take(slice(n_train, None))
+
+
+def rmse(a: Tensor, b: Tensor) -> float:
+    return float(torch.sqrt(torch.mean((a - b) ** 2)))
