@@ -19,6 +19,7 @@ def cli() -> None:
 def _register() -> None:
     # One module per area keeps this file small; each adds its commands to `cli`.
     from odelt.cli import models_cmds  # noqa: F401
+    from odelt.cli import train_cmds  # noqa: F401
     from odelt.cli import quantize_cmds  # noqa: F401
     from odelt.cli import engines_cmds  # noqa: F401
     from odelt.cli import export_cmds  # noqa: F401

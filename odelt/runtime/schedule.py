@@ -213,6 +213,7 @@ def save_schedule(schedule: Schedule, path: str | os.PathLike) -> Path:
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(schedule.to_dict(), fh, indent=1)
+        os.chmod(tmp, 0o644)                   # mkstemp files are 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

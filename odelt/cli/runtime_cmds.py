@@ -1,0 +1,50 @@
+"""Commands of the runtime: generate."""
+
+from __future__ import annotations
+
+import click
+
+from odelt.cli import cli
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--schedule", "schedule", default=None, metavar="NAME|FILE",
+              help="KIND[:SOLVER[:STEPS]] (uniform, shifted, cosine; default uniform:euler:8) or a schedule .json.")
+@click.option("-n", "n", type=int, default=16, show_default=True, help="Images to generate.")
+@click.option("--batch", type=int, default=8, show_default=True, help="Images per backend call.")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Noise = numpy default_rng(seed).standard_normal((n,C,H,W)); labels i %% classes.")
+@click.option("--cfg-scale", type=float, default=None, help="Classifier-free guidance scale.")
+@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@click.option("--layout", type=click.Choice(["segments", "per-length"]), default=None,
+              help="Graph layout to run (default: segments when the bundle has it).")
+@click.option("--length", type=int, default=None, help="Length for heuristic schedules (default: the longest).")
+@click.option("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default).")
+@click.option("--no-tables", is_flag=True, help="Ignore the bundle's modulation tables.")
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Grid PNG to write.")
+@click.option("--save-array", is_flag=True, help="Also write the samples as OUT with .npy suffix.")
+def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, cfg_scale: float | None,
+             backend: str, layout: str | None, length: int | None, threads: int, no_tables: bool, out: str,
+             save_array: bool) -> None:
+    """Sample images from an exported BUNDLE with the numpy runtime."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from odelt.runtime.images import grid_image, save_npy, save_png
+    from odelt.runtime.run import GenerateOptions, generate_from_bundle
+
+    opts = GenerateOptions(schedule, n, batch, seed, cfg_scale, backend, layout, length, threads, not no_tables)
+    with tqdm(total=n, desc="generate", unit="img", disable=None, leave=False) as bar:
+        res = generate_from_bundle(bundle, opts, progress=bar.update)
+    upscale = max(1, 64 // res.images.shape[-1])
+    save_png(grid_image(res.images, upscale=upscale), out)
+    if save_array:
+        save_npy(res.images, Path(out).with_suffix(".npy"))
+    s, st = res.schedule, res.stats
+    click.echo(f"{n} images, schedule {s.name or '(file)'}: {s.solver}, {s.steps} steps, "
+               f"{st.calls / max(1, -(-n // batch)):.0f} network calls per batch, lengths {sorted(set(s.lengths))}")
+    click.echo(f"latency: {1e3 * st.wall_s / n:.2f} ms/image, {1e3 * st.backend_s / max(1, st.calls):.3f} ms per "
+               f"network call (batch {batch}), overhead outside the backend {100 * (1 - st.backend_s / st.wall_s):.1f}%")
+    click.echo(f"peak memory (RSS): {res.peak_rss_mb:.1f} MB; wrote {out}" + (" and .npy" if save_array else ""))

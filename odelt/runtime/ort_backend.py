@@ -1,0 +1,147 @@
+"""ONNX Runtime backend: CPU everywhere, the CUDA provider where installed.
+
+Sessions are created once per bundle (every graph the requested lengths need). Each (length,
+graph) gets an IOBinding created once per batch size that points at fixed buffers (see
+backend.BufferPlan): on CPU they are numpy views into one float32 arena, so a call is "copy the
+new state into x, run the bound graphs"; nothing is allocated per step. With the CUDA provider the
+buffers are device OrtValues (inputs are updated in place, the velocity copied back); that path
+cannot run on this CPU-only machine and is untested here.
+
+`naive=True` is the baseline the benchmark compares against: `session.run` with fresh feeds and
+freshly allocated outputs on every call.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from odelt.errors import BackendUnavailable, ExportError, RuntimeFailure
+from odelt.exporter.bundle import Manifest, run_chain
+from odelt.exporter.iospec import GraphSpec
+from odelt.runtime.backend import BufferPlan, chain_length, check_batch, host_buffers, skip_graph
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendUnavailable("ONNX Runtime is not installed: pip install onnxruntime") from None
+    return onnxruntime
+
+
+class OrtBackend:
+    name = "ort"
+
+    def __init__(self, manifest: Manifest, layout: str | None = None, lengths: tuple[int, ...] | None = None,
+                 providers: tuple[str, ...] | None = None, threads: int = 0, naive: bool = False):
+        self.manifest = manifest
+        self.layout = layout or manifest.default_layout()
+        self.lengths = tuple(lengths or manifest.lengths)
+        self.threads, self.naive = threads, naive
+        self._providers = providers
+        self.sessions: dict[str, Any] = {}
+        self._plans: dict[int, tuple[BufferPlan, dict[str, Any], dict[tuple[int, str], Any]]] = {}
+        self.device = "cpu"
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def __enter__(self) -> OrtBackend:
+        ort = _ort()
+        available = ort.get_available_providers()
+        providers = list(self._providers or [p for p in ("CUDAExecutionProvider",) if p in available])
+        if "CPUExecutionProvider" not in providers:
+            providers.append("CPUExecutionProvider")
+        missing = [p for p in providers if p not in available]
+        if missing:
+            raise BackendUnavailable(f"ONNX Runtime providers {missing} are not available; this install has {available}")
+        self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
+        so = ort.SessionOptions()
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        graphs = {g.name: g for n in self.lengths for g in self.manifest.chain(n, self.layout)}
+        for name in sorted(graphs):
+            self.sessions[name] = self._session(ort, so, providers, name)
+        return self
+
+    def _session(self, ort: Any, so: Any, providers: list[str], name: str) -> Any:
+        path = self.manifest.graph_path(name)
+        if not path.is_file():
+            raise ExportError(f"{self.manifest.root}: graph file {path.name} is missing")
+        try:
+            return ort.InferenceSession(str(path), so, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"{path}: ONNX Runtime cannot load this graph ({first[:200]})") from None
+
+    def __exit__(self, *exc: object) -> None:
+        self.sessions.clear()
+        self._plans.clear()
+
+    # -- calls ---------------------------------------------------------------------------------
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        if not self.sessions:
+            raise RuntimeFailure("backend used outside its `with` block")
+        length = chain_length(feeds, self.lengths)
+        if self.naive:
+            return {"velocity": run_chain(self.manifest, length, feeds, self._run_naive, self.layout)}
+        batch = int(np.shape(feeds["x"])[0])
+        plan, bufs, bindings = self._bound(batch)
+        self._write(bufs, feeds)
+        for graph in plan.chains[length]:
+            if not skip_graph(graph, feeds):
+                self.sessions[graph.name].run_with_iobinding(bindings[(length, graph.name)])
+        return {"velocity": self._read(bufs["velocity"])}
+
+    def _run_naive(self, graph: GraphSpec, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.sessions[graph.name].run(None, feeds)
+        return {t.name: o for t, o in zip(graph.outputs, outs)}
+
+    def _write(self, bufs: dict[str, Any], feeds: Mapping[str, np.ndarray]) -> None:
+        for name, value in feeds.items():
+            buf = bufs.get(name)
+            if buf is None:
+                continue
+            value = np.asarray(value, dtype=np.float32 if name not in ("dt_base", "y", "l") else np.int32)
+            shape = tuple(buf.shape()) if self.device == "cuda" else buf.shape
+            if value.shape != shape:
+                raise RuntimeFailure(f"input {name}: expected shape {shape}, found {value.shape}")
+            if self.device == "cuda":
+                buf.update_inplace(np.ascontiguousarray(value))
+            else:
+                np.copyto(buf, value)
+
+    def _read(self, buf: Any) -> np.ndarray:
+        return buf.numpy() if self.device == "cuda" else buf
+
+    # -- buffers and bindings, once per batch size ----------------------------------------------
+    def _bound(self, batch: int) -> tuple[BufferPlan, dict[str, Any], dict[tuple[int, str], Any]]:
+        if batch not in self._plans:
+            check_batch(self.manifest, batch, profile_bound=False)
+            plan = BufferPlan(self.manifest, self.layout, self.lengths, batch)
+            bufs = host_buffers(plan) if self.device == "cpu" else self._device_buffers(plan)
+            bindings = {key: self._binding(self.sessions[key[1]], ins, outs, bufs)
+                        for key, (ins, outs) in plan.binds.items()}
+            self._plans[batch] = (plan, bufs, bindings)
+        return self._plans[batch]
+
+    def _device_buffers(self, plan: BufferPlan) -> dict[str, Any]:
+        ort = _ort()
+        return {key: ort.OrtValue.ortvalue_from_shape_and_type(list(s.shape), np.dtype(s.dtype), "cuda", 0)
+                for key, s in plan.slots.items()}
+
+    def _binding(self, session: Any, ins: dict[str, str], outs: dict[str, str], bufs: dict[str, Any]) -> Any:
+        io = session.io_binding()
+        for names, bind in ((ins, io.bind_input), (outs, io.bind_output)):
+            for name, key in names.items():
+                buf = bufs[key]
+                if self.device == "cuda":
+                    (io.bind_ortvalue_input if bind == io.bind_input else io.bind_ortvalue_output)(name, buf)
+                else:
+                    bind(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+        return io
+
+    def buffer_bytes(self) -> int:
+        """Bytes of the reused buffers over all batch sizes bound so far (host side)."""
+        return sum(int(b.nbytes) for _, bufs, _ in self._plans.values() for b in bufs.values()
+                   if isinstance(b, np.ndarray))

@@ -1,0 +1,170 @@
+"""Sampling: noise -> solver over a backend -> images, numpy only.
+
+Noise and labels are fixed by the seed so that the PyTorch reference and every backend see the
+same inputs:
+    x0 = np.random.default_rng(seed).standard_normal((n, C, H, W)).astype(np.float32)
+    y_i = i % num_classes (class-conditional models), or the null class (num_classes == 1)
+Batches are consecutive slices of these n samples.
+
+Per step n the schedule gives the length l_n and shortcut level dt_base_n; the solver's
+f(x, t, n) becomes one backend call with those. Guidance: a bundle exported with cfg takes
+cfg_scale as a graph input (B rows in, 2B rows inside); otherwise a cfg_scale != 1 runs B
+conditional and B null-class rows in one call and mixes v_u + s (v_c - v_u) here. A bundle's
+modulation table for the schedule's (t, dt_base), length and class replaces its conditioning
+graph. The state is checked after every step: NaN/Inf stops with an error naming the step.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from odelt.errors import RuntimeFailure
+from odelt.exporter.bundle import Manifest
+from odelt.runtime.backend import Backend
+from odelt.runtime.schedule import Schedule
+from odelt.runtime.solvers import SOLVERS
+
+
+def make_noise(seed: int, n: int, shape: tuple[int, int, int]) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
+
+
+def make_labels(n: int, num_classes: int) -> np.ndarray:
+    if num_classes <= 1:
+        return np.full((n,), num_classes, dtype=np.int32)        # the null class: unconditional
+    return (np.arange(n) % num_classes).astype(np.int32)
+
+
+@dataclass
+class Stats:
+    calls: int = 0                 # backend calls (a host-side CFG call counts once, with 2B rows)
+    backend_s: float = 0.0         # time inside backend.infer
+    wall_s: float = 0.0            # time inside sample(), solver arithmetic included
+    images: int = 0
+    per_call_s: list[float] = field(default_factory=list)
+
+    def add(self, other: Stats) -> None:
+        self.calls += other.calls
+        self.backend_s += other.backend_s
+        self.wall_s += other.wall_s
+        self.images += other.images
+
+
+class Tables:
+    """The bundle's modulation tables as {(length, y, t float32, dt_base): {output: (rows, width)}}."""
+
+    def __init__(self, manifest: Manifest):
+        self.rows: dict[tuple[int, int | None, float, int], dict[str, np.ndarray]] = {}
+        for entry in manifest.tables.values():
+            data = np.load(manifest.root / entry["file"])
+            arrays = {name: data[name] for name in entry["outputs"]}
+            for s, (t, d) in enumerate(zip(entry["t"], entry["dt_base"])):
+                key = (int(entry["length"]), entry["y"], float(np.float32(t)), int(d))
+                self.rows[key] = {name: a[s] for name, a in arrays.items()}
+
+    def lookup(self, length: int, y: int | None, t: float, dt_base: int) -> dict[str, np.ndarray] | None:
+        return self.rows.get((length, y, float(np.float32(t)), dt_base))
+
+
+class Sampler:
+    """Runs one schedule on one open backend; `sample(x0, y)` returns the images and their Stats."""
+
+    def __init__(self, backend: Backend, manifest: Manifest, schedule: Schedule, cfg_scale: float | None = None,
+                 use_tables: bool = True):
+        schedule.check_fits(_model_hash(manifest), backend.lengths, cfg_scale)
+        self.backend, self.manifest, self.schedule = backend, manifest, schedule
+        self.cfg_scale = cfg_scale
+        self.null_class = int(manifest.data.get("null_class", manifest.config.num_classes))
+        self.host_cfg = cfg_scale is not None and cfg_scale != 1.0 and not manifest.cfg
+        self.tables = Tables(manifest) if use_tables and manifest.tables and backend.layout == "segments" else None
+        self.timing = False        # record every call's duration in Stats.per_call_s
+
+    def sample(self, x0: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, Stats]:
+        stats = Stats(images=int(x0.shape[0]))
+        f = self._velocity(np.asarray(y, np.int32), stats)
+        s = self.schedule
+        start = time.perf_counter()
+        x = SOLVERS[s.solver](f, np.array(x0, np.float32), list(s.t_grid), callback=_check_finite,
+                              **s.solver_kwargs())
+        stats.wall_s = time.perf_counter() - start
+        return x, stats
+
+    def _velocity(self, y: np.ndarray, stats: Stats) -> Callable[[np.ndarray, Any, int], np.ndarray]:
+        b = int(y.shape[0])
+        rows = 2 * b if self.host_cfg else b
+        feeds: dict[str, np.ndarray] = {
+            "t": np.zeros(rows, np.float32), "dt_base": np.zeros(rows, np.int32), "l": np.zeros(rows, np.int32),
+            "y": np.concatenate([y, np.full(b, self.null_class, np.int32)]) if self.host_cfg else y.copy()}
+        if self.manifest.cfg:
+            feeds["cfg_scale"] = np.full(rows, 1.0 if self.cfg_scale is None else self.cfg_scale, np.float32)
+        lengths, levels = self.schedule.lengths, self.schedule.dt_base
+        label = _table_label(y, self.null_class)
+        infer, timing, per_call = self.backend.infer, self.timing, stats.per_call_s
+
+        def f(x: np.ndarray, t: Any, n: int) -> np.ndarray:
+            feeds["t"].fill(t)
+            feeds["dt_base"].fill(levels[n])
+            feeds["l"].fill(lengths[n])
+            feeds["x"] = np.concatenate([x, x]) if self.host_cfg else x
+            self._table_feeds(feeds, label, lengths[n], t, levels[n], b)
+            t0 = time.perf_counter()
+            v = infer(feeds)["velocity"]
+            dt = time.perf_counter() - t0
+            stats.backend_s += dt
+            stats.calls += 1
+            if timing:
+                per_call.append(dt)
+            if self.host_cfg:
+                return v[b:] + self.cfg_scale * (v[:b] - v[b:])          # new array: safe to keep
+            return v.copy()                                              # v is a reused buffer
+        return f
+
+    def _table_feeds(self, feeds: dict[str, np.ndarray], label: int | None, length: int, t: Any, d: int,
+                     b: int) -> None:
+        if self.tables is None:
+            return
+        for name in [k for k in feeds if k.startswith("mod") or k == "final_mod"]:
+            del feeds[name]
+        if label == -1:
+            return                                                       # mixed classes: no table
+        row = self.tables.lookup(length, label, t, d)
+        if row is not None:
+            feeds.update({name: np.repeat(a, b, axis=0) for name, a in row.items()})
+
+
+def _table_label(y: np.ndarray, null_class: int) -> int | None:
+    """The table key for a batch's labels: one class, None for all-null, -1 when they differ."""
+    if (y != y[0]).any():
+        return -1
+    return None if int(y[0]) == null_class else int(y[0])
+
+
+def _model_hash(manifest: Manifest) -> str | None:
+    return manifest.data.get("model", {}).get("source_hash") or None
+
+
+def _check_finite(n: int, t: Any, x: np.ndarray) -> None:
+    if not np.isfinite(x).all():
+        bad = int(np.size(x) - np.isfinite(x).sum())
+        raise RuntimeFailure(f"the state became non-finite at step {n} (t={float(t):.4g}): {bad} NaN/Inf values; "
+                             "the model or schedule diverged")
+
+
+def generate(sampler: Sampler, n: int, batch: int, seed: int = 0,
+             progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, Stats]:
+    """n images in batches of `batch` (the last may be smaller); returns (n, C, H, W) and totals."""
+    cfg = sampler.manifest.config
+    x0 = make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size))
+    y = make_labels(n, cfg.num_classes)
+    out, total = np.empty((n, cfg.out_channels, cfg.input_size, cfg.input_size), np.float32), Stats()
+    for lo in range(0, n, batch):
+        hi = min(n, lo + batch)
+        out[lo:hi], stats = sampler.sample(x0[lo:hi], y[lo:hi])
+        total.add(stats)
+        if progress:
+            progress(hi - lo)
+    return out, total
