@@ -1,0 +1,44 @@
+import shutil
+
+import pytest
+import torch
+
+from odelt.exporter.export import ExportOptions, export_bundle
+from odelt.models.config import DiTConfig
+from odelt.models.dit import DiT
+
+TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2,
+                 depth_group=2, depth_min=2, num_classes=10)
+FAST = dict(calib_samples=2, eval_samples=2, schedules=("uniform:euler:2",))
+
+
+def tiny_model() -> DiT:
+    torch.manual_seed(0)
+    model = DiT(TINY).eval()
+    with torch.no_grad():   # the init zeroes the final layer and biases: give every weight a value
+        for p in model.parameters():
+            p.normal_(0.0, 0.1 if p.ndim > 1 else 0.02)
+    return model
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calib") / "bundle"
+    export_bundle(tiny_model(), root, ExportOptions(layouts=("segments", "per-length")))
+    return root
+
+
+@pytest.fixture
+def bundle(fp32_bundle, tmp_path):
+    """A private copy of the FP32 bundle (tests add variants to it)."""
+    out = tmp_path / "bundle"
+    shutil.copytree(fp32_bundle, out)
+    return out
+
+
+@pytest.fixture
+def segments_bundle(tmp_path):
+    """Segments layout only: half the graphs, for the slower multi-round tests."""
+    root = tmp_path / "segments"
+    export_bundle(tiny_model(), root, ExportOptions(layouts=("segments",)))
+    return root

@@ -1,0 +1,132 @@
+"""`quantize_bundle` / `odelt-export quantize` on a tiny bundle: variants, guard, fallback, bad input."""
+
+import json
+
+import onnx
+import pytest
+
+from odelt.calibration import metrics
+from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
+from odelt.calibration.variants import precisions, variant_graph_path
+from odelt.cli import main
+from odelt.errors import AccuracyError, ConfigError, ExportError
+from odelt.exporter import load_manifest
+
+from tests.calibration.conftest import FAST
+
+QDQ = {"QuantizeLinear", "DequantizeLinear"}
+
+
+def _ops(path):
+    return {n.op_type for n in onnx.load(str(path)).graph.node}
+
+
+def _snapshot(root):
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*")), (root / "manifest.json").read_text()
+
+
+def test_int8_variant_written_and_recorded(bundle):
+    report = quantize_bundle(bundle, QuantizeOptions("int8", **FAST))
+    manifest = load_manifest(bundle)               # every file, variant included, hash-checked
+    assert precisions(manifest) == ("fp32", "int8")
+    assert report["metrics"]["rmse_worst"] <= 0.05 and report["fallback"] == []
+    assert report["metrics"]["rmse"] > 0           # the variant really differs from FP32
+    for name in ("blocks_0-1", "blocks_2-3", "length_2", "length_4"):
+        path = variant_graph_path(manifest, name, "int8")
+        assert path.parent.parent.name == "int8" and QDQ <= _ops(path)
+    for name in ("cond", "head"):                  # nothing to quantise: the FP32 file is shared
+        assert variant_graph_path(manifest, name, "int8") == manifest.graph_path(name)
+    saved = json.loads((bundle / "int8" / "report.json").read_text())
+    assert saved["metrics"]["rmse"] == pytest.approx(report["metrics"]["rmse"])
+    assert not list(bundle.glob(".int8*"))         # no temp folder left behind
+
+
+def test_fp16_variant_accuracy(bundle):
+    report = quantize_bundle(bundle, QuantizeOptions("fp16", **FAST))
+    assert 0 < report["metrics"]["rmse_worst"] <= 0.01
+    path = variant_graph_path(load_manifest(bundle), "blocks_0-1", "fp16")
+    inits = onnx.load(str(path)).graph.initializer
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in inits)
+
+
+def test_impossible_threshold_falls_back_every_layer(segments_bundle):
+    bundle = segments_bundle
+    report = quantize_bundle(bundle, QuantizeOptions("int8", max_rmse=0.0, **FAST))
+    n_linears = sum(len(g["fallback_fp32"]) for g in report["graphs"].values())
+    assert len(report["fallback"]) == n_linears == 24   # 6 per block, 4 blocks in two chunks
+    assert [r["fallback_layers"] for r in report["rounds"]][:3] == [0, 1, 2]
+    assert not report["rounds"][0]["passed"] and report["rounds"][-1]["passed"]
+    manifest = load_manifest(bundle)
+    assert manifest.data["precisions"]["int8"]["fallback"]
+    assert not QDQ & _ops(variant_graph_path(manifest, "blocks_0-1", "int8"))
+
+
+def test_fp16_impossible_threshold_is_an_error_and_writes_nothing(segments_bundle):
+    bundle = segments_bundle
+    before = _snapshot(bundle)
+    with pytest.raises(AccuracyError, match="misses the accuracy limit"):
+        quantize_bundle(bundle, QuantizeOptions("fp16", max_rmse=0.0, **FAST))
+    assert _snapshot(bundle) == before
+
+
+def test_failure_midway_leaves_bundle_untouched(bundle, monkeypatch):
+    before = _snapshot(bundle)
+
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(metrics, "compare", boom)
+    with pytest.raises(OSError):
+        quantize_bundle(bundle, QuantizeOptions("int8", **FAST))
+    assert _snapshot(bundle) == before
+
+
+def test_options_reject_bad_values():
+    with pytest.raises(ConfigError, match="--calib-samples must be >= 1, found 0"):
+        QuantizeOptions("int8", calib_samples=0)
+    with pytest.raises(ConfigError, match="unknown precision 'int4'"):
+        QuantizeOptions("int4")
+    with pytest.raises(ConfigError, match="calibration method"):
+        QuantizeOptions("int8", method="mse")
+
+
+def _cli(capsys, *args):
+    with pytest.raises(SystemExit) as e:
+        main(["quantize", *map(str, args)])
+    err = capsys.readouterr().err.strip()
+    return e.value.code, err
+
+
+def test_cli_errors_are_one_line(bundle, tmp_path, capsys):
+    code, err = _cli(capsys, bundle, "--precision", "int8", "--calib-samples", "0")
+    assert code == 1 and err == "odelt-export: error: --calib-samples must be >= 1, found 0"
+    code, err = _cli(capsys, tmp_path / "nowhere", "--precision", "int8")
+    assert code == 1 and "not a bundle" in err and "\n" not in err
+    code, err = _cli(capsys, bundle, "--precision", "int8", "--calib-schedule", "wobbly:euler:4")
+    assert code == 1 and "wobbly" in err and "\n" not in err
+
+
+def test_cli_quantise_twice_is_refused(bundle, capsys):
+    main(["quantize", str(bundle), "--precision", "int8", "--calib-samples", "2", "--eval-samples", "2",
+          "--calib-schedule", "uniform:euler:2"])
+    out = capsys.readouterr().out
+    assert "int8 variant written" in out and "RMSE" in out
+    before = _snapshot(bundle)
+    code, err = _cli(capsys, bundle, "--precision", "int8")
+    assert code == 1 and "already has a int8 variant" in err and "\n" not in err
+    assert _snapshot(bundle) == before
+
+
+def test_already_quantised_graphs_are_refused(segments_bundle):
+    bundle = segments_bundle
+    quantize_bundle(bundle, QuantizeOptions("int8", **FAST))
+    manifest = load_manifest(bundle)
+    # a bundle whose "FP32" graph is really a Q/DQ graph (e.g. copied over by hand)
+    fp32 = manifest.graph_path("blocks_0-1")
+    fp32.write_bytes(variant_graph_path(manifest, "blocks_0-1", "int8").read_bytes())
+    data = dict(manifest.data)
+    data.pop("precisions")
+    from odelt.exporter.bundle import write_manifest
+    write_manifest(bundle, data)
+    with pytest.raises(ExportError, match="graph blocks_0-1 is already quantised"):
+        quantize_bundle(bundle, QuantizeOptions("fp16", **FAST))
