@@ -38,11 +38,24 @@ def test_runtime_imports_and_integrates_without_torch():
     r = run_without_torch("""
         import numpy as np
         import odelt.runtime as rt
-        from odelt.runtime import heuristics   # noqa: F401
+        from odelt.runtime import backend, ort_backend, sampler, run, images, trt_backend   # noqa: F401
         s = rt.resolve_schedule("uniform:heun:8", length=4)
         x = np.ones((2, 1, 4, 4), np.float32)
         out = rt.SOLVERS[s.solver](lambda x, t, n: -x, x, list(s.t_grid), **s.solver_kwargs())
         assert out.dtype == np.float32 and abs(float(out.mean()) - np.exp(-1)) < 1e-2, out.mean()
+        assert "torch" not in sys.modules
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_generate_from_a_bundle_without_torch(tiny_bundle, tmp_path):
+    r = run_without_torch(f"""
+        from odelt.runtime.run import GenerateOptions, generate_from_bundle
+        from odelt.runtime.images import grid_image, save_png
+        res = generate_from_bundle({str(tiny_bundle.root)!r}, GenerateOptions(schedule="cosine:dpmpp_2m:4", n=3, batch=2))
+        save_png(grid_image(res.images), {str(tmp_path / "g.png")!r})
+        assert res.images.shape == (3, 1, 8, 8) and res.stats.calls == 8
         assert "torch" not in sys.modules
         print("ok")
     """)

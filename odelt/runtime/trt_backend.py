@@ -1,0 +1,195 @@
+"""TensorRT backend (engines built by `odelt-export build --backend tensorrt`), kept thin.
+
+Importable without TensorRT or CUDA: `tensorrt` and `cuda-python` are imported when the backend is
+opened. It cannot run on this CPU-only machine; it is type-checked against the TensorRT stubs
+(tests/engines/test_typecheck.py picks up odelt/runtime/trt*.py) and its buffer plan is the one the
+ONNX Runtime backend runs and tests (backend.BufferPlan).
+
+What it does (deploy.md §2.3-2.4, §8.3):
+  * one USER_MANAGED device scratch sized max(device_memory_size_v2) over the engines, shared by
+    every execution context (contexts never run concurrently: one stream);
+  * one device arena for every tensor of the longest chain at a batch size, ping-pong state slots;
+    tensor addresses are set once per (context, batch, length) with set_tensor_address;
+  * execute_async_v3 on one stream; optionally one CUDA graph per (length, batch), captured after
+    a warm-up call (static shapes and fixed addresses make that legal).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from odelt.errors import BackendUnavailable, ExportError, RuntimeFailure
+from odelt.exporter.bundle import Manifest
+from odelt.runtime.backend import BufferPlan, chain_length, check_batch, skip_graph
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+ALIGN = 256
+
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart      # cuda-python >= 12.6
+    except ImportError:
+        try:
+            from cuda import cudart                      # older cuda-python
+        except ImportError:
+            raise BackendUnavailable("the TensorRT backend needs cuda-python: pip install cuda-python") from None
+    return cudart
+
+
+def _check(result: Any) -> Any:
+    """cuda-python returns (err, *values); raise on an error, return the values."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise RuntimeFailure(f"CUDA call failed with error {int(err)} ({err})")
+    return values[0] if len(values) == 1 else values
+
+
+class TrtBackend:
+    name = "tensorrt"
+
+    def __init__(self, manifest: Manifest, layout: str | None = None, lengths: tuple[int, ...] | None = None,
+                 engine_set: str | None = None, cuda_graphs: bool = False):
+        self.manifest = manifest
+        self.layout = layout or manifest.default_layout()
+        self.lengths = tuple(lengths or manifest.lengths)
+        self.engine_set = engine_set
+        self.cuda_graphs = cuda_graphs
+        self.engines: dict[str, Any] = {}                 # graph name -> LoadedEngine
+        self.contexts: dict[str, trt.IExecutionContext] = {}
+        self._bound: dict[str, tuple[int, int]] = {}     # graph -> (batch, length) its addresses are for
+        self._arenas: dict[int, tuple[BufferPlan, int, dict[str, int], np.ndarray]] = {}
+        self._graphs: dict[tuple[int, int], Any] = {}    # (length, batch) -> CUDA graph exec
+        self._scratch, self._stream, self._cudart = 0, 0, None
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def __enter__(self) -> TrtBackend:
+        from odelt.engines.tensorrt import load_engine, require_tensorrt
+
+        require_tensorrt()
+        import tensorrt as trt
+
+        self._cudart = cudart = _cudart()
+        entry = self._engine_entry()
+        names = sorted({g.name for n in self.lengths for g in self.manifest.chain(n, self.layout)})
+        for name in names:
+            if name not in entry["graphs"]:
+                raise ExportError(f"engine set {self.engine_set} has no engine for graph {name}; rebuild it")
+            self.engines[name] = load_engine(self.manifest.root / entry["graphs"][name])
+        size = max(int(e.engine.device_memory_size_v2) for e in self.engines.values())
+        self._scratch = _check(cudart.cudaMalloc(max(size, ALIGN)))
+        self._stream = _check(cudart.cudaStreamCreate())
+        for name, loaded in self.engines.items():
+            ctx = loaded.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            ctx.set_device_memory(self._scratch, size)
+            self.contexts[name] = ctx
+        return self
+
+    def _engine_entry(self) -> dict:
+        sets = {k: v for k, v in self.manifest.data.get("engines", {}).items() if v.get("backend") == "tensorrt"}
+        if not sets:
+            raise BackendUnavailable(f"{self.manifest.root} has no TensorRT engines; run "
+                                     "`odelt-export build BUNDLE --backend tensorrt` on this device first")
+        self.engine_set = self.engine_set or sorted(sets)[0]
+        if self.engine_set not in sets:
+            raise ExportError(f"no TensorRT engine set {self.engine_set!r}; this bundle has {sorted(sets)}")
+        return dict(sets[self.engine_set])
+
+    def __exit__(self, *exc: object) -> None:
+        cudart = self._cudart
+        if cudart is None:
+            return
+        for graph_exec in self._graphs.values():
+            cudart.cudaGraphExecDestroy(graph_exec)
+        for _, base, _, _ in self._arenas.values():
+            cudart.cudaFree(base)
+        if self._scratch:
+            cudart.cudaFree(self._scratch)
+        if self._stream:
+            cudart.cudaStreamDestroy(self._stream)
+        self.contexts.clear()
+        self.engines.clear()
+        self._arenas.clear()
+        self._graphs.clear()
+        self._cudart = None
+
+    # -- calls ---------------------------------------------------------------------------------
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        cudart = self._cudart
+        if cudart is None:
+            raise RuntimeFailure("backend used outside its `with` block")
+        length = chain_length(feeds, self.lengths)
+        batch = int(np.shape(feeds["x"])[0])
+        plan, _, addr, velocity = self._arena(batch)
+        h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        kept = []                                          # host sources stay alive until the sync
+        for name, value in feeds.items():
+            if name in addr:
+                src = np.ascontiguousarray(value, dtype=plan.slots[name].dtype)
+                kept.append(src)
+                _check(cudart.cudaMemcpyAsync(addr[name], src.ctypes.data, src.nbytes, h2d, self._stream))
+        chain = [g for g in plan.chains[length] if not skip_graph(g, feeds)]
+        for graph in chain:
+            self._bind(graph.name, plan, addr, batch, length)
+        key = (length, batch)
+        if key in self._graphs:
+            _check(cudart.cudaGraphLaunch(self._graphs[key], self._stream))
+        else:
+            self._execute([g.name for g in chain])
+            if self.cuda_graphs and len(chain) == len(plan.chains[length]):   # table calls stay eager
+                self._capture(key, [g.name for g in chain])
+        _check(cudart.cudaMemcpyAsync(velocity.ctypes.data, addr["velocity"], velocity.nbytes, d2h, self._stream))
+        _check(cudart.cudaStreamSynchronize(self._stream))
+        return {"velocity": velocity}
+
+    def _execute(self, names: list[str]) -> None:
+        for name in names:
+            if not self.contexts[name].execute_async_v3(self._stream):
+                raise RuntimeFailure(f"TensorRT failed to enqueue graph {name}")
+
+    def _capture(self, key: tuple[int, int], names: list[str]) -> None:
+        cudart = self._cudart
+        assert cudart is not None
+        mode = cudart.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+        _check(cudart.cudaStreamBeginCapture(self._stream, mode))
+        self._execute(names)
+        graph = _check(cudart.cudaStreamEndCapture(self._stream))
+        self._graphs[key] = _check(cudart.cudaGraphInstantiate(graph, 0))
+
+    def _bind(self, name: str, plan: BufferPlan, addr: dict[str, int], batch: int, length: int) -> None:
+        """Shapes and addresses once per (batch, length) a context serves; kept across steps."""
+        if self._bound.get(name) == (batch, length):
+            return
+        ctx = self.contexts[name]
+        ins, outs = plan.binds[(length, name)]
+        for tensor, key in ins.items():
+            if not ctx.set_input_shape(tensor, plan.slots[key].shape):
+                raise RuntimeFailure(f"engine {name}: input {tensor} shape {plan.slots[key].shape} is outside "
+                                     "its optimisation profile")
+            ctx.set_tensor_address(tensor, addr[key])
+        for tensor, key in outs.items():
+            ctx.set_tensor_address(tensor, addr[key])
+        self._bound[name] = (batch, length)
+
+    def _arena(self, batch: int) -> tuple[BufferPlan, int, dict[str, int], np.ndarray]:
+        """One device allocation holding every tensor of the layout at this batch size."""
+        if batch not in self._arenas:
+            check_batch(self.manifest, batch, profile_bound=True)
+            cudart = self._cudart
+            assert cudart is not None
+            plan = BufferPlan(self.manifest, self.layout, self.lengths, batch)
+            offsets, total = {}, 0
+            for key, slot in sorted(plan.slots.items()):
+                offsets[key] = total
+                nbytes = int(np.prod(slot.shape)) * np.dtype(slot.dtype).itemsize
+                total += -(-nbytes // ALIGN) * ALIGN
+            base = _check(cudart.cudaMalloc(total))
+            addr = {key: base + off for key, off in offsets.items()}
+            velocity = np.empty(plan.slots["velocity"].shape, np.float32)
+            self._arenas[batch] = (plan, base, addr, velocity)
+            self._bound.clear()
+        return self._arenas[batch]

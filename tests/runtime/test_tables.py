@@ -1,0 +1,44 @@
+"""Precomputed modulation tables replace the conditioning graph when they fit the call."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from odelt.exporter.bundle import load_manifest
+from odelt.exporter.tables import add_table
+from odelt.runtime.backend import open_backend
+from odelt.runtime.heuristics import resolve_schedule
+from odelt.runtime.sampler import Sampler, make_noise
+
+
+class NoCond:
+    """Stands in for the conditioning session: fails if the runtime runs it."""
+
+    def run_with_iobinding(self, binding):
+        raise AssertionError("conditioning graph ran although a table covers this call")
+
+
+def test_table_replaces_conditioning_graph(tiny_bundle, tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle.root, root)
+    schedule = resolve_schedule("shifted:euler:4", 4)
+    add_table(root, "shifted4_y3", list(schedule.t_grid[:-1]), list(schedule.dt_base), 4, y=3)
+    manifest = load_manifest(root)
+    x0, y = make_noise(0, 2, (1, 8, 8)), np.full(2, 3, np.int32)
+    with open_backend("ort", manifest) as be:
+        plain, _ = Sampler(be, manifest, schedule, use_tables=False).sample(x0, y)
+        be.sessions["cond"] = NoCond()
+        tabled, _ = Sampler(be, manifest, schedule).sample(x0, y)
+    np.testing.assert_allclose(tabled, plain, atol=1e-5)
+    # Another class is not in the table: the conditioning graph runs (and NoCond says so).
+    with open_backend("ort", manifest) as be:
+        Sampler(be, manifest, schedule, use_tables=False).sample(x0, y)     # binds buffers at batch 2
+        be.sessions["cond"] = NoCond()
+        try:
+            Sampler(be, manifest, schedule).sample(x0, np.full(2, 4, np.int32))
+        except AssertionError as e:
+            assert "conditioning graph ran" in str(e)
+        else:
+            raise AssertionError("class 4 is not in the table, so the conditioning graph had to run")
