@@ -12,16 +12,19 @@ import torch
 from torch import Tensor, nn
 
 EVAL_WINDOW = 0.5            # LD3's win_rate: eval shifts stay within half the smallest gap
+MIN_GAP = 1e-4               # smallest grid step a learned grid can take
 
 
 def grid_from_logits(xi: Tensor) -> Tensor:
     """(N,) logits -> (N+1,) grid 0 = t_0 < t_1 < ... < t_N = 1.
 
-    softmax keeps every gap positive, so the grid is strictly monotone by construction; the
-    endpoints are pinned exactly (t_0 is a constant 0 and the cumulative sum of a softmax ends at 1;
-    the last entry is set to 1 explicitly so rounding cannot move it).
+    softmax keeps every gap positive, and a floor of MIN_GAP keeps it positive in float32 too (a
+    softmax of spread-out logits underflows to 0, which would merge two grid points), so the grid is
+    strictly monotone by construction. The endpoints are pinned exactly (t_0 is a constant 0; the
+    last entry is set to 1 explicitly so rounding cannot move it).
     """
-    gaps = torch.softmax(xi, dim=0)                              # (N,) positive, sums to 1
+    n = xi.numel()
+    gaps = torch.softmax(xi, dim=0) * (1 - n * MIN_GAP) + MIN_GAP   # (N,) >= MIN_GAP, sums to 1
     inner = torch.cumsum(gaps, dim=0)[:-1]                       # (N-1,)
     zero, one = xi.new_zeros(1), xi.new_ones(1)
     return torch.cat([zero, inner, one])                         # (N+1,)
@@ -31,9 +34,9 @@ def logits_from_grid(grid: Sequence[float]) -> Tensor:
     """The inverse (up to a constant): logits whose softmax gives the grid's gaps."""
     g = torch.as_tensor(list(grid), dtype=torch.float64)
     gaps = g[1:] - g[:-1]
-    if len(g) < 2 or abs(float(g[0])) > 1e-9 or abs(float(g[-1]) - 1) > 1e-9 or bool((gaps <= 0).any()):
-        raise ValueError(f"expected an increasing grid from 0 to 1, found {list(grid)}")
-    return torch.log(gaps).float()
+    if len(g) < 2 or abs(float(g[0])) > 1e-9 or abs(float(g[-1]) - 1) > 1e-9 or bool((gaps <= MIN_GAP).any()):
+        raise ValueError(f"expected an increasing grid from 0 to 1 with gaps > {MIN_GAP}, found {list(grid)}")
+    return torch.log((gaps - MIN_GAP) / (1 - len(gaps) * MIN_GAP)).float()
 
 
 class LD3Grid(nn.Module):

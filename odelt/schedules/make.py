@@ -36,6 +36,9 @@ def check_request(model: DiT, req: Request) -> None:
     from odelt.schedules.lengths import check_budget
 
     cfg = model.config
+    drivable = {"ld3": LD3_SOLVERS, "amed": AMED_HOSTS}.get(req.method)
+    if drivable is not None and req.solver not in drivable:
+        raise ScheduleError(f"method {req.method} cannot drive solver {req.solver!r}; expected one of {list(drivable)}")
     if req.nfe is not None:
         if req.nfe < 1:
             raise ScheduleError(f"NFE must be >= 1, found {req.nfe}")
@@ -46,9 +49,6 @@ def check_request(model: DiT, req: Request) -> None:
             steps_for(req.solver, req.nfe)
     elif req.budget is None:
         raise ScheduleError("NFE is required unless per-step lengths are searched under a block budget")
-    drivable = {"ld3": LD3_SOLVERS, "amed": AMED_HOSTS}.get(req.method)
-    if drivable is not None and req.solver not in drivable:
-        raise ScheduleError(f"method {req.method} cannot drive solver {req.solver!r}; expected one of {list(drivable)}")
     if req.dt_mode == "step" and cfg.ignore_dt:
         raise ScheduleError("per-step dt_base needs a model with shortcut levels, found config.ignore_dt=True "
                             "(use a fixed dt_base)")
