@@ -58,11 +58,11 @@ def samples_for(model: DiT, s, pairs: Pairs, chunk: int = 128) -> torch.Tensor:
 
 
 def fd_digits(x: torch.Tensor) -> float | None:
-    """FD-digits of samples in [-1, 1], or None when no trained classifier is shipped."""
-    try:
-        from odelt.models.classifier import fd_digits as fd
-    except ImportError:
+    """FD-digits of samples in [-1, 1] (the shipped digits classifier); None for non-digit shapes."""
+    if tuple(x.shape[1:]) != (1, 8, 8) or len(x) < 2:
         return None
+    from odelt.models.classifier import fd_digits as fd
+
     return float(fd(x.detach().cpu().numpy()))
 
 

@@ -64,18 +64,13 @@ def make_velocity(model: DiT, y: Tensor, lengths: Sequence[int], dt_bases: Seque
 
 @torch.no_grad()
 def teacher_samples(model: DiT, z: Tensor, y: Tensor, steps: int = TEACHER_STEPS, chunk: int = 256) -> Tensor:
-    """Full-length Euler with `steps` uniform steps at dt_base = log2(steps) (7 for 128)."""
-    from odelt.runtime.solvers import SOLVERS
+    """The reference sampler (odelt.models.sampling): full-length Euler, `steps` uniform steps at
+    dt_base = log2(steps) (7 for 128)."""
+    from odelt.models.sampling import sample_euler
 
-    level = dt_base_for_step(1.0 / steps)
-    ts = [k / steps for k in range(steps + 1)]
     full = model.config.depth
-    out = []
-    for i in range(0, len(z), chunk):
-        yi = y[i:i + chunk]
-        f = make_velocity(model, yi, [full] * steps, [level] * steps)
-        out.append(SOLVERS["euler"](f, z[i:i + chunk], ts))
-    return torch.cat(out)
+    return torch.cat([sample_euler(model, z[i:i + chunk], y[i:i + chunk], full, steps)
+                      for i in range(0, len(z), chunk)])
 
 
 def draw_noise(model: DiT, n: int, seed: int) -> tuple[Tensor, Tensor]:
