@@ -70,31 +70,47 @@ def wrapper_for(dit: DiT, spec: GraphSpec, guided: bool) -> nn.Module:
         return ChunkGraph(dit, spec.blocks, guided)
     if spec.kind == "head":
         return HeadGraph(dit, guided)
+    assert spec.length is not None
     return LengthGraph(dit, spec.length, guided)
 
 
 def onnx_from_model(module: nn.Module, spec: GraphSpec, feed: dict[str, np.ndarray], opset: int,
-                    scratch: Path):
-    """Trace `module` on `feed` into an ONNX ModelProto whose IO matches `spec` exactly."""
+                    scratch: Path | None = None):
+    """Trace `module` on `feed` into an ONNX ModelProto whose IO matches `spec` exactly.
+
+    Without `scratch` the graph is serialised in memory; graphs over 2 GiB need a scratch folder
+    (the tracer then writes one file per weight there, which onnx.load gathers back)."""
+    import io
+
     import onnx
 
-    scratch.mkdir(parents=True, exist_ok=True)
-    path = scratch / f"{spec.name}.onnx"
     args = tuple(torch.from_numpy(feed[t.name]) for t in spec.inputs)
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+    target: str | io.BytesIO = str(scratch / f"{spec.name}.onnx") if scratch else io.BytesIO()
     axes = {t.name: t.dynamic_axes() for t in spec.inputs + spec.outputs}
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter (dynamo=False) is deprecated but fast and predictable for these
-        # small static graphs; it warns about that and about shape-derived Python ints.
+        # static graphs; it warns about that and about shape-derived Python ints.
         warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, str(path), input_names=[t.name for t in spec.inputs],
+        torch.onnx.export(module, args, target,  # type: ignore[arg-type]  # BytesIO works here
+                          input_names=[t.name for t in spec.inputs],
                           output_names=[t.name for t in spec.outputs], opset_version=opset, dynamo=False,
                           do_constant_folding=True, dynamic_axes=axes)
-    model = onnx.load(str(path))
+    model = onnx.load(target) if isinstance(target, str) else onnx.load_model_from_string(target.getvalue())
     onnx_utils.restore_unused_inputs(model, spec)
     onnx_utils.check_io(model, spec)
     if opset < 17 and "LayerNormalization" in onnx_utils.op_types(model):
         raise ExportError(f"graph {spec.name}: opset {opset} must not contain LayerNormalization")
     return model
+
+
+def _param_bytes(dit: DiT, spec: GraphSpec) -> int:
+    """An upper bound on a graph's weights: all of the model except blocks the graph does not run."""
+    if spec.kind not in ("chunk", "length"):
+        return dit.param_bytes()
+    skip = {id(p) for i, b in enumerate(dit.blocks) if i not in spec.blocks for p in b.parameters()}
+    return sum(p.numel() * p.element_size() for p in dit.parameters() if id(p) not in skip)
 
 
 def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, source: str = "",
@@ -130,7 +146,8 @@ def _export_graphs(dit: DiT, plans: list, options: ExportOptions, root: Path, ex
     entries = {}
     for spec in tqdm(specs, desc="export", unit="graph", disable=None, leave=False):
         feed = example_feed(spec.inputs, dit, TRACE_BATCH)
-        model = onnx_from_model(wrapper_for(dit, spec, options.cfg), spec, feed, options.opset, root / ".scratch")
+        scratch = root / ".scratch" if _param_bytes(dit, spec) > onnx_utils.PROTOBUF_LIMIT else None
+        model = onnx_from_model(wrapper_for(dit, spec, options.cfg), spec, feed, options.opset, scratch)
         weight_bytes = onnx_utils.weight_bytes(model)
         data = onnx_utils.save_graph(model, root / spec.file, external)
         entries[spec.name] = {**spec.to_dict(), "external_data": data, "weight_bytes": weight_bytes}

@@ -179,7 +179,7 @@ def plan_per_length(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> L
     graphs = tuple(GraphSpec(f"length_{n}", "per-length", "length", tuple(range(cfg.live_depth(n))),
                              caller_inputs(cfg, guided), (_velocity(cfg),), length=n)
                    for n in check_lengths(cfg, lengths))
-    return LayoutPlan("per-length", graphs, {g.length: (g.name,) for g in graphs})
+    return LayoutPlan("per-length", graphs, {n: (g.name,) for n, g in zip(check_lengths(cfg, lengths), graphs)})
 
 
 def plan_segments(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> LayoutPlan:

@@ -84,7 +84,7 @@ def add_table(bundle: str | os.PathLike, name: str, t: Sequence[float], dt_base:
     (root / "tables").mkdir(exist_ok=True)
     rel = f"tables/{name}.npz"
     tmp = root / "tables" / f".{name}.tmp.npz"
-    np.savez(tmp, **table)
+    np.savez(tmp, **table)  # type: ignore[arg-type]
     os.replace(tmp, root / rel)
     entry = {"file": rel, "length": int(length), "y": y, "cfg": manifest.cfg,
              "rows": int(next(iter(table.values())).shape[1]),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from odelt.models.dit import DiT
+from odelt.models.dit import DiT, DiTBlock
 
 
 def with_null_rows(y: Tensor, null_class: int) -> Tensor:
@@ -42,6 +42,12 @@ def unpatchify(tokens: Tensor, patch: int, channels: int, grid: int) -> Tensor:
     return x.reshape(b, channels, grid * patch, grid * patch)
 
 
+def block(dit: DiT, i: int) -> DiTBlock:
+    blk = dit.blocks[i]
+    assert isinstance(blk, DiTBlock)
+    return blk
+
+
 def run_blocks(dit: DiT, blocks: range, h: Tensor, v: Tensor | None, mods: list[Tensor]) -> tuple[Tensor, Tensor]:
     """The group recurrence over `blocks` with precomputed modulations; returns (h, V).
 
@@ -50,7 +56,7 @@ def run_blocks(dit: DiT, blocks: range, h: Tensor, v: Tensor | None, mods: list[
     """
     g = dit.config.depth_group
     for i, mod in zip(blocks, mods):
-        out = dit.blocks[i].apply_modulated(h, mod)                  # (R, N, D)
+        out = block(dit, i).apply_modulated(h, mod)                  # (R, N, D)
         if i % g != g - 1:
             h = out
         else:
@@ -62,6 +68,8 @@ def run_blocks(dit: DiT, blocks: range, h: Tensor, v: Tensor | None, mods: list[
 class ConditioningGraph(nn.Module):
     """(t, dt_base, y, l) -> (mod0, ..., mod{k-1}, final_mod): every adaLN output of a step."""
 
+    dit: DiT
+
     def __init__(self, dit: DiT, num_blocks: int, guided: bool):
         super().__init__()
         self.dit, self.num_blocks, self.guided = dit, num_blocks, guided
@@ -72,12 +80,14 @@ class ConditioningGraph(nn.Module):
             y = with_null_rows(y, self.dit.config.num_classes)
         c = self.dit.condition(t, dt_base, y)                           # (R, D)
         cb = c + self.dit.l_embedder(l.long())                          # (R, D)
-        mods = [self.dit.blocks[i].modulation(cb) for i in range(self.num_blocks)]  # each (R, 6D)
+        mods = [block(self.dit, i).modulation(cb) for i in range(self.num_blocks)]  # each (R, 6D)
         return (*mods, self.dit.final.modulation(c))                   # final: (R, 2D)
 
 
 class ChunkGraph(nn.Module):
     """(x | h, V, mod_i for i in blocks) -> (h_out, V_out). The first chunk embeds x itself."""
+
+    dit: DiT
 
     def __init__(self, dit: DiT, blocks: tuple[int, ...], guided: bool):
         super().__init__()
@@ -95,6 +105,8 @@ class ChunkGraph(nn.Module):
 class HeadGraph(nn.Module):
     """(V, final_mod[, cfg_scale]) -> velocity (B, C, H, W)."""
 
+    dit: DiT
+
     def __init__(self, dit: DiT, guided: bool):
         super().__init__()
         self.dit, self.guided = dit, guided
@@ -103,11 +115,15 @@ class HeadGraph(nn.Module):
         cfg = self.dit.config
         out = unpatchify(self.dit.final.apply_modulated(v, final_mod), cfg.patch_size, cfg.out_channels,
                          cfg.input_size // cfg.patch_size)              # (R, C, H, W)
-        return guide(out, cfg_scale) if self.guided else out
+        return guide(out, cfg_scale) if cfg_scale is not None else out
 
 
 class LengthGraph(nn.Module):
     """(x, t, dt_base, y[, cfg_scale]) -> velocity at one length, l folded in as a constant."""
+
+    dit: DiT
+
+    l_emb: Tensor
 
     def __init__(self, dit: DiT, length: int, guided: bool):
         super().__init__()
@@ -123,11 +139,11 @@ class LengthGraph(nn.Module):
             x, t, dt_base, y = twice(x), twice(t), twice(dt_base), with_null_rows(y, cfg.num_classes)
         c = dit.condition(t, dt_base, y)                                # (R, D)
         cb = c + self.l_emb                                             # (R, D)
-        mods = [dit.blocks[i].modulation(cb) for i in self.blocks]
+        mods = [block(dit, i).modulation(cb) for i in self.blocks]
         _, v = run_blocks(dit, self.blocks, dit.embed_tokens(x), None, mods)  # (R, N, D)
         out = unpatchify(dit.final.apply_modulated(v, dit.final.modulation(c)), cfg.patch_size,
                          cfg.out_channels, cfg.input_size // cfg.patch_size)
-        return guide(out, cfg_scale) if self.guided else out
+        return guide(out, cfg_scale) if cfg_scale is not None else out
 
 
 def reference_velocity(dit: DiT, x: Tensor, t: Tensor, dt_base: Tensor, y: Tensor, length: int,

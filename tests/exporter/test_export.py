@@ -242,3 +242,10 @@ def test_manifest_records_io_and_chains(tiny_bundle):
     assert set(data["files"]) == {g["file"] for g in data["graphs"].values()}
     assert data["model"]["source_hash"] and data["model"]["config"]["depth"] == 5
     assert duplicate_initializers(load_manifest(tiny_bundle)) == 0
+
+
+def test_newest_supported_opset(tiny_ckpt, tmp_path):
+    from odelt.exporter.export import export_source
+
+    export_source(str(tiny_ckpt), tmp_path / "b", ExportOptions(opset=20, lengths=(4,)))
+    assert verify_bundle(tmp_path / "b", VerifyOptions(cases=1))["ok"]
