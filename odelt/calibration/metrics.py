@@ -13,7 +13,10 @@ import math
 import numpy as np
 
 from odelt.calibration import trajectories as traj
+from odelt.errors import OdeltError
 from odelt.exporter.bundle import Manifest
+
+MIN_FD_SAMPLES = 256   # pooled over runs; the classifier's features are 64-d
 
 
 def reference_samples(manifest: Manifest, schedules: list, noise: traj.Noise) -> dict[str, dict[str, np.ndarray]]:
@@ -48,11 +51,13 @@ def fd_relative(manifest: Manifest, ref: np.ndarray, var: np.ndarray) -> dict:
     cfg = manifest.config
     if (cfg.in_channels, cfg.input_size, cfg.num_classes) != (1, 8, 10):
         return {}
+    if len(ref) < MIN_FD_SAMPLES:      # a 64-d Gaussian fit from fewer samples is noise, not a metric
+        return {"fd_skipped": f"{len(ref)} samples < {MIN_FD_SAMPLES}"}
     try:
-        from odelt.models.classifier import fd_digits  # type: ignore[attr-defined]
-    except ImportError:
-        return {}
-    fd32, fd = float(fd_digits(ref)), float(fd_digits(var))
+        from odelt.models.classifier import fd_digits
+        fd32, fd = float(fd_digits(ref)), float(fd_digits(var))
+    except (ImportError, OdeltError) as e:
+        return {"fd_skipped": f"digits classifier unavailable ({e})"}
     return {"fd_fp32": fd32, "fd": fd, "fd_rel": abs(fd - fd32) / max(fd32, 1e-12)}
 
 
