@@ -1,6 +1,7 @@
 """The upstream JAX fixture: export its pickle and match both PyTorch and the JAX outputs."""
 
 import numpy as np
+import pytest
 
 from odelt.exporter import load_manifest, run_chain
 from odelt.exporter.export import ExportOptions, export_source
@@ -27,3 +28,16 @@ def test_upstream_pickle_export_matches_pytorch_and_jax(jax_small, tmp_path):
         for length in (2, 4):
             got = run_chain(man, length, feed, run, layout).transpose(0, 2, 3, 1)     # NCHW -> NHWC
             assert np.abs(got - cases[f"out_l{length}"]).max() < 1e-5, (layout, length)
+
+
+def test_builtin_digits_export_matches_pytorch(tmp_path):
+    from odelt.models.checkpoint import WEIGHTS_DIR
+
+    if not (WEIGHTS_DIR / "digits.safetensors").is_file():
+        pytest.skip("builtin:digits is not trained yet")
+    out = tmp_path / "digits"
+    export_source("builtin:digits", out, ExportOptions(layouts=("segments", "per-length")))
+    report = verify_bundle(out, VerifyOptions(cases=1))
+    assert report["ok"] and report["max_abs_err"] < 1e-4
+    assert set(report["per_length"]["segments"]) == {"2", "4", "6", "8"}
+    assert report["weight_bytes"]["segments"] <= 1.05 * report["param_bytes"]
