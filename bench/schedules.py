@@ -75,7 +75,7 @@ def ld3_figures(model, cfg, train, val, held, quick: bool) -> tuple[dict, float]
         prefix = "ld3_err_ratio_nfe4" if solver == "euler" else f"ld3_err_ratio_nfe4_{solver}"
         out[prefix] = ld3_err / base_err
         out[f"ld3_{solver}_nfe4_dt_mode"] = chosen
-        out[f"ld3_{solver}_nfe4_grid"] = [round(float(t), 4) for t in per_mode[chosen][3].plan().ts]
+        out[f"ld3_{solver}_nfe4_grid"] = [round(t, 4) for t in per_mode[chosen][3].plan().ts.tolist()]
         if solver == "euler":
             best_euler = (ld3_err, "step" if chosen == "step" else 7)
     return out, best_euler
@@ -102,7 +102,8 @@ def length_figures(model, cfg, train, val, held, target: float, dt, quick: bool)
     full_blocks = 4 * model.config.depth
     out: dict = {"length_target_rmse": target, "length_full_blocks": full_blocks}
     step = model.config.depth_group
-    budgets = range(full_blocks // 2, full_blocks, 2 * step) if quick else range(full_blocks // 2, full_blocks, step)
+    smallest = 4 * min(model.config.lengths)
+    budgets = range(max(smallest, full_blocks // 4), full_blocks, 2 * step if quick else step)
     found, budget = None, None
     for budget in budgets:
         results = search_lengths(model, "euler", budget, train, val, cfg, dt_mode=dt, keep=1 if quick else 2,
