@@ -40,7 +40,7 @@ def _setup(quick: bool):
     source = os.environ.get("ODELT_BENCH_DIGITS", "builtin:digits")
     model = load_checkpoint(source).eval()
     key = file_hash(resolve_source(source))
-    cfg = LearnConfig(iters=150 if quick else 300)
+    cfg = LearnConfig(iters=100 if quick else 300)
     train, val = split(make_pairs(model, cfg.n_pairs, cfg.seed, key=key), cfg.n_train)
     held = make_pairs(model, 128 if quick else 256, 0, held_out=True, key=key)
     return model, source, cfg, train, val, held
@@ -55,6 +55,12 @@ def _uniform(model, solver, lengths, dt, held) -> float:
     return eval_rmse(model, LD3Student(StepSpec(solver, lengths, dt), uniform_grid(len(lengths)), False), held)
 
 
+def _init_choice(model, solver: str, val) -> str | int:
+    """--quick learns one mode only: the one better at the uniform grid on validation (as 'auto')."""
+    full = model.config.depth
+    return min(("step", 7), key=lambda dt: _uniform(model, solver, (full,) * 4, dt, val))
+
+
 def ld3_figures(model, cfg, train, val, held, quick: bool) -> tuple[dict, float]:
     out: dict = {}
     full = model.config.depth
@@ -62,7 +68,8 @@ def ld3_figures(model, cfg, train, val, held, quick: bool) -> tuple[dict, float]
     best_euler = None
     for solver in solvers:
         per_mode = {}
-        for dt in ("step", 7):
+        modes = ("step", 7) if not quick else (_init_choice(model, solver, val),)
+        for dt in modes:
             held_err, val_err, student = _ld3(model, solver, (full,) * 4, dt, cfg, train, val, held)
             base = _uniform(model, solver, (full,) * 4, dt, held)
             tag = "step" if dt == "step" else "fixed7"
@@ -130,10 +137,15 @@ def run(quick: bool = False) -> dict:
     model, source, cfg, train, val, held = _setup(quick)
     out: dict = {"schedules_model": source, "schedules_n_held_out": len(held),
                  "schedules_teacher_seconds": round(time.time() - t0, 1)}
+    t1 = time.time()
     ld3, (target, dt) = ld3_figures(model, cfg, train, val, held, quick)
     out.update(ld3)
+    t2 = time.time()
     out.update(amed_figures(model, cfg, train, val, held, quick))
+    t3 = time.time()
     out.update(length_figures(model, cfg, train, val, held, target, dt, quick))
+    out.update({"schedules_ld3_seconds": round(t2 - t1, 1), "schedules_amed_seconds": round(t3 - t2, 1),
+                "schedules_length_seconds": round(time.time() - t3, 1)})
     return out
 
 
