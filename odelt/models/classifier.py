@@ -170,8 +170,10 @@ def _shipped() -> DigitsCNN:
 
 
 def _prep(samples: np.ndarray | Tensor) -> Tensor:
-    x = torch.tensor(np.array(samples.detach().cpu() if isinstance(samples, Tensor) else samples),
-                     dtype=torch.float32)
+    if isinstance(samples, Tensor):
+        x = samples.detach().cpu().float()
+    else:
+        x = torch.tensor(np.array(samples), dtype=torch.float32)
     if x.ndim != 4 or tuple(x.shape[1:]) != (1, 8, 8):
         raise CheckpointError(f"digits samples must be (N, 1, 8, 8), found {tuple(x.shape)}")
     return x.clamp(-1.0, 1.0)
@@ -221,5 +223,5 @@ def recognisability(samples: np.ndarray | Tensor, labels: np.ndarray | Tensor | 
     conf, pred = probs.max(1)
     ok = conf > CONFIDENT
     if labels is not None:
-        ok &= pred == torch.tensor(np.array(labels)).long()
+        ok &= (labels.cpu() if isinstance(labels, Tensor) else torch.tensor(np.array(labels))).long() == pred
     return float(ok.float().mean())
