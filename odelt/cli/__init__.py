@@ -25,6 +25,8 @@ def _register() -> None:
     from odelt.cli import export_cmds  # noqa: F401
     from odelt.cli import runtime_cmds  # noqa: F401
     from odelt.cli import schedule_cmds  # noqa: F401
+    from odelt.cli import plan_cmds  # noqa: F401
+    from odelt.cli import demo_cmds  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> None:

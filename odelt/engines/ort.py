@@ -145,8 +145,9 @@ def read_record(engine_path: Path) -> dict[str, Any]:
         raise EngineMismatch(f"ORT engine record {p} is unreadable ({e}); rebuild it") from None
 
 
-def session_from_engine(engine_path: Path) -> Any:
-    """An InferenceSession on a built engine, opened with optimisations disabled as recorded."""
+def session_from_engine(engine_path: Path, threads: int = 0) -> Any:
+    """An InferenceSession on a built engine, opened with optimisations disabled as recorded.
+    threads > 0 overrides the recorded intra-op thread count (a runtime choice, not a graph one)."""
     ort = _ort()
     engine_path = Path(engine_path)
     rec = read_record(engine_path)
@@ -158,7 +159,7 @@ def session_from_engine(engine_path: Path) -> Any:
         raise EngineMismatch(f"ORT engine {engine_path.name} was optimised on {rec['machine']}, this "
                              f"machine is {machine()}: rebuild it here with --force")
     opts = rec["session_options"]
-    so = _session_options(ort, opts["graph_optimization_level"], int(opts["intra_op_num_threads"]))
+    so = _session_options(ort, opts["graph_optimization_level"], threads or int(opts["intra_op_num_threads"]))
     return ort.InferenceSession(str(engine_path), so, providers=list(opts["providers"]))
 
 

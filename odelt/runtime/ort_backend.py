@@ -13,6 +13,7 @@ freshly allocated outputs on every call.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -35,8 +36,10 @@ class OrtBackend:
     name = "ort"
 
     def __init__(self, manifest: Manifest, layout: str | None = None, lengths: tuple[int, ...] | None = None,
-                 providers: tuple[str, ...] | None = None, threads: int = 0, naive: bool = False):
+                 providers: tuple[str, ...] | None = None, threads: int = 0, naive: bool = False,
+                 precision: str = "fp32", engines: bool = True):
         self.manifest = manifest
+        self.precision, self.use_engines = precision, engines
         self.layout = layout or manifest.default_layout()
         self.lengths = tuple(lengths or manifest.lengths)
         self.threads, self.naive = threads, naive
@@ -64,11 +67,26 @@ class OrtBackend:
             self.sessions[name] = self._session(ort, so, providers, name)
         return self
 
+    def engine_path(self, name: str) -> Path | None:
+        """The built ORT engine of graph `name` at this precision, when the bundle has one."""
+        if not self.use_engines or self.device != "cpu":
+            return None
+        for entry in self.manifest.data.get("engines", {}).values():
+            if entry.get("backend") == "ort" and entry.get("precision") == self.precision and name in entry["graphs"]:
+                return self.manifest.root / entry["graphs"][name]
+        return None
+
     def _session(self, ort: Any, so: Any, providers: list[str], name: str) -> Any:
-        path = self.manifest.graph_path(name)
+        from odelt.calibration.variants import variant_graph_path
+
+        engine = self.engine_path(name)
+        path = engine or variant_graph_path(self.manifest, name, self.precision)
         if not path.is_file():
             raise ExportError(f"{self.manifest.root}: graph file {path.name} is missing")
         try:
+            if engine is not None:  # optimised offline: opened with optimisations disabled, as recorded
+                from odelt.engines.ort import session_from_engine
+                return session_from_engine(engine, self.threads)
             return ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,0 +1,30 @@
+"""The one-command demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from odelt.cli import cli
+
+
+@cli.command()
+@click.option("--out", "out", default="demo-out", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the bundle, report.md, pareto.png and sample grids (reused when present).")
+@click.option("--source", default="builtin:digits", show_default=True, help="Model to run the pipeline on.")
+@click.option("--relearn", is_flag=True, help="Re-learn the LD3/AMED/per-step-length schedules instead of "
+              "using the shipped ones.")
+@click.option("--budget-ms", "budgets", type=float, multiple=True,
+              help="Latency budgets per batch (repeatable; default: three spread over the candidates).")
+@click.option("--batch", type=int, default=8, show_default=True)
+def demo(out: str, source: str, relearn: bool, budgets: tuple[float, ...], batch: int) -> None:
+    """export -> quantize -> schedules -> build -> profile -> plan -> generate, with a report."""
+    from odelt.pipeline.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(out=Path(out), source=source, relearn=relearn, budgets_ms=budgets or None, batch=batch)
+    res = run_demo(opts, log=lambda msg: click.echo(msg, err=True))
+    for r in res.facts["runs"]:
+        click.echo(f"budget {r['budget_ms']:g} ms: {r['plan']} predicted {r['predicted_ms']:.2f} ms, "
+                   f"measured {r['measured_ms']:.2f} ms, held-out RMSE {r['error']:.4f}")
+    click.echo(f"wrote {res.report} ({res.facts['seconds']} s)")

@@ -1,0 +1,66 @@
+"""Commands of latency-budgeted generation: profile and plan."""
+
+from __future__ import annotations
+
+import click
+
+from odelt.cli import cli
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(b) for b in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 1,8, found {text!r}") from None
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@click.option("--batch", "batch", default="1,8", show_default=True, help="Batch sizes to time, e.g. 1,8.")
+@click.option("--precision", "precisions", multiple=True,
+              help="Precisions to time (default: every precision the bundle has).")
+@click.option("--repeats", type=int, default=20, show_default=True, help="Timed repeats per measurement.")
+def profile(bundle: str, backend: str, batch: str, precisions: tuple[str, ...], repeats: int) -> None:
+    """Time every graph and every length's chain of BUNDLE on this device."""
+    from odelt.calibration.variants import precisions as bundle_precisions
+    from odelt.exporter.bundle import load_manifest
+    from odelt.runtime.profile import profile_bundle, save_profile
+
+    manifest = load_manifest(bundle)
+    precs = precisions or bundle_precisions(manifest)
+    prof = profile_bundle(manifest, backend, _batches(batch), precs, repeats,
+                          progress=lambda what: click.echo(f"profiling {what} ...", err=True))
+    path = save_profile(manifest, prof)
+    for prec, by_batch in prof["calls"].items():
+        for b, by_len in by_batch.items():
+            cells = ", ".join(f"l={n}: {v['median_ms']:.3f}" for n, v in by_len.items())
+            click.echo(f"{prec} batch {b}: one call (ms, median) {cells}")
+    click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--budget-ms", type=float, required=True, help="Latency budget for one batch, milliseconds.")
+@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--device", default=None, help="Profile id to use (default: this device's).")
+@click.option("--pareto", type=click.Path(dir_okay=False), default=None, help="Write a quality/latency plot.")
+def plan(bundle: str, budget_ms: float, batch: int, device: str | None, pareto: str | None) -> None:
+    """Choose the best-quality plan whose predicted latency fits --budget-ms."""
+    from odelt.exporter.bundle import load_manifest
+    from odelt.pipeline.report import plan_table, plot_pareto
+    from odelt.runtime.planner import choose
+    from odelt.runtime.plans import load_candidates
+    from odelt.runtime.profile import call_cost, load_profile
+
+    manifest = load_manifest(bundle)
+    prof = load_profile(manifest, device)
+    choice = choose(load_candidates(manifest), budget_ms, call_cost(prof), batch, prof["step_overhead_ms"])
+    click.echo(plan_table(choice))
+    c = choice.candidate
+    click.echo(f"chosen: {c.name} ({c.solver}, NFE {c.nfe}, lengths {list(c.lengths)}, {c.precision}): "
+               f"predicted {choice.predicted_ms:.2f} ms <= budget {budget_ms:g} ms at batch {batch}, "
+               f"held-out RMSE {c.error:.4f}")
+    if pareto:
+        plot_pareto([(choice, budget_ms)], pareto)
+        click.echo(f"wrote {pareto}")

@@ -1,0 +1,1 @@
+"""Host-side composition of the stages: the quality table and the one-command demo."""

@@ -1,0 +1,263 @@
+"""`odelt-export demo`: the whole pipeline on one model, artifacts reused when already built.
+
+export -> verify -> quantize (int8) -> schedules (shipped, or re-learned) -> build (ort) ->
+profile -> quality table -> plan + generate for three budgets -> report.md, pareto.png, grids.
+Every stage is a library call of its own package; this module only composes and records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+Log = Callable[[str], None]
+
+# Candidates beside the learned schedules: uniform Euler at every length and a few NFEs.
+HEURISTIC_NFES = (1, 2, 4, 8)
+LEARNED = ("ld3-euler-4", "ld3-ipndm-4", "ld3-euler-8", "amed-ipndm-4", "amed-euler-4", "ld3-euler-b16")
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    out: Path = Path("demo-out")
+    source: str = "builtin:digits"
+    relearn: bool = False
+    budgets_ms: tuple[float, ...] | None = None   # None: three budgets spread over the candidates
+    batch: int = 8                                # images per network call (and per budget)
+    n: int = 64                                   # images per sample grid
+    quality_n: int = 128                          # held-out noise samples for the quality table
+    calib_samples: int = 16
+    precisions: tuple[str, ...] = ("fp32", "int8")
+    quick: bool = False                           # smoke-test sizes (tests)
+
+
+@dataclass
+class DemoResult:
+    report: Path
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+def _json_atomic(path: Path, data: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=1)
+    os.replace(tmp, path)
+
+
+def _cached(path: Path, make: Callable[[], Any], log: Log, what: str) -> Any:
+    """Reuse a stage's JSON result when present; else compute and save it."""
+    if path.is_file():
+        log(f"{what}: reusing {path}")
+        return json.loads(path.read_text())
+    log(f"{what} ...")
+    result = make()
+    _json_atomic(path, result)
+    return result
+
+
+def stage_export(opts: DemoOptions, log: Log):
+    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.export import ExportOptions, export_source
+
+    bundle = opts.out / "bundle"
+    if (bundle / "manifest.json").is_file():
+        log(f"export: reusing {bundle}")
+        return load_manifest(bundle)
+    log("export: segments + per-length graphs ...")
+    return export_source(opts.source, bundle, ExportOptions(layouts=("segments", "per-length")))
+
+
+def stage_verify(opts: DemoOptions, manifest, log: Log) -> dict:
+    from odelt.exporter.verify import VerifyOptions, verify_bundle
+
+    return _cached(opts.out / "verify.json", lambda: verify_bundle(manifest.root, VerifyOptions(cases=2)),
+                   log, "verify: every length of both layouts vs PyTorch")
+
+
+def stage_quantize(opts: DemoOptions, manifest, log: Log) -> dict[str, dict]:
+    from odelt.calibration.quantize import QuantizeOptions, load_report, quantize_bundle
+    from odelt.calibration.variants import precisions
+    from odelt.exporter.bundle import load_manifest
+
+    reports = {}
+    for precision in [p for p in opts.precisions if p != "fp32"]:
+        if precision not in precisions(load_manifest(manifest.root)):
+            log(f"quantize: {precision}, calibrated on ODE trajectories ...")
+            quantize_bundle(manifest.root, QuantizeOptions(precision=precision, calib_samples=opts.calib_samples,
+                                                           eval_samples=32 if opts.quick else 64))
+        else:
+            log(f"quantize: reusing {precision}")
+        reports[precision] = load_report(load_manifest(manifest.root), precision)
+    return reports
+
+
+def stage_schedules(opts: DemoOptions, manifest, model, log: Log) -> list:
+    """Shipped learned schedules (or re-learned ones) plus uniform Euler heuristics."""
+    from odelt.runtime.heuristics import BUILTIN_DIR, heuristic_schedule
+    from odelt.runtime.schedule import load_schedule
+
+    out = []
+    for n in manifest.lengths:
+        for nfe in HEURISTIC_NFES[:2] if opts.quick else HEURISTIC_NFES:
+            out.append(heuristic_schedule("uniform", "euler", nfe, n))
+    names = () if opts.quick else LEARNED
+    if opts.relearn:
+        out += _relearn(opts, manifest, model, names, log)
+    else:
+        for name in names:
+            path = BUILTIN_DIR / f"{name}.json"
+            if path.is_file():
+                out.append(load_schedule(path))
+            else:
+                log(f"schedules: {name} is not shipped; skipped")
+    return out
+
+
+def _relearn(opts: DemoOptions, manifest, model, names, log: Log) -> list:
+    from odelt.runtime.schedule import load_schedule, save_schedule
+    from odelt.schedules.make import Request, learn_schedule
+
+    folder = opts.out / "schedules"
+    folder.mkdir(exist_ok=True)
+    out = []
+    for name in names:
+        path = folder / f"{name}.json"
+        if not path.is_file():
+            method, solver, n = name.split("-")
+            budget = int(n[1:]) if n.startswith("b") else None
+            req = Request(method=method, solver=solver, nfe=None if budget else int(n), budget=budget)
+            log(f"schedules: learning {name} ...")
+            s = learn_schedule(model, req, manifest.data["model"].get("source_hash"), progress=True)
+            save_schedule(s, path)
+        out.append(load_schedule(path))
+    return out
+
+
+def stage_build(opts: DemoOptions, manifest, log: Log) -> None:
+    from odelt.engines.build import BuildRequest, build_bundle
+    from odelt.exporter.bundle import load_manifest
+
+    for precision in opts.precisions:
+        req = BuildRequest(backend="ort", precision=precision)
+        if req.set_name in load_manifest(manifest.root).data.get("engines", {}):
+            log(f"build: reusing ort {precision} engines")
+            continue
+        log(f"build: ort {precision} engines (graphs optimised offline) ...")
+        build_bundle(manifest.root, req)
+
+
+def stage_profile(opts: DemoOptions, manifest, log: Log) -> dict:
+    from odelt.exporter.bundle import load_manifest
+    from odelt.runtime.profile import device_description, device_id, profile_bundle, save_profile
+
+    manifest = load_manifest(manifest.root)
+    path = manifest.root / "profile" / f"{device_id(device_description('ort'))}.json"
+    if path.is_file():
+        log(f"profile: reusing {path}")
+        return json.loads(path.read_text())
+    log("profile: timing every graph and length on this device ...")
+    prof = profile_bundle(manifest, "ort", (1, opts.batch), opts.precisions, repeats=10 if opts.quick else 30)
+    save_profile(manifest, prof)
+    return prof
+
+
+def stage_quality(opts: DemoOptions, manifest, model, schedules: list, log: Log) -> list[dict]:
+    from odelt.exporter.bundle import load_manifest
+    from odelt.pipeline.quality import install_schedules, quality_rows, write_quality
+    from odelt.runtime.plans import QUALITY
+
+    path = manifest.root / QUALITY
+    if path.is_file():
+        log(f"quality: reusing {path}")
+        return json.loads(path.read_text())["rows"]
+    manifest = load_manifest(manifest.root)
+    installed = install_schedules(manifest, schedules)
+    log(f"quality: {len(installed)} schedules x {len(opts.precisions)} precisions on held-out noise ...")
+    rows = quality_rows(manifest, model, installed, opts.precisions, n=opts.quality_n)
+    write_quality(manifest, rows, opts.quality_n, seed=0)
+    return rows
+
+
+def default_budgets(table: list[tuple[Any, float]]) -> tuple[float, ...]:
+    """Three budgets: just above the cheapest plan, the middle of the range, the slowest plan."""
+    ms = sorted(m for _, m in table)
+    lo, hi = ms[0], ms[-1]
+    return (round(lo * 1.15, 3), round(float(np.sqrt(lo * hi)), 3), round(hi * 1.01, 3))
+
+
+def measure_plan(manifest, candidate, batch: int, n: int, threads: int = 1, seed: int = 0) -> tuple[np.ndarray, float]:
+    """Run a plan's schedule at its precision; returns (images, median ms per batch)."""
+    from odelt.runtime.backend import open_backend
+    from odelt.runtime.plans import load_plan_schedule
+    from odelt.runtime.sampler import Sampler, make_labels, make_noise
+
+    cfg = manifest.config
+    schedule = load_plan_schedule(manifest, candidate)
+    x0 = make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size))
+    y = make_labels(n, cfg.num_classes)
+    out, times = np.empty_like(x0), []
+    with open_backend("ort", manifest, precision=candidate.precision, threads=threads,
+                      lengths=tuple(sorted(set(schedule.lengths)))) as be:
+        sampler = Sampler(be, manifest, schedule)
+        sampler.sample(x0[:batch], y[:batch])                       # warm-up: binds buffers once
+        for lo in range(0, n - batch + 1, batch):
+            start = time.perf_counter()
+            out[lo:lo + batch], _ = sampler.sample(x0[lo:lo + batch], y[lo:lo + batch])
+            times.append((time.perf_counter() - start) * 1e3)
+    return out, float(np.median(times))
+
+
+def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]:
+    """Choose a plan for each budget, run it, and record predicted vs measured latency."""
+    from odelt.pipeline.report import plot_pareto
+    from odelt.runtime.images import grid_image, save_png
+    from odelt.runtime.planner import choose
+    from odelt.runtime.plans import load_candidates
+    from odelt.runtime.profile import call_cost
+
+    candidates, cost = load_candidates(manifest), call_cost(prof)
+    table = choose(candidates, float("inf"), cost, opts.batch, prof["step_overhead_ms"]).table
+    budgets = opts.budgets_ms or default_budgets(list(table))
+    runs, marks = [], []
+    for budget in budgets:
+        choice = choose(candidates, budget, cost, opts.batch, prof["step_overhead_ms"])
+        c = choice.candidate
+        log(f"plan: budget {budget:g} ms -> {c.name}; generating {opts.n} images ...")
+        images, measured = measure_plan(manifest, c, opts.batch, opts.n, prof.get("threads", 1))
+        grid = opts.out / f"samples_{budget:g}ms.png"
+        save_png(grid_image(images, upscale=max(1, 32 // images.shape[-1])), grid)
+        runs.append({"budget_ms": budget, "plan": c.name, "precision": c.precision, "solver": c.solver,
+                     "nfe": c.nfe, "lengths": list(c.lengths), "error": c.error, "fd": c.fd,
+                     "predicted_ms": choice.predicted_ms, "measured_ms": measured, "grid": grid.name})
+        marks.append((choice, budget))
+    plot_pareto(marks, opts.out / "pareto.png")
+    return runs
+
+
+def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
+    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.verify import model_for_bundle
+    from odelt.pipeline.report import write_report
+
+    opts.out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    manifest = stage_export(opts, log)
+    verify = stage_verify(opts, manifest, log)
+    quant = stage_quantize(opts, manifest, log)
+    model = model_for_bundle(load_manifest(manifest.root))
+    schedules = stage_schedules(opts, manifest, model, log)
+    stage_build(opts, manifest, log)
+    prof = stage_profile(opts, manifest, log)
+    rows = stage_quality(opts, manifest, model, schedules, log)
+    runs = stage_plans(opts, load_manifest(manifest.root), prof, log)
+    facts = {"verify": verify, "quantize": quant, "profile": prof, "quality": rows, "runs": runs,
+             "seconds": round(time.perf_counter() - start, 1), "source": opts.source}
+    _json_atomic(opts.out / "demo.json", facts)
+    return DemoResult(write_report(opts.out / "report.md", facts), facts)

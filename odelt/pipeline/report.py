@@ -1,0 +1,103 @@
+"""Plain-text plan tables and the quality/latency Pareto plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from odelt.runtime.planner import Choice, pareto_front
+
+
+def plan_table(choice: Choice) -> str:
+    """Every candidate with its prediction, the chosen one marked with '*'."""
+    head = f"  {'plan':<34} {'prec':<5} {'NFE':>3} {'blocks':>6} {'pred ms':>9} {'RMSE':>8} {'FD':>8}"
+    lines = [head]
+    for c, ms in sorted(choice.table, key=lambda cm: cm[1]):
+        mark = "*" if c == choice.candidate else " "
+        fd = f"{c.fd:8.3f}" if c.fd is not None else f"{'-':>8}"
+        lines.append(f"{mark} {c.name:<34} {c.precision:<5} {c.nfe:>3} {c.block_evals:>6} {ms:9.3f} {c.error:8.4f} {fd}")
+    return "\n".join(lines)
+
+
+def plot_pareto(choices: Sequence[tuple[Choice, float]], path: str | os.PathLike) -> Path:
+    """Error vs predicted latency for every candidate, the frontier, and each chosen plan."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = choices[0][0].table
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for prec, marker in (("fp32", "o"), ("fp16", "s"), ("int8", "^")):
+        pts = [(ms, c.error) for c, ms in table if c.precision == prec]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, alpha=0.6, label=prec)
+    front = pareto_front(table)
+    ax.plot([ms for _, ms in front], [c.error for c, _ in front], "k--", lw=1, label="Pareto front")
+    for choice, budget in choices:
+        ax.axvline(budget, color="grey", lw=0.6, ls=":")
+        ax.scatter([choice.predicted_ms], [choice.candidate.error], s=160, facecolors="none",
+                   edgecolors="red", linewidths=1.5)
+        ax.annotate(f"{budget:g} ms", (choice.predicted_ms, choice.candidate.error), textcoords="offset points",
+                    xytext=(6, 6), fontsize=8, color="red")
+    ax.set_xlabel("predicted latency per batch (ms)")
+    ax.set_ylabel("held-out RMSE to teacher")
+    ax.set_yscale("log")
+    ax.legend(fontsize=8)
+    ax.set_title("quality vs latency (chosen plans circled)")
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".pareto.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _md_table(head: list[str], rows: list[list[Any]]) -> list[str]:
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+def write_report(path: Path, facts: dict) -> Path:
+    """DIR/report.md from the demo's facts (every number here was measured in that run)."""
+    v, prof = facts["verify"], facts["profile"]
+    lines = [f"# odelt-export demo: {facts['source']}", "",
+             f"Device: {prof['device']['cpu']} ({prof['device']['cpu_count']} cores), backend {prof['backend']}. "
+             f"Whole run: {facts['seconds']} s (stages already built are reused).", "",
+             "## Parity with PyTorch (FP32, ONNX Runtime CPU)", "",
+             f"Worst max-abs error {v['max_abs_err']:.2e} (limit {v['atol']:g}); weight bytes "
+             + ", ".join(f"{k} {b / 1e6:.2f} MB" for k, b in v["weight_bytes"].items())
+             + f" vs {v['param_bytes'] / 1e6:.2f} MB of PyTorch parameters.", ""]
+    lengths = sorted({n for errs in v["per_length"].values() for n in errs}, key=int)
+    lines += _md_table(["layout"] + [f"l={n}" for n in lengths],
+                       [[lay] + [f"{errs.get(n, float('nan')):.2e}" for n in lengths] for lay, errs in v["per_length"].items()])
+    lines += ["", "## Latency per length (one network call, median ms)", ""]
+    rows = []
+    for prec, by_batch in prof["calls"].items():
+        for b, by_len in by_batch.items():
+            rows.append([prec, b] + [f"{by_len[n]['median_ms']:.3f}" for n in lengths if n in by_len])
+    lines += _md_table(["precision", "batch"] + [f"l={n}" for n in lengths], rows)
+    lines += ["", "## INT8 / FP16 vs FP32 (same noise)", ""]
+    for prec, rep in facts["quantize"].items():
+        m = rep.get("metrics", {})
+        lines.append(f"- {prec}: {json.dumps(m, default=str)[:600]}; layers kept in FP32: {len(rep.get('fallback', []))}")
+    lines += ["", "## Schedules: held-out RMSE to the teacher (128-step Euler, full length)", ""]
+    q = sorted(facts["quality"], key=lambda r: (r["precision"], r["error"]))
+    lines += _md_table(["plan", "precision", "NFE", "block evals", "RMSE", "FD-digits"],
+                       [[r["name"], r["precision"], len(r["call_lengths"]), sum(r["call_lengths"]),
+                         f"{r['error']:.4f}", "-" if r["fd"] is None else f"{r['fd']:.2f}"] for r in q])
+    lines += ["", "## Plans chosen for each budget (batch of images per call)", ""]
+    lines += _md_table(["budget ms", "plan", "precision", "NFE", "RMSE", "predicted ms", "measured ms", "error"],
+                       [[r["budget_ms"], r["plan"], r["precision"], r["nfe"], f"{r['error']:.4f}",
+                         f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}",
+                         f"{abs(r['measured_ms'] - r['predicted_ms']) / r['measured_ms']:.1%}"] for r in facts["runs"]])
+    lines += ["", "![pareto](pareto.png)", ""] + [f"![{r['plan']}]({r['grid']})" for r in facts["runs"]]
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path
