@@ -10,6 +10,8 @@ to minimise the error to the teacher. Search, in two stages:
      lowers the error and the tuple stays within B;
   2. the best `keep` screened tuples get an LD3 grid learned for them (lengths fixed); the lowest
      validation error wins.
+With dt_mode 'auto' the shortcut mode (per-step levels vs fixed 7) is screened too: on digits the
+per-step levels win at 2 steps and lose from 4 steps on, so it cannot be fixed before n is known.
 
 `best_single_length` is the baseline at equal B: for every trained length l, n = B // l steps,
 all at length l, with an LD3 grid.
@@ -24,7 +26,7 @@ from odelt.errors import ScheduleError
 from odelt.models.dit import DiT
 from odelt.schedules.learn import History, LearnConfig, eval_rmse
 from odelt.schedules.ld3 import LD3Student, StepSpec, learn_ld3, uniform_grid
-from odelt.schedules.problem import Pairs
+from odelt.schedules.problem import FM_LEVEL, Pairs
 
 
 @dataclass
@@ -107,14 +109,16 @@ def search_lengths(model: DiT, solver: str, budget: int, train: Pairs, val: Pair
     allowed = model.config.lengths
     check_budget(budget, allowed, nfes[0] if nfes and len(nfes) == 1 else None)
     nfes = list(nfes) if nfes else list(nfe_range(budget, allowed))
+    modes = ("step", FM_LEVEL) if dt_mode == "auto" else (dt_mode,)   # auto: the shortcut mode is searched too
     screened = []
     for n in nfes:
-        if n * min(allowed) <= budget:
-            screened.append(screen_lengths(model, solver, n, budget, allowed, val, dt_mode))
+        for mode in modes:
+            if n * min(allowed) <= budget:
+                screened.append((*screen_lengths(model, solver, n, budget, allowed, val, mode), mode))
     screened.sort(key=lambda s: s[1])
     results = []
-    for lengths, screen_err in screened[:keep]:
-        student, hist = learn_ld3(model, StepSpec(solver, lengths, dt_mode), train, val, cfg, progress=progress)
+    for lengths, screen_err, mode in screened[:keep]:
+        student, hist = learn_ld3(model, StepSpec(solver, lengths, mode), train, val, cfg, progress=progress)
         results.append(LengthResult(lengths, student, hist.best_val, screen_err, hist))
     return sorted(results, key=lambda r: r.val_rmse)
 

@@ -72,7 +72,7 @@ def learn_schedule(model: DiT, req: Request, model_hash: str | None, progress: b
     train, val = split(pairs, lc.n_train)
     req, dt_info = choose_dt_mode(model, req, val)
     plan, info = _learn(model, req, train, val, progress)
-    info.update(dt_info)
+    info = {**dt_info, **info}          # the student's actual mode wins over "searched"
     info.update({"teacher": f"euler{TEACHER_STEPS}@full-length,dt_base=7", "loss": "soft-surrogate-l2",
                  "distance": "l2-data-space", "n_train": lc.n_train, "n_val": lc.n_pairs - lc.n_train,
                  "learn": asdict(lc), "train_seconds": round(time.time() - t0, 1)})
@@ -124,6 +124,8 @@ def choose_dt_mode(model: DiT, req: Request, val) -> tuple[Request, dict]:
     from odelt.schedules.problem import FM_LEVEL
 
     req = resolve_dt_mode(model, req)
+    if req.dt_mode == "auto" and req.budget is not None:
+        return req, {"dt_mode": "searched with the lengths"}
     if req.dt_mode != "auto":
         return req, {"dt_mode": req.dt_mode}
     errs = {str(m): eval_rmse(model, _initial_student(model, req, m), val) for m in ("step", FM_LEVEL)}
@@ -150,7 +152,7 @@ def _learn(model: DiT, req: Request, train, val, progress: bool) -> tuple[Plan, 
         spec = StepSpec(req.solver, (full,) * steps_for(req.solver, req.nfe), req.dt_mode, req.order)
         student, hist = learn_ld3(model, spec, train, val, req.learn, progress=progress)
     with_grad_off = student.plan()
-    info = {"val_rmse_init": hist.init_val, "val_rmse": hist.best_val, "iters": hist.iters,
+    info = {"dt_mode": student.spec.dt_mode, "val_rmse_init": hist.init_val, "val_rmse": hist.best_val, "iters": hist.iters,
             "ball_radius": hist.radius, "raw_params": {k: v.detach().tolist() for k, v in student.state_dict().items()
                                                        if v.dtype.is_floating_point}}
     return with_grad_off, info
