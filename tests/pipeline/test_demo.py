@@ -1,0 +1,74 @@
+"""The demo on a tiny model (smoke), and the profile/plan commands on its bundle."""
+
+import json
+
+import pytest
+import torch
+
+from odelt.cli import main
+from odelt.models import DiT, DiTConfig, save_checkpoint
+from odelt.pipeline.demo import DemoOptions, run_demo
+
+TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2,
+                 depth_group=2, depth_min=2, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    torch.manual_seed(0)
+    model = DiT(TINY)
+    with torch.no_grad():
+        for p in model.final.parameters():
+            p.normal_(0, 0.05)
+    save_checkpoint(model, root / "tiny.safetensors")
+    opts = DemoOptions(out=root / "out", source=str(root / "tiny.safetensors"), quick=True, n=8, batch=4,
+                       quality_n=16, calib_samples=2)
+    return opts, run_demo(opts, log=lambda msg: None)
+
+
+def test_demo_writes_report_and_runs_three_budgets(demo):
+    opts, res = demo
+    report = res.report.read_text()
+    for section in ("Parity with PyTorch", "Latency per length", "INT8", "held-out RMSE", "Plans chosen"):
+        assert section in report
+    assert len(res.facts["runs"]) == 3
+    assert (opts.out / "pareto.png").stat().st_size > 1000
+    for run in res.facts["runs"]:
+        assert run["predicted_ms"] <= run["budget_ms"] and run["measured_ms"] > 0
+        assert (opts.out / run["grid"]).is_file()
+    assert res.facts["verify"]["max_abs_err"] < 1e-4
+    assert {r["precision"] for r in res.facts["quality"]} == {"fp32", "int8"}
+
+
+def test_demo_reuses_what_is_built(demo):
+    opts, _ = demo
+    logs = []
+    run_demo(opts, log=logs.append)
+    assert any("export: reusing" in m for m in logs) and any("profile: reusing" in m for m in logs)
+    assert not any("quantize: int8, calibrated" in m for m in logs)
+
+
+def test_plan_command_and_budget_error(demo, capsys):
+    opts, res = demo
+    bundle = str(opts.out / "bundle")
+    cheapest = min(r["predicted_ms"] for r in res.facts["runs"])
+    main(["plan", bundle, "--budget-ms", "1e6", "--batch", "4"])
+    out = capsys.readouterr().out
+    assert "chosen:" in out and "*" in out
+    with pytest.raises(SystemExit) as e:
+        main(["plan", bundle, "--budget-ms", str(cheapest / 100), "--batch", "4"])
+    assert e.value.code == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "minimum achievable latency" in err
+
+
+def test_profile_command_writes_device_profile(demo, capsys):
+    opts, _ = demo
+    bundle = opts.out / "bundle"
+    main(["profile", str(bundle), "--batch", "1", "--precision", "fp32", "--repeats", "3"])
+    files = list((bundle / "profile").glob("*.json"))
+    assert len(files) == 1
+    prof = json.loads(files[0].read_text())
+    assert set(prof["calls"]["fp32"]["1"]) == {"2", "4"}
+    assert set(prof["graphs"]["fp32"]["1"]) >= {"cond", "head"}
