@@ -22,11 +22,14 @@ from odelt.cli import cli
 @click.option("--length", type=int, default=None, help="Length for heuristic schedules (default: the longest).")
 @click.option("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default).")
 @click.option("--no-tables", is_flag=True, help="Ignore the bundle's modulation tables.")
+@click.option("--precision", default="fp32", show_default=True, help="Precision variant to run (fp32, fp16, int8).")
+@click.option("--budget-ms", type=float, default=None,
+              help="Latency budget per batch: run the plan `odelt-export plan` chooses (needs a profile).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Grid PNG to write.")
 @click.option("--save-array", is_flag=True, help="Also write the samples as OUT with .npy suffix.")
 def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, cfg_scale: float | None,
-             backend: str, layout: str | None, length: int | None, threads: int, no_tables: bool, out: str,
-             save_array: bool) -> None:
+             backend: str, layout: str | None, length: int | None, threads: int, no_tables: bool,
+             precision: str, budget_ms: float | None, out: str, save_array: bool) -> None:
     """Sample images from an exported BUNDLE with the numpy runtime."""
     from pathlib import Path
 
@@ -35,7 +38,8 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, c
     from odelt.runtime.images import grid_image, save_npy, save_png
     from odelt.runtime.run import GenerateOptions, generate_from_bundle
 
-    opts = GenerateOptions(schedule, n, batch, seed, cfg_scale, backend, layout, length, threads, not no_tables)
+    opts = GenerateOptions(schedule, n, batch, seed, cfg_scale, backend, layout, length, threads, not no_tables,
+                           precision, budget_ms)
     with tqdm(total=n, desc="generate", unit="img", disable=None, leave=False) as bar:
         res = generate_from_bundle(bundle, opts, progress=bar.update)
     upscale = max(1, 64 // res.images.shape[-1])
@@ -47,4 +51,8 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, c
                f"{st.calls / max(1, -(-n // batch)):.0f} network calls per batch, lengths {sorted(set(s.lengths))}")
     click.echo(f"latency: {1e3 * st.wall_s / n:.2f} ms/image, {1e3 * st.backend_s / max(1, st.calls):.3f} ms per "
                f"network call (batch {batch}), overhead outside the backend {100 * (1 - st.backend_s / st.wall_s):.1f}%")
+    if res.plan is not None:
+        per_batch = 1e3 * st.wall_s / max(1, -(-n // batch))
+        click.echo(f"plan {res.plan.candidate.name} for budget {budget_ms:g} ms: predicted "
+                   f"{res.plan.predicted_ms:.2f} ms per batch of {batch}, measured {per_batch:.2f} ms")
     click.echo(f"peak memory (RSS): {res.peak_rss_mb:.1f} MB; wrote {out}" + (" and .npy" if save_array else ""))

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
 
-from odelt.exporter.bundle import load_manifest
+from odelt.exporter.bundle import Manifest, load_manifest
 from odelt.runtime.backend import check_batch, open_backend
 from odelt.runtime.heuristics import resolve_schedule
+from odelt.runtime.planner import Choice, choose
+from odelt.runtime.plans import load_candidates, load_plan_schedule
+from odelt.runtime.profile import call_cost, load_profile
 from odelt.runtime.sampler import Sampler, Stats, generate
 from odelt.runtime.schedule import Schedule
 
@@ -28,6 +31,8 @@ class GenerateOptions:
     length: int | None = None          # heuristic schedules: None = the longest exported length
     threads: int = 0                   # ONNX Runtime intra-op threads; 0 = its default
     tables: bool = True                # use the bundle's modulation tables when they fit
+    precision: str = "fp32"            # a precision variant the bundle has (odelt-export quantize)
+    budget_ms: float | None = None     # choose (schedule, precision) by the planner instead
 
 
 @dataclass
@@ -36,12 +41,18 @@ class GenerateResult:
     stats: Stats
     schedule: Schedule
     peak_rss_mb: float
+    plan: Choice | None = None         # the planner's choice when a budget was given
 
 
 def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
                          progress: Callable[[int], None] | None = None) -> GenerateResult:
     manifest = load_manifest(bundle)
-    schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))
+    choice = None
+    if opts.budget_ms is not None:
+        choice, opts = plan_for_budget(manifest, opts)
+        schedule = load_plan_schedule(manifest, choice.candidate)
+    else:
+        schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))
     if opts.length is not None and schedule.method == "heuristic":
         schedule = schedule.with_lengths(opts.length)
     schedule.check_fits(manifest.data["model"].get("source_hash") or None, manifest.lengths, opts.cfg_scale)
@@ -50,13 +61,21 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
     if opts.n < 1:
         from odelt.errors import ConfigError
         raise ConfigError(f"-n must be >= 1, found {opts.n}")
-    options = {"layout": opts.layout, "lengths": tuple(sorted(set(schedule.lengths)))}
+    options = {"layout": opts.layout, "lengths": tuple(sorted(set(schedule.lengths))), "precision": opts.precision}
     if opts.backend == "ort":
         options["threads"] = opts.threads
     with open_backend(opts.backend, manifest, **options) as backend:
         sampler = Sampler(backend, manifest, schedule, opts.cfg_scale, use_tables=opts.tables)
         images, stats = generate(sampler, opts.n, opts.batch, opts.seed, progress)
-    return GenerateResult(images, stats, schedule, peak_rss_mb())
+    return GenerateResult(images, stats, schedule, peak_rss_mb(), choice)
+
+
+def plan_for_budget(manifest: Manifest, opts: GenerateOptions) -> tuple[Choice, GenerateOptions]:
+    """The planner's choice for opts.budget_ms at opts.batch, and the options that run it as profiled."""
+    prof = load_profile(manifest)
+    choice = choose(load_candidates(manifest), float(opts.budget_ms or 0), call_cost(prof), opts.batch,
+                    prof["step_overhead_ms"])
+    return choice, replace(opts, precision=choice.candidate.precision, threads=opts.threads or prof.get("threads", 1))
 
 
 def peak_rss_mb() -> float:
