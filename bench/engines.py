@@ -49,6 +49,20 @@ def bench_model(name: str, layout: str, repeats: int, work: Path) -> dict:
             "ort_engine_startup_speedup": total["raw_startup_ms"] / total["engine_startup_ms"]}
 
 
+def run(quick: bool = False) -> dict:
+    """Harness entry (bench/run.py group `engines`): the issue's `ort_engine_startup_speedup` (digits)."""
+    models = ("digits",) if quick else ("digits", "DiT-S/2")
+    with tempfile.TemporaryDirectory() as tmp:
+        results = [bench_model(n, "segments", 5 if quick else 11, Path(tmp)) for n in models]
+    out = {}
+    for r in results:
+        key = "" if r["model"] == "digits" else "_" + r["model"].replace("/", "").replace("-", "").lower()
+        out[f"ort_engine_startup_speedup{key}"] = round(r["ort_engine_startup_speedup"], 3)
+        out[f"ort_engine_startup_raw_ms{key}"] = round(r["raw_startup_ms"], 2)
+        out[f"ort_engine_startup_engine_ms{key}"] = round(r["engine_startup_ms"], 2)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["digits", "DiT-S/2"])

@@ -62,6 +62,7 @@ def save_checkpoint(model: DiT, path: str | os.PathLike, extra: dict | None = No
     os.close(fd)
     try:
         save_file(state, tmp, metadata={k: str(v) for k, v in meta.items()})
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is shared data (package weights)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
