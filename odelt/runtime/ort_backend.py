@@ -116,18 +116,19 @@ class OrtBackend:
         return {t.name: o for t, o in zip(graph.outputs, outs)}
 
     def _write(self, bufs: dict[str, Any], feeds: Mapping[str, np.ndarray]) -> None:
+        cuda = self.device == "cuda"
         for name, value in feeds.items():
             buf = bufs.get(name)
             if buf is None:
                 continue
-            value = np.asarray(value, dtype=np.float32 if name not in ("dt_base", "y", "l") else np.int32)
-            shape = tuple(buf.shape()) if self.device == "cuda" else buf.shape
+            shape = tuple(buf.shape()) if cuda else buf.shape
             if value.shape != shape:
                 raise RuntimeFailure(f"input {name}: expected shape {shape}, found {value.shape}")
-            if self.device == "cuda":
-                buf.update_inplace(np.ascontiguousarray(value))
+            if cuda:
+                dtype = np.int32 if name in ("dt_base", "y", "l") else np.float32
+                buf.update_inplace(np.ascontiguousarray(value, dtype=dtype))
             else:
-                np.copyto(buf, value)
+                np.copyto(buf, value, casting="same_kind")
 
     def _read(self, buf: Any) -> np.ndarray:
         return buf.numpy() if self.device == "cuda" else buf

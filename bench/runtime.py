@@ -1,0 +1,259 @@
+"""Bench group `runtime` (issue 4): the numpy runtime over ONNX Runtime (CPU) against PyTorch eager.
+
+Figures (all measured in this run, side by side):
+  runtime_overhead_frac          time outside backend calls / wall time, batch 1, digits, euler 8 steps
+  ort_vs_torch_speedup_b1, _b8   PyTorch eager reference sampler time / runtime time, DiT-S/2-sized
+                                 model (random weights), same schedule (uniform:euler:4, full length);
+                                 the runtime is timed in a torch-free child process
+  length_latency_ratio_error     max over lengths |(lat(l)/lat(L)) / (FLOPs(l)/FLOPs(L)) - 1|, DiT-S/2,
+                                 per network call at batch 8 (also _b1); FLOPs count the forward at l
+  rss_reuse_over_naive           highest RSS after sampling calls, runtime with reused buffers / a loop
+                                 where every call allocates (session.run), DiT-S/2 batch 8, separate
+                                 torch-free processes (process peaks, set by session loading, beside it)
+  sampler_parity_max_abs         runtime vs PyTorch sampler on the same noise, max over every solver
+                                 (digits) and DiT-S/2 euler
+  soak_rss_growth                RSS growth over 1,000 consecutive generate calls in one torch-free
+                                 process, relative to the RSS after warm-up (digits, batch 1)
+Timings are medians over repeats. The machine is shared: absolute times are noisy.
+
+    .venv/bin/python bench/run.py --only runtime [--quick] --out out/bench-runtime.json
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from odelt.exporter.export import ExportOptions, export_bundle
+from odelt.models import DiT
+from odelt.models.config import PRESETS, DiTConfig
+from odelt.runtime.backend import open_backend
+from odelt.runtime.heuristics import resolve_schedule
+from odelt.runtime.reference import torch_sample
+from odelt.runtime.sampler import Sampler, make_labels, make_noise
+from odelt.runtime.solvers import SOLVERS
+
+GROUP = "runtime"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_model(name: str) -> tuple[DiT, str]:
+    if name == "digits":
+        try:
+            from odelt.models.checkpoint import load_checkpoint
+            return load_checkpoint("builtin:digits").eval(), "builtin:digits (trained)"
+        except Exception as e:  # noqa: BLE001 - the bench must run before the weights ship
+            print(f"builtin:digits unavailable ({e}); using the digits preset with random weights", file=sys.stderr)
+    torch.manual_seed(0)
+    model = DiT(PRESETS[name]).eval()
+    with torch.no_grad():   # zero-initialised layers (final layer) would make every velocity 0
+        for p in model.parameters():
+            if not p.detach().abs().sum():
+                p.normal_(0.0, 0.02)
+    return model, "random weights"
+
+
+def flops(cfg: DiTConfig, length: int) -> float:
+    """FLOPs (2 x MACs) of one forward at `length`, batch 1: live blocks, embeddings, final layer."""
+    n, d, p, c = cfg.num_tokens, cfg.hidden_size, cfg.patch_size, cfg.in_channels
+    mlp = int(d * cfg.mlp_ratio)
+    block = 4 * n * d * d + 2 * n * n * d + 2 * n * d * mlp + 6 * d * d     # qkv+proj, attention, MLP, adaLN
+    embed = n * p * p * c * d + 2 * (cfg.frequency_embedding_size * d + d * d)
+    final = n * d * p * p * cfg.out_channels + 2 * d * d
+    return 2.0 * (cfg.live_depth(length) * block + embed + final)
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def overhead(bundle, repeats: int) -> dict:
+    schedule = resolve_schedule("uniform:euler:8", max(bundle.lengths))
+    x0, y = make_noise(0, 1, (bundle.config.in_channels, 8, 8)), make_labels(1, bundle.config.num_classes)
+    with open_backend("ort", bundle, threads=1) as be:
+        sampler = Sampler(be, bundle, schedule)
+        for _ in range(5):
+            sampler.sample(x0, y)
+        backend_s = wall_s = 0.0
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            _, st = sampler.sample(x0, y)
+            wall_s += time.perf_counter() - t0
+            backend_s += st.backend_s
+    return {"runtime_overhead_frac": round(1 - backend_s / wall_s, 4),
+            "runtime_digits_ms_per_image_b1": round(1e3 * wall_s / repeats, 3)}
+
+
+_TIME_SCRIPT = """
+import json, statistics, sys, time
+from odelt.exporter.bundle import load_manifest
+from odelt.runtime.backend import open_backend
+from odelt.runtime.heuristics import resolve_schedule
+from odelt.runtime.sampler import Sampler, make_labels, make_noise
+bundle, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+m = load_manifest(bundle)
+cfg = m.config
+s = resolve_schedule("uniform:euler:4", max(m.lengths))
+x0, y = make_noise(batch, batch, (cfg.in_channels, cfg.input_size, cfg.input_size)), make_labels(batch, cfg.num_classes)
+times = []
+with open_backend("ort", m) as be:
+    sampler = Sampler(be, m, s)
+    sampler.sample(x0, y)
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sampler.sample(x0, y)
+        times.append(time.perf_counter() - t0)
+print(json.dumps({"median_s": statistics.median(times)}))
+"""
+
+
+def speedup(dit: DiT, bundle, batch: int, repeats: int) -> dict:
+    """The runtime runs in a fresh torch-free process (as on a device): two thread pools that
+    spin-wait (torch's OpenMP and ONNX Runtime's) in one process fight over 2 cores and would
+    slow whichever runs second. PyTorch runs here, with no ONNX Runtime session open."""
+    schedule = resolve_schedule("uniform:euler:4", max(bundle.lengths))
+    cfg = bundle.config
+    x0 = make_noise(batch, batch, (cfg.in_channels, cfg.input_size, cfg.input_size))
+    y = make_labels(batch, cfg.num_classes)
+    torch_sample(dit, schedule, x0, y)                         # warm up
+    a = _median_time(lambda: torch_sample(dit, schedule, x0, y), repeats)
+    r = subprocess.run([sys.executable, "-c", _TIME_SCRIPT, str(bundle.root), str(batch), str(repeats)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"runtime timing child failed: {r.stderr.strip().splitlines()[-1:]}")
+    b = json.loads(r.stdout.strip().splitlines()[-1])["median_s"]
+    return {f"ort_vs_torch_speedup_b{batch}": round(a / b, 3), f"torch_eager_ms_b{batch}": round(1e3 * a, 2),
+            f"runtime_ms_b{batch}": round(1e3 * b, 2)}
+
+
+def length_ratio(bundle, batch: int, repeats: int) -> dict:
+    cfg = bundle.config
+    feeds = {"x": make_noise(0, batch, (cfg.in_channels, cfg.input_size, cfg.input_size)),
+             "t": np.full(batch, 0.5, np.float32), "dt_base": np.full(batch, 7, np.int32),
+             "y": make_labels(batch, cfg.num_classes)}
+    times: dict[int, list[float]] = {n: [] for n in bundle.lengths}
+    with open_backend("ort", bundle) as be:
+        per_length = {n: {**feeds, "l": np.full(batch, n, np.int32)} for n in bundle.lengths}
+        for f in per_length.values():
+            be.infer(f)
+        for _ in range(repeats):                   # lengths interleaved: load drift hits all alike
+            for n, f in per_length.items():
+                times[n].append(_median_time(lambda: be.infer(f), 1))
+    lat = {n: statistics.median(v) for n, v in times.items()}
+    top = max(lat)
+    errors = [abs((lat[n] / lat[top]) / (flops(cfg, n) / flops(cfg, top)) - 1) for n in lat]
+    out = {f"length_latency_ratio_error{'' if batch == 8 else f'_b{batch}'}": round(max(errors), 4)}
+    out.update({f"length_latency_ms_l{n}_b{batch}": round(1e3 * v, 3) for n, v in lat.items()})
+    return out
+
+
+def parity(digits: DiT, digits_bundle, s2: DiT, s2_bundle) -> dict:
+    worst = 0.0
+    x0, y = make_noise(3, 4, (1, 8, 8)), make_labels(4, digits.config.num_classes)
+    with open_backend("ort", digits_bundle) as be:
+        for name in SOLVERS:
+            schedule = resolve_schedule(f"cosine:{name}:6", max(digits_bundle.lengths))
+            out, _ = Sampler(be, digits_bundle, schedule).sample(x0, y)
+            worst = max(worst, float(np.abs(out - torch_sample(digits, schedule, x0, y)).max()))
+    cfg = s2.config
+    x0, y = make_noise(4, 2, (cfg.in_channels, cfg.input_size, cfg.input_size)), make_labels(2, cfg.num_classes)
+    schedule = resolve_schedule("uniform:euler:4", max(s2_bundle.lengths))
+    with open_backend("ort", s2_bundle) as be:
+        out, _ = Sampler(be, s2_bundle, schedule).sample(x0, y)
+    worst = max(worst, float(np.abs(out - torch_sample(s2, schedule, x0, y)).max()))
+    return {"sampler_parity_max_abs": worst}
+
+
+# Run in fresh, torch-free processes: RSS then belongs to the runtime alone.
+_RSS_SCRIPT = """
+import json, resource, sys
+import numpy as np
+from odelt.exporter.bundle import load_manifest
+from odelt.runtime.backend import open_backend
+from odelt.runtime.heuristics import resolve_schedule
+from odelt.runtime.sampler import Sampler, make_labels, make_noise
+
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+bundle, naive, batch, calls, schedule = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+m = load_manifest(bundle)
+cfg = m.config
+s = resolve_schedule(schedule, max(m.lengths))
+x0 = make_noise(0, batch, (cfg.in_channels, cfg.input_size, cfg.input_size))
+y = make_labels(batch, cfg.num_classes)
+rss, during = [], 0.0
+with open_backend("ort", m, naive=naive) as be:
+    loaded = rss_mb()
+    sampler = Sampler(be, m, s)
+    for i in range(calls):
+        sampler.sample(x0, y)
+        during = max(during, rss_mb())
+        if i in (min(99, calls - 1), calls - 1):
+            rss.append(rss_mb())
+print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_mb": rss,
+                  "loaded_mb": loaded, "sampling_peak_mb": during}))
+"""
+
+
+def _rss_child(bundle: Path, naive: bool, batch: int, calls: int, schedule: str) -> dict:
+    r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(bundle), "1" if naive else "0", str(batch),
+                        str(calls), schedule], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"RSS child failed: {r.stderr.strip().splitlines()[-1:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def memory(s2_bundle: Path, digits_bundle: Path, quick: bool) -> dict:
+    calls = 5 if quick else 20
+    reuse = _rss_child(s2_bundle, False, 8, calls, "uniform:euler:4")
+    naive = _rss_child(s2_bundle, True, 8, calls, "uniform:euler:4")
+    soak = _rss_child(digits_bundle, False, 1, 1000, "uniform:euler:4")
+    start, end = soak["rss_mb"]
+    # ru_maxrss is set while ONNX Runtime loads the sessions (identical in both modes), so the
+    # figure compares the highest RSS seen after sampling calls; the process peaks are kept beside it.
+    return {"rss_reuse_over_naive": round(reuse["sampling_peak_mb"] / naive["sampling_peak_mb"], 4),
+            "rss_sampling_peak_mb_reuse_b8": round(reuse["sampling_peak_mb"], 1),
+            "rss_sampling_peak_mb_naive_b8": round(naive["sampling_peak_mb"], 1),
+            "rss_after_load_mb_b8": round(reuse["loaded_mb"], 1),
+            "rss_peak_mb_reuse_b8": round(reuse["peak_mb"], 1), "rss_peak_mb_naive_b8": round(naive["peak_mb"], 1),
+            "soak_rss_growth": round((end - start) / start, 5), "soak_rss_mb_after_100": round(start, 1),
+            "soak_rss_mb_after_1000": round(end, 1)}
+
+
+def run(quick: bool = False) -> dict:
+    reps = 5 if quick else 20
+    with tempfile.TemporaryDirectory() as tmp:
+        digits, note = load_model("digits")
+        s2, _ = load_model("DiT-S/2")
+        d_bundle = export_bundle(digits, Path(tmp) / "digits", ExportOptions(layouts=("segments",)))
+        s2_bundle = export_bundle(s2, Path(tmp) / "dits2", ExportOptions(layouts=("segments",)))
+        out: dict = {"runtime_digits_weights": note}
+        stages = [("overhead", lambda: overhead(d_bundle, 30 if quick else 200)),
+                  ("speedup b1", lambda: speedup(s2, s2_bundle, 1, reps)),
+                  ("speedup b8", lambda: speedup(s2, s2_bundle, 8, 3 if quick else reps)),
+                  ("length ratio b8", lambda: length_ratio(s2_bundle, 8, reps)),
+                  ("length ratio b1", lambda: length_ratio(s2_bundle, 1, 3 * reps)),
+                  ("parity", lambda: parity(digits, d_bundle, s2, s2_bundle)),
+                  ("memory", lambda: memory(s2_bundle.root, d_bundle.root, quick))]
+        for name, stage in stages:
+            t0 = time.perf_counter()
+            out.update(stage())
+            print(f"runtime: {name} {time.perf_counter() - t0:.1f}s", file=sys.stderr, flush=True)
+        out["runtime_torch_threads"] = torch.get_num_threads()
+    return out
