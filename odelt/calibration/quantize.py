@@ -6,6 +6,8 @@ graph (fp16.fp16_from_onnx / int8.int8_from_onnx) -> sample FP32 and the variant
 held-out noise and compare (RMSE, FD-digits) -> if a threshold is broken, rank the block linears by
 their own error (sensitivity.layer_errors) and fall back 1, 2, 4, ... of the worst to FP32 -> write
 the variant folder and its report, rename it into the bundle, update the manifest (variants.py).
+INT8 comes in two flavours (int8.FLAVOURS: "trt" for TensorRT, "cpu" for ONNX Runtime's CPU
+kernels); the same calibration and guard apply to both, and the flavour is recorded with the variant.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import onnx
 from odelt.calibration import metrics, trajectories as traj
 from odelt.calibration.fp16 import fp16_from_onnx
 from odelt.calibration.graph_roles import analyse, name_nodes
-from odelt.calibration.int8 import CALIB_METHODS, int8_from_onnx
+from odelt.calibration.int8 import CALIB_METHODS, DEFAULT_FLAVOUR, get_flavour, int8_from_onnx
 from odelt.calibration.sensitivity import layer_errors
 from odelt.calibration.variants import graph_entry, unchanged_entry
 from odelt.errors import AccuracyError, ConfigError, ExportError
@@ -43,6 +45,7 @@ class QuantizeOptions:
     max_fd_rel: float = 0.10                     # |FD(variant) - FD(fp32)| / FD(fp32), digits-shaped models
     method: str = "minmax"                       # INT8 activation ranges: minmax | percentile | entropy
     seed: int = 0
+    flavour: str = DEFAULT_FLAVOUR               # INT8 only: "trt" (signed symmetric) | "cpu" (uint8 acts)
 
     def __post_init__(self) -> None:
         if self.precision not in MAX_RMSE:
@@ -55,6 +58,7 @@ class QuantizeOptions:
             raise ConfigError("expected at least one calibration schedule, found none")
         if self.method not in CALIB_METHODS:
             raise ConfigError(f"unknown calibration method {self.method!r}; expected one of {list(CALIB_METHODS)}")
+        get_flavour(self.flavour)
 
     @property
     def rmse_limit(self) -> float:
@@ -79,13 +83,16 @@ class _Converter:
         if self.options.precision == "fp16":
             return fp16_from_onnx(model, keep_fp32_nodes=tuple(sorted(fallback)))
         return int8_from_onnx(model, self.feeds.get(name, []), exclude=tuple(sorted(fallback)),
-                              method=self.options.method, cache=self.cache / f"{name}.json")
+                              method=self.options.method, cache=self.cache / f"{name}.json",
+                              flavour=self.options.flavour)
 
 
 def check_source(manifest: Manifest, precision: str) -> None:
     """Refuse a bundle that already has this precision, or whose FP32 graphs are not FP32."""
-    if precision in manifest.data.get("precisions", {}):
-        raise ExportError(f"{manifest.root} already has a {precision} variant; expected an FP32 bundle "
+    existing = manifest.data.get("precisions", {}).get(precision)
+    if existing is not None:
+        kind = f"{precision} ({existing['flavour']} flavour)" if "flavour" in existing else precision
+        raise ExportError(f"{manifest.root} already has a {kind} variant; expected an FP32 bundle "
                           "without it (re-export the bundle to quantise again)")
     for name in manifest.graphs:
         model = onnx.load(str(manifest.graph_path(name)), load_external_data=False)
@@ -179,6 +186,7 @@ def _report(options: QuantizeOptions, conv: _Converter, built: dict, outcome: tu
                  for g in sorted(fallback) for node in sorted(fallback[g])]
     return {
         "precision": options.precision,
+        **({"flavour": options.flavour} if options.precision == "int8" else {}),
         "options": asdict(options),
         "thresholds": {"rmse": options.rmse_limit, "fd_rel": options.max_fd_rel},
         "calibration": {"feeds_per_graph": {k: len(v) for k, v in feeds.items()}},
@@ -206,9 +214,11 @@ def _install(manifest: Manifest, precision: str, tmp: Path, report: dict) -> Non
         else:
             entries[name] = unchanged_entry(manifest, name)
     data = dict(manifest.data)
-    data["precisions"] = {**data.get("precisions", {}), precision: {
-        "graphs": entries, "report": f"{precision}/report.json", "metrics": metrics.summary(report["metrics"]),
-        "fallback": [f"{f['graph']}:{f['node']}" for f in report["fallback"]]}}
+    entry = {"graphs": entries, "report": f"{precision}/report.json", "metrics": metrics.summary(report["metrics"]),
+             "fallback": [f"{f['graph']}:{f['node']}" for f in report["fallback"]]}
+    if "flavour" in report:
+        entry["flavour"] = report["flavour"]
+    data["precisions"] = {**data.get("precisions", {}), precision: entry}
     write_manifest(manifest.root, data)
 
 

@@ -58,21 +58,42 @@ def _weight_matrix(model: onnx.ModelProto, node: onnx.NodeProto, inits: dict) ->
     return w.T if trans_b else w
 
 
-def fake_int8(x: np.ndarray, scale: float) -> np.ndarray:
-    return np.clip(np.round(x / scale), -128, 127) * scale
+def fake_quant(x: np.ndarray, scale, zero_point, bounds: tuple[int, int]) -> np.ndarray:
+    """Quantise and dequantise as QuantizeLinear/DequantizeLinear do (round half to even, saturate)."""
+    q = np.clip(np.round(x / scale) + zero_point, *bounds)
+    return (q - zero_point) * scale
 
 
-def int8_weight(w: np.ndarray) -> np.ndarray:
-    """Symmetric per-output-channel INT8 of a (K, N) weight, dequantised."""
-    scale = np.maximum(np.abs(w).max(axis=0, keepdims=True), 1e-12) / 127.0
-    return fake_int8(w, scale)
-
-
-def activation_scales(qmodel: onnx.ModelProto) -> dict[str, float]:
-    """{FP32 tensor name: INT8 scale} for every tensor a QuantizeLinear reads."""
+def activation_params(qmodel: onnx.ModelProto) -> dict[str, tuple[float, int, tuple[int, int]]]:
+    """{FP32 tensor name: (scale, zero point, integer range)} for every tensor a QuantizeLinear reads
+    with per-tensor constants (int8 or uint8: the flavour decides)."""
     inits = _initializers(qmodel)
-    return {n.input[0]: float(inits[n.input[1]]) for n in qmodel.graph.node
-            if n.op_type == "QuantizeLinear" and n.input[1] in inits}
+    out = {}
+    for n in qmodel.graph.node:
+        if n.op_type == "QuantizeLinear" and n.input[1] in inits and len(n.input) > 2 and n.input[2] in inits:
+            zp = inits[n.input[2]]
+            info = np.iinfo(zp.dtype)
+            out[n.input[0]] = (float(inits[n.input[1]]), int(zp), (int(info.min), int(info.max)))
+    return out
+
+
+def quantised_weights(qmodel: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """{MatMul node name: its dequantised (K, N) weight} for MatMuls whose weight is a constant
+    DequantizeLinear (per-channel along N), exactly as the quantiser stored it (7- or 8-bit)."""
+    inits = _initializers(qmodel)
+    dq = {n.output[0]: n for n in qmodel.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    out = {}
+    for n in qmodel.graph.node:
+        if n.op_type == "MatMul" and n.input[1] in dq:
+            d = dq[n.input[1]]
+            q, scale = inits[d.input[0]].astype(np.float32), inits[d.input[1]]
+            zp = inits[d.input[2]].astype(np.float32) if len(d.input) > 2 and d.input[2] in inits else 0.0
+            axis = next((a.i for a in d.attribute if a.name == "axis"), 1)
+            shape = [1] * q.ndim
+            if np.ndim(scale):
+                shape[axis] = -1
+            out[n.name] = (q - np.reshape(zp, shape)) * np.reshape(scale, shape)
+    return out
 
 
 def layer_errors(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]], precision: str,
@@ -85,7 +106,8 @@ def layer_errors(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]],
         return {}
     nodes = {n.name: n for n in model.graph.node}
     acts = _record_inputs(model, [nodes[n].input[0] for n in roles.block_linears], feeds)
-    scales = activation_scales(qmodel) if qmodel is not None else {}
+    acts_q = activation_params(qmodel) if qmodel is not None else {}
+    weights_q = quantised_weights(qmodel) if qmodel is not None else {}
     inits = _initializers(model)
     errors = {}
     for name in roles.block_linears:
@@ -95,8 +117,8 @@ def layer_errors(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]],
         ref = x @ w
         if precision == "fp16":
             low = x.astype(np.float16).astype(np.float32) @ w.astype(np.float16).astype(np.float32)
-        elif node.input[0] in scales:
-            low = fake_int8(x, scales[node.input[0]]) @ int8_weight(w)
+        elif node.input[0] in acts_q and name in weights_q:
+            low = fake_quant(x, *acts_q[node.input[0]]) @ weights_q[name]
         else:
             continue                                                # not quantised: no error of its own
         errors[name] = float(np.sqrt(np.mean((low - ref) ** 2)) / (np.sqrt(np.mean(ref ** 2)) + 1e-12))

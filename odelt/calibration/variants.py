@@ -10,11 +10,14 @@ manifest.json gains ``precisions`` (absent in an FP32-only bundle)::
     precisions  {"fp16" | "int8": {
                     "graphs": {name: {"file": relpath, "external_data": relpath | null,
                                       "weight_bytes": int, "changed": bool}},
-                    "report": "int8/report.json", "metrics": {...}}}
+                    "report": "int8/report.json", "metrics": {...}, "fallback": [...],
+                    "flavour": "trt" | "cpu"       (int8 only: see calibration.int8)}}
 
 Every graph of the bundle has an entry; a graph the precision leaves as it is (the conditioning graph,
 an exit head with nothing to quantise) points at its FP32 file, so a consumer only ever looks up
-`variant_graph_path(manifest, name, precision)`.
+`variant_graph_path(manifest, name, precision)`. A bundle has at most one int8 variant; which INT8
+flavour it is (TensorRT's signed symmetric Q/DQ, or uint8 activations for ONNX Runtime CPU) is a
+property of that variant, read with `int8_flavour`, not a separate precision name.
 """
 
 from __future__ import annotations
@@ -43,6 +46,13 @@ def variant_graph_path(manifest: Manifest, name: str, precision: str = "fp32") -
     if name not in entry["graphs"]:
         raise ExportError(f"{manifest.root}: {precision} variant has no graph {name!r}")
     return manifest.root / entry["graphs"][name]["file"]
+
+
+def int8_flavour(manifest: Manifest) -> str | None:
+    """Flavour of the bundle's int8 variant ("trt" | "cpu"), None without one. Variants written
+    before flavours existed were all signed symmetric: "trt"."""
+    entry = manifest.data.get("precisions", {}).get("int8")
+    return None if entry is None else str(entry.get("flavour", "trt"))
 
 
 def variant_relpath(precision: str, graph_file: str) -> str:

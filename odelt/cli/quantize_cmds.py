@@ -21,21 +21,26 @@ from odelt.cli import cli
 @click.option("--max-fd-rel", type=float, default=0.10, show_default=True, help="FD-digits relative change limit.")
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
               show_default=True)
+@click.option("--int8-flavour", "flavour", type=click.Choice(["trt", "cpu"]), default="trt", show_default=True,
+              help="INT8 only. trt: signed symmetric Q/DQ for TensorRT; cpu: uint8 activations and 7-bit weights, "
+                   "which ONNX Runtime CPU fuses into integer matmuls (TensorRT cannot build it).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 def quantize(bundle: str, precision: str, calib_samples: int, schedules: tuple[str, ...], eval_samples: int,
-             max_rmse: float | None, max_fd_rel: float, calib_method: str, seed: int, as_json: bool) -> None:
+             max_rmse: float | None, max_fd_rel: float, calib_method: str, flavour: str, seed: int,
+             as_json: bool) -> None:
     """Add an FP16 or INT8 (Q/DQ) variant to BUNDLE, guarded against FP32 on the final samples."""
     from odelt.calibration.quantize import DEFAULT_SCHEDULES, QuantizeOptions, quantize_bundle
 
     options = QuantizeOptions(precision, calib_samples, tuple(schedules) or DEFAULT_SCHEDULES, eval_samples,
-                              max_rmse, max_fd_rel, calib_method, seed)
+                              max_rmse, max_fd_rel, calib_method, seed, flavour)
     report = quantize_bundle(bundle, options)
     if as_json:
         click.echo(json.dumps(report, indent=1, default=float))
         return
     m, th = report["metrics"], report["thresholds"]
-    click.echo(f"{bundle}: {precision} variant written to {bundle}/{precision}/ (report.json)")
+    kind = f"{precision} ({flavour} flavour)" if precision == "int8" else precision
+    click.echo(f"{bundle}: {kind} variant written to {bundle}/{precision}/ (report.json)")
     click.echo(f"  final samples vs FP32: RMSE {m['rmse']:.4g} pooled, {m['rmse_worst']:.4g} worst run "
                f"(limit {th['rmse']:g})")
     if "fd_rel" in m:

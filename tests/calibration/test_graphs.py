@@ -7,7 +7,7 @@ from onnx import numpy_helper
 
 from odelt.calibration.fp16 import fp16_from_onnx, node_dtypes
 from odelt.calibration.graph_roles import analyse, name_nodes
-from odelt.calibration.int8 import int8_from_onnx
+from odelt.calibration.int8 import fused_ops, int8_from_onnx
 from odelt.errors import ConfigError
 from odelt.exporter import load_manifest
 
@@ -130,3 +130,77 @@ def test_fp16_and_int8_outputs_close_to_fp32(fp32_bundle):
             ref, out = ref_sess.run(None, f)[0], sess.run(None, f)[0]
             rel = np.sqrt(np.mean((out - ref) ** 2)) / np.sqrt(np.mean(ref ** 2))
             assert 0 < rel < bound
+
+
+def _qdq_params(q):
+    """(activation zero points, weight int8 arrays) of a Q/DQ graph."""
+    inits = {i.name: numpy_helper.to_array(i) for i in q.graph.initializer}
+    acts = [inits[n.input[2]] for n in q.graph.node if n.op_type == "QuantizeLinear"]
+    weights = [inits[n.input[0]] for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    return acts, weights
+
+
+def test_int8_flavours_types_and_ranges(fp32_bundle):
+    model = _graph(fp32_bundle, "blocks_0-1")
+    feeds = _feeds(model)
+    trt, rep_trt = int8_from_onnx(model, feeds)
+    cpu, rep_cpu = int8_from_onnx(model, feeds, flavour="cpu")
+    assert (rep_trt["flavour"], rep_cpu["flavour"]) == ("trt", "cpu")
+    acts, weights = _qdq_params(trt)
+    assert acts and all(z.dtype == np.int8 and not z.any() for z in acts)            # signed symmetric
+    assert max(int(np.abs(w).max()) for w in weights) == 127                       # full 8-bit weights
+    acts, weights = _qdq_params(cpu)
+    assert acts and all(z.dtype == np.uint8 for z in acts)                        # unsigned, with zero points
+    assert any(z != 128 for z in acts)                                             # asymmetric ranges in use
+    assert all(w.dtype == np.int8 and np.abs(w).max() <= 64 for w in weights)       # 7-bit (no VNNI saturation)
+    assert max(int(np.abs(w).max()) for w in weights) == 64
+    with pytest.raises(ConfigError, match="unknown INT8 flavour 'int4'"):
+        int8_from_onnx(model, feeds, flavour="int4")
+
+
+def test_cpu_flavour_fuses_every_block_matmul_in_onnx_runtime(fp32_bundle):
+    """What ORT's CPU provider really runs (optimized_model_filepath): the cpu flavour becomes
+    MatMulIntegerToFloat for every block linear; no DequantizeLinear + FP32 MatMul is left."""
+    model = _graph(fp32_bundle, "length_4")
+    n_linears = len(analyse(model).block_linears)
+    feeds = _feeds(model, 3)
+    cpu, _ = int8_from_onnx(model, feeds, flavour="cpu")
+    ops = fused_ops(cpu)
+    fp32_matmuls = fused_ops(model).get("MatMul", 0) + fused_ops(model).get("FusedMatMul", 0)
+    assert ops.get("MatMulIntegerToFloat", 0) == n_linears
+    assert ops.get("DequantizeLinear", 0) == 0
+    assert ops.get("MatMul", 0) + ops.get("FusedMatMul", 0) == fp32_matmuls - n_linears   # attention BMMs only
+    # The reason for two flavours: with signed activations q/k/v (one shared quantised input) stay
+    # DequantizeLinear + FP32 MatMul. If this starts failing, ORT fuses signed activations too.
+    trt_ops = fused_ops(int8_from_onnx(model, feeds)[0])
+    assert trt_ops.get("MatMulIntegerToFloat", 0) < n_linears and trt_ops.get("DequantizeLinear", 0) > 0
+
+
+def test_cpu_flavour_close_to_fp32_and_layer_errors(fp32_bundle):
+    import onnxruntime as ort
+
+    from odelt.calibration.sensitivity import layer_errors
+
+    model = _graph(fp32_bundle, "blocks_2-3")
+    feeds = _feeds(model, 3, seed=2)
+    cpu, _ = int8_from_onnx(model, feeds, flavour="cpu")
+    ref_sess, sess = ort.InferenceSession(model.SerializeToString()), ort.InferenceSession(cpu.SerializeToString())
+    for f in feeds:
+        ref, out = ref_sess.run(None, f)[0], sess.run(None, f)[0]
+        assert 0 < np.sqrt(np.mean((out - ref) ** 2)) / np.sqrt(np.mean(ref ** 2)) < 0.08
+    errors = layer_errors(model, feeds, "int8", cpu)
+    assert set(errors) == set(analyse(model).block_linears)
+    assert all(0 < e < 0.1 for e in errors.values())
+    # the estimate is ORT's own error: quantise one layer alone, read its output from both graphs
+    first, rest = analyse(model).block_linears[0], analyse(model).block_linears[1:]
+    alone, _ = int8_from_onnx(model, feeds, exclude=rest, flavour="cpu")
+    assert layer_errors(model, feeds, "int8", alone).keys() == {first}      # k, v beside q read FP32
+    tensor = next(n.output[0] for n in model.graph.node if n.name == first)
+    outs = []
+    for m in (model, alone):
+        probe = onnx.ModelProto.FromString(m.SerializeToString())
+        probe.graph.output.append(onnx.ValueInfoProto(name=tensor))
+        sess = ort.InferenceSession(probe.SerializeToString())
+        outs.append(np.concatenate([sess.run([tensor], f)[0].ravel() for f in feeds]))
+    measured = np.sqrt(np.mean((outs[1] - outs[0]) ** 2)) / np.sqrt(np.mean(outs[0] ** 2))
+    assert errors[first] == pytest.approx(measured, rel=0.02)

@@ -7,7 +7,7 @@ import pytest
 
 from odelt.calibration import metrics
 from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
-from odelt.calibration.variants import precisions, variant_graph_path
+from odelt.calibration.variants import int8_flavour, precisions, variant_graph_path
 from odelt.cli import main
 from odelt.errors import AccuracyError, ConfigError, ExportError
 from odelt.exporter import load_manifest
@@ -29,6 +29,7 @@ def test_int8_variant_written_and_recorded(bundle):
     report = quantize_bundle(bundle, QuantizeOptions("int8", **FAST))
     manifest = load_manifest(bundle)               # every file, variant included, hash-checked
     assert precisions(manifest) == ("fp32", "int8")
+    assert report["flavour"] == int8_flavour(manifest) == "trt"       # TensorRT's Q/DQ is the default
     assert report["metrics"]["rmse_worst"] <= 0.05 and report["fallback"] == []
     assert report["metrics"]["rmse"] > 0           # the variant really differs from FP32
     for name in ("blocks_0-1", "blocks_2-3", "length_2", "length_4"):
@@ -88,6 +89,8 @@ def test_options_reject_bad_values():
         QuantizeOptions("int4")
     with pytest.raises(ConfigError, match="calibration method"):
         QuantizeOptions("int8", method="mse")
+    with pytest.raises(ConfigError, match="unknown INT8 flavour 'arm'; expected one of"):
+        QuantizeOptions("int8", flavour="arm")
 
 
 def _cli(capsys, *args):
@@ -108,12 +111,18 @@ def test_cli_errors_are_one_line(bundle, tmp_path, capsys):
 
 def test_cli_quantise_twice_is_refused(bundle, capsys):
     main(["quantize", str(bundle), "--precision", "int8", "--calib-samples", "2", "--eval-samples", "2",
-          "--calib-schedule", "uniform:euler:2"])
+          "--calib-schedule", "uniform:euler:2", "--int8-flavour", "cpu"])
     out = capsys.readouterr().out
-    assert "int8 variant written" in out and "RMSE" in out
+    assert "int8 (cpu flavour) variant written" in out and "RMSE" in out
+    manifest = load_manifest(bundle)
+    assert int8_flavour(manifest) == "cpu" and manifest.data["precisions"]["int8"]["flavour"] == "cpu"
+    graph = onnx.load(str(variant_graph_path(manifest, "blocks_0-1", "int8"))).graph
+    zero_points = {i.name: i.data_type for i in graph.initializer}
+    acts = [n.input[2] for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert acts and all(zero_points[z] == onnx.TensorProto.UINT8 for z in acts)
     before = _snapshot(bundle)
     code, err = _cli(capsys, bundle, "--precision", "int8")
-    assert code == 1 and "already has a int8 variant" in err and "\n" not in err
+    assert code == 1 and "already has a int8 (cpu flavour) variant" in err and "\n" not in err
     assert _snapshot(bundle) == before
 
 
