@@ -1,13 +1,31 @@
 """Bench group `precision` (issue 6 §3): INT8 / FP16 variants vs FP32 on ONNX Runtime CPU.
 
 For each model (digits: builtin:digits when its weights are shipped, else random weights, said so in
-the output; DiT-S/2: random weights, with the zero-initialised final layer and biases filled so the
-output is not trivially zero): export the segments layout, add the fp16 and int8 variants with
-`quantize_bundle` (same noise, same schedules for FP32 and the variant), then time one network
-evaluation at the full length (cond -> chunks -> head) at batch 8, FP32 vs INT8, median of repeats.
+`<model>.weights`; DiT-S/2: random weights, with the zero-initialised final layer and biases filled so
+the output is not trivially zero): export the segments layout, then add, from the same FP32 graphs,
+same calibration noise and same schedules,
 
-Figures: int8_speedup_b8 (target >= 1.5), int8_rmse (<= 0.05), int8_fd_rel (<= 0.10, digits with the
-classifier only), fp16_rmse (<= 0.01); each per model as `<model>.<figure>`.
+  * bundle A: the fp16 variant and the int8 variant in the ``cpu`` flavour (uint8 activations, what
+    ONNX Runtime CPU fuses into MatMulIntegerToFloat), and
+  * bundle B: the int8 variant in the ``trt`` flavour (signed symmetric Q/DQ for TensorRT),
+
+each through `quantize_bundle` and its accuracy guard (fallback layers are counted). Latency: one
+network evaluation at the full length (cond -> chunks -> head), batch 8, one ONNX Runtime intra-op
+thread (the runtime's default, and the only setting that is stable on a shared 2-core machine),
+every variant timed in turn inside each repeat (side by side, so load changes hit all of them),
+medians. The load average (os.getloadavg) before and after the timings is recorded: compare runs
+only at similar load.
+
+Figures, per model as `<model>.<figure>`:
+  int8_speedup_b8      FP32 / INT8 (cpu flavour) latency, target >= 1.5
+  int8_trt_speedup_b8  the same for the trt flavour (what the CPU does with TensorRT's graph)
+  int8_rmse            final samples INT8 (cpu) vs FP32, pooled over runs, target <= 0.05 (_worst: worst run)
+  int8_fd_rel          |FD(INT8) - FD(FP32)| / FD(FP32), digits only, classifier, >= 256 pooled samples, <= 0.10
+  fp16_rmse            target <= 0.01
+  int8_fused_matmuls   MatMulIntegerToFloat nodes ORT builds from the cpu flavour (of int8_block_linears)
+
+`--quick` (the CI setting, < 5 minutes on the 2-core machine): fewer calibration samples, and a
+smaller DiT-S/2 workload (exported at its full length only, calibrated along uniform:euler:2).
 
     .venv/bin/python bench/precision.py [--quick] [--models digits DiT-S/2] --out out/bench-precision.json
 """
@@ -16,25 +34,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
-from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
-from odelt.calibration.trajectories import OrtGraphs
-from odelt.calibration.variants import variant_graph_path
-from odelt.exporter.bundle import load_manifest, run_chain
-from odelt.exporter.export import ExportOptions, export_bundle
-from odelt.models import DiT
-from odelt.models.config import PRESETS
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from odelt.calibration.graph_roles import analyse, name_nodes  # noqa: E402
+from odelt.calibration.int8 import fused_ops  # noqa: E402
+from odelt.calibration.quantize import QuantizeOptions, quantize_bundle  # noqa: E402
+from odelt.calibration.trajectories import OrtGraphs  # noqa: E402
+from odelt.calibration.variants import variant_graph_path  # noqa: E402
+from odelt.exporter.bundle import Manifest, load_manifest, run_chain  # noqa: E402
+from odelt.exporter.export import ExportOptions, export_bundle  # noqa: E402
+from odelt.models import DiT  # noqa: E402
+from odelt.models.config import PRESETS  # noqa: E402
 
 GROUP = "precision"
+BATCH = 8
+
+
+@dataclass(frozen=True)
+class Workload:
+    """How much calibration / evaluation / timing one model gets."""
+
+    lengths: tuple[int, ...] | None          # exported lengths (None: all trained lengths)
+    calib_samples: int
+    eval_samples: int
+    schedules: tuple[str, ...]
+    repeats: int
+
+    def options(self, precision: str, flavour: str = "trt") -> QuantizeOptions:
+        return QuantizeOptions(precision, self.calib_samples, self.schedules, self.eval_samples, flavour=flavour)
+
+
+def workload(name: str, quick: bool) -> Workload:
+    if name == "digits":   # cheap: FD needs eval_samples x schedules x 4 lengths >= 256 pooled samples
+        return Workload(None, 16 if quick else 32, 32 if quick else 64, ("uniform:euler:4", "uniform:euler:8"),
+                        30 if quick else 100)
+    full = PRESETS[name].lengths[-1]
+    if quick:              # one length, a 2-step schedule: ~2 s per FP32 evaluation at batch 8
+        return Workload((full,), 4, 8, ("uniform:euler:2",), 9)
+    return Workload(None, 8, 8, ("uniform:euler:4",), 15)
 
 
 def load_model(name: str) -> tuple[DiT, str]:
@@ -53,59 +105,114 @@ def load_model(name: str) -> tuple[DiT, str]:
     return model, "random weights"
 
 
-def latency(bundle: Path, precision: str, batch: int, repeats: int) -> float:
-    manifest = load_manifest(bundle, check_files=False)
-    run = OrtGraphs(manifest, lambda spec: variant_graph_path(manifest, spec.name, precision))
-    cfg, length = manifest.config, manifest.lengths[-1]
-    rng = np.random.default_rng(0)
-    feeds = {"x": rng.standard_normal((batch, cfg.in_channels, cfg.input_size, cfg.input_size)).astype(np.float32),
-             "t": np.full((batch,), 0.5, np.float32), "dt_base": np.full((batch,), 3, np.int32),
-             "y": np.zeros((batch,), np.int32)}
-    for _ in range(3):                                   # warm-up: sessions, arenas
-        run_chain(manifest, length, feeds, run)
-    times = []
+def _feeds(manifest: Manifest) -> dict[str, np.ndarray]:
+    cfg, rng = manifest.config, np.random.default_rng(0)
+    return {"x": rng.standard_normal((BATCH, cfg.in_channels, cfg.input_size, cfg.input_size)).astype(np.float32),
+            "t": np.full((BATCH,), 0.5, np.float32), "dt_base": np.full((BATCH,), 3, np.int32),
+            "y": np.zeros((BATCH,), np.int32)}
+
+
+def latencies(variants: dict[str, tuple[Path, str]], repeats: int, threads: int = 1) -> dict[str, list[float]]:
+    """{variant: seconds per full-length evaluation at batch 8}, variants interleaved in every repeat."""
+    runs = {}
+    for key, (bundle, precision) in variants.items():
+        manifest = load_manifest(bundle, check_files=False)
+        graphs = OrtGraphs(manifest, lambda spec, m=manifest, p=precision: variant_graph_path(m, spec.name, p),
+                           threads)
+        runs[key] = (manifest, graphs, _feeds(manifest))
+    for manifest, graphs, feeds in runs.values():          # warm-up: sessions, arenas, prepacked weights
+        for _ in range(2):
+            run_chain(manifest, manifest.lengths[-1], feeds, graphs)
+    times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(repeats):
+        for key, (manifest, graphs, feeds) in runs.items():
+            t0 = time.perf_counter()
+            run_chain(manifest, manifest.lengths[-1], feeds, graphs)
+            times[key].append(time.perf_counter() - t0)
+    return times
+
+
+def fusion(bundle: Path) -> dict[str, int]:
+    """How many block linears of the int8 graphs ORT really runs as MatMulIntegerToFloat."""
+    manifest = load_manifest(bundle, check_files=False)
+    fused = linears = 0
+    for name in manifest.graphs:
+        linears += len(analyse(name_nodes(onnx.load(str(manifest.graph_path(name))))).block_linears)
+        path = variant_graph_path(manifest, name, "int8")
+        if path != manifest.graph_path(name):
+            fused += fused_ops(path).get("MatMulIntegerToFloat", 0)
+    return {"int8_fused_matmuls": fused, "int8_block_linears": linears}
+
+
+def _accuracy(report: dict, prefix: str, seconds: float) -> dict:
+    m = report["metrics"]
+    out = {f"{prefix}_rmse": m["rmse"], f"{prefix}_rmse_worst": m["rmse_worst"],
+           f"{prefix}_fallback_layers": len(report["fallback"]), f"{prefix}_quantize_s": round(seconds, 1)}
+    if "fd_rel" in m:
+        out.update({f"{prefix}_fd_rel": m["fd_rel"], f"{prefix}_fd": m["fd"], "fp32_fd": m["fd_fp32"],
+                    "fd_samples": int(m.get("fd_samples", 0)) or None})
+    elif "fd_skipped" in m:
+        out[f"{prefix}_fd_skipped"] = m["fd_skipped"]
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def quantise_all(fp32: Path, work: Workload, tmp: Path) -> tuple[dict, dict[str, tuple[Path, str]]]:
+    """fp16 + int8(cpu) in one copy of the FP32 bundle, int8(trt) in another; accuracy figures."""
+    cpu, trt = tmp / "a", tmp / "b"
+    shutil.copytree(fp32, cpu)
+    shutil.copytree(fp32, trt)
+    out: dict = {}
+    for bundle, precision, flavour, prefix in ((cpu, "fp16", "trt", "fp16"), (cpu, "int8", "cpu", "int8"),
+                                               (trt, "int8", "trt", "int8_trt")):
         t0 = time.perf_counter()
-        run_chain(manifest, length, feeds, run)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        print(f"  quantize {precision} {flavour if precision == 'int8' else ''}", file=sys.stderr, flush=True)
+        report = quantize_bundle(bundle, work.options(precision, flavour))
+        out.update(_accuracy(report, prefix, time.perf_counter() - t0))
+    variants = {"fp32": (fp32, "fp32"), "int8": (cpu, "int8"), "int8_trt": (trt, "int8"), "fp16": (cpu, "fp16")}
+    return out, variants
 
 
-def bench_model(name: str, quick: bool, work: Path) -> dict:
+def bench_model(name: str, quick: bool, tmp: Path, threads: int = 1) -> dict:
     model, weights = load_model(name)
-    bundle = work / name.replace("/", "_")
-    export_bundle(model, bundle, ExportOptions(layouts=("segments",)))
-    small = name != "digits"
-    common = dict(calib_samples=4 if quick or small else 32, eval_samples=8 if quick or small else 64,
-                  schedules=("uniform:euler:4",) if quick or small else ("uniform:euler:4", "uniform:euler:8"))
-    out: dict = {"weights": weights}
-    for precision in ("fp16", "int8"):
-        t0 = time.perf_counter()
-        report = quantize_bundle(bundle, QuantizeOptions(precision, **common))
-        m = report["metrics"]
-        out[f"{precision}_rmse"] = m["rmse"]
-        out[f"{precision}_rmse_worst"] = m["rmse_worst"]
-        out[f"{precision}_fallback_layers"] = len(report["fallback"])
-        out[f"{precision}_quantize_s"] = time.perf_counter() - t0
-        if "fd_rel" in m:
-            out[f"{precision}_fd_rel"] = m["fd_rel"]
-            out[f"{precision}_fd"], out["fp32_fd"] = m["fd"], m["fd_fp32"]
-        elif "fd_skipped" in m:
-            out[f"{precision}_fd_skipped"] = m["fd_skipped"]
-    repeats = 5 if quick else 20
-    fp32, int8, fp16 = (latency(bundle, p, 8, repeats) for p in ("fp32", "int8", "fp16"))
-    out.update(fp32_latency_b8_s=fp32, int8_latency_b8_s=int8, fp16_latency_b8_s=fp16,
-               int8_speedup_b8=fp32 / int8, fp16_speedup_b8=fp32 / fp16, calibration=common)
+    work = workload(name, quick)
+    tmp = tmp / name.replace("/", "_")
+    fp32 = tmp / "fp32"
+    t0 = time.perf_counter()
+    export_bundle(model, fp32, ExportOptions(layouts=("segments",), lengths=work.lengths))
+    out: dict = {"weights": weights, "export_s": round(time.perf_counter() - t0, 1),
+                 "calibration": {"calib_samples": work.calib_samples, "eval_samples": work.eval_samples,
+                                 "schedules": list(work.schedules), "lengths": load_manifest(fp32).lengths}}
+    accuracy, variants = quantise_all(fp32, work, tmp)
+    out.update(accuracy)
+    out.update(fusion(variants["int8"][0]))
+    load_before = os.getloadavg()
+    times = latencies(variants, work.repeats, threads)
+    out.update(load_avg_timing=[round(x, 2) for x in (*load_before, *os.getloadavg()[:1])], threads=threads,
+               repeats=work.repeats)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    for key, v in times.items():
+        q1, _, q3 = statistics.quantiles(v, n=4)
+        out[f"{key}_latency_b8_s"] = med[key]
+        out[f"{key}_latency_iqr_rel"] = round((q3 - q1) / med[key], 3)
+    for key in ("int8", "int8_trt", "fp16"):
+        out[f"{key}_speedup_b8"] = med["fp32"] / med[key]
     return out
 
 
-def run(quick: bool = False, models: tuple[str, ...] = ("digits", "DiT-S/2")) -> dict:
+def run(quick: bool = False, models: tuple[str, ...] = ("digits", "DiT-S/2"), threads: int = 1) -> dict:
     """Flat {figure: value} for the bench harness."""
-    figures: dict = {"precision.machine": platform.processor() or platform.machine()}
+    figures: dict = {"precision.machine": platform.processor() or platform.machine(),
+                     "precision.load_avg_start": [round(x, 2) for x in os.getloadavg()]}
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="odelt-bench-precision-") as tmp:
         for name in models:
-            for key, value in bench_model(name, quick, Path(tmp)).items():
+            print(f"precision: {name}", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            for key, value in bench_model(name, quick, Path(tmp), threads).items():
                 figures[f"precision.{name}.{key}"] = value
+            figures[f"precision.{name}.seconds"] = round(time.perf_counter() - t0, 1)
+    figures["precision.seconds"] = round(time.perf_counter() - start, 1)
+    figures["precision.load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
     return figures
 
 
@@ -113,13 +220,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--models", nargs="+", default=["digits", "DiT-S/2"])
+    parser.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads for the timings")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    figures = run(args.quick, tuple(args.models))
+    figures = run(args.quick, tuple(args.models), args.threads)
     text = json.dumps(figures, indent=1, default=str)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        tmp = args.out.with_name(f".{args.out.name}.partial")
+        tmp.write_text(text)
+        os.replace(tmp, args.out)
     print(text)
 
 

@@ -47,7 +47,7 @@ def compare(manifest: Manifest, path_of, schedules: list, noise: traj.Noise, ref
 
 
 def fd_relative(manifest: Manifest, ref: np.ndarray, var: np.ndarray) -> dict:
-    """{"fd_fp32", "fd", "fd_rel"} for digits-shaped models when the classifier is available, else {}."""
+    """{"fd_fp32", "fd", "fd_rel", "fd_samples"} for digits-shaped models when the classifier is available, else {}."""
     cfg = manifest.config
     if (cfg.in_channels, cfg.input_size, cfg.num_classes) != (1, 8, 10):
         return {}
@@ -58,7 +58,7 @@ def fd_relative(manifest: Manifest, ref: np.ndarray, var: np.ndarray) -> dict:
         fd32, fd = float(fd_digits(ref)), float(fd_digits(var))
     except (ImportError, OdeltError) as e:
         return {"fd_skipped": f"digits classifier unavailable ({e})"}
-    return {"fd_fp32": fd32, "fd": fd, "fd_rel": abs(fd - fd32) / max(fd32, 1e-12)}
+    return {"fd_fp32": fd32, "fd": fd, "fd_rel": abs(fd - fd32) / max(fd32, 1e-12), "fd_samples": len(ref)}
 
 
 def passes(result: dict, max_rmse: float, max_fd_rel: float) -> bool:
