@@ -62,21 +62,9 @@ def sample_euler(model, noise: Tensor, y: Tensor, length: int | Tensor, steps: i
     return x
 
 
-# Dormand-Prince 5(4): nodes, stage matrix, 5th-order weights (FSAL: equal to the last stage row) and
-# the difference between the 5th- and 4th-order weights (the local error estimate).
-_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-)
-_B5 = _A[6] + (0.0,)
-_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
-_E = tuple(b5 - b4 for b5, b4 in zip(_B5, _B4))
+# Dormand-Prince 5(4) tableau, shared with the runtime (data only: this integrator, its step-size
+# controller and error norm are written separately so that the two check each other).
+from odelt.runtime.solvers import _DP_A as _A, _DP_C as _C, _DP_E as _E  # noqa: E402
 
 
 def _rms(err: Tensor, x: Tensor, x_new: Tensor, rtol: float, atol: float) -> float:

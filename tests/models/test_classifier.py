@@ -14,15 +14,6 @@ from odelt.models.classifier import (accuracy, fd_digits, frechet_distance, load
 from odelt.models.sampling import sample_euler, sample_labels_noise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two torch threads on a shared 2-core CI box oversubscribe it (17x slower sampling measured here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_shipped_classifier_held_out_accuracy():
     _, (xh, yh) = split_digits()
     assert accuracy(load_classifier(), xh, yh) > 0.9

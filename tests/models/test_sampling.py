@@ -11,15 +11,6 @@ from odelt.models.dit import DiT
 from odelt.models.sampling import SOLVERS, euler_level, sample_dopri5, sample_euler, sample_labels_noise
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two torch threads on a shared 2-core CI box oversubscribe it (17x slower sampling measured here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class LinearField(torch.nn.Module):
     """Stand-in velocity v = a*x (exact x1 = x0 e^a); records the dt_base levels it is called with."""
 

@@ -9,14 +9,6 @@ from odelt.models.config import DiTConfig
 from odelt.models.train import FM_LEVEL, TrainConfig, Trainer, lr_at, make_batch, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Two torch threads on a shared 2-core CI box oversubscribe it (17x slower sampling measured here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2,
                  depth_group=2, depth_min=2, num_classes=10)
 
