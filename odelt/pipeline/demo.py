@@ -35,6 +35,7 @@ class DemoOptions:
     quality_n: int = 128                          # held-out noise samples for the quality table
     calib_samples: int = 16
     precisions: tuple[str, ...] = ("fp32", "int8")
+    int8_flavour: str = "cpu"                     # the demo runs ONNX Runtime CPU (see calibration/int8.py)
     quick: bool = False                           # smoke-test sizes (tests)
 
 
@@ -90,8 +91,9 @@ def stage_quantize(opts: DemoOptions, manifest, log: Log) -> dict[str, dict]:
     for precision in [p for p in opts.precisions if p != "fp32"]:
         if precision not in precisions(load_manifest(manifest.root)):
             log(f"quantize: {precision}, calibrated on ODE trajectories ...")
+            extra = {"flavour": opts.int8_flavour} if precision == "int8" else {}
             quantize_bundle(manifest.root, QuantizeOptions(precision=precision, calib_samples=opts.calib_samples,
-                                                           eval_samples=32 if opts.quick else 64))
+                                                           eval_samples=32 if opts.quick else 64, **extra))
         else:
             log(f"quantize: reusing {precision}")
         reports[precision] = load_report(load_manifest(manifest.root), precision)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -84,7 +83,18 @@ def write_report(path: Path, facts: dict) -> Path:
     lines += ["", "## INT8 / FP16 vs FP32 (same noise)", ""]
     for prec, rep in facts["quantize"].items():
         m = rep.get("metrics", {})
-        lines.append(f"- {prec}: {json.dumps(m, default=str)[:600]}; layers kept in FP32: {len(rep.get('fallback', []))}")
+        fd = (f", FD-digits {m['fd']:.2f} vs {m['fd_fp32']:.2f} FP32 (relative {m['fd_rel']:.3f}, "
+              f"{m['fd_samples']} samples)") if m.get("fd") is not None else ""
+        lines.append(f"- {prec} ({rep.get('flavour') or 'default'} flavour): final-sample RMSE vs FP32 "
+                     f"{m.get('rmse', float('nan')):.4f} pooled, {m.get('rmse_worst', float('nan')):.4f} worst run"
+                     f"{fd}; layers kept in FP32: {len(rep.get('fallback', []))}")
+    fp32 = prof["calls"].get("fp32", {})
+    for prec in [p for p in prof["calls"] if p != "fp32"]:
+        for b, by_len in prof["calls"][prec].items():
+            if b in fp32:
+                ratios = [fp32[b][n]["median_ms"] / by_len[n]["median_ms"] for n in by_len]
+                lines.append(f"- {prec} speed-up over FP32 at batch {b}: "
+                             + ", ".join(f"l={n} {r:.2f}x" for n, r in zip(by_len, ratios)))
     lines += ["", "## Schedules: held-out RMSE to the teacher (128-step Euler, full length)", ""]
     q = sorted(facts["quality"], key=lambda r: (r["precision"], r["error"]))
     lines += _md_table(["plan", "precision", "NFE", "block evals", "RMSE", "FD-digits"],
