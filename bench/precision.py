@@ -17,7 +17,8 @@ medians. The load average (os.getloadavg) before and after the timings is record
 only at similar load.
 
 Figures, per model as `<model>.<figure>`:
-  int8_speedup_b8      FP32 / INT8 (cpu flavour) latency, target >= 1.5
+  int8_speedup_b8      FP32 / INT8 (cpu flavour) latency, target >= 1.5 (ratio of medians; _paired:
+                       median of the per-repeat ratios)
   int8_trt_speedup_b8  the same for the trt flavour (what the CPU does with TensorRT's graph)
   int8_rmse            final samples INT8 (cpu) vs FP32, pooled over runs, target <= 0.05 (_worst: worst run)
   int8_fd_rel          |FD(INT8) - FD(FP32)| / FD(FP32), digits only, classifier, >= 256 pooled samples, <= 0.10
@@ -196,6 +197,8 @@ def bench_model(name: str, quick: bool, tmp: Path, threads: int = 1) -> dict:
         out[f"{key}_latency_iqr_rel"] = round((q3 - q1) / med[key], 3)
     for key in ("int8", "int8_trt", "fp16"):
         out[f"{key}_speedup_b8"] = med["fp32"] / med[key]
+        # the same from each repeat's own pair (timed back to back): robust to load drifting between repeats
+        out[f"{key}_speedup_b8_paired"] = statistics.median(a / b for a, b in zip(times["fp32"], times[key]))
     return out
 
 
