@@ -8,13 +8,13 @@ import hashlib
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from odelt.errors import CheckpointError, ConfigError
+from odelt.fileio import atomic_path
 from odelt.models.config import DiTConfig
 from odelt.models.dit import DiT
 
@@ -58,15 +58,8 @@ def save_checkpoint(model: DiT, path: str | os.PathLike, extra: dict | None = No
     meta = {"format": _FORMAT, "config": json.dumps(model.config.to_dict()), **(extra or {})}
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={k: str(v) for k, v in meta.items()})
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is shared data (package weights)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={k: str(v) for k, v in meta.items()})
 
 
 def load_checkpoint(source: str | os.PathLike, config: DiTConfig | dict | None = None) -> DiT:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from odelt.errors import CheckpointError
+from odelt.fileio import atomic_path
 
 BUILTIN = Path(__file__).parent / "weights" / "digits_classifier.safetensors"
 _FORMAT = "odelt-digits-classifier/1"
@@ -125,21 +126,13 @@ def accuracy(model: DigitsCNN, x: np.ndarray | Tensor, y: np.ndarray | Tensor) -
 
 def save_classifier(model: DigitsCNN, path: str | os.PathLike, extra: dict | None = None) -> None:
     """Atomic safetensors write (temp file, then rename)."""
-    import tempfile
 
     from safetensors.torch import save_file
 
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-        save_file(state, tmp, metadata={"format": _FORMAT, **{k: str(v) for k, v in (extra or {}).items()}})
-        os.chmod(tmp, 0o644)                          # mkstemp makes 0600; package data must be readable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        save_file(state, str(tmp), metadata={"format": _FORMAT, **{k: str(v) for k, v in (extra or {}).items()}})
 
 
 def load_classifier(path: str | os.PathLike | None = None) -> DigitsCNN:

@@ -8,14 +8,14 @@ Every stage is a library call of its own package; this module only composes and 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from odelt.fileio import write_json_atomic
 
 Log = Callable[[str], None]
 
@@ -45,13 +45,6 @@ class DemoResult:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-def _json_atomic(path: Path, data: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-
-
 def _cached(path: Path, make: Callable[[], Any], log: Log, what: str) -> Any:
     """Reuse a stage's JSON result when present; else compute and save it."""
     if path.is_file():
@@ -59,7 +52,7 @@ def _cached(path: Path, make: Callable[[], Any], log: Log, what: str) -> Any:
         return json.loads(path.read_text())
     log(f"{what} ...")
     result = make()
-    _json_atomic(path, result)
+    write_json_atomic(path, result)
     return result
 
 
@@ -157,7 +150,12 @@ def stage_build(opts: DemoOptions, manifest, log: Log) -> None:
 
 def stage_profile(opts: DemoOptions, manifest, log: Log) -> dict:
     from odelt.exporter.bundle import load_manifest
-    from odelt.runtime.profile import device_description, device_id, profile_bundle, save_profile
+    from odelt.runtime.profile import (
+        device_description,
+        device_id,
+        profile_bundle,
+        save_profile,
+    )
 
     manifest = load_manifest(manifest.root)
     path = manifest.root / "profile" / f"{device_id(device_description('ort'))}.json"
@@ -261,5 +259,5 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     runs = stage_plans(opts, load_manifest(manifest.root), prof, log)
     facts = {"verify": verify, "quantize": quant, "profile": prof, "quality": rows, "runs": runs,
              "seconds": round(time.perf_counter() - start, 1), "source": opts.source}
-    _json_atomic(opts.out / "demo.json", facts)
+    write_json_atomic(opts.out / "demo.json", facts)
     return DemoResult(write_report(opts.out / "report.md", facts), facts)

@@ -9,15 +9,13 @@ on a seed stream that schedule learning never draws from.
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from odelt.exporter.bundle import Manifest
+from odelt.fileio import write_json_atomic
 from odelt.runtime.backend import open_backend
 from odelt.runtime.plans import FORMAT, QUALITY, call_lengths, schedule_path
 from odelt.runtime.sampler import Sampler
@@ -73,9 +71,4 @@ def quality_rows(manifest: Manifest, model, schedules: dict[str, Schedule], prec
 def write_quality(manifest: Manifest, rows: list[dict], n: int, seed: int) -> Path:
     data = {"format": FORMAT, "held_out": {"n": n, "seed": seed, "teacher": "euler-128-full-length"},
             "rows": rows}
-    path = manifest.root / QUALITY
-    fd, tmp = tempfile.mkstemp(dir=manifest.root, prefix=".quality.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(manifest.root / QUALITY, data)

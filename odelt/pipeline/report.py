@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
+from odelt.fileio import atomic_path, write_text_atomic
 from odelt.runtime.planner import Choice, pareto_front
 
 
@@ -48,11 +48,11 @@ def plot_pareto(choices: Sequence[tuple[Choice, float]], path: str | os.PathLike
     ax.legend(fontsize=8)
     ax.set_title("quality vs latency (chosen plans circled)")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent if str(path.parent) else ".", prefix=".pareto.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_path(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -106,8 +106,4 @@ def write_report(path: Path, facts: dict) -> Path:
                          f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}",
                          f"{abs(r['measured_ms'] - r['predicted_ms']) / r['measured_ms']:.1%}"] for r in facts["runs"]])
     lines += ["", "![pareto](pareto.png)", ""] + [f"![{r['plan']}]({r['grid']})" for r in facts["runs"]]
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".report.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from odelt.errors import RuntimeFailure
+from odelt.fileio import atomic_path
 
 
 def to_uint8(x: np.ndarray) -> np.ndarray:
@@ -42,27 +42,13 @@ def save_png(img: np.ndarray, path: str | os.PathLike) -> Path:
     if path.parent and not path.parent.is_dir():
         raise RuntimeFailure(f"output folder {path.parent} does not exist")
     mode = "L" if img.shape[-1] == 1 else "RGB"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(img[..., 0] if mode == "L" else img, mode=mode).save(tmp, format="PNG")
-        os.chmod(tmp, 0o644)                   # mkstemp files are 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
 def save_npy(x: np.ndarray, path: str | os.PathLike) -> Path:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".npy") as tmp:
         np.save(tmp, x)
-        os.chmod(tmp, 0o644)                   # mkstemp files are 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

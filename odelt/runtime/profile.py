@@ -19,7 +19,6 @@ import json
 import os
 import platform
 import re
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -28,6 +27,7 @@ import numpy as np
 
 from odelt.errors import ConfigError
 from odelt.exporter.bundle import Manifest
+from odelt.fileio import write_json_atomic
 from odelt.runtime.backend import open_backend
 
 FORMAT = "odelt-profile/1"
@@ -174,14 +174,7 @@ def profile_bundle(manifest: Manifest, backend: str = "ort", batches: Iterable[i
 
 def save_profile(manifest: Manifest, profile: dict[str, Any]) -> Path:
     """Write profile/<device-id>.json into the bundle, atomically."""
-    folder = manifest.root / "profile"
-    folder.mkdir(exist_ok=True)
-    path = folder / f"{profile['device_id']}.json"
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".profile.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(profile, f, indent=1)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(manifest.root / "profile" / f"{profile['device_id']}.json", profile)
 
 
 def load_profile(manifest: Manifest, device: str | None = None) -> dict[str, Any]:

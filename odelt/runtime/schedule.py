@@ -27,12 +27,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 from odelt.errors import ScheduleError
+from odelt.fileio import write_json_atomic
 from odelt.runtime.solvers import SOLVER_INFO, nfe_for
 
 FORMAT = "odelt-schedule/1"
@@ -207,18 +207,7 @@ def _replace(s: Schedule, **changes: Any) -> Schedule:
 def save_schedule(schedule: Schedule, path: str | os.PathLike) -> Path:
     """Validate, then write atomically (temp file in the same folder, then rename)."""
     schedule.validate()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(schedule.to_dict(), fh, indent=1)
-        os.chmod(tmp, 0o644)                   # mkstemp files are 0600
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json_atomic(path, schedule.to_dict())
 
 
 def load_schedule(path: str | os.PathLike) -> Schedule:

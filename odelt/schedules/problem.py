@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +21,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from odelt.fileio import atomic_path
 from odelt.models.dit import DiT
 
 FM_LEVEL = 7                 # dt_base of the flow-matching level (steps of 1/128)
@@ -114,14 +114,8 @@ def make_pairs(model: DiT, n: int, seed: int, held_out: bool = False, key: str |
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def split(pairs: Pairs, n_train: int) -> tuple[Pairs, Pairs]:

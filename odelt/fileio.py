@@ -1,0 +1,37 @@
+"""Atomic file writes: every artifact is written to a temporary file beside its target and renamed
+into place only when complete, so a crash or a full disk never leaves a half-written file."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """Yield a temporary path next to `path` (keeping `suffix`, which some writers read as the
+    format); on success it replaces `path` with mode 0644, on failure it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)                   # mkstemp files are 0600; artifacts are shared data
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 1) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
