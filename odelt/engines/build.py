@@ -76,6 +76,7 @@ def build_bundle(bundle: str | os.PathLike, req: BuildRequest) -> dict:
     final = root / "engines" / req.set_name
     if final.exists() and not req.force:
         raise ExportError(f"{final} already exists; pass --force to rebuild it")
+    _check_flavour(manifest, req)
     builder = _ort_builder(req) if req.backend == "ort" else _trt_builder(req, manifest)
     sources = {name: graph_source(manifest, name, req.precision) for name in sorted(manifest.graphs)}
     if req.backend == "ort" and not all(typed for _, typed in sources.values()):
@@ -102,6 +103,16 @@ def build_bundle(bundle: str | os.PathLike, req: BuildRequest) -> dict:
     data["engines"] = {**data.get("engines", {}), req.set_name: entry}
     write_manifest(root, data)
     return entry
+
+
+def _check_flavour(manifest: Manifest, req: BuildRequest) -> None:
+    """TensorRT's Q/DQ layers take signed INT8 with zero point 0 only: the CPU flavour cannot build."""
+    from odelt.calibration.variants import int8_flavour
+
+    if req.backend == "tensorrt" and req.precision == "int8" and int8_flavour(manifest) == "cpu":
+        raise ExportError(f"{manifest.root}: the int8 variant is the ONNX Runtime CPU flavour (uint8 activations), "
+                          "which TensorRT cannot build; expected the trt flavour: re-quantize with "
+                          "`odelt-export quantize BUNDLE --precision int8 --int8-flavour trt`")
 
 
 def _swap_in(tmp: Path, final: Path) -> None:

@@ -52,6 +52,16 @@ def test_tensorrt_without_tensorrt_is_one_line(tiny_bundle, capsys, monkeypatch)
     assert _snapshot(tiny_bundle) == before               # nothing written
 
 
+def test_cpu_int8_flavour_is_refused_for_tensorrt(tiny_bundle, capsys, monkeypatch):
+    import odelt.calibration.variants as variants
+
+    monkeypatch.setattr(variants, "int8_flavour", lambda manifest: "cpu")  # as a cpu-flavour bundle records it
+    before = _snapshot(tiny_bundle)
+    err = _run(["build", str(tiny_bundle), "--backend", "tensorrt", "--precision", "int8"], capsys)
+    assert "ONNX Runtime CPU flavour" in err and "--int8-flavour trt" in err
+    assert _snapshot(tiny_bundle) == before
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--backend", "ort", "--target", "orin-mega"], "unknown target 'orin-mega'"),
     (["--backend", "onnx"], "backend 'onnx': expected one of ort, tensorrt"),
