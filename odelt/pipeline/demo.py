@@ -163,7 +163,7 @@ def stage_profile(opts: DemoOptions, manifest, log: Log) -> dict:
         log(f"profile: reusing {path}")
         return json.loads(path.read_text())
     log("profile: timing every graph and length on this device ...")
-    prof = profile_bundle(manifest, "ort", (1, opts.batch), opts.precisions, repeats=10 if opts.quick else 30)
+    prof = profile_bundle(manifest, "ort", (1, opts.batch), opts.precisions, repeats=40)  # 8 bursts of 5 per length: a noisy burst cannot move the median
     save_profile(manifest, prof)
     return prof
 
