@@ -35,3 +35,15 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 1) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], missing: str | None = None) -> Any:
+    """Parse a JSON file; a missing or unparsable file raises `error` with a one-line message
+    (`missing` replaces the default message for a file that does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(missing or f"{path} not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: expected JSON, found invalid content ({e})") from None

@@ -57,6 +57,7 @@ import numpy as np
 
 from odelt.errors import ExportError
 from odelt.exporter.iospec import BatchRange, GraphSpec
+from odelt.fileio import read_json
 from odelt.models.config import DiTConfig
 
 
@@ -141,12 +142,7 @@ def load_manifest(bundle: str | os.PathLike, check_files: bool = True) -> Manife
     """Read BUNDLE/manifest.json; with check_files, also check every listed file's hash."""
     root = Path(bundle)
     path = root / MANIFEST
-    if not path.is_file():
-        raise ExportError(f"not a bundle: expected {path} (an exported folder with a manifest), found none")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ExportError(f"{path}: expected JSON, found invalid content ({e})") from None
+    data = read_json(path, ExportError, f"not a bundle: expected {path} (an exported folder with a manifest), found none")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ExportError(f"{path}: expected bundle format {FORMAT!r}, found {found!r}")

@@ -12,7 +12,6 @@ but the bundle. `call_lengths` is the length of every network call the schedule 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from odelt.errors import ConfigError
 from odelt.exporter.bundle import Manifest
+from odelt.fileio import read_json
 from odelt.runtime.planner import Candidate
 from odelt.runtime.schedule import Schedule, load_schedule
 from odelt.runtime.solvers import SOLVERS
@@ -49,7 +49,7 @@ def load_candidates(manifest: Manifest) -> list[Candidate]:
     if not path.is_file():
         raise ConfigError(f"{manifest.root}: no quality table ({QUALITY}); expected one from "
                           "`odelt-export demo` or odelt.pipeline.quality.write_quality")
-    data = json.loads(path.read_text())
+    data = read_json(path, ConfigError)
     if data.get("format") != FORMAT:
         raise ConfigError(f"{path}: expected format {FORMAT}, found {data.get('format')!r}")
     return [Candidate(r["name"], r["schedule"], r["solver"], tuple(r["call_lengths"]), r["precision"],

@@ -15,7 +15,6 @@ per step (measured with a free stand-in model), which the planner adds per step.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
@@ -27,7 +26,7 @@ import numpy as np
 
 from odelt.errors import ConfigError
 from odelt.exporter.bundle import Manifest
-from odelt.fileio import write_json_atomic
+from odelt.fileio import read_json, write_json_atomic
 from odelt.runtime.backend import open_backend
 
 FORMAT = "odelt-profile/1"
@@ -189,7 +188,7 @@ def load_profile(manifest: Manifest, device: str | None = None) -> dict[str, Any
     if want not in have:
         raise ConfigError(f"{manifest.root}: no profile for device {want!r} (have {have}); "
                           f"run `odelt-export profile {manifest.root}` on this device first")
-    data = json.loads((folder / f"{want}.json").read_text())
+    data = read_json(folder / f"{want}.json", ConfigError)
     if data.get("format") != FORMAT:
         raise ConfigError(f"{folder / want}.json: expected format {FORMAT}, found {data.get('format')!r}")
     return data

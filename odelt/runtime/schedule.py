@@ -24,7 +24,6 @@ Adapted from schedules.md §5 to our convention (t=0 noise -> t=1 data, grids in
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from odelt.errors import ScheduleError
-from odelt.fileio import write_json_atomic
+from odelt.fileio import read_json, write_json_atomic
 from odelt.runtime.solvers import SOLVER_INFO, nfe_for
 
 FORMAT = "odelt-schedule/1"
@@ -211,11 +210,5 @@ def save_schedule(schedule: Schedule, path: str | os.PathLike) -> Path:
 
 
 def load_schedule(path: str | os.PathLike) -> Schedule:
-    path = Path(path)
-    if not path.is_file():
-        raise ScheduleError(f"schedule file {path} not found")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ScheduleError(f"{path}: expected JSON, found invalid content ({e})") from None
+    data = read_json(path, ScheduleError, f"schedule file {path} not found")
     return Schedule.from_dict(data, where=str(path))

@@ -72,3 +72,18 @@ def test_profile_command_writes_device_profile(demo, capsys):
     prof = json.loads(files[0].read_text())
     assert set(prof["calls"]["fp32"]["1"]) == {"2", "4"}
     assert set(prof["graphs"]["fp32"]["1"]) >= {"cond", "head"}
+
+
+def test_corrupt_quality_table_is_one_line_error(demo, capsys):
+    opts, _ = demo
+    path = opts.out / "bundle" / "quality.json"
+    saved = path.read_bytes()
+    try:
+        path.write_text('{"format": "odelt-quality/1", "rows": [')   # cut off mid-write
+        with pytest.raises(SystemExit) as e:
+            main(["plan", str(opts.out / "bundle"), "--budget-ms", "1e6", "--batch", "4"])
+        assert e.value.code == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "quality.json: expected JSON" in err
+    finally:
+        path.write_bytes(saved)
