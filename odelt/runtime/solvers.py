@@ -42,6 +42,9 @@ class SolverInfo:
     calls_per_step: int        # model calls per grid step; 0 = adaptive (data-dependent)
     family: str                # "fm_velocity" | "eps_exponential"
     max_order: int = 0         # > 0: the solver takes an `order` parameter up to this
+    # False: every velocity f returns is consumed before the next call, so the runtime may hand
+    # out its reused output buffer without a copy (saves a copy per step at batch 1).
+    holds_velocity: bool = True
 
 
 SOLVERS: dict[str, Callable[..., Any]] = {}
@@ -77,7 +80,7 @@ def _done(callback: Callback | None, n: int, t: Any, x: Any) -> None:
 
 # -- one-stage and two-stage methods ---------------------------------------------------------------
 
-@register("euler", SolverInfo(order=1, calls_per_step=1, family="fm_velocity"))
+@register("euler", SolverInfo(order=1, calls_per_step=1, family="fm_velocity", holds_velocity=False))
 def euler(f: Velocity, x: Any, ts: Any, *, t_eval: Any = None, scale: Any = None,
           callback: Callback | None = None) -> Any:
     """scale[n] (optional) multiplies step n's increment: AMED-Plugin on an interleaved grid."""
@@ -101,7 +104,7 @@ def heun(f: Velocity, x: Any, ts: Any, *, t_eval: Any = None, callback: Callback
     return x
 
 
-@register("midpoint", SolverInfo(order=2, calls_per_step=2, family="fm_velocity"))
+@register("midpoint", SolverInfo(order=2, calls_per_step=2, family="fm_velocity", holds_velocity=False))
 def midpoint(f: Velocity, x: Any, ts: Any, *, t_eval: Any = None, callback: Callback | None = None) -> Any:
     te = ts if t_eval is None else t_eval
     for n in range(len(ts) - 1):
@@ -112,7 +115,7 @@ def midpoint(f: Velocity, x: Any, ts: Any, *, t_eval: Any = None, callback: Call
     return x
 
 
-@register("amed", SolverInfo(order=2, calls_per_step=2, family="fm_velocity"))
+@register("amed", SolverInfo(order=2, calls_per_step=2, family="fm_velocity", holds_velocity=False))
 def amed(f: Velocity, x: Any, ts: Any, *, t_mid: Any = None, scale: Any = None, t_eval: Any = None,
          callback: Callback | None = None) -> Any:
     """AMED step in FM-native form (schedules.md §4.6): an Euler half-step to a learned mid time

@@ -98,24 +98,35 @@ def test_tampered_manifest(bundle_copy):
 
 
 class FakeDivergingBackend:
-    """A fake backend (not a test of any real backend): velocity turns to inf on its third call."""
+    """A fake backend (not a test of any real backend): the velocity is inf when asked at time
+    `bad_t` (deterministic, like a network), or on call `bad_call` only (a non-deterministic one)."""
 
     name, layout, lengths = "fake", "segments", (2, 4)
 
-    def __init__(self):
-        self.calls = 0
+    def __init__(self, bad_t=None, bad_call=None):
+        self.calls, self.bad_t, self.bad_call = 0, bad_t, bad_call
 
     def infer(self, feeds):
         self.calls += 1
-        return {"velocity": np.full(np.shape(feeds["x"]), np.inf if self.calls == 3 else 0.1, np.float32)}
+        bad = self.calls == self.bad_call or (self.bad_t is not None and abs(feeds["t"][0] - self.bad_t) < 1e-6)
+        return {"velocity": np.full(np.shape(feeds["x"]), np.inf if bad else 0.1, np.float32)}
 
 
 def test_non_finite_state_names_the_step(tiny_bundle):
     schedule = resolve_schedule("uniform:euler:5", 4)
-    sampler = Sampler(FakeDivergingBackend(), tiny_bundle, schedule)
+    backend = FakeDivergingBackend(bad_t=0.4)
+    sampler = Sampler(backend, tiny_bundle, schedule)
     with pytest.raises(RuntimeFailure) as e:
         sampler.sample(make_noise(0, 2, (1, 8, 8)), make_labels(2, 10))
     assert "non-finite at step 2 (t=0.6)" in _one_line(e)
+    assert backend.calls == 5 + 3            # the run, then a replay that stops at the bad step
+
+
+def test_non_finite_state_that_does_not_replay_says_so(tiny_bundle):
+    sampler = Sampler(FakeDivergingBackend(bad_call=3), tiny_bundle, resolve_schedule("uniform:euler:5", 4))
+    with pytest.raises(RuntimeFailure) as e:
+        sampler.sample(make_noise(0, 2, (1, 8, 8)), make_labels(2, 10))
+    assert "not deterministic" in _one_line(e)
 
 
 def test_cli_errors_are_one_line_exit_1(tiny_bundle, tmp_path, capsys):
