@@ -7,9 +7,11 @@ Figures (all measured in this run, side by side):
                                  the runtime is timed in a torch-free child process
   length_latency_ratio_error     max over lengths |(lat(l)/lat(L)) / (FLOPs(l)/FLOPs(L)) - 1|, DiT-S/2,
                                  per network call at batch 8 (also _b1); FLOPs count the forward at l
-  rss_reuse_over_naive           highest RSS after sampling calls, runtime with reused buffers / a loop
-                                 where every call allocates (session.run), DiT-S/2 batch 8, separate
-                                 torch-free processes (process peaks, set by session loading, beside it)
+  rss_reuse_over_naive           highest RSS after sampling calls, runtime (bound reused buffers, one
+                                 arena shared by the chain's sessions) / a loop where every call
+                                 allocates (session.run, an arena per session), DiT-S/2 batch 8, separate
+                                 torch-free processes; _bindings_only: reused buffers without the shared
+                                 arena (process peaks beside them)
   sampler_parity_max_abs         runtime vs PyTorch sampler on the same noise, max over every solver
                                  (digits) and DiT-S/2 euler
   soak_rss_growth                RSS growth over 1,000 consecutive generate calls in one torch-free
@@ -191,14 +193,14 @@ def rss_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * 4096 / 2**20
 
-bundle, naive, batch, calls, schedule = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+bundle, mode, batch, calls, schedule = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 m = load_manifest(bundle)
 cfg = m.config
 s = resolve_schedule(schedule, max(m.lengths))
 x0 = make_noise(0, batch, (cfg.in_channels, cfg.input_size, cfg.input_size))
 y = make_labels(batch, cfg.num_classes)
 rss, during = [], 0.0
-with open_backend("ort", m, naive=naive) as be:
+with open_backend("ort", m, naive=mode == "naive", shared_arena=mode == "reuse") as be:
     loaded = rss_mb()
     sampler = Sampler(be, m, s)
     for i in range(calls):
@@ -211,8 +213,8 @@ print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss 
 """
 
 
-def _rss_child(bundle: Path, naive: bool, batch: int, calls: int, schedule: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(bundle), "1" if naive else "0", str(batch),
+def _rss_child(bundle: Path, mode: str, batch: int, calls: int, schedule: str) -> dict:
+    r = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(bundle), mode, str(batch),
                         str(calls), schedule], cwd=ROOT, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"RSS child failed: {r.stderr.strip().splitlines()[-1:]}")
@@ -221,15 +223,17 @@ def _rss_child(bundle: Path, naive: bool, batch: int, calls: int, schedule: str)
 
 def memory(s2_bundle: Path, digits_bundle: Path, quick: bool) -> dict:
     calls = 5 if quick else 20
-    reuse = _rss_child(s2_bundle, False, 8, calls, "uniform:euler:4")
-    naive = _rss_child(s2_bundle, True, 8, calls, "uniform:euler:4")
-    soak = _rss_child(digits_bundle, False, 1, 1000, "uniform:euler:4")
+    reuse = _rss_child(s2_bundle, "reuse", 8, calls, "uniform:euler:4")
+    naive = _rss_child(s2_bundle, "naive", 8, calls, "uniform:euler:4")
+    bound = _rss_child(s2_bundle, "bindings", 8, calls, "uniform:euler:4")
+    soak = _rss_child(digits_bundle, "reuse", 1, 1000, "uniform:euler:4")
     start, end = soak["rss_mb"]
     # ru_maxrss is set while ONNX Runtime loads the sessions (identical in both modes), so the
     # figure compares the highest RSS seen after sampling calls; the process peaks are kept beside it.
     return {"rss_reuse_over_naive": round(reuse["sampling_peak_mb"] / naive["sampling_peak_mb"], 4),
             "rss_sampling_peak_mb_reuse_b8": round(reuse["sampling_peak_mb"], 1),
             "rss_sampling_peak_mb_naive_b8": round(naive["sampling_peak_mb"], 1),
+            "rss_reuse_over_naive_bindings_only": round(bound["sampling_peak_mb"] / naive["sampling_peak_mb"], 4),
             "rss_after_load_mb_b8": round(reuse["loaded_mb"], 1),
             "rss_peak_mb_reuse_b8": round(reuse["peak_mb"], 1), "rss_peak_mb_naive_b8": round(naive["peak_mb"], 1),
             "soak_rss_growth": round((end - start) / start, 5), "soak_rss_mb_after_100": round(start, 1),

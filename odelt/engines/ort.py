@@ -145,9 +145,10 @@ def read_record(engine_path: Path) -> dict[str, Any]:
         raise EngineMismatch(f"ORT engine record {p} is unreadable ({e}); rebuild it") from None
 
 
-def session_from_engine(engine_path: Path, threads: int = 0) -> Any:
+def session_from_engine(engine_path: Path, threads: int = 0, config: dict[str, str] | None = None) -> Any:
     """An InferenceSession on a built engine, opened with optimisations disabled as recorded.
-    threads > 0 overrides the recorded intra-op thread count (a runtime choice, not a graph one)."""
+    threads > 0 overrides the recorded intra-op thread count, and `config` adds session config
+    entries (thread spinning, the shared arena): runtime choices, not graph ones."""
     ort = _ort()
     engine_path = Path(engine_path)
     rec = read_record(engine_path)
@@ -160,6 +161,8 @@ def session_from_engine(engine_path: Path, threads: int = 0) -> Any:
                              f"machine is {machine()}: rebuild it here with --force")
     opts = rec["session_options"]
     so = _session_options(ort, opts["graph_optimization_level"], threads or int(opts["intra_op_num_threads"]))
+    for key, value in (config or {}).items():
+        so.add_session_config_entry(key, value)
     return ort.InferenceSession(str(engine_path), so, providers=list(opts["providers"]))
 
 

@@ -89,3 +89,15 @@ def test_naive_backend_agrees(tiny_bundle):
         naive, _ = Sampler(be, tiny_bundle, schedule).sample(x0, y)
     bound, _ = _run(tiny_bundle, schedule, x0, y)
     np.testing.assert_allclose(naive, bound, atol=1e-6)
+
+
+def test_chain_sessions_share_one_arena_and_agree_with_their_own(tiny_bundle):
+    schedule = resolve_schedule("uniform:euler:3", length=4)
+    x0, y = _inputs()
+    outs = []
+    for shared in (True, False, True):                 # the process-wide arena is registered once, reused
+        with open_backend("ort", tiny_bundle, shared_arena=shared) as be:
+            assert (be._config.get("session.use_env_allocators") == "1") is shared
+            outs.append(Sampler(be, tiny_bundle, schedule).sample(x0, y)[0])
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
