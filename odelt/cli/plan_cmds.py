@@ -51,11 +51,11 @@ def plan(bundle: str, budget_ms: float, batch: int, device: str | None, pareto: 
     from odelt.pipeline.report import plan_table, plot_pareto
     from odelt.runtime.planner import choose
     from odelt.runtime.plans import load_candidates
-    from odelt.runtime.profile import call_cost, load_profile
+    from odelt.runtime.profile import call_cost, host_overheads, load_profile
 
     manifest = load_manifest(bundle)
     prof = load_profile(manifest, device)
-    choice = choose(load_candidates(manifest), budget_ms, call_cost(prof), batch, prof["step_overhead_ms"])
+    choice = choose(load_candidates(manifest), budget_ms, call_cost(prof), batch, *host_overheads(prof))
     click.echo(plan_table(choice))
     c = choice.candidate
     click.echo(f"chosen: {c.name} ({c.solver}, NFE {c.nfe}, lengths {list(c.lengths)}, {c.precision}): "

@@ -220,14 +220,14 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
     from odelt.runtime.images import grid_image, save_png
     from odelt.runtime.planner import choose
     from odelt.runtime.plans import load_candidates
-    from odelt.runtime.profile import call_cost
+    from odelt.runtime.profile import call_cost, host_overheads
 
     candidates, cost = load_candidates(manifest), call_cost(prof)
-    table = choose(candidates, float("inf"), cost, opts.batch, prof["step_overhead_ms"]).table
+    table = choose(candidates, float("inf"), cost, opts.batch, *host_overheads(prof)).table
     budgets = opts.budgets_ms or default_budgets(list(table))
     runs, marks = [], []
     for budget in budgets:
-        choice = choose(candidates, budget, cost, opts.batch, prof["step_overhead_ms"])
+        choice = choose(candidates, budget, cost, opts.batch, *host_overheads(prof))
         c = choice.candidate
         log(f"plan: budget {budget:g} ms -> {c.name}; generating {opts.n} images ...")
         images, measured = measure_plan(manifest, c, opts.batch, opts.n, prof.get("threads", 1))
@@ -254,8 +254,8 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     model = model_for_bundle(load_manifest(manifest.root))
     schedules = stage_schedules(opts, manifest, model, log)
     stage_build(opts, manifest, log)
-    prof = stage_profile(opts, manifest, log)
     rows = stage_quality(opts, manifest, model, schedules, log)
+    prof = stage_profile(opts, manifest, log)     # last before the plans run: a shared machine drifts
     runs = stage_plans(opts, load_manifest(manifest.root), prof, log)
     facts = {"verify": verify, "quantize": quant, "profile": prof, "quality": rows, "runs": runs,
              "seconds": round(time.perf_counter() - start, 1), "source": opts.source}

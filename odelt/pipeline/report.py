@@ -84,7 +84,7 @@ def write_report(path: Path, facts: dict) -> Path:
     for prec, rep in facts["quantize"].items():
         m = rep.get("metrics", {})
         fd = (f", FD-digits {m['fd']:.2f} vs {m['fd_fp32']:.2f} FP32 (relative {m['fd_rel']:.3f}, "
-              f"{m['fd_samples']} samples)") if m.get("fd") is not None else ""
+              f"{m.get('fd_samples', '?')} samples)") if m.get("fd") is not None else ""
         lines.append(f"- {prec} ({rep.get('flavour') or 'default'} flavour): final-sample RMSE vs FP32 "
                      f"{m.get('rmse', float('nan')):.4f} pooled, {m.get('rmse_worst', float('nan')):.4f} worst run"
                      f"{fd}; layers kept in FP32: {len(rep.get('fallback', []))}")

@@ -2,7 +2,8 @@
 
 A plan's latency is predicted from an on-device profile: the cost of one network call at a
 given (precision, length, batch) is the sum of the medians of the graphs its chain runs, plus
-the measured host-side cost of one solver step. Quality comes from a table computed once on the
+the runtime's host-side cost per call and per batch, both measured on the device with the real
+sampler. Quality comes from a table computed once on the
 host (held-out error to the teacher). Pure Python: runs on the device next to the runtime.
 """
 
@@ -48,14 +49,16 @@ class Choice:
 CallCost = Callable[[str, int, int], float]
 
 
-def predict_ms(candidate: Candidate, call_ms: CallCost, batch: int, step_overhead_ms: float = 0.0) -> float:
-    """Predicted wall time of one generation: every call's chain plus the solver's host work."""
+def predict_ms(candidate: Candidate, call_ms: CallCost, batch: int, step_overhead_ms: float = 0.0,
+               sample_overhead_ms: float = 0.0) -> float:
+    """Predicted wall time of one generation: every call's chain, plus the runtime's host work per
+    call (solver arithmetic, input writes) and per batch (setup, the final finiteness check)."""
     calls = sum(call_ms(candidate.precision, length, batch) for length in candidate.lengths)
-    return calls + step_overhead_ms * candidate.nfe
+    return calls + step_overhead_ms * candidate.nfe + sample_overhead_ms
 
 
 def choose(candidates: Sequence[Candidate], budget_ms: float, call_ms: CallCost, batch: int = 1,
-           step_overhead_ms: float = 0.0) -> Choice:
+           step_overhead_ms: float = 0.0, sample_overhead_ms: float = 0.0) -> Choice:
     """The lowest-error candidate whose predicted latency fits the budget (ties: the faster one).
 
     Raises:
@@ -65,7 +68,7 @@ def choose(candidates: Sequence[Candidate], budget_ms: float, call_ms: CallCost,
         raise BudgetError("no candidate plans: expected a quality table with at least one plan, found none")
     if not budget_ms > 0:
         raise BudgetError(f"--budget-ms must be a positive number of milliseconds, found {budget_ms}")
-    table = tuple((c, predict_ms(c, call_ms, batch, step_overhead_ms)) for c in candidates)
+    table = tuple((c, predict_ms(c, call_ms, batch, step_overhead_ms, sample_overhead_ms)) for c in candidates)
     fits = [(c, ms) for c, ms in table if ms <= budget_ms]
     if not fits:
         cheapest, ms = min(table, key=lambda cm: cm[1])

@@ -3,14 +3,15 @@
 `profile/<device-id>.json` inside a bundle::
 
     {"format": "odelt-profile/1", "device_id": str, "device": {...}, "backend": "ort",
-     "repeats": int, "step_overhead_ms": float,
+     "repeats": int, "step_overhead_ms": float, "sample_overhead_ms": float,
      "calls":  {precision: {str(batch): {str(length): {"median_ms", "p90_ms"}}}},
      "graphs": {precision: {str(batch): {graph: {"median_ms", "p90_ms"}}}}}
 
 `calls` times one network call (the backend's whole chain for a length, buffers bound), which
 is what a solver step pays; `graphs` times each graph alone (a fresh ONNX Runtime session on
-random inputs) to show where that time goes. `step_overhead_ms` is the solver's host arithmetic
-per step (measured with a free stand-in model), which the planner adds per step.
+random inputs) to show where that time goes. `step_overhead_ms` and `sample_overhead_ms` are the
+runtime's host work per call and per batch (measured with the real sampler on this backend),
+which the planner adds to the calls.
 """
 
 from __future__ import annotations
@@ -128,37 +129,53 @@ def profile_graphs(manifest: Manifest, precision: str, batch: int, repeats: int)
     return out
 
 
-def measure_step_overhead(manifest: Manifest, batch: int, repeats: int = 200) -> float:
-    """Host cost of one Euler step's arithmetic + the NaN check, without a network (ms)."""
-    cfg = manifest.config
-    x = np.zeros((batch, cfg.in_channels, cfg.input_size, cfg.input_size), np.float32)
-    v = np.ones_like(x)
+def measure_host_overhead(backend: Any, manifest: Manifest, batch: int, repeats: int = 30) -> tuple[float, float]:
+    """(per call, per batch) ms the runtime spends outside backend calls, measured with the real
+    sampler on the open backend: Euler with 1 and with 8 steps at the shortest length, taking turns;
+    the host time of a batch is its wall time minus the time inside backend.infer. Host work runs
+    on caches the network has just flushed, so a free stand-in model underestimates it ~2x."""
+    from odelt.runtime.heuristics import resolve_schedule
+    from odelt.runtime.sampler import Sampler, make_labels, make_noise
 
-    def step() -> None:
-        np.add(x, 0.01 * v, out=x)
-        if not np.isfinite(x).all():
-            raise AssertionError("unreachable")
+    cfg, length = manifest.config, min(backend.lengths)
+    x0 = make_noise(0, batch, (cfg.in_channels, cfg.input_size, cfg.input_size))
+    y = make_labels(batch, cfg.num_classes)
+    host: dict[int, list[float]] = {1: [], 8: []}
 
-    return _timed(step, repeats)["median_ms"]
+    def run(sampler: Any, steps: int) -> None:
+        start = time.perf_counter()
+        _, stats = sampler.sample(x0, y)
+        host[steps].append((time.perf_counter() - start - stats.backend_s) * 1e3)
+
+    samplers = {k: Sampler(backend, manifest, resolve_schedule(f"uniform:euler:{k}", length)) for k in host}
+    _timed_round_robin({str(k): (lambda k=k: run(samplers[k], k)) for k in host}, repeats)
+    one, eight = (float(np.median(host[k][3:])) for k in (1, 8))     # [3:]: the warm-up runs
+    per_call = max(0.0, (eight - one) / 7)
+    return per_call, max(0.0, one - per_call)
+
+
+def host_overheads(profile: dict[str, Any]) -> tuple[float, float]:
+    """(step_overhead_ms, sample_overhead_ms) of a profile; older profiles have no per-batch term."""
+    return float(profile.get("step_overhead_ms", 0.0)), float(profile.get("sample_overhead_ms", 0.0))
 
 
 def profile_bundle(manifest: Manifest, backend: str = "ort", batches: Iterable[int] = (1, 8),
                    precisions: Iterable[str] = ("fp32",), repeats: int = 20,
-                   progress: Callable[[str], None] | None = None, threads: int = 1) -> dict[str, Any]:
+                   progress: Callable[[str], None] | None = None, threads: int = 1,
+                   time_graphs: bool = True) -> dict[str, Any]:
     """Measure every graph and every length's chain, per precision and batch.
 
     threads: ONNX Runtime intra-op threads, recorded so that generation runs as profiled. One thread
     is the default: on a small shared CPU, a second thread made calls bimodal (0.9 vs 17 ms medians
-    at batch 1 on the digits model, under load) while one thread stayed linear in the length."""
+    at batch 1 on the digits model, under load) while one thread stayed linear in the length.
+    time_graphs=False skips timing each graph alone (the planner needs only the calls)."""
     batches = tuple(batches)
     if not batches or min(batches) < 1:
         raise ConfigError(f"--batch must list positive integers, found {list(batches)}")
     desc = device_description(backend)
     result: dict[str, Any] = {"format": FORMAT, "device_id": device_id(desc), "device": desc,
                               "backend": backend, "repeats": repeats, "layout": manifest.default_layout(),
-                              "threads": threads,
-                              "step_overhead_ms": measure_step_overhead(manifest, max(batches)),
-                              "calls": {}, "graphs": {}}
+                              "threads": threads, "calls": {}, "graphs": {}}
     for precision in precisions:
         calls, graphs = result["calls"].setdefault(precision, {}), result["graphs"].setdefault(precision, {})
         options = {"precision": precision, **({"threads": threads} if backend == "ort" else {})}
@@ -169,7 +186,10 @@ def profile_bundle(manifest: Manifest, backend: str = "ort", batches: Iterable[i
                 feeds = {n: step_feeds(manifest, n, batch) for n in manifest.lengths}
                 calls[str(batch)] = _timed_round_robin(
                     {str(n): (lambda n=n: be.infer(feeds[n])) for n in manifest.lengths}, repeats, burst=5)
-        if backend == "ort":
+            if "step_overhead_ms" not in result:
+                result["step_overhead_ms"], result["sample_overhead_ms"] = \
+                    measure_host_overhead(be, manifest, max(batches))
+        if backend == "ort" and time_graphs:
             for batch in batches:
                 graphs[str(batch)] = profile_graphs(manifest, precision, batch, max(3, repeats // 2))
     return result

@@ -14,7 +14,7 @@ from odelt.runtime.backend import check_batch, open_backend
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.planner import Choice, choose
 from odelt.runtime.plans import load_candidates, load_plan_schedule
-from odelt.runtime.profile import call_cost, load_profile
+from odelt.runtime.profile import call_cost, host_overheads, load_profile
 from odelt.runtime.sampler import Sampler, Stats, generate, make_labels
 from odelt.runtime.schedule import Schedule
 
@@ -78,7 +78,7 @@ def plan_for_budget(manifest: Manifest, opts: GenerateOptions) -> tuple[Choice, 
     """The planner's choice for opts.budget_ms at opts.batch, and the options that run it as profiled."""
     prof = load_profile(manifest)
     choice = choose(load_candidates(manifest), float(opts.budget_ms or 0), call_cost(prof), opts.batch,
-                    prof["step_overhead_ms"])
+                    *host_overheads(prof))
     return choice, replace(opts, precision=choice.candidate.precision, threads=opts.threads or prof.get("threads", 1))
 
 

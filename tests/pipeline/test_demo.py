@@ -72,6 +72,10 @@ def test_profile_command_writes_device_profile(demo, capsys):
     prof = json.loads(files[0].read_text())
     assert set(prof["calls"]["fp32"]["1"]) == {"2", "4"}
     assert set(prof["graphs"]["fp32"]["1"]) >= {"cond", "head"}
+    # host work measured with the real sampler: per call and per batch, both non-negative, and a
+    # call's host share is a small part of a call (the chain runs 4 ONNX Runtime sessions)
+    assert prof["step_overhead_ms"] >= 0 and prof["sample_overhead_ms"] >= 0
+    assert prof["step_overhead_ms"] < prof["calls"]["fp32"]["1"]["2"]["median_ms"]
 
 
 def test_corrupt_quality_table_is_one_line_error(demo, capsys):

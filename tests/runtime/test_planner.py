@@ -24,6 +24,15 @@ PLANS = [
 def test_prediction_sums_every_call_and_step_overhead():
     # (0.5 + 1) + (0.5 + 2) + 2*(0.5 + 4) = 13, plus 4 steps x 0.25 ms
     assert predict_ms(PLANS[3], call_ms, batch=1, step_overhead_ms=0.25) == pytest.approx(14.0)
+    # ... plus the runtime's host work per batch
+    assert predict_ms(PLANS[3], call_ms, 1, step_overhead_ms=0.25, sample_overhead_ms=0.5) == pytest.approx(14.5)
+
+
+def test_per_batch_overhead_can_tip_a_choice():
+    # ld3-2-l4 int8 needs 5 ms of calls: it fits a 5.2 ms budget until 0.3 ms of per-batch host work
+    assert choose(PLANS, 5.2, call_ms).candidate.name == "ld3-2-l4"
+    with pytest.raises(BudgetError):
+        choose(PLANS, 5.2, call_ms, 1, 0.0, 0.3)
 
 
 @pytest.mark.parametrize("budget,expected", [
