@@ -114,7 +114,7 @@ class Sampler:
         feeds = self._feeds(b)
         feeds["y"][:b] = y
         lengths, levels = self.schedule.lengths, self.schedule.dt_base
-        label = _table_label(y, self.null_class)
+        label = _table_label(y, self.null_class) if self.tables is not None else None
         infer, per_call = self.backend.infer, stats.per_call_s if self.timing else None
         host_cfg, scale, tables = self.host_cfg, self.cfg_scale or 1.0, self.tables is not None
         t_buf, d_buf, l_buf, clock = feeds["t"], feeds["dt_base"], feeds["l"], time.perf_counter
