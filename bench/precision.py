@@ -19,6 +19,8 @@ only at similar load.
 Figures, per model as `<model>.<figure>`:
   int8_speedup_b8      FP32 / INT8 (cpu flavour) latency, target >= 1.5 (ratio of medians; _paired:
                        median of the per-repeat ratios)
+  int8_engine_speedup_b8  the same between built ORT engines of both (odelt.engines.ort: ONNX Runtime's
+                       transformer fusions + offline optimisation), what the runtime deploys
   int8_trt_speedup_b8  the same for the trt flavour (what the CPU does with TensorRT's graph)
   int8_rmse            final samples INT8 (cpu) vs FP32, pooled over runs, target <= 0.05 (_worst: worst run)
   int8_fd_rel          |FD(INT8) - FD(FP32)| / FD(FP32), digits only, classifier, >= 256 pooled samples, <= 0.10
@@ -113,13 +115,44 @@ def _feeds(manifest: Manifest) -> dict[str, np.ndarray]:
             "y": np.zeros((BATCH,), np.int32)}
 
 
-def latencies(variants: dict[str, tuple[Path, str]], repeats: int, threads: int = 1) -> dict[str, list[float]]:
-    """{variant: seconds per full-length evaluation at batch 8}, variants interleaved in every repeat."""
-    runs = {}
-    for key, (bundle, precision) in variants.items():
+class EngineGraphs(OrtGraphs):
+    """run_graph over ORT engines (odelt.engines.ort), opened as recorded: optimisations off."""
+
+    def session(self, spec):
+        from odelt.engines.ort import session_from_engine
+
+        if spec.name not in self._sessions:
+            self._sessions[spec.name] = session_from_engine(self.path_of(spec), self.threads)
+        return self._sessions[spec.name]
+
+
+def build_engines(variants: dict[str, tuple[Path, str]], keys: tuple[str, ...], tmp: Path) -> dict:
+    """ORT engines (fusions + offline optimisation) of the named variants' graphs, in tmp/engines/<key>."""
+    from odelt.engines.ort import engine_from_onnx
+
+    out = {}
+    for key in keys:
+        bundle, precision = variants[key]
         manifest = load_manifest(bundle, check_files=False)
-        graphs = OrtGraphs(manifest, lambda spec, m=manifest, p=precision: variant_graph_path(m, spec.name, p),
-                           threads)
+        folder = tmp / "engines" / key
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in manifest.graphs:
+            engine_from_onnx(variant_graph_path(manifest, name, precision), folder / f"{name}.onnx")
+        out[f"{key}_engine"] = (bundle, precision, folder)
+    return out
+
+
+def latencies(variants: dict[str, tuple], repeats: int, threads: int = 1) -> dict[str, list[float]]:
+    """{variant: seconds per full-length evaluation at batch 8}, variants interleaved in every repeat.
+    A variant is (bundle, precision) for its graphs, or (bundle, precision, folder) for its ORT engines."""
+    runs = {}
+    for key, (bundle, precision, *engines) in variants.items():
+        manifest = load_manifest(bundle, check_files=False)
+        if engines:
+            graphs: OrtGraphs = EngineGraphs(manifest, lambda spec, d=engines[0]: d / f"{spec.name}.onnx", threads)
+        else:
+            graphs = OrtGraphs(manifest, lambda spec, m=manifest, p=precision: variant_graph_path(m, spec.name, p),
+                               threads)
         runs[key] = (manifest, graphs, _feeds(manifest))
     for manifest, graphs, feeds in runs.values():          # warm-up: sessions, arenas, prepacked weights
         for _ in range(2):
@@ -186,8 +219,9 @@ def bench_model(name: str, quick: bool, tmp: Path, threads: int = 1) -> dict:
     accuracy, variants = quantise_all(fp32, work, tmp)
     out.update(accuracy)
     out.update(fusion(variants["int8"][0]))
+    engines = build_engines(variants, ("fp32", "int8"), tmp)
     load_before = os.getloadavg()
-    times = latencies(variants, work.repeats, threads)
+    times = latencies({**variants, **engines}, work.repeats, threads)
     out.update(load_avg_timing=[round(x, 2) for x in (*load_before, *os.getloadavg()[:1])], threads=threads,
                repeats=work.repeats)
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -199,6 +233,10 @@ def bench_model(name: str, quick: bool, tmp: Path, threads: int = 1) -> dict:
         out[f"{key}_speedup_b8"] = med["fp32"] / med[key]
         # the same from each repeat's own pair (timed back to back): robust to load drifting between repeats
         out[f"{key}_speedup_b8_paired"] = statistics.median(a / b for a, b in zip(times["fp32"], times[key]))
+    # deployed as built ORT engines (fused GELU / skip-LayerNorm, optimised offline), both precisions
+    out["int8_engine_speedup_b8"] = med["fp32_engine"] / med["int8_engine"]
+    out["int8_engine_speedup_b8_paired"] = statistics.median(
+        a / b for a, b in zip(times["fp32_engine"], times["int8_engine"]))
     return out
 
 

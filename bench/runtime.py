@@ -2,9 +2,13 @@
 
 Figures (all measured in this run, side by side):
   runtime_overhead_frac          time outside backend calls / wall time, batch 1, digits, euler 8 steps
-  ort_vs_torch_speedup_b1, _b8   PyTorch eager reference sampler time / runtime time, DiT-S/2-sized
-                                 model (random weights), same schedule (uniform:euler:4, full length);
-                                 the runtime is timed in a torch-free child process
+  ort_vs_torch_speedup_b1, _b8   PyTorch eager reference sampler time / runtime time (FP32 graphs),
+                                 DiT-S/2-sized model (random weights), same schedule (uniform:euler:4,
+                                 full length), one thread each (PyTorch and ONNX Runtime: on this
+                                 shared 2-core machine two threads made both bimodal); the runtime is
+                                 timed in a torch-free child process
+  ort_int8_vs_torch_speedup_b1, _b8  the same with the runtime on the bundle's INT8 variant (cpu
+                                 flavour, calibrated along the same schedule; int8_rmse_vs_fp32 beside)
   length_latency_ratio_error     max over lengths |(lat(l)/lat(L)) / (FLOPs(l)/FLOPs(L)) - 1|, DiT-S/2,
                                  per network call at batch 8 (also _b1); FLOPs count the forward at l
   rss_reuse_over_naive           highest RSS after sampling calls, runtime (bound reused buffers, one
@@ -102,24 +106,28 @@ def overhead(bundle, repeats: int) -> dict:
 
 _TIME_SCRIPT = """
 import json, statistics, sys, time
+import numpy as np
 from odelt.exporter.bundle import load_manifest
 from odelt.runtime.backend import open_backend
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
-bundle, batch, repeats = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+bundle, batch, repeats, precisions = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
 m = load_manifest(bundle)
 cfg = m.config
 s = resolve_schedule("uniform:euler:4", max(m.lengths))
 x0, y = make_noise(batch, batch, (cfg.in_channels, cfg.input_size, cfg.input_size)), make_labels(batch, cfg.num_classes)
-times = []
-with open_backend("ort", m) as be:
-    sampler = Sampler(be, m, s)
-    sampler.sample(x0, y)
-    for _ in range(repeats):
+backends = {p: open_backend("ort", m, precision=p, threads=1).__enter__() for p in precisions}
+samplers = {p: Sampler(be, m, s) for p, be in backends.items()}
+times, outs = {p: [] for p in precisions}, {}
+for p, sampler in samplers.items():
+    outs[p] = sampler.sample(x0, y)[0]
+for _ in range(repeats):                      # precisions take turns: load drift hits them alike
+    for p, sampler in samplers.items():
         t0 = time.perf_counter()
         sampler.sample(x0, y)
-        times.append(time.perf_counter() - t0)
-print(json.dumps({"median_s": statistics.median(times)}))
+        times[p].append(time.perf_counter() - t0)
+rmse = {p: float(np.sqrt(np.mean((outs[p] - outs["fp32"]) ** 2))) for p in precisions}
+print(json.dumps({"median_s": {p: statistics.median(v) for p, v in times.items()}, "rmse": rmse}))
 """
 
 
@@ -131,15 +139,31 @@ def speedup(dit: DiT, bundle, batch: int, repeats: int) -> dict:
     cfg = bundle.config
     x0 = make_noise(batch, batch, (cfg.in_channels, cfg.input_size, cfg.input_size))
     y = make_labels(batch, cfg.num_classes)
-    torch_sample(dit, schedule, x0, y)                         # warm up
-    a = _median_time(lambda: torch_sample(dit, schedule, x0, y), repeats)
-    r = subprocess.run([sys.executable, "-c", _TIME_SCRIPT, str(bundle.root), str(batch), str(repeats)],
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch_sample(dit, schedule, x0, y)                     # warm up
+        a = _median_time(lambda: torch_sample(dit, schedule, x0, y), repeats)
+    finally:
+        torch.set_num_threads(threads)
+    r = subprocess.run([sys.executable, "-c", _TIME_SCRIPT, str(bundle.root), str(batch), str(repeats), "fp32,int8"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     if r.returncode != 0:
         raise RuntimeError(f"runtime timing child failed: {r.stderr.strip().splitlines()[-1:]}")
-    b = json.loads(r.stdout.strip().splitlines()[-1])["median_s"]
-    return {f"ort_vs_torch_speedup_b{batch}": round(a / b, 3), f"torch_eager_ms_b{batch}": round(1e3 * a, 2),
-            f"runtime_ms_b{batch}": round(1e3 * b, 2)}
+    child = json.loads(r.stdout.strip().splitlines()[-1])
+    b, q = child["median_s"]["fp32"], child["median_s"]["int8"]
+    return {f"ort_vs_torch_speedup_b{batch}": round(a / b, 3), f"ort_int8_vs_torch_speedup_b{batch}": round(a / q, 3),
+            f"torch_eager_ms_b{batch}": round(1e3 * a, 2), f"runtime_ms_b{batch}": round(1e3 * b, 2),
+            f"runtime_int8_ms_b{batch}": round(1e3 * q, 2),
+            f"runtime_int8_rmse_vs_fp32_b{batch}": round(child["rmse"]["int8"], 5)}
+
+
+def add_int8(bundle) -> None:
+    """The INT8 variant (cpu flavour) of the DiT-S/2 bundle, calibrated along the timed schedule."""
+    from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
+
+    quantize_bundle(bundle.root, QuantizeOptions("int8", calib_samples=4, schedules=("uniform:euler:4",),
+                                                 eval_samples=4, flavour="cpu"))
 
 
 def length_ratio(bundle, batch: int, repeats: int) -> dict:
@@ -249,6 +273,7 @@ def run(quick: bool = False) -> dict:
         s2_bundle = export_bundle(s2, Path(tmp) / "dits2", ExportOptions(layouts=("segments",)))
         out: dict = {"runtime_digits_weights": note}
         stages = [("overhead", lambda: overhead(d_bundle, 30 if quick else 200)),
+                  ("int8 variant", lambda: add_int8(s2_bundle) or {}),
                   ("speedup b1", lambda: speedup(s2, s2_bundle, 1, reps)),
                   ("speedup b8", lambda: speedup(s2, s2_bundle, 8, 3 if quick else reps)),
                   ("length ratio b8", lambda: length_ratio(s2_bundle, 8, reps)),

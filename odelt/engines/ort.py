@@ -5,6 +5,13 @@ changes). An engine does that once, at build time, saving the optimised graph (o
 the .ort flatbuffer format) through SessionOptions.optimized_model_filepath, and records how to
 load it: with graph optimisations disabled, on the same ONNX Runtime version and providers (the
 optimised graph contains provider-specific fused contrib ops, so it is not portable).
+
+Before that, `fusions` runs ONNX Runtime's own transformer fusion tool
+(onnxruntime.transformers.optimizer): the exported tanh-GELU becomes one FastGelu and each
+residual add + LayerNorm one SkipLayerNormalization, patterns the session optimiser does not match
+in our graphs. Attention fusion stays off (its BERT pattern is not ours). On DiT-S/2 at batch 8
+this took the FP32 blocks from 1717 to 1611 ms and INT8 from 1125 to 1029 ms (one thread, measured
+side by side): elementwise passes over (8, 256, 1536) tensors are memory-bound here.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -42,6 +50,7 @@ class OrtEngineOptions:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)   # the graph is optimised for these
     format: str = "onnx"                                     # "onnx" or the "ort" flatbuffer
     intra_op_threads: int = 0                                # 0: ONNX Runtime's default
+    fusions: bool = True                                     # FastGelu / SkipLayerNormalization first
 
     def __post_init__(self) -> None:
         if self.level not in LEVELS:
@@ -92,8 +101,10 @@ def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions 
                                     f"{out_path.name}.data")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                     "1024")
+    work = out_path.with_name(f".{out_path.stem}.{os.getpid()}.fused")
     try:
-        ort.InferenceSession(str(onnx_path), so, providers=list(options.providers))
+        source = _fused_graph(onnx_path, work) if options.fusions else onnx_path
+        ort.InferenceSession(str(source), so, providers=list(options.providers))
         if not tmp.is_file():
             raise ExportError(f"ONNX Runtime wrote no optimised graph for {onnx_path.name}")
         os.replace(tmp, out_path)
@@ -106,9 +117,32 @@ def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions 
                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     finally:
         tmp.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
     record = _record(ort, onnx_path, out_path, options)
     write_json_atomic(record_path(out_path), record)
     return OrtEngine(out_path, record)
+
+
+def _fused_graph(onnx_path: Path, work: Path) -> Path:
+    """The graph after ONNX Runtime's transformer fusions (no attention fusion), in folder `work`."""
+    import logging
+
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    fusion = FusionOptions("bert")
+    fusion.enable_attention = False
+    quiet = logging.getLogger("onnxruntime.transformers")
+    level, quiet.level = quiet.level, logging.ERROR      # it warns that our producer is not "pytorch"
+    try:
+        model = optimize_model(str(onnx_path), model_type="bert", num_heads=0, hidden_size=0, opt_level=0,
+                               optimization_options=fusion)
+    finally:
+        quiet.setLevel(level)
+    work.mkdir(parents=True, exist_ok=True)
+    out = work / onnx_path.name
+    model.save_model_to_file(str(out), use_external_data_format=_has_external_data(onnx_path))
+    return out
 
 
 def _has_external_data(onnx_path: Path) -> bool:

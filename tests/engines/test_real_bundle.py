@@ -4,6 +4,7 @@ import dataclasses
 import sys
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -65,7 +66,11 @@ def test_ort_engines_reproduce_the_raw_bundle(dit_bundle):
             want = run_chain(m, length, _feeds(), raw, layout)
             got = run_chain(m, length, _feeds(), eng, layout)
             assert np.abs(want).max() > 0
-            np.testing.assert_array_equal(got, want)
+            # fused FastGelu / SkipLayerNormalization round differently from the op-by-op graph
+            np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    blocks = [n for n in engines if n.startswith("blocks")][0]
+    ops = {node.op_type for node in onnx.load(str(dit_bundle / engines[blocks]), load_external_data=False).graph.node}
+    assert {"FastGelu", "SkipLayerNormalization"} <= ops
 
 
 def test_tensorrt_profiles_come_from_the_bundle_io_spec(dit_bundle, tmp_path, monkeypatch):
