@@ -25,6 +25,7 @@ def demo(out: str, source: str, relearn: bool, budgets: tuple[float, ...], batch
     opts = DemoOptions(out=Path(out), source=source, relearn=relearn, budgets_ms=budgets or None, batch=batch)
     res = run_demo(opts, log=lambda msg: click.echo(msg, err=True))
     for r in res.facts["runs"]:
-        click.echo(f"budget {r['budget_ms']:g} ms: {r['plan']} predicted {r['predicted_ms']:.2f} ms, "
+        now = f" (re-profiled just before: {r['predicted_now_ms']:.2f} ms)" if r.get("predicted_now_ms") else ""
+        click.echo(f"budget {r['budget_ms']:g} ms: {r['plan']} predicted {r['predicted_ms']:.2f} ms{now}, "
                    f"measured {r['measured_ms']:.2f} ms, held-out RMSE {r['error']:.4f}")
     click.echo(f"wrote {res.report} ({res.facts['seconds']} s)")

@@ -220,7 +220,8 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
     from odelt.runtime.images import grid_image, save_png
     from odelt.runtime.planner import choose
     from odelt.runtime.plans import load_candidates
-    from odelt.runtime.profile import call_cost, host_overheads
+    from odelt.runtime.planner import predict_ms
+    from odelt.runtime.profile import call_cost, host_overheads, profile_bundle
 
     candidates, cost = load_candidates(manifest), call_cost(prof)
     table = choose(candidates, float("inf"), cost, opts.batch, *host_overheads(prof)).table
@@ -230,12 +231,18 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
         choice = choose(candidates, budget, cost, opts.batch, *host_overheads(prof))
         c = choice.candidate
         log(f"plan: budget {budget:g} ms -> {c.name}; generating {opts.n} images ...")
+        # The stored profile chose the plan; a profile of just its calls, taken now, shows how much
+        # of any miss is the machine's speed drifting since (a shared CPU drifts within seconds).
+        now = profile_bundle(manifest, "ort", (opts.batch,), (c.precision,), repeats=20,
+                             threads=prof.get("threads", 1), time_graphs=False)
+        predicted_now = predict_ms(c, call_cost(now), opts.batch, *host_overheads(now))
         images, measured = measure_plan(manifest, c, opts.batch, opts.n, prof.get("threads", 1))
         grid = opts.out / f"samples_{budget:g}ms.png"
         save_png(grid_image(images, upscale=max(1, 32 // images.shape[-1])), grid)
         runs.append({"budget_ms": budget, "plan": c.name, "precision": c.precision, "solver": c.solver,
                      "nfe": c.nfe, "lengths": list(c.lengths), "error": c.error, "fd": c.fd,
-                     "predicted_ms": choice.predicted_ms, "measured_ms": measured, "grid": grid.name})
+                     "predicted_ms": choice.predicted_ms, "predicted_now_ms": predicted_now,
+                     "measured_ms": measured, "grid": grid.name})
         marks.append((choice, budget))
     plot_pareto(marks, opts.out / "pareto.png")
     return runs

@@ -35,7 +35,7 @@ def test_demo_writes_report_and_runs_three_budgets(demo):
     assert len(res.facts["runs"]) == 3
     assert (opts.out / "pareto.png").stat().st_size > 1000
     for run in res.facts["runs"]:
-        assert run["predicted_ms"] <= run["budget_ms"] and run["measured_ms"] > 0
+        assert run["predicted_ms"] <= run["budget_ms"] and run["measured_ms"] > 0 and run["predicted_now_ms"] > 0
         assert (opts.out / run["grid"]).is_file()
     assert res.facts["verify"]["max_abs_err"] < 1e-4
     assert {r["precision"] for r in res.facts["quality"]} == {"fp32", "int8"}
