@@ -26,9 +26,9 @@ import numpy as np
 
 from odelt.exporter.bundle import load_manifest
 from odelt.pipeline import demo
-from odelt.runtime.planner import choose, predict_ms
+from odelt.runtime.planner import choose
 from odelt.runtime.plans import load_candidates
-from odelt.runtime.profile import call_cost, host_overheads, profile_bundle
+from odelt.runtime.profile import call_cost, host_overheads, predict_now
 
 
 def _prepare(opts: demo.DemoOptions):
@@ -43,10 +43,6 @@ def _prepare(opts: demo.DemoOptions):
     demo.stage_quality(opts, manifest, model, schedules, log)
     prof = demo.stage_profile(opts, manifest, log)
     return load_manifest(manifest.root), prof
-
-
-def _predict(candidate, prof: dict, batch: int) -> float:
-    return predict_ms(candidate, call_cost(prof), batch, *host_overheads(prof))
 
 
 def run(quick: bool = False) -> dict:
@@ -64,9 +60,7 @@ def run(quick: bool = False) -> dict:
         for _ in range(rounds):
             for i, choice in enumerate(chosen):
                 c = choice.candidate
-                p = profile_bundle(manifest, "ort", (opts.batch,), (c.precision,), repeats=20,
-                                   threads=prof.get("threads", 1), time_graphs=False)
-                fresh[i].append(_predict(c, p, opts.batch))
+                fresh[i].append(predict_now(manifest, c, opts.batch, prof.get("threads", 1)))
                 measured[i].append(demo.measure_plan(manifest, c, opts.batch, 64, prof.get("threads", 1))[1])
         errors, stored = [], []
         for i, (budget, choice) in enumerate(zip(budgets, chosen)):

@@ -220,8 +220,7 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
     from odelt.runtime.images import grid_image, save_png
     from odelt.runtime.planner import choose
     from odelt.runtime.plans import load_candidates
-    from odelt.runtime.planner import predict_ms
-    from odelt.runtime.profile import call_cost, host_overheads, profile_bundle
+    from odelt.runtime.profile import call_cost, host_overheads, predict_now
 
     candidates, cost = load_candidates(manifest), call_cost(prof)
     table = choose(candidates, float("inf"), cost, opts.batch, *host_overheads(prof)).table
@@ -233,9 +232,7 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
         log(f"plan: budget {budget:g} ms -> {c.name}; generating {opts.n} images ...")
         # The stored profile chose the plan; a profile of just its calls, taken now, shows how much
         # of any miss is the machine's speed drifting since (a shared CPU drifts within seconds).
-        now = profile_bundle(manifest, "ort", (opts.batch,), (c.precision,), repeats=20,
-                             threads=prof.get("threads", 1), time_graphs=False)
-        predicted_now = predict_ms(c, call_cost(now), opts.batch, *host_overheads(now))
+        predicted_now = predict_now(manifest, c, opts.batch, prof.get("threads", 1))
         images, measured = measure_plan(manifest, c, opts.batch, opts.n, prof.get("threads", 1))
         grid = opts.out / f"samples_{budget:g}ms.png"
         save_png(grid_image(images, upscale=max(1, 32 // images.shape[-1])), grid)

@@ -195,6 +195,16 @@ def profile_bundle(manifest: Manifest, backend: str = "ort", batches: Iterable[i
     return result
 
 
+def predict_now(manifest: Manifest, candidate: Any, batch: int, threads: int = 1) -> float:
+    """A plan's predicted ms from a profile of just its precision's calls, taken now (no per-graph
+    timings): next to a run, it separates the cost model's error from the machine's drift."""
+    from odelt.runtime.planner import predict_ms
+
+    now = profile_bundle(manifest, "ort", (batch,), (candidate.precision,), repeats=20, threads=threads,
+                         time_graphs=False)
+    return predict_ms(candidate, call_cost(now), batch, *host_overheads(now))
+
+
 def save_profile(manifest: Manifest, profile: dict[str, Any]) -> Path:
     """Write profile/<device-id>.json into the bundle, atomically."""
     return write_json_atomic(manifest.root / "profile" / f"{profile['device_id']}.json", profile)
