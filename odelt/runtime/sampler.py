@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -84,8 +84,12 @@ class Sampler:
         self.host_cfg = cfg_scale is not None and cfg_scale != 1.0 and not manifest.cfg
         self.tables = Tables(manifest) if use_tables and manifest.tables and backend.layout == "segments" else None
         self.timing = False        # record every call's duration in Stats.per_call_s
-        self._grid, self._kwargs = list(schedule.t_grid), schedule.solver_kwargs()
+        self._grid, self._kwargs = _float32_times(schedule.t_grid), schedule.solver_kwargs()
+        for key in ("t_eval", "t_mid", "scale"):
+            if key in self._kwargs:
+                self._kwargs[key] = _float32_times(self._kwargs[key])
         self._feed_cache: dict[int, dict[str, np.ndarray]] = {}
+        self._rows: dict[int, _StepRows] = {}
 
     def sample(self, x0: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, Stats]:
         stats = Stats(images=int(x0.shape[0]))
@@ -94,7 +98,7 @@ class Sampler:
         start = time.perf_counter()
         x = SOLVERS[s.solver](f, np.asarray(x0, np.float32), self._grid, **self._kwargs)  # solvers never write x
         stats.wall_s = time.perf_counter() - start
-        if not math.isfinite(float(x.sum())):
+        if not _finite_sum(x):
             self._locate_non_finite(x0, y)
         return x, stats
 
@@ -112,25 +116,25 @@ class Sampler:
     def _velocity(self, y: np.ndarray, stats: Stats) -> Callable[[np.ndarray, Any, int], np.ndarray]:
         b = int(y.shape[0])
         feeds = self._feeds(b)
-        feeds["y"][:b] = y
+        if self.host_cfg:
+            feeds["y"][:b] = y                        # the second half stays the null class
+        else:
+            feeds["y"] = y
         lengths, levels = self.schedule.lengths, self.schedule.dt_base
         label = _table_label(y, self.null_class) if self.tables is not None else None
         infer, per_call = self.backend.infer, stats.per_call_s if self.timing else None
         host_cfg, scale, tables = self.host_cfg, self.cfg_scale or 1.0, self.tables is not None
-        t_buf, d_buf, l_buf, clock = feeds["t"], feeds["dt_base"], feeds["l"], time.perf_counter
-        keep = SOLVER_INFO[self.schedule.solver].holds_velocity
+        rows, clock = self._rows_of(b), time.perf_counter
+        keep = SOLVER_INFO[self.schedule.solver].holds_velocity and not host_cfg   # guidance makes a new array
+        times, level_rows, length_rows = rows.times, rows.levels, rows.lengths
 
-        last = [-1]                                      # the step whose dt_base and length are in place
-
-        def f(x: np.ndarray, t: Any, n: int) -> np.ndarray:
-            t_buf.fill(t)
-            if n != last[0]:
-                d_buf.fill(levels[n])
-                l_buf.fill(lengths[n])
-                last[0] = n
-            feeds["x"] = np.concatenate([x, x]) if host_cfg else x
-            if tables:
-                self._table_feeds(feeds, label, lengths[n], t, levels[n], b)
+        def plain(x: np.ndarray, t: Any, n: int) -> np.ndarray:
+            # The common case, kept lean: right after a network call numpy's and Python's code are
+            # out of cache (3-15 us per numpy call instead of 1, measured) and a digits step at
+            # batch 1 takes ~1 ms, so every line here is visible. Rows are swapped in, not filled.
+            tr = times.get(t)
+            feeds["t"] = rows.t(t) if tr is None else tr
+            feeds["dt_base"], feeds["l"], feeds["x"] = level_rows[n], length_rows[n], x
             t0 = clock()
             v = infer(feeds)["velocity"]
             dt = clock() - t0
@@ -138,21 +142,33 @@ class Sampler:
             stats.calls += 1
             if per_call is not None:
                 per_call.append(dt)
-            if host_cfg:
-                return v[b:] + scale * (v[:b] - v[b:])                   # new array: safe to keep
             return v.copy() if keep else v          # v is a reused buffer: copy when the solver keeps it
-        return f
+
+        def general(x: np.ndarray, t: Any, n: int) -> np.ndarray:
+            if tables:
+                self._table_feeds(feeds, label, lengths[n], t, levels[n], b)
+            if not host_cfg:
+                return plain(x, t, n)
+            v = plain(np.concatenate([x, x]), t, n)
+            return v[b:] + scale * (v[:b] - v[b:])                       # new array: safe to keep
+        return general if host_cfg or tables else plain
 
     def _feeds(self, b: int) -> dict[str, np.ndarray]:
-        """The step inputs for batch size b, made once and refilled in place by every call."""
+        """The step inputs for batch size b, made once; every call swaps in the rows of its step."""
         if b not in self._feed_cache:
-            rows = 2 * b if self.host_cfg else b
-            feeds = {"t": np.zeros(rows, np.float32), "dt_base": np.zeros(rows, np.int32),
-                     "l": np.zeros(rows, np.int32), "y": np.full(rows, self.null_class, np.int32)}
+            rows = self._rows_of(b)
+            feeds = {"t": rows.t(0.0), "dt_base": rows.levels[0], "l": rows.lengths[0],
+                     "y": np.full(rows.count, self.null_class, np.int32)}
             if self.manifest.cfg:
-                feeds["cfg_scale"] = np.full(rows, 1.0 if self.cfg_scale is None else self.cfg_scale, np.float32)
+                scale = 1.0 if self.cfg_scale is None else self.cfg_scale
+                feeds["cfg_scale"] = np.full(rows.count, scale, np.float32)
             self._feed_cache[b] = feeds
         return self._feed_cache[b]
+
+    def _rows_of(self, b: int) -> _StepRows:
+        if b not in self._rows:
+            self._rows[b] = _StepRows(2 * b if self.host_cfg else b, self.schedule.lengths, self.schedule.dt_base)
+        return self._rows[b]
 
     def _table_feeds(self, feeds: dict[str, np.ndarray], label: int | None, length: int, t: Any, d: int,
                      b: int) -> None:
@@ -167,6 +183,40 @@ class Sampler:
             feeds.update({name: np.repeat(a, b, axis=0) for name, a in row.items()})
 
 
+class _StepRows:
+    """Read-only per-row inputs of one batch size: a row array per step's length and dt_base, and
+    one per time value met so far (bounded: adaptive solvers meet new times without end)."""
+
+    LIMIT = 4096
+
+    def __init__(self, count: int, lengths: Sequence[int], levels: Sequence[int]):
+        self.count = count
+        self.lengths = [_row(count, v, np.int32) for v in lengths]
+        self.levels = [_row(count, v, np.int32) for v in levels]
+        self.times: dict[float, np.ndarray] = {}        # numpy and Python floats hash alike
+
+    def t(self, t: Any) -> np.ndarray:
+        key = float(t)
+        row = self.times.get(key)
+        if row is None:
+            row = _row(self.count, key, np.float32)
+            if len(self.times) < self.LIMIT:
+                self.times[key] = row
+        return row
+
+
+def _float32_times(values: Sequence[float]) -> list[np.float32]:
+    # Step sizes come out as float32 scalars: a Python float times an array takes numpy's slower
+    # weak-scalar path, ~6 us more per step when its code is cold after a network call (measured).
+    return [np.float32(v) for v in values]
+
+
+def _row(count: int, value: Any, dtype: type) -> np.ndarray:
+    row = np.full(count, value, dtype)
+    row.flags.writeable = False            # shared by every call of its step: nobody may write it
+    return row
+
+
 def _table_label(y: np.ndarray, null_class: int) -> int | None:
     """The table key for a batch's labels: one class, None for all-null, -1 when they differ."""
     if (y != y[0]).any():
@@ -178,10 +228,16 @@ def _model_hash(manifest: Manifest) -> str | None:
     return manifest.data.get("model", {}).get("source_hash") or None
 
 
+def _finite_sum(x: np.ndarray) -> bool:
+    # np.add.reduce, not x.sum(): the method goes through a Python wrapper, ~10 us more when numpy's
+    # code is cold after a network call (measured). Any NaN/Inf makes the sum non-finite.
+    return math.isfinite(float(np.add.reduce(x, axis=None)))
+
+
 def _check_finite(n: int, t: Any, x: np.ndarray) -> None:
-    # One reduction instead of isfinite + all: any NaN/Inf makes the sum non-finite (a finite but
-    # overflowing sum only sends us to the exact check below).
-    if math.isfinite(float(x.sum())):
+    # One reduction instead of isfinite + all (a finite but overflowing sum only sends us to the
+    # exact check below).
+    if _finite_sum(x):
         return
     if not np.isfinite(x).all():
         bad = int(np.size(x) - np.isfinite(x).sum())

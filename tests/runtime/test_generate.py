@@ -101,3 +101,17 @@ def test_chain_sessions_share_one_arena_and_agree_with_their_own(tiny_bundle):
             outs.append(Sampler(be, tiny_bundle, schedule).sample(x0, y)[0])
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_step_rows_are_shared_read_only_and_bounded(monkeypatch):
+    from odelt.runtime.sampler import _StepRows
+
+    monkeypatch.setattr(_StepRows, "LIMIT", 2)
+    rows = _StepRows(3, lengths=[4, 2], levels=[0, 1])
+    a = rows.t(0.25)
+    assert rows.t(np.float32(0.25)) is a and a.tolist() == [0.25] * 3 and a.dtype == np.float32
+    assert not a.flags.writeable
+    rows.t(0.5)
+    c = rows.t(0.75)                      # over the limit: made, correct, not kept
+    assert c.tolist() == [0.75] * 3 and sorted(rows.times) == [0.25, 0.5]
+    assert rows.lengths[1].tolist() == [2, 2, 2] and rows.levels[1].dtype == np.int32
