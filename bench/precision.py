@@ -26,6 +26,9 @@ Figures, per model as `<model>.<figure>`:
   int8_fd_rel          |FD(INT8) - FD(FP32)| / FD(FP32), digits only, classifier, >= 256 pooled samples, <= 0.10
   fp16_rmse            target <= 0.01
   int8_fused_matmuls   MatMulIntegerToFloat nodes ORT builds from the cpu flavour (of int8_block_linears)
+  int8_speedup_bound_b8  Amdahl's bound on int8_speedup_b8: 1 / (1 - share of the FP32 chain's run time
+                       spent in the blocks' matrix products), from an ONNX Runtime profile
+                       (fp32_block_gemm_share_b8); what INT8 could reach if its products were free
 
 `--quick` (the CI setting, < 5 minutes on the 2-core machine): fewer calibration samples, and a
 smaller DiT-S/2 workload (exported at its full length only, calibrated along uniform:euler:2).
@@ -166,6 +169,52 @@ def latencies(variants: dict[str, tuple], repeats: int, threads: int = 1) -> dic
     return times
 
 
+class ProfiledGraphs(OrtGraphs):
+    """run_graph whose sessions write ONNX Runtime profiles (one JSON per graph) into `folder`."""
+
+    def __init__(self, manifest: Manifest, folder: Path, threads: int):
+        super().__init__(manifest, threads=threads)
+        self.folder = folder
+
+    def session(self, spec):
+        import onnxruntime as ort
+
+        if spec.name not in self._sessions:
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = self.threads
+            opts.enable_profiling = True
+            opts.profile_file_prefix = str(self.folder / spec.name)
+            self._sessions[spec.name] = ort.InferenceSession(str(self.path_of(spec)), opts,
+                                                             providers=["CPUExecutionProvider"])
+        return self._sessions[spec.name]
+
+
+GEMMS = ("MatMul", "Gemm", "FusedMatMul", "FusedGemm")
+
+
+def int8_bound(fp32: Path, tmp: Path, repeats: int, threads: int = 1) -> dict:
+    """Amdahl's bound on FP32 / INT8 at batch 8: the share of the FP32 chain's run time (ORT profile,
+    `model_run` per graph) spent in the blocks' matrix products, which is all INT8 may speed up
+    (embedders, final layer and conditioning stay FP32); bound = 1 / (1 - share), reached only if
+    INT8 products took no time at all and quantising activations cost nothing."""
+    manifest = load_manifest(fp32, check_files=False)
+    folder = tmp / "profile"
+    folder.mkdir(parents=True, exist_ok=True)
+    graphs = ProfiledGraphs(manifest, folder, threads)
+    for _ in range(2 + repeats):
+        run_chain(manifest, manifest.lengths[-1], _feeds(manifest), graphs)
+    run_us = gemm_us = 0.0
+    for name, session in graphs._sessions.items():
+        events = json.loads(Path(session.end_profiling()).read_text())
+        runs = [e for e in events if e.get("name") == "model_run"][2:]          # warm-up dropped
+        run_us += sum(e["dur"] for e in runs)
+        if manifest.graphs[name].kind == "chunk":
+            gemm_us += sum(e["dur"] for e in events if e.get("cat") == "Node" and e["ts"] >= runs[0]["ts"]
+                           and e["name"].endswith("_kernel_time") and e.get("args", {}).get("op_name") in GEMMS)
+    share = gemm_us / run_us
+    return {"fp32_block_gemm_share_b8": round(share, 3), "int8_speedup_bound_b8": round(1 / (1 - share), 3)}
+
+
 def fusion(bundle: Path) -> dict[str, int]:
     """How many block linears of the int8 graphs ORT really runs as MatMulIntegerToFloat."""
     manifest = load_manifest(bundle, check_files=False)
@@ -219,6 +268,7 @@ def bench_model(name: str, quick: bool, tmp: Path, threads: int = 1) -> dict:
     accuracy, variants = quantise_all(fp32, work, tmp)
     out.update(accuracy)
     out.update(fusion(variants["int8"][0]))
+    out.update(int8_bound(fp32, tmp, work.repeats, threads))
     engines = build_engines(variants, ("fp32", "int8"), tmp)
     load_before = os.getloadavg()
     times = latencies({**variants, **engines}, work.repeats, threads)

@@ -153,7 +153,26 @@ for _ in range(repeats):                      # precisions take turns: load drif
         sampler.sample(x0, y)
         times[p].append(time.perf_counter() - t0)
 rmse = {p: float(np.sqrt(np.mean((outs[p] - outs["fp32"]) ** 2))) for p in precisions}
-print(json.dumps({"median_s": {p: statistics.median(v) for p, v in times.items()}, "rmse": rmse}))
+# The FP32 ceiling: one thread's MatMul throughput on the model's MLP shape (its largest GEMM).
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+import onnxruntime as ort
+rows, d = batch * cfg.num_tokens, cfg.hidden_size
+w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((d, 4 * d)).astype(np.float32), "w")
+g = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["b"])], "gemm",
+                      [helper.make_tensor_value_info("a", TensorProto.FLOAT, [rows, d])],
+                      [helper.make_tensor_value_info("b", TensorProto.FLOAT, [rows, 4 * d])], [w])
+so = ort.SessionOptions()
+so.intra_op_num_threads = 1
+gemm = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), so)
+a = np.random.default_rng(1).standard_normal((rows, d)).astype(np.float32)
+gemm_s = []
+for _ in range(max(10, repeats)):
+    t0 = time.perf_counter()
+    gemm.run(None, {"a": a})
+    gemm_s.append(time.perf_counter() - t0)
+gflops = 2 * rows * d * 4 * d / min(gemm_s) / 1e9
+print(json.dumps({"median_s": {p: statistics.median(v) for p, v in times.items()}, "rmse": rmse, "gemm_gflops": gflops}))
 """
 
 
@@ -181,7 +200,16 @@ def speedup(dit: DiT, bundle, batch: int, repeats: int) -> dict:
     return {f"ort_vs_torch_speedup_b{batch}": round(a / b, 3), f"ort_int8_vs_torch_speedup_b{batch}": round(a / q, 3),
             f"torch_eager_ms_b{batch}": round(1e3 * a, 2), f"runtime_ms_b{batch}": round(1e3 * b, 2),
             f"runtime_int8_ms_b{batch}": round(1e3 * q, 2),
-            f"runtime_int8_rmse_vs_fp32_b{batch}": round(child["rmse"]["int8"], 5)}
+            f"runtime_int8_rmse_vs_fp32_b{batch}": round(child["rmse"]["int8"], 5),
+            **_fp32_bound(cfg, batch, schedule.nfe, a, child["gemm_gflops"])}
+
+
+def _fp32_bound(cfg: DiTConfig, batch: int, calls: int, torch_s: float, gflops: float) -> dict:
+    """The most any FP32 runtime could beat PyTorch by on this CPU: every FLOP of the sampling run at
+    one thread's best measured MatMul throughput, nothing else costing anything."""
+    floor_s = calls * batch * flops(cfg, max(cfg.lengths)) / (gflops * 1e9)
+    return {f"fp32_gemm_gflops_1thread_b{batch}": round(gflops, 1),
+            f"fp32_speedup_bound_b{batch}": round(torch_s / floor_s, 3)}
 
 
 def add_int8(bundle) -> None:
