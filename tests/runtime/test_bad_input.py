@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -116,8 +117,10 @@ def test_non_finite_state_names_the_step(tiny_bundle):
     schedule = resolve_schedule("uniform:euler:5", 4)
     backend = FakeDivergingBackend(bad_t=0.4)
     sampler = Sampler(backend, tiny_bundle, schedule)
-    with pytest.raises(RuntimeFailure) as e:
+    with pytest.raises(RuntimeFailure) as e, warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always", append=True)    # shows all the filters do not already decide
         sampler.sample(make_noise(0, 2, (1, 8, 8)), make_labels(2, 10))
+    assert not shown                                    # the clear error only, no numpy warning first
     assert "non-finite at step 2 (t=0.6)" in _one_line(e)
     assert backend.calls == 5 + 3            # the run, then a replay that stops at the bad step
 
