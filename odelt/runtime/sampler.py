@@ -210,7 +210,7 @@ def _float32_times(values: Sequence[float]) -> list[np.float32]:
 
 
 def _row(count: int, value: Any, dtype: type) -> np.ndarray:
-    row = np.full(count, value, dtype)
+    row: np.ndarray = np.full(count, value, dtype)
     row.flags.writeable = False            # shared by every call of its step: nobody may write it
     return row
 
