@@ -27,7 +27,9 @@ fewer layers without running calibration again.
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -134,12 +136,28 @@ def int8_from_onnx(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]
     with tempfile.TemporaryDirectory(prefix="odelt-int8-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, src)
-        quantize_static(
-            src, dst, _as_reader(feeds) if feeds else None, quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, nodes_to_quantize=nodes,
-            calibrate_method=_method(method), calibration_cache_path=cache, **_quantizer_args(flav))
+        with _without_preprocess_advice():
+            quantize_static(
+                src, dst, _as_reader(feeds) if feeds else None, quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, nodes_to_quantize=nodes,
+                calibrate_method=_method(method), calibration_cache_path=cache, **_quantizer_args(flav))
         out = onnx.load(dst)
     return unquantised_readers_to_fp32(out, nodes), report
+
+
+@contextmanager
+def _without_preprocess_advice():
+    """quantize_static logs, on the root logger and on every call, advice to run its pre-processing
+    (shape inference + graph optimisation). We name the nodes to quantise on the exported graph
+    itself, so the advice does not apply; twice per call it buried the progress lines."""
+    def drop(record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def unquantised_readers_to_fp32(model: onnx.ModelProto, quantised: Sequence[str]) -> onnx.ModelProto:
