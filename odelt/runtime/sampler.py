@@ -71,7 +71,9 @@ class Tables:
 
 
 class Sampler:
-    """Runs one schedule on one open backend; `sample(x0, y)` returns the images and their Stats."""
+    """Runs one schedule on one open backend; `sample(x0, y)` returns the images and their Stats.
+    One sample at a time: the step inputs and counters per batch size are made once and reused (as
+    the backend reuses its buffers)."""
 
     def __init__(self, backend: Backend, manifest: Manifest, schedule: Schedule, cfg_scale: float | None = None,
                  use_tables: bool = True):
