@@ -135,14 +135,16 @@ class Sampler:
         lengths, levels = self.schedule.lengths, self.schedule.dt_base
         infer, clock, host_cfg, scale = self.backend.infer, time.perf_counter, self.host_cfg, self.cfg_scale or 1.0
         keep = SOLVER_INFO[self.schedule.solver].holds_velocity and not host_cfg   # guidance makes a new array
-        times, level_rows, length_rows = rows.times, rows.levels, rows.lengths
+        level_rows, length_rows = rows.levels, rows.lengths
+        te = self._kwargs.get("t_eval", self._grid)
+        step_t, step_rows = te[:-1], [rows.t(t) for t in te[:-1]]
 
         def plain(x: np.ndarray, t: Any, n: int) -> np.ndarray:
             # The common case, kept lean: right after a network call numpy's and Python's code are
             # out of cache (3-15 us per numpy call instead of 1, measured) and a digits step at
-            # batch 1 takes ~1 ms, so every line here is visible. Rows are swapped in, not filled.
-            tr = times.get(t)
-            feeds["t"] = rows.t(t) if tr is None else tr
+            # batch 1 takes ~1 ms, so every line here is visible. Rows are swapped in, not filled;
+            # a step's own time is recognised by identity (hashing a numpy float costs more).
+            feeds["t"] = step_rows[n] if t is step_t[n] else rows.t(t)
             feeds["dt_base"], feeds["l"], feeds["x"] = level_rows[n], length_rows[n], x
             t0 = clock()
             v = infer(feeds)["velocity"]
