@@ -83,10 +83,12 @@ class Sampler:
         self.null_class = int(manifest.data.get("null_class", manifest.config.num_classes))
         self.host_cfg = cfg_scale is not None and cfg_scale != 1.0 and not manifest.cfg
         self.tables = Tables(manifest) if use_tables and manifest.tables and backend.layout == "segments" else None
-        self._grid, self._kwargs = _float32_times(schedule.t_grid), schedule.solver_kwargs()
-        for key in ("t_eval", "t_mid", "scale"):
-            if key in self._kwargs:
-                self._kwargs[key] = _float32_times(self._kwargs[key])
+        self._grid, self._kwargs = list(schedule.t_grid), schedule.solver_kwargs()
+        if SOLVER_INFO[schedule.solver].calls_per_step:    # fixed steps; adaptive ones keep float64 time
+            self._grid = _float32_times(self._grid)         # (a float32 clock stalls on steps < 3e-8)
+            for key in ("t_eval", "t_mid", "scale"):
+                if key in self._kwargs:
+                    self._kwargs[key] = _float32_times(self._kwargs[key])
         self._binds: dict[int, _Bound] = {}
 
     def sample(self, x0: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, Stats]:
@@ -121,8 +123,8 @@ class Sampler:
             bound.feeds["y"][:b] = y                  # the second half stays the null class
         else:
             bound.feeds["y"] = y
-        if self.tables is not None:
-            bound.label = _table_label(y, self.null_class)
+        if self.tables is not None:   # a guided call mixes the class with the null class: no table
+            bound.label = -1 if self.host_cfg else _table_label(y, self.null_class)
         return bound
 
     def _bind(self, b: int) -> _Bound:

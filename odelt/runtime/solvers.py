@@ -8,9 +8,10 @@ One signature for every solver:
 
     f(x, t, n) -> v   velocity at state x and time t, asked for by step n. The driver maps n to the
                       step's length l_n and shortcut level dt_base_n, so solvers never see them.
-    ts                N+1 increasing times: a list of python floats (the runtime: python floats keep
-                      float32 states float32 under numpy's promotion rules) or a torch tensor (the
-                      schedule learner: gradients flow through the time points).
+    ts                N+1 increasing times: a list of python floats or numpy float32 scalars (the
+                      runtime, for fixed-step solvers: float32 steps times float32 states take
+                      numpy's faster path; either keeps float32 states float32) or a torch tensor
+                      (the schedule learner: gradients flow through the time points).
     t_eval            optional N+1 times at which the model is called instead of ts, x unchanged
                       (LD3's decoupled evaluation times).
     callback(n, t, x) after step n has landed at time t (the runtime checks for NaN/Inf there).

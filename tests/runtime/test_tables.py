@@ -42,3 +42,17 @@ def test_table_replaces_conditioning_graph(tiny_bundle, tmp_path):
             assert "conditioning graph ran" in str(e)
         else:
             raise AssertionError("class 4 is not in the table, so the conditioning graph had to run")
+
+
+def test_guidance_on_host_does_not_use_a_class_table(tiny_bundle, tmp_path):
+    # A guided call runs the class and the null class in one batch: one class's table cannot serve it.
+    root = tmp_path / "b"
+    shutil.copytree(tiny_bundle.root, root)
+    schedule = resolve_schedule("shifted:euler:4", 4)
+    add_table(root, "shifted4_y3", list(schedule.t_grid[:-1]), list(schedule.dt_base), 4, y=3)
+    manifest = load_manifest(root)
+    x0, y = make_noise(0, 2, (1, 8, 8)), np.full(2, 3, np.int32)
+    with open_backend("ort", manifest) as be:
+        plain, _ = Sampler(be, manifest, schedule, cfg_scale=2.0, use_tables=False).sample(x0, y)
+        guided, _ = Sampler(be, manifest, schedule, cfg_scale=2.0).sample(x0, y)
+    np.testing.assert_allclose(guided, plain, atol=1e-6)
