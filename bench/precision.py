@@ -170,11 +170,12 @@ def latencies(variants: dict[str, tuple], repeats: int, threads: int = 1) -> dic
     return times
 
 
-def _free_products(model: onnx.ModelProto, weights_only: bool, extra: bool) -> int:
+def _free_products(model: onnx.ModelProto, weights_only: bool, twice: bool) -> int:
     """Replace block products A @ B by a near-free op of the same output shape: A's first column
     times B's first row (broadcast; a weight's row is constant-folded), i.e. one elementwise pass
     over the output. `weights_only`: only products with a weight (the linears INT8 quantises here),
-    else also attention's. `extra` appends a Neg to each, to measure what the stand-ins cost."""
+    else also attention's. `twice`: the stand-in applied again to its own output (same kernels,
+    same shape), to measure what the stand-ins cost. Returns how many products were replaced."""
     from onnx import helper, numpy_helper
 
     weights = {i.name for i in model.graph.initializer}
@@ -184,32 +185,27 @@ def _free_products(model: onnx.ModelProto, weights_only: bool, extra: bool) -> i
             nodes.append(node)
             continue
         (a, b), y = node.input, node.output[0]
-        col, row, out = f"{y}_col", f"{y}_row", f"{y}_free" if extra else y
-        nodes += [helper.make_node("Slice", [a, "free_0", "free_1", "free_last"], [col]),
-                  helper.make_node("Slice", [b, "free_0", "free_1", "free_rows"], [row]),
-                  helper.make_node("Mul", [col, row], [out])]
-        if extra:
-            nodes.append(helper.make_node("Neg", [out], [y]))
+        row, first = f"{y}_row", f"{y}_once" if twice else y
+        nodes.append(helper.make_node("Slice", [b, "free_0", "free_1", "free_rows"], [row]))
+        for src, out in ((a, first), (first, y)) if twice else ((a, y),):
+            nodes += [helper.make_node("Slice", [src, "free_0", "free_1", "free_last"], [f"{out}_col"]),
+                      helper.make_node("Mul", [f"{out}_col", row], [out])]
         count += 1
     model.graph.initializer.extend(numpy_helper.from_array(np.array([v], np.int64), name) for name, v in
                                    (("free_0", 0), ("free_1", 1), ("free_last", -1), ("free_rows", -2)))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
-    used = {name for node in nodes for name in node.input}
-    kept = [i for i in model.graph.initializer if i.name in used]       # replaced weights go
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
     return count
 
 
-def _ablated(fp32: Path, tmp: Path, key: str, weights_only: bool, extra: bool) -> tuple[Path, str]:
+def _ablated(fp32: Path, tmp: Path, key: str, weights_only: bool, twice: bool) -> tuple[Path, str]:
     bundle = tmp / f"bound-{key}"
     shutil.copytree(fp32, bundle)
     manifest = load_manifest(bundle, check_files=False)
     for name, spec in manifest.graphs.items():
         if spec.kind == "chunk":
             model = onnx.load(str(manifest.graph_path(name)))
-            _free_products(model, weights_only, extra)
+            _free_products(model, weights_only, twice)
             onnx.save(model, str(manifest.graph_path(name)))
     return bundle, "fp32"
 
@@ -217,21 +213,22 @@ def _ablated(fp32: Path, tmp: Path, key: str, weights_only: bool, extra: bool) -
 def int8_bound(fp32: Path, tmp: Path, repeats: int, threads: int = 1) -> dict:
     """Amdahl's bound on FP32 / INT8 at batch 8, by ablation: the FP32 chain timed beside copies whose
     block products (what INT8 may speed up: embedders, final layer and conditioning stay FP32) are
-    replaced by near-free stand-ins, plainly (T1) and with one more op each (T2); 2*T1 - T2
-    extrapolates to stand-ins of zero cost. bound = T(FP32) / that: what INT8 would reach if its
-    products took no time and quantising activations cost nothing. For the linears (what we
-    quantise) and for every product (attention's too). ORT's profiler cannot give these shares on
-    small graphs: profiling made the digits chain 3x slower (measured)."""
+    replaced by near-free stand-ins, once (T1) and twice in a row (T2); 2*T1 - T2 extrapolates to
+    stand-ins of zero cost. bound = T(FP32) / that: what INT8 would reach if its products took no
+    time and quantising activations cost nothing. For the linears (what we quantise) and for every
+    product (attention's too; its Transpose and scaling stay, so that bound leans low). None when
+    noise makes the extrapolation non-positive. ORT's profiler cannot give these shares on small
+    graphs: profiling made the digits chain 3x slower (measured)."""
     variants = {"fp32": (fp32, "fp32")}
     for scope, weights_only in (("linears", True), ("products", False)):
-        for extra in (False, True):
-            key = f"{scope}{int(extra) + 1}"
-            variants[key] = _ablated(fp32, tmp, key, weights_only, extra)
+        for twice in (False, True):
+            key = f"{scope}{int(twice) + 1}"
+            variants[key] = _ablated(fp32, tmp, key, weights_only, twice)
     med = {k: statistics.median(v) for k, v in latencies(variants, repeats, threads).items()}
-    out = {}
+    out: dict = {}
     for scope in ("linears", "products"):
-        free = max(2 * med[f"{scope}1"] - med[f"{scope}2"], 1e-9)
-        out[f"int8_speedup_bound_{scope}_b8"] = round(med["fp32"] / free, 3)
+        free = 2 * med[f"{scope}1"] - med[f"{scope}2"]
+        out[f"int8_speedup_bound_{scope}_b8"] = round(med["fp32"] / free, 3) if free > 0 else None
         out[f"fp32_block_{scope}_share_b8"] = round(1 - free / med["fp32"], 3)
     return out
 
