@@ -20,13 +20,17 @@ class NoCond:
         raise AssertionError("conditioning graph ran although a table covers this call")
 
 
-def test_table_replaces_conditioning_graph(tiny_bundle, tmp_path):
+def _bundle_with_class3_table(tiny_bundle, tmp_path):
+    """A copy of the tiny bundle with a table for class 3 along shifted:euler:4; inputs of class 3."""
     root = tmp_path / "b"
     shutil.copytree(tiny_bundle.root, root)
     schedule = resolve_schedule("shifted:euler:4", 4)
     add_table(root, "shifted4_y3", list(schedule.t_grid[:-1]), list(schedule.dt_base), 4, y=3)
-    manifest = load_manifest(root)
-    x0, y = make_noise(0, 2, (1, 8, 8)), np.full(2, 3, np.int32)
+    return load_manifest(root), schedule, make_noise(0, 2, (1, 8, 8)), np.full(2, 3, np.int32)
+
+
+def test_table_replaces_conditioning_graph(tiny_bundle, tmp_path):
+    manifest, schedule, x0, y = _bundle_with_class3_table(tiny_bundle, tmp_path)
     with open_backend("ort", manifest) as be:
         plain, _ = Sampler(be, manifest, schedule, use_tables=False).sample(x0, y)
         be.sessions["cond"] = NoCond()
@@ -46,12 +50,7 @@ def test_table_replaces_conditioning_graph(tiny_bundle, tmp_path):
 
 def test_guidance_on_host_does_not_use_a_class_table(tiny_bundle, tmp_path):
     # A guided call runs the class and the null class in one batch: one class's table cannot serve it.
-    root = tmp_path / "b"
-    shutil.copytree(tiny_bundle.root, root)
-    schedule = resolve_schedule("shifted:euler:4", 4)
-    add_table(root, "shifted4_y3", list(schedule.t_grid[:-1]), list(schedule.dt_base), 4, y=3)
-    manifest = load_manifest(root)
-    x0, y = make_noise(0, 2, (1, 8, 8)), np.full(2, 3, np.int32)
+    manifest, schedule, x0, y = _bundle_with_class3_table(tiny_bundle, tmp_path)
     with open_backend("ort", manifest) as be:
         plain, _ = Sampler(be, manifest, schedule, cfg_scale=2.0, use_tables=False).sample(x0, y)
         guided, _ = Sampler(be, manifest, schedule, cfg_scale=2.0).sample(x0, y)
