@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -136,7 +135,7 @@ def int8_from_onnx(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]
     with tempfile.TemporaryDirectory(prefix="odelt-int8-") as tmp:
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, src)
-        with _without_preprocess_advice():
+        with _DropPreprocessAdvice():
             quantize_static(
                 src, dst, _as_reader(feeds) if feeds else None, quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=["MatMul", "Gemm"], per_channel=True, nodes_to_quantize=nodes,
@@ -145,19 +144,20 @@ def int8_from_onnx(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]
     return unquantised_readers_to_fp32(out, nodes), report
 
 
-@contextmanager
-def _without_preprocess_advice():
-    """quantize_static logs, on the root logger and on every call, advice to run its pre-processing
-    (shape inference + graph optimisation). We name the nodes to quantise on the exported graph
-    itself, so the advice does not apply; twice per call it buried the progress lines."""
-    def drop(record: logging.LogRecord) -> bool:
+class _DropPreprocessAdvice(logging.Filter):
+    """While in use, drops the advice quantize_static logs on the root logger, twice per call, to run
+    its pre-processing (shape inference + graph optimisation). We name the nodes to quantise on the
+    exported graph itself, so it does not apply; it buried the progress lines of quantize and demo."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
         return "pre-processing before quantization" not in record.getMessage()
-    root = logging.getLogger()
-    root.addFilter(drop)
-    try:
-        yield
-    finally:
-        root.removeFilter(drop)
+
+    def __enter__(self) -> _DropPreprocessAdvice:
+        logging.getLogger().addFilter(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        logging.getLogger().removeFilter(self)
 
 
 def unquantised_readers_to_fp32(model: onnx.ModelProto, quantised: Sequence[str]) -> onnx.ModelProto:
