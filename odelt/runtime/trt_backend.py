@@ -53,8 +53,9 @@ class TrtBackend:
     name = "tensorrt"
 
     def __init__(self, manifest: Manifest, layout: str | None = None, lengths: tuple[int, ...] | None = None,
-                 engine_set: str | None = None, cuda_graphs: bool = False):
+                 engine_set: str | None = None, cuda_graphs: bool = False, precision: str | None = None):
         self.manifest = manifest
+        self.precision = precision                        # picks the engine set when none is named
         self.layout = layout or manifest.default_layout()
         self.lengths = tuple(lengths or manifest.lengths)
         self.engine_set = engine_set
@@ -90,10 +91,13 @@ class TrtBackend:
         return self
 
     def _engine_entry(self) -> dict:
-        sets = {k: v for k, v in self.manifest.data.get("engines", {}).items() if v.get("backend") == "tensorrt"}
+        sets = {k: v for k, v in self.manifest.data.get("engines", {}).items() if v.get("backend") == "tensorrt"
+                and (self.engine_set or self.precision is None or v.get("precision") == self.precision)}
         if not sets:
-            raise BackendUnavailable(f"{self.manifest.root} has no TensorRT engines; run "
-                                     "`odelt-export build BUNDLE --backend tensorrt` on this device first")
+            wanted = f" {self.precision}" if self.precision and not self.engine_set else ""
+            raise BackendUnavailable(f"{self.manifest.root} has no{wanted} TensorRT engines; run `odelt-export build "
+                                     f"BUNDLE --backend tensorrt{' --precision ' + wanted.strip() if wanted else ''}` "
+                                     "on this device first")
         self.engine_set = self.engine_set or sorted(sets)[0]
         if self.engine_set not in sets:
             raise ExportError(f"no TensorRT engine set {self.engine_set!r}; this bundle has {sorted(sets)}")
