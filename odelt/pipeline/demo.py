@@ -193,25 +193,25 @@ def default_budgets(table: list[tuple[Any, float]]) -> tuple[float, ...]:
 
 
 def measure_plan(manifest, candidate, batch: int, n: int, threads: int = 1, seed: int = 0) -> tuple[np.ndarray, float]:
-    """Run a plan's schedule at its precision; returns (images, median ms per batch)."""
+    """Run a plan's schedule at its precision; returns (images, median ms per full batch)."""
     from odelt.runtime.backend import open_backend
     from odelt.runtime.plans import load_plan_schedule
-    from odelt.runtime.sampler import Sampler, make_labels, make_noise
+    from odelt.runtime.sampler import Sampler, generate
 
-    cfg = manifest.config
     schedule = load_plan_schedule(manifest, candidate)
-    x0 = make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size))
-    y = make_labels(n, cfg.num_classes)
-    out, times = np.empty_like(x0), []
+    stamps, sizes = [], []
+
+    def tick(images: int) -> None:
+        stamps.append(time.perf_counter())
+        sizes.append(images)
     with open_backend("ort", manifest, precision=candidate.precision, threads=threads,
                       lengths=tuple(sorted(set(schedule.lengths)))) as be:
         sampler = Sampler(be, manifest, schedule)
-        sampler.sample(x0[:batch], y[:batch])                       # warm-up: binds buffers once
-        for lo in range(0, n - batch + 1, batch):
-            start = time.perf_counter()
-            out[lo:lo + batch], _ = sampler.sample(x0[lo:lo + batch], y[lo:lo + batch])
-            times.append((time.perf_counter() - start) * 1e3)
-    return out, float(np.median(times))
+        generate(sampler, min(batch, n), batch, seed)                # warm-up: binds buffers once
+        stamps.append(time.perf_counter())
+        out, _ = generate(sampler, n, batch, seed, progress=tick)
+    times = [(b - a) * 1e3 for a, b, k in zip(stamps, stamps[1:], sizes) if k == batch]
+    return out, float(np.median(times or [(stamps[-1] - stamps[0]) * 1e3]))
 
 
 def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]:

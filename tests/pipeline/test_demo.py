@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -63,13 +64,18 @@ def test_plan_command_and_budget_error(demo, capsys):
     assert err.count("\n") == 1 and "minimum achievable latency" in err
 
 
-def test_profile_command_writes_device_profile(demo, capsys):
+def test_profile_command_writes_device_profile(demo):
     opts, _ = demo
     bundle = opts.out / "bundle"
-    main(["profile", str(bundle), "--batch", "1", "--precision", "fp32", "--repeats", "3"])
-    files = list((bundle / "profile").glob("*.json"))
-    assert len(files) == 1
-    prof = json.loads(files[0].read_text())
+    (stored,) = (bundle / "profile").glob("*.json")
+    kept = stored.read_bytes()                          # the other tests plan from the demo's profile
+    try:
+        main(["profile", str(bundle), "--batch", "1", "--precision", "fp32", "--repeats", "3"])
+        files = list((bundle / "profile").glob("*.json"))
+        assert len(files) == 1
+        prof = json.loads(files[0].read_text())
+    finally:
+        stored.write_bytes(kept)
     assert set(prof["calls"]["fp32"]["1"]) == {"2", "4"}
     assert set(prof["graphs"]["fp32"]["1"]) >= {"cond", "head"}
     # host work measured with the real sampler: per call and per batch, both non-negative, and a
@@ -91,3 +97,21 @@ def test_corrupt_quality_table_is_one_line_error(demo, capsys):
         assert err.count("\n") == 1 and "quality.json: expected JSON" in err
     finally:
         path.write_bytes(saved)
+
+
+def test_measure_plan_keeps_a_partial_last_batch(demo):
+    from odelt.exporter.bundle import load_manifest
+    from odelt.pipeline.demo import measure_plan
+    from odelt.runtime.backend import open_backend
+    from odelt.runtime.plans import load_candidates, load_plan_schedule
+    from odelt.runtime.sampler import Sampler, generate
+
+    opts, _ = demo
+    manifest = load_manifest(opts.out / "bundle")
+    candidate = next(c for c in load_candidates(manifest) if c.precision == "fp32")
+    images, ms = measure_plan(manifest, candidate, batch=3, n=5)
+    with open_backend("ort", manifest, lengths=tuple(sorted(set(load_plan_schedule(manifest, candidate).lengths)))) as be:
+        want, _ = generate(Sampler(be, manifest, load_plan_schedule(manifest, candidate)), 5, 3, seed=0)
+    np.testing.assert_allclose(images, want, atol=1e-6)                  # rows 3-4 included
+    assert ms > 0
+    assert np.isfinite(measure_plan(manifest, candidate, batch=8, n=2)[1])   # batch > n: still a time
