@@ -1,7 +1,5 @@
 """The shipped digits classifier and the metrics it defines; the shipped builtin:digits model."""
 
-import time
-
 import numpy as np
 import pytest
 import torch
@@ -42,10 +40,8 @@ def test_metrics_reject_wrong_shapes():
         fd_digits(np.zeros((4, 8, 8), dtype=np.float32))
 
 
-def test_builtin_digits_loads_fast_and_makes_digits():
-    t0 = time.perf_counter()
+def test_builtin_digits_loads_and_makes_digits():
     model = load_checkpoint("builtin:digits")
-    assert time.perf_counter() - t0 < 2.0                            # loose: not a benchmark
     assert len(model.config.lengths) >= 3
     torch.manual_seed(0)
     noise, y = sample_labels_noise(100, 10, (1, 8, 8), seed=3)
