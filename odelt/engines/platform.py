@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from odelt.errors import BackendUnavailable, RuntimeFailure
+from odelt.fileio import write_text_atomic
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 MANIFEST_SUFFIX = ".json"
@@ -130,9 +130,8 @@ def manifest_path(engine_path: Path) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    """Engine manifests and records: sorted keys, so that equal content is equal bytes."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_manifest(engine_path: Path) -> EngineManifest:
