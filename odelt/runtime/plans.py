@@ -46,10 +46,8 @@ def schedule_path(manifest: Manifest, name: str) -> Path:
 
 def load_candidates(manifest: Manifest) -> list[Candidate]:
     path = manifest.root / QUALITY
-    if not path.is_file():
-        raise ConfigError(f"{manifest.root}: no quality table ({QUALITY}); expected one from "
-                          "`odelt-export demo` or odelt.pipeline.quality.write_quality")
-    data = read_json(path, ConfigError)
+    data = read_json(path, ConfigError, f"{manifest.root}: no quality table ({QUALITY}); expected one from "
+                     "`odelt-export demo` or odelt.pipeline.quality.write_quality")
     if data.get("format") != FORMAT:
         raise ConfigError(f"{path}: expected format {FORMAT}, found {data.get('format')!r}")
     return [Candidate(r["name"], r["schedule"], r["solver"], tuple(r["call_lengths"]), r["precision"],

@@ -83,7 +83,8 @@ class Sampler:
         self.null_class = int(manifest.data.get("null_class", manifest.config.num_classes))
         self.host_cfg = cfg_scale is not None and cfg_scale != 1.0 and not manifest.cfg
         self.tables = Tables(manifest) if use_tables and manifest.tables and backend.layout == "segments" else None
-        self._grid, self._kwargs = list(schedule.t_grid), schedule.solver_kwargs()
+        self._grid: list[Any] = list(schedule.t_grid)
+        self._kwargs = schedule.solver_kwargs()
         if SOLVER_INFO[schedule.solver].calls_per_step:    # fixed steps; adaptive ones keep float64 time
             self._grid = _float32_times(self._grid)         # (a float32 clock stalls on steps < 3e-8)
             for key in ("t_eval", "t_mid", "scale"):
@@ -166,8 +167,7 @@ class Sampler:
 
     def _table_feeds(self, feeds: dict[str, np.ndarray], label: int | None, length: int, t: Any, d: int,
                      b: int) -> None:
-        if self.tables is None:
-            return
+        assert self.tables is not None                  # only `general` calls this, and only with tables
         for name in [k for k in feeds if k.startswith("mod") or k == "final_mod"]:
             del feeds[name]
         if label == -1:
