@@ -279,10 +279,10 @@ def bench_model(name: str, quick: bool, tmp: Path, threads: int = 1) -> dict:
     tmp = tmp / name.replace("/", "_")
     fp32 = tmp / "fp32"
     t0 = time.perf_counter()
-    export_bundle(model, fp32, ExportOptions(layouts=("segments",), lengths=work.lengths))
+    lengths = export_bundle(model, fp32, ExportOptions(layouts=("segments",), lengths=work.lengths)).lengths
     out: dict = {"weights": weights, "export_s": round(time.perf_counter() - t0, 1),
                  "calibration": {"calib_samples": work.calib_samples, "eval_samples": work.eval_samples,
-                                 "schedules": list(work.schedules), "lengths": load_manifest(fp32).lengths}}
+                                 "schedules": list(work.schedules), "lengths": lengths}}
     accuracy, variants = quantise_all(fp32, work, tmp)
     out.update(accuracy)
     out.update(fusion(variants["int8"][0]))

@@ -41,10 +41,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from precision import load_model  # bench/ is on the path (bench/run.py)
 
 from odelt.exporter.export import ExportOptions, export_bundle
 from odelt.models import DiT
-from odelt.models.config import PRESETS, DiTConfig
+from odelt.models.config import DiTConfig
 from odelt.runtime.backend import open_backend
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.reference import torch_sample
@@ -53,22 +54,6 @@ from odelt.runtime.solvers import SOLVERS
 
 GROUP = "runtime"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_model(name: str) -> tuple[DiT, str]:
-    if name == "digits":
-        try:
-            from odelt.models.checkpoint import load_checkpoint
-            return load_checkpoint("builtin:digits").eval(), "builtin:digits (trained)"
-        except Exception as e:  # noqa: BLE001 - the bench must run before the weights ship
-            print(f"builtin:digits unavailable ({e}); using the digits preset with random weights", file=sys.stderr)
-    torch.manual_seed(0)
-    model = DiT(PRESETS[name]).eval()
-    with torch.no_grad():   # zero-initialised layers (final layer) would make every velocity 0
-        for p in model.parameters():
-            if not p.detach().abs().sum():
-                p.normal_(0.0, 0.02)
-    return model, "random weights"
 
 
 def flops(cfg: DiTConfig, length: int) -> float:

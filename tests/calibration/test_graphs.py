@@ -168,7 +168,8 @@ def test_cpu_flavour_fuses_every_block_matmul_in_onnx_runtime(fp32_bundle):
     feeds = _feeds(model, 3)
     cpu, _ = int8_from_onnx(model, feeds, flavour="cpu")
     ops = fused_ops(cpu)
-    fp32_matmuls = fused_ops(model).get("MatMul", 0) + fused_ops(model).get("FusedMatMul", 0)
+    fp32_ops = fused_ops(model)
+    fp32_matmuls = fp32_ops.get("MatMul", 0) + fp32_ops.get("FusedMatMul", 0)
     assert ops.get("MatMulIntegerToFloat", 0) == n_linears
     assert ops.get("DequantizeLinear", 0) == 0
     assert ops.get("MatMul", 0) + ops.get("FusedMatMul", 0) == fp32_matmuls - n_linears   # attention BMMs only
