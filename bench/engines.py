@@ -25,7 +25,7 @@ import torch
 
 from odelt.engines.build import BuildRequest, build_bundle
 from odelt.engines.ort import measure_startup
-from odelt.exporter.bundle import load_manifest
+from odelt.exporter.bundle import open_bundle
 from odelt.exporter.export import ExportOptions, export_bundle
 from odelt.models import DiT
 from odelt.models.config import PRESETS
@@ -39,7 +39,7 @@ def bench_model(name: str, layout: str, repeats: int, work: Path) -> dict:
     t0 = time.perf_counter()
     entry = build_bundle(bundle, BuildRequest(backend="ort"))
     build_s = time.perf_counter() - t0
-    m = load_manifest(bundle)
+    m = open_bundle(bundle)
     graphs = {}
     for g, rel in sorted(entry["graphs"].items()):
         graphs[g] = measure_startup(m.graph_path(g), bundle / rel, repeats)

@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from odelt.exporter.bundle import load_manifest  # noqa: E402
+from odelt.exporter.bundle import open_bundle  # noqa: E402
 from odelt.runtime.backend import open_backend  # noqa: E402
 from odelt.runtime.heuristics import resolve_schedule  # noqa: E402
 from odelt.runtime.sampler import Sampler, make_labels, make_noise  # noqa: E402
@@ -71,4 +71,4 @@ def _bare_euler(be, schedule, y):
 
 if __name__ == "__main__":
     assert "torch" not in sys.modules
-    print(json.dumps(overhead(load_manifest(sys.argv[1]), int(sys.argv[2]))))
+    print(json.dumps(overhead(open_bundle(sys.argv[1]), int(sys.argv[2]))))

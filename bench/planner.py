@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from odelt.exporter.bundle import load_manifest
+from odelt.exporter.bundle import open_bundle
 from odelt.pipeline import demo
 from odelt.runtime.planner import choose
 from odelt.runtime.plans import load_candidates
@@ -37,12 +37,12 @@ def _prepare(opts: demo.DemoOptions):
     log = lambda msg: None  # noqa: E731
     manifest = demo.stage_export(opts, log)
     demo.stage_quantize(opts, manifest, log)
-    model = model_for_bundle(load_manifest(manifest.root))
+    model = model_for_bundle(open_bundle(manifest.root))
     schedules = demo.stage_schedules(opts, manifest, model, log)
     demo.stage_build(opts, manifest, log)
     demo.stage_quality(opts, manifest, model, schedules, log)
     prof = demo.stage_profile(opts, manifest, log)
-    return load_manifest(manifest.root), prof
+    return open_bundle(manifest.root), prof
 
 
 def run(quick: bool = False) -> dict:

@@ -62,8 +62,8 @@ from odelt.calibration.graph_roles import analyse, name_nodes  # noqa: E402
 from odelt.calibration.int8 import fused_ops  # noqa: E402
 from odelt.calibration.quantize import QuantizeOptions, quantize_bundle  # noqa: E402
 from odelt.calibration.trajectories import OrtGraphs  # noqa: E402
-from odelt.calibration.variants import variant_graph_path  # noqa: E402
-from odelt.exporter.bundle import Manifest, load_manifest, run_chain  # noqa: E402
+from odelt.exporter.bundle import Bundle, open_bundle  # noqa: E402
+from odelt.exporter.chain import run_chain  # noqa: E402
 from odelt.exporter.export import ExportOptions, export_bundle  # noqa: E402
 from odelt.models import DiT  # noqa: E402
 from odelt.models.config import PRESETS  # noqa: E402
@@ -112,7 +112,7 @@ def load_model(name: str) -> tuple[DiT, str]:
     return model, "random weights"
 
 
-def _feeds(manifest: Manifest) -> dict[str, np.ndarray]:
+def _feeds(manifest: Bundle) -> dict[str, np.ndarray]:
     cfg, rng = manifest.config, np.random.default_rng(0)
     return {"x": rng.standard_normal((BATCH, cfg.in_channels, cfg.input_size, cfg.input_size)).astype(np.float32),
             "t": np.full((BATCH,), 0.5, np.float32), "dt_base": np.full((BATCH,), 3, np.int32),
@@ -137,11 +137,11 @@ def build_engines(variants: dict[str, tuple[Path, str]], keys: tuple[str, ...], 
     out = {}
     for key in keys:
         bundle, precision = variants[key]
-        manifest = load_manifest(bundle, check_files=False)
+        manifest = open_bundle(bundle)
         folder = tmp / "engines" / key
         folder.mkdir(parents=True, exist_ok=True)
         for name in manifest.graphs:
-            engine_from_onnx(variant_graph_path(manifest, name, precision), folder / f"{name}.onnx")
+            engine_from_onnx(manifest.graph_path(name, precision), folder / f"{name}.onnx")
         out[f"{key}_engine"] = (bundle, precision, folder)
     return out
 
@@ -151,11 +151,11 @@ def latencies(variants: dict[str, tuple], repeats: int, threads: int = 1) -> dic
     A variant is (bundle, precision) for its graphs, or (bundle, precision, folder) for its ORT engines."""
     runs = {}
     for key, (bundle, precision, *engines) in variants.items():
-        manifest = load_manifest(bundle, check_files=False)
+        manifest = open_bundle(bundle)
         if engines:
             graphs: OrtGraphs = EngineGraphs(manifest, lambda spec, d=engines[0]: d / f"{spec.name}.onnx", threads)
         else:
-            graphs = OrtGraphs(manifest, lambda spec, m=manifest, p=precision: variant_graph_path(m, spec.name, p),
+            graphs = OrtGraphs(manifest, lambda spec, m=manifest, p=precision: m.graph_path(spec.name, p),
                                threads)
         runs[key] = (manifest, graphs, _feeds(manifest))
     for manifest, graphs, feeds in runs.values():          # warm-up: sessions, arenas, prepacked weights
@@ -201,7 +201,7 @@ def _free_products(model: onnx.ModelProto, weights_only: bool, twice: bool) -> i
 def _ablated(fp32: Path, tmp: Path, key: str, weights_only: bool, twice: bool) -> tuple[Path, str]:
     bundle = tmp / f"bound-{key}"
     shutil.copytree(fp32, bundle)
-    manifest = load_manifest(bundle, check_files=False)
+    manifest = open_bundle(bundle)
     for name, spec in manifest.graphs.items():
         if spec.kind == "chunk":
             model = onnx.load(str(manifest.graph_path(name)))
@@ -235,11 +235,11 @@ def int8_bound(fp32: Path, tmp: Path, repeats: int, threads: int = 1) -> dict:
 
 def fusion(bundle: Path) -> dict[str, int]:
     """How many block linears of the int8 graphs ORT really runs as MatMulIntegerToFloat."""
-    manifest = load_manifest(bundle, check_files=False)
+    manifest = open_bundle(bundle)
     fused = linears = 0
     for name in manifest.graphs:
         linears += len(analyse(name_nodes(onnx.load(str(manifest.graph_path(name))))).block_linears)
-        path = variant_graph_path(manifest, name, "int8")
+        path = manifest.graph_path(name, "int8")
         if path != manifest.graph_path(name):
             fused += fused_ops(path).get("MatMulIntegerToFloat", 0)
     return {"int8_fused_matmuls": fused, "int8_block_linears": linears}

@@ -90,12 +90,12 @@ import json, statistics, sys, time
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
-from odelt.exporter.bundle import load_manifest
+from odelt.exporter.bundle import open_bundle
 from odelt.runtime.backend import open_backend
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
 bundle, batch, repeats, precisions = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
-m = load_manifest(bundle)
+m = open_bundle(bundle)
 cfg = m.config
 s = resolve_schedule("uniform:euler:4", max(m.lengths))
 x0, y = make_noise(batch, batch, (cfg.in_channels, cfg.input_size, cfg.input_size)), make_labels(batch, cfg.num_classes)
@@ -220,7 +220,7 @@ def parity(digits: DiT, digits_bundle, s2: DiT, s2_bundle) -> dict:
 _RSS_SCRIPT = """
 import json, resource, sys
 import numpy as np
-from odelt.exporter.bundle import load_manifest
+from odelt.exporter.bundle import open_bundle
 from odelt.runtime.backend import open_backend
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
@@ -230,7 +230,7 @@ def rss_mb():
         return int(f.read().split()[1]) * 4096 / 2**20
 
 bundle, mode, batch, calls, schedule = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
-m = load_manifest(bundle)
+m = open_bundle(bundle)
 cfg = m.config
 s = resolve_schedule(schedule, max(m.lengths))
 x0 = make_noise(0, batch, (cfg.in_channels, cfg.input_size, cfg.input_size))

@@ -18,6 +18,10 @@ class ExportError(OdeltError):
     """A graph that could not be exported or does not match PyTorch."""
 
 
+class BundleError(OdeltError):
+    """A bundle folder that is missing, malformed, modified, or cannot be written."""
+
+
 class ScheduleError(OdeltError):
     """A schedule artifact that is invalid or does not fit the model/bundle."""
 

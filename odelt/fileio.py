@@ -3,8 +3,11 @@ into place only when complete, so a crash or a full disk never leaves a half-wri
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,3 +50,51 @@ def read_json(path: str | os.PathLike, error: type[Exception], missing: str | No
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise error(f"{path}: expected JSON, found invalid content ({e})") from None
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (first 16 hex digits): the identity of models and bundle files."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# A stage builds a folder under a hidden name carrying its pid, then renames it into place; a killed
+# process leaves it behind, and the next writer removes it once that pid is gone.
+_PARTIAL = re.compile(r"^\..+\.(?:partial|old)-(\d+)$")
+
+
+def partial_dir(parent: str | os.PathLike, name: str) -> Path:
+    """A fresh, empty hidden work folder for `name` inside `parent` (stale ones are removed first)."""
+    parent = Path(parent)
+    remove_stale_partials(parent)
+    tmp = parent / f".{name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_stale_partials(parent: str | os.PathLike) -> list[Path]:
+    """Delete `.<name>.partial-<pid>` (and `.old-<pid>`) entries of `parent` whose process no longer runs."""
+    parent = Path(parent)
+    removed = []
+    if not parent.is_dir():
+        return removed
+    for p in parent.iterdir():
+        m = _PARTIAL.match(p.name)
+        if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -14,12 +14,12 @@ import numpy as np
 
 from odelt.calibration import trajectories as traj
 from odelt.errors import OdeltError
-from odelt.exporter.bundle import Manifest
+from odelt.exporter.bundle import Bundle
 
 MIN_FD_SAMPLES = 256   # pooled over runs; the classifier's features are 64-d
 
 
-def reference_samples(manifest: Manifest, schedules: list, noise: traj.Noise) -> dict[str, dict[str, np.ndarray]]:
+def reference_samples(manifest: Bundle, schedules: list, noise: traj.Noise) -> dict[str, dict[str, np.ndarray]]:
     """FP32 final samples: {layout: {schedule key: (B, C, H, W)}}."""
     run = traj.OrtGraphs(manifest)
     return {layout: traj.trajectories(manifest, run, schedules, noise, layout) for layout in manifest.layouts}
@@ -29,7 +29,7 @@ def rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2)))
 
 
-def compare(manifest: Manifest, path_of, schedules: list, noise: traj.Noise, reference: dict) -> dict:
+def compare(manifest: Bundle, path_of, schedules: list, noise: traj.Noise, reference: dict) -> dict:
     """Sample the variant (graphs from `path_of`) and compare with `reference`."""
     run = traj.OrtGraphs(manifest, path_of)
     per_run, pooled_ref, pooled_var = {}, [], []
@@ -46,7 +46,7 @@ def compare(manifest: Manifest, path_of, schedules: list, noise: traj.Noise, ref
     return out
 
 
-def fd_relative(manifest: Manifest, ref: np.ndarray, var: np.ndarray) -> dict:
+def fd_relative(manifest: Bundle, ref: np.ndarray, var: np.ndarray) -> dict:
     """{"fd_fp32", "fd", "fd_rel", "fd_samples"} for digits-shaped models when the classifier is available, else {}."""
     cfg = manifest.config
     if (cfg.in_channels, cfg.input_size, cfg.num_classes) != (1, 8, 10):

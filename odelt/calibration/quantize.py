@@ -5,13 +5,15 @@ Stages: record calibration feeds along real trajectories (trajectories.record_fe
 graph (fp16.fp16_from_onnx / int8.int8_from_onnx) -> sample FP32 and the variant from the same
 held-out noise and compare (RMSE, FD-digits) -> if a threshold is broken, rank the block linears by
 their own error (sensitivity.layer_errors) and fall back 1, 2, 4, ... of the worst to FP32 -> write
-the variant folder and its report, rename it into the bundle, update the manifest (variants.py).
+the variant folder and its report, rename it into the bundle, record it with Bundle.edit (a variant
+entry lists every graph: changed ones point into the variant folder, the rest at their FP32 file).
 INT8 comes in two flavours (int8.FLAVOURS: "trt" for TensorRT, "cpu" for ONNX Runtime's CPU
 kernels); the same calibration and guard apply to both, and the flavour is recorded with the variant.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -25,10 +27,10 @@ from odelt.calibration.fp16 import fp16_from_onnx
 from odelt.calibration.graph_roles import analyse, name_nodes
 from odelt.calibration.int8 import CALIB_METHODS, DEFAULT_FLAVOUR, get_flavour, int8_from_onnx
 from odelt.calibration.sensitivity import layer_errors
-from odelt.calibration.variants import graph_entry, unchanged_entry
 from odelt.errors import AccuracyError, ConfigError, ExportError
-from odelt.exporter.bundle import Manifest, load_manifest, write_manifest
+from odelt.exporter.bundle import Bundle, open_bundle
 from odelt.exporter.onnx_utils import save_graph, weight_bytes
+from odelt.fileio import partial_dir, read_json, write_json_atomic
 
 DEFAULT_SCHEDULES = ("uniform:euler:4", "uniform:euler:8")   # runtime --schedule names
 MAX_RMSE = {"fp16": 0.01, "int8": 0.05}     # final samples vs FP32, data in [-1, 1]
@@ -68,7 +70,7 @@ class QuantizeOptions:
 class _Converter:
     """Builds the variant of every graph for a given set of fallback nodes (graph -> node names)."""
 
-    def __init__(self, manifest: Manifest, options: QuantizeOptions, feeds: dict, cache: Path):
+    def __init__(self, manifest: Bundle, options: QuantizeOptions, feeds: dict, cache: Path):
         self.manifest, self.options, self.feeds, self.cache = manifest, options, feeds, cache
         self.fp32 = {name: name_nodes(onnx.load(str(manifest.graph_path(name)))) for name in manifest.graphs}
         self.candidates = {name: analyse(m).block_linears for name, m in self.fp32.items()}
@@ -87,13 +89,9 @@ class _Converter:
                               flavour=self.options.flavour)
 
 
-def check_source(manifest: Manifest, precision: str) -> None:
+def check_source(manifest: Bundle, precision: str) -> None:
     """Refuse a bundle that already has this precision, or whose FP32 graphs are not FP32."""
-    existing = manifest.data.get("precisions", {}).get(precision)
-    if existing is not None:
-        kind = f"{precision} ({existing['flavour']} flavour)" if "flavour" in existing else precision
-        raise ExportError(f"{manifest.root} already has a {kind} variant; expected an FP32 bundle "
-                          "without it (re-export the bundle to quantise again)")
+    check_unclaimed(manifest, precision)
     for name in manifest.graphs:
         model = onnx.load(str(manifest.graph_path(name)), load_external_data=False)
         ops = {n.op_type for n in model.graph.node} & QUANTISED_OPS
@@ -106,15 +104,13 @@ def check_source(manifest: Manifest, precision: str) -> None:
 
 def quantize_bundle(bundle: str | os.PathLike, options: QuantizeOptions) -> dict:
     """Add the `options.precision` variant to `bundle`; returns the report (also saved in it)."""
-    manifest = load_manifest(bundle)
+    manifest = open_bundle(bundle)
     check_source(manifest, options.precision)
     schedules = traj.per_length([traj.resolve_schedule(s, manifest) for s in options.schedules], manifest)
     calib = traj.Noise.draw(manifest, options.calib_samples, options.seed)
     held_out = traj.Noise.draw(manifest, options.eval_samples, options.seed + 1)
     feeds = traj.record_feeds(manifest, schedules, calib)
-    root = manifest.root
-    tmp = root / f".{options.precision}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_dir(manifest.root, options.precision)
     try:
         with tempfile.TemporaryDirectory(prefix="odelt-calib-") as cache:
             report = _guarded_build(manifest, options, schedules, (feeds, held_out), (tmp, Path(cache)))
@@ -125,7 +121,7 @@ def quantize_bundle(bundle: str | os.PathLike, options: QuantizeOptions) -> dict
     return report
 
 
-def _guarded_build(manifest: Manifest, options: QuantizeOptions, schedules: list, data: tuple,
+def _guarded_build(manifest: Bundle, options: QuantizeOptions, schedules: list, data: tuple,
                    dirs: tuple[Path, Path]) -> dict:
     feeds, held_out = data
     tmp, cache = dirs
@@ -168,13 +164,13 @@ def _rank(conv: _Converter, names: list[str], built: dict, precision: str) -> li
     return sorted(out, reverse=True)
 
 
-def _path_of(manifest: Manifest, changed: set[str], tmp: Path, precision: str):
+def _path_of(manifest: Bundle, changed: set[str], tmp: Path, precision: str):
     return lambda spec: (tmp / spec.file) if spec.name in changed else manifest.graph_path(spec.name)
 
 
-def _write_graphs(manifest: Manifest, built: dict, tmp: Path, precision: str) -> None:
+def _write_graphs(manifest: Bundle, built: dict, tmp: Path, precision: str) -> None:
     for name, (model, _) in built.items():
-        external = manifest.data["graphs"][name].get("external_data") is not None
+        external = manifest.graph_file(name).external_data is not None
         save_graph(model, tmp / manifest.graph(name).file, external)
 
 
@@ -197,37 +193,53 @@ def _report(options: QuantizeOptions, conv: _Converter, built: dict, outcome: tu
     }
 
 
-def _install(manifest: Manifest, precision: str, tmp: Path, report: dict) -> None:
-    """Move the finished variant folder into the bundle, then record it in the manifest."""
-    import json
-
-    (tmp / "report.json").write_text(json.dumps(report, indent=1, default=float))
-    final = manifest.root / precision
-    if final.exists():                     # left by a run that died before updating the manifest
-        shutil.rmtree(final)
-    os.rename(tmp, final)
-    entries = {}
-    for name in manifest.graphs:
-        if name in report["graphs"]:
-            size = weight_bytes(onnx.load(str(final / manifest.graph(name).file)))
-            entries[name] = graph_entry(manifest, name, precision, manifest.root, size)
-        else:
-            entries[name] = unchanged_entry(manifest, name)
-    data = dict(manifest.data)
-    entry = {"graphs": entries, "report": f"{precision}/report.json", "metrics": metrics.summary(report["metrics"]),
-             "fallback": [f"{f['graph']}:{f['node']}" for f in report["fallback"]]}
-    if "flavour" in report:
-        entry["flavour"] = report["flavour"]
-    data["precisions"] = {**data.get("precisions", {}), precision: entry}
-    write_manifest(manifest.root, data)
+def _install(manifest: Bundle, precision: str, tmp: Path, report: dict) -> None:
+    """Move the finished variant folder into the bundle and record it, under the bundle's lock (a
+    second quantize of the same precision that finished meanwhile is refused, not overwritten)."""
+    write_json_atomic(tmp / "report.json", json.loads(json.dumps(report, default=float)))
+    with manifest.edit() as change:
+        check_unclaimed(change.bundle, precision)
+        final = manifest.root / precision
+        if final.exists():                 # left by a run that died before updating the manifest
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        entries, files = {}, [f"{precision}/report.json"]
+        for name in manifest.graphs:
+            entries[name] = _graph_entry(manifest, name, precision, name in report["graphs"])
+            if entries[name]["changed"]:
+                files += [f for f in (entries[name]["file"], entries[name]["external_data"]) if f]
+        entry = {"graphs": entries, "report": f"{precision}/report.json",
+                 "metrics": metrics.summary(report["metrics"]),
+                 "fallback": [f"{f['graph']}:{f['node']}" for f in report["fallback"]]}
+        if "flavour" in report:
+            entry["flavour"] = report["flavour"]
+        change.set("precisions", precision, entry, files)
 
 
-def load_report(manifest: Manifest, precision: str) -> dict:
-    import json
+def check_unclaimed(manifest: Bundle, precision: str) -> None:
+    """One variant per precision: checked before the work and again under the lock (concurrent runs)."""
+    existing = manifest.variant(precision)
+    if existing is not None:
+        kind = f"{precision} ({existing['flavour']} flavour)" if "flavour" in existing else precision
+        raise ExportError(f"{manifest.root} already has a {kind} variant; expected a bundle "
+                          "without it (re-export the bundle to quantise again)")
 
-    entry = manifest.data.get("precisions", {}).get(precision)
+
+def _graph_entry(manifest: Bundle, name: str, precision: str, changed: bool) -> dict:
+    """A variant's entry for one graph: its own file when changed, the FP32 file otherwise."""
+    if not changed:
+        g = manifest.graph_file(name)
+        return {"file": g.file, "external_data": g.external_data, "weight_bytes": g.weight_bytes, "changed": False}
+    rel = f"{precision}/{manifest.graph(name).file}"
+    data = f"{rel}.data" if (manifest.root / f"{rel}.data").is_file() else None
+    return {"file": rel, "external_data": data, "changed": True,
+            "weight_bytes": weight_bytes(onnx.load(str(manifest.root / rel), load_external_data=False))}
+
+
+def load_report(manifest: Bundle, precision: str) -> dict:
+    entry = manifest.variant(precision)
     if entry is None:
         raise ExportError(f"{manifest.root}: no {precision} variant")
-    return json.loads((manifest.root / entry["report"]).read_text())
+    return read_json(manifest.root / entry["report"], ExportError)
 
 

@@ -18,14 +18,15 @@ from typing import Callable, Mapping
 import numpy as np
 
 from odelt.errors import ConfigError
-from odelt.exporter.bundle import Manifest, run_chain
+from odelt.exporter.bundle import Bundle
+from odelt.exporter.chain import run_chain
 from odelt.exporter.iospec import GraphSpec
 from odelt.runtime.schedule import Schedule
 
 GraphPath = Callable[[GraphSpec], Path]
 
 
-def resolve_schedule(name: str, manifest: Manifest) -> Schedule:
+def resolve_schedule(name: str, manifest: Bundle) -> Schedule:
     """`--calib-schedule NAME|FILE`, resolved as the runtime resolves `--schedule`."""
     from odelt.runtime.heuristics import resolve_schedule as runtime_resolve
 
@@ -34,7 +35,7 @@ def resolve_schedule(name: str, manifest: Manifest) -> Schedule:
     return sched
 
 
-def per_length(schedules: list[Schedule], manifest: Manifest) -> list[Schedule]:
+def per_length(schedules: list[Schedule], manifest: Bundle) -> list[Schedule]:
     """Each schedule at every bundle length (calibration must see every length), and as written when
     it mixes lengths per step."""
     out = []
@@ -48,7 +49,7 @@ def per_length(schedules: list[Schedule], manifest: Manifest) -> list[Schedule]:
 class OrtGraphs:
     """run_graph for run_chain: one ONNX Runtime CPU session per graph file, created on first use."""
 
-    def __init__(self, manifest: Manifest, path_of: GraphPath | None = None, threads: int = 0):
+    def __init__(self, manifest: Bundle, path_of: GraphPath | None = None, threads: int = 0):
         self.manifest = manifest
         self.path_of = path_of or (lambda spec: manifest.graph_path(spec.name))
         self.threads = threads
@@ -91,7 +92,7 @@ class Noise:
     cfg_scale: float = 1.5
 
     @classmethod
-    def draw(cls, manifest: Manifest, samples: int, seed: int) -> Noise:
+    def draw(cls, manifest: Bundle, samples: int, seed: int) -> Noise:
         if samples < 1:
             raise ConfigError(f"calibration needs at least 1 sample, found {samples}")
         cfg = manifest.config
@@ -100,7 +101,7 @@ class Noise:
         return cls(x0, (np.arange(samples) % cfg.num_classes).astype(np.int32))
 
 
-def sample(manifest: Manifest, run_graph, schedule: Schedule, noise: Noise,
+def sample(manifest: Bundle, run_graph, schedule: Schedule, noise: Noise,
            layout: str | None = None) -> np.ndarray:
     """Integrate one schedule (its per-step lengths) from `noise.x0`; final samples (B, C, H, W)."""
     from odelt.runtime.solvers import SOLVERS
@@ -110,7 +111,7 @@ def sample(manifest: Manifest, run_graph, schedule: Schedule, noise: Noise,
     def velocity(x: np.ndarray, t: float, n: int) -> np.ndarray:
         feeds = {"x": np.asarray(x, np.float32), "t": np.full((b,), t, np.float32),
                  "dt_base": np.full((b,), schedule.dt_base[n], np.int32), "y": noise.y}
-        if manifest.cfg:
+        if manifest.guidance:
             feeds["cfg_scale"] = np.full((b,), noise.cfg_scale, np.float32)
         return run_chain(manifest, schedule.lengths[n], feeds, run_graph, layout)
 
@@ -122,13 +123,13 @@ def schedule_key(s: Schedule) -> str:
     return f"{s.name or s.solver}@l={lengths[0] if len(lengths) == 1 else 'mixed'}"
 
 
-def trajectories(manifest: Manifest, run_graph, schedules: list[Schedule], noise: Noise,
+def trajectories(manifest: Bundle, run_graph, schedules: list[Schedule], noise: Noise,
                  layout: str | None = None) -> dict[str, np.ndarray]:
     """Final samples for every schedule (already expanded per length), keyed by schedule_key."""
     return {schedule_key(s): sample(manifest, run_graph, s, noise, layout) for s in schedules}
 
 
-def record_feeds(manifest: Manifest, schedules: list[Schedule], noise: Noise,
+def record_feeds(manifest: Bundle, schedules: list[Schedule], noise: Noise,
                  batch: int = 16) -> dict[str, list[dict[str, np.ndarray]]]:
     """Every FP32 graph's inputs along every trajectory of every layout, in batches of <= `batch`."""
     recorder = Recorder(OrtGraphs(manifest))

@@ -49,18 +49,18 @@ def export(source: str, out: str, layout: str, lengths: str | None, batch: str, 
     options = ExportOptions(layouts=parse_layout(layout), lengths=parse_lengths(lengths),
                             batch=BatchRange.parse(batch), opset=opset, cfg=cfg, force=force)
     manifest = export_source(source, out, options, read_config_file(config_file) if config_file else None)
-    sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in manifest.data["weight_bytes"].items())
+    sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in manifest.weight_bytes.items())
     click.echo(f"wrote {out}: {len(manifest.graphs)} graphs, lengths {list(manifest.lengths)}, weights {sizes}")
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path())
 def inspect(bundle: str) -> None:
-    """Summarise a bundle (checks every file's hash first)."""
-    from odelt.exporter.bundle import load_manifest
+    """Summarise a bundle (hashes every listed file first and refuses unlisted graphs)."""
+    from odelt.exporter.bundle import open_bundle
     from odelt.exporter.report import describe
 
-    for line in describe(load_manifest(bundle)):
+    for line in describe(open_bundle(bundle, verify=True)):
         click.echo(line)
 
 

@@ -23,12 +23,11 @@ def _batches(text: str) -> tuple[int, ...]:
 @click.option("--repeats", type=int, default=20, show_default=True, help="Timed repeats per measurement.")
 def profile(bundle: str, backend: str, batch: str, precisions: tuple[str, ...], repeats: int) -> None:
     """Time every graph and every length's chain of BUNDLE on this device."""
-    from odelt.calibration.variants import precisions as bundle_precisions
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import open_bundle
     from odelt.runtime.profile import profile_bundle, save_profile
 
-    manifest = load_manifest(bundle)
-    precs = precisions or bundle_precisions(manifest)
+    manifest = open_bundle(bundle)
+    precs = precisions or manifest.precisions
     prof = profile_bundle(manifest, backend, _batches(batch), precs, repeats,
                           progress=lambda what: click.echo(f"profiling {what} ...", err=True))
     path = save_profile(manifest, prof)
@@ -47,13 +46,13 @@ def profile(bundle: str, backend: str, batch: str, precisions: tuple[str, ...], 
 @click.option("--pareto", type=click.Path(dir_okay=False), default=None, help="Write a quality/latency plot.")
 def plan(bundle: str, budget_ms: float, batch: int, device: str | None, pareto: str | None) -> None:
     """Choose the best-quality plan whose predicted latency fits --budget-ms."""
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import open_bundle
     from odelt.pipeline.report import plan_table, plot_pareto
     from odelt.runtime.planner import choose
     from odelt.runtime.plans import load_candidates
     from odelt.runtime.profile import call_cost, host_overheads, load_profile
 
-    manifest = load_manifest(bundle)
+    manifest = open_bundle(bundle)
     prof = load_profile(manifest, device)
     choice = choose(load_candidates(manifest), budget_ms, call_cost(prof), batch, *host_overheads(prof))
     click.echo(plan_table(choice))

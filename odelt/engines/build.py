@@ -23,7 +23,8 @@ from tqdm import tqdm
 
 from odelt.engines.targets import get_target
 from odelt.errors import ConfigError, ExportError
-from odelt.exporter.bundle import MANIFEST, Manifest, load_manifest, write_manifest
+from odelt.exporter.bundle import MANIFEST, Bundle, open_bundle
+from odelt.fileio import partial_dir
 
 BACKENDS = ("ort", "tensorrt")
 BUILD_PRECISIONS = ("fp32", "fp16", "int8")
@@ -53,16 +54,14 @@ class BuildRequest:
         return f"{self.backend}{middle}-{self.precision}"
 
 
-def graph_source(manifest: Manifest, name: str, precision: str) -> tuple[Path, bool]:
+def graph_source(manifest: Bundle, name: str, precision: str) -> tuple[Path, bool]:
     """(ONNX file to build from, whether it already holds `precision`).
 
     FP16/INT8 graphs are the bundle's precision variants written by `odelt-export quantize`
-    (odelt.calibration.variants). Without one the FP32 graph is returned: TensorRT 8.x can still
+    (recorded under the bundle's `precisions`). Without one the FP32 graph is returned: TensorRT 8.x can still
     build it with precision flags; ONNX Runtime and TensorRT >= 10 refuse."""
-    from odelt.calibration.variants import precisions, variant_graph_path
-
-    if precision in precisions(manifest):
-        return variant_graph_path(manifest, name, precision), True
+    if precision in manifest.precisions:
+        return manifest.graph_path(name, precision), True
     return manifest.graph_path(name), False
 
 
@@ -71,7 +70,7 @@ BuildOne = Callable[[str, Path, bool, Path], dict]
 
 def build_bundle(bundle: str | os.PathLike, req: BuildRequest) -> dict:
     """Build the engine set `req` describes for every graph; returns its manifest entry."""
-    manifest = load_manifest(bundle)
+    manifest = open_bundle(bundle)
     root = manifest.root
     final = root / "engines" / req.set_name
     if final.exists() and not req.force:
@@ -82,34 +81,34 @@ def build_bundle(bundle: str | os.PathLike, req: BuildRequest) -> dict:
     if req.backend == "ort" and not all(typed for _, typed in sources.values()):
         raise ExportError(f"the bundle has no {req.precision} graphs (ONNX Runtime runs the graph as "
                           f"written): run `odelt-export quantize BUNDLE --precision {req.precision}` first")
-    tmp = root / "engines" / f".tmp-{req.set_name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    tmp = partial_dir(root / "engines", req.set_name)
     graphs: dict[str, str] = {}
     facts: dict = {}
     try:
         for name, (src, typed) in tqdm(sources.items(), desc=f"build {req.set_name}", unit="graph"):
             facts = builder(name, src, typed, tmp)
             graphs[name] = f"engines/{req.set_name}/{facts.pop('file')}"
-        _swap_in(tmp, final)
+        entry = {"backend": req.backend, "target": req.target if req.backend == "tensorrt" else None,
+                 "precision": req.precision, "dir": f"engines/{req.set_name}", "graphs": graphs,
+                 "built": facts}
+        with manifest.edit() as change:                   # swap and record under the bundle's lock
+            _swap_in(tmp, final)
+            change.set("engines", req.set_name, entry, files=_set_files(final, root))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if not any(tmp.parent.iterdir()):
             tmp.parent.rmdir()  # leave no empty engines/ behind a failed first build
-    entry = {"backend": req.backend, "target": req.target if req.backend == "tensorrt" else None,
-             "precision": req.precision, "dir": f"engines/{req.set_name}", "graphs": graphs,
-             "built": facts}
-    data = {k: v for k, v in manifest.data.items() if k != "files"}
-    data["engines"] = {**data.get("engines", {}), req.set_name: entry}
-    write_manifest(root, data)
     return entry
 
 
-def _check_flavour(manifest: Manifest, req: BuildRequest) -> None:
-    """TensorRT's Q/DQ layers take signed INT8 with zero point 0 only: the CPU flavour cannot build."""
-    from odelt.calibration.variants import int8_flavour
+def _set_files(folder: Path, root: Path) -> list[str]:
+    """Every file of an engine set (engines and their JSON records), relative to the bundle."""
+    return sorted(p.relative_to(root).as_posix() for p in folder.rglob("*") if p.is_file())
 
-    if req.backend == "tensorrt" and req.precision == "int8" and int8_flavour(manifest) == "cpu":
+
+def _check_flavour(manifest: Bundle, req: BuildRequest) -> None:
+    """TensorRT's Q/DQ layers take signed INT8 with zero point 0 only: the CPU flavour cannot build."""
+    if req.backend == "tensorrt" and req.precision == "int8" and manifest.int8_flavour == "cpu":
         raise ExportError(f"{manifest.root}: the int8 variant is the ONNX Runtime CPU flavour (uint8 activations), "
                           "which TensorRT cannot build; expected the trt flavour: re-quantize with "
                           "`odelt-export quantize BUNDLE --precision int8 --int8-flavour trt`")
@@ -137,7 +136,7 @@ def _ort_builder(req: BuildRequest) -> BuildOne:
     return build
 
 
-def _trt_builder(req: BuildRequest, manifest: Manifest) -> BuildOne:
+def _trt_builder(req: BuildRequest, manifest: Bundle) -> BuildOne:
     from odelt.engines import tensorrt as trt_engines
 
     version = trt_engines.require_tensorrt()  # BackendUnavailable here, before any work

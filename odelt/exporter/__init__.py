@@ -1,8 +1,9 @@
 """Exporter: ODE_t(ODE_l) DiTs -> ONNX bundles (per-length graphs, or weight-sharing segments with
-hoisted conditioning), plus the bundle reader API (`load_manifest`, `run_chain`) and verification."""
+hoisted conditioning), plus the bundle reader API (`open_bundle`, `run_chain`) and verification."""
 
-from odelt.exporter.bundle import FORMAT, Manifest, load_manifest, run_chain
+from odelt.exporter.bundle import FORMAT, Bundle, open_bundle
+from odelt.exporter.chain import run_chain
 from odelt.exporter.iospec import BatchRange, GraphSpec, LayoutPlan, TensorSpec, plan_layout
 
-__all__ = ["FORMAT", "Manifest", "load_manifest", "run_chain", "BatchRange", "GraphSpec", "LayoutPlan",
+__all__ = ["FORMAT", "Bundle", "open_bundle", "run_chain", "BatchRange", "GraphSpec", "LayoutPlan",
            "TensorSpec", "plan_layout"]

@@ -1,5 +1,6 @@
-"""The export bundle: a folder of ONNX graphs plus `manifest.json`, and the small reader API that
-the verifier, the engine builder and the runtime use. Keep this API stable.
+"""The export bundle: a folder of ONNX graphs plus `manifest.json`. `Bundle` is the only code that
+reads or writes the manifest; every stage opens a bundle with `open_bundle` and records what it
+made with `Bundle.update` / `Bundle.edit`. Running a chain of graphs lives in odelt.exporter.chain.
 
 Bundle layout (format "odelt-bundle/1")::
 
@@ -7,11 +8,13 @@ Bundle layout (format "odelt-bundle/1")::
       manifest.json
       segments/cond.onnx            conditioning: (t, dt_base, y, l) -> mod0..mod{k-1}, final_mod
       segments/blocks_0-3.onnx      chunk: (x | h, V) + its blocks' mods -> h_out, V_out
-      segments/blocks_4-7.onnx      ...one chunk per span between exits
       segments/head.onnx            exit head: (V, final_mod[, cfg_scale]) -> velocity
       per-length/length_4.onnx      (x, t, dt_base, y[, cfg_scale]) -> velocity, l folded in
       <graph>.onnx.data             external weights, next to their graph, when the model is large
-      tables/<name>.npz             optional precomputed modulation tables (see below)
+      fp16/ int8/                   precision variants (odelt.calibration.quantize)
+      engines/<set>/                engine sets (odelt.engines.build)
+      tables/<name>.npz             precomputed modulation tables (odelt.exporter.tables)
+      profile/ schedules/ quality.json   written by later stages, not hashed (they are rewritten)
 
 manifest.json keys::
 
@@ -26,103 +29,128 @@ manifest.json keys::
                   {"name", "dtype", "shape"} with dynamic axes "batch" / "2*batch" (see iospec.py)
     chains        {layout: {str(length): [graph name, ...]}}: run in order to get the velocity
     weight_bytes  {"segments", "segments_without_conditioning", "per-length"} (those exported)
-    tables        {name: table entry} (see below; {} when none)
-    files         {relpath: sha256-16 of the file}: every file in the bundle except the manifest
+    tables        {name: {"file", "length", "y", "cfg", "rows", "t", "dt_base", "outputs"}}
+    precisions    {"fp16" | "int8": {"graphs": {name: {"file", "external_data", "weight_bytes",
+                   "changed"}}, "report", "metrics", "fallback", "flavour" (int8: "trt" | "cpu")}}
+    engines       {set name: {"backend", "target", "precision", "dir", "graphs": {name: relpath},
+                   "built": {...}}}
+    files         {relpath: {"sha256": 16 hex, "size": int, "mtime_ns": int, "owner": "section/key"}}
 
-Dataflow along a chain (what `run_chain` implements): keep a dict of named tensors, starting with
-the caller's x, t, dt_base, y (and cfg_scale) plus l = full((B,), length, int32). Each graph reads
-its inputs from the dict by name; each output named `<n>_out` is stored back as `<n>` (chunks pass
-h and V this way), other outputs under their own name. The last graph outputs `velocity`.
-With cfg, graph rows inside the chain are 2B (B conditional rows, then B null-class rows); the
-caller's tensors stay B.
+Every file a manifest entry names is listed under `files` by the stage that wrote it, with the
+entry that owns it; replacing an entry drops the files it owned. Opening a bundle compares each
+listed file's size and modification time with the record and hashes only files whose time moved
+(so opening a multi-GB bundle costs milliseconds); `open_bundle(..., verify=True)` hashes every
+file and also refuses graph or engine files that no entry lists.
 
-Modulation tables (`tables/<name>.npz`, built by odelt.exporter.tables): for a fixed time schedule,
-class and length, the conditioning graph's outputs precomputed, so a device needs no conditioning
-weights. Manifest entry: {"file", "length", "y" (int, or null = the null class), "cfg", "rows",
-"t": [S floats], "dt_base": [S ints], "outputs": [names]}. The npz holds, per output name, a float32
-array (S, rows, width): rows = 1 (class y) or 2 (cfg: class y, then the null class). To feed step s
-at batch B, repeat each row B times in order: np.repeat(table[name][s], B, axis=0) -> (rows*B, width).
+Writes are serialised: `edit()` takes an exclusive lock on BUNDLE/.manifest.lock, re-reads the
+manifest under it, and replaces manifest.json atomically, so two stages running at once never
+lose each other's entries.
 """
 
 from __future__ import annotations
 
-import hashlib
+import fcntl
 import json
 import os
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Any, Iterable, Iterator
 
-import numpy as np
-
-from odelt.errors import ExportError
+from odelt.errors import BundleError
 from odelt.exporter.iospec import BatchRange, GraphSpec
-from odelt.fileio import read_json
+from odelt.fileio import file_hash, read_json, remove_stale_partials, write_json_atomic
 from odelt.models.config import DiTConfig
-
-
-def file_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (first 16 hex digits), the same digest as
-    odelt.models.checkpoint.file_hash; defined here so that reading a bundle never imports torch
-    (the runtime runs on devices without it)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
-
 
 FORMAT = "odelt-bundle/1"
 MANIFEST = "manifest.json"
+LOCK = ".manifest.lock"
+PRECISIONS = ("fp32", "fp16", "int8")
+SECTIONS = ("precisions", "engines", "tables")           # what later stages add, one entry per key
+ARTIFACT_SUFFIXES = (".onnx", ".onnx.data", ".ort", ".plan", ".engine", ".npz")
 
 
 @dataclass(frozen=True)
-class Manifest:
-    """A parsed manifest.json plus the folder it came from."""
+class GraphFile:
+    """Where one graph of one precision lives (paths relative to the bundle)."""
 
-    root: Path
-    data: dict = field(repr=False)
+    file: str
+    external_data: str | None
+    weight_bytes: int
 
+
+class Bundle:
+    """A parsed manifest plus the folder it came from. Read-only: change it with `update`/`edit`."""
+
+    def __init__(self, root: Path, data: dict):
+        self.root = Path(root)
+        self._data = data
+
+    # -- the model and its export -------------------------------------------------------------
     @property
     def config(self) -> DiTConfig:
-        return DiTConfig.from_dict(self.data["model"]["config"])
+        return DiTConfig.from_dict(self._data["model"]["config"])
+
+    @property
+    def source(self) -> str:
+        return str(self._data["model"].get("source") or "")
+
+    @property
+    def model_hash(self) -> str | None:
+        """File hash of the model the bundle was exported from (None when not recorded)."""
+        return self._data["model"].get("source_hash") or None
+
+    @property
+    def param_bytes(self) -> int:
+        return int(self._data["model"]["param_bytes"])
 
     @property
     def layouts(self) -> tuple[str, ...]:
-        return tuple(self.data["layouts"])
+        return tuple(self._data["layouts"])
 
     @property
     def lengths(self) -> tuple[int, ...]:
-        return tuple(self.data["lengths"])
+        return tuple(self._data["lengths"])
 
     @property
     def opset(self) -> int:
-        return int(self.data["opset"])
+        return int(self._data["opset"])
 
     @property
-    def cfg(self) -> bool:
-        return bool(self.data["cfg"])
+    def guidance(self) -> bool:
+        """Classifier-free guidance folded into the graphs (they take cfg_scale, rows are 2B)."""
+        return bool(self._data["cfg"])
+
+    @property
+    def null_class(self) -> int:
+        return int(self._data.get("null_class", self.config.num_classes))
 
     @property
     def batch(self) -> BatchRange:
-        return BatchRange(**self.data["batch"])
+        return BatchRange(**self._data["batch"])
 
+    @property
+    def weight_bytes(self) -> dict[str, int]:
+        return dict(self._data["weight_bytes"])
+
+    # -- graphs and chains --------------------------------------------------------------------
     @property
     def graphs(self) -> dict[str, GraphSpec]:
-        return {name: GraphSpec.from_dict(g) for name, g in self.data["graphs"].items()}
-
-    @property
-    def tables(self) -> dict[str, dict]:
-        return dict(self.data.get("tables", {}))
+        return {name: GraphSpec.from_dict(g) for name, g in self._data["graphs"].items()}
 
     def graph(self, name: str) -> GraphSpec:
-        if name not in self.data["graphs"]:
-            raise ExportError(f"{self.root}: no graph {name!r}; expected one of {sorted(self.data['graphs'])}")
-        return GraphSpec.from_dict(self.data["graphs"][name])
+        if name not in self._data["graphs"]:
+            raise BundleError(f"{self.root}: no graph {name!r}; expected one of {sorted(self._data['graphs'])}")
+        return GraphSpec.from_dict(self._data["graphs"][name])
 
-    def graph_path(self, name: str) -> Path:
-        """Absolute path of a graph's .onnx file (its external data, if any, sits next to it)."""
-        return self.root / self.graph(name).file
+    def graph_file(self, name: str, precision: str = "fp32") -> GraphFile:
+        self.graph(name)
+        g = self._data["graphs"][name] if precision == "fp32" else self._variant_graphs(precision, name)
+        return GraphFile(g["file"], g.get("external_data"), int(g.get("weight_bytes", 0)))
+
+    def graph_path(self, name: str, precision: str = "fp32") -> Path:
+        """Absolute path of graph `name` in `precision` (its external data, if any, sits next to it)."""
+        return self.root / self.graph_file(name, precision).file
 
     def default_layout(self) -> str:
         return "segments" if "segments" in self.layouts else self.layouts[0]
@@ -131,86 +159,186 @@ class Manifest:
         """The graphs that compute the velocity at `length`, in run order."""
         layout = layout or self.default_layout()
         if layout not in self.layouts:
-            raise ExportError(f"{self.root}: layout {layout!r} not in this bundle; expected one of {list(self.layouts)}")
-        chains = self.data["chains"][layout]
+            raise BundleError(f"{self.root}: layout {layout!r} not in this bundle; expected one of {list(self.layouts)}")
+        chains = self._data["chains"][layout]
         if str(length) not in chains:
-            raise ExportError(f"{self.root}: length {length} not exported; expected one of {list(self.lengths)}")
+            raise BundleError(f"{self.root}: length {length} not exported; expected one of {list(self.lengths)}")
         return [self.graph(name) for name in chains[str(length)]]
 
+    def chains(self, layout: str) -> dict[int, list[str]]:
+        return {int(n): list(c) for n, c in self._data["chains"][layout].items()}
 
-def load_manifest(bundle: str | os.PathLike, check_files: bool = True) -> Manifest:
-    """Read BUNDLE/manifest.json; with check_files, also check every listed file's hash."""
-    root = Path(bundle)
+    # -- what later stages added --------------------------------------------------------------
+    @property
+    def tables(self) -> dict[str, dict]:
+        return json.loads(json.dumps(self._data.get("tables", {})))
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        """Precisions this bundle offers; FP32 always."""
+        return ("fp32", *self._data.get("precisions", {}))
+
+    def variant(self, precision: str) -> dict | None:
+        """The manifest entry of a precision variant (a copy), None when the bundle has none."""
+        entry = self._data.get("precisions", {}).get(precision)
+        return None if entry is None else json.loads(json.dumps(entry))
+
+    @property
+    def int8_flavour(self) -> str | None:
+        """Flavour of the int8 variant ("trt" | "cpu"); variants from before flavours were "trt"."""
+        entry = self.variant("int8")
+        return None if entry is None else str(entry.get("flavour", "trt"))
+
+    def _variant_graphs(self, precision: str, name: str) -> dict:
+        entry = self._data.get("precisions", {}).get(precision)
+        if entry is None:
+            raise BundleError(f"{self.root}: no {precision} variant; expected one of {list(self.precisions)} "
+                              f"(run `odelt-export quantize {self.root} --precision {precision}`)")
+        if name not in entry["graphs"]:
+            raise BundleError(f"{self.root}: {precision} variant has no graph {name!r}")
+        return entry["graphs"][name]
+
+    @property
+    def engine_sets(self) -> dict[str, dict]:
+        return json.loads(json.dumps(self._data.get("engines", {})))
+
+    def engine_set(self, name: str) -> dict:
+        sets = self._data.get("engines", {})
+        if name not in sets:
+            raise BundleError(f"{self.root}: no engine set {name!r}; expected one of {sorted(sets)} "
+                              f"(run `odelt-export build {self.root} ...`)")
+        return json.loads(json.dumps(sets[name]))
+
+    @property
+    def files(self) -> dict[str, dict]:
+        return {rel: _record(r) for rel, r in self._data.get("files", {}).items()}
+
+    # -- writing --------------------------------------------------------------------------------
+    @contextmanager
+    def edit(self) -> Iterator[Edit]:
+        """Lock the bundle, re-read its manifest, let the caller change it, write it atomically.
+        The caller may also move its own files into place inside the block (under the lock)."""
+        lock_path = self.root / LOCK
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise BundleError(f"{self.root}: cannot write the bundle ({e.strerror}: {lock_path})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            clean_partials(self, "engines")                # work folders of killed stages
+            current = _read(self.root)
+            change = Edit(current)
+            yield change
+            if change.changed:
+                write_json_atomic(self.root / MANIFEST, change.bundle._data)
+        finally:
+            os.close(fd)                                   # closing releases the lock
+        self._data = _read(self.root)._data
+
+    def update(self, section: str, key: str, entry: dict | None, files: Iterable[str] = ()) -> Bundle:
+        """Record (or with entry None, remove) one entry of `section`, owning `files`."""
+        with self.edit() as change:
+            change.set(section, key, entry, files)
+        return self
+
+    def check_files(self, verify: bool = False) -> None:
+        """Listed files exist with their recorded size; hash those whose mtime moved (all with verify)."""
+        for rel, rec in self.files.items():
+            p = self.root / rel
+            try:
+                st = p.stat()
+            except OSError:
+                raise BundleError(f"{self.root}: bundle file {rel} is missing (expected by manifest.json)") from None
+            if rec["size"] not in (None, st.st_size):
+                raise BundleError(f"{self.root}: bundle file {rel} was modified: {st.st_size} bytes, "
+                                  f"manifest says {rec['size']}")
+            if verify or rec["mtime_ns"] != st.st_mtime_ns:
+                digest = file_hash(p)
+                if digest != rec["sha256"]:
+                    raise BundleError(f"{self.root}: bundle file {rel} was modified: hash {digest}, "
+                                      f"manifest says {rec['sha256']}")
+        if verify:
+            self._check_unlisted()
+
+    def _check_unlisted(self) -> None:
+        listed = set(self._data.get("files", {}))
+        for p in sorted(self.root.rglob("*")):
+            rel = p.relative_to(self.root).as_posix()
+            hidden = any(part.startswith(".") for part in Path(rel).parts)
+            if p.is_file() and not hidden and rel.endswith(ARTIFACT_SUFFIXES) and rel not in listed:
+                raise BundleError(f"{self.root}: {rel} is not listed in manifest.json; expected every graph, "
+                                  "engine and table file to belong to an entry (remove it or re-run its stage)")
+
+
+class Edit:
+    """The manifest being changed inside `Bundle.edit()`; `bundle` is the state read under the lock."""
+
+    def __init__(self, bundle: Bundle):
+        self.bundle = bundle
+        self.changed = False
+
+    def set(self, section: str, key: str, entry: dict | None, files: Iterable[str] = ()) -> None:
+        if section not in SECTIONS:
+            raise BundleError(f"unknown manifest section {section!r}; expected one of {list(SECTIONS)}")
+        data = self.bundle._data
+        owner = f"{section}/{key}"
+        records = {rel: r for rel, r in data.get("files", {}).items() if _record(r)["owner"] != owner}
+        if entry is None:
+            data.get(section, {}).pop(key, None)
+        else:
+            data[section] = {**data.get(section, {}), key: entry}
+            records.update(file_records(self.bundle.root, files, owner))
+        data["files"] = dict(sorted(records.items()))
+        self.changed = True
+
+
+def file_records(root: Path, files: Iterable[str], owner: str) -> dict[str, dict]:
+    """Hash, size and mtime of each file (relative to root), as manifest.json records them."""
+    out = {}
+    for rel in files:
+        p = root / rel
+        if not p.is_file():
+            raise BundleError(f"{root}: cannot record {rel}: expected a file, found none")
+        st = p.stat()
+        out[rel] = {"sha256": file_hash(p), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "owner": owner}
+    return out
+
+
+def _record(r: Any) -> dict:
+    """A file record; manifests from before records (a bare hash) are always hashed when opened."""
+    if isinstance(r, str):
+        return {"sha256": r, "size": None, "mtime_ns": None, "owner": "export"}
+    return r
+
+
+def write_new_bundle(root: Path, data: dict, files: Iterable[str]) -> Bundle:
+    """Write the manifest of a freshly exported folder (private to the exporter, not yet in place)."""
+    data = {**data, "files": file_records(root, sorted(files), "export")}
+    write_json_atomic(root / MANIFEST, data)
+    return Bundle(root, data)
+
+
+def _read(root: Path) -> Bundle:
     path = root / MANIFEST
-    data = read_json(path, ExportError, f"not a bundle: expected {path} (an exported folder with a manifest), found none")
+    data = read_json(path, BundleError, f"not a bundle: expected {path} (an exported folder with a manifest), "
+                                        "found none")
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise ExportError(f"{path}: expected bundle format {FORMAT!r}, found {found!r}")
-    manifest = Manifest(root, data)
-    if check_files:
-        check_bundle_files(manifest)
-    return manifest
-
-
-def check_bundle_files(manifest: Manifest) -> None:
-    """Every file the manifest lists exists and has the recorded hash."""
-    for rel, digest in manifest.data["files"].items():
-        p = manifest.root / rel
-        if not p.is_file():
-            raise ExportError(f"{manifest.root}: bundle file {rel} is missing (expected by manifest.json)")
-        if file_hash(p) != digest:
-            raise ExportError(f"{manifest.root}: bundle file {rel} was modified: hash {file_hash(p)}, "
-                              f"manifest says {digest}")
-
-
-def write_manifest(root: Path, data: dict) -> None:
-    """Write manifest.json atomically (temp file, then rename), recording hashes of all files."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST and not p.name.startswith("."))
-    data = {**data, "files": {p.relative_to(root).as_posix(): file_hash(p) for p in files}}
-    tmp = root / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, root / MANIFEST)
-
-
-RunGraph = Callable[[GraphSpec, dict[str, np.ndarray]], Mapping[str, np.ndarray]]
-
-
-def chain_feeds(graph: GraphSpec, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    missing = [t.name for t in graph.inputs if t.name not in env]
+        raise BundleError(f"{path}: expected bundle format {FORMAT!r}, found {found!r}")
+    missing = [k for k in ("model", "layouts", "lengths", "graphs", "chains", "batch", "opset", "cfg") if k not in data]
     if missing:
-        raise ExportError(f"graph {graph.name} needs inputs {missing}, which no earlier graph or caller provided")
-    return {t.name: env[t.name] for t in graph.inputs}
+        raise BundleError(f"{path}: manifest lacks {missing}; expected a complete {FORMAT} manifest")
+    return Bundle(root, data)
 
 
-def run_chain(manifest: Manifest, length: int, feeds: Mapping[str, np.ndarray], run_graph: RunGraph,
-              layout: str | None = None) -> np.ndarray:
-    """Compute the velocity at `length` by running the chain with `run_graph(spec, inputs) -> outputs`.
-
-    `feeds` holds the caller's x, t, dt_base, y (and cfg_scale when the bundle has cfg); `l` is
-    added here. Any backend (ONNX Runtime, TensorRT) plugs in through `run_graph`. Passing the
-    conditioning outputs (mod*, final_mod) in `feeds` and a chain without "cond" is how a
-    modulation table replaces the conditioning graph.
-    """
-    batch = int(np.asarray(feeds["x"]).shape[0])
-    env: dict[str, np.ndarray] = {"l": np.full((batch,), length, dtype=np.int32), **feeds}
-    for graph in manifest.chain(length, layout):
-        if graph.kind == "conditioning" and all(t.name in feeds for t in graph.outputs):
-            continue                                         # a modulation table already gave them
-        outputs = run_graph(graph, chain_feeds(graph, env))
-        for name, value in outputs.items():
-            env[name[:-4] if name.endswith("_out") else name] = value
-    return env["velocity"]
+def open_bundle(path: str | os.PathLike, verify: bool = False) -> Bundle:
+    """Open BUNDLE (cheap file checks; `verify` hashes every file and refuses unlisted graphs)."""
+    bundle = _read(Path(path))
+    bundle.check_files(verify)
+    return bundle
 
 
-def load_table(manifest: Manifest, name: str) -> dict[str, np.ndarray]:
-    """A stored modulation table: {output name: (S, rows, width) float32}."""
-    if name not in manifest.tables:
-        raise ExportError(f"{manifest.root}: no modulation table {name!r}; expected one of {sorted(manifest.tables)}")
-    with np.load(manifest.root / manifest.tables[name]["file"]) as z:
-        return {k: z[k] for k in z.files}
-
-
-def table_feeds(table: Mapping[str, np.ndarray], step: int, batch: int) -> dict[str, np.ndarray]:
-    """Conditioning outputs for step `step` at caller batch `batch`: each row repeated batch times,
-    rows in order (class rows, then null rows with cfg) -> (rows * batch, width)."""
-    return {name: np.repeat(arr[step], batch, axis=0) for name, arr in table.items()}
+def clean_partials(bundle: Bundle, *folders: str) -> None:
+    """Remove `.…partial-<pid>` folders that dead processes left in the bundle (and subfolders)."""
+    for folder in ("", *folders):
+        remove_stale_partials(bundle.root / folder)

@@ -16,8 +16,9 @@ from torch import nn
 
 from odelt.errors import ConfigError, ExportError
 from odelt.exporter import onnx_utils
-from odelt.exporter.bundle import FORMAT, MANIFEST, Manifest, load_manifest, write_manifest
+from odelt.exporter.bundle import FORMAT, MANIFEST, Bundle, open_bundle, write_new_bundle
 from odelt.exporter.iospec import LAYOUTS, BatchRange, GraphSpec, TensorSpec, check_lengths, plan_layout
+from odelt.fileio import partial_dir, remove_stale_partials
 from odelt.exporter.wrappers import ChunkGraph, ConditioningGraph, HeadGraph, LengthGraph
 from odelt.models.dit import DiT
 
@@ -114,7 +115,7 @@ def _param_bytes(dit: DiT, spec: GraphSpec) -> int:
 
 
 def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, source: str = "",
-                  source_hash: str = "") -> Manifest:
+                  source_hash: str = "") -> Bundle:
     """Export `dit` into the bundle folder `out`; returns its manifest. Nothing is left at `out`
     unless the whole bundle was written."""
     cfg = dit.config
@@ -125,18 +126,17 @@ def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, sour
     external = options.external_data
     if external is None:
         external = dit.param_bytes() > EXTERNAL_DATA_BYTES
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = partial_dir(out.parent, out.name)
     try:
-        tmp.mkdir(parents=True)
         graphs = _export_graphs(dit, plans, options, tmp, external)
         shutil.rmtree(tmp / ".scratch", ignore_errors=True)
-        write_manifest(tmp, _manifest_data(dit, options, lengths, plans, graphs, (source, source_hash)))
+        files = [f for g in graphs.values() for f in (g["file"], g["external_data"]) if f]
+        write_new_bundle(tmp, _manifest_data(dit, options, lengths, plans, graphs, (source, source_hash)), files)
         _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return load_manifest(out, check_files=False)
+    return open_bundle(out)
 
 
 def _export_graphs(dit: DiT, plans: list, options: ExportOptions, root: Path, external: bool) -> dict:
@@ -179,7 +179,7 @@ def _manifest_data(dit: DiT, options: ExportOptions, lengths: tuple[int, ...], p
 
 def _check_target(out: Path, force: bool) -> None:
     """`out` may be absent or empty; a bundle only with force; anything else is refused."""
-    _remove_stale(out)
+    remove_stale_partials(out.parent)
     if out.exists() and not out.is_dir():
         raise ExportError(f"output {out} exists and is a file; expected a folder path")
     if out.is_dir() and any(out.iterdir()):
@@ -187,26 +187,6 @@ def _check_target(out: Path, force: bool) -> None:
             raise ExportError(f"output folder {out} is not empty; pass --force to overwrite it")
         if not (out / MANIFEST).is_file():
             raise ExportError(f"refusing to overwrite {out}: it is not empty and not an odelt bundle (no {MANIFEST})")
-
-
-def _remove_stale(out: Path) -> None:
-    """Temp folders of earlier exports to `out` that were killed midway (their process is gone)."""
-    if not out.parent.is_dir():
-        return
-    for p in out.parent.glob(f".{out.name}.*-*"):
-        kind, _, pid = p.name.rpartition("-")
-        if kind.endswith((".partial", ".old")) and pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -221,7 +201,7 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def export_source(source: str, out: str | os.PathLike, options: ExportOptions, config: dict | None = None) -> Manifest:
+def export_source(source: str, out: str | os.PathLike, options: ExportOptions, config: dict | None = None) -> Bundle:
     """Load `source` (builtin:NAME, our checkpoint, or an upstream pickle with `config`) and export it.
     The manifest records where it came from and the file's hash, so `verify` can reload it."""
     from odelt.models.checkpoint import BUILTIN_PREFIX, file_hash, load_checkpoint, resolve_source

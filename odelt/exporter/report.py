@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from odelt.exporter.bundle import Manifest
+from odelt.exporter.bundle import FORMAT, Bundle
 from odelt.exporter.iospec import TensorSpec
 
 
@@ -24,34 +24,33 @@ def _tensors(ts: tuple[TensorSpec, ...]) -> str:
     return " ".join(rest)
 
 
-def describe(manifest: Manifest) -> list[str]:
-    d, cfg = manifest.data, manifest.config
-    b = manifest.batch
-    model = d["model"]
+def describe(manifest: Bundle) -> list[str]:
+    cfg, b, params = manifest.config, manifest.batch, manifest.param_bytes
     lines = [
-        f"bundle {manifest.root} ({d['format']}): opset {manifest.opset}, cfg {'yes' if manifest.cfg else 'no'}, "
+        f"bundle {manifest.root} ({FORMAT}): opset {manifest.opset}, guidance {'yes' if manifest.guidance else 'no'}, "
         f"batch {b.min}:{b.opt}:{b.max}",
-        f"model {model['source'] or '?'} (hash {model['source_hash'] or '?'}): hidden {cfg.hidden_size}, depth "
+        f"model {manifest.source or '?'} (hash {manifest.model_hash or '?'}): hidden {cfg.hidden_size}, depth "
         f"{cfg.depth}, heads {cfg.num_heads}, group {cfg.depth_group}, {cfg.in_channels}x{cfg.input_size}x"
-        f"{cfg.input_size}, {cfg.num_classes} classes, {_mb(model['param_bytes'])} of parameters",
-        "weights: " + ", ".join(f"{k} {_mb(v)} ({v / model['param_bytes']:.2f}x)" for k, v in d["weight_bytes"].items()),
+        f"{cfg.input_size}, {cfg.num_classes} classes, {_mb(params)} of parameters",
+        "weights: " + ", ".join(f"{k} {_mb(v)} ({v / params:.2f}x)" for k, v in manifest.weight_bytes.items()),
         f"lengths: {', '.join(str(n) for n in manifest.lengths)}",
         "graphs:",
     ]
-    for name, g in d["graphs"].items():
-        spec = manifest.graph(name)
+    for name, spec in manifest.graphs.items():
+        g = manifest.graph_file(name)
         blocks = f"blocks {spec.blocks[0]}-{spec.blocks[-1]}" if spec.blocks else "no blocks"
-        ext = " +external data" if g.get("external_data") else ""
-        lines.append(f"  {spec.file:<28} {spec.kind:<12} {blocks:<14} {_mb(g['weight_bytes']):>10}{ext}")
+        ext = " +external data" if g.external_data else ""
+        lines.append(f"  {spec.file:<28} {spec.kind:<12} {blocks:<14} {_mb(g.weight_bytes):>10}{ext}")
         lines.append(f"      in:  {_tensors(spec.inputs)}")
         lines.append(f"      out: {_tensors(spec.outputs)}")
     lines.append("chains:")
-    for layout, chains in d["chains"].items():
-        for n, chain in chains.items():
+    for layout in manifest.layouts:
+        for n, chain in manifest.chains(layout).items():
             lines.append(f"  {layout:<10} l={n:<3} {' -> '.join(chain)}")
-    tables = manifest.tables
     lines.append("tables: " + (", ".join(f"{k} (l={t['length']}, {len(t['t'])} steps, y={t['y']})"
-                                         for k, t in tables.items()) or "none"))
+                                         for k, t in manifest.tables.items()) or "none"))
+    lines.append("precisions: " + ", ".join(manifest.precisions))
+    lines.append("engine sets: " + (", ".join(sorted(manifest.engine_sets)) or "none"))
     return lines
 
 

@@ -5,19 +5,19 @@ The format is documented in bundle.py (manifest "tables")."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from odelt.errors import ScheduleError
-from odelt.exporter.bundle import Manifest, load_manifest, write_manifest
+from odelt.exporter.bundle import Bundle, open_bundle
+from odelt.fileio import atomic_path
 
 # (t (1,), dt_base (1,), y (1,), l (1,)) -> {output name: (rows, width)}
 Conditioner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
-def onnx_conditioner(manifest: Manifest) -> Conditioner:
+def onnx_conditioner(manifest: Bundle) -> Conditioner:
     """The bundle's own conditioning graph in ONNX Runtime (CPU): the numbers a device would compute."""
     import onnxruntime as ort
 
@@ -26,7 +26,7 @@ def onnx_conditioner(manifest: Manifest) -> Conditioner:
     return lambda feed: dict(zip(names, sess.run(None, feed)))
 
 
-def torch_conditioner(dit, manifest: Manifest) -> Conditioner:
+def torch_conditioner(dit, manifest: Bundle) -> Conditioner:
     """The same outputs from the PyTorch model, through the export wrapper."""
     import torch
 
@@ -34,7 +34,7 @@ def torch_conditioner(dit, manifest: Manifest) -> Conditioner:
 
     spec = manifest.graph("cond")
     mods = sum(1 for o in spec.outputs if o.name.startswith("mod"))
-    wrapper = ConditioningGraph(dit, mods, manifest.cfg)
+    wrapper = ConditioningGraph(dit, mods, manifest.guidance)
 
     def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad():
@@ -44,7 +44,7 @@ def torch_conditioner(dit, manifest: Manifest) -> Conditioner:
     return run
 
 
-def _check_schedule(manifest: Manifest, t: np.ndarray, dt_base: np.ndarray, length: int, y: int | None) -> None:
+def _check_schedule(manifest: Bundle, t: np.ndarray, dt_base: np.ndarray, length: int, y: int | None) -> None:
     if "segments" not in manifest.layouts:
         raise ScheduleError(f"{manifest.root}: modulation tables need the segments layout (a conditioning graph)")
     if length not in manifest.lengths:
@@ -60,7 +60,7 @@ def _check_schedule(manifest: Manifest, t: np.ndarray, dt_base: np.ndarray, leng
         raise ScheduleError(f"class must be in [0, {classes}] ({classes} = null), found {y}")
 
 
-def build_table(manifest: Manifest, t: Sequence[float], dt_base: Sequence[int], length: int,
+def build_table(manifest: Bundle, t: Sequence[float], dt_base: Sequence[int], length: int,
                 y: int | None = None, conditioner: Conditioner | None = None) -> dict[str, np.ndarray]:
     """{output name: (S, rows, width) float32} for steps (t[s], dt_base[s]) at `length`, class y
     (None = the null class); rows = 2 (class, then null) when the bundle has cfg, else 1."""
@@ -78,19 +78,14 @@ def add_table(bundle: str | os.PathLike, name: str, t: Sequence[float], dt_base:
     """Build a table and store it as tables/<name>.npz; the manifest is rewritten atomically."""
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ScheduleError(f"table name must be letters, digits, '-' or '_', found {name!r}")
-    manifest = load_manifest(bundle)
+    manifest = open_bundle(bundle)
     table = build_table(manifest, t, dt_base, length, y, conditioner)
-    root = Path(bundle)
-    (root / "tables").mkdir(exist_ok=True)
     rel = f"tables/{name}.npz"
-    tmp = root / "tables" / f".{name}.tmp.npz"
-    np.savez(tmp, **table)  # type: ignore[arg-type]
-    os.replace(tmp, root / rel)
-    entry = {"file": rel, "length": int(length), "y": y, "cfg": manifest.cfg,
+    with atomic_path(manifest.root / rel, suffix=".npz") as tmp:
+        np.savez(tmp, **table)  # type: ignore[arg-type]
+    entry = {"file": rel, "length": int(length), "y": y, "cfg": manifest.guidance,
              "rows": int(next(iter(table.values())).shape[1]),
              "t": [float(v) for v in np.asarray(t, np.float32)], "dt_base": [int(v) for v in dt_base],
              "outputs": list(table)}
-    data = {k: v for k, v in manifest.data.items() if k != "files"}
-    data["tables"] = {**manifest.tables, name: entry}
-    write_manifest(root, data)
+    manifest.update("tables", name, entry, files=[rel])
     return entry

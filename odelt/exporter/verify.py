@@ -12,7 +12,8 @@ import numpy as np
 
 from odelt.errors import ExportError
 from odelt.exporter import onnx_utils
-from odelt.exporter.bundle import Manifest, load_manifest, run_chain
+from odelt.exporter.bundle import Bundle, open_bundle
+from odelt.exporter.chain import run_chain
 from odelt.exporter.iospec import BatchRange, TensorSpec, caller_inputs
 from odelt.models.checkpoint import file_hash, load_checkpoint, resolve_source
 from odelt.models.dit import DiT
@@ -34,19 +35,19 @@ def default_batch_sizes(batch: BatchRange) -> tuple[int, ...]:
     return (batch.min, min(batch.max, batch.min + 2) if batch.max > batch.min else batch.min + 1)
 
 
-def model_for_bundle(manifest: Manifest, source: str | None = None) -> DiT:
+def model_for_bundle(manifest: Bundle, source: str | None = None) -> DiT:
     """The PyTorch model the bundle was exported from; its file hash must match the manifest's."""
-    src = source or manifest.data["model"]["source"]
+    src = source or manifest.source
     if not src:
         raise ExportError(f"{manifest.root}: the manifest records no source model; pass --source")
-    want = manifest.data["model"]["source_hash"]
+    want = manifest.model_hash
     have = file_hash(resolve_source(src))
     if want and have != want:
         raise ExportError(f"source {src} has hash {have}, but the bundle was exported from hash {want}")
     return load_checkpoint(src, manifest.config)
 
 
-def random_step_inputs(manifest: Manifest, batch: int, rng: np.random.Generator, case: int) -> dict[str, np.ndarray]:
+def random_step_inputs(manifest: Bundle, batch: int, rng: np.random.Generator, case: int) -> dict[str, np.ndarray]:
     """Caller inputs: random x, t spread over [0, 1] (case 0 hits t = 0 and 1), every dt_base level,
     labels including the null class, guidance scales in [1, 4]."""
     cfg = manifest.config
@@ -56,7 +57,7 @@ def random_step_inputs(manifest: Manifest, batch: int, rng: np.random.Generator,
     feed = {"x": rng.standard_normal((batch, cfg.in_channels, cfg.input_size, cfg.input_size)).astype(np.float32),
             "t": t, "dt_base": rng.integers(0, 8, batch).astype(np.int32),
             "y": rng.integers(0, cfg.num_classes + 1, batch).astype(np.int32)}
-    if manifest.cfg:
+    if manifest.guidance:
         feed["cfg_scale"] = rng.uniform(1.0, 4.0, batch).astype(np.float32)
     return feed
 
@@ -78,7 +79,7 @@ def _runner_classes():
     class ChainRunner(BaseRunner):
         """Runs one length's chain of graphs with one OnnxrtRunner per graph."""
 
-        def __init__(self, manifest: Manifest, layout: str, length: int, sessions: dict):
+        def __init__(self, manifest: Bundle, layout: str, length: int, sessions: dict):
             super().__init__(name=f"onnxrt-{layout}-l{length}")
             self.manifest, self.layout, self.length, self.sessions = manifest, layout, length, sessions
 
@@ -89,7 +90,7 @@ def _runner_classes():
                 r.activate()
 
         def get_input_metadata_impl(self):
-            return _metadata(caller_inputs(self.manifest.config, self.manifest.cfg))
+            return _metadata(caller_inputs(self.manifest.config, self.manifest.guidance))
 
         def infer_impl(self, feed_dict):
             run = lambda g, f: self.runners[g.name].infer(f, check_inputs=False)  # noqa: E731
@@ -105,7 +106,7 @@ def _runner_classes():
     class TorchRunner(BaseRunner):
         """PyTorch reference (CPU): DiT.forward, CFG as two calls."""
 
-        def __init__(self, dit: DiT, manifest: Manifest, length: int):
+        def __init__(self, dit: DiT, manifest: Bundle, length: int):
             super().__init__(name=f"pytorch-l{length}")
             self.dit, self.manifest, self.length = dit, manifest, length
 
@@ -113,7 +114,7 @@ def _runner_classes():
             pass
 
         def get_input_metadata_impl(self):
-            return _metadata(caller_inputs(self.manifest.config, self.manifest.cfg))
+            return _metadata(caller_inputs(self.manifest.config, self.manifest.guidance))
 
         def infer_impl(self, feed_dict):
             import torch
@@ -143,7 +144,7 @@ def cpu_session(path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def check_graphs(manifest: Manifest) -> list[str]:
+def check_graphs(manifest: Bundle) -> list[str]:
     import onnx
 
     for name in manifest.graphs:
@@ -154,7 +155,7 @@ def check_graphs(manifest: Manifest) -> list[str]:
     return sorted(manifest.graphs)
 
 
-def recount_weight_bytes(manifest: Manifest) -> dict[str, int]:
+def recount_weight_bytes(manifest: Bundle) -> dict[str, int]:
     """Weight bytes per layout from the ONNX files themselves (+ segments without conditioning)."""
     import onnx
 
@@ -168,7 +169,7 @@ def recount_weight_bytes(manifest: Manifest) -> dict[str, int]:
     return out
 
 
-def duplicate_initializers(manifest: Manifest, layout: str = "segments") -> int:
+def duplicate_initializers(manifest: Bundle, layout: str = "segments") -> int:
     """Initializers (>= 1 KiB) whose bytes appear in more than one graph of `layout`."""
     seen: dict[str, str] = {}
     dups = 0
@@ -181,7 +182,7 @@ def duplicate_initializers(manifest: Manifest, layout: str = "segments") -> int:
     return dups
 
 
-def compare_length(manifest: Manifest, dit: DiT, layout: str, length: int, sessions: dict,
+def compare_length(manifest: Bundle, dit: DiT, layout: str, length: int, sessions: dict,
                    options: VerifyOptions) -> float:
     """Max |ORT - PyTorch| over all cases and batch sizes for one layout and length."""
     from polygraphy.comparator import Comparator
@@ -202,7 +203,7 @@ def verify_bundle(bundle, options: VerifyOptions = VerifyOptions()) -> dict:
     from tqdm import tqdm
 
     G_LOGGER.module_severity = G_LOGGER.ERROR
-    manifest = load_manifest(bundle)
+    manifest = open_bundle(bundle, verify=True)
     dit = model_for_bundle(manifest, options.source)
     checked = check_graphs(manifest)
     sessions = {name: cpu_session(manifest.graph_path(name)) for name in checked}
@@ -218,7 +219,7 @@ def verify_bundle(bundle, options: VerifyOptions = VerifyOptions()) -> dict:
         "param_bytes": param_bytes, "weight_bytes": weights,
         "weight_ratio": {k: round(v / param_bytes, 4) for k, v in weights.items()},
         "duplicate_initializers": duplicate_initializers(manifest) if "segments" in manifest.layouts else 0,
-        "checked_graphs": checked, "opset": manifest.opset, "cfg": manifest.cfg,
+        "checked_graphs": checked, "opset": manifest.opset, "cfg": manifest.guidance,
         "batch_sizes": list(options.batch_sizes or default_batch_sizes(manifest.batch)),
         "cases_per_batch_size": options.cases,
     }

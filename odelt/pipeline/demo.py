@@ -57,13 +57,13 @@ def _cached(path: Path, make: Callable[[], Any], log: Log, what: str) -> Any:
 
 
 def stage_export(opts: DemoOptions, log: Log):
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import open_bundle
     from odelt.exporter.export import ExportOptions, export_source
 
     bundle = opts.out / "bundle"
     if (bundle / "manifest.json").is_file():
         log(f"export: reusing {bundle}")
-        return load_manifest(bundle)
+        return open_bundle(bundle)
     log("export: segments + per-length graphs ...")
     return export_source(opts.source, bundle, ExportOptions(layouts=("segments", "per-length")))
 
@@ -77,19 +77,18 @@ def stage_verify(opts: DemoOptions, manifest, log: Log) -> dict:
 
 def stage_quantize(opts: DemoOptions, manifest, log: Log) -> dict[str, dict]:
     from odelt.calibration.quantize import QuantizeOptions, load_report, quantize_bundle
-    from odelt.calibration.variants import precisions
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import open_bundle
 
     reports = {}
     for precision in [p for p in opts.precisions if p != "fp32"]:
-        if precision not in precisions(load_manifest(manifest.root)):
+        if precision not in open_bundle(manifest.root).precisions:
             log(f"quantize: {precision}, calibrated on ODE trajectories ...")
             extra = {"flavour": opts.int8_flavour} if precision == "int8" else {}
             quantize_bundle(manifest.root, QuantizeOptions(precision=precision, calib_samples=opts.calib_samples,
                                                            eval_samples=32 if opts.quick else 64, **extra))
         else:
             log(f"quantize: reusing {precision}")
-        reports[precision] = load_report(load_manifest(manifest.root), precision)
+        reports[precision] = load_report(open_bundle(manifest.root), precision)
     return reports
 
 
@@ -129,7 +128,7 @@ def _relearn(opts: DemoOptions, manifest, model, names, log: Log) -> list:
             budget = int(n[1:]) if n.startswith("b") else None
             req = Request(method=method, solver=solver, nfe=None if budget else int(n), budget=budget)
             log(f"schedules: learning {name} ...")
-            s = learn_schedule(model, req, manifest.data["model"].get("source_hash"), progress=True)
+            s = learn_schedule(model, req, manifest.model_hash, progress=True)
             save_schedule(s, path)
         out.append(load_schedule(path))
     return out
@@ -137,11 +136,11 @@ def _relearn(opts: DemoOptions, manifest, model, names, log: Log) -> list:
 
 def stage_build(opts: DemoOptions, manifest, log: Log) -> None:
     from odelt.engines.build import BuildRequest, build_bundle
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import open_bundle
 
     for precision in opts.precisions:
         req = BuildRequest(backend="ort", precision=precision)
-        if req.set_name in load_manifest(manifest.root).data.get("engines", {}):
+        if req.set_name in open_bundle(manifest.root).engine_sets:
             log(f"build: reusing ort {precision} engines")
             continue
         log(f"build: ort {precision} engines (graphs optimised offline) ...")
@@ -149,7 +148,7 @@ def stage_build(opts: DemoOptions, manifest, log: Log) -> None:
 
 
 def stage_profile(opts: DemoOptions, manifest, log: Log) -> dict:
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import open_bundle
     from odelt.runtime.profile import (
         device_description,
         device_id,
@@ -157,7 +156,7 @@ def stage_profile(opts: DemoOptions, manifest, log: Log) -> dict:
         save_profile,
     )
 
-    manifest = load_manifest(manifest.root)
+    manifest = open_bundle(manifest.root)
     path = manifest.root / "profile" / f"{device_id(device_description('ort'))}.json"
     if path.is_file():
         log(f"profile: reusing {path}")
@@ -169,7 +168,7 @@ def stage_profile(opts: DemoOptions, manifest, log: Log) -> dict:
 
 
 def stage_quality(opts: DemoOptions, manifest, model, schedules: list, log: Log) -> list[dict]:
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import open_bundle
     from odelt.pipeline.quality import install_schedules, quality_rows, write_quality
     from odelt.runtime.plans import QUALITY
 
@@ -177,7 +176,7 @@ def stage_quality(opts: DemoOptions, manifest, model, schedules: list, log: Log)
     if path.is_file():
         log(f"quality: reusing {path}")
         return json.loads(path.read_text())["rows"]
-    manifest = load_manifest(manifest.root)
+    manifest = open_bundle(manifest.root)
     installed = install_schedules(manifest, schedules)
     log(f"quality: {len(installed)} schedules x {len(opts.precisions)} precisions on held-out noise ...")
     rows = quality_rows(manifest, model, installed, opts.precisions, n=opts.quality_n)
@@ -246,7 +245,7 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
 
 
 def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import open_bundle
     from odelt.exporter.verify import model_for_bundle
     from odelt.pipeline.report import write_report
 
@@ -255,12 +254,12 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     manifest = stage_export(opts, log)
     verify = stage_verify(opts, manifest, log)
     quant = stage_quantize(opts, manifest, log)
-    model = model_for_bundle(load_manifest(manifest.root))
+    model = model_for_bundle(open_bundle(manifest.root))
     schedules = stage_schedules(opts, manifest, model, log)
     stage_build(opts, manifest, log)
     rows = stage_quality(opts, manifest, model, schedules, log)
     prof = stage_profile(opts, manifest, log)     # last before the plans run: a shared machine drifts
-    runs = stage_plans(opts, load_manifest(manifest.root), prof, log)
+    runs = stage_plans(opts, open_bundle(manifest.root), prof, log)
     facts = {"verify": verify, "quantize": quant, "profile": prof, "quality": rows, "runs": runs,
              "seconds": round(time.perf_counter() - start, 1), "source": opts.source}
     write_json_atomic(opts.out / "demo.json", facts)

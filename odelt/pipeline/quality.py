@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from odelt.exporter.bundle import Manifest
+from odelt.exporter.bundle import Bundle
 from odelt.fileio import write_json_atomic
 from odelt.runtime.backend import open_backend
 from odelt.runtime.plans import FORMAT, QUALITY, call_lengths, schedule_path
@@ -26,10 +26,10 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
 
 
-def install_schedules(manifest: Manifest, schedules: Sequence[Schedule]) -> dict[str, Schedule]:
+def install_schedules(manifest: Bundle, schedules: Sequence[Schedule]) -> dict[str, Schedule]:
     """Copy schedules into BUNDLE/schedules/ (validated against the bundle); name -> schedule."""
     out = {}
-    model_hash = manifest.data["model"].get("source_hash")
+    model_hash = manifest.model_hash
     for s in schedules:
         s.check_fits(model_hash, manifest.lengths)
         name = _safe(s.name or f"{s.method}-{s.solver}-{s.nfe}")
@@ -47,12 +47,12 @@ def _fd(samples: np.ndarray) -> float | None:
     return float(fd_digits(samples))
 
 
-def quality_rows(manifest: Manifest, model, schedules: dict[str, Schedule], precisions: Sequence[str],
+def quality_rows(manifest: Bundle, model, schedules: dict[str, Schedule], precisions: Sequence[str],
                  n: int = 128, seed: int = 0, progress: Callable[[str], None] | None = None) -> list[dict]:
     """Held-out RMSE to the teacher and FD-digits for every (schedule, precision)."""
     from odelt.schedules.problem import make_pairs
 
-    key = manifest.data["model"].get("source_hash")
+    key = manifest.model_hash
     pairs = make_pairs(model, n, seed, held_out=True, key=key)
     z, y, teacher = pairs.z.numpy(), pairs.y.numpy().astype(np.int32), pairs.x.numpy()
     rows = []
@@ -68,7 +68,7 @@ def quality_rows(manifest: Manifest, model, schedules: dict[str, Schedule], prec
     return rows
 
 
-def write_quality(manifest: Manifest, rows: list[dict], n: int, seed: int) -> Path:
+def write_quality(manifest: Bundle, rows: list[dict], n: int, seed: int) -> Path:
     data = {"format": FORMAT, "held_out": {"n": n, "seed": seed, "teacher": "euler-128-full-length"},
             "rows": rows}
     return write_json_atomic(manifest.root / QUALITY, data)

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Protocol
 import numpy as np
 
 from odelt.errors import ConfigError, RuntimeFailure
-from odelt.exporter.bundle import Manifest
+from odelt.exporter.bundle import Bundle
 from odelt.exporter.iospec import GraphSpec, TensorSpec
 
 STEP_INPUTS = ("x", "t", "dt_base", "y", "l", "cfg_scale")
@@ -57,7 +57,7 @@ class Slot:
 class BufferPlan:
     """Buffer keys and shapes for every (length, graph) of a layout at one batch size."""
 
-    def __init__(self, manifest: Manifest, layout: str, lengths: tuple[int, ...], batch: int):
+    def __init__(self, manifest: Bundle, layout: str, lengths: tuple[int, ...], batch: int):
         self.batch = batch
         self.chains: dict[int, list[GraphSpec]] = {n: manifest.chain(n, layout) for n in lengths}
         self.slots: dict[str, Slot] = {}       # key -> slot (each key is one buffer)
@@ -132,7 +132,7 @@ def skip_graph(graph: GraphSpec, feeds: Mapping[str, Any]) -> bool:
     return graph.kind == "conditioning" and all(t.name in feeds for t in graph.outputs)
 
 
-def check_batch(manifest: Manifest, batch: int, profile_bound: bool) -> None:
+def check_batch(manifest: Bundle, batch: int, profile_bound: bool) -> None:
     """Engines with optimisation profiles serve only the manifest's batch range (rows double with
     host-side guidance). Graphs run by ONNX Runtime take any batch."""
     if batch < 1:
@@ -143,7 +143,7 @@ def check_batch(manifest: Manifest, batch: int, profile_bound: bool) -> None:
                           f"(export with --batch MIN:OPT:MAX to change it)")
 
 
-def open_backend(name: str, manifest: Manifest, **options: Any) -> Backend:
+def open_backend(name: str, manifest: Bundle, **options: Any) -> Backend:
     """Open backend `name` ("ort" or "tensorrt") on a bundle; heavy imports happen here."""
     if name == "ort":
         from odelt.runtime.ort_backend import OrtBackend

@@ -25,7 +25,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from odelt.errors import BackendUnavailable, ExportError, RuntimeFailure
-from odelt.exporter.bundle import Manifest, run_chain
+from odelt.exporter.bundle import Bundle
+from odelt.exporter.chain import run_chain
 from odelt.exporter.iospec import GraphSpec
 from odelt.runtime.backend import BufferPlan, chain_length, check_batch, host_buffers, skip_graph
 
@@ -57,7 +58,7 @@ def _shared_cpu_arena(ort: Any) -> bool:
 class OrtBackend:
     name = "ort"
 
-    def __init__(self, manifest: Manifest, layout: str | None = None, lengths: tuple[int, ...] | None = None,
+    def __init__(self, manifest: Bundle, layout: str | None = None, lengths: tuple[int, ...] | None = None,
                  providers: tuple[str, ...] | None = None, threads: int = 0, naive: bool = False,
                  precision: str = "fp32", engines: bool = True, spinning: bool | None = None,
                  shared_arena: bool = True):
@@ -105,16 +106,14 @@ class OrtBackend:
         """The built ORT engine of graph `name` at this precision, when the bundle has one."""
         if not self.use_engines or self.device != "cpu":
             return None
-        for entry in self.manifest.data.get("engines", {}).values():
+        for entry in self.manifest.engine_sets.values():
             if entry.get("backend") == "ort" and entry.get("precision") == self.precision and name in entry["graphs"]:
                 return self.manifest.root / entry["graphs"][name]
         return None
 
     def _session(self, ort: Any, so: Any, providers: list[str], name: str) -> Any:
-        from odelt.calibration.variants import variant_graph_path
-
         engine = self.engine_path(name)
-        path = engine or variant_graph_path(self.manifest, name, self.precision)
+        path = engine or self.manifest.graph_path(name, self.precision)
         if not path.is_file():
             raise ExportError(f"{self.manifest.root}: graph file {path.name} is missing")
         try:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from odelt.errors import ConfigError
-from odelt.exporter.bundle import Manifest
+from odelt.exporter.bundle import Bundle
 from odelt.fileio import read_json
 from odelt.runtime.planner import Candidate
 from odelt.runtime.schedule import Schedule, load_schedule
@@ -40,11 +40,11 @@ def call_lengths(schedule: Schedule) -> tuple[int, ...]:
     return tuple(seen)
 
 
-def schedule_path(manifest: Manifest, name: str) -> Path:
+def schedule_path(manifest: Bundle, name: str) -> Path:
     return manifest.root / "schedules" / f"{name}.json"
 
 
-def load_candidates(manifest: Manifest) -> list[Candidate]:
+def load_candidates(manifest: Bundle) -> list[Candidate]:
     path = manifest.root / QUALITY
     data = read_json(path, ConfigError, f"{manifest.root}: no quality table ({QUALITY}); expected one from "
                      "`odelt-export demo` or odelt.pipeline.quality.write_quality")
@@ -54,7 +54,7 @@ def load_candidates(manifest: Manifest) -> list[Candidate]:
                       float(r["error"]), r.get("fd")) for r in data["rows"]]
 
 
-def load_plan_schedule(manifest: Manifest, candidate: Candidate) -> Schedule:
+def load_plan_schedule(manifest: Bundle, candidate: Candidate) -> Schedule:
     path = schedule_path(manifest, candidate.schedule)
     if not path.is_file():
         raise ConfigError(f"{manifest.root}: plan {candidate.name} needs schedules/{path.name}, which is missing")

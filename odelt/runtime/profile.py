@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from odelt.errors import ConfigError
-from odelt.exporter.bundle import Manifest
+from odelt.exporter.bundle import Bundle
 from odelt.fileio import read_json, write_json_atomic
 from odelt.runtime.backend import open_backend
 
@@ -88,7 +88,7 @@ def _timed_round_robin(fns: dict[str, Callable[[], Any]], repeats: int, warmup: 
     return {k: _summary(v) for k, v in times.items()}
 
 
-def step_feeds(manifest: Manifest, length: int, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+def step_feeds(manifest: Bundle, length: int, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Random inputs of one network call at `length` (what a solver step feeds the backend)."""
     cfg = manifest.config
     rng = np.random.default_rng(seed)
@@ -96,7 +96,7 @@ def step_feeds(manifest: Manifest, length: int, batch: int, seed: int = 0) -> di
              "t": rng.random(batch).astype(np.float32), "dt_base": np.full(batch, 2, np.int32),
              "y": np.arange(batch, dtype=np.int32) % (cfg.num_classes + 1),
              "l": np.full(batch, length, np.int32)}
-    if manifest.cfg:
+    if manifest.guidance:
         feeds["cfg_scale"] = np.full(batch, 1.5, np.float32)
     return feeds
 
@@ -112,24 +112,22 @@ def _graph_feeds(spec: Any, batch: int, rng: np.random.Generator) -> dict[str, n
     return feeds
 
 
-def profile_graphs(manifest: Manifest, precision: str, batch: int, repeats: int) -> dict[str, dict]:
+def profile_graphs(manifest: Bundle, precision: str, batch: int, repeats: int) -> dict[str, dict]:
     import onnxruntime as ort
-
-    from odelt.calibration.variants import variant_graph_path
 
     rng = np.random.default_rng(0)
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     out = {}
     for name, spec in sorted(manifest.graphs.items()):
-        sess = ort.InferenceSession(str(variant_graph_path(manifest, name, precision)), so,
+        sess = ort.InferenceSession(str(manifest.graph_path(name, precision)), so,
                                     providers=["CPUExecutionProvider"])
         feeds = _graph_feeds(spec, batch, rng)
         out[name] = _timed(lambda: sess.run(None, feeds), repeats)
     return out
 
 
-def measure_host_overhead(backend: Any, manifest: Manifest, batch: int, repeats: int = 30) -> tuple[float, float]:
+def measure_host_overhead(backend: Any, manifest: Bundle, batch: int, repeats: int = 30) -> tuple[float, float]:
     """(per call, per batch) ms the runtime spends outside backend calls, measured with the real
     sampler on the open backend: Euler with 1 and with 8 steps at the shortest length, taking turns;
     the host time of a batch is its wall time minus the time inside backend.infer. Host work runs
@@ -159,7 +157,7 @@ def host_overheads(profile: dict[str, Any]) -> tuple[float, float]:
     return float(profile.get("step_overhead_ms", 0.0)), float(profile.get("sample_overhead_ms", 0.0))
 
 
-def profile_bundle(manifest: Manifest, backend: str = "ort", batches: Iterable[int] = (1, 8),
+def profile_bundle(manifest: Bundle, backend: str = "ort", batches: Iterable[int] = (1, 8),
                    precisions: Iterable[str] = ("fp32",), repeats: int = 20,
                    progress: Callable[[str], None] | None = None, threads: int = 1,
                    time_graphs: bool = True) -> dict[str, Any]:
@@ -195,7 +193,7 @@ def profile_bundle(manifest: Manifest, backend: str = "ort", batches: Iterable[i
     return result
 
 
-def predict_now(manifest: Manifest, candidate: Any, batch: int, threads: int = 1) -> float:
+def predict_now(manifest: Bundle, candidate: Any, batch: int, threads: int = 1) -> float:
     """A plan's predicted ms from a profile of just its precision's calls, taken now (no per-graph
     timings): next to a run, it separates the cost model's error from the machine's drift."""
     from odelt.runtime.planner import predict_ms
@@ -205,12 +203,12 @@ def predict_now(manifest: Manifest, candidate: Any, batch: int, threads: int = 1
     return predict_ms(candidate, call_cost(now), batch, *host_overheads(now))
 
 
-def save_profile(manifest: Manifest, profile: dict[str, Any]) -> Path:
+def save_profile(manifest: Bundle, profile: dict[str, Any]) -> Path:
     """Write profile/<device-id>.json into the bundle, atomically."""
     return write_json_atomic(manifest.root / "profile" / f"{profile['device_id']}.json", profile)
 
 
-def load_profile(manifest: Manifest, device: str | None = None) -> dict[str, Any]:
+def load_profile(manifest: Bundle, device: str | None = None) -> dict[str, Any]:
     """This device's profile (or the named one); a one-line error when the bundle has none."""
     folder = manifest.root / "profile"
     have = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []

@@ -9,7 +9,7 @@ from typing import Callable
 
 import numpy as np
 
-from odelt.exporter.bundle import Manifest, load_manifest
+from odelt.exporter.bundle import Bundle, open_bundle
 from odelt.runtime.backend import check_batch, open_backend
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.planner import Choice, choose
@@ -46,7 +46,7 @@ class GenerateResult:
 
 def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
                          progress: Callable[[int], None] | None = None) -> GenerateResult:
-    manifest = load_manifest(bundle)
+    manifest = open_bundle(bundle)
     choice = None
     if opts.budget_ms is not None:
         choice, opts = plan_for_budget(manifest, opts)
@@ -55,8 +55,8 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
         schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))
     if opts.length is not None and schedule.method == "heuristic":
         schedule = schedule.with_lengths(opts.length)
-    schedule.check_fits(manifest.data["model"].get("source_hash") or None, manifest.lengths, opts.cfg_scale)
-    rows = 2 * opts.batch if (opts.cfg_scale not in (None, 1.0) and not manifest.cfg) else opts.batch
+    schedule.check_fits(manifest.model_hash, manifest.lengths, opts.cfg_scale)
+    rows = 2 * opts.batch if (opts.cfg_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
     check_batch(manifest, rows, profile_bound=opts.backend == "tensorrt")
     if opts.n < 1:
         from odelt.errors import ConfigError
@@ -74,7 +74,7 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
     return GenerateResult(images, stats, schedule, peak_rss_mb(), choice)
 
 
-def plan_for_budget(manifest: Manifest, opts: GenerateOptions) -> tuple[Choice, GenerateOptions]:
+def plan_for_budget(manifest: Bundle, opts: GenerateOptions) -> tuple[Choice, GenerateOptions]:
     """The planner's choice for opts.budget_ms at opts.batch, and the options that run it as profiled."""
     prof = load_profile(manifest)
     choice = choose(load_candidates(manifest), float(opts.budget_ms or 0), call_cost(prof), opts.batch,

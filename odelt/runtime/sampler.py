@@ -24,7 +24,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from odelt.errors import RuntimeFailure
-from odelt.exporter.bundle import Manifest
+from odelt.exporter.bundle import Bundle
+from odelt.exporter.chain import load_table
 from odelt.runtime.backend import Backend
 from odelt.runtime.schedule import Schedule
 from odelt.runtime.solvers import SOLVER_INFO, SOLVERS
@@ -57,11 +58,10 @@ class Stats:
 class Tables:
     """The bundle's modulation tables as {(length, y, t float32, dt_base): {output: (rows, width)}}."""
 
-    def __init__(self, manifest: Manifest):
+    def __init__(self, manifest: Bundle):
         self.rows: dict[tuple[int, int | None, float, int], dict[str, np.ndarray]] = {}
-        for entry in manifest.tables.values():
-            data = np.load(manifest.root / entry["file"])
-            arrays = {name: data[name] for name in entry["outputs"]}
+        for name, entry in manifest.tables.items():
+            arrays = load_table(manifest, name)
             for s, (t, d) in enumerate(zip(entry["t"], entry["dt_base"])):
                 key = (int(entry["length"]), entry["y"], float(np.float32(t)), int(d))
                 self.rows[key] = {name: a[s] for name, a in arrays.items()}
@@ -75,13 +75,13 @@ class Sampler:
     One sample at a time: the step inputs and counters per batch size are made once and reused (as
     the backend reuses its buffers)."""
 
-    def __init__(self, backend: Backend, manifest: Manifest, schedule: Schedule, cfg_scale: float | None = None,
+    def __init__(self, backend: Backend, manifest: Bundle, schedule: Schedule, cfg_scale: float | None = None,
                  use_tables: bool = True):
-        schedule.check_fits(_model_hash(manifest), backend.lengths, cfg_scale)
+        schedule.check_fits(manifest.model_hash, backend.lengths, cfg_scale)
         self.backend, self.manifest, self.schedule = backend, manifest, schedule
         self.cfg_scale = cfg_scale
-        self.null_class = int(manifest.data.get("null_class", manifest.config.num_classes))
-        self.host_cfg = cfg_scale is not None and cfg_scale != 1.0 and not manifest.cfg
+        self.null_class = manifest.null_class
+        self.host_cfg = cfg_scale is not None and cfg_scale != 1.0 and not manifest.guidance
         self.tables = Tables(manifest) if use_tables and manifest.tables and backend.layout == "segments" else None
         self._grid: list[Any] = list(schedule.t_grid)
         self._kwargs = schedule.solver_kwargs()
@@ -132,7 +132,7 @@ class Sampler:
         rows = _StepRows(2 * b if self.host_cfg else b, self.schedule.lengths, self.schedule.dt_base)
         feeds = {"t": rows.t(0.0), "dt_base": rows.levels[0], "l": rows.lengths[0],
                  "y": np.full(rows.count, self.null_class, np.int32)}
-        if self.manifest.cfg:
+        if self.manifest.guidance:
             feeds["cfg_scale"] = np.full(rows.count, 1.0 if self.cfg_scale is None else self.cfg_scale, np.float32)
         bound = self._binds[b] = _Bound(feeds)
         lengths, levels = self.schedule.lengths, self.schedule.dt_base
@@ -226,10 +226,6 @@ def _table_label(y: np.ndarray, null_class: int) -> int | None:
     if (y != y[0]).any():
         return -1
     return None if int(y[0]) == null_class else int(y[0])
-
-
-def _model_hash(manifest: Manifest) -> str | None:
-    return manifest.data.get("model", {}).get("source_hash") or None
 
 
 def _all_finite(x: np.ndarray) -> bool:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import numpy as np
 
 from odelt.errors import BackendUnavailable, ExportError, RuntimeFailure
-from odelt.exporter.bundle import Manifest
+from odelt.exporter.bundle import Bundle
 from odelt.runtime.backend import BufferPlan, chain_length, check_batch, skip_graph
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def _check(result: Any) -> Any:
 class TrtBackend:
     name = "tensorrt"
 
-    def __init__(self, manifest: Manifest, layout: str | None = None, lengths: tuple[int, ...] | None = None,
+    def __init__(self, manifest: Bundle, layout: str | None = None, lengths: tuple[int, ...] | None = None,
                  engine_set: str | None = None, cuda_graphs: bool = False, precision: str | None = None):
         self.manifest = manifest
         self.precision = precision                        # picks the engine set when none is named
@@ -91,7 +91,7 @@ class TrtBackend:
         return self
 
     def _engine_entry(self) -> dict:
-        sets = {k: v for k, v in self.manifest.data.get("engines", {}).items() if v.get("backend") == "tensorrt"
+        sets = {k: v for k, v in self.manifest.engine_sets.items() if v.get("backend") == "tensorrt"
                 and (self.engine_set or self.precision is None or v.get("precision") == self.precision)}
         if not sets:
             wanted = f" {self.precision}" if self.precision and not self.engine_set else ""

@@ -9,13 +9,13 @@ from odelt.calibration.fp16 import fp16_from_onnx, node_dtypes
 from odelt.calibration.graph_roles import analyse, name_nodes
 from odelt.calibration.int8 import fused_ops, int8_from_onnx
 from odelt.errors import ConfigError
-from odelt.exporter import load_manifest
+from odelt.exporter import open_bundle
 
 FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 
 
 def _graph(bundle, name):
-    return name_nodes(onnx.load(str(load_manifest(bundle).graph_path(name))))
+    return name_nodes(onnx.load(str(open_bundle(bundle).graph_path(name))))
 
 
 def _feeds(model, n=4, seed=0):

@@ -7,11 +7,11 @@ import pytest
 
 from odelt.calibration import metrics
 from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
-from odelt.calibration.variants import int8_flavour, precisions, variant_graph_path
 from odelt.cli import main
 from odelt.errors import AccuracyError, ConfigError, ExportError
-from odelt.exporter import load_manifest
+from odelt.exporter import open_bundle
 
+from tests.bundles import edit_by_hand
 from tests.calibration.conftest import FAST
 
 QDQ = {"QuantizeLinear", "DequantizeLinear"}
@@ -27,16 +27,16 @@ def _snapshot(root):
 
 def test_int8_variant_written_and_recorded(bundle):
     report = quantize_bundle(bundle, QuantizeOptions("int8", **FAST))
-    manifest = load_manifest(bundle)               # every file, variant included, hash-checked
-    assert precisions(manifest) == ("fp32", "int8")
-    assert report["flavour"] == int8_flavour(manifest) == "trt"       # TensorRT's Q/DQ is the default
+    manifest = open_bundle(bundle)               # every file, variant included, hash-checked
+    assert manifest.precisions == ("fp32", "int8")
+    assert report["flavour"] == manifest.int8_flavour == "trt"       # TensorRT's Q/DQ is the default
     assert report["metrics"]["rmse_worst"] <= 0.05 and report["fallback"] == []
     assert report["metrics"]["rmse"] > 0           # the variant really differs from FP32
     for name in ("blocks_0-1", "blocks_2-3", "length_2", "length_4"):
-        path = variant_graph_path(manifest, name, "int8")
+        path = manifest.graph_path(name, "int8")
         assert path.parent.parent.name == "int8" and QDQ <= _ops(path)
     for name in ("cond", "head"):                  # nothing to quantise: the FP32 file is shared
-        assert variant_graph_path(manifest, name, "int8") == manifest.graph_path(name)
+        assert manifest.graph_path(name, "int8") == manifest.graph_path(name)
     saved = json.loads((bundle / "int8" / "report.json").read_text())
     assert saved["metrics"]["rmse"] == pytest.approx(report["metrics"]["rmse"])
     assert not list(bundle.glob(".int8*"))         # no temp folder left behind
@@ -45,7 +45,7 @@ def test_int8_variant_written_and_recorded(bundle):
 def test_fp16_variant_accuracy(bundle):
     report = quantize_bundle(bundle, QuantizeOptions("fp16", **FAST))
     assert 0 < report["metrics"]["rmse_worst"] <= 0.01
-    path = variant_graph_path(load_manifest(bundle), "blocks_0-1", "fp16")
+    path = open_bundle(bundle).graph_path("blocks_0-1", "fp16")
     inits = onnx.load(str(path)).graph.initializer
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in inits)
 
@@ -57,9 +57,9 @@ def test_impossible_threshold_falls_back_every_layer(segments_bundle):
     assert len(report["fallback"]) == n_linears == 24   # 6 per block, 4 blocks in two chunks
     assert [r["fallback_layers"] for r in report["rounds"]][:3] == [0, 1, 2]
     assert not report["rounds"][0]["passed"] and report["rounds"][-1]["passed"]
-    manifest = load_manifest(bundle)
-    assert manifest.data["precisions"]["int8"]["fallback"]
-    assert not QDQ & _ops(variant_graph_path(manifest, "blocks_0-1", "int8"))
+    manifest = open_bundle(bundle)
+    assert manifest.variant("int8")["fallback"]
+    assert not QDQ & _ops(manifest.graph_path("blocks_0-1", "int8"))
 
 
 def test_fp16_impossible_threshold_is_an_error_and_writes_nothing(segments_bundle):
@@ -114,9 +114,9 @@ def test_cli_quantise_twice_is_refused(bundle, capsys):
           "--calib-schedule", "uniform:euler:2", "--int8-flavour", "cpu"])
     out = capsys.readouterr().out
     assert "int8 (cpu flavour) variant written" in out and "RMSE" in out
-    manifest = load_manifest(bundle)
-    assert int8_flavour(manifest) == "cpu" and manifest.data["precisions"]["int8"]["flavour"] == "cpu"
-    graph = onnx.load(str(variant_graph_path(manifest, "blocks_0-1", "int8"))).graph
+    manifest = open_bundle(bundle)
+    assert manifest.int8_flavour == "cpu" and manifest.variant("int8")["flavour"] == "cpu"
+    graph = onnx.load(str(manifest.graph_path("blocks_0-1", "int8"))).graph
     zero_points = {i.name: i.data_type for i in graph.initializer}
     acts = [n.input[2] for n in graph.node if n.op_type == "QuantizeLinear"]
     assert acts and all(zero_points[z] == onnx.TensorProto.UINT8 for z in acts)
@@ -129,13 +129,10 @@ def test_cli_quantise_twice_is_refused(bundle, capsys):
 def test_already_quantised_graphs_are_refused(segments_bundle):
     bundle = segments_bundle
     quantize_bundle(bundle, QuantizeOptions("int8", **FAST))
-    manifest = load_manifest(bundle)
+    manifest = open_bundle(bundle)
     # a bundle whose "FP32" graph is really a Q/DQ graph (e.g. copied over by hand)
     fp32 = manifest.graph_path("blocks_0-1")
-    fp32.write_bytes(variant_graph_path(manifest, "blocks_0-1", "int8").read_bytes())
-    data = dict(manifest.data)
-    data.pop("precisions")
-    from odelt.exporter.bundle import write_manifest
-    write_manifest(bundle, data)
+    fp32.write_bytes(manifest.graph_path("blocks_0-1", "int8").read_bytes())
+    edit_by_hand(bundle, lambda data: data.pop("precisions"))
     with pytest.raises(ExportError, match="graph blocks_0-1 is already quantised"):
         quantize_bundle(bundle, QuantizeOptions("fp16", **FAST))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from odelt.exporter.bundle import FORMAT, write_manifest
+from odelt.exporter.bundle import FORMAT
+from tests.bundles import hand_written_bundle
 from odelt.exporter.iospec import GraphSpec, TensorSpec
 from odelt.models.config import PRESETS
 
@@ -52,7 +53,7 @@ def tiny_bundle(tmp_path) -> Path:
         export_tiny(root / spec.file, seed=i)
         graphs[spec.name] = {**spec.to_dict(), "external_data": None, "weight_bytes": 0}
         chains[str(length)] = [spec.name]
-    write_manifest(root, {
+    hand_written_bundle(root, {
         "format": FORMAT, "model": {"config": PRESETS["digits"].to_dict(), "source": "test",
                                     "source_hash": "0", "param_bytes": 0},
         "opset": 17, "cfg": False, "null_class": 10, "batch": {"min": 1, "opt": 2, "max": 8},

@@ -6,7 +6,8 @@ import pytest
 
 from odelt.cli import main
 from odelt.engines import ort as oe
-from odelt.exporter.bundle import load_manifest
+from odelt.exporter.bundle import open_bundle
+from tests.bundles import edit_by_hand
 
 
 def _run(argv, capsys):
@@ -27,8 +28,8 @@ def _snapshot(root):
 def test_build_ort_records_engines_in_manifest(tiny_bundle, capsys, x_batch):
     main(["build", str(tiny_bundle), "--backend", "ort"])
     assert "built 2 ort-fp32 engines" in capsys.readouterr().out
-    m = load_manifest(tiny_bundle)                      # file hashes include the engines
-    entry = m.data["engines"]["ort-fp32"]
+    m = open_bundle(tiny_bundle)                      # file hashes include the engines
+    entry = m.engine_set("ort-fp32")
     assert entry["backend"] == "ort" and set(entry["graphs"]) == {"length_2", "length_4"}
     for name, rel in entry["graphs"].items():
         sess = oe.session_from_engine(tiny_bundle / rel)
@@ -39,7 +40,7 @@ def test_build_ort_records_engines_in_manifest(tiny_bundle, capsys, x_batch):
     assert "already exists; pass --force" in err
     main(["build", str(tiny_bundle), "--backend", "ort", "--format", "ort", "--force"])
     main(["build", str(tiny_bundle), "--backend", "ort", "--force"])
-    assert set(load_manifest(tiny_bundle).data["engines"]) == {"ort-fp32"}
+    assert set(open_bundle(tiny_bundle).engine_sets) == {"ort-fp32"}
     assert not [p for p in (tiny_bundle / "engines").iterdir() if p.name.startswith(".")]
 
 
@@ -53,9 +54,9 @@ def test_tensorrt_without_tensorrt_is_one_line(tiny_bundle, capsys, monkeypatch)
 
 
 def test_cpu_int8_flavour_is_refused_for_tensorrt(tiny_bundle, capsys, monkeypatch):
-    import odelt.calibration.variants as variants
+    from odelt.exporter.bundle import Bundle
 
-    monkeypatch.setattr(variants, "int8_flavour", lambda manifest: "cpu")  # as a cpu-flavour bundle records it
+    monkeypatch.setattr(Bundle, "int8_flavour", "cpu")  # as a cpu-flavour bundle records it
     before = _snapshot(tiny_bundle)
     err = _run(["build", str(tiny_bundle), "--backend", "tensorrt", "--precision", "int8"], capsys)
     assert "ONNX Runtime CPU flavour" in err and "--int8-flavour trt" in err
@@ -97,9 +98,9 @@ def test_not_a_bundle(tmp_path, capsys):
 
 def test_quantized_graphs_are_picked_when_listed(tiny_bundle):
     from odelt.engines.build import graph_source
-    m = load_manifest(tiny_bundle)
+    m = open_bundle(tiny_bundle)
     assert graph_source(m, "length_2", "fp16") == (m.graph_path("length_2"), False)
-    data = {**m.data, "precisions": {"fp16": {"graphs": {"length_2": {"file": "fp16/length_2.onnx"}}}}}
-    m2 = type(m)(m.root, data)
+    edit_by_hand(tiny_bundle, lambda d: d.update(
+        precisions={"fp16": {"graphs": {"length_2": {"file": "fp16/length_2.onnx"}}}}))
+    m2 = open_bundle(tiny_bundle)
     assert graph_source(m2, "length_2", "fp16") == (tiny_bundle / "fp16/length_2.onnx", True)
-    assert json.dumps(data)  # plain JSON

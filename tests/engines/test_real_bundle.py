@@ -13,7 +13,8 @@ from odelt.cli import main
 from odelt.engines import ort as oe
 from odelt.engines import tensorrt as te
 from odelt.engines.platform import Platform
-from odelt.exporter.bundle import load_manifest, run_chain
+from odelt.exporter.bundle import open_bundle
+from odelt.exporter.chain import run_chain
 from odelt.exporter.export import ExportOptions, export_bundle
 from odelt.exporter.iospec import BatchRange
 from odelt.models import DiT, DiTConfig
@@ -56,8 +57,8 @@ def _runner(open_session):
 
 def test_ort_engines_reproduce_the_raw_bundle(dit_bundle):
     main(["build", str(dit_bundle), "--backend", "ort"])
-    m = load_manifest(dit_bundle)
-    engines = m.data["engines"]["ort-fp32"]["graphs"]
+    m = open_bundle(dit_bundle)
+    engines = m.engine_set("ort-fp32")["graphs"]
     assert set(engines) == set(m.graphs)
     raw = _runner(lambda n: ort.InferenceSession(str(m.graph_path(n)), providers=["CPUExecutionProvider"]))
     eng = _runner(lambda n: oe.session_from_engine(dit_bundle / engines[n]))
@@ -81,8 +82,8 @@ def test_tensorrt_profiles_come_from_the_bundle_io_spec(dit_bundle, tmp_path, mo
     monkeypatch.setattr(te, "current_platform", lambda v: dataclasses.replace(here, trt_version=v))
     main(["build", str(dit_bundle), "--backend", "tensorrt", "--target", "thor",
           "--cache-dir", str(tmp_path / "cache")])
-    m = load_manifest(dit_bundle)
-    entry = m.data["engines"]["tensorrt-thor-fp32"]
+    m = open_bundle(dit_bundle)
+    entry = m.engine_set("tensorrt-thor-fp32")
     assert entry["built"]["trt_version"] == "10.13.3.9" and entry["built"]["jetpack"] == "7.1"
     assert all(len(cfg.profiles) == 1 for cfg in fake.fake_log["configs"])  # one profile per engine
     shapes = {}

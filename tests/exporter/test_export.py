@@ -13,8 +13,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from odelt.errors import ConfigError, ExportError
-from odelt.exporter import load_manifest, onnx_utils
+from odelt.errors import BundleError, ConfigError, ExportError
+from odelt.exporter import open_bundle, onnx_utils
 from odelt.exporter.export import ExportOptions, export_bundle
 from odelt.exporter.verify import VerifyOptions, duplicate_initializers, verify_bundle
 from odelt.exporter.wrappers import unpatchify
@@ -71,7 +71,7 @@ def test_dead_blocks_never_reach_a_graph(tiny_bundle):
 def test_conditioning_is_hoisted_out_of_chunks(tiny_bundle):
     model = random_model()
     adaln = _digests(blk.adaLN.weight.detach().numpy() for blk in model.blocks[:4])
-    man = load_manifest(tiny_bundle)
+    man = open_bundle(tiny_bundle)
     for name, g in man.graphs.items():
         digests = {hashlib.sha256(np.ascontiguousarray(numpy_helper.to_array(t)).tobytes()).hexdigest()
                    for t in onnx.load(str(man.graph_path(name))).graph.initializer}
@@ -79,7 +79,7 @@ def test_conditioning_is_hoisted_out_of_chunks(tiny_bundle):
 
 
 def test_opset16_has_no_layernorm_and_matches(cfg_bundle):
-    man = load_manifest(cfg_bundle)
+    man = open_bundle(cfg_bundle)
     assert man.opset == 16
     for name in man.graphs:
         model = onnx.load(str(man.graph_path(name)))
@@ -88,14 +88,14 @@ def test_opset16_has_no_layernorm_and_matches(cfg_bundle):
 
 
 def test_opset17_uses_layernorm(tiny_bundle):
-    man = load_manifest(tiny_bundle)
+    man = open_bundle(tiny_bundle)
     assert "LayerNormalization" in onnx_utils.op_types(onnx.load(str(man.graph_path("blocks_0-1"))))
 
 
 def test_cfg_matches_pytorch_guidance(cfg_bundle):
     report = verify_bundle(cfg_bundle, FAST)           # reference: two PyTorch calls, mixed per row
     assert report["ok"] and report["cfg"]
-    man = load_manifest(cfg_bundle)
+    man = open_bundle(cfg_bundle)
     assert [t.name for t in man.graph("head").inputs] == ["V", "final_mod", "cfg_scale"]
 
 
@@ -107,10 +107,10 @@ def test_unpatchify_matches_the_model():
 
 def test_wrong_attention_scale_would_be_caught(tiny_bundle):
     """The 1/head_dim scale survives export: a 1/sqrt(head_dim) model differs well beyond 1e-4."""
-    from odelt.exporter.bundle import run_chain
+    from odelt.exporter.chain import run_chain
     from odelt.exporter.verify import random_step_inputs
 
-    man = load_manifest(tiny_bundle)
+    man = open_bundle(tiny_bundle)
     import onnxruntime as ort
     sess = {n: ort.InferenceSession(str(man.graph_path(n))) for n in man.graphs}
     run = lambda g, f: dict(zip([o.name for o in sess[g.name].get_outputs()], sess[g.name].run(None, f)))  # noqa
@@ -141,8 +141,8 @@ def test_external_data_bundle(tiny_ckpt, tmp_path):
 
     man = export_source(str(tiny_ckpt), tmp_path / "ext", ExportOptions(external_data=True, lengths=(4,)))
     assert (tmp_path / "ext" / "segments" / "blocks_0-3.onnx.data").is_file()
-    assert man.data["graphs"]["blocks_0-3"]["external_data"] == "segments/blocks_0-3.onnx.data"
-    assert "segments/blocks_0-3.onnx.data" in man.data["files"]
+    assert man.graph_file("blocks_0-3").external_data == "segments/blocks_0-3.onnx.data"
+    assert "segments/blocks_0-3.onnx.data" in man.files
     assert verify_bundle(tmp_path / "ext", VerifyOptions(cases=1))["ok"]
 
 
@@ -195,7 +195,7 @@ def test_existing_output_needs_force(tmp_path):
     with pytest.raises(ExportError, match="--force"):
         export_bundle(random_model(), out, ExportOptions(lengths=(4,)))
     export_bundle(random_model(), out, ExportOptions(lengths=(4,), force=True))
-    assert load_manifest(out).lengths == (4,)
+    assert open_bundle(out).lengths == (4,)
     other = tmp_path / "notes"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
@@ -227,9 +227,9 @@ def test_tampered_bundle_is_refused(tiny_ckpt, tmp_path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(ExportError, match="head.onnx was modified"):
-        load_manifest(out)
-    with pytest.raises(ExportError, match="was modified"):
+    with pytest.raises(BundleError, match="head.onnx was modified"):
+        open_bundle(out)
+    with pytest.raises(BundleError, match="was modified"):
         verify_bundle(out)
 
 
@@ -241,7 +241,7 @@ def test_manifest_records_io_and_chains(tiny_bundle):
     assert x == {"name": "x", "dtype": "float32", "shape": ["batch", 1, 8, 8]}
     assert set(data["files"]) == {g["file"] for g in data["graphs"].values()}
     assert data["model"]["source_hash"] and data["model"]["config"]["depth"] == 5
-    assert duplicate_initializers(load_manifest(tiny_bundle)) == 0
+    assert duplicate_initializers(open_bundle(tiny_bundle)) == 0
 
 
 def test_newest_supported_opset(tiny_ckpt, tmp_path):

@@ -25,7 +25,7 @@ def test_dit_b2_segments_export_matches_pytorch(tmp_path):
     save_checkpoint(model, tmp_path / "b2.safetensors")
     del model
     man = export_source(str(tmp_path / "b2.safetensors"), tmp_path / "bundle", ExportOptions())
-    assert man.data["graphs"]["cond"]["external_data"]          # a B/2-size model keeps weights outside
+    assert man.graph_file("cond").external_data          # a B/2-size model keeps weights outside
     report = verify_bundle(tmp_path / "bundle", VerifyOptions(cases=1))
     assert report["ok"] and report["max_abs_err"] < 1e-4
     assert report["weight_bytes"]["segments"] <= 1.05 * report["param_bytes"]

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from odelt.errors import ScheduleError
-from odelt.exporter import load_manifest, run_chain
-from odelt.exporter.bundle import load_table, table_feeds
+from odelt.exporter import open_bundle, run_chain
+from odelt.exporter.chain import load_table, table_feeds
 from odelt.exporter.tables import add_table, build_table, torch_conditioner
 from odelt.exporter.verify import cpu_session, verify_bundle
 from odelt.models import load_checkpoint
@@ -28,7 +28,7 @@ def cfg_copy(cfg_bundle, tmp_path):
 
 def test_table_replaces_conditioning(cfg_copy, tiny_ckpt):
     entry = add_table(cfg_copy, "euler4_y3", T, [2] * 4, length=4, y=3)
-    man = load_manifest(cfg_copy)                     # hashes still check out
+    man = open_bundle(cfg_copy)                     # hashes still check out
     assert man.tables["euler4_y3"] == entry and entry["rows"] == 2 and entry["cfg"]
     table = load_table(man, "euler4_y3")
     assert table["mod0"].shape == (4, 2, 6 * 32) and table["final_mod"].shape == (4, 2, 64)
@@ -51,7 +51,7 @@ def test_unconditional_table_uses_null_class(tiny_bundle, tmp_path):
     import shutil
 
     shutil.copytree(tiny_bundle, tmp_path / "b")
-    man = load_manifest(tmp_path / "b")
+    man = open_bundle(tmp_path / "b")
     table = build_table(man, [0.5], [7], 2, None)
     null = build_table(man, [0.5], [7], 2, man.config.num_classes)
     assert table["mod1"].shape == (1, 1, 192)
@@ -66,7 +66,7 @@ def test_unconditional_table_uses_null_class(tiny_bundle, tmp_path):
     ({"y": 11}, "class must be"),
 ])
 def test_bad_schedules(tiny_bundle, kwargs, msg):
-    man = load_manifest(tiny_bundle)
+    man = open_bundle(tiny_bundle)
     args = {"t": [0.5], "dt_base": [1], "length": 2, "y": 0, **kwargs}
     with pytest.raises(ScheduleError, match=msg):
         build_table(man, args["t"], args["dt_base"], args["length"], args["y"])

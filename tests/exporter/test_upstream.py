@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from odelt.exporter import load_manifest, run_chain
+from odelt.exporter import open_bundle, run_chain
 from odelt.exporter.export import ExportOptions, export_source
 from odelt.exporter.verify import VerifyOptions, cpu_session, verify_bundle
 from odelt.models.config_io import read_config_file
@@ -18,7 +18,7 @@ def test_upstream_pickle_export_matches_pytorch_and_jax(jax_small, tmp_path):
     assert report["ok"] and report["max_abs_err"] < 1e-4
     assert report["weight_bytes"]["segments"] <= 1.05 * report["param_bytes"]
 
-    man = load_manifest(out)
+    man = open_bundle(out)
     sessions = {n: cpu_session(man.graph_path(n)) for n in man.graphs}
     run = lambda g, f: dict(zip([o.name for o in sessions[g.name].get_outputs()],  # noqa: E731
                                 sessions[g.name].run(None, f)))

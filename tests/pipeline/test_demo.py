@@ -100,14 +100,14 @@ def test_corrupt_quality_table_is_one_line_error(demo, capsys):
 
 
 def test_measure_plan_keeps_a_partial_last_batch(demo):
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import open_bundle
     from odelt.pipeline.demo import measure_plan
     from odelt.runtime.backend import open_backend
     from odelt.runtime.plans import load_candidates, load_plan_schedule
     from odelt.runtime.sampler import Sampler, generate
 
     opts, _ = demo
-    manifest = load_manifest(opts.out / "bundle")
+    manifest = open_bundle(opts.out / "bundle")
     candidate = next(c for c in load_candidates(manifest) if c.precision == "fp32")
     images, ms = measure_plan(manifest, candidate, batch=3, n=5)
     with open_backend("ort", manifest, lengths=tuple(sorted(set(load_plan_schedule(manifest, candidate).lengths)))) as be:

@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 
-from odelt.exporter.bundle import load_manifest
+from odelt.exporter.bundle import open_bundle
 from odelt.exporter.tables import add_table
 from odelt.runtime.backend import open_backend
 from odelt.runtime.heuristics import resolve_schedule
@@ -26,7 +26,7 @@ def _bundle_with_class3_table(tiny_bundle, tmp_path):
     shutil.copytree(tiny_bundle.root, root)
     schedule = resolve_schedule("shifted:euler:4", 4)
     add_table(root, "shifted4_y3", list(schedule.t_grid[:-1]), list(schedule.dt_base), 4, y=3)
-    return load_manifest(root), schedule, make_noise(0, 2, (1, 8, 8)), np.full(2, 3, np.int32)
+    return open_bundle(root), schedule, make_noise(0, 2, (1, 8, 8)), np.full(2, 3, np.int32)
 
 
 def test_table_replaces_conditioning_graph(tiny_bundle, tmp_path):

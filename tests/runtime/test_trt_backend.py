@@ -11,7 +11,7 @@ from odelt.runtime.backend import open_backend
 SETS = {"tensorrt-desktop-fp32": {"backend": "tensorrt", "precision": "fp32", "graphs": {}},
         "tensorrt-desktop-int8": {"backend": "tensorrt", "precision": "int8", "graphs": {}},
         "ort-fp16": {"backend": "ort", "precision": "fp16", "graphs": {}}}
-BUNDLE = SimpleNamespace(data={"engines": SETS}, root=Path("bundle"), lengths=(2,), default_layout=lambda: "segments")
+BUNDLE = SimpleNamespace(engine_sets=SETS, root=Path("bundle"), lengths=(2,), default_layout=lambda: "segments")
 
 
 def test_precision_picks_the_engine_set():
