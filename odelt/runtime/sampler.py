@@ -18,12 +18,14 @@ first step whose state holds NaN/Inf.
 from __future__ import annotations
 
 import time
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from odelt.errors import RuntimeFailure
+from odelt.errors import ExportError, RuntimeFailure
 from odelt.exporter.bundle import Manifest
 from odelt.runtime.backend import Backend
 from odelt.runtime.schedule import Schedule
@@ -54,14 +56,25 @@ class Stats:
         self.images += other.images
 
 
+def _read_table(path: Path, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named arrays of a bundle's .npz table; plain arrays only (allow_pickle=False: no file runs code)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            missing = sorted(set(names) - set(z.files))
+            if missing:
+                raise ExportError(f"{path}: table lacks arrays {missing}; found {sorted(z.files)}")
+            return {name: z[name] for name in names}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ExportError(f"{path}: expected a table of plain arrays, found one that cannot load ({e})") from None
+
+
 class Tables:
     """The bundle's modulation tables as {(length, y, t float32, dt_base): {output: (rows, width)}}."""
 
     def __init__(self, manifest: Manifest):
         self.rows: dict[tuple[int, int | None, float, int], dict[str, np.ndarray]] = {}
         for entry in manifest.tables.values():
-            data = np.load(manifest.root / entry["file"])
-            arrays = {name: data[name] for name in entry["outputs"]}
+            arrays = _read_table(manifest.root / entry["file"], entry["outputs"])
             for s, (t, d) in enumerate(zip(entry["t"], entry["dt_base"])):
                 key = (int(entry["length"]), entry["y"], float(np.float32(t)), int(d))
                 self.rows[key] = {name: a[s] for name, a in arrays.items()}
