@@ -152,7 +152,7 @@ def _read_pickle(path: Path) -> dict[str, np.ndarray]:
     if isinstance(ckpt, dict) and "train_state" in ckpt:         # shortcut-models originals
         ckpt = _unwrap(ckpt["train_state"])
     if not isinstance(ckpt, dict) or "params" not in ckpt:
-        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: expected an upstream checkpoint with a 'params' tree, found {found}")
     # Upstream's eval loads ckpt['params'] into both params and params_ema; so do we.
     return _flatten(ckpt["params"])

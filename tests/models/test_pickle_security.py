@@ -146,7 +146,7 @@ def test_lookups_outside_the_allowlist_are_refused(module, name, tmp_path, jax_s
 def test_codecs_encode_is_latin1_only(tmp_path, jax_small):
     path = tmp_path / "c.pkl"
     path.write_bytes(b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x05\x00\x00\x00rot13\x86R.")
-    with pytest.raises(CheckpointError, match=r"_codecs.encode\(str, 'rot13'\) refused"):
+    with pytest.raises(CheckpointError, match=r"refusing _codecs.encode\(str, 'rot13'\)"):
         load_checkpoint(path, jax_small[1])
 
 
@@ -194,12 +194,74 @@ def test_flax_optax_stand_ins_never_call_what_they_hold(tmp_path, capsys, jax_sm
     assert not marker.exists()
 
 
-def test_object_arrays_in_params_are_refused(tmp_path, jax_small):
+class Reduce:
+    """Pickles as fn(*args) followed by BUILD with `state`: what numpy's own pickles look like."""
+
+    def __init__(self, fn, args, state=None):
+        self.reduced = (fn, args) if state is None else (fn, args, state)
+
+    def __reduce__(self):
+        return self.reduced
+
+
+_RECONSTRUCT = np._core.multiarray._reconstruct
+_POINTER = (0x41414141).to_bytes(8, "little")              # 8 file bytes a forged object field points with
+
+FORGED = {   # numpy's own globals only (those a naive allowlist admits), each turning bytes into a pointer
+    "ndarray over bytes": Reduce(np.ndarray, ((1,), np.dtype("O"), _POINTER)),
+    "dtype state with an object field": Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b"), (
+        1, (1,), Reduce(np.dtype, ("V8", False, True), (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0)),
+        False, _POINTER)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORGED))
+def test_numpy_pointer_forgeries_are_refused(name, tmp_path, jax_small):
+    path = tmp_path / "f.pkl"
+    path.write_bytes(pickle.dumps(FORGED[name]))
+    # Live: the standard unpickler crashes the interpreter reading the forged pointer.
+    probe = f"import pickle; print(pickle.load(open({str(path)!r}, 'rb')))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == -11
+    with pytest.raises(CheckpointError, match=r"refusing numpy dtype dtype\('(O|V8)'\)"):
+        load_checkpoint(path, jax_small[1])
+
+
+def test_numpy_ndarray_is_never_called(tmp_path, jax_small):
+    path = tmp_path / "n.pkl"
+    path.write_bytes(pickle.dumps(Reduce(np.ndarray, ((1,), np.dtype("i8"), _POINTER))))
+    with pytest.raises(CheckpointError, match=r"refusing to call numpy.ndarray"):
+        load_checkpoint(path, jax_small[1])
+
+
+@pytest.mark.parametrize("state, why", [
+    ((3, "<", None, None, None, -1, -1, 0x1F), "not the dtype's own"),        # object flags on an int64
+    ((3, "<", None, ("a",), {"a": ("x", 0)}, 8, 1, 0), "not the dtype's own"),  # fields on a plain dtype
+])
+def test_dtype_states_other_than_their_own_are_refused(state, why, tmp_path, jax_small):
+    array = Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b"),
+                   (1, (1,), Reduce(np.dtype, ("i8", False, True), state), False, _POINTER))
+    path = tmp_path / "d.pkl"
+    path.write_bytes(pickle.dumps(array))
+    with pytest.raises(CheckpointError, match=why):
+        load_checkpoint(path, jax_small[1])
+
+
+@pytest.mark.parametrize("dtype", [object, [("a", "f4"), ("b", "i4")], "M8[s]"])
+def test_object_structured_and_other_dtypes_are_refused(dtype, tmp_path, jax_small):
     tree = _upstream_tree(jax_small)
-    tree["params"]["PatchEmbed_0"]["Conv_0"]["bias"] = np.array(["a", "b"], dtype=object)
+    tree["params"]["PatchEmbed_0"]["Conv_0"]["bias"] = np.zeros(2, dtype=dtype)
     path = tmp_path / "o.pkl"
     path.write_bytes(pickle.dumps(tree))
-    with pytest.raises(CheckpointError, match=r"params/PatchEmbed_0/Conv_0/bias has dtype object"):
+    with pytest.raises(CheckpointError, match=r"refusing numpy dtype"):
+        load_checkpoint(path, jax_small[1])
+
+
+def test_string_arrays_load_but_are_not_weights(tmp_path, jax_small):
+    tree = _upstream_tree(jax_small)
+    tree["params"]["PatchEmbed_0"]["Conv_0"]["bias"] = np.array(["a", "b"])
+    path = tmp_path / "s.pkl"
+    path.write_bytes(pickle.dumps(tree))
+    with pytest.raises(CheckpointError, match=r"params/PatchEmbed_0/Conv_0/bias has dtype <U1, expected a numeric"):
         load_checkpoint(path, jax_small[1])
 
 
