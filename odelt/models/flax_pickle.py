@@ -144,7 +144,7 @@ def _check_build(inst: Any, state: Any) -> None:
         order = state[1] if isinstance(state, tuple) and len(state) > 1 else None
         own = inst.newbyteorder(order) if order in ("<", ">") else inst
         if state != own.__reduce__()[2]:
-            raise Refused(f"refusing a state {state!r} for numpy dtype {inst}: not the dtype's own")
+            raise Refused(f"refusing a state {state!r:.120} for numpy dtype {inst}: not the dtype's own")
         return
     if isinstance(inst, np.ndarray):        # (version, shape, dtype, fortran, raw bytes)
         if not (isinstance(state, tuple) and len(state) == 5 and isinstance(state[4], (bytes, bytearray))):
