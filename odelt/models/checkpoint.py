@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import torch
 
 from odelt.errors import CheckpointError, ConfigError
 from odelt.fileio import atomic_path
+from odelt.models import flax_pickle
 from odelt.models.config import DiTConfig
 from odelt.models.dit import DiT
 
@@ -125,31 +125,10 @@ def _build(config: DiTConfig, state: dict[str, torch.Tensor], where: str) -> DiT
 
 # -- upstream Flax pickles ----------------------------------------------------------------------
 
-class _Opaque:
-    """Stands in for any class the pickle names outside numpy/builtins (optax, flax states)."""
-
-    def __init__(self, *args, **kwargs):
-        self.args = args
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-class _FlaxUnpickler(pickle.Unpickler):
-    # Only numpy and plain containers are rebuilt; anything else (optax optimiser state objects)
-    # becomes _Opaque, so neither optax nor flax has to be importable and no foreign code runs.
-    _ALLOWED = ("numpy", "builtins", "collections", "copyreg", "_codecs")
-
-    def find_class(self, module: str, name: str):
-        if module.split(".")[0] in self._ALLOWED:
-            return super().find_class(module, name)
-        return type(name, (_Opaque,), {"__module__": "odelt._opaque"})
-
-
 def _unwrap(node):
     """FrozenDicts and other wrappers pickled by reduce -> plain dict."""
-    if isinstance(node, _Opaque):
-        for arg in list(node.args) + [getattr(node, "state", None)]:
+    if isinstance(node, flax_pickle.Opaque):
+        for arg in [*node.args, *node.kwargs.values(), node.state]:
             if isinstance(arg, dict):
                 return arg
     return node
@@ -167,16 +146,13 @@ def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
 
 
 def _read_pickle(path: Path) -> dict[str, np.ndarray]:
-    try:
-        with open(path, "rb") as f:
-            ckpt = _FlaxUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError) as e:
-        raise CheckpointError(f"{path}: cannot unpickle checkpoint (truncated or corrupt?): {e}") from None
+    with open(path, "rb") as f:
+        ckpt = flax_pickle.load(f, str(path))
     ckpt = _unwrap(ckpt)
     if isinstance(ckpt, dict) and "train_state" in ckpt:         # shortcut-models originals
         ckpt = _unwrap(ckpt["train_state"])
     if not isinstance(ckpt, dict) or "params" not in ckpt:
-        found = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
+        found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{path}: expected an upstream checkpoint with a 'params' tree, found {found}")
     # Upstream's eval loads ckpt['params'] into both params and params_ema; so do we.
     return _flatten(ckpt["params"])
@@ -228,7 +204,10 @@ def _load_upstream_pickle(path: Path, config: DiTConfig | dict | None) -> DiT:
     for torch_name, (flax_name, kind) in _flax_to_torch_names(cfg.depth).items():
         if flax_name not in flat:
             raise CheckpointError(f"{path}: missing key params/{flax_name} (needed for {torch_name})")
-        state[torch_name] = torch.from_numpy(np.ascontiguousarray(_LAYOUT[kind](flat[flax_name]), dtype=np.float32))
+        array = flat[flax_name]
+        if array.dtype.kind not in "fiu":
+            raise CheckpointError(f"{path}: params/{flax_name} has dtype {array.dtype}, expected a numeric array")
+        state[torch_name] = torch.from_numpy(np.ascontiguousarray(_LAYOUT[kind](array), dtype=np.float32))
     blocks = {k.split("/")[0] for k in flat if k.startswith("DiTBlock_")}
     if len(blocks) > cfg.depth:
         raise CheckpointError(f"{path}: checkpoint has {len(blocks)} DiT blocks but the config says depth={cfg.depth}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +22,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from odelt.errors import ScheduleError
 from odelt.fileio import atomic_path
 from odelt.models.dit import DiT
 
@@ -102,7 +104,7 @@ def make_pairs(model: DiT, n: int, seed: int, held_out: bool = False, key: str |
         return _CACHE[ck]
     path = Path(cache_dir) / f"{key}-n{n}-s{s}-e{TEACHER_STEPS}.pt" if key and cache_dir else None
     if path is not None and path.is_file():
-        pairs = Pairs(**torch.load(path))
+        pairs = _load_pairs(path)
     else:
         z, y = draw_noise(model, n, s)
         pairs = Pairs(z, y, teacher_samples(model, z, y))
@@ -111,6 +113,23 @@ def make_pairs(model: DiT, n: int, seed: int, held_out: bool = False, key: str |
     if key is not None:
         _CACHE[ck] = pairs
     return pairs
+
+
+def _load_pairs(path: Path) -> Pairs:
+    """Read a teacher cache: tensors only (`weights_only`), so a planted file cannot run code."""
+    try:
+        data = torch.load(path, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), lines[-1] if lines else "")
+        raise ScheduleError(f"{path}: refusing teacher cache ({type(e).__name__}: {why}); "
+                            "delete it to recompute") from None
+    if not (isinstance(data, dict) and set(data) == {"z", "y", "x"}
+            and all(isinstance(v, Tensor) for v in data.values())):
+        found = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ScheduleError(f"{path}: expected a teacher cache of tensors z, y, x, found {found}; "
+                            "delete it to recompute")
+    return Pairs(data["z"], data["y"], data["x"])
 
 
 def _save_atomic(obj: dict, path: Path) -> None:
