@@ -1,9 +1,9 @@
 """FP16 graphs: FP16 weights and matmuls, FP32 islands where FP16 loses accuracy.
 
-Converter: onnxconverter-common's `float16.convert_float_to_float16` (the library Polygraphy's
-`convert --fp-to-fp16` itself calls). Chosen because it is maintained, installs from a small pure-Python
-wheel, and takes both an op block list and a per-node block list, which is exactly the control we need
-to keep the dataflow-selected islands (graph_roles) in FP32. ModelOpt AutoCast would pick islands from
+Converter: ONNX Runtime's `onnxruntime.transformers.float16.convert_float_to_float16` (the same
+converter onnxconverter-common ships and Polygraphy's `convert --fp-to-fp16` calls). Chosen because it
+comes with onnxruntime, a dependency already, and takes both an op block list and a per-node block
+list, which is exactly the control we need to keep the dataflow-selected islands (graph_roles) in FP32. ModelOpt AutoCast would pick islands from
 value ranges (`data_max`), but it pulls in nvidia-modelopt and its CUDA-oriented dependencies; Polygraphy's
 fp-to-fp16 wraps the same function without exposing the node block list.
 

@@ -1,6 +1,6 @@
 """Build targets as data: what differs between a desktop GPU and each Jetson module.
 
-Facts from ../shared/research/deploy.md §2.8 and §7 (JetPack <-> TensorRT table, DLA, memory):
+Facts (NVIDIA's JetPack release notes and TensorRT support matrices: versions, DLA, memory):
 - JetPack 5.1.x ships TensorRT 8.5.2 (no ONNX LayerNormalization: export opset <= 16), 6.0 ships
   8.6.2, 6.1/6.2 ship 10.3, 7.0/7.1 (Thor only) 10.13.3, 7.2 10.16; TensorRT 11 reaches Jetson only
   at 11.4.1 with JetPack >= 7.2.2 and only on AGX Orin and Thor.

@@ -1,7 +1,8 @@
 """`odelt-export demo`: the whole pipeline on one model, artifacts reused when already built.
 
 export -> verify -> quantize (int8) -> schedules (shipped, or re-learned) -> build (ort) ->
-profile -> quality table -> plan + generate for three budgets -> report.md, pareto.png, grids.
+quality table -> profile (last before the plans run: a shared machine drifts) -> plan + generate
+for three budgets -> report.md, pareto.png, grids.
 Every stage is a library call of its own package; this module only composes and records.
 """
 
