@@ -26,7 +26,8 @@ import time
 
 import torch
 
-from odelt.models.checkpoint import file_hash, load_checkpoint, resolve_source
+from odelt.fileio import file_hash
+from odelt.models.checkpoint import load_checkpoint, resolve_source
 from odelt.schedules.amed import AMEDSpec, AMEDStudent, learn_amed
 from odelt.schedules.learn import LearnConfig, eval_rmse
 from odelt.schedules.ld3 import LD3Student, StepSpec, learn_ld3, uniform_grid

@@ -7,7 +7,7 @@ class OdeltError(Exception):
 
 
 class ConfigError(OdeltError):
-    """A model or export configuration that cannot be built."""
+    """A model, export or command-line value that cannot be used (out of range, wrong type)."""
 
 
 class CheckpointError(OdeltError):
@@ -19,7 +19,15 @@ class ExportError(OdeltError):
 
 
 class BundleError(OdeltError):
-    """A bundle folder that is missing, malformed, modified, or cannot be written."""
+    """A bundle folder that is missing, malformed, modified, or does not fit the request (no such graph or engine)."""
+
+
+class BuildError(OdeltError):
+    """An engine that could not be built (TensorRT parse or build failure, ONNX Runtime optimisation)."""
+
+
+class WriteError(OdeltError):
+    """A file or folder that could not be written (read-only folder, full disk, no permission)."""
 
 
 class ScheduleError(OdeltError):
@@ -28,6 +36,14 @@ class ScheduleError(OdeltError):
 
 class RuntimeFailure(OdeltError):
     """A failure while sampling (non-finite state, missing backend)."""
+
+
+class EngineMismatch(RuntimeFailure):
+    """An engine built for another TensorRT version or GPU than this machine's."""
+
+
+class BudgetError(OdeltError):
+    """No candidate plan fits the latency budget."""
 
 
 class AccuracyError(OdeltError):

@@ -1,8 +1,17 @@
-"""Atomic file writes: every artifact is written to a temporary file beside its target and renamed
-into place only when complete, so a crash or a full disk never leaves a half-written file."""
+"""Every write of the package goes through here.
+
+Artifacts are written to a temporary file (or folder) beside their target and renamed into place
+only when complete, so a crash or a full disk never leaves a half-written file. An OSError on the
+way (read-only folder, no space left, permission denied) becomes one `WriteError` naming the path
+and the reason, after what the failed write started has been removed.
+
+The three primitives `_make_dir`, `_make_temp` and `_commit` are the only places that touch the
+file system for writing; tests inject faults by replacing them.
+"""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -11,7 +20,63 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
+
+from odelt.errors import WriteError
+
+
+def write_error(path: str | os.PathLike, e: OSError) -> WriteError:
+    """The one-line error for a failed write of `path`."""
+    reason = e.strerror or (errno.errorcode.get(e.errno, "") if e.errno else "") or str(e) or type(e).__name__
+    return WriteError(f"cannot write {path}: {reason}")
+
+
+def _make_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def _make_temp(path: Path, suffix: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        p.unlink(missing_ok=True)
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """mkdir -p, with a one-line WriteError when the folder cannot be created."""
+    path = Path(path)
+    try:
+        _make_dir(path)
+    except OSError as e:
+        raise write_error(path, e) from None
+    return path
+
+
+@contextmanager
+def writing(path: str | os.PathLike, cleanup: tuple[str | os.PathLike, ...] = ()) -> Iterator[Path]:
+    """Run a write into `path` that a library does itself; an OSError becomes a WriteError for
+    `path`, and the `cleanup` paths (what the write started) are removed on any failure."""
+    path = Path(path)
+    try:
+        yield path
+    except OSError as e:
+        for p in cleanup:
+            _remove(Path(p))
+        raise write_error(path, e) from None
+    except BaseException:
+        for p in cleanup:
+            _remove(Path(p))
+        raise
 
 
 @contextmanager
@@ -19,46 +84,33 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     """Yield a temporary path next to `path` (keeping `suffix`, which some writers read as the
     format); on success it replaces `path` with mode 0644, on failure it is removed."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
+    tmp: Path | None = None
+    made = _missing_parents(path)
     try:
-        yield Path(tmp)
+        _make_dir(path.parent)
+        tmp = _make_temp(path, suffix)
+        yield tmp
         os.chmod(tmp, 0o644)                   # mkstemp files are 0600; artifacts are shared data
-        os.replace(tmp, path)
+        _commit(tmp, path)
+        made = []
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        for d in made:                         # folders this failed write created, deepest first
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-    return Path(path)
-
-
-def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 1) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
-
-
-def read_json(path: str | os.PathLike, error: type[Exception], missing: str | None = None) -> Any:
-    """Parse a JSON file; a missing or unparsable file raises `error` with a one-line message
-    (`missing` replaces the default message for a file that does not exist)."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(missing or f"{path} not found")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{path}: expected JSON, found invalid content ({e})") from None
-
-
-def file_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (first 16 hex digits): the identity of models and bundle files."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
+def _missing_parents(path: Path) -> list[Path]:
+    out, p = [], path.parent
+    while not p.exists() and p != p.parent:
+        out.append(p)
+        p = p.parent
+    return out
 
 
 # A stage builds a folder under a hidden name carrying its pid, then renames it into place; a killed
@@ -71,9 +123,32 @@ def partial_dir(parent: str | os.PathLike, name: str) -> Path:
     parent = Path(parent)
     remove_stale_partials(parent)
     tmp = parent / f".{name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    _remove(tmp)
+    try:
+        _make_dir(tmp)
+    except OSError as e:
+        raise write_error(parent / name, e) from None
     return tmp
+
+
+@contextmanager
+def building(parent: str | os.PathLike, name: str) -> Iterator[Path]:
+    """`partial_dir` for a body that builds the folder: when the body fails the folder is removed,
+    and an OSError (or a WriteError of a file inside) names `parent/name`, not the hidden folder.
+    The body renames the folder into place (`rename`)."""
+    final = Path(parent) / name
+    tmp = partial_dir(parent, name)
+    try:
+        yield tmp
+    except OSError as e:
+        _remove(tmp)
+        raise write_error(final, e) from None
+    except WriteError as e:
+        _remove(tmp)
+        raise WriteError(str(e).replace(str(tmp), str(final))) from None
+    except BaseException:
+        _remove(tmp)
+        raise
 
 
 def _alive(pid: int) -> bool:
@@ -89,12 +164,68 @@ def _alive(pid: int) -> bool:
 def remove_stale_partials(parent: str | os.PathLike) -> list[Path]:
     """Delete `.<name>.partial-<pid>` (and `.old-<pid>`) entries of `parent` whose process no longer runs."""
     parent = Path(parent)
-    removed = []
+    removed: list[Path] = []
     if not parent.is_dir():
         return removed
     for p in parent.iterdir():
         m = _PARTIAL.match(p.name)
         if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
-            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            _remove(p)
             removed.append(p)
     return removed
+
+
+def rename(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Move a finished temporary file or folder into place (same file system)."""
+    try:
+        _commit(Path(src), Path(dst))
+    except OSError as e:
+        raise write_error(dst, e) from None
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any, indent: int = 1, sort_keys: bool = False) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=indent, sort_keys=sort_keys, default=float) + "\n")
+
+
+def save_with(path: str | os.PathLike, save: Callable[[Path], Any], suffix: str = ".tmp") -> Path:
+    """`save(tmp)` writes the artifact (PNG, npz, safetensors, torch, ONNX) to a temporary path that
+    then replaces `path`."""
+    with atomic_path(path, suffix=suffix) as tmp:
+        save(tmp)
+    return Path(path)
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes (first 16 hex digits): the identity of a model or a bundle file.
+    Numpy- and torch-free, so the runtime can hash on a device."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def read_json(path: str | os.PathLike, error: type[Exception], missing: str | None = None) -> Any:
+    """Parse a JSON file; a missing or unparsable file raises `error` with a one-line message
+    (`missing` replaces the default message for a file that does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(missing or f"{path} not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: expected JSON, found invalid content ({e})") from None
+    except OSError as e:
+        raise error(f"{path}: cannot read it ({e.strerror or e})") from None

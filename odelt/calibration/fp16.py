@@ -17,6 +17,7 @@ from __future__ import annotations
 import onnx
 
 from odelt.calibration.graph_roles import NORM_OPS, analyse, name_nodes
+from odelt.errors import ExportError
 
 # Kept FP32 by op type: normalisation statistics and softmax overflow/underflow in FP16 (the usual
 # cause of black images in FP16 diffusion models); Exp/Tanh/Erf are the nonlinearities inside them.
@@ -145,7 +146,7 @@ def _toposort(model: onnx.ModelProto) -> None:
             else:
                 rest.append(node)
         if len(rest) == len(pending):
-            raise ValueError(f"graph has a cycle or a dangling input at node {rest[0].name}")
+            raise ExportError(f"graph has a cycle or a dangling input at node {rest[0].name}")
         pending = rest
     del model.graph.node[:]
     model.graph.node.extend(ordered)

@@ -38,6 +38,7 @@ import onnx
 
 from odelt.calibration.graph_roles import analyse, name_nodes
 from odelt.errors import ConfigError
+from odelt.fileio import writing
 
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 
@@ -132,7 +133,7 @@ def int8_from_onnx(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]
               "int8_linears": nodes, "fallback_fp32": sorted(set(exclude) & set(roles.block_linears))}
     if not nodes:
         return model, report
-    with tempfile.TemporaryDirectory(prefix="odelt-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="odelt-int8-") as tmp, writing(tmp):   # scratch: a full disk is one line
         src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
         onnx.save(model, src)
         with _DropPreprocessAdvice():

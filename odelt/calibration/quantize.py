@@ -22,6 +22,7 @@ from pathlib import Path
 
 import onnx
 
+from odelt import validate
 from odelt.calibration import metrics, trajectories as traj
 from odelt.calibration.fp16 import fp16_from_onnx
 from odelt.calibration.graph_roles import analyse, name_nodes
@@ -52,10 +53,12 @@ class QuantizeOptions:
     def __post_init__(self) -> None:
         if self.precision not in MAX_RMSE:
             raise ConfigError(f"unknown precision {self.precision!r}; expected one of {sorted(MAX_RMSE)}")
-        if self.calib_samples < 1:
-            raise ConfigError(f"--calib-samples must be >= 1, found {self.calib_samples}")
-        if self.eval_samples < 1:
-            raise ConfigError(f"evaluation needs at least 1 sample, found {self.eval_samples}")
+        validate.count("--calib-samples", self.calib_samples, 1, validate.MAX_SAMPLES)
+        validate.count("--eval-samples", self.eval_samples, 1, validate.MAX_SAMPLES)
+        validate.count("--seed", self.seed, 0)
+        if self.max_rmse is not None:
+            validate.positive("--max-rmse", self.max_rmse)
+        validate.positive("--max-fd-rel", self.max_fd_rel)
         if not self.schedules:
             raise ConfigError("expected at least one calibration schedule, found none")
         if self.method not in CALIB_METHODS:

@@ -1,5 +1,6 @@
 """The `odelt-export` command line. It only parses options and composes library stages; every
-OdeltError becomes one line on stderr and exit code 1 (anything else is a bug: a traceback)."""
+OdeltError, bad option and failed write becomes one line on stderr and exit code 1 (anything else
+is a bug: a traceback)."""
 
 from __future__ import annotations
 
@@ -29,19 +30,31 @@ def _register() -> None:
     from odelt.cli import demo_cmds  # noqa: F401
 
 
+def _fail(message: str) -> None:
+    click.echo(f"odelt-export: error: {' '.join(message.split())}", err=True)
+    sys.exit(1)
+
+
+def _usage(e: click.UsageError) -> str:
+    hint = f" (see `{e.ctx.command_path} --help`)" if e.ctx is not None else ""
+    return e.format_message() + hint
+
+
 def main(argv: list[str] | None = None) -> None:
     _register()
     try:
-        cli.main(args=argv, standalone_mode=False)
+        cli.main(args=argv, prog_name="odelt-export", standalone_mode=False)
     except OdeltError as e:
-        click.echo(f"odelt-export: error: {e}", err=True)
-        sys.exit(1)
+        _fail(str(e))
     except click.exceptions.Abort:
-        click.echo("odelt-export: aborted", err=True)
-        sys.exit(1)
+        _fail("aborted")
+    except click.UsageError as e:
+        _fail(_usage(e))
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        _fail(e.format_message())
+    except OSError as e:   # last resort: a write or read outside odelt.fileio
+        where = f"{e.filename}: " if e.filename else ""
+        _fail(f"{where}{e.strerror or e}")
 
 
 if __name__ == "__main__":

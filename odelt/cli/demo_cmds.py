@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from odelt.cli import cli
+from odelt.cli.options import COUNT, POSITIVE
 
 
 @cli.command()
@@ -15,14 +16,17 @@ from odelt.cli import cli
 @click.option("--source", default="builtin:digits", show_default=True, help="Model to run the pipeline on.")
 @click.option("--relearn", is_flag=True, help="Re-learn the LD3/AMED/per-step-length schedules instead of "
               "using the shipped ones.")
-@click.option("--budget-ms", "budgets", type=float, multiple=True,
+@click.option("--budget-ms", "budgets", type=POSITIVE, multiple=True,
               help="Latency budgets per batch (repeatable; default: three spread over the candidates).")
-@click.option("--batch", type=int, default=8, show_default=True)
-def demo(out: str, source: str, relearn: bool, budgets: tuple[float, ...], batch: int) -> None:
+@click.option("--batch", type=COUNT, default=8, show_default=True, help="Images per batch (1..8, the bundle's range).")
+@click.option("--force", is_flag=True, help="Rebuild every stage, also those OUT holds for another model "
+              "(without it, a different --source than OUT was built from is refused).")
+def demo(out: str, source: str, relearn: bool, budgets: tuple[float, ...], batch: int, force: bool) -> None:
     """export -> quantize -> schedules -> build -> profile -> plan -> generate, with a report."""
     from odelt.pipeline.demo import DemoOptions, run_demo
 
-    opts = DemoOptions(out=Path(out), source=source, relearn=relearn, budgets_ms=budgets or None, batch=batch)
+    opts = DemoOptions(out=Path(out), source=source, relearn=relearn, budgets_ms=budgets or None, batch=batch,
+                       force=force)
     res = run_demo(opts, log=lambda msg: click.echo(msg, err=True))
     for r in res.facts["runs"]:
         now = f" (re-profiled just before: {r['predicted_now_ms']:.2f} ms)" if r.get("predicted_now_ms") else ""

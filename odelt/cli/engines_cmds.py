@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from odelt.cli import cli
+from odelt.cli.options import Count
 
 
 @cli.command()
@@ -18,7 +19,8 @@ from odelt.cli import cli
               help="fp32 | fp16 | int8 (fp16/int8 graphs come from `odelt-export quantize`)")
 @click.option("--format", "ort_format", default="onnx", show_default=True,
               help="ORT engine file: onnx (optimised ONNX) | ort (flatbuffer)")
-@click.option("--opt-level", default=3, show_default=True, help="TensorRT builder optimisation level 0-5")
+@click.option("--opt-level", type=Count(0, 5), default=3, show_default=True,
+              help="TensorRT builder optimisation level 0-5")
 @click.option("--dla", is_flag=True, help="TensorRT: put convolutions on the DLA (targets that have one)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="TensorRT engine and timing cache (default $ODELT_ENGINE_CACHE or ~/.cache/odelt/trt)")

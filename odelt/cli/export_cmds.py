@@ -7,6 +7,7 @@ import json
 import click
 
 from odelt.cli import cli
+from odelt.cli.options import COUNT, POSITIVE
 from odelt.errors import AccuracyError, ConfigError
 
 _LAYOUT_CHOICES = {"segments": ("segments",), "per-length": ("per-length",), "both": ("segments", "per-length")}
@@ -68,15 +69,13 @@ def inspect(bundle: str) -> None:
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.option("--source", default=None, help="Model to compare against (default: the one the bundle records).")
-@click.option("--atol", default=1e-4, show_default=True, type=float, help="Max abs error allowed.")
-@click.option("--cases", default=3, show_default=True, type=int, help="Random input sets per batch size.")
+@click.option("--atol", default=1e-4, show_default=True, type=POSITIVE, help="Max abs error allowed (> 0).")
+@click.option("--cases", default=3, show_default=True, type=COUNT, help="Random input sets per batch size.")
 def verify(bundle: str, as_json: bool, source: str | None, atol: float, cases: int) -> None:
     """Compare every length of every layout in ONNX Runtime (CPU) against PyTorch."""
     from odelt.exporter.report import describe_verify
     from odelt.exporter.verify import VerifyOptions, verify_bundle
 
-    if cases < 1:
-        raise ConfigError(f"--cases must be >= 1, found {cases}")
     report = verify_bundle(bundle, VerifyOptions(atol=atol, cases=cases, source=source))
     if as_json:
         click.echo(json.dumps(report))

@@ -5,31 +5,27 @@ from __future__ import annotations
 import click
 
 from odelt.cli import cli
-
-
-def _batches(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(b) for b in text.split(","))
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 1,8, found {text!r}") from None
+from odelt.cli.options import COUNT, POSITIVE, Counts
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
-@click.option("--batch", "batch", default="1,8", show_default=True, help="Batch sizes to time, e.g. 1,8.")
+@click.option("--batch", "batch", type=Counts(), default="1,8", show_default=True,
+              help="Batch sizes to time, e.g. 1,8 (within the bundle's exported batch range).")
 @click.option("--precision", "precisions", multiple=True,
               help="Precisions to time (default: every precision the bundle has).")
-@click.option("--repeats", type=int, default=20, show_default=True, help="Timed repeats per measurement.")
-def profile(bundle: str, backend: str, batch: str, precisions: tuple[str, ...], repeats: int) -> None:
+@click.option("--repeats", type=COUNT, default=20, show_default=True, help="Timed repeats per measurement.")
+def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple[str, ...], repeats: int) -> None:
     """Time every graph and every length's chain of BUNDLE on this device."""
     from odelt.exporter.bundle import open_bundle
     from odelt.runtime.profile import profile_bundle, save_profile
 
     manifest = open_bundle(bundle)
     precs = precisions or manifest.precisions
-    prof = profile_bundle(manifest, backend, _batches(batch), precs, repeats,
-                          progress=lambda what: click.echo(f"profiling {what} ...", err=True))
+    shown = click.get_text_stream("stderr").isatty()     # progress on a terminal only, like the bars
+    prof = profile_bundle(manifest, backend, batch, precs, repeats,
+                          progress=(lambda what: click.echo(f"profiling {what} ...", err=True)) if shown else None)
     path = save_profile(manifest, prof)
     for prec, by_batch in prof["calls"].items():
         for b, by_len in by_batch.items():
@@ -40,20 +36,24 @@ def profile(bundle: str, backend: str, batch: str, precisions: tuple[str, ...], 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--budget-ms", type=float, required=True, help="Latency budget for one batch, milliseconds.")
-@click.option("--batch", type=int, default=1, show_default=True)
+@click.option("--budget-ms", type=POSITIVE, required=True, help="Latency budget for one batch, milliseconds.")
+@click.option("--batch", type=COUNT, default=1, show_default=True,
+              help="Images per batch: within the bundle's exported range and the profiled batches.")
+@click.option("--extrapolate", is_flag=True, help="Allow a batch outside the profiled batches (linear extrapolation).")
 @click.option("--device", default=None, help="Profile id to use (default: this device's).")
 @click.option("--pareto", type=click.Path(dir_okay=False), default=None, help="Write a quality/latency plot.")
-def plan(bundle: str, budget_ms: float, batch: int, device: str | None, pareto: str | None) -> None:
+def plan(bundle: str, budget_ms: float, batch: int, extrapolate: bool, device: str | None,
+         pareto: str | None) -> None:
     """Choose the best-quality plan whose predicted latency fits --budget-ms."""
     from odelt.exporter.bundle import open_bundle
     from odelt.pipeline.report import plan_table, plot_pareto
     from odelt.runtime.planner import choose
     from odelt.runtime.plans import load_candidates
-    from odelt.runtime.profile import call_cost, host_overheads, load_profile
+    from odelt.runtime.profile import call_cost, check_plan_batch, host_overheads, load_profile
 
     manifest = open_bundle(bundle)
     prof = load_profile(manifest, device)
+    check_plan_batch(manifest, prof, batch, extrapolate)
     choice = choose(load_candidates(manifest), budget_ms, call_cost(prof), batch, *host_overheads(prof))
     click.echo(plan_table(choice))
     c = choice.candidate

@@ -7,24 +7,25 @@ import json
 import click
 
 from odelt.cli import cli
+from odelt.cli.options import NONNEG, POSITIVE, SAMPLES
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True)
-@click.option("--calib-samples", type=int, default=32, show_default=True,
+@click.option("--calib-samples", type=SAMPLES, default=32, show_default=True,
               help="Noise samples; each is integrated with every schedule at every length.")
 @click.option("--calib-schedule", "schedules", multiple=True,
               help="Schedule NAME|FILE to calibrate along (repeatable; default uniform:euler:4 and :8).")
-@click.option("--eval-samples", type=int, default=64, show_default=True, help="Held-out noise for the accuracy guard.")
-@click.option("--max-rmse", type=float, default=None, help="Final-sample RMSE limit (default fp16 0.01, int8 0.05).")
-@click.option("--max-fd-rel", type=float, default=0.10, show_default=True, help="FD-digits relative change limit.")
+@click.option("--eval-samples", type=SAMPLES, default=64, show_default=True, help="Held-out noise for the accuracy guard.")
+@click.option("--max-rmse", type=POSITIVE, default=None, help="Final-sample RMSE limit (default fp16 0.01, int8 0.05).")
+@click.option("--max-fd-rel", type=POSITIVE, default=0.10, show_default=True, help="FD-digits relative change limit.")
 @click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
               show_default=True)
 @click.option("--int8-flavour", "flavour", type=click.Choice(["trt", "cpu"]), default="trt", show_default=True,
               help="INT8 only. trt: signed symmetric Q/DQ for TensorRT; cpu: uint8 activations and 7-bit weights, "
                    "which ONNX Runtime CPU fuses into integer matmuls (TensorRT cannot build it).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=NONNEG, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 def quantize(bundle: str, precision: str, calib_samples: int, schedules: tuple[str, ...], eval_samples: int,
              max_rmse: float | None, max_fd_rel: float, calib_method: str, flavour: str, seed: int,
@@ -32,8 +33,10 @@ def quantize(bundle: str, precision: str, calib_samples: int, schedules: tuple[s
     """Add an FP16 or INT8 (Q/DQ) variant to BUNDLE, guarded against FP32 on the final samples."""
     from odelt.calibration.quantize import DEFAULT_SCHEDULES, QuantizeOptions, quantize_bundle
 
-    options = QuantizeOptions(precision, calib_samples, tuple(schedules) or DEFAULT_SCHEDULES, eval_samples,
-                              max_rmse, max_fd_rel, calib_method, seed, flavour)
+    options = QuantizeOptions(precision=precision, calib_samples=calib_samples,
+                              schedules=tuple(schedules) or DEFAULT_SCHEDULES, eval_samples=eval_samples,
+                              max_rmse=max_rmse, max_fd_rel=max_fd_rel, method=calib_method, seed=seed,
+                              flavour=flavour)
     report = quantize_bundle(bundle, options)
     if as_json:
         click.echo(json.dumps(report, indent=1, default=float))

@@ -5,31 +5,36 @@ from __future__ import annotations
 import click
 
 from odelt.cli import cli
+from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, SAMPLES, THREADS
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--schedule", "schedule", default=None, metavar="NAME|FILE",
               help="KIND[:SOLVER[:STEPS]] (uniform, shifted, cosine; default uniform:euler:8) or a schedule .json.")
-@click.option("-n", "n", type=int, default=16, show_default=True, help="Images to generate.")
-@click.option("--batch", type=int, default=8, show_default=True, help="Images per backend call.")
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("-n", "n", type=SAMPLES, default=16, show_default=True, help="Images to generate.")
+@click.option("--batch", type=COUNT, default=8, show_default=True,
+              help="Images per backend call, within the bundle's exported batch range.")
+@click.option("--seed", type=NONNEG, default=0, show_default=True,
               help="Noise = numpy default_rng(seed).standard_normal((n,C,H,W)); labels i %% classes.")
-@click.option("--cfg-scale", type=float, default=None, help="Classifier-free guidance scale.")
+@click.option("--cfg-scale", type=FINITE, default=None, help="Classifier-free guidance scale.")
 @click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
 @click.option("--layout", type=click.Choice(["segments", "per-length"]), default=None,
               help="Graph layout to run (default: segments when the bundle has it).")
-@click.option("--length", type=int, default=None, help="Length for heuristic schedules (default: the longest).")
-@click.option("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: its default).")
+@click.option("--length", type=COUNT, default=None, help="Length for heuristic schedules (default: the longest).")
+@click.option("--threads", type=THREADS, default=0, help="ONNX Runtime intra-op threads (0: its default).")
 @click.option("--no-tables", is_flag=True, help="Ignore the bundle's modulation tables.")
 @click.option("--precision", default="fp32", show_default=True, help="Precision variant to run (fp32, fp16, int8).")
-@click.option("--budget-ms", type=float, default=None,
-              help="Latency budget per batch: run the plan `odelt-export plan` chooses (needs a profile).")
+@click.option("--budget-ms", type=POSITIVE, default=None,
+              help="Latency budget per batch: run the plan `odelt-export plan` chooses (needs a profile and "
+                   "a quality table). The plan fixes the schedule and precision, so it excludes --schedule.")
+@click.option("--extrapolate", is_flag=True,
+              help="With --budget-ms: allow a batch outside the profiled batches (the prediction extrapolates).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Grid PNG to write.")
 @click.option("--save-array", is_flag=True, help="Also write the samples as OUT with .npy suffix.")
 def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, cfg_scale: float | None,
              backend: str, layout: str | None, length: int | None, threads: int, no_tables: bool,
-             precision: str, budget_ms: float | None, out: str, save_array: bool) -> None:
+             precision: str, budget_ms: float | None, extrapolate: bool, out: str, save_array: bool) -> None:
     """Sample images from an exported BUNDLE with the numpy runtime."""
     from pathlib import Path
 
@@ -38,8 +43,9 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, c
     from odelt.runtime.images import grid_image, save_npy, save_png
     from odelt.runtime.run import GenerateOptions, generate_from_bundle
 
-    opts = GenerateOptions(schedule, n, batch, seed, cfg_scale, backend, layout, length, threads, not no_tables,
-                           precision, budget_ms)
+    opts = GenerateOptions(schedule=schedule, n=n, batch=batch, seed=seed, cfg_scale=cfg_scale, backend=backend,
+                           layout=layout, length=length, threads=threads, tables=not no_tables,
+                           precision=precision, budget_ms=budget_ms, extrapolate=extrapolate)
     with tqdm(total=n, desc="generate", unit="img", disable=None, leave=False) as bar:
         res = generate_from_bundle(bundle, opts, progress=bar.update)
     upscale = max(1, 64 // res.images.shape[-1])

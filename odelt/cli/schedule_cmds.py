@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import click
 
+from odelt import validate
 from odelt.cli import cli
+from odelt.cli.options import COUNT, NONNEG, Count
 
 
 def _load(source: str, config_file: str | None):
     from odelt.models import load_checkpoint
-    from odelt.models.checkpoint import file_hash, resolve_source
+    from odelt.fileio import file_hash
+    from odelt.models.checkpoint import resolve_source
     from odelt.models.config_io import read_config_file
 
     model = load_checkpoint(source, read_config_file(config_file) if config_file else None).eval()
@@ -19,10 +22,13 @@ def _load(source: str, config_file: str | None):
 def _dt_mode(value: str) -> str | int:
     if value in ("step", "auto"):
         return value
-    try:
-        return int(value)
-    except ValueError:
-        raise click.BadParameter(f"expected 'step', 'auto' or a level 0..7, found {value!r}") from None
+    return validate.count("--dt-base", value, 0, 7) if value.strip().isdigit() else _bad_dt(value)
+
+
+def _bad_dt(value: str) -> int:
+    from odelt.errors import ConfigError
+
+    raise ConfigError(f"--dt-base: expected 'step', 'auto' or a level 0..7, found {value!r}")
 
 
 @cli.command()
@@ -31,16 +37,17 @@ def _dt_mode(value: str) -> str | int:
               help="ld3 | amed | a heuristic grid (uniform, shifted, cosine).")
 @click.option("--solver", default="euler", show_default=True,
               help="Solver the schedule is for (amed: 'amed' = AMED-Solver, euler/ipndm = AMED-Plugin).")
-@click.option("--nfe", type=int, help="Network calls per sample (optional with --lengths auto).")
-@click.option("--length", type=int, help="One length for every step (default: the full depth).")
+@click.option("--nfe", type=Count(1, validate.MAX_STEPS), help="Network calls per sample (optional with --lengths auto).")
+@click.option("--length", type=COUNT, help="One length for every step (default: the full depth).")
 @click.option("--lengths", "lengths_mode", type=click.Choice(["auto"]), help="Search per-step lengths.")
-@click.option("--block-budget", type=int, help="With --lengths auto: at most this many block evaluations.")
+@click.option("--block-budget", type=COUNT, help="With --lengths auto: at most this many block evaluations.")
 @click.option("--dt-base", "dt_base", default="auto", show_default=True,
               help="Shortcut level per step: step (from the step size), auto, or a fixed level 0..7.")
-@click.option("--order", type=int, help="iPNDM order (default 4).")
-@click.option("--iters", type=int, default=300, show_default=True, help="Upper bound on learning steps.")
-@click.option("--pairs", "n_pairs", type=int, default=100, show_default=True, help="Teacher pairs (half validation).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--order", type=Count(1, 4), help="iPNDM order (default 4).")
+@click.option("--iters", type=COUNT, default=300, show_default=True, help="Upper bound on learning steps.")
+@click.option("--pairs", "n_pairs", type=Count(2, validate.MAX_SAMPLES), default=100, show_default=True,
+              help="Teacher pairs (half for validation; at least 2).")
+@click.option("--seed", type=NONNEG, default=0, show_default=True)
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON model config (upstream pickles).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Reuse teacher solves across runs.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Schedule JSON to write.")
@@ -72,8 +79,9 @@ def schedule(source: str, method: str, solver: str, nfe: int | None, length: int
 @click.argument("source")
 @click.argument("more", nargs=-1)
 @click.option("--schedules", "files", multiple=True, help="Schedule files or names (more may follow as arguments).")
-@click.option("--held-out", "n_held", type=int, default=256, show_default=True, help="Held-out noise samples.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--held-out", "n_held", type=Count(2, validate.MAX_SAMPLES), default=256, show_default=True,
+              help="Held-out noise samples (at least 2).")
+@click.option("--seed", type=NONNEG, default=0, show_default=True)
 @click.option("--no-fd", is_flag=True, help="Skip FD-digits.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False))
 @click.option("--cache-dir", type=click.Path(file_okay=False))

@@ -5,18 +5,19 @@ from __future__ import annotations
 import click
 
 from odelt.cli import cli
+from odelt.cli.options import COUNT, NONNEG, POSITIVE, Count
 
 
 @cli.command()
 @click.option("--preset", "preset_name", default="digits", show_default=True, help="Model preset (digits only has data).")
-@click.option("--steps", type=click.IntRange(1), default=6000, show_default=True)
-@click.option("--batch-size", type=click.IntRange(8), default=64, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
-@click.option("--warmup", type=click.IntRange(0), default=200, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True,
+@click.option("--steps", type=COUNT, default=6000, show_default=True)
+@click.option("--batch-size", type=Count(8), default=64, show_default=True)
+@click.option("--lr", type=POSITIVE, default=1e-3, show_default=True)
+@click.option("--warmup", type=NONNEG, default=200, show_default=True)
+@click.option("--seed", type=NONNEG, default=0, show_default=True)
+@click.option("--threads", type=Count(1, 1024), default=1, show_default=True,
               help="torch CPU threads (results are reproducible for a fixed thread count).")
-@click.option("--snapshot-every", type=click.IntRange(0), default=0, help="Also write the EMA weights every N steps.")
+@click.option("--snapshot-every", type=NONNEG, default=0, help="Also write the EMA weights every N steps.")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .safetensors file.")
 def train(preset_name: str, steps: int, batch_size: int, lr: float, warmup: int, seed: int, threads: int,
           snapshot_every: int, out_path: str) -> None:
@@ -48,9 +49,9 @@ def train(preset_name: str, steps: int, batch_size: int, lr: float, warmup: int,
 
 
 @cli.command("train-classifier")
-@click.option("--epochs", type=click.IntRange(1), default=30, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--threads", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--epochs", type=COUNT, default=30, show_default=True)
+@click.option("--seed", type=NONNEG, default=0, show_default=True)
+@click.option("--threads", type=Count(1, 1024), default=1, show_default=True)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Output .safetensors file.")
 def train_classifier(epochs: int, seed: int, threads: int, out_path: str) -> None:
     """Train the digits classifier behind FD-digits and the recognisability rate."""

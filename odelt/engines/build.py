@@ -22,9 +22,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from odelt.engines.targets import get_target
-from odelt.errors import ConfigError, ExportError
+from odelt.errors import BuildError, BundleError, ConfigError
 from odelt.exporter.bundle import MANIFEST, Bundle, open_bundle
-from odelt.fileio import partial_dir
+from odelt.fileio import make_dir, partial_dir, rename
 
 BACKENDS = ("ort", "tensorrt")
 BUILD_PRECISIONS = ("fp32", "fp16", "int8")
@@ -74,18 +74,19 @@ def build_bundle(bundle: str | os.PathLike, req: BuildRequest) -> dict:
     root = manifest.root
     final = root / "engines" / req.set_name
     if final.exists() and not req.force:
-        raise ExportError(f"{final} already exists; pass --force to rebuild it")
+        raise BuildError(f"{final} already exists; pass --force to rebuild it")
     _check_flavour(manifest, req)
     builder = _ort_builder(req) if req.backend == "ort" else _trt_builder(req, manifest)
     sources = {name: graph_source(manifest, name, req.precision) for name in sorted(manifest.graphs)}
     if req.backend == "ort" and not all(typed for _, typed in sources.values()):
-        raise ExportError(f"the bundle has no {req.precision} graphs (ONNX Runtime runs the graph as "
+        raise BundleError(f"the bundle has no {req.precision} graphs (ONNX Runtime runs the graph as "
                           f"written): run `odelt-export quantize BUNDLE --precision {req.precision}` first")
     tmp = partial_dir(root / "engines", req.set_name)
     graphs: dict[str, str] = {}
     facts: dict = {}
     try:
-        for name, (src, typed) in tqdm(sources.items(), desc=f"build {req.set_name}", unit="graph"):
+        for name, (src, typed) in tqdm(sources.items(), desc=f"build {req.set_name}", unit="graph", disable=None,
+                                       leave=False):
             facts = builder(name, src, typed, tmp)
             graphs[name] = f"engines/{req.set_name}/{facts.pop('file')}"
         entry = {"backend": req.backend, "target": req.target if req.backend == "tensorrt" else None,
@@ -96,7 +97,7 @@ def build_bundle(bundle: str | os.PathLike, req: BuildRequest) -> dict:
             change.set("engines", req.set_name, entry, files=_set_files(final, root))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        if not any(tmp.parent.iterdir()):
+        if tmp.parent.is_dir() and not any(tmp.parent.iterdir()):
             tmp.parent.rmdir()  # leave no empty engines/ behind a failed first build
     return entry
 
@@ -109,7 +110,7 @@ def _set_files(folder: Path, root: Path) -> list[str]:
 def _check_flavour(manifest: Bundle, req: BuildRequest) -> None:
     """TensorRT's Q/DQ layers take signed INT8 with zero point 0 only: the CPU flavour cannot build."""
     if req.backend == "tensorrt" and req.precision == "int8" and manifest.int8_flavour == "cpu":
-        raise ExportError(f"{manifest.root}: the int8 variant is the ONNX Runtime CPU flavour (uint8 activations), "
+        raise BuildError(f"{manifest.root}: the int8 variant is the ONNX Runtime CPU flavour (uint8 activations), "
                           "which TensorRT cannot build; expected the trt flavour: re-quantize with "
                           "`odelt-export quantize BUNDLE --precision int8 --int8-flavour trt`")
 
@@ -117,8 +118,13 @@ def _check_flavour(manifest: Bundle, req: BuildRequest) -> None:
 def _swap_in(tmp: Path, final: Path) -> None:
     old = final.with_name(f".old-{final.name}-{os.getpid()}")
     if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
+        rename(final, old)
+    try:
+        rename(tmp, final)
+    except BaseException:
+        if old.exists():
+            rename(old, final)
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -142,7 +148,7 @@ def _trt_builder(req: BuildRequest, manifest: Bundle) -> BuildOne:
     version = trt_engines.require_tensorrt()  # BackendUnavailable here, before any work
     cache = req.cache_dir or Path(os.environ.get("ODELT_ENGINE_CACHE",
                                                  Path.home() / ".cache" / "odelt" / "trt"))
-    cache.mkdir(parents=True, exist_ok=True)
+    make_dir(cache)
     timing = cache / f"timing-trt{'.'.join(map(str, version))}.cache"
     batch = manifest.batch
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import onnx
 
-from odelt.errors import ExportError
+from odelt.errors import BundleError
 
 _QDQ = {"QuantizeLinear", "DequantizeLinear"}
 _LOW_FLOAT = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
@@ -19,9 +19,9 @@ def load_graph(onnx_path: Path) -> onnx.ModelProto:
     try:
         return onnx.load(str(onnx_path), load_external_data=False)
     except FileNotFoundError:
-        raise ExportError(f"ONNX graph {onnx_path} not found") from None
+        raise BundleError(f"ONNX graph {onnx_path} not found") from None
     except Exception as e:  # onnx raises DecodeError and friends for a corrupt file
-        raise ExportError(f"{onnx_path} is not a readable ONNX graph ({type(e).__name__})") from None
+        raise BundleError(f"{onnx_path} is not a readable ONNX graph ({type(e).__name__})") from None
 
 
 def graph_digest(onnx_path: Path, model: onnx.ModelProto | None = None) -> str:
@@ -36,7 +36,7 @@ def graph_digest(onnx_path: Path, model: onnx.ModelProto | None = None) -> str:
         try:
             h.update(hashlib.sha256((onnx_path.parent / loc).read_bytes()).digest())
         except FileNotFoundError:
-            raise ExportError(f"{onnx_path} references missing external data {loc}") from None
+            raise BundleError(f"{onnx_path} references missing external data {loc}") from None
     return h.hexdigest()
 
 
@@ -44,7 +44,7 @@ def graph_opset(model: onnx.ModelProto) -> int:
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx"):
             return int(imp.version)
-    raise ExportError("ONNX graph declares no default-domain opset")
+    raise BundleError("ONNX graph declares no default-domain opset")
 
 
 def graph_precision(model: onnx.ModelProto) -> str:

@@ -16,6 +16,7 @@ side by side): elementwise passes over (8, 256, 1536) tensors are memory-bound h
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -30,8 +31,8 @@ from typing import Any
 import numpy as np
 
 from odelt.engines.graph import graph_digest
-from odelt.engines.platform import EngineMismatch, write_json_atomic
-from odelt.errors import ConfigError, ExportError
+from odelt.errors import BuildError, ConfigError, EngineMismatch, OdeltError
+from odelt.fileio import atomic_path, partial_dir, write_error, write_json_atomic
 
 LEVELS = ("basic", "extended", "all")
 FORMATS = ("onnx", "ort")
@@ -89,8 +90,6 @@ def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions 
         raise ConfigError(f"ONNX Runtime providers {sorted(missing)} are not available here "
                           f"(available: {', '.join(ort.get_available_providers())})")
     so = _session_options(ort, options.level, options.intra_op_threads)
-    tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp{out_path.suffix}")
-    so.optimized_model_filepath = str(tmp)
     so.log_severity_level = 3  # ORT warns that level "all" output is hardware specific: recorded
     if options.format == "ort":
         so.add_session_config_entry("session.save_model_format", "ORT")
@@ -101,26 +100,32 @@ def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions 
                                     f"{out_path.name}.data")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                     "1024")
-    work = out_path.with_name(f".{out_path.stem}.{os.getpid()}.fused")
-    try:
-        source = _fused_graph(onnx_path, work) if options.fusions else onnx_path
-        ort.InferenceSession(str(source), so, providers=list(options.providers))
-        if not tmp.is_file():
-            raise ExportError(f"ONNX Runtime wrote no optimised graph for {onnx_path.name}")
-        os.replace(tmp, out_path)
-    except OSError as e:
-        raise ExportError(f"could not write ORT engine {out_path}: {e.strerror or e}") from None
-    except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-        if isinstance(e, ExportError):
+    with partial_dir(out_path, "fused") as work, atomic_path(out_path, suffix=out_path.suffix) as tmp:
+        so.optimized_model_filepath = str(tmp)
+        try:
+            source = _fused_graph(onnx_path, work) if options.fusions else onnx_path
+            ort.InferenceSession(str(source), so, providers=list(options.providers))
+        except (OSError, OdeltError):
             raise
-        raise ExportError(f"ONNX Runtime could not optimise {onnx_path.name}: "
-                          f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-        shutil.rmtree(work, ignore_errors=True)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
+            raise _ort_failure(e, onnx_path, out_path, tmp) from None
+        if tmp.stat().st_size == 0:
+            raise BuildError(f"ONNX Runtime wrote no optimised graph for {onnx_path.name}")
+    shutil.rmtree(work, ignore_errors=True)
     record = _record(ort, onnx_path, out_path, options)
-    write_json_atomic(record_path(out_path), record)
+    write_json_atomic(record_path(out_path), record, indent=2, sort_keys=True)
     return OrtEngine(out_path, record)
+
+
+def _ort_failure(e: Exception, onnx_path: Path, out_path: Path, tmp: Path) -> OdeltError:
+    """ONNX Runtime saves the optimised graph itself and reports a failed write (a full disk) only as
+    "Protobuf serialization failed": that is a WriteError for the engine, not a build error."""
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "serializ" in first.lower():
+        full = shutil.disk_usage(tmp.parent).free < max(1 << 20, onnx_path.stat().st_size)
+        reason = os.strerror(errno.ENOSPC) if full else f"ONNX Runtime could not save it ({first})"
+        return write_error(out_path, OSError(errno.ENOSPC if full else errno.EIO, reason))
+    return BuildError(f"ONNX Runtime could not optimise {onnx_path.name}: {first}")
 
 
 def _fused_graph(onnx_path: Path, work: Path) -> Path:

@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from odelt.errors import BackendUnavailable, RuntimeFailure
-from odelt.fileio import write_text_atomic
+from odelt.errors import BackendUnavailable, EngineMismatch
 
 TEGRA_RELEASE = Path("/etc/nv_tegra_release")
 MANIFEST_SUFFIX = ".json"
@@ -26,10 +25,6 @@ MANIFEST_FORMAT = 1
 # L4T release -> JetPack (deploy.md §2.8). R36.4 is shared by JetPack 6.1, 6.2 and 6.2.1.
 _L4T_TO_JETPACK = {(35,): "5.1", (36, 3): "6.0", (36, 4): "6.1/6.2", (38, 2): "7.0", (38, 4): "7.1",
                    (39, 2): "7.2"}
-
-
-class EngineMismatch(RuntimeFailure):
-    """An engine built for another TensorRT version or GPU than this machine's."""
 
 
 @dataclass(frozen=True)
@@ -127,11 +122,6 @@ class EngineManifest:
 
 def manifest_path(engine_path: Path) -> Path:
     return engine_path.with_name(engine_path.name + MANIFEST_SUFFIX)
-
-
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    """Engine manifests and records: sorted keys, so that equal content is equal bytes."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_manifest(engine_path: Path) -> EngineManifest:

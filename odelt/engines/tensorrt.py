@@ -11,7 +11,6 @@ never run against a real TensorRT here: see the README.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -20,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from odelt.engines.graph import graph_digest, graph_opset, graph_precision, load_graph
 from odelt.engines.platform import (EngineManifest, Platform, cache_key, check_compatible,
-                                    current_platform, manifest_path, read_manifest, write_json_atomic)
+                                    current_platform, manifest_path, read_manifest)
 from odelt.engines.targets import Target, Version, get_target, parse_version
-from odelt.errors import BackendUnavailable, ConfigError, ExportError, RuntimeFailure
+from odelt.errors import BackendUnavailable, BuildError, ConfigError, RuntimeFailure
+from odelt.fileio import make_dir, write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -100,7 +100,7 @@ def _check_graph(onnx_path: Path, target: Target, version: Version) -> str:
     model = load_graph(onnx_path)
     limit = target.max_opset(version)
     if limit is not None and graph_opset(model) > limit:
-        raise ExportError(f"{onnx_path.name} uses ONNX opset {graph_opset(model)}, TensorRT "
+        raise BuildError(f"{onnx_path.name} uses ONNX opset {graph_opset(model)}, TensorRT "
                           f"{'.'.join(map(str, version))} (JetPack 5) needs opset <= {limit}: "
                           f"re-export with --opset {limit}")
     return graph_precision(model)
@@ -131,7 +131,7 @@ def _network_from_onnx(builder: trt.Builder, onnx_path: Path, strongly_typed: bo
     parser = trt.OnnxParser(network, _logger())
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise ExportError(f"TensorRT could not parse {onnx_path.name}: {errors or 'no details'}")
+        raise BuildError(f"TensorRT could not parse {onnx_path.name}: {errors or 'no details'}")
     return network, parser  # the parser must outlive the network's use
 
 
@@ -187,17 +187,7 @@ def _attach_timing_cache(config: trt.IBuilderConfig, path: str | None) -> None:
 
 def _save_timing_cache(config: trt.IBuilderConfig, path: str | None) -> None:
     if path is not None:
-        _write_atomic(Path(path), bytes(config.get_timing_cache().serialize()))
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"could not write {path}: {e.strerror or e}") from None
+        write_bytes_atomic(Path(path), bytes(config.get_timing_cache().serialize()))
 
 
 def build_plan(onnx_path: Path, bc: BuildConfig, version: Version, graph_prec: str) -> bytes:
@@ -210,7 +200,7 @@ def build_plan(onnx_path: Path, bc: BuildConfig, version: Version, graph_prec: s
     _attach_timing_cache(config, bc.timing_cache)
     plan = builder.build_serialized_network(network, config)
     if plan is None:  # the binding returns None on failure; the log says why
-        raise ExportError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log)")
+        raise BuildError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log)")
     _save_timing_cache(config, bc.timing_cache)
     return bytes(memoryview(plan))
 
@@ -243,7 +233,7 @@ def engine_from_onnx(onnx_path: Path, bc: BuildConfig, out_path: Path,
         return EngineResult(out_path, manifest, True)
     plan = build_plan(onnx_path, bc, version, graph_prec)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
+        make_dir(cached.parent)
         _install(plan, manifest, cached)
     _install(plan, manifest, out_path)
     return EngineResult(out_path, manifest, False)
@@ -252,8 +242,8 @@ def engine_from_onnx(onnx_path: Path, bc: BuildConfig, out_path: Path,
 def _install(plan: bytes, manifest: EngineManifest, path: Path) -> None:
     # Plan first, manifest last: a plan without its manifest is refused at load time.
     manifest_path(path).unlink(missing_ok=True)
-    _write_atomic(path, plan)
-    write_json_atomic(manifest_path(path), manifest.to_dict())
+    write_bytes_atomic(path, plan)
+    write_json_atomic(manifest_path(path), manifest.to_dict(), indent=2, sort_keys=True)
 
 
 def _v(v: Version) -> str:

@@ -18,8 +18,8 @@ from odelt.errors import ConfigError, ExportError
 from odelt.exporter import onnx_utils
 from odelt.exporter.bundle import FORMAT, MANIFEST, Bundle, open_bundle, write_new_bundle
 from odelt.exporter.iospec import LAYOUTS, BatchRange, GraphSpec, TensorSpec, check_lengths, plan_layout
-from odelt.fileio import partial_dir, remove_stale_partials
 from odelt.exporter.wrappers import ChunkGraph, ConditioningGraph, HeadGraph, LengthGraph
+from odelt.fileio import building, remove_stale_partials, rename
 from odelt.models.dit import DiT
 
 SUPPORTED_OPSETS = tuple(range(14, 21))   # TorchScript exporter range we test; 16 = TensorRT 8.5
@@ -126,16 +126,12 @@ def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, sour
     external = options.external_data
     if external is None:
         external = dit.param_bytes() > EXTERNAL_DATA_BYTES
-    tmp = partial_dir(out.parent, out.name)
-    try:
+    with building(out.parent, out.name) as tmp:   # removed, whatever happens, unless moved into place
         graphs = _export_graphs(dit, plans, options, tmp, external)
         shutil.rmtree(tmp / ".scratch", ignore_errors=True)
         files = [f for g in graphs.values() for f in (g["file"], g["external_data"]) if f]
         write_new_bundle(tmp, _manifest_data(dit, options, lengths, plans, graphs, (source, source_hash)), files)
         _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return open_bundle(out)
 
 
@@ -193,18 +189,23 @@ def _move_into_place(tmp: Path, out: Path) -> None:
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
     if not out.exists():
-        os.rename(tmp, out)
+        rename(tmp, out)
         return
     old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.rename(out, old)
-    os.rename(tmp, out)
+    rename(out, old)
+    try:
+        rename(tmp, out)
+    except BaseException:
+        rename(old, out)                       # the old bundle stays when the new one cannot go in
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 
 def export_source(source: str, out: str | os.PathLike, options: ExportOptions, config: dict | None = None) -> Bundle:
     """Load `source` (builtin:NAME, our checkpoint, or an upstream pickle with `config`) and export it.
     The manifest records where it came from and the file's hash, so `verify` can reload it."""
-    from odelt.models.checkpoint import BUILTIN_PREFIX, file_hash, load_checkpoint, resolve_source
+    from odelt.fileio import file_hash
+    from odelt.models.checkpoint import BUILTIN_PREFIX, load_checkpoint, resolve_source
 
     dit = load_checkpoint(source, config)
     path = resolve_source(source)

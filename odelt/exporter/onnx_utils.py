@@ -64,20 +64,24 @@ def weight_bytes(model) -> int:
 
 
 def save_graph(model, path: Path, external: bool) -> str | None:
-    """Save `model` to `path`; with external data, weights go to `<file>.onnx.data` beside it.
-    Returns that data file's path relative to the bundle root, or None."""
+    """Save `model` to `path` atomically (odelt.fileio); with external data, weights go to
+    `<file>.onnx.data` beside it. Returns that data file's path relative to the bundle root, or None."""
     import onnx
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from odelt.fileio import atomic_path
+
     external = external or weight_bytes(model) > PROTOBUF_LIMIT
-    if not external:
-        onnx.save_model(model, str(path))
-        return None
-    location = f"{path.name}.data"
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=location, size_threshold=1024)
-    data = path.parent / location
-    return f"{path.parent.name}/{location}" if data.is_file() else None
+    data = path.parent / f"{path.name}.data"
+    kw = dict(save_as_external_data=True, all_tensors_to_one_file=True, location=data.name,
+              size_threshold=1024) if external else {}
+    data.unlink(missing_ok=True)                 # onnx appends to an existing data file
+    try:
+        with atomic_path(path, suffix=".onnx") as tmp:
+            onnx.save_model(model, str(tmp), **kw)   # external data lands beside tmp, i.e. at `data`
+    except BaseException:
+        data.unlink(missing_ok=True)
+        raise
+    return f"{path.parent.name}/{data.name}" if external and data.is_file() else None
 
 
 def initializer_digests(path: Path, min_bytes: int = 1024) -> dict[str, str]:

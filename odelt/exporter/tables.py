@@ -11,7 +11,7 @@ import numpy as np
 
 from odelt.errors import ScheduleError
 from odelt.exporter.bundle import Bundle, open_bundle
-from odelt.fileio import atomic_path
+from odelt.fileio import save_with
 
 # (t (1,), dt_base (1,), y (1,), l (1,)) -> {output name: (rows, width)}
 Conditioner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -81,8 +81,7 @@ def add_table(bundle: str | os.PathLike, name: str, t: Sequence[float], dt_base:
     manifest = open_bundle(bundle)
     table = build_table(manifest, t, dt_base, length, y, conditioner)
     rel = f"tables/{name}.npz"
-    with atomic_path(manifest.root / rel, suffix=".npz") as tmp:
-        np.savez(tmp, **table)  # type: ignore[arg-type]
+    save_with(manifest.root / rel, lambda tmp: np.savez(tmp, **table), suffix=".npz")  # type: ignore[arg-type]
     entry = {"file": rel, "length": int(length), "y": y, "cfg": manifest.guidance,
              "rows": int(next(iter(table.values())).shape[1]),
              "t": [float(v) for v in np.asarray(t, np.float32)], "dt_base": [int(v) for v in dt_base],

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from odelt.errors import ExportError
+from odelt import validate
+from odelt.errors import BundleError, ExportError
 from odelt.exporter import onnx_utils
 from odelt.exporter.bundle import Bundle, open_bundle
 from odelt.exporter.chain import run_chain
 from odelt.exporter.iospec import BatchRange, TensorSpec, caller_inputs
-from odelt.models.checkpoint import file_hash, load_checkpoint, resolve_source
+from odelt.fileio import file_hash
+from odelt.models.checkpoint import load_checkpoint, resolve_source
 from odelt.models.dit import DiT
 
 FP32_ATOL = 1e-4
@@ -29,6 +31,13 @@ class VerifyOptions:
     seed: int = 0
     source: str | None = None                   # None: the source recorded in the manifest
 
+    def __post_init__(self) -> None:
+        validate.positive("--atol", self.atol)
+        validate.count("--cases", self.cases)
+        validate.count("--seed", self.seed, 0)
+        if self.batch_sizes is not None:
+            validate.counts("batch sizes", self.batch_sizes)
+
 
 def default_batch_sizes(batch: BatchRange) -> tuple[int, ...]:
     """Two sizes: the smallest, and a larger one (capped at min+2 to keep CPU runs short)."""
@@ -39,11 +48,11 @@ def model_for_bundle(manifest: Bundle, source: str | None = None) -> DiT:
     """The PyTorch model the bundle was exported from; its file hash must match the manifest's."""
     src = source or manifest.source
     if not src:
-        raise ExportError(f"{manifest.root}: the manifest records no source model; pass --source")
+        raise BundleError(f"{manifest.root}: the manifest records no source model; pass --source")
     want = manifest.model_hash
     have = file_hash(resolve_source(src))
     if want and have != want:
-        raise ExportError(f"source {src} has hash {have}, but the bundle was exported from hash {want}")
+        raise BundleError(f"source {src} has hash {have}, but the bundle was exported from hash {want}")
     return load_checkpoint(src, manifest.config)
 
 

@@ -4,7 +4,6 @@ HWIO)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -40,15 +39,6 @@ def resolve_source(source: str | os.PathLike) -> Path:
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: expected a file or builtin:<name>, found {s!r}")
     return path
-
-
-def file_hash(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes (first 16 hex digits): the identity of a model in manifests."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 def save_checkpoint(model: DiT, path: str | os.PathLike, extra: dict | None = None) -> None:

@@ -101,7 +101,7 @@ def train_classifier(cfg: ClassifierConfig, progress: bool = True) -> tuple[Digi
     model = DigitsCNN()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    for _ in tqdm(range(cfg.epochs), desc="classifier", disable=not progress):
+    for _ in tqdm(range(cfg.epochs), desc="classifier", disable=None if progress else True):
         model.train()
         order = torch.randperm(len(xtr), generator=gen)
         for i in range(0, len(order), cfg.batch_size):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from odelt.errors import ConfigError
@@ -26,6 +27,7 @@ class DiTConfig:
     ignore_dt: bool = False       # upstream flag: the model has no shortcut levels (dt_base forced to 0)
 
     def __post_init__(self) -> None:
+        self._check_types()
         checks = [
             (self.hidden_size % self.num_heads == 0, "hidden_size divisible by num_heads"),
             (self.hidden_size % 4 == 0, "hidden_size divisible by 4 (2-D sin-cos positions)"),
@@ -38,6 +40,22 @@ class DiTConfig:
         for ok, what in checks:
             if not ok:
                 raise ConfigError(f"invalid model config: expected {what}, found {self}")
+
+    def _check_types(self) -> None:
+        """Every field has its type (no bools for numbers, no strings) and a usable value, so that a
+        config file with `num_heads: 0` or `mlp_ratio: "four"` fails here, in one line."""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.type == "int":
+                ok, expected = _is_int(v) and v >= 1, "an integer >= 1"
+            elif f.name == "class_dropout_prob":
+                ok, expected = _is_number(v) and 0 <= v <= 1, "a number in [0, 1]"
+            elif f.type == "float":
+                ok, expected = _is_number(v) and v > 0, "a finite number > 0"
+            else:
+                ok, expected = isinstance(v, bool), "true or false"
+            if not ok:
+                raise ConfigError(f"invalid model config: {f.name}: expected {expected}, found {v!r}")
 
     @property
     def head_dim(self) -> int:
@@ -83,6 +101,14 @@ class DiTConfig:
             return cls(**kwargs)
         except TypeError as e:
             raise ConfigError(f"invalid model config: {e}") from None
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 # Presets, as upstream names them (README commands / train.py defaults). num_classes=1 is CelebA's

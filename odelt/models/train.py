@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from odelt import validate
 from odelt.models.config import DiTConfig
 from odelt.models.dit import DiT
 
@@ -51,6 +52,13 @@ class TrainConfig:
     depth_bootstrap: int = 8       # B/8 rows of length consistency
     seed: int = 0
     lengths: tuple[int, ...] = field(default=())   # student lengths; () = model.lengths
+
+    def __post_init__(self) -> None:
+        validate.count("--steps", self.steps)
+        validate.count("--batch-size", self.batch_size, 8)
+        validate.positive("--lr", self.lr)
+        validate.count("--warmup", self.warmup, 0)
+        validate.count("--seed", self.seed, 0)
 
     def student_lengths(self) -> tuple[int, ...]:
         return self.lengths or self.model.lengths
@@ -164,7 +172,8 @@ def train(cfg: TrainConfig, x: np.ndarray, y: np.ndarray, progress: bool = True,
 
     trainer = Trainer(cfg, x, y)
     losses: list[float] = []
-    bar = tqdm(range(cfg.steps), desc="train", disable=not progress, mininterval=5.0)
+    # disable=None: no bar without a terminal (a log or a test captures one error line)
+    bar = tqdm(range(cfg.steps), desc="train", disable=None if progress else True, mininterval=5.0)
     for _ in bar:
         losses.append(trainer.step())
         if trainer.k % 50 == 0:

@@ -9,6 +9,7 @@ Every stage is a library call of its own package; this module only composes and 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from odelt.fileio import write_json_atomic
+from odelt import validate
+from odelt.errors import ConfigError
+from odelt.fileio import make_dir, read_json, write_json_atomic
 
 Log = Callable[[str], None]
 
@@ -38,12 +41,57 @@ class DemoOptions:
     precisions: tuple[str, ...] = ("fp32", "int8")
     int8_flavour: str = "cpu"                     # the demo runs ONNX Runtime CPU (see calibration/int8.py)
     quick: bool = False                           # smoke-test sizes (tests)
+    force: bool = False                           # rebuild every stage (another model in `out`)
+
+    def __post_init__(self) -> None:
+        from odelt.exporter.export import ExportOptions
+
+        high = ExportOptions().batch.max            # the demo exports with the default batch range
+        validate.batch_in("--batch", self.batch, 1, high, "the demo bundle's range")
+        for budget in self.budgets_ms or ():
+            validate.positive("--budget-ms", budget)
+        for name in ("n", "quality_n", "calib_samples"):
+            validate.count(name, getattr(self, name))
 
 
 @dataclass
 class DemoResult:
     report: Path
     facts: dict[str, Any] = field(default_factory=dict)
+
+
+SOURCE = "source.json"    # the model every stage in `out` was built from: {"source", "source_hash"}
+
+
+def check_source(opts: DemoOptions, log: Log) -> None:
+    """Stages are reused only for the model they were built from: another model is refused, or with
+    `force` every stage is removed and rebuilt. Records the model in out/source.json."""
+    from odelt.fileio import file_hash
+    from odelt.models.checkpoint import resolve_source
+
+    want = {"source": opts.source, "source_hash": file_hash(resolve_source(opts.source))}
+    have = read_json(opts.out / SOURCE, ConfigError) if (opts.out / SOURCE).is_file() else _bundle_source(opts)
+    if have and have.get("source_hash") != want["source_hash"]:
+        if not opts.force:
+            raise ConfigError(f"{opts.out} holds stages built from {have.get('source')} (hash "
+                              f"{have.get('source_hash')}), not {opts.source} (hash {want['source_hash']}): "
+                              "pass --force to rebuild every stage, or choose another --out")
+        log(f"demo: {opts.out} was built from {have.get('source')}; --force: rebuilding every stage")
+        for p in sorted(opts.out.iterdir()):
+            if p.name in _STAGES or p.name.startswith("samples_"):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    write_json_atomic(opts.out / SOURCE, want)
+
+
+_STAGES = ("bundle", "schedules", "verify.json", "demo.json", "report.md", "pareto.png", SOURCE)
+
+
+def _bundle_source(opts: DemoOptions) -> dict | None:
+    """A folder from before source.json: the bundle's manifest says which model it holds."""
+    from odelt.exporter.bundle import load_manifest
+
+    bundle = opts.out / "bundle"
+    return load_manifest(bundle, check_files=False).data["model"] if (bundle / "manifest.json").is_file() else None
 
 
 def _cached(path: Path, make: Callable[[], Any], log: Log, what: str) -> Any:
@@ -120,7 +168,7 @@ def _relearn(opts: DemoOptions, manifest, model, names, log: Log) -> list:
     from odelt.schedules.make import Request, learn_schedule
 
     folder = opts.out / "schedules"
-    folder.mkdir(exist_ok=True)
+    make_dir(folder)
     out = []
     for name in names:
         path = folder / f"{name}.json"
@@ -250,7 +298,8 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     from odelt.exporter.verify import model_for_bundle
     from odelt.pipeline.report import write_report
 
-    opts.out.mkdir(parents=True, exist_ok=True)
+    make_dir(opts.out)
+    check_source(opts, log)
     start = time.perf_counter()
     manifest = stage_export(opts, log)
     verify = stage_verify(opts, manifest, log)

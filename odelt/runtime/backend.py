@@ -23,6 +23,7 @@ from typing import Any, Mapping, Protocol
 
 import numpy as np
 
+from odelt import validate
 from odelt.errors import ConfigError, RuntimeFailure
 from odelt.exporter.bundle import Bundle
 from odelt.exporter.iospec import GraphSpec, TensorSpec
@@ -135,8 +136,7 @@ def skip_graph(graph: GraphSpec, feeds: Mapping[str, Any]) -> bool:
 def check_batch(manifest: Bundle, batch: int, profile_bound: bool) -> None:
     """Engines with optimisation profiles serve only the manifest's batch range (rows double with
     host-side guidance). Graphs run by ONNX Runtime take any batch."""
-    if batch < 1:
-        raise ConfigError(f"batch must be >= 1, found {batch}")
+    validate.count("--batch", batch)
     rng = manifest.batch
     if profile_bound and not rng.min <= batch <= rng.max:
         raise ConfigError(f"batch {batch} is outside the engines' profile {rng.min}..{rng.max} "

@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 
 from odelt.errors import ScheduleError
+from odelt.validate import MAX_STEPS
 from odelt.runtime.schedule import ADAPTIVE_DT_BASE, MAX_DT_BASE, Schedule, load_schedule
 from odelt.runtime.solvers import SOLVER_INFO, nfe_for
 
@@ -35,8 +36,8 @@ BUILTIN_DIR = Path(__file__).resolve().parent.parent / "schedules" / "builtin"
 def make_grid(kind: str, steps: int, shift: float = DEFAULT_SHIFT) -> list[float]:
     if kind not in KINDS:
         raise ScheduleError(f"unknown schedule kind {kind!r}; expected one of {list(KINDS)}")
-    if steps < 1:
-        raise ScheduleError(f"a schedule needs at least 1 step, found {steps}")
+    if not 1 <= steps <= MAX_STEPS:
+        raise ScheduleError(f"schedule steps: expected an integer in 1..{MAX_STEPS}, found {steps}")
     us = [i / steps for i in range(steps + 1)]
     if kind == "uniform":
         grid = us

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from odelt.errors import BackendUnavailable, ExportError, RuntimeFailure
+from odelt.errors import BackendUnavailable, BundleError, RuntimeFailure
 from odelt.exporter.bundle import Bundle
 from odelt.exporter.chain import run_chain
 from odelt.exporter.iospec import GraphSpec
@@ -115,7 +115,7 @@ class OrtBackend:
         engine = self.engine_path(name)
         path = engine or self.manifest.graph_path(name, self.precision)
         if not path.is_file():
-            raise ExportError(f"{self.manifest.root}: graph file {path.name} is missing")
+            raise BundleError(f"{self.manifest.root}: graph file {path.name} is missing")
         try:
             if engine is not None:  # optimised offline: opened with optimisations disabled, as recorded
                 from odelt.engines.ort import session_from_engine
@@ -123,7 +123,7 @@ class OrtBackend:
             return ort.InferenceSession(str(path), so, providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"{path}: ONNX Runtime cannot load this graph ({first[:200]})") from None
+            raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({first[:200]})") from None
 
     def __exit__(self, *exc: object) -> None:
         self.sessions.clear()

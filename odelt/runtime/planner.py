@@ -12,11 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
-from odelt.errors import OdeltError
-
-
-class BudgetError(OdeltError):
-    """No candidate plan fits the latency budget."""
+from odelt.errors import BudgetError
 
 
 @dataclass(frozen=True)
@@ -67,7 +63,7 @@ def choose(candidates: Sequence[Candidate], budget_ms: float, call_ms: CallCost,
     if not candidates:
         raise BudgetError("no candidate plans: expected a quality table with at least one plan, found none")
     if not budget_ms > 0:
-        raise BudgetError(f"--budget-ms must be a positive number of milliseconds, found {budget_ms}")
+        raise BudgetError(f"--budget-ms: expected a number > 0, found {budget_ms}")
     table = tuple((c, predict_ms(c, call_ms, batch, step_overhead_ms, sample_overhead_ms)) for c in candidates)
     fits = [(c, ms) for c, ms in table if ms <= budget_ms]
     if not fits:

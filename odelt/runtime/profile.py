@@ -16,6 +16,7 @@ which the planner adds to the calls.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -25,6 +26,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from odelt import validate
 from odelt.errors import ConfigError
 from odelt.exporter.bundle import Bundle
 from odelt.fileio import read_json, write_json_atomic
@@ -167,9 +169,11 @@ def profile_bundle(manifest: Bundle, backend: str = "ort", batches: Iterable[int
     is the default: on a small shared CPU, a second thread made calls bimodal (0.9 vs 17 ms medians
     at batch 1 on the digits model, under load) while one thread stayed linear in the length.
     time_graphs=False skips timing each graph alone (the planner needs only the calls)."""
-    batches = tuple(batches)
-    if not batches or min(batches) < 1:
-        raise ConfigError(f"--batch must list positive integers, found {list(batches)}")
+    batches = validate.counts("--batch", batches)
+    for batch in batches:
+        validate.bundle_batch("--batch", batch, manifest.batch)
+    repeats = validate.count("--repeats", repeats)
+    threads = validate.threads("--threads", threads)
     desc = device_description(backend)
     result: dict[str, Any] = {"format": FORMAT, "device_id": device_id(desc), "device": desc,
                               "backend": backend, "repeats": repeats, "layout": manifest.default_layout(),
@@ -216,10 +220,61 @@ def load_profile(manifest: Bundle, device: str | None = None) -> dict[str, Any]:
     if want not in have:
         raise ConfigError(f"{manifest.root}: no profile for device {want!r} (have {have}); "
                           f"run `odelt-export profile {manifest.root}` on this device first")
-    data = read_json(folder / f"{want}.json", ConfigError)
-    if data.get("format") != FORMAT:
-        raise ConfigError(f"{folder / want}.json: expected format {FORMAT}, found {data.get('format')!r}")
+    path = folder / f"{want}.json"
+    data = read_json(path, ConfigError)
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"{path}: expected format {FORMAT}, found {found!r}")
+    _check_timings(path, data)
     return data
+
+
+def _check_timings(path: Path, data: dict[str, Any]) -> None:
+    """Every timing finite and > 0 (host overheads >= 0): a profile is refused when read, before a
+    NaN or a negative median can turn into a plan."""
+    def bad(where: str, value: Any) -> ConfigError:
+        return ConfigError(f"{path}: expected finite positive timings, found {where} = {value!r}; "
+                           "re-run `odelt-export profile` on this device")
+
+    calls = data.get("calls")
+    if not isinstance(calls, dict) or not calls:
+        raise bad("calls", calls)
+    for prec, by_batch in calls.items():
+        if not isinstance(by_batch, dict) or not by_batch:
+            raise bad(f"calls.{prec}", by_batch)
+        for b, by_len in by_batch.items():
+            if not str(b).isdigit() or int(b) < 1 or not isinstance(by_len, dict) or not by_len:
+                raise bad(f"calls.{prec}.{b}", by_len)
+            for n, cell in by_len.items():
+                for key in ("median_ms", "p90_ms"):
+                    v = cell.get(key) if isinstance(cell, dict) else None
+                    if not _finite(v) or v <= 0:
+                        raise bad(f"calls.{prec}.{b}.{n}.{key}", v)
+    for key in ("step_overhead_ms", "sample_overhead_ms"):
+        v = data.get(key, 0.0)
+        if not _finite(v) or v < 0:
+            raise bad(key, v)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def profiled_batches(profile: dict[str, Any]) -> tuple[int, int]:
+    """(smallest, largest) batch every precision of the profile was timed at."""
+    sizes = [sorted(int(b) for b in by_batch) for by_batch in profile["calls"].values()]
+    return max(s[0] for s in sizes), min(s[-1] for s in sizes)
+
+
+def check_plan_batch(manifest: Manifest, profile: dict[str, Any], batch: int, extrapolate: bool = False) -> int:
+    """A batch the planner may predict: inside the bundle's range, and inside the profiled batches
+    unless `extrapolate` (the cost model is linear in the rows, measured only between them)."""
+    validate.bundle_batch("--batch", batch, manifest.batch)
+    if not extrapolate:
+        low, high = profiled_batches(profile)
+        validate.batch_in("--batch", batch, low, high, "the profiled range",
+                          " (profile that batch, or pass --extrapolate)")
+    return batch
 
 
 def call_cost(profile: dict[str, Any]) -> Callable[[str, int, int], float]:

@@ -9,12 +9,14 @@ from typing import Callable
 
 import numpy as np
 
+from odelt import validate
+from odelt.errors import ConfigError
 from odelt.exporter.bundle import Bundle, open_bundle
 from odelt.runtime.backend import check_batch, open_backend
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.planner import Choice, choose
 from odelt.runtime.plans import load_candidates, load_plan_schedule
-from odelt.runtime.profile import call_cost, host_overheads, load_profile
+from odelt.runtime.profile import call_cost, check_plan_batch, host_overheads, load_profile
 from odelt.runtime.sampler import Sampler, Stats, generate, make_labels
 from odelt.runtime.schedule import Schedule
 
@@ -33,6 +35,22 @@ class GenerateOptions:
     tables: bool = True                # use the bundle's modulation tables when they fit
     precision: str = "fp32"            # a precision variant the bundle has (odelt-export quantize)
     budget_ms: float | None = None     # choose (schedule, precision) by the planner instead
+    extrapolate: bool = False          # with budget_ms: allow a batch outside the profiled ones
+
+    def __post_init__(self) -> None:
+        validate.count("-n", self.n, 1, validate.MAX_SAMPLES)
+        validate.count("--batch", self.batch)
+        validate.count("--seed", self.seed, 0)
+        validate.threads("--threads", self.threads)
+        if self.cfg_scale is not None:
+            validate.number("--cfg-scale", self.cfg_scale)
+        if self.length is not None:
+            validate.count("--length", self.length)
+        if self.budget_ms is not None:
+            validate.positive("--budget-ms", self.budget_ms)
+            if self.schedule is not None:
+                raise ConfigError(f"--budget-ms lets the planner choose the schedule: expected --schedule or "
+                                  f"--budget-ms, found both (--schedule {self.schedule})")
 
 
 @dataclass
@@ -47,6 +65,7 @@ class GenerateResult:
 def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
                          progress: Callable[[int], None] | None = None) -> GenerateResult:
     manifest = open_bundle(bundle)
+    validate.bundle_batch("--batch", opts.batch, manifest.batch)
     choice = None
     if opts.budget_ms is not None:
         choice, opts = plan_for_budget(manifest, opts)
@@ -58,9 +77,6 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
     schedule.check_fits(manifest.model_hash, manifest.lengths, opts.cfg_scale)
     rows = 2 * opts.batch if (opts.cfg_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
     check_batch(manifest, rows, profile_bound=opts.backend == "tensorrt")
-    if opts.n < 1:
-        from odelt.errors import ConfigError
-        raise ConfigError(f"-n must be >= 1, found {opts.n}")
     options = {"layout": opts.layout, "lengths": tuple(sorted(set(schedule.lengths))), "precision": opts.precision}
     if opts.backend == "ort":
         options["threads"] = opts.threads
@@ -77,6 +93,7 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
 def plan_for_budget(manifest: Bundle, opts: GenerateOptions) -> tuple[Choice, GenerateOptions]:
     """The planner's choice for opts.budget_ms at opts.batch, and the options that run it as profiled."""
     prof = load_profile(manifest)
+    check_plan_batch(manifest, prof, opts.batch, opts.extrapolate)
     choice = choose(load_candidates(manifest), float(opts.budget_ms or 0), call_cost(prof), opts.batch,
                     *host_overheads(prof))
     return choice, replace(opts, precision=choice.candidate.precision, threads=opts.threads or prof.get("threads", 1))

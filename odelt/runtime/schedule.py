@@ -33,6 +33,7 @@ from typing import Any, Sequence
 from odelt.errors import ScheduleError
 from odelt.fileio import read_json, write_json_atomic
 from odelt.runtime.solvers import SOLVER_INFO, nfe_for
+from odelt.validate import MAX_STEPS
 
 FORMAT = "odelt-schedule/1"
 TIME_CONVENTION = "x_t=(1-t)*x0+t*x1"
@@ -82,6 +83,7 @@ class Schedule:
         _check(self.solver in SOLVER_INFO, f"solver {self.solver!r} is unknown; expected one of {sorted(SOLVER_INFO)}")
         n = self.steps
         _check(n >= 1, f"t_grid needs at least 2 times, found {len(self.t_grid)}")
+        _check(n <= MAX_STEPS, f"t_grid: expected at most {MAX_STEPS} steps, found {n}")
         _check_grid("t_grid", self.t_grid)
         _check(abs(self.t_grid[0]) < 1e-9 and abs(self.t_grid[-1] - 1) < 1e-9,
                f"t_grid must run from 0 (noise) to 1 (data), found {self.t_grid[0]} .. {self.t_grid[-1]}")

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
 
-from odelt.errors import BackendUnavailable, ExportError, RuntimeFailure
+from odelt.errors import BackendUnavailable, BundleError, RuntimeFailure
 from odelt.exporter.bundle import Bundle
 from odelt.runtime.backend import BufferPlan, chain_length, check_batch, skip_graph
 
@@ -79,7 +79,7 @@ class TrtBackend:
         names = sorted({g.name for n in self.lengths for g in self.manifest.chain(n, self.layout)})
         for name in names:
             if name not in entry["graphs"]:
-                raise ExportError(f"engine set {self.engine_set} has no engine for graph {name}; rebuild it")
+                raise BundleError(f"engine set {self.engine_set} has no engine for graph {name}; rebuild it")
             self.engines[name] = load_engine(self.manifest.root / entry["graphs"][name])
         size = max(int(e.engine.device_memory_size_v2) for e in self.engines.values())
         self._scratch = _check(cudart.cudaMalloc(max(size, ALIGN)))
@@ -100,7 +100,7 @@ class TrtBackend:
                                      "on this device first")
         self.engine_set = self.engine_set or sorted(sets)[0]
         if self.engine_set not in sets:
-            raise ExportError(f"no TensorRT engine set {self.engine_set!r}; this bundle has {sorted(sets)}")
+            raise BundleError(f"no TensorRT engine set {self.engine_set!r}; this bundle has {sorted(sets)}")
         return dict(sets[self.engine_set])
 
     def __exit__(self, *exc: object) -> None:

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from odelt.fileio import atomic_path
+from odelt.fileio import atomic_path, write_bytes_atomic
 from odelt.models.dit import DiT
 from odelt.schedules.learn import Plan, run_plan
 from odelt.schedules.problem import Pairs, make_pairs
@@ -83,7 +83,7 @@ def evaluate(model: DiT, schedules: Sequence, n_held: int = 256, seed: int = 0, 
 
 def write_table(rows: Sequence[Row], header: dict, path: str | os.PathLike) -> Path:
     data = {**header, "rows": [asdict(r) for r in rows]}
-    return _atomic_write(Path(path), json.dumps(data, indent=1).encode())
+    return write_bytes_atomic(path, json.dumps(data, indent=1).encode())
 
 
 def pareto_front(rows: Sequence[Row]) -> list[Row]:
@@ -123,10 +123,4 @@ def plot_pareto(rows: Sequence[Row], path: str | os.PathLike) -> Path:
             fig.savefig(tmp)
     finally:
         plt.close(fig)
-    return path
-
-
-def _atomic_write(path: Path, data: bytes) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
     return path

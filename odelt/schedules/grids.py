@@ -11,6 +11,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from odelt.errors import ScheduleError
+
 EVAL_WINDOW = 0.5            # LD3's win_rate: eval shifts stay within half the smallest gap
 MIN_GAP = 1e-4               # smallest grid step a learned grid can take
 
@@ -35,7 +37,7 @@ def logits_from_grid(grid: Sequence[float]) -> Tensor:
     g = torch.as_tensor(list(grid), dtype=torch.float64)
     gaps = g[1:] - g[:-1]
     if len(g) < 2 or abs(float(g[0])) > 1e-9 or abs(float(g[-1]) - 1) > 1e-9 or bool((gaps <= MIN_GAP).any()):
-        raise ValueError(f"expected an increasing grid from 0 to 1 with gaps > {MIN_GAP}, found {list(grid)}")
+        raise ScheduleError(f"expected an increasing grid from 0 to 1 with gaps > {MIN_GAP}, found {list(grid)}")
     return torch.log((gaps - MIN_GAP) / (1 - len(gaps) * MIN_GAP)).float()
 
 

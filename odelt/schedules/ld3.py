@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from odelt.errors import ScheduleError
+from odelt.validate import MAX_STEPS
 from odelt.models.dit import DiT
 from odelt.schedules.grids import LD3Grid
 from odelt.schedules.learn import History, LearnConfig, Plan, learn
@@ -28,8 +29,8 @@ def steps_for(solver: str, nfe: int) -> int:
     """Grid steps for `nfe` model calls; one-line errors for NFE < 1 or a mismatch."""
     from odelt.runtime.solvers import SOLVER_INFO
 
-    if nfe < 1:
-        raise ScheduleError(f"NFE must be >= 1, found {nfe}")
+    if not 1 <= nfe <= MAX_STEPS:
+        raise ScheduleError(f"NFE: expected an integer in 1..{MAX_STEPS}, found {nfe}")
     if solver not in SOLVER_INFO:
         raise ScheduleError(f"unknown solver {solver!r}; expected one of {sorted(SOLVER_INFO)}")
     per = SOLVER_INFO[solver].calls_per_step

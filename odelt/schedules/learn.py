@@ -108,7 +108,8 @@ def learn(model: DiT, student: nn.Module, train: Pairs, val: Pairs, cfg: LearnCo
     hist.init_val = hist.best_val = eval_rmse(model, student, val)
     best = copy.deepcopy(student.state_dict())
     stale = 0
-    bar = tqdm(range(cfg.iters), desc="learn", disable=not progress, mininterval=1.0)
+    # disable=None: no bar without a terminal (a log or a test captures one error line)
+    bar = tqdm(range(cfg.iters), desc="learn", disable=None if progress else True, mininterval=1.0)
     for k in bar:
         if extra and k == int(cfg.warm_frac * cfg.iters):
             opt.param_groups[1]["lr"] = cfg.lr_aux    # phase 2: eval shifts join (LD3's v2 rounds)

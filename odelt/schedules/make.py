@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 
+from odelt import validate
 from odelt.errors import ScheduleError
 from odelt.models.dit import DiT
 from odelt.schedules.learn import LearnConfig, Plan
@@ -40,8 +41,7 @@ def check_request(model: DiT, req: Request) -> None:
     if drivable is not None and req.solver not in drivable:
         raise ScheduleError(f"method {req.method} cannot drive solver {req.solver!r}; expected one of {list(drivable)}")
     if req.nfe is not None:
-        if req.nfe < 1:
-            raise ScheduleError(f"NFE must be >= 1, found {req.nfe}")
+        validate.count("--nfe", req.nfe, 1, validate.MAX_STEPS)
         if req.method == "amed":
             if req.nfe % 2:
                 raise ScheduleError(f"AMED makes 2 calls per step: NFE must be even, found {req.nfe}")

@@ -104,7 +104,7 @@ def make_pairs(model: DiT, n: int, seed: int, held_out: bool = False, key: str |
         return _CACHE[ck]
     path = Path(cache_dir) / f"{key}-n{n}-s{s}-e{TEACHER_STEPS}.pt" if key and cache_dir else None
     if path is not None and path.is_file():
-        pairs = _load_pairs(path)
+        pairs = _load_pairs(path, model, n)
     else:
         z, y = draw_noise(model, n, s)
         pairs = Pairs(z, y, teacher_samples(model, z, y))
@@ -115,8 +115,9 @@ def make_pairs(model: DiT, n: int, seed: int, held_out: bool = False, key: str |
     return pairs
 
 
-def _load_pairs(path: Path) -> Pairs:
-    """Read a teacher cache: tensors only (`weights_only`), so a planted file cannot run code."""
+def _load_pairs(path: Path, model: DiT, n: int) -> Pairs:
+    """Read a teacher cache: tensors only (`weights_only`), so a planted file cannot run code; a
+    truncated or foreign file is a one-line error naming it."""
     try:
         data = torch.load(path, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as e:
@@ -129,6 +130,11 @@ def _load_pairs(path: Path) -> Pairs:
         found = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ScheduleError(f"{path}: expected a teacher cache of tensors z, y, x, found {found}; "
                             "delete it to recompute")
+    cfg = model.config
+    shape = (n, cfg.in_channels, cfg.input_size, cfg.input_size)
+    if not tuple(data["z"].shape) == shape == tuple(data["x"].shape) or tuple(data["y"].shape) != (n,):
+        raise ScheduleError(f"{path}: expected a teacher cache of noise and samples shaped {shape}, found "
+                            f"{tuple(data['z'].shape)} and {tuple(data['x'].shape)}; delete it to recompute")
     return Pairs(data["z"], data["y"], data["x"])
 
 

@@ -76,18 +76,23 @@ def test_bad_requests_leave_bundle_untouched(tiny_bundle, capsys, argv, message)
 
 
 def test_failure_mid_build_leaves_nothing_half_written(tiny_bundle, capsys, monkeypatch):
-    real = oe.engine_from_onnx
-    calls = []
+    import errno
 
-    def full_disk_on_second(src, out, options):
-        calls.append(src)
-        if len(calls) == 2:
-            raise oe.ExportError(f"could not write ORT engine {out}: No space left on device")
-        return real(src, out, options)
+    from odelt import fileio
 
-    monkeypatch.setattr(oe, "engine_from_onnx", full_disk_on_second)
+    real, calls = fileio._commit, []
+
+    def full_disk_on_second_engine(tmp, path):       # a fault injected in the write layer
+        if path.suffix == ".onnx":
+            calls.append(path)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real(tmp, path)
+
+    monkeypatch.setattr(fileio, "_commit", full_disk_on_second_engine)
     before = _snapshot(tiny_bundle)
-    assert "No space left on device" in _run(["build", str(tiny_bundle), "--backend", "ort"], capsys)
+    err = _run(["build", str(tiny_bundle), "--backend", "ort"], capsys)
+    assert "cannot write" in err and "length_4.onnx: No space left on device" in err
     assert _snapshot(tiny_bundle) == before and len(calls) == 2
     assert not (tiny_bundle / "engines").exists()
 

@@ -7,8 +7,8 @@ import onnxruntime as ort
 import pytest
 
 from odelt.engines import ort as oe
-from odelt.engines.platform import EngineMismatch
-from odelt.errors import ConfigError, ExportError
+from odelt.errors import EngineMismatch
+from odelt.errors import BuildError, BundleError, ConfigError
 
 
 def _raw(path, level):
@@ -67,14 +67,14 @@ def test_bad_options_and_bad_graph(tmp_path):
                             oe.OrtEngineOptions(providers=("NoSuchExecutionProvider",)))
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a graph")
-    with pytest.raises(ExportError, match="not a readable ONNX graph"):
+    with pytest.raises(BundleError, match="not a readable ONNX graph"):
         oe.engine_from_onnx(bad, tmp_path / "out.onnx")
     unknown_op = helper.make_model(helper.make_graph(
         [helper.make_node("NoSuchOp", ["x"], ["y"])], "g",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])]))
     onnx.save(unknown_op, str(tmp_path / "unknown.onnx"))
-    with pytest.raises(ExportError, match="ONNX Runtime could not optimise unknown.onnx"):
+    with pytest.raises(BuildError, match="ONNX Runtime could not optimise unknown.onnx"):
         oe.engine_from_onnx(tmp_path / "unknown.onnx", tmp_path / "out.onnx")
     # nothing half-written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.onnx", "unknown.onnx"]

@@ -6,8 +6,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from odelt.engines.graph import graph_digest, graph_opset, graph_precision
-from odelt.engines.platform import (EngineManifest, EngineMismatch, Platform, cache_key,
-                                    check_compatible, read_l4t)
+from odelt.engines.platform import EngineManifest, Platform, cache_key, check_compatible, read_l4t
+from odelt.errors import EngineMismatch
 
 BASE = Platform("10.3.0", "Orin", "8.7", "36.4.3", "6.1/6.2")
 

@@ -9,8 +9,9 @@ import types
 import pytest
 
 from odelt.engines import tensorrt as te
-from odelt.engines.platform import EngineMismatch, Platform
-from odelt.errors import BackendUnavailable, ConfigError, ExportError
+from odelt.engines.platform import Platform
+from odelt.errors import EngineMismatch
+from odelt.errors import BackendUnavailable, BuildError, ConfigError
 
 from .conftest import export_tiny
 from .fake_tensorrt import make_fake_tensorrt
@@ -105,7 +106,7 @@ def test_target_version_and_opset_checks(tmp_path, tiny_onnx, fake_trt):
     with pytest.raises(ConfigError, match="orin-nano runs TensorRT 8.5 to 10.16"):
         _build(tmp_path, te.BuildConfig(target="orin-nano"), tiny_onnx)
     fake_trt("8.5.2")                                   # JetPack 5: opset 17 graph refused
-    with pytest.raises(ExportError, match="opset 17.*opset <= 16"):
+    with pytest.raises(BuildError, match="opset 17.*opset <= 16"):
         _build(tmp_path, te.BuildConfig(target="orin-nano"), tiny_onnx)
     g16 = export_tiny(tmp_path / "g16.onnx", opset=16)
     assert _build(tmp_path, te.BuildConfig(target="orin-nano"), g16).path.is_file()

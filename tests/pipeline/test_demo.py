@@ -115,3 +115,19 @@ def test_measure_plan_keeps_a_partial_last_batch(demo):
     np.testing.assert_allclose(images, want, atol=1e-6)                  # rows 3-4 included
     assert ms > 0
     assert np.isfinite(measure_plan(manifest, candidate, batch=8, n=2)[1])   # batch > n: still a time
+
+
+def test_demo_refuses_another_model_in_its_folder(demo, tmp_path):
+    from dataclasses import replace
+
+    from odelt.errors import ConfigError
+
+    opts, _ = demo
+    torch.manual_seed(1)
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(DiT(TINY), other)
+    before = {p: p.stat().st_mtime_ns for p in opts.out.rglob("*")}
+    with pytest.raises(ConfigError, match="pass --force to rebuild every stage"):
+        run_demo(replace(opts, source=str(other)), log=lambda msg: None)
+    assert {p: p.stat().st_mtime_ns for p in opts.out.rglob("*")} == before
+    assert json.loads((opts.out / "source.json").read_text())["source"] == opts.source

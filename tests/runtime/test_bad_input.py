@@ -78,7 +78,7 @@ def test_corrupt_graph_file(bundle_copy):
     assert "segments/head.onnx was modified" in _one_line(e)
     # Corrupt but re-hashed (the manifest agrees): ONNX Runtime refuses it, still one line.
     edit_by_hand(bundle_copy, lambda data: None)
-    with pytest.raises(ExportError) as e:
+    with pytest.raises(BundleError) as e:
         generate_from_bundle(bundle_copy, GenerateOptions(n=1))
     assert "ONNX Runtime cannot load this graph" in _one_line(e)
 

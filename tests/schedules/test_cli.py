@@ -65,7 +65,7 @@ def _one_line_error(argv, capsys, *needles):
 
 def test_bad_inputs_are_one_line_errors(tmp_path, tiny_ckpt, capsys):
     src, out = str(tiny_ckpt), str(tmp_path / "x.json")
-    _one_line_error(["schedule", src, "--nfe", "0", "--out", out], capsys, "NFE must be >= 1", "found 0")
+    _one_line_error(["schedule", src, "--nfe", "0", "--out", out], capsys, "--nfe: expected an integer in 1..1024", "found 0")
     _one_line_error(["schedule", src, "--solver", "dopri5", "--nfe", "4", "--out", out], capsys,
                     "cannot drive solver 'dopri5'")
     _one_line_error(["schedule", src, "--method", "amed", "--solver", "heun", "--nfe", "4", "--out", out], capsys,
