@@ -34,7 +34,7 @@ def test_existing_file_survives_a_failed_replace(tmp_path, monkeypatch):
 
 def test_partial_folder_is_removed_and_named_by_its_target(tmp_path, monkeypatch):
     with pytest.raises(WriteError) as e:
-        with fileio.partial_dir(tmp_path / "bundle") as work:
+        with fileio.building(tmp_path, "bundle") as work:
             (work / "kept.txt").write_text("x")
             _full_disk(monkeypatch)
             fileio.write_text_atomic(work / "graph.onnx", "y")

@@ -32,7 +32,7 @@ import numpy as np
 
 from odelt.engines.graph import graph_digest
 from odelt.errors import BuildError, ConfigError, EngineMismatch, OdeltError
-from odelt.fileio import atomic_path, partial_dir, write_error, write_json_atomic
+from odelt.fileio import atomic_path, building, write_error, write_json_atomic
 
 LEVELS = ("basic", "extended", "all")
 FORMATS = ("onnx", "ort")
@@ -100,7 +100,7 @@ def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions 
                                     f"{out_path.name}.data")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                     "1024")
-    with partial_dir(out_path, "fused") as work, atomic_path(out_path, suffix=out_path.suffix) as tmp:
+    with building(out_path.parent, f"{out_path.name}.fused") as work, atomic_path(out_path, suffix=out_path.suffix) as tmp:
         so.optimized_model_filepath = str(tmp)
         try:
             source = _fused_graph(onnx_path, work) if options.fusions else onnx_path

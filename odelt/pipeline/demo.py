@@ -88,10 +88,12 @@ _STAGES = ("bundle", "schedules", "verify.json", "demo.json", "report.md", "pare
 
 def _bundle_source(opts: DemoOptions) -> dict | None:
     """A folder from before source.json: the bundle's manifest says which model it holds."""
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import MANIFEST, open_bundle
 
-    bundle = opts.out / "bundle"
-    return load_manifest(bundle, check_files=False).data["model"] if (bundle / "manifest.json").is_file() else None
+    if not (opts.out / "bundle" / MANIFEST).is_file():
+        return None
+    bundle = open_bundle(opts.out / "bundle")
+    return {"source": bundle.source, "source_hash": bundle.model_hash}
 
 
 def _cached(path: Path, make: Callable[[], Any], log: Log, what: str) -> Any:

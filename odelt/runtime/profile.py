@@ -266,7 +266,7 @@ def profiled_batches(profile: dict[str, Any]) -> tuple[int, int]:
     return max(s[0] for s in sizes), min(s[-1] for s in sizes)
 
 
-def check_plan_batch(manifest: Manifest, profile: dict[str, Any], batch: int, extrapolate: bool = False) -> int:
+def check_plan_batch(manifest: Bundle, profile: dict[str, Any], batch: int, extrapolate: bool = False) -> int:
     """A batch the planner may predict: inside the bundle's range, and inside the profiled batches
     unless `extrapolate` (the cost model is linear in the rows, measured only between them)."""
     validate.bundle_batch("--batch", batch, manifest.batch)

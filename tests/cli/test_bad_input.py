@@ -247,7 +247,7 @@ CASES = [
     ("sched-dt-9", S + ["--nfe", "2", "--dt-base", "9"], "--dt-base: expected an integer in 0..7, found 9", None),
     ("sched-dt-text", S + ["--nfe", "2", "--dt-base", "fast"], "--dt-base: expected 'step', 'auto' or a level", None),
     ("sched-order", S + ["--nfe", "2", "--order", "7"], "--order: expected an integer in 1..4, found 7", None),
-    ("sched-truncated-cache", S + ["--nfe", "2", "--pairs", "4", "--cache-dir", "{cache}"], "is unreadable", None),
+    ("sched-truncated-cache", S + ["--nfe", "2", "--pairs", "4", "--cache-dir", "{cache}"], "refusing teacher cache", None),
     ("sched-permission", S + ["--method", "uniform", "--nfe", "2"], "s.json: Permission denied", "permission"),
     ("eval-held-out-0", EV + ["uniform", "--held-out", "0"], "--held-out: expected an integer in 2..1000000, found 0",
      None),
@@ -255,7 +255,7 @@ CASES = [
     ("eval-none", EV, "expected at least one schedule", None),
     ("eval-steps-huge", EV + ["uniform:euler:100000"], "1..1024, found 100000", None),
     ("eval-truncated-cache", EV + ["uniform:euler:2", "--held-out", "6", "--no-fd", "--cache-dir", "{cache}"],
-     "is unreadable", None),
+     "refusing teacher cache", None),
     ("eval-disk-full", EV + ["uniform:euler:2", "--held-out", "4", "--no-fd", "--out", "{out}/t.json"],
      "t.json: No space left on device", "disk-full"),
     # demo

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from odelt.cli import main
-from odelt.errors import BundleError, ConfigError, ExportError, OdeltError, RuntimeFailure, ScheduleError
+from odelt.errors import BundleError, ConfigError, OdeltError, RuntimeFailure, ScheduleError
 from tests.bundles import edit_by_hand
 from odelt.runtime.backend import check_batch, open_backend
 from odelt.runtime.heuristics import resolve_schedule
