@@ -97,3 +97,28 @@ def test_engine_of_graph_with_external_weights_is_self_contained(tmp_path, tiny_
     assert (tmp_path / "eng" / "g.onnx.data").is_file()   # weights beside the engine, not the source
     want = _raw(src, ort.GraphOptimizationLevel.ORT_ENABLE_ALL).run(None, {"x": x_batch})[0]
     np.testing.assert_array_equal(oe.session_from_engine(eng.path).run(None, {"x": x_batch})[0], want)
+
+
+def test_a_failed_engine_write_is_a_write_error_not_a_build_error(tmp_path, tiny_onnx, monkeypatch):
+    """ONNX Runtime writes the optimised graph itself and reports a failed write only as "Protobuf
+    serialization failed". A real failed write: the engine's temp path is a link to /dev/full, where
+    every write fails with ENOSPC (the link, not the device, is removed afterwards)."""
+    from pathlib import Path
+
+    from odelt import fileio
+    from odelt.errors import WriteError
+
+    if not Path("/dev/full").is_char_device():
+        pytest.skip("needs Linux's /dev/full")
+
+    def full_temp(path, suffix):
+        link = path.parent / f".{path.name}.full{suffix}"
+        link.symlink_to("/dev/full")
+        return link
+
+    monkeypatch.setattr(fileio, "_make_temp", full_temp)
+    out = tmp_path / "eng" / "tiny.onnx"
+    out.parent.mkdir()
+    with pytest.raises(WriteError, match=r"cannot write .*eng/tiny.onnx: .*Protobuf serialization failed"):
+        oe.engine_from_onnx(tiny_onnx, out, oe.OrtEngineOptions(fusions=False))
+    assert list(out.parent.iterdir()) == [] and Path("/dev/full").is_char_device()
