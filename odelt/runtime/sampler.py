@@ -26,7 +26,7 @@ import numpy as np
 from odelt.errors import RuntimeFailure
 from odelt.exporter.bundle import Bundle
 from odelt.exporter.chain import load_table
-from odelt.runtime.backend import Backend
+from odelt.runtime.protocol import Backend
 from odelt.runtime.schedule import Schedule
 from odelt.runtime.solvers import SOLVER_INFO, SOLVERS
 
