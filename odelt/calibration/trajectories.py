@@ -49,20 +49,17 @@ def per_length(schedules: list[Schedule], manifest: Bundle) -> list[Schedule]:
 class OrtGraphs:
     """run_graph for run_chain: one ONNX Runtime CPU session per graph file, created on first use."""
 
-    def __init__(self, manifest: Bundle, path_of: GraphPath | None = None, threads: int = 0):
+    def __init__(self, manifest: Bundle, path_of: GraphPath | None = None, threads: int = 1):
         self.manifest = manifest
         self.path_of = path_of or (lambda spec: manifest.graph_path(spec.name))
         self.threads = threads
         self._sessions: dict[str, object] = {}
 
     def session(self, spec: GraphSpec):
-        import onnxruntime as ort
+        from odelt.runtime.ort_session import open_session
 
         if spec.name not in self._sessions:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.threads
-            self._sessions[spec.name] = ort.InferenceSession(str(self.path_of(spec)), opts,
-                                                             providers=["CPUExecutionProvider"])
+            self._sessions[spec.name] = open_session(self.path_of(spec), threads=self.threads)
         return self._sessions[spec.name]
 
     def __call__(self, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
