@@ -88,7 +88,7 @@ def overhead(bundle, repeats: int) -> dict:
 _TIME_SCRIPT = """
 import json, statistics, sys, time
 import numpy as np
-import onnxruntime as ort
+from odelt.runtime.ort_session import open_session
 from onnx import TensorProto, helper, numpy_helper
 from odelt.exporter.bundle import open_bundle
 from odelt.runtime.backend import open_backend
@@ -108,9 +108,7 @@ w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((d, h)).ast
 g = helper.make_graph([helper.make_node("MatMul", ["a", "w"], ["b"])], "gemm",
                       [helper.make_tensor_value_info("a", TensorProto.FLOAT, [rows, d])],
                       [helper.make_tensor_value_info("b", TensorProto.FLOAT, [rows, h])], [w])
-so = ort.SessionOptions()
-so.intra_op_num_threads = 1
-gemm = ort.InferenceSession(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), so)
+gemm = open_session(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), threads=1, spinning=True)
 a = {"a": np.random.default_rng(1).standard_normal((rows, d)).astype(np.float32)}
 times, outs = {p: [] for p in [*precisions, "gemm"]}, {}
 for p, sampler in samplers.items():

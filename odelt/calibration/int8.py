@@ -191,16 +191,13 @@ def fused_ops(model: onnx.ModelProto | str | Path, threads: int = 1) -> dict[str
     """Op counts of the graph ONNX Runtime's CPU provider actually runs (all optimisations on),
     read back from SessionOptions.optimized_model_filepath. Shows whether Q/DQ pairs became
     MatMulIntegerToFloat or stayed DequantizeLinear + FP32 MatMul."""
-    import onnxruntime as ort
+    from odelt.runtime.ort_session import open_session
 
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     with tempfile.TemporaryDirectory(prefix="odelt-ortopt-") as tmp:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3        # the "hardware specific optimizations" warning is expected here
-        opts.optimized_model_filepath = str(Path(tmp) / "optimised.onnx")
-        ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
-        optimised = onnx.load(opts.optimized_model_filepath, load_external_data=False)
+        path = Path(tmp) / "optimised.onnx"
+        # log level 3: the "hardware specific optimizations" warning is expected here
+        open_session(model, threads=threads, optimized_path=path, log_level=3)
+        optimised = onnx.load(str(path), load_external_data=False)
     counts: dict[str, int] = {}
     for node in optimised.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1

@@ -38,12 +38,12 @@ def _constant(model: onnx.ModelProto, name: str, inits: dict[str, np.ndarray]) -
 def _record_inputs(model: onnx.ModelProto, tensors: list[str],
                    feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Run `model` with `tensors` added as outputs; concatenate each over the feeds (rows flattened)."""
-    import onnxruntime as ort
+    from odelt.runtime.ort_session import open_session
 
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.ValueInfoProto(name=t) for t in dict.fromkeys(tensors) if t not in known)
-    sess = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = open_session(probe)
     rows: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
     for feed in feeds:
         for t, v in zip(tensors, sess.run(tensors, feed)):

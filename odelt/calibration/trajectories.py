@@ -2,10 +2,10 @@
 
 Calibration data for W8A8 DiTs must cover every time step (activation ranges move with t: research
 notes deploy.md §8), so we do not sample random (x, t) pairs: we integrate the ODE from noise with the
-target schedules, at every length the bundle offers, through the bundle's own FP32 graphs
-(`odelt.exporter.run_chain`), and keep a copy of every graph's inputs at every model call. The same
-loop, run once with FP32 graphs and once with a precision variant from the same noise, gives the
-accuracy guard its final samples.
+target schedules, at every length the bundle offers, through the bundle's own FP32 graphs (the
+runtime's Sampler over `odelt.exporter.chain.run_chain`), and keep a copy of every graph's inputs at
+every model call. The same loop, run once with FP32 graphs and once with a precision variant from
+the same noise, gives the accuracy guard its final samples.
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ import numpy as np
 
 from odelt.errors import ConfigError
 from odelt.exporter.bundle import Bundle
-from odelt.exporter.chain import run_chain
+from odelt.exporter.chain import RunGraph, run_chain
 from odelt.exporter.iospec import GraphSpec
+from odelt.runtime.protocol import chain_length
+from odelt.runtime.sampler import Sampler
 from odelt.runtime.schedule import Schedule
 
 GraphPath = Callable[[GraphSpec], Path]
@@ -49,20 +51,17 @@ def per_length(schedules: list[Schedule], manifest: Bundle) -> list[Schedule]:
 class OrtGraphs:
     """run_graph for run_chain: one ONNX Runtime CPU session per graph file, created on first use."""
 
-    def __init__(self, manifest: Bundle, path_of: GraphPath | None = None, threads: int = 0):
+    def __init__(self, manifest: Bundle, path_of: GraphPath | None = None, threads: int = 1):
         self.manifest = manifest
         self.path_of = path_of or (lambda spec: manifest.graph_path(spec.name))
         self.threads = threads
         self._sessions: dict[str, object] = {}
 
     def session(self, spec: GraphSpec):
-        import onnxruntime as ort
+        from odelt.runtime.ort_session import open_session
 
         if spec.name not in self._sessions:
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = self.threads
-            self._sessions[spec.name] = ort.InferenceSession(str(self.path_of(spec)), opts,
-                                                             providers=["CPUExecutionProvider"])
+            self._sessions[spec.name] = open_session(self.path_of(spec), threads=self.threads)
         return self._sessions[spec.name]
 
     def __call__(self, spec: GraphSpec, feeds: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
@@ -101,21 +100,36 @@ class Noise:
         return cls(x0, (np.arange(samples) % cfg.num_classes).astype(np.int32))
 
 
-def sample(manifest: Bundle, run_graph, schedule: Schedule, noise: Noise,
+class GraphBackend:
+    """A runtime backend over any run_graph (OrtGraphs, a Recorder), so that calibration samples
+    with the runtime's own Sampler. Sessions belong to the run_graph: entering opens nothing."""
+
+    name = "graphs"
+
+    def __init__(self, manifest: Bundle, run_graph: RunGraph, layout: str | None = None):
+        self.manifest, self.run_graph = manifest, run_graph
+        self.layout = layout or manifest.default_layout()
+        self.lengths = tuple(manifest.lengths)
+
+    def __enter__(self) -> GraphBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        length = chain_length(feeds, self.lengths)
+        return {"velocity": run_chain(self.manifest, length, feeds, self.run_graph, self.layout)}
+
+
+def sample(manifest: Bundle, run_graph: RunGraph, schedule: Schedule, noise: Noise,
            layout: str | None = None) -> np.ndarray:
-    """Integrate one schedule (its per-step lengths) from `noise.x0`; final samples (B, C, H, W)."""
-    from odelt.runtime.solvers import SOLVERS
-
-    b = noise.x0.shape[0]
-
-    def velocity(x: np.ndarray, t: float, n: int) -> np.ndarray:
-        feeds = {"x": np.asarray(x, np.float32), "t": np.full((b,), t, np.float32),
-                 "dt_base": np.full((b,), schedule.dt_base[n], np.int32), "y": noise.y}
-        if manifest.guidance:
-            feeds["cfg_scale"] = np.full((b,), noise.cfg_scale, np.float32)
-        return run_chain(manifest, schedule.lengths[n], feeds, run_graph, layout)
-
-    return SOLVERS[schedule.solver](velocity, noise.x0.copy(), list(schedule.t_grid), **schedule.solver_kwargs())
+    """Integrate one schedule (its per-step lengths) from `noise.x0` with the runtime's Sampler (no
+    modulation tables: every graph is seen); final samples (B, C, H, W), non-finite ones kept."""
+    scale = noise.cfg_scale if manifest.guidance else None      # guidance only where folded into the graphs
+    sampler = Sampler(GraphBackend(manifest, run_graph, layout), manifest, schedule, scale, use_tables=False,
+                      check_finite=False)
+    return sampler.sample(noise.x0, noise.y)[0]
 
 
 def schedule_key(s: Schedule) -> str:
@@ -123,7 +137,7 @@ def schedule_key(s: Schedule) -> str:
     return f"{s.name or s.solver}@l={lengths[0] if len(lengths) == 1 else 'mixed'}"
 
 
-def trajectories(manifest: Bundle, run_graph, schedules: list[Schedule], noise: Noise,
+def trajectories(manifest: Bundle, run_graph: RunGraph, schedules: list[Schedule], noise: Noise,
                  layout: str | None = None) -> dict[str, np.ndarray]:
     """Final samples for every schedule (already expanded per length), keyed by schedule_key."""
     return {schedule_key(s): sample(manifest, run_graph, s, noise, layout) for s in schedules}

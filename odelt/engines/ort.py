@@ -33,6 +33,7 @@ import numpy as np
 from odelt.engines.graph import graph_digest
 from odelt.errors import BuildError, ConfigError, EngineMismatch, OdeltError
 from odelt.fileio import atomic_path, building, write_error, write_json_atomic
+from odelt.runtime.ort_session import open_session, ort_module
 
 LEVELS = ("basic", "extended", "all")
 FORMATS = ("onnx", "ort")
@@ -40,9 +41,7 @@ RECORD_SUFFIX = ".json"
 
 
 def _ort() -> Any:
-    import onnxruntime  # lazy: heavy import, and optional on some deployments
-
-    return onnxruntime
+    return ort_module()
 
 
 @dataclass(frozen=True)
@@ -66,20 +65,6 @@ class OrtEngine:
     record: dict[str, Any]  # what built it and how to load it (also in path + ".json")
 
 
-def _level(ort: Any, name: str) -> Any:
-    g = ort.GraphOptimizationLevel
-    return {"disabled": g.ORT_DISABLE_ALL, "basic": g.ORT_ENABLE_BASIC,
-            "extended": g.ORT_ENABLE_EXTENDED, "all": g.ORT_ENABLE_ALL}[name]
-
-
-def _session_options(ort: Any, level: str, threads: int) -> Any:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = _level(ort, level)
-    if threads:
-        so.intra_op_num_threads = threads
-    return so
-
-
 def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions = OrtEngineOptions()
                      ) -> OrtEngine:
     """Optimise `onnx_path` once and write the result to `out_path` with its record next to it."""
@@ -89,22 +74,20 @@ def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions 
     if missing:
         raise ConfigError(f"ONNX Runtime providers {sorted(missing)} are not available here "
                           f"(available: {', '.join(ort.get_available_providers())})")
-    so = _session_options(ort, options.level, options.intra_op_threads)
-    so.log_severity_level = 3  # ORT warns that level "all" output is hardware specific: recorded
+    config: dict[str, str] = {}
     if options.format == "ort":
-        so.add_session_config_entry("session.save_model_format", "ORT")
+        config["session.save_model_format"] = "ORT"
     elif _has_external_data(onnx_path):
         # Otherwise the saved graph keeps pointing at the source's .onnx.data by relative path,
         # which does not exist next to the engine: write the weights beside it instead.
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                    f"{out_path.name}.data")
-        so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                    "1024")
+        config["session.optimized_model_external_initializers_file_name"] = f"{out_path.name}.data"
+        config["session.optimized_model_external_initializers_min_size_in_bytes"] = "1024"
     with building(out_path.parent, f"{out_path.name}.fused") as work, atomic_path(out_path, suffix=out_path.suffix) as tmp:
-        so.optimized_model_filepath = str(tmp)
         try:
             source = _fused_graph(onnx_path, work) if options.fusions else onnx_path
-            ort.InferenceSession(str(source), so, providers=list(options.providers))
+            # log level 3: ORT warns that level "all" output is hardware specific (recorded)
+            open_session(source, threads=options.intra_op_threads, level=options.level, config=config,
+                         providers=options.providers, optimized_path=tmp, log_level=3)
         except (OSError, OdeltError):
             raise
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/InvalidProtobuf types
@@ -184,10 +167,11 @@ def read_record(engine_path: Path) -> dict[str, Any]:
         raise EngineMismatch(f"ORT engine record {p} is unreadable ({e}); rebuild it") from None
 
 
-def session_from_engine(engine_path: Path, threads: int = 0, config: dict[str, str] | None = None) -> Any:
+def session_from_engine(engine_path: Path, threads: int = 0, spinning: bool = False,
+                        config: dict[str, str] | None = None) -> Any:
     """An InferenceSession on a built engine, opened with optimisations disabled as recorded.
-    threads > 0 overrides the recorded intra-op thread count, and `config` adds session config
-    entries (thread spinning, the shared arena): runtime choices, not graph ones."""
+    threads > 0 overrides the recorded intra-op thread count; `spinning` and `config` (session config
+    entries such as the shared arena) are runtime choices, not graph ones."""
     ort = _ort()
     engine_path = Path(engine_path)
     rec = read_record(engine_path)
@@ -199,10 +183,8 @@ def session_from_engine(engine_path: Path, threads: int = 0, config: dict[str, s
         raise EngineMismatch(f"ORT engine {engine_path.name} was optimised on {rec['machine']}, this "
                              f"machine is {machine()}: rebuild it here with --force")
     opts = rec["session_options"]
-    so = _session_options(ort, opts["graph_optimization_level"], threads or int(opts["intra_op_num_threads"]))
-    for key, value in (config or {}).items():
-        so.add_session_config_entry(key, value)
-    return ort.InferenceSession(str(engine_path), so, providers=list(opts["providers"]))
+    return open_session(engine_path, threads=threads or int(opts["intra_op_num_threads"]), spinning=spinning,
+                        level=opts["graph_optimization_level"], config=config, providers=opts["providers"])
 
 
 def dummy_feed(session: Any, batch: int = 1) -> dict[str, np.ndarray]:
@@ -236,8 +218,7 @@ def measure_startup(onnx_path: Path, engine_path: Path, repeats: int = 7) -> dic
     threads = int(rec["session_options"]["intra_op_num_threads"])
 
     def raw() -> Any:
-        so = _session_options(ort, "all", threads)
-        return ort.InferenceSession(str(onnx_path), so, providers=providers)
+        return open_session(onnx_path, threads=threads, providers=providers)
 
     raw_t, eng_t = [], []
     for _ in range(repeats):

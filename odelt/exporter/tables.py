@@ -19,9 +19,9 @@ Conditioner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 def onnx_conditioner(manifest: Bundle) -> Conditioner:
     """The bundle's own conditioning graph in ONNX Runtime (CPU): the numbers a device would compute."""
-    import onnxruntime as ort
+    from odelt.runtime.ort_session import open_session
 
-    sess = ort.InferenceSession(str(manifest.graph_path("cond")), providers=["CPUExecutionProvider"])
+    sess = open_session(manifest.graph_path("cond"))
     names = [o.name for o in sess.get_outputs()]
     return lambda feed: dict(zip(names, sess.run(None, feed)))
 

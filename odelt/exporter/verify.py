@@ -144,13 +144,11 @@ def _runner_classes():
 
 
 def cpu_session(path):
-    """An ONNX Runtime CPU session whose idle threads sleep instead of spinning: chains run many
-    small graphs back to back, often beside PyTorch, and spinning threads starve each other."""
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session with ONNX Runtime's own thread count (verification is not timed)
+    and sleeping idle threads: chains run many small graphs back to back, beside PyTorch."""
+    from odelt.runtime.ort_session import open_session
 
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return open_session(path, threads=0)
 
 
 def check_graphs(manifest: Bundle) -> list[str]:

@@ -2,7 +2,7 @@
 
 Sessions are created once per bundle (every graph the requested lengths need). Each (length,
 graph) gets an IOBinding created once per batch size that points at fixed buffers (see
-backend.BufferPlan): on CPU they are numpy views into one float32 arena, so a call is "copy the
+buffers.BufferPlan): on CPU they are numpy views into one float32 arena, so a call is "copy the
 new state into x, run the bound graphs"; nothing is allocated per step. With the CUDA provider the
 buffers are device OrtValues (inputs are updated in place, the velocity copied back); that path
 cannot run on this CPU-only machine and is untested here.
@@ -28,15 +28,9 @@ from odelt.errors import BackendUnavailable, BundleError, RuntimeFailure
 from odelt.exporter.bundle import Bundle
 from odelt.exporter.chain import run_chain
 from odelt.exporter.iospec import GraphSpec
-from odelt.runtime.backend import BufferPlan, chain_length, check_batch, host_buffers, skip_graph
-
-
-def _ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise BackendUnavailable("ONNX Runtime is not installed: pip install onnxruntime") from None
-    return onnxruntime
+from odelt.runtime.buffers import BufferPlan, host_buffers
+from odelt.runtime.ort_session import open_session, ort_module
+from odelt.runtime.protocol import BackendOptions, chain_length, check_batch, skip_graph
 
 
 _ARENA: list[bool] = []      # [registered?]: ONNX Runtime takes one shared CPU allocator per process
@@ -57,50 +51,54 @@ def _shared_cpu_arena(ort: Any) -> bool:
 
 class OrtBackend:
     name = "ort"
+    batch_bound = False          # ONNX Runtime graphs take any batch
+    graph_timings = True         # `profile` may time each graph alone in an ONNX Runtime session
 
-    def __init__(self, manifest: Bundle, layout: str | None = None, lengths: tuple[int, ...] | None = None,
-                 providers: tuple[str, ...] | None = None, threads: int = 0, naive: bool = False,
-                 precision: str = "fp32", engines: bool = True, spinning: bool | None = None,
-                 shared_arena: bool = True):
-        self.manifest = manifest
-        self.precision, self.use_engines = precision, engines
-        self.layout = layout or manifest.default_layout()
-        self.lengths = tuple(lengths or manifest.lengths)
-        self.threads, self.naive, self.spinning, self.shared_arena = threads, naive, spinning, shared_arena
-        self._providers = providers
+    def __init__(self, manifest: Bundle, options: BackendOptions = BackendOptions()):
+        self.manifest, self.options = manifest, options
+        self.precision, self.use_engines = options.precision, options.use_engines
+        self.layout = options.layout or manifest.default_layout()
+        self.lengths = tuple(options.lengths or manifest.lengths)
+        self.threads, self.naive = options.threads, options.naive
         self._config: dict[str, str] = {}
+        self._spinning = False
         self.sessions: dict[str, Any] = {}
         self._plans: dict[int, tuple[BufferPlan, dict[str, Any], dict[tuple[int, str], Any]]] = {}
         self.device = "cpu"
 
+    @staticmethod
+    def describe() -> dict[str, Any]:
+        ort = ort_module()
+        return {"onnxruntime": ort.__version__, "providers": ort.get_available_providers()}
+
     # -- lifetime ------------------------------------------------------------------------------
     def __enter__(self) -> OrtBackend:
-        ort = _ort()
+        ort = ort_module()
+        providers = self._providers(ort)
+        graphs = {g.name for n in self.lengths for g in self.manifest.chain(n, self.layout)}
+        # Every session has its own intra-op pool. In a chain, the pool of the graph that just ran
+        # keeps spin-waiting while the next graph's pool works: on the 2-core machine that cost
+        # 1.6-2.7x (DiT-S/2 b1 forward: 317-540 ms spinning vs 196-200 ms not, measured). So pools
+        # spin by default only when a single session is open.
+        self._spinning = self.options.spinning if self.options.spinning is not None else len(graphs) == 1
+        self._config = {}
+        if self.device == "cpu" and self.options.shared_arena and not self.naive and _shared_cpu_arena(ort):
+            self._config["session.use_env_allocators"] = "1"
+        for name in sorted(graphs):
+            self.sessions[name] = self._session(providers, name)
+        return self
+
+    def _providers(self, ort: Any) -> list[str]:
+        """The requested providers (default: CUDA when installed), always ending with the CPU one."""
         available = ort.get_available_providers()
-        providers = list(self._providers or [p for p in ("CUDAExecutionProvider",) if p in available])
+        providers = list(self.options.providers or [p for p in ("CUDAExecutionProvider",) if p in available])
         if "CPUExecutionProvider" not in providers:
             providers.append("CPUExecutionProvider")
         missing = [p for p in providers if p not in available]
         if missing:
             raise BackendUnavailable(f"ONNX Runtime providers {missing} are not available; this install has {available}")
         self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
-        so = ort.SessionOptions()
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-        graphs = {g.name: g for n in self.lengths for g in self.manifest.chain(n, self.layout)}
-        # Every session has its own intra-op pool. In a chain, the pool of the graph that just ran
-        # keeps spin-waiting while the next graph's pool works: on the 2-core machine that cost
-        # 1.6-2.7x (DiT-S/2 b1 forward: 317-540 ms spinning vs 196-200 ms not, measured). So pools
-        # spin by default only when a single session is open.
-        spinning = self.spinning if self.spinning is not None else len(graphs) == 1
-        self._config = {} if spinning else {"session.intra_op.allow_spinning": "0"}
-        if self.device == "cpu" and self.shared_arena and not self.naive and _shared_cpu_arena(ort):
-            self._config["session.use_env_allocators"] = "1"
-        for key, value in self._config.items():
-            so.add_session_config_entry(key, value)
-        for name in sorted(graphs):
-            self.sessions[name] = self._session(ort, so, providers, name)
-        return self
+        return providers
 
     def engine_path(self, name: str) -> Path | None:
         """The built ORT engine of graph `name` at this precision, when the bundle has one."""
@@ -111,7 +109,7 @@ class OrtBackend:
                 return self.manifest.root / entry["graphs"][name]
         return None
 
-    def _session(self, ort: Any, so: Any, providers: list[str], name: str) -> Any:
+    def _session(self, providers: list[str], name: str) -> Any:
         engine = self.engine_path(name)
         path = engine or self.manifest.graph_path(name, self.precision)
         if not path.is_file():
@@ -119,8 +117,9 @@ class OrtBackend:
         try:
             if engine is not None:  # optimised offline: opened with optimisations disabled, as recorded
                 from odelt.engines.ort import session_from_engine
-                return session_from_engine(engine, self.threads, self._config)
-            return ort.InferenceSession(str(path), so, providers=providers)
+                return session_from_engine(engine, self.threads, self._spinning, self._config)
+            return open_session(path, threads=self.threads, spinning=self._spinning, config=self._config,
+                                providers=providers)
         except Exception as e:  # ORT raises its own Fail/InvalidGraph types
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({first[:200]})") from None
@@ -178,7 +177,7 @@ class OrtBackend:
         return self._plans[batch]
 
     def _device_buffers(self, plan: BufferPlan) -> dict[str, Any]:
-        ort = _ort()
+        ort = ort_module()
         return {key: ort.OrtValue.ortvalue_from_shape_and_type(list(s.shape), np.dtype(s.dtype), "cuda", 0)
                 for key, s in plan.slots.items()}
 

@@ -30,7 +30,8 @@ from odelt import validate
 from odelt.errors import ConfigError
 from odelt.exporter.bundle import Bundle
 from odelt.fileio import read_json, write_json_atomic
-from odelt.runtime.backend import open_backend
+from odelt.runtime.backend import backend_class, open_backend
+from odelt.runtime.ort_session import open_session
 
 FORMAT = "odelt-profile/1"
 
@@ -38,9 +39,7 @@ FORMAT = "odelt-profile/1"
 def device_description(backend: str) -> dict[str, Any]:
     desc: dict[str, Any] = {"machine": platform.machine(), "system": platform.system(),
                             "cpu": _cpu_model(), "cpu_count": os.cpu_count(), "backend": backend}
-    if backend == "ort":
-        import onnxruntime as ort
-        desc.update(onnxruntime=ort.__version__, providers=ort.get_available_providers())
+    desc.update(backend_class(backend).describe())
     tegra = Path("/etc/nv_tegra_release")
     if tegra.is_file():
         desc["jetson"] = tegra.read_text().splitlines()[0].strip()
@@ -115,15 +114,10 @@ def _graph_feeds(spec: Any, batch: int, rng: np.random.Generator) -> dict[str, n
 
 
 def profile_graphs(manifest: Bundle, precision: str, batch: int, repeats: int) -> dict[str, dict]:
-    import onnxruntime as ort
-
     rng = np.random.default_rng(0)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
     out = {}
     for name, spec in sorted(manifest.graphs.items()):
-        sess = ort.InferenceSession(str(manifest.graph_path(name, precision)), so,
-                                    providers=["CPUExecutionProvider"])
+        sess = open_session(manifest.graph_path(name, precision), threads=1)
         feeds = _graph_feeds(spec, batch, rng)
         out[name] = _timed(lambda: sess.run(None, feeds), repeats)
     return out
@@ -180,8 +174,7 @@ def profile_bundle(manifest: Bundle, backend: str = "ort", batches: Iterable[int
                               "threads": threads, "calls": {}, "graphs": {}}
     for precision in precisions:
         calls, graphs = result["calls"].setdefault(precision, {}), result["graphs"].setdefault(precision, {})
-        options = {"precision": precision, **({"threads": threads} if backend == "ort" else {})}
-        with open_backend(backend, manifest, **options) as be:
+        with open_backend(backend, manifest, precision=precision, threads=threads) as be:
             for batch in batches:
                 if progress:
                     progress(f"{precision} batch {batch}")
@@ -191,7 +184,7 @@ def profile_bundle(manifest: Bundle, backend: str = "ort", batches: Iterable[int
             if "step_overhead_ms" not in result:
                 result["step_overhead_ms"], result["sample_overhead_ms"] = \
                     measure_host_overhead(be, manifest, max(batches))
-        if backend == "ort" and time_graphs:
+        if time_graphs and backend_class(backend).graph_timings:
             for batch in batches:
                 graphs[str(batch)] = profile_graphs(manifest, precision, batch, max(3, repeats // 2))
     return result
@@ -212,14 +205,14 @@ def save_profile(manifest: Bundle, profile: dict[str, Any]) -> Path:
     return write_json_atomic(manifest.root / "profile" / f"{profile['device_id']}.json", profile)
 
 
-def load_profile(manifest: Bundle, device: str | None = None) -> dict[str, Any]:
-    """This device's profile (or the named one); a one-line error when the bundle has none."""
+def load_profile(manifest: Bundle, device: str | None = None, backend: str = "ort") -> dict[str, Any]:
+    """This device's profile of `backend` (or the named one); a one-line error when the bundle has none."""
     folder = manifest.root / "profile"
     have = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
-    want = device or device_id(device_description("ort"))
+    want = device or device_id(device_description(backend))
     if want not in have:
         raise ConfigError(f"{manifest.root}: no profile for device {want!r} (have {have}); "
-                          f"run `odelt-export profile {manifest.root}` on this device first")
+                          f"run `odelt-export profile {manifest.root} --backend {backend}` on this device first")
     path = folder / f"{want}.json"
     data = read_json(path, ConfigError)
     if not isinstance(data, dict) or data.get("format") != FORMAT:

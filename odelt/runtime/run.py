@@ -12,7 +12,7 @@ import numpy as np
 from odelt import validate
 from odelt.errors import ConfigError
 from odelt.exporter.bundle import Bundle, open_bundle
-from odelt.runtime.backend import check_batch, open_backend
+from odelt.runtime.backend import backend_class, check_batch, open_backend
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.planner import Choice, choose
 from odelt.runtime.plans import load_candidates, load_plan_schedule
@@ -76,11 +76,9 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
         schedule = schedule.with_lengths(opts.length)
     schedule.check_fits(manifest.model_hash, manifest.lengths, opts.cfg_scale)
     rows = 2 * opts.batch if (opts.cfg_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
-    check_batch(manifest, rows, profile_bound=opts.backend == "tensorrt")
-    options = {"layout": opts.layout, "lengths": tuple(sorted(set(schedule.lengths))), "precision": opts.precision}
-    if opts.backend == "ort":
-        options["threads"] = opts.threads
-    with open_backend(opts.backend, manifest, **options) as backend:
+    check_batch(manifest, rows, profile_bound=backend_class(opts.backend).batch_bound)
+    with open_backend(opts.backend, manifest, layout=opts.layout, lengths=tuple(sorted(set(schedule.lengths))),
+                      precision=opts.precision, threads=opts.threads) as backend:
         sampler = Sampler(backend, manifest, schedule, opts.cfg_scale, use_tables=opts.tables)
         if choice is not None:  # the profile timed warm calls: bind buffers and warm up first
             cfg = manifest.config
@@ -92,7 +90,7 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
 
 def plan_for_budget(manifest: Bundle, opts: GenerateOptions) -> tuple[Choice, GenerateOptions]:
     """The planner's choice for opts.budget_ms at opts.batch, and the options that run it as profiled."""
-    prof = load_profile(manifest)
+    prof = load_profile(manifest, backend=opts.backend)
     check_plan_batch(manifest, prof, opts.batch, opts.extrapolate)
     choice = choose(load_candidates(manifest), float(opts.budget_ms or 0), call_cost(prof), opts.batch,
                     *host_overheads(prof))

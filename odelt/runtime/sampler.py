@@ -26,7 +26,7 @@ import numpy as np
 from odelt.errors import RuntimeFailure
 from odelt.exporter.bundle import Bundle
 from odelt.exporter.chain import load_table
-from odelt.runtime.backend import Backend
+from odelt.runtime.protocol import Backend
 from odelt.runtime.schedule import Schedule
 from odelt.runtime.solvers import SOLVER_INFO, SOLVERS
 
@@ -73,13 +73,14 @@ class Tables:
 class Sampler:
     """Runs one schedule on one open backend; `sample(x0, y)` returns the images and their Stats.
     One sample at a time: the step inputs and counters per batch size are made once and reused (as
-    the backend reuses its buffers)."""
+    the backend reuses its buffers). check_finite=False returns a non-finite result as it is (the
+    calibration guard scores it) instead of naming the step where it diverged."""
 
     def __init__(self, backend: Backend, manifest: Bundle, schedule: Schedule, cfg_scale: float | None = None,
-                 use_tables: bool = True):
+                 use_tables: bool = True, check_finite: bool = True):
         schedule.check_fits(manifest.model_hash, backend.lengths, cfg_scale)
         self.backend, self.manifest, self.schedule = backend, manifest, schedule
-        self.cfg_scale = cfg_scale
+        self.cfg_scale, self.check_finite = cfg_scale, check_finite
         self.null_class = manifest.null_class
         self.host_cfg = cfg_scale is not None and cfg_scale != 1.0 and not manifest.guidance
         self.tables = Tables(manifest) if use_tables and manifest.tables and backend.layout == "segments" else None
@@ -98,7 +99,7 @@ class Sampler:
         start = time.perf_counter()
         x = SOLVERS[self.schedule.solver](bound.f, np.asarray(x0, np.float32), self._grid, **self._kwargs)
         wall = time.perf_counter() - start                           # solvers never write x0
-        if not _all_finite(x):
+        if self.check_finite and not _all_finite(x):
             self._locate_non_finite(x0, y)
         return x, Stats(bound.calls, bound.backend_s, wall, int(y.shape[0]))
 

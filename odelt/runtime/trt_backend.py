@@ -3,7 +3,7 @@
 Importable without TensorRT or CUDA: `tensorrt` and `cuda-python` are imported when the backend is
 opened. It cannot run on this CPU-only machine; it is type-checked against the TensorRT stubs
 (tests/engines/test_typecheck.py picks up odelt/runtime/trt*.py) and its buffer plan is the one the
-ONNX Runtime backend runs and tests (backend.BufferPlan).
+ONNX Runtime backend runs and tests (buffers.BufferPlan).
 
 What it does (deploy.md §2.3-2.4, §8.3):
   * one USER_MANAGED device scratch sized max(device_memory_size_v2) over the engines, shared by
@@ -22,7 +22,8 @@ import numpy as np
 
 from odelt.errors import BackendUnavailable, BundleError, RuntimeFailure
 from odelt.exporter.bundle import Bundle
-from odelt.runtime.backend import BufferPlan, chain_length, check_batch, skip_graph
+from odelt.runtime.buffers import BufferPlan
+from odelt.runtime.protocol import BackendOptions, chain_length, check_batch, skip_graph
 
 if TYPE_CHECKING:
     import tensorrt as trt
@@ -51,21 +52,30 @@ def _check(result: Any) -> Any:
 
 class TrtBackend:
     name = "tensorrt"
+    batch_bound = True           # engines serve only their optimisation profile's batch range
+    graph_timings = False        # `profile` may time each graph alone in an ONNX Runtime session
 
-    def __init__(self, manifest: Bundle, layout: str | None = None, lengths: tuple[int, ...] | None = None,
-                 engine_set: str | None = None, cuda_graphs: bool = False, precision: str | None = None):
+    def __init__(self, manifest: Bundle, options: BackendOptions = BackendOptions()):
         self.manifest = manifest
-        self.precision = precision                        # picks the engine set when none is named
-        self.layout = layout or manifest.default_layout()
-        self.lengths = tuple(lengths or manifest.lengths)
-        self.engine_set = engine_set
-        self.cuda_graphs = cuda_graphs
+        self.precision = options.precision                # picks the engine set when none is named
+        self.layout = options.layout or manifest.default_layout()
+        self.lengths = tuple(options.lengths or manifest.lengths)
+        self.engine_set = options.engine_set
+        self.cuda_graphs = options.cuda_graphs
         self.engines: dict[str, Any] = {}                 # graph name -> LoadedEngine
         self.contexts: dict[str, trt.IExecutionContext] = {}
         self._bound: dict[str, tuple[int, int]] = {}     # graph -> (batch, length) its addresses are for
         self._arenas: dict[int, tuple[BufferPlan, int, dict[str, int], np.ndarray]] = {}
         self._graphs: dict[tuple[int, int], Any] = {}    # (length, batch) -> CUDA graph exec
         self._scratch, self._stream, self._cudart = 0, 0, None
+
+    @staticmethod
+    def describe() -> dict[str, Any]:
+        try:
+            import tensorrt
+        except ImportError:
+            return {"tensorrt": None}
+        return {"tensorrt": tensorrt.__version__}
 
     # -- lifetime ------------------------------------------------------------------------------
     def __enter__(self) -> TrtBackend:
