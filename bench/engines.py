@@ -50,17 +50,28 @@ def bench_model(name: str, layout: str, repeats: int, work: Path) -> dict:
 
 
 def run(quick: bool = False) -> dict:
-    """Harness entry (bench/run.py group `engines`): the issue's `ort_engine_startup_speedup` (digits)."""
+    """Harness entry (bench/run.py group `engines`): `ort_engine_startup_speedup` (digits) and the
+    TensorRT-RTX figures of bench/rtx_engines.py (real builds; skipped, said so, without the library)."""
     models = ("digits",) if quick else ("digits", "DiT-S/2")
     with tempfile.TemporaryDirectory() as tmp:
         results = [bench_model(n, "segments", 5 if quick else 11, Path(tmp)) for n in models]
-    out = {}
+        out = _rtx(Path(tmp), quick)
     for r in results:
         key = "" if r["model"] == "digits" else "_" + r["model"].replace("/", "").replace("-", "").lower()
         out[f"ort_engine_startup_speedup{key}"] = round(r["ort_engine_startup_speedup"], 3)
         out[f"ort_engine_startup_raw_ms{key}"] = round(r["raw_startup_ms"], 2)
         out[f"ort_engine_startup_engine_ms{key}"] = round(r["engine_startup_ms"], 2)
     return out
+
+
+def _rtx(work: Path, quick: bool) -> dict:
+    try:
+        import tensorrt_rtx  # noqa: F401
+    except ImportError:
+        return {"trt_rtx_skipped": "tensorrt_rtx not installed (the `rtx` extra)"}
+    import rtx_engines  # bench/ is on the path (bench/run.py)
+
+    return rtx_engines.run(work, quick)
 
 
 def main(argv: list[str] | None = None) -> None:

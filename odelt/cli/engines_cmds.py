@@ -12,9 +12,11 @@ from odelt.cli.options import Count
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--backend", required=True, help="ort | tensorrt")
-@click.option("--target", default="desktop", show_default=True,
-              help="TensorRT target preset: desktop | orin-nano | orin-nx | agx-orin | thor")
+@click.option("--backend", required=True, help="ort | tensorrt | tensorrt-rtx")
+@click.option("--target", "targets", multiple=True,
+              help="TensorRT: one preset (desktop | orin-nano | orin-nx | agx-orin | thor; default desktop). "
+                   "TensorRT-RTX: one or more of portable | sm75 | sm80 | sm86 | sm89 | sm120 | sm121 "
+                   "(default portable)")
 @click.option("--precision", default="fp32", show_default=True,
               help="fp32 | fp16 | int8 (fp16/int8 graphs come from `odelt-export quantize`)")
 @click.option("--format", "ort_format", default="onnx", show_default=True,
@@ -25,14 +27,17 @@ from odelt.cli.options import Count
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="TensorRT engine and timing cache (default $ODELT_ENGINE_CACHE or ~/.cache/odelt/trt)")
 @click.option("--force", is_flag=True, help="rebuild an engine set that already exists")
-def build(bundle: str, backend: str, target: str, precision: str, ort_format: str, opt_level: int,
+def build(bundle: str, backend: str, targets: tuple[str, ...], precision: str, ort_format: str, opt_level: int,
           dla: bool, cache_dir: str | None, force: bool) -> None:
-    """Build ONNX Runtime or TensorRT engines for every graph of BUNDLE."""
-    from odelt.engines.build import BuildRequest, build_bundle
+    """Build ONNX Runtime, TensorRT or TensorRT-RTX engines for every graph of BUNDLE."""
+    from odelt.engines.build import BuildRequest, build_bundle, describe
+    from odelt.errors import ConfigError
 
-    req = BuildRequest(backend=backend, target=target, precision=precision, force=force,
+    if backend != "tensorrt-rtx" and len(targets) > 1:
+        raise ConfigError(f"--backend {backend} takes one --target, found {len(targets)}: {', '.join(targets)}")
+    rtx = backend == "tensorrt-rtx"
+    req = BuildRequest(backend=backend, target=targets[0] if targets and not rtx else "desktop",
+                       rtx_targets=(targets or ("portable",)) if rtx else ("portable",), precision=precision, force=force,
                        ort_format=ort_format, optimization_level=opt_level, use_dla=dla,
                        cache_dir=Path(cache_dir) if cache_dir else None)
-    entry = build_bundle(bundle, req)
-    facts = ", ".join(f"{k} {v}" for k, v in entry["built"].items() if v is not None)
-    click.echo(f"{bundle}: built {len(entry['graphs'])} {req.set_name} engines in {entry['dir']} ({facts})")
+    click.echo(f"{bundle}: {describe(req, build_bundle(bundle, req))}")

@@ -4,11 +4,13 @@ Layout inside the bundle (one folder per engine set; a set is backend x target x
 
     BUNDLE/engines/ort-fp32/<graph>.onnx (+ .json record)            --backend ort
     BUNDLE/engines/tensorrt-orin-nano-fp16/<graph>.plan (+ .json)    --backend tensorrt
+    BUNDLE/engines/tensorrt-rtx-portable-int8/<graph>.plan (+ .json) --backend tensorrt-rtx
 
 manifest.json gains `engines`: {set name: {"backend", "target", "precision", "dir",
 "graphs": {graph name: engine file relative to the bundle}, "built": backend facts}}.
 A set is built in a hidden temporary folder and renamed into place only when every graph built,
-so a failed or interrupted build leaves the bundle as it was.
+so a failed or interrupted build leaves the bundle as it was. A TensorRT-RTX set is keyed by its
+inputs (odelt/engines/rtx_build.py): rebuilding it unchanged is a no-op, `force` rebuilds.
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from odelt.engines.rtx_targets import get_rtx_targets, set_label
 from odelt.engines.targets import get_target
 from odelt.errors import BuildError, BundleError, ConfigError
 from odelt.exporter.bundle import MANIFEST, Bundle, open_bundle
 from odelt.fileio import make_dir, partial_dir, rename
 
-BACKENDS = ("ort", "tensorrt")
+BACKENDS = ("ort", "tensorrt", "tensorrt-rtx")
+TYPED_ONLY = ("ort", "tensorrt-rtx")   # run the graph's own precision: need the bundle's variant
 BUILD_PRECISIONS = ("fp32", "fp16", "int8")
 
 
@@ -40,16 +44,22 @@ class BuildRequest:
     optimization_level: int = 3         # TensorRT only
     use_dla: bool = False               # TensorRT only
     cache_dir: Path | None = None       # TensorRT engine + timing cache
+    rtx_targets: tuple[str, ...] = ("portable",)   # TensorRT-RTX only (odelt/engines/rtx_targets.py)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.precision not in BUILD_PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: expected one of {', '.join(BUILD_PRECISIONS)}")
-        get_target(self.target)
+        if self.backend == "tensorrt-rtx":
+            get_rtx_targets(self.rtx_targets)
+        else:
+            get_target(self.target)
 
     @property
     def set_name(self) -> str:
+        if self.backend == "tensorrt-rtx":
+            return f"{self.backend}-{set_label(get_rtx_targets(self.rtx_targets))}-{self.precision}"
         middle = f"-{self.target}" if self.backend == "tensorrt" else ""
         return f"{self.backend}{middle}-{self.precision}"
 
@@ -69,29 +79,42 @@ BuildOne = Callable[[str, Path, bool, Path], dict]
 
 
 def build_bundle(bundle: str | os.PathLike, req: BuildRequest) -> dict:
-    """Build the engine set `req` describes for every graph; returns its manifest entry."""
+    """Build the engine set `req` describes for every graph; returns its manifest entry (with
+    "up_to_date": True, and nothing written, when a TensorRT-RTX set already matches its inputs)."""
     manifest = open_bundle(bundle)
     root = manifest.root
     final = root / "engines" / req.set_name
-    if final.exists() and not req.force:
-        raise BuildError(f"{final} already exists; pass --force to rebuild it")
     _check_flavour(manifest, req)
-    builder = _ort_builder(req) if req.backend == "ort" else _trt_builder(req, manifest)
     sources = {name: graph_source(manifest, name, req.precision) for name in sorted(manifest.graphs)}
-    if req.backend == "ort" and not all(typed for _, typed in sources.values()):
-        raise BundleError(f"the bundle has no {req.precision} graphs (ONNX Runtime runs the graph as "
+    if req.backend in TYPED_ONLY and not all(typed for _, typed in sources.values()):
+        runs = "ONNX Runtime runs" if req.backend == "ort" else "TensorRT-RTX builds strongly typed from"
+        raise BundleError(f"the bundle has no {req.precision} graphs ({runs} the graph as "
                           f"written): run `odelt-export quantize BUNDLE --precision {req.precision}` first")
+    if req.backend == "tensorrt-rtx":
+        builder, finish = _rtx_builder(req, manifest, sources, final)
+        current = manifest.engine_sets.get(req.set_name)
+        if finish is None:
+            assert current is not None
+            return {**current, "up_to_date": True}
+    else:
+        if final.exists() and not req.force:
+            raise BuildError(f"{final} already exists; pass --force to rebuild it")
+        builder = _ort_builder(req) if req.backend == "ort" else _trt_builder(req, manifest)
+        finish = _last_facts
     tmp = partial_dir(root / "engines", req.set_name)
     graphs: dict[str, str] = {}
-    facts: dict = {}
+    per_graph: dict[str, dict] = {}
     try:
-        for name, (src, typed) in tqdm(sources.items(), desc=f"build {req.set_name}", unit="graph", disable=None,
-                                       leave=False):
+        bar = tqdm(sources.items(), desc=f"build {req.set_name}", unit="graph", disable=None, leave=False)
+        for name, (src, typed) in bar:
+            bar.set_postfix_str(name)
             facts = builder(name, src, typed, tmp)
             graphs[name] = f"engines/{req.set_name}/{facts.pop('file')}"
-        entry = {"backend": req.backend, "target": req.target if req.backend == "tensorrt" else None,
-                 "precision": req.precision, "dir": f"engines/{req.set_name}", "graphs": graphs,
-                 "built": facts}
+            per_graph[name] = facts
+        target = (req.target if req.backend == "tensorrt" else
+                  set_label(get_rtx_targets(req.rtx_targets)) if req.backend == "tensorrt-rtx" else None)
+        entry = {"backend": req.backend, "target": target, "precision": req.precision,
+                 "dir": f"engines/{req.set_name}", "graphs": graphs, "built": finish(per_graph)}
         with manifest.edit() as change:                   # swap and record under the bundle's lock
             _swap_in(tmp, final)
             change.set("engines", req.set_name, entry, files=_set_files(final, root))
@@ -107,12 +130,34 @@ def _set_files(folder: Path, root: Path) -> list[str]:
     return sorted(p.relative_to(root).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
+def _last_facts(per_graph: dict[str, dict]) -> dict:
+    return dict(list(per_graph.values())[-1]) if per_graph else {}
+
+
+def _rtx_builder(req: BuildRequest, manifest: Bundle, sources: dict[str, tuple[Path, bool]],
+                 final: Path) -> tuple[BuildOne, Callable[[dict[str, dict]], dict] | None]:
+    """(builder, record maker), or a None record maker when the set is already up to date."""
+    from odelt.engines import rtx_build
+    from odelt.engines.trt_caps import import_library
+
+    import_library("tensorrt-rtx")  # BackendUnavailable here, before any work
+    configs = rtx_build.build_configs(manifest, req)
+    keys = rtx_build.planned_keys(sources, configs)
+    current = manifest.engine_sets.get(req.set_name)
+    builder = rtx_build.rtx_builder(configs, keys, final, req.force)
+    if not req.force and rtx_build.up_to_date(current, keys, manifest.root):
+        return builder, None
+    return builder, lambda per_graph: rtx_build.summary(per_graph, req, configs)
+
+
 def _check_flavour(manifest: Bundle, req: BuildRequest) -> None:
-    """TensorRT's Q/DQ layers take signed INT8 with zero point 0 only: the CPU flavour cannot build."""
-    if req.backend == "tensorrt" and req.precision == "int8" and manifest.int8_flavour == "cpu":
-        raise BuildError(f"{manifest.root}: the int8 variant is the ONNX Runtime CPU flavour (uint8 activations), "
-                          "which TensorRT cannot build; expected the trt flavour: re-quantize with "
-                          "`odelt-export quantize BUNDLE --precision int8 --int8-flavour trt`")
+    """TensorRT's and TensorRT-RTX's Q/DQ layers take signed INT8 with zero point 0 only: the CPU
+    flavour cannot build."""
+    if req.backend != "ort" and req.precision == "int8" and manifest.int8_flavour == "cpu":
+        lib = "TensorRT-RTX" if req.backend == "tensorrt-rtx" else "TensorRT"
+        raise BuildError(f"{manifest.root}: the int8 variant is the ONNX Runtime CPU flavour (uint8 activations, "
+                          f"non-zero zero points), which {lib} cannot build; expected the trt flavour: re-quantize "
+                          "with `odelt-export quantize BUNDLE --precision int8 --int8-flavour trt`")
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
@@ -166,4 +211,20 @@ def _trt_builder(req: BuildRequest, manifest: Bundle) -> BuildOne:
     return build
 
 
-__all__ = ["BACKENDS", "BUILD_PRECISIONS", "BuildRequest", "build_bundle", "graph_source", "MANIFEST"]
+
+
+def describe(req: BuildRequest, entry: dict) -> str:
+    """One line for the CLI: what was built (or found up to date) and its headline facts."""
+    n = len(entry["graphs"])
+    if entry.get("up_to_date"):
+        return f"{n} {req.set_name} engines in {entry['dir']} are up to date (same inputs; --force rebuilds)"
+    built = entry["built"]
+    if req.backend == "tensorrt-rtx":
+        facts = (f"TensorRT-RTX {built['library_version']}, sm {'/'.join(built['compute_capabilities'])}, "
+                 f"{built['plan_bytes_total']} plan bytes, {built['build_s_total']:.1f} s")
+    else:
+        facts = ", ".join(f"{k} {v}" for k, v in built.items() if v is not None)
+    return f"built {n} {req.set_name} engines in {entry['dir']} ({facts})"
+
+
+__all__ = ["BACKENDS", "BUILD_PRECISIONS", "BuildRequest", "build_bundle", "describe", "graph_source", "MANIFEST"]

@@ -1,16 +1,24 @@
-"""TensorRT engines from ONNX graphs, TensorRT 8.5 to 11.x. Importable without TensorRT: the
-`tensorrt` package is imported inside the functions that need it.
+"""One builder for TensorRT 8.5-11.x and TensorRT-RTX 1.x: ONNX graph -> serialized plan.
 
-Precision (deploy.md §0, §2.1-2.2): TensorRT 11 removed the FP16/INT8 builder flags and every
-network is strongly typed, so on >= 10 we build strongly typed networks and the precision is
-whatever the ONNX graph holds (FP16 weights/casts, explicit Q/DQ). Only on 8.x do we set builder
-precision flags. This code is type-checked against the TensorRT 10.13 stubs (typings/) but has
-never run against a real TensorRT here: see the README.
+The library is a parameter (`BuildConfig.library`: "tensorrt" or "tensorrt-rtx"); the module is
+imported when a build starts, so this file imports without either. What differs between the
+libraries and their versions (creation flags, builder precision flags, timing vs runtime cache,
+compute-capability targets, DLA, version compatibility) is the table in odelt/engines/trt_caps.py;
+nothing here branches on a version number.
+
+Precision (deploy.md §0, §2.1-2.2): TensorRT 11 and TensorRT-RTX have no FP16/INT8 builder flags and
+every network is strongly typed, so from TensorRT 10 on (and always with TensorRT-RTX) the precision
+is whatever the ONNX graph holds (FP16 weights/casts, explicit Q/DQ). Only TensorRT 8.x gets builder
+precision flags. The TensorRT-RTX path runs for real in the test suite (tests/engines/test_rtx_real.py);
+the TensorRT 8.x/10.x/11.x-only branches are type-checked against the TensorRT 10.13 stubs (typings/)
+and run only against a fake module here: see the README.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -20,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 from odelt.engines.graph import graph_digest, graph_opset, graph_precision, load_graph
 from odelt.engines.platform import (EngineManifest, Platform, cache_key, check_compatible,
                                     current_platform, manifest_path, read_manifest)
-from odelt.engines.targets import Target, Version, get_target, parse_version
-from odelt.errors import BackendUnavailable, BuildError, ConfigError, RuntimeFailure
+from odelt.engines.targets import Target, Version, get_target
+from odelt.engines.trt_caps import LIBRARIES, Caps, capabilities, import_library
+from odelt.errors import BuildError, ConfigError, RuntimeFailure
 from odelt.fileio import make_dir, write_bytes_atomic, write_json_atomic
 
 if TYPE_CHECKING:
@@ -30,6 +39,10 @@ if TYPE_CHECKING:
 Shape = tuple[int, ...]
 PRECISIONS = ("auto", "fp32", "fp16", "int8")
 PLAN_SUFFIX = ".plan"
+_LOG = logging.getLogger("odelt.tensorrt")
+_LOG.addHandler(logging.NullHandler())   # shown only where the application configures logging
+_LEVELS = {"INTERNAL_ERROR": logging.ERROR, "ERROR": logging.ERROR, "WARNING": logging.WARNING,
+           "INFO": logging.DEBUG, "VERBOSE": logging.DEBUG}
 
 
 @dataclass(frozen=True)
@@ -41,10 +54,15 @@ class BuildConfig:
     workspace_bytes: int | None = None  # None: the target's cap (if any)
     use_dla: bool = False               # only convolutions go to the DLA, never attention
     dla_core: int = 0
-    target: str = "desktop"
+    target: str = "desktop"            # TensorRT target preset (targets.py); TensorRT-RTX keeps "desktop"
+    library: str = "tensorrt"          # "tensorrt" | "tensorrt-rtx" (trt_caps.LIBRARIES)
+    compute_capabilities: tuple[str, ...] = ()   # TensorRT-RTX ComputeCapability names; (): its default
+    version_compatible: bool = False
     timing_cache: str | None = field(default=None, compare=False)  # path; speed only, not hashed
 
     def __post_init__(self) -> None:
+        if self.library not in LIBRARIES:
+            raise ConfigError(f"library {self.library!r}: expected one of {', '.join(LIBRARIES)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if not 0 <= self.optimization_level <= 5:
@@ -77,22 +95,29 @@ def profiles_from(io: Any) -> tuple[tuple[str, Shape, Shape, Shape], ...]:
 
 def require_tensorrt() -> Version:
     """The installed TensorRT version, or BackendUnavailable naming the package and extra."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise BackendUnavailable("TensorRT is not installed: need the `tensorrt` Python package "
-                                 "(pip install 'odelt-export[trt]', or JetPack's python3-libnvinfer)"
-                                 ) from None
-    # `pip install tensorrt-stubs` leaves an empty `tensorrt` namespace package behind.
-    if not hasattr(tensorrt, "Builder"):
-        raise BackendUnavailable("`import tensorrt` found no TensorRT (only type stubs?): need the "
-                                 "`tensorrt` package (pip install 'odelt-export[trt]')")
-    return parse_version(tensorrt.__version__)
+    return import_library("tensorrt")[1]
 
 
-def _logger() -> trt.ILogger:
-    import tensorrt as trt
-    return trt.Logger(trt.Logger.WARNING)
+def make_logger(mod: Any) -> Any:
+    """An ILogger of module `mod` (tensorrt or tensorrt_rtx) that keeps every message (the last
+    error says what failed; the INFO log has the stored weight bytes) and forwards them to Python
+    logging instead of printing them behind the CLI's one-line errors."""
+    class Collect(mod.ILogger):  # the base class is the module's, known only at run time
+        def __init__(self) -> None:
+            mod.ILogger.__init__(self)
+            self.messages: list[tuple[str, str]] = []
+
+        def log(self, severity: Any, msg: str) -> None:
+            level = getattr(severity, "name", str(severity))
+            self.messages.append((level, msg))
+            _LOG.log(_LEVELS.get(level, logging.DEBUG), "%s", msg)
+
+    return Collect()
+
+
+def last_error(logger: Any) -> str:
+    errors = [m for level, m in logger.messages if level in ("ERROR", "INTERNAL_ERROR")]
+    return " ".join(errors[-1].split()) if errors else "see its log"
 
 
 def _check_graph(onnx_path: Path, target: Target, version: Version) -> str:
@@ -101,82 +126,105 @@ def _check_graph(onnx_path: Path, target: Target, version: Version) -> str:
     limit = target.max_opset(version)
     if limit is not None and graph_opset(model) > limit:
         raise BuildError(f"{onnx_path.name} uses ONNX opset {graph_opset(model)}, TensorRT "
-                          f"{'.'.join(map(str, version))} (JetPack 5) needs opset <= {limit}: "
+                          f"{_v(version)} (JetPack 5) needs opset <= {limit}: "
                           f"re-export with --opset {limit}")
     return graph_precision(model)
 
 
-def _precision_flags(bc: BuildConfig, graph_prec: str, version: Version) -> tuple[bool, list[str]]:
-    """(strongly typed?, builder precision flags) for this TensorRT version."""
-    if version[0] >= 10:
+def _precision_flags(bc: BuildConfig, graph_prec: str, caps: Caps, label: str) -> list[str]:
+    """Builder precision flags; none for a strongly typed library, which takes the graph's."""
+    if caps.precision_flags is None:
         if bc.precision not in ("auto", graph_prec):
-            raise ConfigError(f"TensorRT {version[0]}.x builds strongly typed networks, so the "
+            raise ConfigError(f"{label} builds strongly typed networks, so the "
                               f"precision is the graph's ({graph_prec}), not {bc.precision}: run "
                               f"`odelt-export quantize --precision {bc.precision}` first")
-        return True, []
-    wanted = graph_prec if bc.precision == "auto" else bc.precision
-    # 8.x: explicit Q/DQ graphs still need the INT8 flag; FP16 lets the rest run in half.
-    return False, {"fp32": [], "fp16": ["FP16"], "int8": ["FP16", "INT8"]}[wanted]
+        return []
+    return list(caps.precision_flags[graph_prec if bc.precision == "auto" else bc.precision])
 
 
-def _network_from_onnx(builder: trt.Builder, onnx_path: Path, strongly_typed: bool,
-                       version: Version) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
-    import tensorrt as trt
+def _parse_error(parser: trt.OnnxParser, onnx_path: Path, label: str) -> BuildError:
+    """One line: the graph, the first failing node and the parser's reason."""
+    if parser.num_errors == 0:
+        return BuildError(f"{label} could not parse {onnx_path.name}: no details")
+    err = parser.get_error(0)
+    try:
+        node = f"node {err.node_name() or err.node()} ({err.node_operator()})"
+        reason = err.desc()
+    except AttributeError:  # a parser error without node accessors
+        node, reason = "a node", str(err)
+    more = f" (+{parser.num_errors - 1} more)" if parser.num_errors > 1 else ""
+    return BuildError(f"{label} could not parse {onnx_path.name}: {node}: {' '.join(reason.split())}{more}")
+
+
+def _network_from_onnx(mod: Any, builder: trt.Builder, onnx_path: Path, caps: Caps, logger: Any,
+                       label: str) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
     flags = 0
-    if version[0] < 10:  # explicit batch is the default (and the flag deprecated) from 10.0
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
-    elif strongly_typed and version[0] == 10:  # always on (flag ignored) in 11
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    for name in caps.creation_flags:  # names, not ints: enums differ between libraries and versions
+        flags |= 1 << int(getattr(mod.NetworkDefinitionCreationFlag, name))
     network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, _logger())
+    parser: trt.OnnxParser = mod.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise BuildError(f"TensorRT could not parse {onnx_path.name}: {errors or 'no details'}")
+        raise _parse_error(parser, onnx_path, label)
     return network, parser  # the parser must outlive the network's use
 
 
-def _configure(builder: trt.Builder, network: trt.INetworkDefinition, bc: BuildConfig,
-               flags: list[str], version: Version) -> trt.IBuilderConfig:
-    import tensorrt as trt
+def _configure(mod: Any, builder: trt.Builder, network: trt.INetworkDefinition, bc: BuildConfig,
+               flags: list[str], caps: Caps, version: Version) -> trt.IBuilderConfig:
     config = builder.create_builder_config()
     target = get_target(bc.target)
     workspace = bc.workspace_bytes or target.workspace_bytes
     if workspace:
-        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-    if version[:2] >= (8, 6):
+        config.set_memory_pool_limit(mod.MemoryPoolType.WORKSPACE, workspace)
+    if caps.optimization_level:
         config.builder_optimization_level = bc.optimization_level
+    if bc.version_compatible:
+        if not caps.version_compatible:
+            raise ConfigError(f"{bc.library} {_v(version)} cannot build version-compatible plans")
+        flags = [*flags, "VERSION_COMPATIBLE"]
     for name in flags:  # names, not enum ints: BuilderFlag was renumbered in 11.0
-        config.set_flag(getattr(trt.BuilderFlag, name))
+        config.set_flag(getattr(mod.BuilderFlag, name))
+    _set_compute_capabilities(mod, config, bc, caps)
     if bc.profiles:  # one profile covering every input (one batch range per engine)
         profile = builder.create_optimization_profile()
         for name, lo, opt, hi in bc.profiles:
-            profile.set_shape(name, trt.Dims(list(lo)), trt.Dims(list(opt)), trt.Dims(list(hi)))
+            profile.set_shape(name, mod.Dims(list(lo)), mod.Dims(list(opt)), mod.Dims(list(hi)))
         config.add_optimization_profile(profile)
     if bc.use_dla:
-        _place_on_dla(config, network, bc, target, version)
+        _place_on_dla(mod, config, network, bc, target, version, caps)
     return config
 
 
-def _place_on_dla(config: trt.IBuilderConfig, network: trt.INetworkDefinition, bc: BuildConfig,
-                  target: Target, version: Version) -> None:
+def _set_compute_capabilities(mod: Any, config: Any, bc: BuildConfig, caps: Caps) -> None:
+    """TensorRT-RTX: the compute capabilities the plan must run on (none: the library's default).
+    `config` is Any: the TensorRT 10.13 stubs have no compute-capability API."""
+    if not bc.compute_capabilities:
+        return
+    if not caps.compute_capabilities:
+        raise ConfigError(f"{bc.library} plans run on the GPU that builds them; compute-capability "
+                          "targets are a TensorRT-RTX option (--backend tensorrt-rtx)")
+    config.num_compute_capabilities = len(bc.compute_capabilities)
+    for i, name in enumerate(bc.compute_capabilities):
+        config.set_compute_capability(getattr(mod.ComputeCapability, name), i)
+
+
+def _place_on_dla(mod: Any, config: trt.IBuilderConfig, network: trt.INetworkDefinition, bc: BuildConfig,
+                  target: Target, version: Version, caps: Caps) -> None:
     """Convolutions that the DLA accepts go there; everything else, attention included, stays
     on the GPU (DLA has no attention kernels and silently falling back costs transfers)."""
-    import tensorrt as trt
-    if not target.dla_available(version):
-        raise ConfigError(f"target {target.name} has no DLA usable with TensorRT "
-                          f"{'.'.join(map(str, version))}; drop --dla")
+    if not caps.dla or not target.dla_available(version):
+        raise ConfigError(f"target {target.name} has no DLA usable with {bc.library} {_v(version)}; drop --dla")
     if not 0 <= bc.dla_core < target.dla_cores:
         raise ConfigError(f"DLA core {bc.dla_core}: {target.name} has {target.dla_cores}")
-    config.default_device_type = trt.DeviceType.GPU
+    config.default_device_type = mod.DeviceType.GPU
     config.DLA_core = bc.dla_core
     for i in range(network.num_layers):
         layer = network.get_layer(i)
-        if layer.type == trt.LayerType.CONVOLUTION and config.can_run_on_DLA(layer):
-            config.set_device_type(layer, trt.DeviceType.DLA)
+        if layer.type == mod.LayerType.CONVOLUTION and config.can_run_on_DLA(layer):
+            config.set_device_type(layer, mod.DeviceType.DLA)
 
 
-def _attach_timing_cache(config: trt.IBuilderConfig, path: str | None) -> None:
-    if path is None:
+def _attach_timing_cache(config: trt.IBuilderConfig, path: str | None, caps: Caps) -> None:
+    if path is None or not caps.timing_cache:
         return
     data = Path(path).read_bytes() if Path(path).is_file() else b""
     cache = config.create_timing_cache(data)
@@ -185,24 +233,46 @@ def _attach_timing_cache(config: trt.IBuilderConfig, path: str | None) -> None:
         config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
-def _save_timing_cache(config: trt.IBuilderConfig, path: str | None) -> None:
-    if path is not None:
+def _save_timing_cache(config: trt.IBuilderConfig, path: str | None, caps: Caps) -> None:
+    if path is not None and caps.timing_cache:
         write_bytes_atomic(Path(path), bytes(config.get_timing_cache().serialize()))
 
 
+@dataclass(frozen=True)
+class Plan:
+    data: bytes
+    log: tuple[tuple[str, str], ...]   # (severity, message) of the build
+
+    def weights_bytes(self) -> int | None:
+        """'Total Weights Memory' the builder logs (INFO): the weights as stored in the plan."""
+        for _, msg in self.log:
+            m = re.search(r"Total Weights Memory:\s*(\d+)\s*bytes", msg)
+            if m:
+                return int(m.group(1))
+        return None
+
+
 def build_plan(onnx_path: Path, bc: BuildConfig, version: Version, graph_prec: str) -> bytes:
-    """Parse and build; the serialized plan."""
-    import tensorrt as trt
-    strongly_typed, flags = _precision_flags(bc, graph_prec, version)
-    builder = trt.Builder(_logger())
-    network, _parser = _network_from_onnx(builder, onnx_path, strongly_typed, version)
-    config = _configure(builder, network, bc, flags, version)
-    _attach_timing_cache(config, bc.timing_cache)
+    """Parse and build with the library `bc.library`; the serialized plan."""
+    return build(onnx_path, bc, version, graph_prec).data
+
+
+def build(onnx_path: Path, bc: BuildConfig, version: Version, graph_prec: str) -> Plan:
+    """Parse and build with `bc.library` (tensorrt or tensorrt-rtx): the plan and the build log."""
+    mod, _ = import_library(bc.library)
+    caps = capabilities(bc.library, version)
+    label = LIBRARIES[bc.library].label
+    flags = _precision_flags(bc, graph_prec, caps, label)
+    logger = make_logger(mod)
+    builder: trt.Builder = mod.Builder(logger)
+    network, _parser = _network_from_onnx(mod, builder, onnx_path, caps, logger, label)
+    config = _configure(mod, builder, network, bc, flags, caps, version)
+    _attach_timing_cache(config, bc.timing_cache, caps)
     plan = builder.build_serialized_network(network, config)
     if plan is None:  # the binding returns None on failure; the log says why
-        raise BuildError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log)")
-    _save_timing_cache(config, bc.timing_cache)
-    return bytes(memoryview(plan))
+        raise BuildError(f"{label} failed to build an engine from {onnx_path.name}: {last_error(logger)}")
+    _save_timing_cache(config, bc.timing_cache, caps)
+    return Plan(bytes(memoryview(plan)), tuple(logger.messages))
 
 
 @dataclass(frozen=True)
@@ -216,14 +286,16 @@ def engine_from_onnx(onnx_path: Path, bc: BuildConfig, out_path: Path,
                      cache_dir: Path | None = None, force: bool = False) -> EngineResult:
     """Build (or take from the cache) the plan for `onnx_path` and write it with its manifest
     to `out_path` and `out_path`.json. The cache key hashes graph, TensorRT, GPU and options."""
-    version = require_tensorrt()
-    import tensorrt as trt
+    if bc.library != "tensorrt":
+        raise ConfigError(f"engine_from_onnx builds TensorRT plans bound to this GPU; {bc.library} plans "
+                          "come from odelt.engines.rtx.engine_from_onnx")
+    trt_mod, version = import_library("tensorrt")
     target = get_target(bc.target)
     if not target.supports_trt(version):
         raise ConfigError(f"target {target.name} runs TensorRT {_v(target.trt_min)} to "
-                          f"{_v(target.trt_max)}, this machine has {trt.__version__}")
+                          f"{_v(target.trt_max)}, this machine has {trt_mod.__version__}")
     graph_prec = _check_graph(onnx_path, target, version)
-    here = current_platform(trt.__version__)
+    here = current_platform(trt_mod.__version__)
     digest = graph_digest(onnx_path)
     key = cache_key(digest.encode(), here, bc.options())
     manifest = EngineManifest("tensorrt", here, digest, key, bc.options(), bc.target)
@@ -259,12 +331,11 @@ class LoadedEngine:
 
 def load_engine(engine_path: Path, platform: Platform | None = None) -> LoadedEngine:
     """Deserialize a plan after checking its manifest against this machine (or `platform`)."""
-    require_tensorrt()
-    import tensorrt as trt
+    trt_mod, _ = import_library("tensorrt")
     engine_path = Path(engine_path)
     manifest = read_manifest(engine_path)
-    check_compatible(manifest, platform or current_platform(trt.__version__), engine_path)
-    runtime = trt.Runtime(_logger())
+    check_compatible(manifest, platform or current_platform(trt_mod.__version__), engine_path)
+    runtime: trt.Runtime = trt_mod.Runtime(make_logger(trt_mod))
     engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
         raise RuntimeFailure(f"TensorRT could not deserialize {engine_path.name}; rebuild it")

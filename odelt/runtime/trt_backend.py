@@ -1,4 +1,8 @@
-"""TensorRT backend (engines built by `odelt-export build --backend tensorrt`), kept thin.
+"""TensorRT backend (engines built by `odelt-export build --backend tensorrt` or `--backend
+tensorrt-rtx`), kept thin. TensorRT-RTX plans are opened with the same calls (its runtime API keeps
+them); which library loads a set is the set's `backend`. TensorRT-RTX engines are checked first
+(odelt.engines.rtx.load_engine: header, version, targets vs this GPU) and a machine without a GPU
+TensorRT-RTX supports stops there with one line. Loading and running are untested here (no GPU).
 
 Importable without TensorRT or CUDA: `tensorrt` and `cuda-python` are imported when the backend is
 opened. It cannot run on this CPU-only machine; it is type-checked against the TensorRT stubs
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     import tensorrt as trt
 
 ALIGN = 256
+LIBRARIES = ("tensorrt", "tensorrt-rtx")   # engine-set backends this runtime opens
 
 
 def _cudart() -> Any:
@@ -71,43 +76,51 @@ class TrtBackend:
 
     @staticmethod
     def describe() -> dict[str, Any]:
-        try:
-            import tensorrt
-        except ImportError:
-            return {"tensorrt": None}
-        return {"tensorrt": tensorrt.__version__}
+        import importlib
+
+        from odelt.engines.trt_caps import LIBRARIES
+
+        out: dict[str, Any] = {}
+        for name, lib in LIBRARIES.items():   # {"tensorrt": version | None, "tensorrt-rtx": ...}
+            try:
+                out[name] = getattr(importlib.import_module(lib.module), "__version__", None)
+            except ImportError:
+                out[name] = None
+        return out
 
     # -- lifetime ------------------------------------------------------------------------------
     def __enter__(self) -> TrtBackend:
-        from odelt.engines.tensorrt import load_engine, require_tensorrt
+        from odelt.engines import rtx, tensorrt
+        from odelt.engines.trt_caps import import_library
 
-        require_tensorrt()
-        import tensorrt as trt
-
-        self._cudart = cudart = _cudart()
         entry = self._engine_entry()
+        library = str(entry.get("backend", "tensorrt"))
+        trt_mod, _ = import_library(library)
+        load = rtx.load_engine if library == "tensorrt-rtx" else tensorrt.load_engine
         names = sorted({g.name for n in self.lengths for g in self.manifest.chain(n, self.layout)})
         for name in names:
             if name not in entry["graphs"]:
                 raise BundleError(f"engine set {self.engine_set} has no engine for graph {name}; rebuild it")
-            self.engines[name] = load_engine(self.manifest.root / entry["graphs"][name])
+            self.engines[name] = load(self.manifest.root / entry["graphs"][name])
+        self._cudart = cudart = _cudart()
         size = max(int(e.engine.device_memory_size_v2) for e in self.engines.values())
         self._scratch = _check(cudart.cudaMalloc(max(size, ALIGN)))
         self._stream = _check(cudart.cudaStreamCreate())
         for name, loaded in self.engines.items():
-            ctx = loaded.engine.create_execution_context(trt.ExecutionContextAllocationStrategy.USER_MANAGED)
+            engine: trt.ICudaEngine = loaded.engine
+            ctx = engine.create_execution_context(trt_mod.ExecutionContextAllocationStrategy.USER_MANAGED)
             ctx.set_device_memory(self._scratch, size)
             self.contexts[name] = ctx
         return self
 
     def _engine_entry(self) -> dict:
-        sets = {k: v for k, v in self.manifest.engine_sets.items() if v.get("backend") == "tensorrt"
+        sets = {k: v for k, v in self.manifest.engine_sets.items() if v.get("backend") in LIBRARIES
                 and (self.engine_set or self.precision is None or v.get("precision") == self.precision)}
         if not sets:
             wanted = f" {self.precision}" if self.precision and not self.engine_set else ""
             raise BackendUnavailable(f"{self.manifest.root} has no{wanted} TensorRT engines; run `odelt-export build "
                                      f"BUNDLE --backend tensorrt{' --precision ' + wanted.strip() if wanted else ''}` "
-                                     "on this device first")
+                                     "on this device first (or `--backend tensorrt-rtx` on any machine, for RTX GPUs)")
         self.engine_set = self.engine_set or sorted(sets)[0]
         if self.engine_set not in sets:
             raise BundleError(f"no TensorRT engine set {self.engine_set!r}; this bundle has {sorted(sets)}")

@@ -13,7 +13,7 @@ import torch
 from odelt.exporter.bundle import FORMAT
 from tests.bundles import hand_written_bundle
 from odelt.exporter.iospec import GraphSpec, TensorSpec
-from odelt.models.config import PRESETS
+from odelt.models.config import PRESETS, DiTConfig
 
 
 class TinyNet(torch.nn.Module):
@@ -65,3 +65,45 @@ def tiny_bundle(tmp_path) -> Path:
 @pytest.fixture
 def x_batch() -> np.ndarray:
     return np.random.default_rng(0).standard_normal((3, 16)).astype(np.float32)
+
+
+# -- TensorRT-RTX: a real builder on this CPU-only machine (tests/engines/test_rtx_*.py) ------------
+
+RTX_TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=2, num_heads=2,
+                     depth_group=2, depth_min=2, num_classes=10)
+RTX_OPT_LEVEL = 0          # the lowest builder optimisation level: tests check what is built, not its speed
+
+
+@pytest.fixture(scope="session")
+def rtx_variants(tmp_path_factory) -> Path:
+    """A depth-2 random DiT, both layouts (cond, blocks_0-1, head, length_2), with FP16 and INT8
+    (trt flavour) variants from small calibration settings. Read-only: copy it before building."""
+    pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (the `rtx` extra) is not installed")
+    from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
+    from odelt.exporter.export import ExportOptions, export_bundle
+    from odelt.models.dit import DiT
+
+    torch.manual_seed(0)
+    model = DiT(RTX_TINY).eval()
+    with torch.no_grad():   # the init zeroes the final layer and biases: give every weight a value
+        for p in model.parameters():
+            p.normal_(0.0, 0.1 if p.ndim > 1 else 0.02)
+    root = tmp_path_factory.mktemp("rtx") / "bundle"
+    export_bundle(model, root, ExportOptions(layouts=("segments", "per-length")))
+    fast = dict(calib_samples=2, eval_samples=2, schedules=("uniform:euler:2",))
+    for precision in ("int8", "fp16"):
+        quantize_bundle(root, QuantizeOptions(precision, **fast))
+    return root
+
+
+@pytest.fixture(scope="session")
+def rtx_built(rtx_variants, tmp_path_factory) -> Path:
+    """rtx_variants with its FP32 TensorRT-RTX set built (portable targets). Read-only."""
+    import shutil
+
+    from odelt.engines.build import BuildRequest, build_bundle
+
+    root = tmp_path_factory.mktemp("rtx-built") / "bundle"
+    shutil.copytree(rtx_variants, root)
+    build_bundle(root, BuildRequest(backend="tensorrt-rtx", optimization_level=RTX_OPT_LEVEL))
+    return root
