@@ -1,4 +1,6 @@
-"""Engines built ahead of time from a bundle's graphs: ONNX Runtime graphs optimised offline (ort.py)
-and TensorRT plans (tensorrt.py), with build targets as data (targets.py), the platform record that
-ties an engine to the library and device that built it (platform.py), and `build_bundle`, which
-builds a whole engine set and records it in the bundle (build.py)."""
+"""Engines built ahead of time from a bundle's graphs: ONNX Runtime graphs optimised offline (ort.py),
+TensorRT and TensorRT-RTX plans from one builder (tensorrt.py, with what differs between the
+libraries in trt_caps.py; TensorRT-RTX records, checks and sets in rtx.py and rtx_build.py), build
+targets as data (targets.py, rtx_targets.py), the platform record that ties a TensorRT engine to the
+library and device that built it (platform.py), and `build_bundle`, which builds a whole engine set
+and records it in the bundle (build.py)."""

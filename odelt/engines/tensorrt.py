@@ -6,7 +6,7 @@ libraries and their versions (creation flags, builder precision flags, timing vs
 compute-capability targets, DLA, version compatibility) is the table in odelt/engines/trt_caps.py;
 nothing here branches on a version number.
 
-Precision (deploy.md §0, §2.1-2.2): TensorRT 11 and TensorRT-RTX have no FP16/INT8 builder flags and
+Precision: TensorRT 11 and TensorRT-RTX have no FP16/INT8 builder flags and
 every network is strongly typed, so from TensorRT 10 on (and always with TensorRT-RTX) the precision
 is whatever the ONNX graph holds (FP16 weights/casts, explicit Q/DQ). Only TensorRT 8.x gets builder
 precision flags. The TensorRT-RTX path runs for real in the test suite (tests/engines/test_rtx_real.py);

@@ -9,7 +9,7 @@ opened. It cannot run on this CPU-only machine; it is type-checked against the T
 (tests/engines/test_typecheck.py picks up odelt/runtime/trt*.py) and its buffer plan is the one the
 ONNX Runtime backend runs and tests (buffers.BufferPlan).
 
-What it does (deploy.md §2.3-2.4, §8.3):
+What it does (the pattern of NVIDIA's diffusion demo):
   * one USER_MANAGED device scratch sized max(device_memory_size_v2) over the engines, shared by
     every execution context (contexts never run concurrently: one stream);
   * one device arena for every tensor of the longest chain at a batch size, ping-pong state slots;
