@@ -112,3 +112,27 @@ def test_runtime_backend_opens_rtx_sets_and_stops_without_a_gpu(rtx_built):
             pass
     assert "TensorRT-RTX engines run only on an NVIDIA GPU" in _one_line(e)
     assert BuildRequest(backend="tensorrt-rtx").set_name in m.engine_sets
+
+
+def test_rtx_engines_run_like_onnx_runtime_on_a_supported_gpu(rtx_built):
+    """Needs a GPU TensorRT-RTX targets (sm75-sm121) and cuda-python: skipped here (no GPU) and on
+    data-centre GPUs (an H100/H200, sm90, is no TensorRT-RTX target). Never run so far."""
+    import numpy as np
+
+    try:
+        cc = rtx.this_gpu()
+    except BackendUnavailable as e:
+        pytest.skip(str(e))
+    if cc not in {c.cc for c in rtx.COMPUTE.values()}:
+        pytest.skip(f"this GPU (sm{cc.replace('.', '')}) is not a TensorRT-RTX target")
+    pytest.importorskip("cuda", reason="the TensorRT backend needs cuda-python")
+    m = open_bundle(rtx_built)
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 1, 8, 8)).astype(np.float32), "t": np.array([0.2, 0.7], np.float32),
+             "dt_base": np.full(2, 3, np.int32), "y": np.array([1, 2], np.int32), "l": np.full(2, 2, np.int32)}
+    for layout in m.layouts:
+        with open_backend("ort", m, layout=layout) as ref, open_backend("tensorrt", m, layout=layout) as eng:
+            want = np.array(ref.infer(feeds)["velocity"])
+            got = np.array(eng.infer(feeds)["velocity"])
+        assert np.abs(want).max() > 0
+        np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)   # TF32 is on by default in TensorRT-RTX
