@@ -13,12 +13,15 @@ thread), the same planner choice. Figures:
   serving_step_batching                              rows per execution of the step models
                                                      (Triton's inference_count / execution_count)
   serving_rows_per_call_unbatched                    what one request alone sends per step call (mean n)
+  serving_per_length_*                               the same with the per-length layout (one graph
+                                                     model call per step instead of the chain's 3-6)
 
 Needs the serving environment (`make serve-env`); raises where tritonserver cannot run.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
@@ -48,14 +51,14 @@ def _requests(manifest, prof, count: int) -> list[tuple[int, int, float]]:
     return out
 
 
-def _loop(manifest, prof, requests) -> list[float]:
+def _loop(manifest, prof, requests, layout: str) -> list[float]:
     from odelt.runtime.backend import open_backend
 
     candidates = [c for c in load_candidates(manifest) if c.precision == "fp32"]
     cost, host, cfg = call_cost(prof), host_overheads(prof), manifest.config
     samplers: dict[str, Sampler] = {}
     times = []
-    with open_backend("ort", manifest, threads=1, engines=False) as be:
+    with open_backend("ort", manifest, layout=layout, threads=1, engines=False) as be:
         for n, seed, budget in requests:
             start = time.perf_counter()
             c = choose(candidates, budget, cost, n, *host).candidate
@@ -99,58 +102,83 @@ def _serve(url: str, requests) -> tuple[list[float], float, list[str]]:
     return latencies, time.perf_counter() - start, errors
 
 
-def _step_counts(url: str, graphs) -> tuple[int, int]:
+def _step_counts(url: str, models) -> tuple[int, int]:
     from odelt.serving.client import Client
-    from odelt.serving.wire import model_name
 
     c = Client(url)
-    stats = [c.model_stats(model_name(g)) for g in graphs]
+    stats = [c.model_stats(m) for m in models]
     c.close()
     return sum(int(s["inference_count"]) for s in stats), sum(int(s["execution_count"]) for s in stats)
 
 
-def run(quick: bool = False) -> dict:
-    from planner import _prepare
-
+def _prepare(opts):
+    """The demo's export, schedules, quality table and profile (fp32 only: the repository serves one
+    precision, and quantising and building engines would only cost time here)."""
+    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.verify import model_for_bundle
     from odelt.pipeline import demo
+
+    log = lambda msg: None  # noqa: E731
+    manifest = demo.stage_export(opts, log)
+    model = model_for_bundle(load_manifest(manifest.root))
+    schedules = demo.stage_schedules(opts, manifest, model, log)
+    demo.stage_quality(opts, manifest, model, schedules, log)
+    prof = demo.stage_profile(opts, manifest, log)
+    return load_manifest(manifest.root), prof
+
+
+def _measure(env, manifest, prof, layout: str, requests, warm, work: Path, prefix: str) -> dict:
     from odelt.serving.repository import RepoOptions, write_repository
-    from odelt.serving.server import TritonServer, find_env
+    from odelt.serving.server import TritonServer
+
+    _loop(manifest, prof, warm, layout)
+    loop = _loop(manifest, prof, requests, layout)
+    cores = os.cpu_count() or 1
+    repo = write_repository(manifest.root, work / f"repo-{layout}",
+                            RepoOptions(engines="cpu", instances=cores, sampler_instances=CLIENTS, layout=layout))
+    models = json.loads((repo / "odelt_repository.json").read_text())["models"].values()
+    server = TritonServer(env, repo, work / f"work-{layout}")
+    t0 = time.perf_counter()
+    server.start()
+    try:
+        server.wait_ready(300)
+        ready_s = time.perf_counter() - t0
+        _serve(server.url, warm)
+        before = _step_counts(server.url, models)
+        lat, wall, errors = _serve(server.url, requests)
+        after = _step_counts(server.url, models)
+    finally:
+        server.stop()
+    rows, execs = after[0] - before[0], after[1] - before[1]
+    ms, loop_ms = np.array(lat) * 1e3, np.array(loop) * 1e3
+    rps, loop_rps = len(lat) / wall, len(loop) / sum(loop)
+    return {f"{prefix}_errors": len(errors), f"{prefix}_ready_s": round(ready_s, 1),
+            f"{prefix}_rps": round(rps, 1), f"{prefix}_p50_ms": round(float(np.percentile(ms, 50)), 2),
+            f"{prefix}_p99_ms": round(float(np.percentile(ms, 99)), 2),
+            f"{prefix}_loop_rps": round(loop_rps, 1),
+            f"{prefix}_loop_p50_ms": round(float(np.percentile(loop_ms, 50)), 2),
+            f"{prefix}_loop_p99_ms": round(float(np.percentile(loop_ms, 99)), 2),
+            f"{prefix}_rps_ratio": round(rps / loop_rps, 3),
+            f"{prefix}_step_batching": round(rows / max(1, execs), 2),
+            f"{prefix}_graph_models": len(models)}
+
+
+def run(quick: bool = False) -> dict:
+    from odelt.pipeline import demo
+    from odelt.serving.server import find_env
 
     env = find_env()
     count = 200 if quick else 400
     with tempfile.TemporaryDirectory() as tmp:
-        opts = demo.DemoOptions(out=Path(tmp), quick=quick, quality_n=32, calib_samples=8)
+        opts = demo.DemoOptions(out=Path(tmp), quick=quick, quality_n=32, precisions=("fp32",))
         manifest, prof = _prepare(opts)
-        requests = _requests(manifest, prof, count)
-        warm = _requests(manifest, prof, 2 * CLIENTS)
-        _loop(manifest, prof, warm)
-        loop = _loop(manifest, prof, requests)
-        cores = os.cpu_count() or 1
-        repo = write_repository(manifest.root, Path(tmp) / "repo",
-                                RepoOptions(engines="cpu", instances=cores, sampler_instances=CLIENTS))
-        server = TritonServer(env, repo, Path(tmp) / "work")
-        t0 = time.perf_counter()
-        server.start()
-        try:
-            server.wait_ready(300)
-            ready_s = time.perf_counter() - t0
-            _serve(server.url, warm)
-            before = _step_counts(server.url, manifest.graphs)
-            lat, wall, errors = _serve(server.url, requests)
-            after = _step_counts(server.url, manifest.graphs)
-        finally:
-            server.stop()
-    rows, execs = after[0] - before[0], after[1] - before[1]
-    ms = np.array(lat) * 1e3
-    loop_ms = np.array(loop) * 1e3
-    rps, loop_rps = len(lat) / wall, len(loop) / sum(loop)
-    return {"serving_requests": count, "serving_clients": CLIENTS, "serving_graph_instances": cores,
-            "serving_errors": len(errors), "serving_ready_s": round(ready_s, 1),
-            "serving_rps": round(rps, 1), "serving_p50_ms": round(float(np.percentile(ms, 50)), 2),
-            "serving_p99_ms": round(float(np.percentile(ms, 99)), 2),
-            "serving_loop_rps": round(loop_rps, 1),
-            "serving_loop_p50_ms": round(float(np.percentile(loop_ms, 50)), 2),
-            "serving_loop_p99_ms": round(float(np.percentile(loop_ms, 99)), 2),
-            "serving_rps_ratio": round(rps / loop_rps, 3),
-            "serving_step_batching": round(rows / max(1, execs), 2),
-            "serving_rows_per_call_unbatched": round(float(np.mean([n for n, _, _ in requests])), 2)}
+        requests, warm = _requests(manifest, prof, count), _requests(manifest, prof, 2 * CLIENTS)
+        out: dict = {"serving_requests": count, "serving_clients": CLIENTS,
+                     "serving_graph_instances": os.cpu_count() or 1,
+                     "serving_rows_per_call_unbatched": round(float(np.mean([n for n, _, _ in requests])), 2),
+                     "serving_load_avg_start": list(os.getloadavg())}
+        for layout in manifest.layouts:
+            prefix = "serving" if layout == manifest.default_layout() else f"serving_{layout.replace('-', '_')}"
+            out.update(_measure(env, manifest, prof, layout, requests, warm, Path(tmp), prefix))
+        out["serving_load_avg_end"] = list(os.getloadavg())
+    return out

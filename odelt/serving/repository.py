@@ -65,6 +65,9 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
     layout = opts.layout or manifest.default_layout()
     if layout not in manifest.layouts:
         raise ConfigError(f"layout {layout!r} is not in this bundle; expected one of {list(manifest.layouts)}")
+    if opts.engines == "tensorrt" and opts.max_batch and opts.max_batch > manifest.batch.max:
+        raise ConfigError(f"--max-batch {opts.max_batch} exceeds the TensorRT profile's batch max "
+                          f"{manifest.batch.max} (export with --batch MIN:OPT:MAX to change it)")
     graphs = _layout_graphs(manifest, layout)
     files = _graph_files(manifest, graphs, opts)
     final = Path(out)

@@ -86,6 +86,9 @@ class SamplerService:
         cfg = self.manifest.config
         if not 1 <= n <= self.max_images:
             raise ConfigError(f"n must be in 1..{self.max_images} images per request, found {n}")
+        if guidance not in (None, 1.0) and not self.manifest.cfg and 2 * n > self.max_images:
+            raise ConfigError(f"with guidance each image takes 2 rows of a step call (this bundle mixes them on "
+                              f"the host): n must be <= {self.max_images // 2}, found {n}")
         y = make_labels(n, cfg.num_classes) if labels is None else self._labels(labels, n)
         key, schedule, predicted = self._plan(params, n)
         sampler = self._sampler(key, schedule, guidance)

@@ -102,6 +102,8 @@ def test_cli_writes_once_and_refuses_to_overwrite(serve_bundle, tmp_path, capsys
         ["triton", str(serve_bundle), "--out", str(tmp_path / "t"), "--engines", "tensorrt"], capsys)
     assert "--instances must be >= 1" in _error(
         ["triton", str(serve_bundle), "--out", str(tmp_path / "i"), "--instances", "0"], capsys)
+    assert "--max-batch 16 exceeds the TensorRT profile's batch max 8" in _error(
+        ["triton", str(serve_bundle), "--out", str(tmp_path / "m"), "--engines", "tensorrt", "--max-batch", "16"], capsys)
     main(["triton", str(serve_bundle), "--out", str(out), "--force", "--layout", "segments"])
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]     # no temporary folder left

@@ -40,8 +40,13 @@ def test_same_images_as_generate_with_the_same_seed_and_plan(server, serve_bundl
             assert got.predicted_ms == pytest.approx(ref.plan.predicted_ms, rel=1e-5)
             assert got.images.shape == (n, *SHAPE) and got.measured_ms > 0
             np.testing.assert_allclose(got.images, ref.images, rtol=0, atol=1e-5)
-        got = client.generate(n=2, seed=1, schedule="uniform:heun:3", labels=[4, 4])
+        got = client.generate(n=2, seed=1, schedule="uniform:heun:3", guidance=2.0)   # host-side guidance: 2n rows
+        ref = generate_from_bundle(serve_bundle, GenerateOptions(schedule="uniform:heun:3", n=2, batch=2, seed=1,
+                                                                 cfg_scale=2.0))
         assert got.plan == "uniform:heun:3" and np.isnan(got.predicted_ms)
+        np.testing.assert_allclose(got.images, ref.images, rtol=0, atol=1e-5)
+        labelled = client.generate(n=2, seed=1, schedule="uniform:heun:3", labels=[4, 4])
+        assert not np.allclose(labelled.images, got.images)
     finally:
         client.close()
 
@@ -96,6 +101,7 @@ def test_eight_clients_mixed_budgets_none_lost_steps_batched(server, serve_bundl
     (dict(n=2, labels=[1], budget_ms=50), "labels must have n=2 entries, found 1"),
     (dict(n=1), "expected request parameter budget_ms (milliseconds) or schedule (NAME), found neither"),
     (dict(n=1, schedule="/etc/passwd"), "schedule must be a name"),
+    (dict(n=5, guidance=2.0, schedule="uniform:euler:2"), "n must be <= 4, found 5"),
 ])
 def test_bad_requests_get_one_line_errors_and_the_server_keeps_serving(server, request_kw, message):
     client = Client(server.url)
