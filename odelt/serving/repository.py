@@ -158,15 +158,17 @@ def graph_config(manifest: Manifest, graph: GraphSpec, opts: RepoOptions, file_n
     if gpu:
         group["profile"] = ["0"]           # the one optimisation profile odelt builds
     config["instance_group"] = [group]
-    params = {"intra_op_thread_count": "1", "inter_op_thread_count": "1"} if opts.engines == "onnxruntime" else {}
-    if opts.engines == "cpu":
+    params: dict[str, Any] = {}
+    if opts.engines == "onnxruntime":
+        params = {"intra_op_thread_count": "1", "inter_op_thread_count": "1"}
+    elif opts.engines == "cpu":
         # per input, the graph's shape after the row axis: what (rows, *dims) is reshaped to
         params = {"graph_file": file_name, "batched": is_batched,
                   "row_shapes": {t.name: [int(d) for d in t.shape[1:]] for t in graph.inputs} if is_batched else {}}
     if params:
         config["parameters"] = parameters(params)
     b = manifest.batch
-    comments = (f"odelt graph {graph.name} ({graph.kind}, layout {graph.layout}) of bundle model "
+    comments: tuple[str, ...] = (f"odelt graph {graph.name} ({graph.kind}, layout {graph.layout}) of bundle model "
                 f"{manifest.data['model'].get('source_hash')}, precision {opts.precision}",)
     if gpu:
         comments += (f"TensorRT optimisation profile 0: batch min/opt/max {b.min}/{b.opt}/{b.max} "

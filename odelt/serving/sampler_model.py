@@ -189,12 +189,15 @@ class TritonPythonModel:
             t = pb_utils.get_input_tensor_by_name(request, name)
             return None if t is None else t.as_numpy()
 
+        def scalar(name: str) -> Any:
+            a = value(name)
+            return None if a is None else a.reshape(-1)[0].item()     # exact: int64 seeds stay ints
+
         try:
             params = json.loads(request.parameters() or "{}")
-            guidance = value("guidance")
-            out = self.service.handle(int(value("n").reshape(-1)[0]), int(value("seed").reshape(-1)[0]),
-                                      value("labels"), None if guidance is None else float(guidance.reshape(-1)[0]),
-                                      params)
+            n, seed = int(scalar("n") or 0), int(scalar("seed") or 0)      # required inputs: Triton checks them
+            guidance = scalar("guidance")
+            out = self.service.handle(n, seed, value("labels"), None if guidance is None else float(guidance), params)
         except Exception as e:  # noqa: BLE001 - one line back to the client; the model keeps serving
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(e)))
         tensors = [pb_utils.Tensor("images", np.ascontiguousarray(out["images"], np.float32)),

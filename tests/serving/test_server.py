@@ -33,7 +33,7 @@ def _budgets(bundle, n: int) -> list[float]:
 def test_same_images_as_generate_with_the_same_seed_and_plan(server, serve_bundle):
     client = Client(server.url)
     try:
-        for n, seed, budget in ((3, 5, 1e6), (2, 7, _budgets(serve_bundle, 2)[1])):
+        for n, seed, budget in ((3, 5, 1e6), (2, 7, _budgets(serve_bundle, 2)[1]), (1, 2**60 + 1, 1e6)):
             got = client.generate(n=n, seed=seed, budget_ms=budget)
             ref = generate_from_bundle(serve_bundle, GenerateOptions(n=n, batch=n, seed=seed, budget_ms=budget))
             assert got.plan == ref.plan.candidate.name
@@ -49,6 +49,13 @@ def test_same_images_as_generate_with_the_same_seed_and_plan(server, serve_bundl
         assert not np.allclose(labelled.images, got.images)
     finally:
         client.close()
+
+
+def test_the_server_environment_has_no_torch(serving_env):
+    import subprocess
+
+    r = subprocess.run([str(serving_env.venv / "bin" / "python"), "-c", "import torch"], capture_output=True, text=True)
+    assert r.returncode != 0 and "No module named 'torch'" in r.stderr     # the sampler model ran without it
 
 
 def _step_stats(client, bundle) -> dict[str, tuple[int, int]]:
