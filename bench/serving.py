@@ -114,17 +114,17 @@ def _step_counts(url: str, models) -> tuple[int, int]:
 def _prepare(opts):
     """The demo's export, schedules, quality table and profile (fp32 only: the repository serves one
     precision, and quantising and building engines would only cost time here)."""
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import open_bundle
     from odelt.exporter.verify import model_for_bundle
     from odelt.pipeline import demo
 
     log = lambda msg: None  # noqa: E731
     manifest = demo.stage_export(opts, log)
-    model = model_for_bundle(load_manifest(manifest.root))
+    model = model_for_bundle(open_bundle(manifest.root))
     schedules = demo.stage_schedules(opts, manifest, model, log)
     demo.stage_quality(opts, manifest, model, schedules, log)
     prof = demo.stage_profile(opts, manifest, log)
-    return load_manifest(manifest.root), prof
+    return open_bundle(manifest.root), prof
 
 
 def _measure(env, manifest, prof, layout: str, requests, warm, work: Path, prefix: str) -> dict:

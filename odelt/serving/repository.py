@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from odelt.errors import ConfigError, ExportError
-from odelt.exporter.bundle import Manifest, load_manifest
+from odelt.exporter.bundle import Bundle, open_bundle
 from odelt.exporter.iospec import GraphSpec, TensorSpec
 from odelt.fileio import write_json_atomic
 from odelt.serving import graph_model, sampler_model
@@ -61,7 +61,7 @@ class RepoOptions:
 def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: RepoOptions) -> Path:
     """Write the repository for `bundle` at `out`; returns its path."""
     opts.check()
-    manifest = load_manifest(bundle)
+    manifest = open_bundle(bundle)
     layout = opts.layout or manifest.default_layout()
     if layout not in manifest.layouts:
         raise ConfigError(f"layout {layout!r} is not in this bundle; expected one of {list(manifest.layouts)}")
@@ -80,8 +80,7 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
             _write_graph_model(tmp, manifest, graph, files[graph.name], opts)
         _write_sampler(tmp, manifest, layout, graphs, opts)
         write_json_atomic(tmp / "odelt_repository.json", {
-            "format": FORMAT, "bundle": str(manifest.root.resolve()), "model_hash": manifest.data["model"].get(
-                "source_hash"), "engines": opts.engines, "precision": opts.precision, "layout": layout,
+            "format": FORMAT, "bundle": str(manifest.root.resolve()), "model_hash": manifest.model_hash, "engines": opts.engines, "precision": opts.precision, "layout": layout,
             "models": {g.name: model_name(g.name) for g in graphs}, "sampler": SAMPLER})
         _swap_in(tmp, final)
     finally:
@@ -89,28 +88,26 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
     return final
 
 
-def _layout_graphs(manifest: Manifest, layout: str) -> list[GraphSpec]:
+def _layout_graphs(manifest: Bundle, layout: str) -> list[GraphSpec]:
     names = dict.fromkeys(g.name for n in manifest.lengths for g in manifest.chain(n, layout))
     return [manifest.graph(name) for name in names]
 
 
 # -- which file each graph model serves --------------------------------------------------------
 
-def _graph_files(manifest: Manifest, graphs: list[GraphSpec], opts: RepoOptions) -> dict[str, Path]:
+def _graph_files(manifest: Bundle, graphs: list[GraphSpec], opts: RepoOptions) -> dict[str, Path]:
     if opts.engines == "tensorrt":
         entry = _tensorrt_set(manifest, opts)
         return {g.name: manifest.root / entry["graphs"][g.name] for g in graphs}
-    from odelt.calibration.variants import variant_graph_path
-
-    files = {g.name: variant_graph_path(manifest, g.name, opts.precision) for g in graphs}
+    files = {g.name: manifest.graph_path(g.name, opts.precision) for g in graphs}
     for path in files.values():
         if not path.is_file():
             raise ExportError(f"{manifest.root}: graph file {path} is missing")
     return files
 
 
-def _tensorrt_set(manifest: Manifest, opts: RepoOptions) -> dict[str, Any]:
-    sets = manifest.data.get("engines", {})
+def _tensorrt_set(manifest: Bundle, opts: RepoOptions) -> dict[str, Any]:
+    sets = manifest.engine_sets
     rtx = [n for n, e in sets.items() if "rtx" in str(e.get("backend"))]
     matching = {n: e for n, e in sets.items() if e.get("backend") == "tensorrt" and e.get("precision") == opts.precision}
     if opts.engine_set is not None:
@@ -136,7 +133,7 @@ def _tensor(spec: TensorSpec, is_batched: bool) -> dict[str, Any]:
     return entry
 
 
-def graph_config(manifest: Manifest, graph: GraphSpec, opts: RepoOptions, file_name: str) -> str:
+def graph_config(manifest: Bundle, graph: GraphSpec, opts: RepoOptions, file_name: str) -> str:
     """config.pbtxt of one graph model."""
     is_batched = batched(graph)
     rows = opts.max_batch or manifest.batch.max
@@ -169,14 +166,14 @@ def graph_config(manifest: Manifest, graph: GraphSpec, opts: RepoOptions, file_n
         config["parameters"] = parameters(params)
     b = manifest.batch
     comments: tuple[str, ...] = (f"odelt graph {graph.name} ({graph.kind}, layout {graph.layout}) of bundle model "
-                f"{manifest.data['model'].get('source_hash')}, precision {opts.precision}",)
+                f"{manifest.model_hash}, precision {opts.precision}",)
     if gpu:
         comments += (f"TensorRT optimisation profile 0: batch min/opt/max {b.min}/{b.opt}/{b.max} "
                      f"({'x2 rows with guidance' if rows > (opts.max_batch or b.max) else 'rows = batch'})",)
     return render(config, comments)
 
 
-def _write_graph_model(repo: Path, manifest: Manifest, graph: GraphSpec, src: Path, opts: RepoOptions) -> None:
+def _write_graph_model(repo: Path, manifest: Bundle, graph: GraphSpec, src: Path, opts: RepoOptions) -> None:
     folder = repo / model_name(graph.name)
     version = folder / "1"
     version.mkdir(parents=True)
@@ -192,7 +189,7 @@ def _write_graph_model(repo: Path, manifest: Manifest, graph: GraphSpec, src: Pa
 
 # -- the sampler model -------------------------------------------------------------------------
 
-def sampler_config(manifest: Manifest, layout: str, graphs: list[GraphSpec], opts: RepoOptions) -> str:
+def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions) -> str:
     cfg = manifest.config
     image = [-1, cfg.out_channels, cfg.input_size, cfg.input_size]
     config = {
@@ -214,7 +211,7 @@ def sampler_config(manifest: Manifest, layout: str, graphs: list[GraphSpec], opt
                            "plan, predicted and measured milliseconds come back with the images",))
 
 
-def _write_sampler(repo: Path, manifest: Manifest, layout: str, graphs: list[GraphSpec], opts: RepoOptions) -> None:
+def _write_sampler(repo: Path, manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions) -> None:
     folder = repo / SAMPLER
     bundle = folder / "1" / "bundle"
     bundle.mkdir(parents=True)

@@ -30,8 +30,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from odelt.errors import ConfigError, OdeltError, RuntimeFailure
-from odelt.exporter.bundle import Manifest, load_manifest, run_chain
+from odelt.exporter.bundle import MANIFEST, Bundle
+from odelt.exporter.chain import run_chain
 from odelt.exporter.iospec import GraphSpec
+from odelt.fileio import read_json
 from odelt.runtime.backend import chain_length
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.planner import choose
@@ -50,7 +52,7 @@ class BlsBackend:
 
     name = "triton-bls"
 
-    def __init__(self, manifest: Manifest, layout: str, models: dict[str, str], call: Call):
+    def __init__(self, manifest: Bundle, layout: str, models: dict[str, str], call: Call):
         self.manifest, self.layout, self.models, self.call = manifest, layout, models, call
         self.lengths = tuple(manifest.lengths)
         self._batched = {name: batched(manifest.graph(name)) for name in models}
@@ -76,7 +78,7 @@ class BlsBackend:
 class SamplerService:
     """Requests -> images with one backend; keeps one Sampler per (schedule, guidance)."""
 
-    def __init__(self, manifest: Manifest, backend: BlsBackend, precision: str, max_images: int):
+    def __init__(self, manifest: Bundle, backend: BlsBackend, precision: str, max_images: int):
         self.manifest, self.backend, self.precision, self.max_images = manifest, backend, precision, max_images
         self._samplers: dict[tuple[str, float | None], Sampler] = {}
         self._planning: tuple[Any, ...] | None = None
@@ -86,7 +88,7 @@ class SamplerService:
         cfg = self.manifest.config
         if not 1 <= n <= self.max_images:
             raise ConfigError(f"n must be in 1..{self.max_images} images per request, found {n}")
-        if guidance not in (None, 1.0) and not self.manifest.cfg and 2 * n > self.max_images:
+        if guidance not in (None, 1.0) and not self.manifest.guidance and 2 * n > self.max_images:
             raise ConfigError(f"with guidance each image takes 2 rows of a step call (this bundle mixes them on "
                               f"the host): n must be <= {self.max_images // 2}, found {n}")
         y = make_labels(n, cfg.num_classes) if labels is None else self._labels(labels, n)
@@ -99,7 +101,7 @@ class SamplerService:
 
     def _labels(self, labels: np.ndarray, n: int) -> np.ndarray:
         y = np.asarray(labels).reshape(-1).astype(np.int64)
-        null = int(self.manifest.data.get("null_class", self.manifest.config.num_classes))
+        null = self.manifest.null_class
         if y.shape[0] != n:
             raise ConfigError(f"labels must have n={n} entries, found {y.shape[0]}")
         bad = [int(v) for v in y if not (0 <= v < self.manifest.config.num_classes or v == null)]
@@ -147,7 +149,8 @@ class SamplerService:
 
 def open_service(bundle: Path, params: Mapping[str, str], call: Call) -> SamplerService:
     """The service the model config describes (`parameters` of odelt_sampler/config.pbtxt)."""
-    manifest = load_manifest(bundle, check_files=False)        # the graphs live in their own models
+    # Read as is: the graph files its records list live in their own models, not beside this copy.
+    manifest = Bundle(bundle, read_json(bundle / MANIFEST, ConfigError))
     backend = BlsBackend(manifest, params["layout"], json.loads(params["graph_models"]), call)
     return SamplerService(manifest, backend, params["precision"], int(params["max_images"]))
 

@@ -15,7 +15,7 @@ PLANS = (("uniform:euler:1", 2), ("uniform:euler:2", 4), ("uniform:euler:4", 4),
 def make_serving_bundle(root: Path) -> Path:
     import torch
 
-    from odelt.exporter.bundle import load_manifest
+    from odelt.exporter.bundle import open_bundle
     from odelt.exporter.export import ExportOptions, export_bundle
     from odelt.exporter.iospec import BatchRange
     from odelt.models import DiT, DiTConfig
@@ -40,6 +40,6 @@ def make_serving_bundle(root: Path) -> Path:
                      "error": 1.0 / (i + 1), "fd": None, "call_lengths": list(call_lengths(schedule))})
     (root / QUALITY).write_text(json.dumps({"format": FORMAT, "held_out": {"n": 0, "seed": 0, "teacher": "none"},
                                             "rows": rows}))
-    manifest = load_manifest(root)
+    manifest = open_bundle(root)
     save_profile(manifest, profile_bundle(manifest, "ort", (1, 8), repeats=5, time_graphs=False))
     return root

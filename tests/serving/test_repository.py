@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from odelt.cli import main
-from odelt.exporter.bundle import load_manifest, write_manifest
+from odelt.exporter.bundle import open_bundle
 from odelt.exporter.iospec import plan_segments
 from odelt.models.config import DiTConfig
 from odelt.serving.repository import RepoOptions, write_repository
@@ -18,7 +18,7 @@ from tests.serving.helpers import TINY
 
 
 def test_cpu_repository_has_a_model_per_graph_and_the_sampler(cpu_repo, serve_bundle):
-    manifest = load_manifest(serve_bundle)
+    manifest = open_bundle(serve_bundle)
     models = sorted(p.parent.name for p in cpu_repo.glob("*/config.pbtxt"))
     assert models == sorted([model_name(g) for g in manifest.graphs] + ["odelt_sampler"])
     for g in manifest.graphs:
@@ -36,17 +36,15 @@ def _with_fake_tensorrt_set(bundle, tmp_path):
     placeholder bytes (no TensorRT here): only the repository's configs are under test."""
     root = tmp_path / "trt-bundle"
     shutil.copytree(bundle, root)
-    manifest = load_manifest(root)
+    b = open_bundle(root)
     graphs = {}
-    for name in manifest.graphs:
+    for name in b.graphs:
         (root / "engines" / "tensorrt-desktop-fp32").mkdir(parents=True, exist_ok=True)
         (root / "engines" / "tensorrt-desktop-fp32" / f"{name}.plan").write_bytes(b"FAKE PLAN")
         graphs[name] = f"engines/tensorrt-desktop-fp32/{name}.plan"
-    data = {k: v for k, v in manifest.data.items() if k != "files"}
-    data["engines"] = {"tensorrt-desktop-fp32": {"backend": "tensorrt", "target": "desktop", "precision": "fp32",
-                                                 "dir": "engines/tensorrt-desktop-fp32", "graphs": graphs,
-                                                 "built": {"tensorrt_version": "fake"}}}
-    write_manifest(root, data)
+    b.update("engines", "tensorrt-desktop-fp32", {"backend": "tensorrt", "target": "desktop", "precision": "fp32",
+                                                  "dir": "engines/tensorrt-desktop-fp32", "graphs": graphs,
+                                                  "built": {"tensorrt_version": "fake"}}, files=graphs.values())
     return root
 
 

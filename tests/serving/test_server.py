@@ -12,7 +12,7 @@ import threading
 import numpy as np
 import pytest
 
-from odelt.exporter.bundle import load_manifest
+from odelt.exporter.bundle import open_bundle
 from odelt.runtime.planner import predict_ms
 from odelt.runtime.plans import load_candidates
 from odelt.runtime.profile import call_cost, host_overheads, load_profile
@@ -25,7 +25,7 @@ SHAPE = (1, 8, 8)
 
 def _budgets(bundle, n: int) -> list[float]:
     """Budgets just above each plan's predicted ms at batch n: each makes the planner pick another plan."""
-    m = load_manifest(bundle)
+    m = open_bundle(bundle)
     prof = load_profile(m)
     return sorted(1.02 * predict_ms(c, call_cost(prof), n, *host_overheads(prof)) for c in load_candidates(m))
 
@@ -60,7 +60,7 @@ def test_the_server_environment_has_no_torch(serving_env):
 
 def _step_stats(client, bundle) -> dict[str, tuple[int, int]]:
     out = {}
-    for g in load_manifest(bundle).graphs:
+    for g in open_bundle(bundle).graphs:
         s = client.model_stats(model_name(g))
         out[g] = (int(s["inference_count"]), int(s["execution_count"]))
     return out
