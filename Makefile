@@ -23,12 +23,28 @@ trt-stubs: $(BIN)/odelt-export
 	$(BIN)/pip install -q --no-deps --upgrade --target $(VENV)/trt-stubs $(TRT_STUBS)
 	$(BIN)/python tools/make_trt_stubs.py
 
+# The serving environment (odelt/serving/server.py): the tritonserver inside nvidia-pytriton, whose
+# Python-backend stub needs numpy < 2, and odelt-export without torch (the sampler model runs the
+# numpy runtime). Optional ("-" in `test`): offline, the serving tests skip and the rest still runs.
+SERVE := .venv-serve
+PYTRITON := nvidia-pytriton==0.7.0
+
+$(SERVE)/.ready: pyproject.toml constraints.txt
+	$(PY) -m venv $(SERVE)
+	$(SERVE)/bin/pip install -q -c constraints.txt "numpy<2" $(PYTRITON) onnxruntime
+	$(SERVE)/bin/pip install -q --no-deps -e .
+	touch $@
+
+.PHONY: serve-env
+serve-env: $(SERVE)/.ready
+
 .PHONY: test demo clean
 test: $(BIN)/odelt-export
+	-$(MAKE) serve-env
 	$(BIN)/python -m pytest
 
 demo: $(BIN)/odelt-export
 	$(BIN)/odelt-export demo
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(SERVE) build *.egg-info

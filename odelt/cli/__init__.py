@@ -28,6 +28,7 @@ def _register() -> None:
     from odelt.cli import schedule_cmds  # noqa: F401
     from odelt.cli import plan_cmds  # noqa: F401
     from odelt.cli import demo_cmds  # noqa: F401
+    from odelt.cli import serving_cmds  # noqa: F401
 
 
 def _fail(message: str) -> None:

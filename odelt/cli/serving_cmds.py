@@ -1,0 +1,35 @@
+"""Commands about serving: triton (write a Triton Inference Server model repository)."""
+
+from __future__ import annotations
+
+import click
+
+from odelt.cli import cli
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(file_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(), help="Model repository folder to write.")
+@click.option("--engines", type=click.Choice(["tensorrt", "onnxruntime", "cpu"]), default="cpu", show_default=True,
+              help="Graph models: TensorRT plans (tensorrt_plan), ONNX (onnxruntime_onnx), or Python-backend "
+                   "models running ONNX Runtime (cpu: what the pip-installable tritonserver can run).")
+@click.option("--precision", default="fp32", show_default=True, help="Precision of the graphs and plans served.")
+@click.option("--max-batch", type=int, default=None, help="Rows per graph execution (default: the bundle's batch max).")
+@click.option("--instances", type=int, default=1, show_default=True,
+              help="Instances of each graph model (per GPU with tensorrt).")
+@click.option("--sampler-instances", type=int, default=4, show_default=True,
+              help="Sampling requests run side by side (their step calls are batched together).")
+@click.option("--layout", type=click.Choice(["segments", "per-length"]), default=None,
+              help="Graph layout to serve (default: segments when the bundle has it).")
+@click.option("--engine-set", default=None, help="tensorrt: the engine set to serve, when there are several.")
+@click.option("--force", is_flag=True, help="Replace an existing repository.")
+def triton(bundle: str, out: str, engines: str, precision: str, max_batch: int | None, instances: int,
+           sampler_instances: int, layout: str | None, engine_set: str | None, force: bool) -> None:
+    """Write a Triton Inference Server model repository for BUNDLE."""
+    from odelt.serving.repository import RepoOptions, write_repository
+
+    opts = RepoOptions(engines=engines, precision=precision, max_batch=max_batch, instances=instances,
+                       sampler_instances=sampler_instances, layout=layout, engine_set=engine_set, force=force)
+    repo = write_repository(bundle, out, opts)
+    models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
+    click.echo(f"wrote {repo}: {len(models)} models ({', '.join(models)}), engines {engines}, precision {precision}")

@@ -1,0 +1,13 @@
+"""Serving on Triton Inference Server: a model repository from any bundle, and the sampler model.
+
+    repository.py     bundle -> REPO/ (one model per graph + the `odelt_sampler` model), config.pbtxt
+    wire.py           model names and the shapes tensors travel with (shared by writer and sampler)
+    pbtxt.py          protobuf text rendering of a config dict
+    graph_model.py    the `cpu` flavour's graph model: Python backend running one graph with ORT
+    sampler_model.py  the `odelt_sampler` model: the numpy runtime and planner, steps via BLS
+    server.py         start/stop a real `tritonserver` (the one inside the nvidia-pytriton wheel)
+    client.py         a small KServe-v2 HTTP/JSON client (no tritonclient needed)
+    validate.py       check config.pbtxt files against Triton's schema (needs tritonclient)
+
+Nothing here imports torch; Triton's own modules are imported only inside the server.
+"""

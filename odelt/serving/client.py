@@ -1,0 +1,103 @@
+"""A small client for the sampler model: KServe v2 inference protocol, HTTP + JSON, stdlib only.
+
+One `Client` holds one keep-alive connection (use one per thread)::
+
+    c = Client("http://127.0.0.1:8000")
+    r = c.generate(n=4, seed=0, budget_ms=25)      # r.images (4, C, H, W), r.plan, r.predicted_ms, ...
+
+A request the server rejects raises ServingError with the server's one-line message.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import numpy as np
+
+from odelt.errors import OdeltError
+from odelt.serving.wire import SAMPLER
+
+
+class ServingError(OdeltError):
+    """The server answered with an error (its message is kept verbatim)."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    images: np.ndarray
+    plan: str
+    predicted_ms: float
+    measured_ms: float
+
+
+class Client:
+    def __init__(self, url: str, timeout_s: float = 120.0):
+        u = urlparse(url)
+        self.host, self.port, self.timeout = u.hostname or "127.0.0.1", u.port or 8000, timeout_s
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        for attempt in (0, 1):                    # one retry on a connection the server closed
+            if self._conn is None:
+                self._conn = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+            try:
+                self._conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+                r = self._conn.getresponse()
+                raw = r.read()
+                return r.status, json.loads(raw) if raw else None
+            except (ConnectionError, http.client.HTTPException):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def generate(self, n: int, seed: int = 0, labels: list[int] | None = None, guidance: float | None = None,
+                 budget_ms: float | None = None, schedule: str | None = None) -> Generation:
+        inputs = [_tensor("n", "INT32", [n]), _tensor("seed", "INT64", [seed])]
+        if labels is not None:
+            inputs.append(_tensor("labels", "INT32", list(labels)))
+        if guidance is not None:
+            inputs.append(_tensor("guidance", "FP32", [guidance]))
+        params = {k: v for k, v in (("budget_ms", budget_ms), ("schedule", schedule)) if v is not None}
+        status, body = self._request("POST", f"/v2/models/{SAMPLER}/infer",
+                                     {"inputs": inputs, "parameters": params})
+        if status != 200:
+            raise ServingError((body or {}).get("error", f"HTTP {status}"))
+        out = {o["name"]: o for o in body["outputs"]}
+        images = np.asarray(out["images"]["data"], np.float32).reshape(out["images"]["shape"])
+        predicted = out["predicted_ms"]["data"][0]
+        return Generation(images, str(out["plan"]["data"][0]),
+                          math.nan if predicted is None else float(predicted), float(out["measured_ms"]["data"][0]))
+
+    def model_stats(self, model: str) -> dict[str, Any]:
+        status, body = self._request("GET", f"/v2/models/{model}/stats")
+        if status != 200:
+            raise ServingError((body or {}).get("error", f"HTTP {status}"))
+        return body["model_stats"][0]
+
+    def ready(self, model: str = SAMPLER) -> bool:
+        try:
+            return self._request("GET", f"/v2/models/{model}/ready")[0] == 200
+        except OSError:
+            return False
+
+
+def rows_per_execution(stats: dict[str, Any]) -> float:
+    """inference_count / execution_count: the mean rows Triton gave one execution of a model."""
+    executions = int(stats.get("execution_count", 0))
+    return int(stats.get("inference_count", 0)) / executions if executions else 0.0
+
+
+def _tensor(name: str, datatype: str, data: list) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": [len(data)], "data": data}

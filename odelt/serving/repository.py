@@ -1,0 +1,233 @@
+"""Write a Triton model repository from a bundle: one model per graph, plus `odelt_sampler`.
+
+    REPO/
+      odelt_repository.json              what was written from which bundle (engines, precision, models)
+      odelt_<graph>/config.pbtxt         generated from the bundle's IO description (manifest graphs)
+      odelt_<graph>/1/model.plan         --engines tensorrt: the TensorRT plan of the chosen engine set
+      odelt_<graph>/1/<graph>.onnx       --engines onnxruntime (Triton's ORT backend) and cpu
+      odelt_<graph>/1/model.py           --engines cpu: Python backend running the graph with ORT
+      odelt_sampler/config.pbtxt         Python backend; inputs n, seed, labels, guidance
+      odelt_sampler/1/model.py           odelt/serving/sampler_model.py
+      odelt_sampler/1/bundle/            manifest, schedules, quality table, profiles, tables (no graphs)
+
+The repository is written into a hidden folder beside REPO and renamed into place when complete
+(with --force the old one is swapped out only then), so an interrupted write leaves REPO as it was.
+Triton's TensorRT backend loads TensorRT plans only (not TensorRT-RTX engines), and only plans built
+by the TensorRT version inside that Triton release.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from odelt.errors import ConfigError, ExportError
+from odelt.exporter.bundle import Bundle, open_bundle
+from odelt.exporter.iospec import GraphSpec, TensorSpec
+from odelt.fileio import write_json_atomic
+from odelt.serving import graph_model, sampler_model
+from odelt.serving.pbtxt import parameters, render
+from odelt.serving.wire import SAMPLER, TRITON_DTYPES, batched, dims, model_name
+
+ENGINES = ("tensorrt", "onnxruntime", "cpu")
+FORMAT = "odelt-triton-repository/1"
+SAMPLER_FILES = ("manifest.json", "quality.json", "schedules", "profile", "tables")
+
+
+@dataclass(frozen=True)
+class RepoOptions:
+    engines: str = "cpu"               # tensorrt | onnxruntime | cpu
+    precision: str = "fp32"
+    max_batch: int | None = None       # rows per graph execution; None: the bundle's batch max
+    instances: int = 1                 # instances of each graph model (per GPU with tensorrt)
+    sampler_instances: int = 4         # concurrent sampling requests; their step calls batch together
+    layout: str | None = None          # None: the bundle's default layout
+    engine_set: str | None = None      # tensorrt: which engine set, when the bundle has several
+    queue_delay_us: int = 500          # dynamic batcher's wait for more step calls
+    force: bool = False
+
+    def check(self) -> None:
+        if self.engines not in ENGINES:
+            raise ConfigError(f"--engines must be one of {list(ENGINES)}, found {self.engines!r}")
+        for name, value in (("--instances", self.instances), ("--sampler-instances", self.sampler_instances),
+                            ("--max-batch", self.max_batch or 1)):
+            if value < 1:
+                raise ConfigError(f"{name} must be >= 1, found {value}")
+
+
+def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: RepoOptions) -> Path:
+    """Write the repository for `bundle` at `out`; returns its path."""
+    opts.check()
+    manifest = open_bundle(bundle)
+    layout = opts.layout or manifest.default_layout()
+    if layout not in manifest.layouts:
+        raise ConfigError(f"layout {layout!r} is not in this bundle; expected one of {list(manifest.layouts)}")
+    if opts.engines == "tensorrt" and opts.max_batch and opts.max_batch > manifest.batch.max:
+        raise ConfigError(f"--max-batch {opts.max_batch} exceeds the TensorRT profile's batch max "
+                          f"{manifest.batch.max} (export with --batch MIN:OPT:MAX to change it)")
+    graphs = _layout_graphs(manifest, layout)
+    files = _graph_files(manifest, graphs, opts)
+    final = Path(out)
+    if final.exists() and not opts.force:
+        raise ExportError(f"{final} already exists; pass --force to replace it")
+    tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        for graph in graphs:
+            _write_graph_model(tmp, manifest, graph, files[graph.name], opts)
+        _write_sampler(tmp, manifest, layout, graphs, opts)
+        write_json_atomic(tmp / "odelt_repository.json", {
+            "format": FORMAT, "bundle": str(manifest.root.resolve()), "model_hash": manifest.model_hash, "engines": opts.engines, "precision": opts.precision, "layout": layout,
+            "models": {g.name: model_name(g.name) for g in graphs}, "sampler": SAMPLER})
+        _swap_in(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _layout_graphs(manifest: Bundle, layout: str) -> list[GraphSpec]:
+    names = dict.fromkeys(g.name for n in manifest.lengths for g in manifest.chain(n, layout))
+    return [manifest.graph(name) for name in names]
+
+
+# -- which file each graph model serves --------------------------------------------------------
+
+def _graph_files(manifest: Bundle, graphs: list[GraphSpec], opts: RepoOptions) -> dict[str, Path]:
+    if opts.engines == "tensorrt":
+        entry = _tensorrt_set(manifest, opts)
+        return {g.name: manifest.root / entry["graphs"][g.name] for g in graphs}
+    files = {g.name: manifest.graph_path(g.name, opts.precision) for g in graphs}
+    for path in files.values():
+        if not path.is_file():
+            raise ExportError(f"{manifest.root}: graph file {path} is missing")
+    return files
+
+
+def _tensorrt_set(manifest: Bundle, opts: RepoOptions) -> dict[str, Any]:
+    sets = manifest.engine_sets
+    rtx = [n for n, e in sets.items() if "rtx" in str(e.get("backend"))]
+    matching = {n: e for n, e in sets.items() if e.get("backend") == "tensorrt" and e.get("precision") == opts.precision}
+    if opts.engine_set is not None:
+        matching = {n: e for n, e in matching.items() if n == opts.engine_set}
+    if len(matching) != 1:
+        found = sorted(matching) or sorted(sets)
+        hint = (" (TensorRT-RTX engines cannot be served: Triton's TensorRT backend loads TensorRT plans only)"
+                if rtx and not matching else "")
+        raise ExportError(f"{manifest.root}: expected one TensorRT {opts.precision} engine set"
+                          f"{' named ' + opts.engine_set if opts.engine_set else ''}, found {found}{hint}; "
+                          f"build one with `odelt-export build BUNDLE --backend tensorrt --precision {opts.precision}`"
+                          + (" or pick one with --engine-set" if len(matching) > 1 else ""))
+    return next(iter(matching.values()))
+
+
+# -- graph models ------------------------------------------------------------------------------
+
+def _tensor(spec: TensorSpec, is_batched: bool) -> dict[str, Any]:
+    d, reshape = dims(spec, is_batched)
+    entry: dict[str, Any] = {"name": spec.name, "data_type": TRITON_DTYPES[spec.dtype], "dims": d}
+    if reshape is not None:
+        entry["reshape"] = {"shape": reshape}
+    return entry
+
+
+def graph_config(manifest: Bundle, graph: GraphSpec, opts: RepoOptions, file_name: str) -> str:
+    """config.pbtxt of one graph model."""
+    is_batched = batched(graph)
+    rows = opts.max_batch or manifest.batch.max
+    rows *= 2 if is_batched and graph.inputs[0].shape[0] == "2*batch" else 1
+    config: dict[str, Any] = {"name": model_name(graph.name)}
+    gpu = opts.engines == "tensorrt"
+    if gpu:
+        config.update(platform="tensorrt_plan", default_model_filename=file_name)
+    elif opts.engines == "onnxruntime":
+        config.update(platform="onnxruntime_onnx", default_model_filename=file_name)
+    else:
+        config["backend"] = "python"
+    config["max_batch_size"] = rows if is_batched else 0
+    config["input"] = [_tensor(t, is_batched) for t in graph.inputs]
+    config["output"] = [_tensor(t, is_batched) for t in graph.outputs]
+    if is_batched:
+        config["dynamic_batching"] = {"max_queue_delay_microseconds": opts.queue_delay_us}
+    group: dict[str, Any] = {"count": opts.instances, "kind": "KIND_GPU" if gpu else "KIND_CPU"}
+    if gpu:
+        group["profile"] = ["0"]           # the one optimisation profile odelt builds
+    config["instance_group"] = [group]
+    params: dict[str, Any] = {}
+    if opts.engines == "onnxruntime":
+        params = {"intra_op_thread_count": "1", "inter_op_thread_count": "1"}
+    elif opts.engines == "cpu":
+        # per input, the graph's shape after the row axis: what (rows, *dims) is reshaped to
+        params = {"graph_file": file_name, "batched": is_batched,
+                  "row_shapes": {t.name: [int(d) for d in t.shape[1:]] for t in graph.inputs} if is_batched else {}}
+    if params:
+        config["parameters"] = parameters(params)
+    b = manifest.batch
+    comments: tuple[str, ...] = (f"odelt graph {graph.name} ({graph.kind}, layout {graph.layout}) of bundle model "
+                f"{manifest.model_hash}, precision {opts.precision}",)
+    if gpu:
+        comments += (f"TensorRT optimisation profile 0: batch min/opt/max {b.min}/{b.opt}/{b.max} "
+                     f"({'x2 rows with guidance' if rows > (opts.max_batch or b.max) else 'rows = batch'})",)
+    return render(config, comments)
+
+
+def _write_graph_model(repo: Path, manifest: Bundle, graph: GraphSpec, src: Path, opts: RepoOptions) -> None:
+    folder = repo / model_name(graph.name)
+    version = folder / "1"
+    version.mkdir(parents=True)
+    file_name = "model.plan" if opts.engines == "tensorrt" else src.name
+    shutil.copy2(src, version / file_name)
+    data = src.with_name(src.name + ".data")
+    if opts.engines != "tensorrt" and data.is_file():
+        shutil.copy2(data, version / data.name)        # external weights resolve next to the graph
+    if opts.engines == "cpu":
+        shutil.copy2(graph_model.__file__, version / "model.py")
+    (folder / "config.pbtxt").write_text(graph_config(manifest, graph, opts, file_name))
+
+
+# -- the sampler model -------------------------------------------------------------------------
+
+def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions) -> str:
+    cfg = manifest.config
+    image = [-1, cfg.out_channels, cfg.input_size, cfg.input_size]
+    config = {
+        "name": SAMPLER, "backend": "python", "max_batch_size": 0,
+        "input": [{"name": "n", "data_type": "TYPE_INT32", "dims": [1]},
+                  {"name": "seed", "data_type": "TYPE_INT64", "dims": [1]},
+                  {"name": "labels", "data_type": "TYPE_INT32", "dims": [-1], "optional": True},
+                  {"name": "guidance", "data_type": "TYPE_FP32", "dims": [1], "optional": True}],
+        "output": [{"name": "images", "data_type": "TYPE_FP32", "dims": image},
+                   {"name": "plan", "data_type": "TYPE_STRING", "dims": [1]},
+                   {"name": "predicted_ms", "data_type": "TYPE_FP32", "dims": [1]},
+                   {"name": "measured_ms", "data_type": "TYPE_FP32", "dims": [1]}],
+        "instance_group": [{"count": opts.sampler_instances, "kind": "KIND_CPU"}],
+        "parameters": parameters({"layout": layout, "precision": opts.precision,
+                                  "max_images": opts.max_batch or manifest.batch.max,
+                                  "graph_models": {g.name: model_name(g.name) for g in graphs}}),
+    }
+    return render(config, ("odelt sampler: request parameters budget_ms (float) or schedule (NAME); "
+                           "plan, predicted and measured milliseconds come back with the images",))
+
+
+def _write_sampler(repo: Path, manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions) -> None:
+    folder = repo / SAMPLER
+    bundle = folder / "1" / "bundle"
+    bundle.mkdir(parents=True)
+    shutil.copy2(sampler_model.__file__, folder / "1" / "model.py")
+    for rel in SAMPLER_FILES:
+        src = manifest.root / rel
+        if src.is_dir():
+            shutil.copytree(src, bundle / rel)
+        elif src.is_file():
+            shutil.copy2(src, bundle / rel)
+    (folder / "config.pbtxt").write_text(sampler_config(manifest, layout, graphs, opts))
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,210 @@
+"""The `odelt_sampler` Triton model: the numpy runtime and planner, network calls through BLS.
+
+Copied as `odelt_sampler/1/model.py` by odelt.serving.repository; the Python-backend environment
+needs `odelt-export` installed (no torch: the runtime is numpy-only). One request:
+
+    inputs      n (INT32 [1]), seed (INT64 [1]), labels (INT32 [n], optional: i % classes),
+                guidance (FP32 [1], optional: the guidance scale)
+    parameters  budget_ms (the planner picks the best plan predicted to fit, as `odelt-export
+                generate --budget-ms`), or schedule (KIND[:SOLVER[:STEPS]], a built-in name, or a
+                schedule of the bundle by name)
+    outputs     images (FP32 [n, C, H, W]), plan (the plan's or schedule's name), predicted_ms
+                (NaN without a budget), measured_ms (the sampling wall time in this model)
+
+Noise and labels follow the runtime's convention (odelt.runtime.sampler), so a request returns the
+images `odelt-export generate -n N --batch N --seed S` makes with the same plan. The runtime's own
+Sampler and solvers step; `BlsBackend` is the backend they call: each graph of a step's chain is a
+BLS request to that graph's model, so Triton's dynamic batcher merges the step calls of all
+requests in flight (one sampler instance runs one request; instances run side by side).
+Bad requests come back as a Triton error carrying the one-line OdeltError message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from odelt.errors import ConfigError, OdeltError, RuntimeFailure
+from odelt.exporter.bundle import MANIFEST, Bundle
+from odelt.exporter.chain import run_chain
+from odelt.exporter.iospec import GraphSpec
+from odelt.fileio import read_json
+from odelt.runtime.backend import chain_length
+from odelt.runtime.heuristics import resolve_schedule
+from odelt.runtime.planner import choose
+from odelt.runtime.plans import load_candidates, load_plan_schedule, schedule_path
+from odelt.runtime.sampler import Sampler, make_labels, make_noise
+from odelt.runtime.schedule import Schedule, load_schedule
+from odelt.serving.wire import batched, wire_shape
+
+# (model name, inputs, output names) -> outputs: one network call, however it is carried
+Call = Callable[[str, dict[str, np.ndarray], list[str]], Mapping[str, np.ndarray]]
+
+
+class BlsBackend:
+    """The runtime's Backend protocol over graph models: `infer` runs the length's chain, each graph
+    one `call` (a BLS request inside Triton)."""
+
+    name = "triton-bls"
+
+    def __init__(self, manifest: Bundle, layout: str, models: dict[str, str], call: Call):
+        self.manifest, self.layout, self.models, self.call = manifest, layout, models, call
+        self.lengths = tuple(manifest.lengths)
+        self._batched = {name: batched(manifest.graph(name)) for name in models}
+
+    def __enter__(self) -> BlsBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def infer(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        length = chain_length(feeds, self.lengths)
+        return {"velocity": run_chain(self.manifest, length, feeds, self._run_graph, self.layout)}
+
+    def _run_graph(self, graph: GraphSpec, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+        is_batched = self._batched[graph.name]
+        rows = int(inputs[graph.inputs[0].name].shape[0])
+        wire = {t.name: np.array(inputs[t.name], dtype=t.dtype).reshape(wire_shape(t, rows, is_batched))
+                for t in graph.inputs}
+        return self.call(self.models[graph.name], wire, [t.name for t in graph.outputs])
+
+
+class SamplerService:
+    """Requests -> images with one backend; keeps one Sampler per (schedule, guidance)."""
+
+    def __init__(self, manifest: Bundle, backend: BlsBackend, precision: str, max_images: int):
+        self.manifest, self.backend, self.precision, self.max_images = manifest, backend, precision, max_images
+        self._samplers: dict[tuple[str, float | None], Sampler] = {}
+        self._planning: tuple[Any, ...] | None = None
+
+    def handle(self, n: int, seed: int, labels: np.ndarray | None, guidance: float | None,
+               params: Mapping[str, Any]) -> dict[str, Any]:
+        cfg = self.manifest.config
+        if not 1 <= n <= self.max_images:
+            raise ConfigError(f"n must be in 1..{self.max_images} images per request, found {n}")
+        if guidance not in (None, 1.0) and not self.manifest.guidance and 2 * n > self.max_images:
+            raise ConfigError(f"with guidance each image takes 2 rows of a step call (this bundle mixes them on "
+                              f"the host): n must be <= {self.max_images // 2}, found {n}")
+        y = make_labels(n, cfg.num_classes) if labels is None else self._labels(labels, n)
+        key, schedule, predicted = self._plan(params, n)
+        sampler = self._sampler(key, schedule, guidance)
+        start = time.perf_counter()
+        images, _ = sampler.sample(make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size)), y)
+        return {"images": images, "plan": key[0], "predicted_ms": predicted,
+                "measured_ms": 1e3 * (time.perf_counter() - start)}
+
+    def _labels(self, labels: np.ndarray, n: int) -> np.ndarray:
+        y = np.asarray(labels).reshape(-1).astype(np.int64)
+        null = self.manifest.null_class
+        if y.shape[0] != n:
+            raise ConfigError(f"labels must have n={n} entries, found {y.shape[0]}")
+        bad = [int(v) for v in y if not (0 <= v < self.manifest.config.num_classes or v == null)]
+        if bad:
+            raise ConfigError(f"unknown class {bad[0]}: expected 0..{self.manifest.config.num_classes - 1} "
+                              f"or {null} (unconditional)")
+        return y.astype(np.int32)
+
+    def _plan(self, params: Mapping[str, Any], n: int) -> tuple[tuple[str, str], Schedule, float]:
+        if "budget_ms" in params:
+            try:
+                budget = float(params["budget_ms"])
+            except (TypeError, ValueError):
+                raise ConfigError(f"budget_ms must be a number of milliseconds, found {params['budget_ms']!r}") from None
+            candidates, cost, overheads = self._planner()
+            choice = choose(candidates, budget, cost, n, *overheads)
+            c = choice.candidate
+            return (c.name, c.schedule), load_plan_schedule(self.manifest, c), choice.predicted_ms
+        spec = params.get("schedule")
+        if not isinstance(spec, str) or not spec:
+            raise ConfigError("expected request parameter budget_ms (milliseconds) or schedule (NAME), found neither")
+        if "/" in spec or spec.endswith(".json"):
+            raise ConfigError(f"schedule must be a name (KIND[:SOLVER[:STEPS]], built-in or the bundle's), found {spec!r}")
+        own = schedule_path(self.manifest, spec)
+        schedule = load_schedule(own) if own.is_file() else resolve_schedule(spec, max(self.manifest.lengths))
+        return (spec, spec), schedule, math.nan
+
+    def _planner(self) -> tuple[Any, ...]:
+        if self._planning is None:       # read once: the quality table and this device's profile
+            from odelt.runtime.profile import call_cost, host_overheads, load_profile
+
+            candidates = [c for c in load_candidates(self.manifest) if c.precision == self.precision]
+            if not candidates:
+                raise ConfigError(f"the bundle's quality table has no {self.precision} plans")
+            profile = load_profile(self.manifest)
+            self._planning = (candidates, call_cost(profile), host_overheads(profile))
+        return self._planning
+
+    def _sampler(self, key: tuple[str, str], schedule: Schedule, guidance: float | None) -> Sampler:
+        k = (key[1], guidance)
+        if k not in self._samplers:
+            self._samplers[k] = Sampler(self.backend, self.manifest, schedule, guidance)
+        return self._samplers[k]
+
+
+def open_service(bundle: Path, params: Mapping[str, str], call: Call) -> SamplerService:
+    """The service the model config describes (`parameters` of odelt_sampler/config.pbtxt)."""
+    # Read as is: the graph files its records list live in their own models, not beside this copy.
+    manifest = Bundle(bundle, read_json(bundle / MANIFEST, ConfigError))
+    backend = BlsBackend(manifest, params["layout"], json.loads(params["graph_models"]), call)
+    return SamplerService(manifest, backend, params["precision"], int(params["max_images"]))
+
+
+def one_line(e: BaseException) -> str:
+    if isinstance(e, OdeltError):
+        return str(e)
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"internal error in odelt_sampler: {type(e).__name__}: {text}"
+
+
+# -- inside Triton -----------------------------------------------------------------------------
+
+def bls_call(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
+    import triton_python_backend_utils as pb_utils
+
+    request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs,
+                                        inputs=[pb_utils.Tensor(k, v) for k, v in inputs.items()])
+    response = request.exec()
+    if response.has_error():
+        raise RuntimeFailure(f"graph model {model} failed: {response.error().message()}")
+    return {name: np.array(pb_utils.get_output_tensor_by_name(response, name).as_numpy()) for name in outputs}
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        config = json.loads(args["model_config"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+        here = Path(args["model_repository"]) / args["model_version"]
+        self.service = open_service(here / "bundle", params, bls_call)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        return [self._one(r) for r in requests]
+
+    def _one(self, request: Any) -> Any:
+        import triton_python_backend_utils as pb_utils
+
+        def value(name: str) -> np.ndarray | None:
+            t = pb_utils.get_input_tensor_by_name(request, name)
+            return None if t is None else t.as_numpy()
+
+        def scalar(name: str) -> Any:
+            a = value(name)
+            return None if a is None else a.reshape(-1)[0].item()     # exact: int64 seeds stay ints
+
+        try:
+            params = json.loads(request.parameters() or "{}")
+            n, seed = int(scalar("n") or 0), int(scalar("seed") or 0)      # required inputs: Triton checks them
+            guidance = scalar("guidance")
+            out = self.service.handle(n, seed, value("labels"), None if guidance is None else float(guidance), params)
+        except Exception as e:  # noqa: BLE001 - one line back to the client; the model keeps serving
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(e)))
+        tensors = [pb_utils.Tensor("images", np.ascontiguousarray(out["images"], np.float32)),
+                   pb_utils.Tensor("plan", np.array([out["plan"].encode()], dtype=np.object_)),
+                   pb_utils.Tensor("predicted_ms", np.array([out["predicted_ms"]], np.float32)),
+                   pb_utils.Tensor("measured_ms", np.array([out["measured_ms"]], np.float32))]
+        return pb_utils.InferenceResponse(output_tensors=tensors)
