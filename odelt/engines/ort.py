@@ -100,7 +100,8 @@ def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions 
                                     f"{out_path.name}.data")
         so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
                                     "1024")
-    with building(out_path.parent, f"{out_path.name}.fused") as work, atomic_path(out_path, suffix=out_path.suffix) as tmp:
+    fused = building(out_path.parent, f"{out_path.name}.fused")       # removed if anything fails
+    with fused as work, atomic_path(out_path, suffix=out_path.suffix) as tmp:
         so.optimized_model_filepath = str(tmp)
         try:
             source = _fused_graph(onnx_path, work) if options.fusions else onnx_path
