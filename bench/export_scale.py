@@ -43,9 +43,9 @@ def run_one(name: str, layout: str, verify: bool, cases: int, work: Path) -> dic
     export_s = time.perf_counter() - t0
     export_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     result = {"model": name, "layouts": list(layouts), "export_s": round(export_s, 2),
-              "peak_rss_bytes_export": export_rss, "param_bytes": manifest.data["model"]["param_bytes"],
+              "peak_rss_bytes_export": export_rss, "param_bytes": manifest.param_bytes,
               "weight_bytes": manifest.weight_bytes,
-              "weight_ratio": {k: round(v / manifest.data["model"]["param_bytes"], 4)
+              "weight_ratio": {k: round(v / manifest.param_bytes, 4)
                                for k, v in manifest.weight_bytes.items()},
               "graphs": len(manifest.graphs), "lengths": list(manifest.lengths)}
     if verify:

@@ -82,7 +82,8 @@ def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions 
         # which does not exist next to the engine: write the weights beside it instead.
         config["session.optimized_model_external_initializers_file_name"] = f"{out_path.name}.data"
         config["session.optimized_model_external_initializers_min_size_in_bytes"] = "1024"
-    with building(out_path.parent, f"{out_path.name}.fused") as work, atomic_path(out_path, suffix=out_path.suffix) as tmp:
+    fused = building(out_path.parent, f"{out_path.name}.fused")       # removed if anything fails
+    with fused as work, atomic_path(out_path, suffix=out_path.suffix) as tmp:
         try:
             source = _fused_graph(onnx_path, work) if options.fusions else onnx_path
             # log level 3: ORT warns that level "all" output is hardware specific (recorded)

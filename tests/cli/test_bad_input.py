@@ -61,7 +61,8 @@ def world(tmp_path_factory, jax_small):
     (root / "cache").mkdir()
     good = root / "cache" / "good.pt"
     import torch
-    torch.save({"z": torch.zeros(4, 1, 8, 8), "y": torch.zeros(4, dtype=torch.long), "x": torch.zeros(4, 1, 8, 8)}, good)
+    z = torch.zeros(4, 1, 8, 8)
+    torch.save({"z": z, "y": torch.zeros(4, dtype=torch.long), "x": z}, good)
     data = good.read_bytes()
     good.unlink()
     # learning's stream (4 pairs) and the held-out stream (6 samples; problem.HELD_OUT_SEED_OFFSET):
@@ -150,7 +151,8 @@ CASES = [
     ("gen-budget-tiny", G + ["--budget-ms", "1e-6", "--batch", "4"], "below the cheapest plan", None),
     ("gen-budget-batch-unprofiled", G + ["--budget-ms", "1e3", "--batch", "6"],
      "expected a batch in the profiled range 1..4, found 6", None),
-    ("gen-steps-huge", G + ["--schedule", "uniform:euler:100000"], "expected an integer in 1..1024, found 100000", None),
+    ("gen-steps-huge", G + ["--schedule", "uniform:euler:100000"], "expected an integer in 1..1024, found 100000",
+     None),
     ("gen-steps-0", G + ["--schedule", "uniform:euler:0"], "expected an integer in 1..1024, found 0", None),
     ("gen-steps-text", G + ["--schedule", "uniform:euler:x"], "STEPS must be an integer", None),
     ("gen-solver", G + ["--schedule", "uniform:rk9:4"], "unknown solver 'rk9'", None),
@@ -177,7 +179,8 @@ CASES = [
     ("plan-batch-unprofiled", P + ["--budget-ms", "1e3", "--batch", "6"], "profiled range 1..4, found 6", None),
     ("plan-budget-tiny", P + ["--budget-ms", "1e-9"], "minimum achievable latency", None),
     ("plan-device", P + ["--budget-ms", "5", "--device", "nosuch"], "no profile for device 'nosuch'", None),
-    ("plan-profile-nan", P + ["--budget-ms", "5"], "expected finite positive timings, found calls.fp32.1.2.median_ms = nan",
+    ("plan-profile-nan", P + ["--budget-ms", "5"],
+     "expected finite positive timings, found calls.fp32.1.2.median_ms = nan",
      _profile_with(float("nan"))),
     ("plan-profile-neg", P + ["--budget-ms", "5"], "calls.fp32.1.2.median_ms = -3.0", _profile_with(-3.0)),
     ("plan-profile-text", P + ["--budget-ms", "5"], "median_ms = 'fast'", _profile_with("fast")),
@@ -201,7 +204,8 @@ CASES = [
     ("quant-rmse-neg", Q + ["--max-rmse", "-1"], "--max-rmse: expected a finite number > 0, found -1", None),
     ("quant-rmse-nan", Q + ["--max-rmse", "nan"], "--max-rmse: expected a finite number > 0, found nan", None),
     ("quant-fd-neg", Q + ["--max-fd-rel", "-0.1"], "--max-fd-rel: expected a finite number > 0, found -0.1", None),
-    ("quant-calib-0", Q + ["--calib-samples", "0"], "--calib-samples: expected an integer in 1..1000000, found 0", None),
+    ("quant-calib-0", Q + ["--calib-samples", "0"], "--calib-samples: expected an integer in 1..1000000, found 0",
+     None),
     ("quant-eval-0", Q + ["--eval-samples", "0"], "--eval-samples: expected an integer in 1..1000000, found 0", None),
     ("quant-seed-neg", Q + ["--seed", "-1"], "--seed: expected an integer >= 0, found -1", None),
     ("quant-steps-huge", Q + ["--calib-schedule", "uniform:euler:100000"], "1..1024, found 100000", None),
@@ -247,7 +251,8 @@ CASES = [
     ("sched-dt-9", S + ["--nfe", "2", "--dt-base", "9"], "--dt-base: expected an integer in 0..7, found 9", None),
     ("sched-dt-text", S + ["--nfe", "2", "--dt-base", "fast"], "--dt-base: expected 'step', 'auto' or a level", None),
     ("sched-order", S + ["--nfe", "2", "--order", "7"], "--order: expected an integer in 1..4, found 7", None),
-    ("sched-truncated-cache", S + ["--nfe", "2", "--pairs", "4", "--cache-dir", "{cache}"], "refusing teacher cache", None),
+    ("sched-truncated-cache", S + ["--nfe", "2", "--pairs", "4", "--cache-dir", "{cache}"], "refusing teacher cache",
+     None),
     ("sched-permission", S + ["--method", "uniform", "--nfe", "2"], "s.json: Permission denied", "permission"),
     ("eval-held-out-0", EV + ["uniform", "--held-out", "0"], "--held-out: expected an integer in 2..1000000, found 0",
      None),
