@@ -31,7 +31,7 @@ from odelt.calibration.sensitivity import layer_errors
 from odelt.errors import AccuracyError, ConfigError, ExportError
 from odelt.exporter.bundle import Bundle, open_bundle
 from odelt.exporter.onnx_utils import save_graph, weight_bytes
-from odelt.fileio import partial_dir, read_json, write_json_atomic
+from odelt.fileio import partial_dir, read_json, rename, write_json_atomic
 
 DEFAULT_SCHEDULES = ("uniform:euler:4", "uniform:euler:8")   # runtime --schedule names
 MAX_RMSE = {"fp16": 0.01, "int8": 0.05}     # final samples vs FP32, data in [-1, 1]
@@ -205,7 +205,7 @@ def _install(manifest: Bundle, precision: str, tmp: Path, report: dict) -> None:
         final = manifest.root / precision
         if final.exists():                 # left by a run that died before updating the manifest
             shutil.rmtree(final)
-        os.rename(tmp, final)
+        rename(tmp, final)
         entries, files = {}, [f"{precision}/report.json"]
         for name in manifest.graphs:
             entries[name] = _graph_entry(manifest, name, precision, name in report["graphs"])

@@ -59,7 +59,7 @@ from typing import Any, Iterable, Iterator
 
 from odelt.errors import BundleError
 from odelt.exporter.iospec import BatchRange, GraphSpec
-from odelt.fileio import file_hash, read_json, remove_stale_partials, write_json_atomic
+from odelt.fileio import file_hash, read_json, remove_stale_partials, write_error, write_json_atomic
 from odelt.models.config import DiTConfig
 
 FORMAT = "odelt-bundle/1"
@@ -222,7 +222,7 @@ class Bundle:
         try:
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise BundleError(f"{self.root}: cannot write the bundle ({e.strerror}: {lock_path})") from None
+            raise write_error(lock_path, e) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             clean_partials(self, "engines")                # work folders of killed stages
