@@ -58,7 +58,7 @@ def _loop(manifest, prof, requests, layout: str) -> list[float]:
     cost, host, cfg = call_cost(prof), host_overheads(prof), manifest.config
     samplers: dict[str, Sampler] = {}
     times = []
-    with open_backend("ort", manifest, layout=layout, threads=1, engines=False) as be:
+    with open_backend("ort", manifest, layout=layout, threads=1, use_engines=False) as be:
         for n, seed, budget in requests:
             start = time.perf_counter()
             c = choose(candidates, budget, cost, n, *host).candidate

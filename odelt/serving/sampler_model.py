@@ -34,7 +34,7 @@ from odelt.exporter.bundle import MANIFEST, Bundle
 from odelt.exporter.chain import run_chain
 from odelt.exporter.iospec import GraphSpec
 from odelt.fileio import read_json
-from odelt.runtime.backend import chain_length
+from odelt.runtime.protocol import chain_length
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.planner import choose
 from odelt.runtime.plans import load_candidates, load_plan_schedule, schedule_path
