@@ -68,7 +68,7 @@ def _step_stats(client, bundle) -> dict[str, tuple[int, int]]:
 
 def test_eight_clients_mixed_budgets_none_lost_steps_batched(server, serve_bundle):
     budgets = _budgets(serve_bundle, 4) + [1e6]
-    per_thread, results, errors = 25, {}, []
+    per_thread, results, errors = 200, {}, []          # the issue: 8 client threads x 200 requests
     stats_client = Client(server.url)
     before = _step_stats(stats_client, serve_bundle)
 
