@@ -1,7 +1,7 @@
 """`odelt-export demo`: the whole pipeline on one model, artifacts reused when already built.
 
 export -> verify -> quantize (int8) -> schedules (shipped, or re-learned) -> build (ort) ->
-quality table -> profile (last before the plans run: a shared machine drifts) -> plan + generate
+TensorRT-RTX engines (fp32, and int8 from a TensorRT-flavour sibling; rtx_stage.py) -> quality table -> profile (last before the plans run: a shared machine drifts) -> plan + generate
 for three budgets -> report.md, pareto.png, grids.
 Every stage is a library call of its own package; this module only composes and records.
 """
@@ -83,7 +83,7 @@ def check_source(opts: DemoOptions, log: Log) -> None:
     write_json_atomic(opts.out / SOURCE, want)
 
 
-_STAGES = ("bundle", "schedules", "verify.json", "demo.json", "report.md", "pareto.png", SOURCE)
+_STAGES = ("bundle", "bundle-trt-int8", "schedules", "verify.json", "demo.json", "report.md", "pareto.png", SOURCE)
 
 
 def _bundle_source(opts: DemoOptions) -> dict | None:
@@ -299,6 +299,7 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     from odelt.exporter.bundle import open_bundle
     from odelt.exporter.verify import model_for_bundle
     from odelt.pipeline.report import write_report
+    from odelt.pipeline.rtx_stage import stage_rtx
 
     make_dir(opts.out)
     check_source(opts, log)
@@ -309,10 +310,11 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     model = model_for_bundle(open_bundle(manifest.root))
     schedules = stage_schedules(opts, manifest, model, log)
     stage_build(opts, manifest, log)
+    rtx = stage_rtx(opts.out, open_bundle(manifest.root), opts.source, opts.calib_samples, opts.quick, log)
     rows = stage_quality(opts, manifest, model, schedules, log)
     prof = stage_profile(opts, manifest, log)     # last before the plans run: a shared machine drifts
     runs = stage_plans(opts, open_bundle(manifest.root), prof, log)
-    facts = {"verify": verify, "quantize": quant, "profile": prof, "quality": rows, "runs": runs,
+    facts = {"verify": verify, "quantize": quant, "profile": prof, "quality": rows, "runs": runs, "rtx": rtx,
              "seconds": round(time.perf_counter() - start, 1), "source": opts.source}
     write_json_atomic(opts.out / "demo.json", facts)
     return DemoResult(write_report(opts.out / "report.md", facts), facts)

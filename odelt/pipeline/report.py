@@ -102,6 +102,7 @@ def write_report(path: Path, facts: dict) -> Path:
                 ratios = [fp32[b][n]["median_ms"] / by_len[n]["median_ms"] for n in by_len]
                 lines.append(f"- {prec} speed-up over FP32 at batch {b}: "
                              + ", ".join(f"l={n} {r:.2f}x" for n, r in zip(by_len, ratios)))
+    lines += _rtx_lines(facts.get("rtx") or {})
     lines += ["", "## Schedules: held-out RMSE to the teacher (128-step Euler, full length)", ""]
     q = sorted(facts["quality"], key=lambda r: (r["precision"], r["error"]))
     lines += _md_table(["plan", "precision", "NFE", "block evals", "RMSE", "FD-digits"],
@@ -118,3 +119,20 @@ def write_report(path: Path, facts: dict) -> Path:
                         + _now(r) for r in facts["runs"]])
     lines += ["", "![pareto](pareto.png)", ""] + [f"![{r['plan']}]({r['grid']})" for r in facts["runs"]]
     return write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _rtx_lines(rtx: dict) -> list[str]:
+    """TensorRT-RTX engine sets built here ahead of time (they run on an RTX GPU, not on this CPU)."""
+    if not rtx:
+        return ["", "## TensorRT-RTX engines", "", "Not built: the `rtx` extra (tensorrt-rtx) is not installed."]
+    lines = ["", "## TensorRT-RTX engines (built on this CPU, for RTX GPUs; not run here)", ""]
+    rows = []
+    for precision, f in rtx.items():
+        ort = f.get("ort_engine_bytes")
+        rows.append([precision, f["set"], f"{f['plan_bytes_total'] / 1e6:.2f}", f"{f['weights_bytes_total'] / 1e6:.2f}",
+                     f"{f['onnx_bytes_total'] / 1e6:.2f}", "-" if ort is None else f"{ort / 1e6:.2f}",
+                     f"{f['build_s_total']:.1f}" + (" (cached)" if f["up_to_date"] else ""),
+                     ", ".join(map(str, f["compute_capabilities"])) or "portable"])
+    lines += _md_table(["precision", "engine set", "plan MB", "weights MB", "ONNX MB", "ORT engine MB",
+                        "build s", "targets"], rows)
+    return lines

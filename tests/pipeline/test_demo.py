@@ -42,6 +42,16 @@ def test_demo_writes_report_and_runs_three_budgets(demo):
     assert {r["precision"] for r in res.facts["quality"]} == {"fp32", "int8"}
 
 
+def test_demo_builds_real_tensorrt_rtx_engines(demo):
+    pytest.importorskip("tensorrt_rtx")
+    opts, res = demo
+    fp32 = res.facts["rtx"]["fp32"]                   # quick mode: fp32 only (int8 needs a second bundle)
+    plans = sorted((opts.out / "bundle" / "engines" / fp32["set"]).glob("*.plan"))
+    assert plans and fp32["plan_bytes_total"] == sum(p.stat().st_size for p in plans)
+    assert fp32["ort_engine_bytes"] > 0 and fp32["build_s_total"] > 0
+    assert "TensorRT-RTX engines (built on this CPU" in res.report.read_text()
+
+
 def test_demo_reuses_what_is_built(demo):
     opts, _ = demo
     logs = []
