@@ -25,12 +25,21 @@ from odelt.cli import cli
 @click.option("--precision", default="fp32", show_default=True, help="Precision variant to run (fp32, fp16, int8).")
 @click.option("--budget-ms", type=float, default=None,
               help="Latency budget per batch: run the plan `odelt-export plan` chooses (needs a profile).")
+@click.option("--quantile", type=float, default=0.95, show_default=True,
+              help="With --budget-ms: a plan fits when its predicted latency at this quantile is within budget.")
+@click.option("--control", type=click.Choice(["open", "closed", "anytime"]), default="anytime", show_default=True,
+              help="With --budget-ms: open = one plan; closed = re-plan between batches as the device's speed "
+                   "moves; anytime = closed + shorter lengths inside a batch that runs late.")
+@click.option("--log", "log", type=click.Path(dir_okay=False), default=None,
+              help="With --budget-ms: write every batch's latency, plan and switches as JSON lines.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Grid PNG to write.")
 @click.option("--save-array", is_flag=True, help="Also write the samples as OUT with .npy suffix.")
 def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, cfg_scale: float | None,
              backend: str, layout: str | None, length: int | None, threads: int, no_tables: bool,
-             precision: str, budget_ms: float | None, out: str, save_array: bool) -> None:
+             precision: str, budget_ms: float | None, quantile: float, control: str, log: str | None, out: str,
+             save_array: bool) -> None:
     """Sample images from an exported BUNDLE with the numpy runtime."""
+    import json
     from pathlib import Path
 
     from tqdm import tqdm
@@ -39,7 +48,7 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, c
     from odelt.runtime.run import GenerateOptions, generate_from_bundle
 
     opts = GenerateOptions(schedule, n, batch, seed, cfg_scale, backend, layout, length, threads, not no_tables,
-                           precision, budget_ms)
+                           precision, budget_ms, quantile, control)
     with tqdm(total=n, desc="generate", unit="img", disable=None, leave=False) as bar:
         res = generate_from_bundle(bundle, opts, progress=bar.update)
     upscale = max(1, 64 // res.images.shape[-1])
@@ -51,8 +60,15 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, c
                f"{st.calls / max(1, -(-n // batch)):.0f} network calls per batch, lengths {sorted(set(s.lengths))}")
     click.echo(f"latency: {1e3 * st.wall_s / n:.2f} ms/image, {1e3 * st.backend_s / max(1, st.calls):.3f} ms per "
                f"network call (batch {batch}), overhead outside the backend {100 * (1 - st.backend_s / st.wall_s):.1f}%")
-    if res.plan is not None:
+    if res.plan is not None and res.stream is not None:
         per_batch = 1e3 * st.wall_s / max(1, -(-n // batch))
-        click.echo(f"plan {res.plan.candidate.name} for budget {budget_ms:g} ms: predicted "
-                   f"{res.plan.predicted_ms:.2f} ms per batch of {batch}, measured {per_batch:.2f} ms")
+        click.echo(f"first plan {res.plan.candidate.name} for budget {budget_ms:g} ms: predicted "
+                   f"{res.plan.predicted_ms:.2f} ms at quantile {quantile:g} per batch of {batch}; "
+                   f"measured {per_batch:.2f} ms per batch (mean)")
+        click.echo(res.stream.summary())
+        if log:
+            from odelt.fileio import write_text_atomic
+
+            write_text_atomic(log, "".join(json.dumps(r.to_json()) + "\n" for r in res.stream.records))
+            click.echo(f"wrote {log}")
     click.echo(f"peak memory (RSS): {res.peak_rss_mb:.1f} MB; wrote {out}" + (" and .npy" if save_array else ""))

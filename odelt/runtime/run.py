@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -12,11 +12,11 @@ import numpy as np
 from odelt.exporter.bundle import Bundle, open_bundle
 from odelt.runtime.backend import check_batch, open_backend
 from odelt.runtime.heuristics import resolve_schedule
-from odelt.runtime.planner import Choice, choose
-from odelt.runtime.plans import load_candidates, load_plan_schedule
-from odelt.runtime.profile import call_cost, host_overheads, load_profile
-from odelt.runtime.sampler import Sampler, Stats, generate, make_labels
+from odelt.runtime.planner import Choice
+from odelt.runtime.profile import load_profile
+from odelt.runtime.sampler import Sampler, Stats, generate
 from odelt.runtime.schedule import Schedule
+from odelt.runtime.stream import StreamStats
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,8 @@ class GenerateOptions:
     tables: bool = True                # use the bundle's modulation tables when they fit
     precision: str = "fp32"            # a precision variant the bundle has (odelt-export quantize)
     budget_ms: float | None = None     # choose (schedule, precision) by the planner instead
+    quantile: float = 0.95             # with a budget: plans must fit at this latency quantile
+    control: str = "anytime"           # with a budget: open | closed | anytime (odelt.runtime.stream)
 
 
 @dataclass
@@ -41,45 +43,59 @@ class GenerateResult:
     stats: Stats
     schedule: Schedule
     peak_rss_mb: float
-    plan: Choice | None = None         # the planner's choice when a budget was given
+    plan: Choice | None = None         # the planner's choice when a budget was given (the first batch's)
+    stream: StreamStats | None = None  # with a budget: every batch's latency, plan and switches
 
 
 def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
                          progress: Callable[[int], None] | None = None) -> GenerateResult:
     manifest = open_bundle(bundle)
-    choice = None
     if opts.budget_ms is not None:
-        choice, opts = plan_for_budget(manifest, opts)
-        schedule = load_plan_schedule(manifest, choice.candidate)
-    else:
-        schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))
+        return generate_budgeted(manifest, opts, progress)
+    schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))
     if opts.length is not None and schedule.method == "heuristic":
         schedule = schedule.with_lengths(opts.length)
     schedule.check_fits(manifest.model_hash, manifest.lengths, opts.cfg_scale)
     rows = 2 * opts.batch if (opts.cfg_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
     check_batch(manifest, rows, profile_bound=opts.backend == "tensorrt")
-    if opts.n < 1:
-        from odelt.errors import ConfigError
-        raise ConfigError(f"-n must be >= 1, found {opts.n}")
+    _check_n(opts)
     options = {"layout": opts.layout, "lengths": tuple(sorted(set(schedule.lengths))), "precision": opts.precision}
     if opts.backend == "ort":
         options["threads"] = opts.threads
     with open_backend(opts.backend, manifest, **options) as backend:
         sampler = Sampler(backend, manifest, schedule, opts.cfg_scale, use_tables=opts.tables)
-        if choice is not None:  # the profile timed warm calls: bind buffers and warm up first
-            cfg = manifest.config
-            shape = (min(opts.batch, opts.n), cfg.in_channels, cfg.input_size, cfg.input_size)
-            sampler.sample(np.zeros(shape, np.float32), make_labels(shape[0], cfg.num_classes))
         images, stats = generate(sampler, opts.n, opts.batch, opts.seed, progress)
-    return GenerateResult(images, stats, schedule, peak_rss_mb(), choice)
+    return GenerateResult(images, stats, schedule, peak_rss_mb())
 
 
-def plan_for_budget(manifest: Bundle, opts: GenerateOptions) -> tuple[Choice, GenerateOptions]:
-    """The planner's choice for opts.budget_ms at opts.batch, and the options that run it as profiled."""
+def _check_n(opts: GenerateOptions) -> None:
+    if opts.n < 1:
+        from odelt.errors import ConfigError
+        raise ConfigError(f"-n must be >= 1, found {opts.n}")
+
+
+def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
+                      progress: Callable[[int], None] | None = None) -> GenerateResult:
+    """Batches under opts.budget_ms through a Stream: the plan re-chosen between batches as the
+    device's speed moves, steps shortened inside a batch that runs late (opts.control)."""
+    from contextlib import ExitStack
+
+    from odelt.runtime.stream import generate_stream, stream_for_bundle
+
+    _check_n(opts)
+    rows = 2 * opts.batch if (opts.cfg_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
+    check_batch(manifest, rows, profile_bound=opts.backend == "tensorrt")
     prof = load_profile(manifest)
-    choice = choose(load_candidates(manifest), float(opts.budget_ms or 0), call_cost(prof), opts.batch,
-                    *host_overheads(prof))
-    return choice, replace(opts, precision=choice.candidate.precision, threads=opts.threads or prof.get("threads", 1))
+    with ExitStack() as stack:
+        stream = stream_for_bundle(manifest, stack, float(opts.budget_ms or 0), opts.batch, opts.quantile,
+                                   opts.control, opts.backend, opts.threads or prof.get("threads", 1), opts.layout,
+                                   opts.cfg_scale, opts.tables, prof)
+        first = stream.current
+        images, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
+        schedule = stream.sampler(first.candidate).schedule
+    table = tuple((p.candidate, p.quantile_ms) for p in stream.replanner.by_quality)
+    return GenerateResult(images, stats, schedule, peak_rss_mb(), Choice(first.candidate, first.quantile_ms, table),
+                          stream.stats)
 
 
 def peak_rss_mb() -> float:
