@@ -31,6 +31,7 @@ GROUPS: dict[str, str] = {
     "schedules": "schedules",
     "engines": "engines",
     "planner": "planner",
+    "deadline": "deadline",
 }
 
 
