@@ -32,6 +32,7 @@ GROUPS: dict[str, str] = {
     "engines": "engines",
     "planner": "planner",
     "serving": "serving",
+    "deadline": "deadline",
 }
 
 

@@ -41,24 +41,28 @@ def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple
               help="Images per batch: within the bundle's exported range and the profiled batches.")
 @click.option("--extrapolate", is_flag=True, help="Allow a batch outside the profiled batches (linear extrapolation).")
 @click.option("--device", default=None, help="Profile id to use (default: this device's).")
+@click.option("--quantile", type=float, default=0.95, show_default=True,
+              help="A plan fits when its predicted latency at this quantile is within the budget.")
 @click.option("--pareto", type=click.Path(dir_okay=False), default=None, help="Write a quality/latency plot.")
-def plan(bundle: str, budget_ms: float, batch: int, extrapolate: bool, device: str | None,
+def plan(bundle: str, budget_ms: float, batch: int, extrapolate: bool, device: str | None, quantile: float,
          pareto: str | None) -> None:
     """Choose the best-quality plan whose predicted latency fits --budget-ms."""
     from odelt.exporter.bundle import open_bundle
     from odelt.pipeline.report import plan_table, plot_pareto
     from odelt.runtime.planner import choose
     from odelt.runtime.plans import load_candidates
-    from odelt.runtime.profile import call_cost, check_plan_batch, host_overheads, load_profile
+    from odelt.runtime.profile import call_cost, check_plan_batch, load_profile
+    from odelt.runtime.quantile import QuantilePredictor
 
     manifest = open_bundle(bundle)
     prof = load_profile(manifest, device)
     check_plan_batch(manifest, prof, batch, extrapolate)
-    choice = choose(load_candidates(manifest), budget_ms, call_cost(prof), batch, *host_overheads(prof))
+    at = QuantilePredictor(prof, batch, quantile)
+    choice = choose(load_candidates(manifest), budget_ms, call_cost(prof), batch, predict=at.candidate)
     click.echo(plan_table(choice))
     c = choice.candidate
     click.echo(f"chosen: {c.name} ({c.solver}, NFE {c.nfe}, lengths {list(c.lengths)}, {c.precision}): "
-               f"predicted {choice.predicted_ms:.2f} ms <= budget {budget_ms:g} ms at batch {batch}, "
+               f"predicted {choice.predicted_ms:.2f} ms (quantile {quantile:g}) <= budget {budget_ms:g} ms at batch {batch}, "
                f"held-out RMSE {c.error:.4f}")
     if pareto:
         plot_pareto([(choice, budget_ms)], pareto)

@@ -30,12 +30,21 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, SAMPLES, THREADS
                    "a quality table). The plan fixes the schedule and precision, so it excludes --schedule.")
 @click.option("--extrapolate", is_flag=True,
               help="With --budget-ms: allow a batch outside the profiled batches (the prediction extrapolates).")
+@click.option("--quantile", type=float, default=0.95, show_default=True,
+              help="With --budget-ms: a plan fits when its predicted latency at this quantile is within budget.")
+@click.option("--control", type=click.Choice(["open", "closed", "anytime"]), default="anytime", show_default=True,
+              help="With --budget-ms: open = one plan; closed = re-plan between batches as the device's speed "
+                   "moves; anytime = closed + shorter lengths inside a batch that runs late.")
+@click.option("--log", "log", type=click.Path(dir_okay=False), default=None,
+              help="With --budget-ms: write every batch's latency, plan and switches as JSON lines.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Grid PNG to write.")
 @click.option("--save-array", is_flag=True, help="Also write the samples as OUT with .npy suffix.")
 def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, cfg_scale: float | None,
              backend: str, layout: str | None, length: int | None, threads: int, no_tables: bool,
-             precision: str, budget_ms: float | None, extrapolate: bool, out: str, save_array: bool) -> None:
+             precision: str, budget_ms: float | None, extrapolate: bool, quantile: float, control: str,
+             log: str | None, out: str, save_array: bool) -> None:
     """Sample images from an exported BUNDLE with the numpy runtime."""
+    import json
     from pathlib import Path
 
     from tqdm import tqdm
@@ -45,7 +54,8 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, c
 
     opts = GenerateOptions(schedule=schedule, n=n, batch=batch, seed=seed, cfg_scale=cfg_scale, backend=backend,
                            layout=layout, length=length, threads=threads, tables=not no_tables,
-                           precision=precision, budget_ms=budget_ms, extrapolate=extrapolate)
+                           precision=precision, budget_ms=budget_ms, extrapolate=extrapolate, quantile=quantile,
+                           control=control)
     with tqdm(total=n, desc="generate", unit="img", disable=None, leave=False) as bar:
         res = generate_from_bundle(bundle, opts, progress=bar.update)
     upscale = max(1, 64 // res.images.shape[-1])
@@ -57,8 +67,15 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, c
                f"{st.calls / max(1, -(-n // batch)):.0f} network calls per batch, lengths {sorted(set(s.lengths))}")
     click.echo(f"latency: {1e3 * st.wall_s / n:.2f} ms/image, {1e3 * st.backend_s / max(1, st.calls):.3f} ms per "
                f"network call (batch {batch}), overhead outside the backend {100 * (1 - st.backend_s / st.wall_s):.1f}%")
-    if res.plan is not None:
+    if res.plan is not None and res.stream is not None:
         per_batch = 1e3 * st.wall_s / max(1, -(-n // batch))
-        click.echo(f"plan {res.plan.candidate.name} for budget {budget_ms:g} ms: predicted "
-                   f"{res.plan.predicted_ms:.2f} ms per batch of {batch}, measured {per_batch:.2f} ms")
+        click.echo(f"first plan {res.plan.candidate.name} for budget {budget_ms:g} ms: predicted "
+                   f"{res.plan.predicted_ms:.2f} ms at quantile {quantile:g} per batch of {batch}; "
+                   f"measured {per_batch:.2f} ms per batch (mean)")
+        click.echo(res.stream.summary())
+        if log:
+            from odelt.fileio import write_text_atomic
+
+            write_text_atomic(log, "".join(json.dumps(r.to_json()) + "\n" for r in res.stream.records))
+            click.echo(f"wrote {log}")
     click.echo(f"peak memory (RSS): {res.peak_rss_mb:.1f} MB; wrote {out}" + (" and .npy" if save_array else ""))

@@ -54,8 +54,11 @@ def predict_ms(candidate: Candidate, call_ms: CallCost, batch: int, step_overhea
 
 
 def choose(candidates: Sequence[Candidate], budget_ms: float, call_ms: CallCost, batch: int = 1,
-           step_overhead_ms: float = 0.0, sample_overhead_ms: float = 0.0) -> Choice:
+           step_overhead_ms: float = 0.0, sample_overhead_ms: float = 0.0,
+           predict: Callable[[Candidate], float] | None = None) -> Choice:
     """The lowest-error candidate whose predicted latency fits the budget (ties: the faster one).
+    predict: a candidate's predicted ms (e.g. at a quantile: odelt.runtime.quantile); default the
+    sum of medians, predict_ms.
 
     Raises:
         BudgetError: when even the cheapest candidate is over budget; names the minimum.
@@ -64,7 +67,8 @@ def choose(candidates: Sequence[Candidate], budget_ms: float, call_ms: CallCost,
         raise BudgetError("no candidate plans: expected a quality table with at least one plan, found none")
     if not budget_ms > 0:
         raise BudgetError(f"--budget-ms: expected a number > 0, found {budget_ms}")
-    table = tuple((c, predict_ms(c, call_ms, batch, step_overhead_ms, sample_overhead_ms)) for c in candidates)
+    pred = predict or (lambda c: predict_ms(c, call_ms, batch, step_overhead_ms, sample_overhead_ms))
+    table = tuple((c, pred(c)) for c in candidates)
     fits = [(c, ms) for c, ms in table if ms <= budget_ms]
     if not fits:
         cheapest, ms = min(table, key=lambda cm: cm[1])

@@ -4,8 +4,8 @@
 
     {"format": "odelt-profile/1", "device_id": str, "device": {...}, "backend": "ort",
      "repeats": int, "step_overhead_ms": float, "sample_overhead_ms": float,
-     "calls":  {precision: {str(batch): {str(length): {"median_ms", "p90_ms"}}}},
-     "graphs": {precision: {str(batch): {graph: {"median_ms", "p90_ms"}}}}}
+     "calls":  {precision: {str(batch): {str(length): {"median_ms", "p90_ms", "p99_ms", "samples_ms"}}}},
+     "graphs": {precision: {str(batch): {graph: {"median_ms", "p90_ms", "p99_ms", "samples_ms"}}}}}
 
 `calls` times one network call (the backend's whole chain for a length, buffers bound), which
 is what a solver step pays; `graphs` times each graph alone (a fresh ONNX Runtime session on
@@ -62,8 +62,10 @@ def device_id(desc: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", raw).strip("-").lower()
 
 
-def _summary(times: list[float]) -> dict[str, float]:
-    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90))}
+def _summary(times: list[float]) -> dict[str, Any]:
+    """Median, p90, p99 and the samples themselves (for any other quantile: odelt.runtime.quantile)."""
+    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
+            "p99_ms": float(np.percentile(times, 99)), "samples_ms": [round(t, 5) for t in times]}
 
 
 def _timed(fn: Callable[[], Any], repeats: int, warmup: int = 3) -> dict[str, float]:

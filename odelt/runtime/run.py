@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import resource
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -14,11 +14,12 @@ from odelt.errors import ConfigError
 from odelt.exporter.bundle import Bundle, open_bundle
 from odelt.runtime.backend import backend_class, check_batch, open_backend
 from odelt.runtime.heuristics import resolve_schedule
-from odelt.runtime.planner import Choice, choose
-from odelt.runtime.plans import load_candidates, load_plan_schedule
-from odelt.runtime.profile import call_cost, check_plan_batch, host_overheads, load_profile
-from odelt.runtime.sampler import Sampler, Stats, generate, make_labels
+from odelt.runtime.planner import Choice
+from odelt.runtime.profile import check_plan_batch, load_profile
+from odelt.runtime.quantile import check_quantile
+from odelt.runtime.sampler import Sampler, Stats, generate
 from odelt.runtime.schedule import Schedule
+from odelt.runtime.stream import StreamStats
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,8 @@ class GenerateOptions:
     precision: str = "fp32"            # a precision variant the bundle has (odelt-export quantize)
     budget_ms: float | None = None     # choose (schedule, precision) by the planner instead
     extrapolate: bool = False          # with budget_ms: allow a batch outside the profiled ones
+    quantile: float = 0.95             # with a budget: plans must fit at this latency quantile
+    control: str = "anytime"           # with a budget: open | closed | anytime (odelt.runtime.stream)
 
     def __post_init__(self) -> None:
         validate.count("-n", self.n, 1, validate.MAX_SAMPLES)
@@ -48,6 +51,7 @@ class GenerateOptions:
             validate.count("--length", self.length)
         if self.budget_ms is not None:
             validate.positive("--budget-ms", self.budget_ms)
+            check_quantile(self.quantile)
             if self.schedule is not None:
                 raise ConfigError(f"--budget-ms lets the planner choose the schedule: expected --schedule or "
                                   f"--budget-ms, found both (--schedule {self.schedule})")
@@ -59,19 +63,17 @@ class GenerateResult:
     stats: Stats
     schedule: Schedule
     peak_rss_mb: float
-    plan: Choice | None = None         # the planner's choice when a budget was given
+    plan: Choice | None = None         # the planner's choice when a budget was given (the first batch's)
+    stream: StreamStats | None = None  # with a budget: every batch's latency, plan and switches
 
 
 def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
                          progress: Callable[[int], None] | None = None) -> GenerateResult:
     manifest = open_bundle(bundle)
     validate.bundle_batch("--batch", opts.batch, manifest.batch)
-    choice = None
     if opts.budget_ms is not None:
-        choice, opts = plan_for_budget(manifest, opts)
-        schedule = load_plan_schedule(manifest, choice.candidate)
-    else:
-        schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))
+        return generate_budgeted(manifest, opts, progress)
+    schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))
     if opts.length is not None and schedule.method == "heuristic":
         schedule = schedule.with_lengths(opts.length)
     schedule.check_fits(manifest.model_hash, manifest.lengths, opts.cfg_scale)
@@ -80,21 +82,32 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
     with open_backend(opts.backend, manifest, layout=opts.layout, lengths=tuple(sorted(set(schedule.lengths))),
                       precision=opts.precision, threads=opts.threads) as backend:
         sampler = Sampler(backend, manifest, schedule, opts.cfg_scale, use_tables=opts.tables)
-        if choice is not None:  # the profile timed warm calls: bind buffers and warm up first
-            cfg = manifest.config
-            shape = (min(opts.batch, opts.n), cfg.in_channels, cfg.input_size, cfg.input_size)
-            sampler.sample(np.zeros(shape, np.float32), make_labels(shape[0], cfg.num_classes))
         images, stats = generate(sampler, opts.n, opts.batch, opts.seed, progress)
-    return GenerateResult(images, stats, schedule, peak_rss_mb(), choice)
+    return GenerateResult(images, stats, schedule, peak_rss_mb())
 
 
-def plan_for_budget(manifest: Bundle, opts: GenerateOptions) -> tuple[Choice, GenerateOptions]:
-    """The planner's choice for opts.budget_ms at opts.batch, and the options that run it as profiled."""
+def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
+                      progress: Callable[[int], None] | None = None) -> GenerateResult:
+    """Batches under opts.budget_ms through a Stream: the plan re-chosen between batches as the
+    device's speed moves, steps shortened inside a batch that runs late (opts.control)."""
+    from contextlib import ExitStack
+
+    from odelt.runtime.stream import generate_stream, stream_for_bundle
+
+    rows = 2 * opts.batch if (opts.cfg_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
+    check_batch(manifest, rows, profile_bound=backend_class(opts.backend).batch_bound)
     prof = load_profile(manifest, backend=opts.backend)
     check_plan_batch(manifest, prof, opts.batch, opts.extrapolate)
-    choice = choose(load_candidates(manifest), float(opts.budget_ms or 0), call_cost(prof), opts.batch,
-                    *host_overheads(prof))
-    return choice, replace(opts, precision=choice.candidate.precision, threads=opts.threads or prof.get("threads", 1))
+    with ExitStack() as stack:
+        stream = stream_for_bundle(manifest, stack, float(opts.budget_ms or 0), opts.batch, opts.quantile,
+                                   opts.control, opts.backend, opts.threads or prof.get("threads", 1), opts.layout,
+                                   opts.cfg_scale, opts.tables, prof)
+        first = stream.current
+        images, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
+        schedule = stream.sampler(first.candidate).schedule
+    table = tuple((p.candidate, p.quantile_ms) for p in stream.replanner.by_quality)
+    return GenerateResult(images, stats, schedule, peak_rss_mb(), Choice(first.candidate, first.quantile_ms, table),
+                          stream.stats)
 
 
 def peak_rss_mb() -> float:

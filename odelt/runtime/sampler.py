@@ -47,12 +47,15 @@ class Stats:
     backend_s: float = 0.0         # time inside backend.infer
     wall_s: float = 0.0            # time inside sample(), solver arithmetic included
     images: int = 0
+    switches: tuple[Any, ...] = ()     # anytime length switches (odelt.runtime.anytime.Switch), in order
+    lengths: tuple[int, ...] = ()      # the length every step ran at (one batch; () when summed)
 
     def add(self, other: Stats) -> None:
         self.calls += other.calls
         self.backend_s += other.backend_s
         self.wall_s += other.wall_s
         self.images += other.images
+        self.switches += other.switches
 
 
 class Tables:
@@ -77,8 +80,10 @@ class Sampler:
     calibration guard scores it) instead of naming the step where it diverged."""
 
     def __init__(self, backend: Backend, manifest: Bundle, schedule: Schedule, cfg_scale: float | None = None,
-                 use_tables: bool = True, check_finite: bool = True):
+                 use_tables: bool = True, check_finite: bool = True,
+                 clock: Callable[[], float] = time.perf_counter):
         schedule.check_fits(manifest.model_hash, backend.lengths, cfg_scale)
+        self.clock = clock                 # seconds; tests drive a synthetic one
         self.backend, self.manifest, self.schedule = backend, manifest, schedule
         self.cfg_scale, self.check_finite = cfg_scale, check_finite
         self.null_class = manifest.null_class
@@ -93,15 +98,22 @@ class Sampler:
                     self._kwargs[key] = _float32_times(self._kwargs[key])
         self._binds: dict[int, _Bound] = {}
 
-    def sample(self, x0: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, Stats]:
+    def sample(self, x0: np.ndarray, y: np.ndarray, control: Any = None) -> tuple[np.ndarray, Stats]:
+        """control: an anytime controller (odelt.runtime.anytime.Deadline) that may shorten the
+        remaining steps after each step; None runs the schedule's lengths."""
         y = np.asarray(y, np.int32)
         bound = self._bound(y)
-        start = time.perf_counter()
-        x = SOLVERS[self.schedule.solver](bound.f, np.asarray(x0, np.float32), self._grid, **self._kwargs)
-        wall = time.perf_counter() - start                           # solvers never write x0
+        kwargs = self._kwargs
+        start = self.clock()
+        if control is not None:
+            control.begin(start, self.clock, bound.set_length)
+            kwargs = {**kwargs, "callback": control.after_step}
+        x = SOLVERS[self.schedule.solver](bound.f, np.asarray(x0, np.float32), self._grid, **kwargs)
+        wall = self.clock() - start                                  # solvers never write x0
         if self.check_finite and not _all_finite(x):
-            self._locate_non_finite(x0, y)
-        return x, Stats(bound.calls, bound.backend_s, wall, int(y.shape[0]))
+            self._locate_non_finite(x0, y)          # replays the lengths this batch ran
+        switches = tuple(control.switches) if control is not None else ()
+        return x, Stats(bound.calls, bound.backend_s, wall, int(y.shape[0]), switches, tuple(bound.step_lengths))
 
     def _locate_non_finite(self, x0: np.ndarray, y: np.ndarray) -> None:
         """The result is not finite: replay with a check after every step to name the first bad one.
@@ -109,7 +121,8 @@ class Sampler:
         the digits model at batch 1 takes ~1 ms); backends are deterministic, so the replay diverges
         at the same step."""
         s = self.schedule
-        SOLVERS[s.solver](self._bound(y).f, np.array(x0, np.float32), self._grid, callback=_check_finite,
+        bound = self._binds[int(y.shape[0])]          # as bound for the batch: its labels and lengths
+        SOLVERS[s.solver](bound.f, np.array(x0, np.float32), self._grid, callback=_check_finite,
                           **self._kwargs)
         raise RuntimeFailure("the final state is non-finite, but a replay of the same inputs stayed finite at "
                              "every step: the backend is not deterministic")
@@ -121,6 +134,8 @@ class Sampler:
         b = int(y.shape[0])
         bound = self._binds.get(b) or self._bind(b)
         bound.calls, bound.backend_s = 0, 0.0
+        if bound.switched:
+            bound.reset(self.schedule.lengths)
         if self.host_cfg:
             bound.feeds["y"][:b] = y                  # the second half stays the null class
         else:
@@ -135,11 +150,11 @@ class Sampler:
                  "y": np.full(rows.count, self.null_class, np.int32)}
         if self.manifest.guidance:
             feeds["cfg_scale"] = np.full(rows.count, 1.0 if self.cfg_scale is None else self.cfg_scale, np.float32)
-        bound = self._binds[b] = _Bound(feeds)
-        lengths, levels = self.schedule.lengths, self.schedule.dt_base
-        infer, clock, host_cfg, scale = self.backend.infer, time.perf_counter, self.host_cfg, self.cfg_scale or 1.0
+        bound = self._binds[b] = _Bound(feeds, rows, list(self.schedule.lengths), list(rows.lengths))
+        lengths, levels = bound.step_lengths, self.schedule.dt_base       # lengths: anytime may switch them
+        infer, clock, host_cfg, scale = self.backend.infer, self.clock, self.host_cfg, self.cfg_scale or 1.0
         keep = SOLVER_INFO[self.schedule.solver].holds_velocity and not host_cfg   # guidance makes a new array
-        level_rows, length_rows = rows.levels, rows.lengths
+        level_rows, length_rows = rows.levels, bound.length_rows
         te = self._kwargs.get("t_eval", self._grid)
         step_t, step_rows = te[:-1], [rows.t(t) for t in te[:-1]]
 
@@ -182,10 +197,23 @@ class Sampler:
 class _Bound:
     """One batch size's step inputs and velocity function, and the counters the function adds to."""
     feeds: dict[str, np.ndarray]
+    rows: _StepRows
+    step_lengths: list[int]            # every step's length this batch (anytime control may shorten them)
+    length_rows: list[np.ndarray]      # and its row array
     f: Callable[[np.ndarray, Any, int], np.ndarray] = lambda x, t, n: x
     label: int | None = None           # the modulation-table key of the batch's labels
     calls: int = 0
     backend_s: float = 0.0
+    switched: bool = False
+
+    def set_length(self, step: int, length: int) -> None:
+        self.step_lengths[step], self.length_rows[step] = length, self.rows.length_row(length)
+        self.switched = True
+
+    def reset(self, lengths: Sequence[int]) -> None:
+        for n, length in enumerate(lengths):
+            self.set_length(n, length)
+        self.switched = False
 
 
 class _StepRows:
@@ -197,8 +225,15 @@ class _StepRows:
     def __init__(self, count: int, lengths: Sequence[int], levels: Sequence[int]):
         self.count = count
         self.lengths = [_row(count, v, np.int32) for v in lengths]
+        self._by_length = {int(v): r for v, r in zip(lengths, self.lengths)}
         self.levels = [_row(count, v, np.int32) for v in levels]
         self.times: dict[float, np.ndarray] = {}        # numpy and Python floats hash alike
+
+    def length_row(self, length: int) -> np.ndarray:
+        row = self._by_length.get(length)
+        if row is None:
+            row = self._by_length[length] = _row(self.count, length, np.int32)
+        return row
 
     def t(self, t: Any) -> np.ndarray:
         key = float(t)

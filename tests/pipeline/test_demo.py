@@ -141,3 +141,19 @@ def test_demo_refuses_another_model_in_its_folder(demo, tmp_path):
         run_demo(replace(opts, source=str(other)), log=lambda msg: None)
     assert {p: p.stat().st_mtime_ns for p in opts.out.rglob("*")} == before
     assert json.loads((opts.out / "source.json").read_text())["source"] == opts.source
+
+
+def test_generate_with_budget_prints_deadline_stats_and_writes_log(demo, tmp_path, capsys):
+    opts, _ = demo
+    log = tmp_path / "batches.jsonl"
+    main(["generate", str(opts.out / "bundle"), "--budget-ms", "1e6", "--batch", "4", "-n", "10",
+          "--log", str(log), "--out", str(tmp_path / "g.png")])
+    out = capsys.readouterr().out
+    assert "deadline (anytime): 0/3 batches missed the budget, 0 re-plans, 0 length switches" in out
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [r["batch"] for r in lines] == [0, 1, 2] and not any(r["missed"] for r in lines)
+    assert all(r["latency_ms"] > 0 and r["switches"] == [] and r["budget_ms"] == 1e6 for r in lines)
+    with pytest.raises(SystemExit) as e:
+        main(["generate", str(opts.out / "bundle"), "--budget-ms", "1", "--quantile", "1.5",
+              "--out", str(tmp_path / "g.png")])
+    assert e.value.code == 1 and "--quantile must lie in [0.5, 1), found 1.5" in capsys.readouterr().err

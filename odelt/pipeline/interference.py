@@ -1,0 +1,125 @@
+"""Deadlines under interference: one stream of batches per control mode, a CPU hog in the middle.
+
+The sampler's process is pinned to one core; from one third to two thirds of every run a hog (a
+subprocess doing busy integer arithmetic, pinned to the same core with os.sched_setaffinity) takes
+its share of that core. Every mode runs on the same schedule of interference:
+
+    open      today's planner: the plan whose summed medians fit, chosen once (quantile 0.5);
+    closed    quantile budgets, re-planned between batches from the tracked speed;
+    anytime   closed + shorter lengths inside a late batch.
+
+Each batch's images are compared with the teacher (128 Euler steps at full length, the runtime on
+the same backend) for the same noise: a stream cycles through `distinct` held-out noise batches.
+Used by bench/deadline.py (the figures) and the demo (one plot).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from contextlib import ExitStack, contextmanager
+from typing import Any, Iterator
+
+import numpy as np
+
+from odelt.runtime.backend import open_backend
+from odelt.runtime.heuristics import resolve_schedule
+from odelt.runtime.sampler import Sampler, make_labels, make_noise
+from odelt.runtime.stream import stream_for_bundle
+
+MODES = {"open": (0.5, "open"), "closed": (0.95, "closed"), "anytime": (0.95, "anytime")}
+HOG = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nx = 1\nwhile True:\n    x = (x * 1103515245 + 12345) % 2147483648\n"
+
+
+def sampler_core() -> int:
+    """The core the sampler runs on: the last one this process may use."""
+    return max(os.sched_getaffinity(0))
+
+
+@contextmanager
+def pinned(core: int) -> Iterator[None]:
+    """Pin this thread (and the threads it starts, e.g. ONNX Runtime's) to one core."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+class Hog:
+    """A busy subprocess pinned to `core`; start() and stop() by its own process id."""
+
+    def __init__(self, core: int):
+        self.core, self.proc = core, None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", HOG, str(self.core)])
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+def teacher_images(manifest: Any, x0: np.ndarray, batch: int, threads: int = 1) -> np.ndarray:
+    """128 Euler steps at the longest length: the reference every plan's images are scored against."""
+    schedule = resolve_schedule("uniform:euler:128", max(manifest.lengths))
+    cfg = manifest.config
+    with open_backend("ort", manifest, lengths=(max(manifest.lengths),), threads=threads) as be:
+        sampler = Sampler(be, manifest, schedule)
+        out = np.empty_like(x0)
+        y = make_labels(x0.shape[0], cfg.num_classes)
+        for lo in range(0, x0.shape[0], batch):
+            out[lo:lo + batch], _ = sampler.sample(x0[lo:lo + batch], y[lo:lo + batch])
+    return out
+
+
+def held_out(manifest: Any, batch: int, distinct: int, seed: int = 1234) -> tuple[np.ndarray, np.ndarray]:
+    cfg = manifest.config
+    x0 = make_noise(seed, distinct * batch, (cfg.in_channels, cfg.input_size, cfg.input_size))
+    return x0, make_labels(distinct * batch, cfg.num_classes)
+
+
+def run_mode(manifest: Any, profile: dict, mode: str, budget_ms: float, batch: int, batches: int,
+             x0: np.ndarray, y: np.ndarray, teacher: np.ndarray, core: int, threads: int = 1) -> dict[str, Any]:
+    """One stream of `batches` batches with the hog on for the middle third; per-batch records."""
+    quantile, control = MODES[mode]
+    on, off = batches // 3, 2 * batches // 3
+    hog, rmse = Hog(core), []
+    with pinned(core), ExitStack() as stack:
+        stream = stream_for_bundle(manifest, stack, budget_ms, batch, quantile, control, threads=threads,
+                                   profile=profile)
+        for c in {p.candidate.name: p.candidate for p in stream.replanner.by_quality}.values():
+            stream.sampler(c)                              # open every backend before timing
+        stream.warm(batch)
+        try:
+            for i in range(batches):
+                if i == on:
+                    hog.start()
+                if i == off:
+                    hog.stop()
+                k = i % (x0.shape[0] // batch)
+                images, _ = stream.run(x0[k * batch:(k + 1) * batch], y[k * batch:(k + 1) * batch])
+                diff = images - teacher[k * batch:(k + 1) * batch]
+                rmse.append(float(np.sqrt(np.mean(diff * diff))))
+        finally:
+            hog.stop()
+    recs = stream.stats.records
+    return {"mode": mode, "quantile": quantile, "budget_ms": budget_ms, "hog": [on, off],
+            "latency_ms": [r.latency_ms for r in recs], "rmse": rmse, "plans": [r.plan for r in recs],
+            "switches": [len(r.switches) for r in recs], "replans": stream.stats.replans,
+            "replan_us": [r.replan_us for r in recs], "speed": [r.speed for r in recs],
+            "first_predicted_ms": recs[0].predicted_ms}
+
+
+def run_modes(manifest: Any, profile: dict, budget_ms: float, batch: int, batches: int, distinct: int = 16,
+              modes: tuple[str, ...] = tuple(MODES)) -> dict[str, dict[str, Any]]:
+    """Every mode on the same schedule of interference, the sampler pinned to one core."""
+    core, threads = sampler_core(), int(profile.get("threads", 1))
+    x0, y = held_out(manifest, batch, distinct)
+    with pinned(core):
+        teacher = teacher_images(manifest, x0, batch, threads)
+    return {m: run_mode(manifest, profile, m, budget_ms, batch, batches, x0, y, teacher, core, threads) for m in modes}

@@ -1,0 +1,193 @@
+"""A stream of batches under one latency budget: open loop, closed loop, closed loop + anytime.
+
+    open     the plan chosen once from the stored profile, run as is (what `generate` did before);
+    closed   every batch is measured; a SpeedTracker follows the device's speed relative to its
+             profile and a Replanner re-chooses the plan between batches (odelt.runtime.tracker);
+    anytime  closed, and each batch's steps are shortened when it runs late (odelt.runtime.anytime).
+
+A batch's latency is the wall time of Sampler.sample (what the budget bounds); a miss is a batch
+over the budget. Re-planning cost (tracker + choice) is timed on every batch. Everything a batch
+did is one `BatchRecord`; `to_json` is one line of `generate --log FILE`.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from odelt.errors import ConfigError
+from odelt.exporter.bundle import Bundle
+from odelt.runtime.anytime import Deadline, LengthProfile, learned_profiles
+from odelt.runtime.backend import open_backend
+from odelt.runtime.planner import Candidate
+from odelt.runtime.plans import load_candidates, load_plan_schedule
+from odelt.runtime.profile import load_profile
+from odelt.runtime.quantile import DEFAULT_QUANTILE, QuantilePredictor, step_lengths_to_calls
+from odelt.runtime.sampler import Sampler, Stats, make_labels, make_noise
+from odelt.runtime.solvers import SOLVER_INFO
+from odelt.runtime.tracker import Planned, Replanner, SpeedTracker
+
+CONTROLS = ("open", "closed", "anytime")
+
+
+@dataclass(frozen=True)
+class BatchRecord:
+    index: int
+    plan: str
+    latency_ms: float
+    budget_ms: float
+    predicted_ms: float            # the plan's quantile prediction at the speed it was chosen for
+    speed: float                   # the tracker's estimate after this batch (1: as profiled)
+    replanned_to: str | None       # the plan the next batch runs, when it changed
+    replan_us: float               # tracker + re-planning, microseconds
+    lengths: tuple[int, ...]       # every step's length as run
+    switches: tuple[Any, ...] = ()
+
+    @property
+    def missed(self) -> bool:
+        return self.latency_ms > self.budget_ms
+
+    def to_json(self) -> dict[str, Any]:
+        return {"batch": self.index, "plan": self.plan, "latency_ms": round(self.latency_ms, 4),
+                "budget_ms": self.budget_ms, "missed": self.missed, "predicted_ms": round(self.predicted_ms, 4),
+                "speed": round(self.speed, 4), "replanned_to": self.replanned_to,
+                "replan_us": round(self.replan_us, 2), "lengths": list(self.lengths),
+                "switches": [s.to_dict() for s in self.switches]}
+
+
+@dataclass
+class StreamStats:
+    control: str
+    records: list[BatchRecord] = field(default_factory=list)
+
+    @property
+    def misses(self) -> int:
+        return sum(r.missed for r in self.records)
+
+    @property
+    def replans(self) -> int:
+        return sum(r.replanned_to is not None for r in self.records)
+
+    @property
+    def switches(self) -> int:
+        return sum(len(r.switches) for r in self.records)
+
+    def summary(self) -> str:
+        n = len(self.records)
+        us = float(np.median([r.replan_us for r in self.records])) if n else 0.0
+        return (f"deadline ({self.control}): {self.misses}/{n} batches missed the budget, {self.replans} re-plans, "
+                f"{self.switches} length switches; tracker + re-planning {us:.1f} us per batch (median)")
+
+
+class Stream:
+    """Runs batch after batch; `make_sampler(candidate)` opens (or reuses) a plan's sampler."""
+
+    def __init__(self, replanner: Replanner, make_sampler: Callable[[Candidate], Sampler], control: str = "anytime",
+                 exported: Sequence[int] = (), profiles: Sequence[LengthProfile] = (), window: int = 5,
+                 clock: Callable[[], float] = time.perf_counter):
+        if control not in CONTROLS:
+            raise ConfigError(f"--control must be one of {list(CONTROLS)}, found {control!r}")
+        self.replanner, self.predictor = replanner, replanner.predictor
+        self.control, self.clock = control, clock
+        self.tracker = SpeedTracker(window)
+        self.exported, self.profiles = tuple(exported), tuple(profiles)
+        self._make = make_sampler
+        self._samplers: dict[str, Sampler] = {}
+        self._deadlines: dict[str, Deadline | None] = {}
+        self._warm: set[tuple[str, int]] = set()
+        self.current: Planned = replanner.first()
+        self.chosen_speed = 1.0
+        self.stats = StreamStats(control)
+
+    def sampler(self, c: Candidate) -> Sampler:
+        if c.name not in self._samplers:
+            self._samplers[c.name] = self._make(c)
+        return self._samplers[c.name]
+
+    def deadline(self, c: Candidate) -> Deadline | None:
+        if self.control != "anytime":
+            return None
+        if c.name not in self._deadlines:
+            s = self.sampler(c).schedule
+            if not SOLVER_INFO[s.solver].calls_per_step:       # adaptive steps have no timeline
+                return None
+            self._deadlines[c.name] = Deadline(s, c.precision, self.predictor, self.replanner.budget_ms,
+                                               self.exported or s.lengths, self.profiles)
+        return self._deadlines[c.name]
+
+    def run(self, x0: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, Stats]:
+        """One batch under the budget; appends its BatchRecord to self.stats."""
+        planned = self.current
+        c = planned.candidate
+        sampler = self.sampler(c)
+        images, st = sampler.sample(x0, y, self.deadline(c))
+        latency = st.wall_s * 1e3
+        start = self.clock()
+        replanned = None
+        if self.control != "open":
+            ran = step_lengths_to_calls(sampler.schedule.solver, st.lengths)
+            speed = self.tracker.observe(latency, self.predictor.median_ms(c.precision, ran))
+            nxt = self.replanner.choose(speed)
+            if nxt.candidate != c:
+                self.current, self.chosen_speed, replanned = nxt, speed, nxt.candidate.name
+        cost_us = (self.clock() - start) * 1e6
+        self.stats.records.append(BatchRecord(len(self.stats.records), c.name, latency, self.replanner.budget_ms,
+                                              planned.quantile_ms * self.chosen_speed, self.tracker.speed,
+                                              replanned, cost_us, st.lengths, st.switches))
+        if replanned is not None:
+            self.warm(x0.shape[0])
+        return images, st
+
+    def warm(self, batch: int) -> None:
+        """Bind the current plan's buffers before its first timed batch (outside any batch's time)."""
+        key = (self.current.candidate.name, batch)
+        if key in self._warm:
+            return
+        s = self.sampler(self.current.candidate)
+        cfg = s.manifest.config
+        s.sample(np.zeros((batch, cfg.in_channels, cfg.input_size, cfg.input_size), np.float32),
+                 make_labels(batch, cfg.num_classes))
+        self._warm.add(key)
+
+
+def stream_for_bundle(manifest: Bundle, stack: ExitStack, budget_ms: float, batch: int,
+                      quantile: float = DEFAULT_QUANTILE, control: str = "anytime", backend: str = "ort",
+                      threads: int = 1, layout: str | None = None, cfg_scale: float | None = None,
+                      tables: bool = True, profile: dict[str, Any] | None = None) -> Stream:
+    """A Stream over the bundle's quality table and this device's profile; backends (one per
+    precision, every exported length) are opened on `stack` when a plan first needs them."""
+    prof = profile if profile is not None else load_profile(manifest)
+    candidates = load_candidates(manifest)
+    replanner = Replanner(candidates, QuantilePredictor(prof, batch, quantile), budget_ms)
+    schedules = {c.schedule: load_plan_schedule(manifest, c) for c in candidates}
+    backends: dict[str, Any] = {}
+
+    def make(c: Candidate) -> Sampler:
+        if c.precision not in backends:
+            options = {"layout": layout, "lengths": tuple(manifest.lengths), "precision": c.precision,
+                       **({"threads": threads} if backend == "ort" else {})}
+            backends[c.precision] = stack.enter_context(open_backend(backend, manifest, **options))
+        return Sampler(backends[c.precision], manifest, schedules[c.schedule], cfg_scale, use_tables=tables)
+
+    return Stream(replanner, make, control, manifest.lengths, learned_profiles(list(schedules.values())))
+
+
+def generate_stream(stream: Stream, manifest: Bundle, n: int, batch: int, seed: int = 0,
+                    progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, Stats]:
+    """n images in batches through the stream (as sampler.generate does for one sampler)."""
+    cfg = manifest.config
+    x0 = make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size))
+    y = make_labels(n, cfg.num_classes)
+    out, total = np.empty((n, cfg.out_channels, cfg.input_size, cfg.input_size), np.float32), Stats()
+    stream.warm(min(batch, n))
+    for lo in range(0, n, batch):
+        hi = min(n, lo + batch)
+        out[lo:hi], stats = stream.run(x0[lo:hi], y[lo:hi])
+        total.add(stats)
+        if progress:
+            progress(hi - lo)
+    return out, total

@@ -1,0 +1,59 @@
+"""A FAKE backend on a FAKE clock, for exact deadline tests: no network runs and no real time passes.
+
+`FakeClock` is a number of seconds that only `FakeTimedBackend.infer` advances: a call at length l
+takes ms_per_block * l * factor(call index) milliseconds. The velocity it returns depends on the
+state and the length, so a switched length changes the images. `FakeBundle` carries only what the
+Sampler reads from a bundle. None of this tests ONNX Runtime; the real backend's timings are
+measured in bench/deadline.py.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Callable
+
+import numpy as np
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeTimedBackend:
+    name, layout = "fake", "per-length"
+
+    def __init__(self, clock: FakeClock, lengths=(2, 4, 8), ms_per_block: float = 1.0,
+                 factor: Callable[[int], float] = lambda call: 1.0):
+        self.clock, self.lengths, self.ms_per_block, self.factor = clock, tuple(lengths), ms_per_block, factor
+        self.calls: list[int] = []          # the length of every call, in order
+        self.slow = 1.0                     # a whole-device slowdown a test may set between batches
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def infer(self, feeds):
+        length = int(feeds["l"][0])
+        ms = self.ms_per_block * length * self.factor(len(self.calls)) * self.slow
+        self.clock.now += ms / 1e3
+        self.calls.append(length)
+        return {"velocity": (0.1 * length) * np.tanh(feeds["x"]) + 0.01}
+
+
+def fake_bundle(num_classes: int = 10) -> SimpleNamespace:
+    cfg = SimpleNamespace(in_channels=1, out_channels=1, input_size=4, num_classes=num_classes)
+    return SimpleNamespace(model_hash=None, null_class=num_classes, tables={}, guidance=False, config=cfg)
+
+
+def synthetic_profile(lengths=(2, 4, 8), step_ms: float = 0.0, sample_ms: float = 0.0) -> dict:
+    """Batch 1, fp32: a call at length l has 21 samples evenly spaced over [l - 1, l + 1] ms, so
+    its median is l and its 0.95-quantile exactly l + 0.9 (numpy's linear interpolation)."""
+    calls = {str(n): {"median_ms": float(n), "p90_ms": n + 0.8, "p99_ms": n + 0.98,
+                      "samples_ms": [n - 1 + 0.1 * i for i in range(21)]} for n in lengths}
+    return {"calls": {"fp32": {"1": calls}}, "step_overhead_ms": step_ms, "sample_overhead_ms": sample_ms}

@@ -1,0 +1,178 @@
+"""Deadlines on synthetic clocks (a FAKE backend whose call times are scripted): exact answers.
+
+Quantile composition on a synthetic profile, the speed tracker on a scripted slowdown, the
+re-planner's choice flip, the anytime switch (a late step shrinks the remaining lengths and the
+batch ends by its deadline), no switch when on time, and a whole stream in each control mode.
+"""
+
+import numpy as np
+import pytest
+
+from odelt.runtime.anytime import Deadline, LengthProfile
+from odelt.runtime.heuristics import heuristic_schedule
+from odelt.runtime.planner import BudgetError, Candidate
+from odelt.runtime.quantile import QuantilePredictor, call_quantile
+from odelt.runtime.sampler import Sampler
+from odelt.runtime.stream import Stream
+from odelt.runtime.tracker import Replanner, SpeedTracker
+from tests.runtime.fake_clock import FakeClock, FakeTimedBackend, fake_bundle, synthetic_profile
+
+A = Candidate("a-4xl8", "a", "euler", (8, 8, 8, 8), "fp32", error=0.1)
+B = Candidate("b-4xl2", "b", "euler", (2, 2, 2, 2), "fp32", error=0.2)
+# a learned per-step-length schedule of a smaller block budget (18 < 32), on the same grid
+LEARNED = LengthProfile("b18", (0.0, 0.25, 0.5, 0.75, 1.0), (2, 8, 4, 4))
+
+
+# -- quantile composition ------------------------------------------------------------------------
+
+def test_quantile_composition_on_a_synthetic_profile():
+    at = QuantilePredictor(synthetic_profile(step_ms=0.1, sample_ms=0.5), batch=1, quantile=0.95)
+    # medians 4 x 8 + host 4 x 0.1 + 0.5; spread sqrt(4 x 0.9^2) = 1.8
+    assert at.median_ms("fp32", A.lengths) == pytest.approx(32.9)
+    assert at.candidate(A) == pytest.approx(34.7)
+    assert QuantilePredictor(synthetic_profile(), 1, 0.5).candidate(A) == pytest.approx(32.0)   # p50: the old sum
+    # a profile without samples: linear in Q between the recorded p90 and p99
+    assert call_quantile({"median_ms": 8.0, "p90_ms": 9.0, "p99_ms": 10.0}, 0.95) == pytest.approx(9 + 5 / 9)
+    assert call_quantile({"median_ms": 8.0, "p90_ms": 9.0}, 0.99) == pytest.approx(9.0)   # no extrapolation
+
+
+def test_quantile_composition_against_simulated_plans():
+    """Calls with independent jitter: the composed 0.95-quantile of a 4-call plan is within 3% of
+    the plan's own (simulated) 0.95-quantile; summing the calls' quantiles would be 9% over."""
+    rng = np.random.default_rng(0)
+    draw = lambda n, size: n + rng.standard_normal(size) * 0.1 * n          # noqa: E731
+    prof = {"calls": {"fp32": {"1": {str(n): {"median_ms": float(n), "samples_ms": list(draw(n, 4000))}
+                                     for n in (2, 8)}}}}
+    prof["calls"]["fp32"]["1"] = {k: {**v, "median_ms": float(np.median(v["samples_ms"]))}
+                                  for k, v in prof["calls"]["fp32"]["1"].items()}
+    plans = sum(draw(8, 20000) for _ in range(4))
+    measured = float(np.quantile(plans, 0.95))
+    composed = QuantilePredictor(prof, 1, 0.95).candidate(A)
+    summed = 4 * float(np.quantile(prof["calls"]["fp32"]["1"]["8"]["samples_ms"], 0.95))
+    assert abs(composed - measured) / measured < 0.03
+    assert (summed - measured) / measured > 0.06
+
+
+# -- tracker and re-planner ------------------------------------------------------------------------
+
+def test_tracker_follows_a_scripted_slowdown_and_ignores_one_outlier():
+    tr = SpeedTracker(window=5)
+    seen = [tr.observe(r, 1.0) for r in [1.0] * 6 + [10.0] + [1.0] * 3 + [2.0] * 6 + [1.0] * 4]
+    assert seen[:10] == [1.0] * 10                      # one batch at 10x moves nothing
+    assert seen[10:16] == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]  # 2x is followed at the third slow batch
+    assert seen[16:] == [2.0, 2.0, 1.0, 1.0]            # and the recovery at the third quiet one
+    fresh = SpeedTracker(window=5)
+    assert [fresh.observe(3.0, 1.0) for _ in range(3)] == [1.0, 1.0, 3.0]   # needs 3 batches first
+
+
+def test_replanner_flips_with_speed_and_back():
+    rp = Replanner([B, A], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=40.0)
+    # A needs 33.8 ms at the quantile, B 9.8 ms
+    assert rp.choose(1.0).candidate == A
+    assert rp.choose(40 / 33.8).candidate == A           # exactly at the budget still fits
+    assert rp.choose(1.2).candidate == B                 # 40.56 ms > 40
+    assert rp.choose(1.0).candidate == A                 # faster again: the better plan fits again
+    assert rp.choose(10.0).candidate == B                # nothing fits: the cheapest
+    with pytest.raises(BudgetError, match="below the cheapest plan at batch 1: b-4xl2 needs 9.8 ms"):
+        Replanner([A, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=9.0).first()
+
+
+# -- anytime inside a batch ------------------------------------------------------------------------
+
+def _run(factor, budget=40.0, profiles=(LEARNED,), control=True):
+    clock = FakeClock()
+    be = FakeTimedBackend(clock, factor=factor)
+    sched = heuristic_schedule("uniform", "euler", 4, 8)
+    sampler = Sampler(be, fake_bundle(), sched, clock=clock)
+    ctrl = Deadline(sched, "fp32", QuantilePredictor(synthetic_profile(), 1, 0.95), budget, (2, 4, 8), profiles)
+    x0 = np.random.default_rng(0).standard_normal((1, 1, 4, 4)).astype(np.float32)
+    x, st = sampler.sample(x0, np.zeros(1, np.int32), ctrl if control else None)
+    return x, st, be, ctrl
+
+
+def test_timeline_spreads_the_slack():
+    _, _, _, ctrl = _run(lambda call: 1.0)
+    assert ctrl.timeline == pytest.approx([10.0, 20.0, 30.0, 40.0])
+
+
+def test_late_step_switches_to_the_learned_lengths_and_ends_by_the_deadline():
+    # call 0 takes 12 ms (> 10 on the timeline): speed 1.5, 28 ms left. Predicted at 1.5x the
+    # quantile: current (8,8,8) 38.3 ms; learned b18 mapped at t=.25,.5,.75 -> (8,4,4) 26.3 ms,
+    # 16 blocks; cap 4 -> (4,4,4) 20.3 ms, 12 blocks. The learned option fits with the most blocks.
+    _, st, be, _ = _run(lambda call: 1.5 if call == 0 else 1.0)
+    assert be.calls == [8, 8, 4, 4] and st.lengths == (8, 8, 4, 4)
+    (sw,) = st.switches
+    assert (sw.step, sw.before, sw.after, sw.source) == (1, (8, 8, 8), (8, 4, 4), "learned:b18")
+    assert sw.elapsed_ms == pytest.approx(12.0) and sw.planned_ms == pytest.approx(10.0)
+    assert st.wall_s * 1e3 == pytest.approx(28.0) and st.wall_s * 1e3 <= 40.0
+
+
+def test_a_batch_slow_throughout_still_ends_by_the_deadline():
+    # every call 1.6x: at step 0 (12.8 ms) learned (8,4,4) needs 28.1 > 27.2 ms; cap 4 fits
+    _, st, be, _ = _run(lambda call: 1.6)
+    assert be.calls == [8, 4, 4, 4]
+    assert [s.source for s in st.switches] == ["cap:4"]
+    assert st.wall_s * 1e3 == pytest.approx(32.0) and st.wall_s * 1e3 <= 40.0
+    # without control the same batch runs 51.2 ms: a miss
+    _, st_open, _, _ = _run(lambda call: 1.6, control=False)
+    assert st_open.wall_s * 1e3 == pytest.approx(51.2)
+
+
+def test_nothing_fits_takes_the_shortest_lengths():
+    # call 0 takes 24 ms: speed 3, 16 ms left; even (2,2,2) needs 22.7 ms at 3x -> the cheapest
+    _, st, be, _ = _run(lambda call: 3.0 if call == 0 else 1.0)
+    assert be.calls == [8, 2, 2, 2] and st.switches[0].source == "cap:2"
+    assert st.wall_s * 1e3 == pytest.approx(30.0)
+
+
+def test_no_switch_when_on_time_and_images_are_the_plans():
+    x, st, be, _ = _run(lambda call: 1.2)               # 9.6, 19.2, 28.8 ms: on the timeline
+    x_plain, st_plain, _, _ = _run(lambda call: 1.2, control=False)
+    assert st.switches == () and be.calls == [8] * 4 and st.lengths == (8,) * 4
+    np.testing.assert_array_equal(x, x_plain)           # bit-identical: reproducible for a fixed seed
+
+
+def test_early_never_lengthens_and_the_next_batch_runs_the_plan_again():
+    clock = FakeClock()
+    script = iter([1.5, 0.1, 0.1, 0.1] + [1.0] * 4)     # late, then far ahead of the timeline
+    be = FakeTimedBackend(clock, factor=lambda call: next(script))
+    sched = heuristic_schedule("uniform", "euler", 4, 8)
+    sampler = Sampler(be, fake_bundle(), sched, clock=clock)
+    ctrl = Deadline(sched, "fp32", QuantilePredictor(synthetic_profile(), 1, 0.95), 40.0, (2, 4, 8), (LEARNED,))
+    x0 = np.zeros((1, 1, 4, 4), np.float32)
+    _, st = sampler.sample(x0, np.zeros(1, np.int32), ctrl)
+    assert st.lengths == (8, 8, 4, 4)
+    _, st2 = sampler.sample(x0, np.zeros(1, np.int32), ctrl)
+    assert st2.lengths == (8,) * 4 and st2.switches == ()
+
+
+# -- a stream of batches ---------------------------------------------------------------------------
+
+def _stream(control):
+    clock = FakeClock()
+    be = FakeTimedBackend(clock)
+    schedules = {"a": heuristic_schedule("uniform", "euler", 4, 8), "b": heuristic_schedule("uniform", "euler", 4, 2)}
+    rp = Replanner([A, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=40.0)
+    stream = Stream(rp, lambda c: Sampler(be, fake_bundle(), schedules[c.schedule], clock=clock), control,
+                    exported=(2, 4, 8), clock=clock)
+    x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
+    for i in range(30):
+        be.slow = 2.0 if 10 <= i < 20 else 1.0          # the device runs at half speed for 10 batches
+        stream.run(x0, y)
+    return stream.stats
+
+
+def test_stream_open_closed_anytime_on_a_scripted_slowdown():
+    open_, closed, anytime = (_stream(c) for c in ("open", "closed", "anytime"))
+    assert [r.index for r in open_.records if r.missed] == list(range(10, 20))
+    assert open_.replans == 0
+    # closed loop: misses until the tracker has seen 3 slow batches, then runs B; A again after 3 quiet
+    assert [r.index for r in closed.records if r.missed] == [10, 11, 12]
+    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(12, "b-4xl2"), (22, "a-4xl8")]
+    # anytime: the slow A batches shorten their last steps (8,2,2,2 = 28 ms at 2x) and none misses
+    assert anytime.misses == 0
+    assert [r.lengths for r in anytime.records[10:13]] == [(8, 2, 2, 2)] * 3
+    assert anytime.switches == 3 and [r.plan for r in anytime.records[13:20]] == ["b-4xl2"] * 7
+    assert anytime.records[12].speed == pytest.approx(2.0)   # ratio to the lengths really run
+    assert all(r.replan_us >= 0 for r in anytime.records)
+    assert "0/30 batches missed the budget, 2 re-plans, 3 length switches" in anytime.summary()
