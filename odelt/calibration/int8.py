@@ -37,10 +37,10 @@ import numpy as np
 import onnx
 
 from odelt.calibration.graph_roles import analyse, name_nodes
+from odelt.calibration import CALIB_METHODS, INT8_FLAVOURS
 from odelt.errors import ConfigError
 from odelt.fileio import writing
 
-CALIB_METHODS = ("minmax", "percentile", "entropy")
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ FLAVOURS = {
     "cpu": Int8Flavour("cpu", "ONNX Runtime CPU (MatMulIntegerToFloat fusion)", False, 7),
 }
 DEFAULT_FLAVOUR = "trt"
+assert tuple(FLAVOURS) == INT8_FLAVOURS
 
 
 def get_flavour(name: str) -> Int8Flavour:

@@ -8,17 +8,19 @@ import click
 
 from odelt.cli import cli
 from odelt.cli.options import Count
+from odelt.engines.build import BACKENDS, BUILD_PRECISIONS
+from odelt.engines.rtx_targets import RTX_TARGETS
+from odelt.engines.targets import TARGETS
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--backend", required=True, help="ort | tensorrt | tensorrt-rtx")
+@click.option("--backend", required=True, help=" | ".join(BACKENDS))
 @click.option("--target", "targets", multiple=True,
-              help="TensorRT: one preset (desktop | orin-nano | orin-nx | agx-orin | thor; default desktop). "
-                   "TensorRT-RTX: one or more of portable | sm75 | sm80 | sm86 | sm89 | sm120 | sm121 "
-                   "(default portable)")
+              help=f"TensorRT: one preset ({' | '.join(TARGETS)}; default desktop). "
+                   f"TensorRT-RTX: one or more of {' | '.join(RTX_TARGETS)} (default portable)")
 @click.option("--precision", default="fp32", show_default=True,
-              help="fp32 | fp16 | int8 (fp16/int8 graphs come from `odelt-export quantize`)")
+              help=f"{' | '.join(BUILD_PRECISIONS)} (fp16/int8 graphs come from `odelt-export quantize`)")
 @click.option("--format", "ort_format", default="onnx", show_default=True,
               help="ORT engine file: onnx (optimised ONNX) | ort (flatbuffer)")
 @click.option("--opt-level", type=Count(0, 5), default=3, show_default=True,

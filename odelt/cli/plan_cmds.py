@@ -5,12 +5,13 @@ from __future__ import annotations
 import click
 
 from odelt.cli import cli
+from odelt.runtime.backend import BACKENDS
 from odelt.cli.options import COUNT, POSITIVE, Counts
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
+@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="ort", show_default=True)
 @click.option("--batch", "batch", type=Counts(), default="1,8", show_default=True,
               help="Batch sizes to time, e.g. 1,8 (within the bundle's exported batch range).")
 @click.option("--precision", "precisions", multiple=True,

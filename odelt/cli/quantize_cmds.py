@@ -6,13 +6,14 @@ import json
 
 import click
 
+from odelt.calibration import CALIB_METHODS, INT8_FLAVOURS, QUANTIZED_PRECISIONS
 from odelt.cli import cli
 from odelt.cli.options import NONNEG, POSITIVE, SAMPLES
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
-@click.option("--precision", type=click.Choice(["fp16", "int8"]), required=True)
+@click.option("--precision", type=click.Choice(QUANTIZED_PRECISIONS), required=True)
 @click.option("--calib-samples", type=SAMPLES, default=32, show_default=True,
               help="Noise samples; each is integrated with every schedule at every length.")
 @click.option("--calib-schedule", "schedules", multiple=True,
@@ -20,9 +21,9 @@ from odelt.cli.options import NONNEG, POSITIVE, SAMPLES
 @click.option("--eval-samples", type=SAMPLES, default=64, show_default=True, help="Held-out noise for the accuracy guard.")
 @click.option("--max-rmse", type=POSITIVE, default=None, help="Final-sample RMSE limit (default fp16 0.01, int8 0.05).")
 @click.option("--max-fd-rel", type=POSITIVE, default=0.10, show_default=True, help="FD-digits relative change limit.")
-@click.option("--calib-method", type=click.Choice(["minmax", "percentile", "entropy"]), default="minmax",
+@click.option("--calib-method", type=click.Choice(CALIB_METHODS), default=CALIB_METHODS[0],
               show_default=True)
-@click.option("--int8-flavour", "flavour", type=click.Choice(["trt", "cpu"]), default="trt", show_default=True,
+@click.option("--int8-flavour", "flavour", type=click.Choice(INT8_FLAVOURS), default=INT8_FLAVOURS[0], show_default=True,
               help="INT8 only. trt: signed symmetric Q/DQ for TensorRT; cpu: uint8 activations and 7-bit weights, "
                    "which ONNX Runtime CPU fuses into integer matmuls (TensorRT cannot build it).")
 @click.option("--seed", type=NONNEG, default=0, show_default=True)

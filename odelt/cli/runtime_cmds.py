@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from odelt.cli import cli
+from odelt.exporter.iospec import LAYOUTS
+from odelt.runtime.backend import BACKENDS
+from odelt.runtime.stream import CONTROLS
 from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, SAMPLES, THREADS
 
 
@@ -18,8 +21,8 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, SAMPLES, THREADS
 @click.option("--seed", type=NONNEG, default=0, show_default=True,
               help="Noise = numpy default_rng(seed).standard_normal((n,C,H,W)); labels i %% classes.")
 @click.option("--cfg-scale", type=FINITE, default=None, help="Classifier-free guidance scale.")
-@click.option("--backend", type=click.Choice(["ort", "tensorrt"]), default="ort", show_default=True)
-@click.option("--layout", type=click.Choice(["segments", "per-length"]), default=None,
+@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="ort", show_default=True)
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None,
               help="Graph layout to run (default: segments when the bundle has it).")
 @click.option("--length", type=COUNT, default=None, help="Length for heuristic schedules (default: the longest).")
 @click.option("--threads", type=THREADS, default=0, help="ONNX Runtime intra-op threads (0: its default).")
@@ -32,7 +35,7 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, SAMPLES, THREADS
               help="With --budget-ms: allow a batch outside the profiled batches (the prediction extrapolates).")
 @click.option("--quantile", type=float, default=0.95, show_default=True,
               help="With --budget-ms: a plan fits when its predicted latency at this quantile is within budget.")
-@click.option("--control", type=click.Choice(["open", "closed", "anytime"]), default="anytime", show_default=True,
+@click.option("--control", type=click.Choice(CONTROLS), default=CONTROLS[-1], show_default=True,
               help="With --budget-ms: open = one plan; closed = re-plan between batches as the device's speed "
                    "moves; anytime = closed + shorter lengths inside a batch that runs late.")
 @click.option("--log", "log", type=click.Path(dir_okay=False), default=None,

@@ -5,12 +5,14 @@ from __future__ import annotations
 import click
 
 from odelt.cli import cli
+from odelt.exporter.iospec import LAYOUTS
+from odelt.serving.repository import ENGINES
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path(file_okay=False))
 @click.option("--out", "out", required=True, type=click.Path(), help="Model repository folder to write.")
-@click.option("--engines", type=click.Choice(["tensorrt", "onnxruntime", "cpu"]), default="cpu", show_default=True,
+@click.option("--engines", type=click.Choice(ENGINES), default="cpu", show_default=True,
               help="Graph models: TensorRT plans (tensorrt_plan), ONNX (onnxruntime_onnx), or Python-backend "
                    "models running ONNX Runtime (cpu: what the pip-installable tritonserver can run).")
 @click.option("--precision", default="fp32", show_default=True, help="Precision of the graphs and plans served.")
@@ -19,7 +21,7 @@ from odelt.cli import cli
               help="Instances of each graph model (per GPU with tensorrt).")
 @click.option("--sampler-instances", type=int, default=4, show_default=True,
               help="Sampling requests run side by side (their step calls are batched together).")
-@click.option("--layout", type=click.Choice(["segments", "per-length"]), default=None,
+@click.option("--layout", type=click.Choice(LAYOUTS), default=None,
               help="Graph layout to serve (default: segments when the bundle has it).")
 @click.option("--engine-set", default=None, help="tensorrt: the engine set to serve, when there are several.")
 @click.option("--force", is_flag=True, help="Replace an existing repository.")
