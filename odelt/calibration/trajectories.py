@@ -88,7 +88,7 @@ class Noise:
 
     x0: np.ndarray             # (B, C, H, W) float32
     y: np.ndarray              # (B,) int32
-    cfg_scale: float = 1.5
+    guidance_scale: float = 1.5
 
     @classmethod
     def draw(cls, manifest: Bundle, samples: int, seed: int) -> Noise:
@@ -126,7 +126,7 @@ def sample(manifest: Bundle, run_graph: RunGraph, schedule: Schedule, noise: Noi
            layout: str | None = None) -> np.ndarray:
     """Integrate one schedule (its per-step lengths) from `noise.x0` with the runtime's Sampler (no
     modulation tables: every graph is seen); final samples (B, C, H, W), non-finite ones kept."""
-    scale = noise.cfg_scale if manifest.guidance else None      # guidance only where folded into the graphs
+    scale = noise.guidance_scale if manifest.guidance else None      # guidance only where folded into the graphs
     sampler = Sampler(GraphBackend(manifest, run_graph, layout), manifest, schedule, scale, use_tables=False,
                       check_finite=False)
     return sampler.sample(noise.x0, noise.y)[0]
@@ -148,7 +148,7 @@ def record_feeds(manifest: Bundle, schedules: list[Schedule], noise: Noise,
     """Every FP32 graph's inputs along every trajectory of every layout, in batches of <= `batch`."""
     recorder = Recorder(OrtGraphs(manifest))
     for start in range(0, noise.x0.shape[0], batch):
-        part = Noise(noise.x0[start:start + batch], noise.y[start:start + batch], noise.cfg_scale)
+        part = Noise(noise.x0[start:start + batch], noise.y[start:start + batch], noise.guidance_scale)
         for layout in manifest.layouts:
             trajectories(manifest, recorder, schedules, part, layout)
     return dict(recorder.feeds)

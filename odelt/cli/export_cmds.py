@@ -37,10 +37,11 @@ def parse_layout(text: str) -> tuple[str, ...]:
 @click.option("--lengths", default=None, help="Comma-separated lengths (default: the model's trained lengths).")
 @click.option("--batch", default="1:1:8", show_default=True, help="Engine batch range MIN:OPT:MAX.")
 @click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (16 for TensorRT 8.5).")
-@click.option("--cfg", is_flag=True, help="Fold classifier-free guidance into the graphs (cfg_scale input).")
+@click.option("--guidance", "--cfg", "guidance", is_flag=True,
+              help="Fold classifier-free guidance into the graphs (cfg_scale input; --cfg is the old name).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON model config (upstream pickles).")
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle.")
-def export(source: str, out: str, layout: str, lengths: str | None, batch: str, opset: int, cfg: bool,
+def export(source: str, out: str, layout: str, lengths: str | None, batch: str, opset: int, guidance: bool,
            config_file: str | None, force: bool) -> None:
     """Export SOURCE (builtin:NAME, a checkpoint, or an upstream pickle) to an ONNX bundle."""
     from odelt.exporter.export import ExportOptions, export_source
@@ -48,7 +49,7 @@ def export(source: str, out: str, layout: str, lengths: str | None, batch: str, 
     from odelt.models.config_io import read_config_file
 
     options = ExportOptions(layouts=parse_layout(layout), lengths=parse_lengths(lengths),
-                            batch=BatchRange.parse(batch), opset=opset, cfg=cfg, force=force)
+                            batch=BatchRange.parse(batch), opset=opset, guidance=guidance, force=force)
     manifest = export_source(source, out, options, read_config_file(config_file) if config_file else None)
     sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in manifest.weight_bytes.items())
     click.echo(f"wrote {out}: {len(manifest.graphs)} graphs, lengths {list(manifest.lengths)}, weights {sizes}")

@@ -20,7 +20,8 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, SAMPLES, THREADS
               help="Images per backend call, within the bundle's exported batch range.")
 @click.option("--seed", type=NONNEG, default=0, show_default=True,
               help="Noise = numpy default_rng(seed).standard_normal((n,C,H,W)); labels i %% classes.")
-@click.option("--cfg-scale", type=FINITE, default=None, help="Classifier-free guidance scale.")
+@click.option("--guidance-scale", "--cfg-scale", "guidance_scale", type=FINITE, default=None,
+              help="Classifier-free guidance scale (--cfg-scale is the old name).")
 @click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="ort", show_default=True)
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None,
               help="Graph layout to run (default: segments when the bundle has it).")
@@ -42,7 +43,7 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, SAMPLES, THREADS
               help="With --budget-ms: write every batch's latency, plan and switches as JSON lines.")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Grid PNG to write.")
 @click.option("--save-array", is_flag=True, help="Also write the samples as OUT with .npy suffix.")
-def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, cfg_scale: float | None,
+def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, guidance_scale: float | None,
              backend: str, layout: str | None, length: int | None, threads: int, no_tables: bool,
              precision: str, budget_ms: float | None, extrapolate: bool, quantile: float, control: str,
              log: str | None, out: str, save_array: bool) -> None:
@@ -55,7 +56,7 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, c
     from odelt.runtime.images import grid_image, save_npy, save_png
     from odelt.runtime.run import GenerateOptions, generate_from_bundle
 
-    opts = GenerateOptions(schedule=schedule, n=n, batch=batch, seed=seed, cfg_scale=cfg_scale, backend=backend,
+    opts = GenerateOptions(schedule=schedule, n=n, batch=batch, seed=seed, guidance_scale=guidance_scale, backend=backend,
                            layout=layout, length=length, threads=threads, tables=not no_tables,
                            precision=precision, budget_ms=budget_ms, extrapolate=extrapolate, quantile=quantile,
                            control=control)

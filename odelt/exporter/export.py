@@ -33,7 +33,7 @@ class ExportOptions:
     lengths: tuple[int, ...] | None = None     # None: the model's trained lengths
     batch: BatchRange = BatchRange()
     opset: int = 17
-    cfg: bool = False                           # fold classifier-free guidance into the graphs
+    guidance: bool = False                      # fold classifier-free guidance into the graphs
     external_data: bool | None = None           # None: when the model's parameters exceed 100 MiB
     force: bool = False                         # overwrite an existing bundle
 
@@ -120,7 +120,7 @@ def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, sour
     unless the whole bundle was written."""
     cfg = dit.config
     lengths = check_lengths(cfg, tuple(options.lengths or cfg.lengths))
-    plans = [plan_layout(cfg, layout, lengths, options.cfg) for layout in dict.fromkeys(options.layouts)]
+    plans = [plan_layout(cfg, layout, lengths, options.guidance) for layout in dict.fromkeys(options.layouts)]
     out = Path(out)
     _check_target(out, options.force)
     external = options.external_data
@@ -143,7 +143,7 @@ def _export_graphs(dit: DiT, plans: list, options: ExportOptions, root: Path, ex
     for spec in tqdm(specs, desc="export", unit="graph", disable=None, leave=False):
         feed = example_feed(spec.inputs, dit, TRACE_BATCH)
         scratch = root / ".scratch" if _param_bytes(dit, spec) > onnx_utils.PROTOBUF_LIMIT else None
-        model = onnx_from_model(wrapper_for(dit, spec, options.cfg), spec, feed, options.opset, scratch)
+        model = onnx_from_model(wrapper_for(dit, spec, options.guidance), spec, feed, options.opset, scratch)
         weight_bytes = onnx_utils.weight_bytes(model)
         data = onnx_utils.save_graph(model, root / spec.file, external)
         entries[spec.name] = {**spec.to_dict(), "external_data": data, "weight_bytes": weight_bytes}
@@ -163,7 +163,7 @@ def _manifest_data(dit: DiT, options: ExportOptions, lengths: tuple[int, ...], p
         "format": FORMAT,
         "model": {"config": dit.config.to_dict(), "source": source[0], "source_hash": source[1],
                   "param_bytes": dit.param_bytes()},
-        "opset": options.opset, "cfg": options.cfg, "null_class": dit.config.num_classes,
+        "opset": options.opset, "cfg": options.guidance, "null_class": dit.config.num_classes,
         "batch": options.batch.to_dict(),
         "layouts": [p.layout for p in plans], "lengths": list(lengths),
         "graphs": graphs,

@@ -24,10 +24,10 @@ def twice(z: Tensor) -> Tensor:
     return torch.cat([z, z])
 
 
-def guide(out: Tensor, cfg_scale: Tensor) -> Tensor:
+def guide(out: Tensor, guidance_scale: Tensor) -> Tensor:
     """(2B, ...) cond rows then null rows -> (B, ...): uncond + s * (cond - uncond)."""
     cond, uncond = out.chunk(2)
-    return uncond + cfg_scale.reshape(-1, *([1] * (out.ndim - 1))) * (cond - uncond)
+    return uncond + guidance_scale.reshape(-1, *([1] * (out.ndim - 1))) * (cond - uncond)
 
 
 def unpatchify(tokens: Tensor, patch: int, channels: int, grid: int) -> Tensor:
@@ -111,11 +111,11 @@ class HeadGraph(nn.Module):
         super().__init__()
         self.dit, self.guided = dit, guided
 
-    def forward(self, v: Tensor, final_mod: Tensor, cfg_scale: Tensor | None = None) -> Tensor:
+    def forward(self, v: Tensor, final_mod: Tensor, guidance_scale: Tensor | None = None) -> Tensor:
         cfg = self.dit.config
         out = unpatchify(self.dit.final.apply_modulated(v, final_mod), cfg.patch_size, cfg.out_channels,
                          cfg.input_size // cfg.patch_size)              # (R, C, H, W)
-        return guide(out, cfg_scale) if cfg_scale is not None else out
+        return guide(out, guidance_scale) if guidance_scale is not None else out
 
 
 class LengthGraph(nn.Module):
@@ -133,7 +133,7 @@ class LengthGraph(nn.Module):
         self.register_buffer("l_emb", dit.l_embedder.weight[length].detach().clone(), persistent=False)
 
     def forward(self, x: Tensor, t: Tensor, dt_base: Tensor, y: Tensor,
-                cfg_scale: Tensor | None = None) -> Tensor:
+                guidance_scale: Tensor | None = None) -> Tensor:
         dit, cfg = self.dit, self.dit.config
         if self.guided:
             x, t, dt_base, y = twice(x), twice(t), twice(dt_base), with_null_rows(y, cfg.num_classes)
@@ -143,15 +143,15 @@ class LengthGraph(nn.Module):
         _, v = run_blocks(dit, self.blocks, dit.embed_tokens(x), None, mods)  # (R, N, D)
         out = unpatchify(dit.final.apply_modulated(v, dit.final.modulation(c)), cfg.patch_size,
                          cfg.out_channels, cfg.input_size // cfg.patch_size)
-        return guide(out, cfg_scale) if cfg_scale is not None else out
+        return guide(out, guidance_scale) if guidance_scale is not None else out
 
 
 def reference_velocity(dit: DiT, x: Tensor, t: Tensor, dt_base: Tensor, y: Tensor, length: int,
-                       cfg_scale: Tensor | None = None) -> Tensor:
+                       guidance_scale: Tensor | None = None) -> Tensor:
     """PyTorch reference for a bundle's output: DiT.forward, with CFG as two separate calls."""
     with torch.no_grad():
         cond = dit(x, t, dt_base, y, length)
-        if cfg_scale is None:
+        if guidance_scale is None:
             return cond
         uncond = dit(x, t, dt_base, torch.full_like(y, dit.config.num_classes), length)
-        return uncond + cfg_scale.reshape(-1, 1, 1, 1) * (cond - uncond)
+        return uncond + guidance_scale.reshape(-1, 1, 1, 1) * (cond - uncond)

@@ -17,7 +17,7 @@ from odelt.runtime.solvers import SOLVERS
 
 
 def torch_sample(dit: Any, schedule: Schedule, x0: np.ndarray, y: np.ndarray,
-                 cfg_scale: float | None = None) -> np.ndarray:
+                 guidance_scale: float | None = None) -> np.ndarray:
     """Integrate from x0 (numpy, (B,C,H,W)) with the PyTorch DiT; guidance mixes two eager calls."""
     import torch
 
@@ -29,10 +29,10 @@ def torch_sample(dit: Any, schedule: Schedule, x0: np.ndarray, y: np.ndarray,
         tt = torch.full((b,), float(t), dtype=torch.float32)
         d = torch.full((b,), schedule.dt_base[n], dtype=torch.int32)
         v = dit(x, tt, d, labels, schedule.lengths[n])
-        if cfg_scale is None or cfg_scale == 1.0:
+        if guidance_scale is None or guidance_scale == 1.0:
             return v
         v_null = dit(x, tt, d, null, schedule.lengths[n])
-        return v_null + cfg_scale * (v - v_null)
+        return v_null + guidance_scale * (v - v_null)
 
     with torch.no_grad():
         x = SOLVERS[schedule.solver](f, torch.from_numpy(np.array(x0, np.float32)), list(schedule.t_grid),

@@ -28,7 +28,7 @@ class GenerateOptions:
     n: int = 16
     batch: int = 8
     seed: int = 0
-    cfg_scale: float | None = None
+    guidance_scale: float | None = None
     backend: str = "ort"
     layout: str | None = None          # None: the bundle's default (segments when exported)
     length: int | None = None          # heuristic schedules: None = the longest exported length
@@ -45,8 +45,8 @@ class GenerateOptions:
         validate.count("--batch", self.batch)
         validate.count("--seed", self.seed, 0)
         validate.threads("--threads", self.threads)
-        if self.cfg_scale is not None:
-            validate.number("--cfg-scale", self.cfg_scale)
+        if self.guidance_scale is not None:
+            validate.number("--guidance-scale", self.guidance_scale)
         if self.length is not None:
             validate.count("--length", self.length)
         if self.budget_ms is not None:
@@ -76,12 +76,12 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
     schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))
     if opts.length is not None and schedule.method == "heuristic":
         schedule = schedule.with_lengths(opts.length)
-    schedule.check_fits(manifest.model_hash, manifest.lengths, opts.cfg_scale)
-    rows = 2 * opts.batch if (opts.cfg_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
+    schedule.check_fits(manifest.model_hash, manifest.lengths, opts.guidance_scale)
+    rows = 2 * opts.batch if (opts.guidance_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
     check_batch(manifest, rows, profile_bound=backend_class(opts.backend).batch_bound)
     with open_backend(opts.backend, manifest, layout=opts.layout, lengths=tuple(sorted(set(schedule.lengths))),
                       precision=opts.precision, threads=opts.threads) as backend:
-        sampler = Sampler(backend, manifest, schedule, opts.cfg_scale, use_tables=opts.tables)
+        sampler = Sampler(backend, manifest, schedule, opts.guidance_scale, use_tables=opts.tables)
         images, stats = generate(sampler, opts.n, opts.batch, opts.seed, progress)
     return GenerateResult(images, stats, schedule, peak_rss_mb())
 
@@ -94,14 +94,14 @@ def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
 
     from odelt.runtime.stream import generate_stream, stream_for_bundle
 
-    rows = 2 * opts.batch if (opts.cfg_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
+    rows = 2 * opts.batch if (opts.guidance_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
     check_batch(manifest, rows, profile_bound=backend_class(opts.backend).batch_bound)
     prof = load_profile(manifest, backend=opts.backend)
     check_plan_batch(manifest, prof, opts.batch, opts.extrapolate)
     with ExitStack() as stack:
         stream = stream_for_bundle(manifest, stack, float(opts.budget_ms or 0), opts.batch, opts.quantile,
                                    opts.control, opts.backend, opts.threads or prof.get("threads", 1), opts.layout,
-                                   opts.cfg_scale, opts.tables, prof)
+                                   opts.guidance_scale, opts.tables, prof)
         first = stream.current
         images, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
         schedule = stream.sampler(first.candidate).schedule

@@ -79,15 +79,15 @@ class Sampler:
     the backend reuses its buffers). check_finite=False returns a non-finite result as it is (the
     calibration guard scores it) instead of naming the step where it diverged."""
 
-    def __init__(self, backend: Backend, manifest: Bundle, schedule: Schedule, cfg_scale: float | None = None,
+    def __init__(self, backend: Backend, manifest: Bundle, schedule: Schedule, guidance_scale: float | None = None,
                  use_tables: bool = True, check_finite: bool = True,
                  clock: Callable[[], float] = time.perf_counter):
-        schedule.check_fits(manifest.model_hash, backend.lengths, cfg_scale)
+        schedule.check_fits(manifest.model_hash, backend.lengths, guidance_scale)
         self.clock = clock                 # seconds; tests drive a synthetic one
         self.backend, self.manifest, self.schedule = backend, manifest, schedule
-        self.cfg_scale, self.check_finite = cfg_scale, check_finite
+        self.guidance_scale, self.check_finite = guidance_scale, check_finite
         self.null_class = manifest.null_class
-        self.host_cfg = cfg_scale is not None and cfg_scale != 1.0 and not manifest.guidance
+        self.host_guidance = guidance_scale is not None and guidance_scale != 1.0 and not manifest.guidance
         self.tables = Tables(manifest) if use_tables and manifest.tables and backend.layout == "segments" else None
         self._grid: list[Any] = list(schedule.t_grid)
         self._kwargs = schedule.solver_kwargs()
@@ -136,24 +136,24 @@ class Sampler:
         bound.calls, bound.backend_s = 0, 0.0
         if bound.switched:
             bound.reset(self.schedule.lengths)
-        if self.host_cfg:
+        if self.host_guidance:
             bound.feeds["y"][:b] = y                  # the second half stays the null class
         else:
             bound.feeds["y"] = y
         if self.tables is not None:   # a guided call mixes the class with the null class: no table
-            bound.label = -1 if self.host_cfg else _table_label(y, self.null_class)
+            bound.label = -1 if self.host_guidance else _table_label(y, self.null_class)
         return bound
 
     def _bind(self, b: int) -> _Bound:
-        rows = _StepRows(2 * b if self.host_cfg else b, self.schedule.lengths, self.schedule.dt_base)
+        rows = _StepRows(2 * b if self.host_guidance else b, self.schedule.lengths, self.schedule.dt_base)
         feeds = {"t": rows.t(0.0), "dt_base": rows.levels[0], "l": rows.lengths[0],
                  "y": np.full(rows.count, self.null_class, np.int32)}
         if self.manifest.guidance:
-            feeds["cfg_scale"] = np.full(rows.count, 1.0 if self.cfg_scale is None else self.cfg_scale, np.float32)
+            feeds["cfg_scale"] = np.full(rows.count, 1.0 if self.guidance_scale is None else self.guidance_scale, np.float32)
         bound = self._binds[b] = _Bound(feeds, rows, list(self.schedule.lengths), list(rows.lengths))
         lengths, levels = bound.step_lengths, self.schedule.dt_base       # lengths: anytime may switch them
-        infer, clock, host_cfg, scale = self.backend.infer, self.clock, self.host_cfg, self.cfg_scale or 1.0
-        keep = SOLVER_INFO[self.schedule.solver].holds_velocity and not host_cfg   # guidance makes a new array
+        infer, clock, host_guidance, scale = self.backend.infer, self.clock, self.host_guidance, self.guidance_scale or 1.0
+        keep = SOLVER_INFO[self.schedule.solver].holds_velocity and not host_guidance   # guidance makes a new array
         level_rows, length_rows = rows.levels, bound.length_rows
         te = self._kwargs.get("t_eval", self._grid)
         step_t, step_rows = te[:-1], [rows.t(t) for t in te[:-1]]
@@ -174,11 +174,11 @@ class Sampler:
         def general(x: np.ndarray, t: Any, n: int) -> np.ndarray:
             if self.tables is not None:
                 self._table_feeds(feeds, bound.label, lengths[n], t, levels[n], b)
-            if not host_cfg:
+            if not host_guidance:
                 return plain(x, t, n)
             v = plain(np.concatenate([x, x]), t, n)
             return v[b:] + scale * (v[:b] - v[b:])                       # new array: safe to keep
-        bound.f = general if host_cfg or self.tables is not None else plain
+        bound.f = general if host_guidance or self.tables is not None else plain
         return bound
 
     def _table_feeds(self, feeds: dict[str, np.ndarray], label: int | None, length: int, t: Any, d: int,

@@ -57,7 +57,7 @@ class Schedule:
     t_mid: tuple[float, ...] | None = None          # (N,) AMED
     scale: tuple[float, ...] | None = None          # (N,) AMED
     model_hash: str | None = None
-    cfg_scale: float | None = None
+    guidance_scale: float | None = None
     name: str = ""
     method: str = "heuristic"
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -122,7 +122,7 @@ class Schedule:
         _check(self.nfe == recount, f"nfe is {self.nfe} but {self.solver} with {self.steps} steps makes "
                                     f"{recount if recount is not None else 'an adaptive number of'} model calls")
 
-    def check_fits(self, model_hash: str | None, lengths: Sequence[int], cfg_scale: float | None = None) -> None:
+    def check_fits(self, model_hash: str | None, lengths: Sequence[int], guidance_scale: float | None = None) -> None:
         """Refuse a schedule learned for another model, lengths the bundle lacks, or another guidance."""
         if self.model_hash is not None and model_hash is not None and self.model_hash != model_hash:
             raise ScheduleError(f"schedule {self.name or '?'} was made for model {self.model_hash}, "
@@ -131,9 +131,9 @@ class Schedule:
         if missing:
             raise ScheduleError(f"schedule {self.name or '?'} uses lengths {missing} that the bundle does not offer "
                                 f"(it has {sorted(lengths)})")
-        if self.cfg_scale is not None and cfg_scale is not None and abs(self.cfg_scale - cfg_scale) > 1e-6:
-            raise ScheduleError(f"schedule {self.name or '?'} was fit for guidance scale {self.cfg_scale}, "
-                                f"asked for {cfg_scale}")
+        if self.guidance_scale is not None and guidance_scale is not None and abs(self.guidance_scale - guidance_scale) > 1e-6:
+            raise ScheduleError(f"schedule {self.name or '?'} was fit for guidance scale {self.guidance_scale}, "
+                                f"asked for {guidance_scale}")
 
     def with_lengths(self, length: int) -> Schedule:
         return _replace(self, lengths=(int(length),) * self.steps)
@@ -149,7 +149,7 @@ class Schedule:
             "amed": None if self.t_mid is None and self.scale is None else
                     {"t_mid": _opt_list(self.t_mid), "scale": _opt_list(self.scale)},
             "lengths": list(self.lengths), "dt_base": list(self.dt_base), "nfe": self.nfe,
-            "cfg_scale": self.cfg_scale, "provenance": dict(self.provenance),
+            "cfg_scale": self.guidance_scale, "provenance": dict(self.provenance),
         }
 
     @classmethod
@@ -166,7 +166,7 @@ class Schedule:
                     dt_base=tuple(d["dt_base"]), nfe=d["nfe"], order=solver.get("order"),
                     params=dict(solver.get("params") or {}), t_eval=_opt_floats(d.get("t_eval")),
                     t_mid=_opt_floats(amed and amed.get("t_mid")), scale=_opt_floats(amed and amed.get("scale")),
-                    model_hash=model.get("hash"), cfg_scale=d.get("cfg_scale"), name=str(d.get("name", "")),
+                    model_hash=model.get("hash"), guidance_scale=d.get("cfg_scale"), name=str(d.get("name", "")),
                     method=str(d.get("method", "")), provenance=dict(d.get("provenance") or {}))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ScheduleError(f"{where}: malformed schedule ({type(e).__name__}: {e})") from None

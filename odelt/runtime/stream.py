@@ -156,7 +156,7 @@ class Stream:
 
 def stream_for_bundle(manifest: Bundle, stack: ExitStack, budget_ms: float, batch: int,
                       quantile: float = DEFAULT_QUANTILE, control: str = "anytime", backend: str = "ort",
-                      threads: int = 1, layout: str | None = None, cfg_scale: float | None = None,
+                      threads: int = 1, layout: str | None = None, guidance_scale: float | None = None,
                       tables: bool = True, profile: dict[str, Any] | None = None) -> Stream:
     """A Stream over the bundle's quality table and this device's profile; backends (one per
     precision, every exported length) are opened on `stack` when a plan first needs them."""
@@ -171,7 +171,7 @@ def stream_for_bundle(manifest: Bundle, stack: ExitStack, budget_ms: float, batc
             options = {"layout": layout, "lengths": tuple(manifest.lengths), "precision": c.precision,
                        **({"threads": threads} if backend == "ort" else {})}
             backends[c.precision] = stack.enter_context(open_backend(backend, manifest, **options))
-        return Sampler(backends[c.precision], manifest, schedules[c.schedule], cfg_scale, use_tables=tables)
+        return Sampler(backends[c.precision], manifest, schedules[c.schedule], guidance_scale, use_tables=tables)
 
     return Stream(replanner, make, control, manifest.lengths, learned_profiles(list(schedules.values())))
 

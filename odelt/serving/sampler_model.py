@@ -37,6 +37,8 @@ from odelt.fileio import read_json
 from odelt.runtime.protocol import chain_length
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.planner import choose
+from odelt.runtime.profile import call_cost
+from odelt.runtime.quantile import DEFAULT_QUANTILE, QuantilePredictor, check_quantile
 from odelt.runtime.plans import load_candidates, load_plan_schedule, schedule_path
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
 from odelt.runtime.schedule import Schedule, load_schedule
@@ -116,8 +118,10 @@ class SamplerService:
                 budget = float(params["budget_ms"])
             except (TypeError, ValueError):
                 raise ConfigError(f"budget_ms must be a number of milliseconds, found {params['budget_ms']!r}") from None
-            candidates, cost, overheads = self._planner()
-            choice = choose(candidates, budget, cost, n, *overheads)
+            candidates, profile = self._planner()
+            quantile = _quantile(params)
+            choice = choose(candidates, budget, call_cost(profile), n,
+                            predict=QuantilePredictor(profile, n, quantile).candidate)
             c = choice.candidate
             return (c.name, c.schedule), load_plan_schedule(self.manifest, c), choice.predicted_ms
         spec = params.get("schedule")
@@ -131,14 +135,14 @@ class SamplerService:
 
     def _planner(self) -> tuple[Any, ...]:
         if self._planning is None:       # read once: the quality table and this device's profile
-            from odelt.runtime.profile import call_cost, host_overheads, load_profile
+            from odelt.runtime.profile import load_profile
 
             candidates = [c for c in load_candidates(self.manifest) if c.precision == self.precision]
             if not candidates:
                 raise ConfigError(f"the bundle's quality table has no {self.precision} plans")
-            profile = load_profile(self.manifest)
-            self._planning = (candidates, call_cost(profile), host_overheads(profile))
+            self._planning = (candidates, load_profile(self.manifest))
         return self._planning
+
 
     def _sampler(self, key: tuple[str, str], schedule: Schedule, guidance: float | None) -> Sampler:
         k = (key[1], guidance)
@@ -208,3 +212,12 @@ class TritonPythonModel:
                    pb_utils.Tensor("predicted_ms", np.array([out["predicted_ms"]], np.float32)),
                    pb_utils.Tensor("measured_ms", np.array([out["measured_ms"]], np.float32))]
         return pb_utils.InferenceResponse(output_tensors=tensors)
+
+
+def _quantile(params: Mapping[str, Any]) -> float:
+    """The request's deadline quantile (parameter `quantile`, default the runtime's 0.95)."""
+    raw = params.get("quantile", DEFAULT_QUANTILE)
+    try:
+        return check_quantile(float(raw))
+    except (TypeError, ValueError):
+        raise ConfigError(f"quantile must be a number in [0.5, 1), found {raw!r}") from None

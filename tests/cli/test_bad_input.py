@@ -143,7 +143,7 @@ CASES = [
     ("gen-batch-99", G + ["--batch", "99", "-n", "1"], f"--batch: {BATCH_RANGE}, found 99", None),
     ("gen-threads-neg", G + ["--threads", "-2"], "--threads: expected an integer in 0..1024, found -2", None),
     ("gen-seed-neg", G + ["--seed", "-1"], "--seed: expected an integer >= 0, found -1", None),
-    ("gen-cfg-nan", G + ["--cfg-scale", "nan"], "--cfg-scale: expected a finite number, found nan", None),
+    ("gen-cfg-nan", G + ["--cfg-scale", "nan"], "--guidance-scale: expected a finite number, found nan", None),
     ("gen-budget-neg", G + ["--budget-ms", "-1"], "--budget-ms: expected a finite number > 0, found -1", None),
     ("gen-budget-0", G + ["--budget-ms", "0"], "--budget-ms: expected a finite number > 0, found 0", None),
     ("gen-budget-nan", G + ["--budget-ms", "nan"], "--budget-ms: expected a finite number > 0, found nan", None),

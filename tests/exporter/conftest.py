@@ -41,7 +41,7 @@ def tiny_bundle(tiny_ckpt, tmp_path_factory):
 def cfg_bundle(tiny_ckpt, tmp_path_factory):
     """Both layouts with classifier-free guidance folded in, opset 16 (the TensorRT 8.5 path)."""
     out = tmp_path_factory.mktemp("bundles") / "cfg16"
-    export_source(str(tiny_ckpt), out, ExportOptions(layouts=("segments", "per-length"), cfg=True, opset=16))
+    export_source(str(tiny_ckpt), out, ExportOptions(layouts=("segments", "per-length"), guidance=True, opset=16))
     return out
 
 

@@ -34,4 +34,4 @@ def tiny_bundle(tiny_dit, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_cfg_bundle(tiny_dit, tmp_path_factory):
-    return _export(tiny_dit, tmp_path_factory.mktemp("rt") / "tiny_cfg", layouts=("segments",), cfg=True)
+    return _export(tiny_dit, tmp_path_factory.mktemp("rt") / "tiny_cfg", layouts=("segments",), guidance=True)

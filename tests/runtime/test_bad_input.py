@@ -61,7 +61,7 @@ def test_batch_outside_engine_profile(tiny_bundle):
     assert "batch 9 is outside the engines' profile 1..8" in _one_line(e)
     check_batch(tiny_bundle, 9, profile_bound=False)          # ONNX Runtime graphs take any batch
     with pytest.raises(ConfigError, match="outside the engines' profile"):   # host CFG doubles rows
-        generate_from_bundle(tiny_bundle.root, GenerateOptions(n=1, batch=5, cfg_scale=2.0, backend="tensorrt"))
+        generate_from_bundle(tiny_bundle.root, GenerateOptions(n=1, batch=5, guidance_scale=2.0, backend="tensorrt"))
 
 
 def test_missing_graph_file(bundle_copy):

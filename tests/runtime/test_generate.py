@@ -18,9 +18,9 @@ def _inputs(n=3, seed=0):
     return make_noise(seed, n, (1, 8, 8)), make_labels(n, 10)
 
 
-def _run(bundle, schedule, x0, y, layout=None, cfg_scale=None, backend="ort"):
+def _run(bundle, schedule, x0, y, layout=None, guidance_scale=None, backend="ort"):
     with open_backend(backend, bundle, layout=layout) as be:
-        out, stats = Sampler(be, bundle, schedule, cfg_scale).sample(x0, y)
+        out, stats = Sampler(be, bundle, schedule, guidance_scale).sample(x0, y)
     return out, stats
 
 
@@ -59,9 +59,9 @@ def test_per_step_lengths(tiny_dit, tiny_bundle):
 def test_guidance_on_host_and_in_graph(tiny_dit, tiny_bundle, tiny_cfg_bundle):
     schedule = resolve_schedule("uniform:euler:4", length=4)
     x0, y = _inputs()
-    ref = torch_sample(tiny_dit, schedule, x0, y, cfg_scale=2.5)
-    host, stats = _run(tiny_bundle, schedule, x0, y, cfg_scale=2.5)
-    graph, _ = _run(tiny_cfg_bundle, schedule, x0, y, cfg_scale=2.5)
+    ref = torch_sample(tiny_dit, schedule, x0, y, guidance_scale=2.5)
+    host, stats = _run(tiny_bundle, schedule, x0, y, guidance_scale=2.5)
+    graph, _ = _run(tiny_cfg_bundle, schedule, x0, y, guidance_scale=2.5)
     assert np.abs(host - ref).max() <= TOL and np.abs(graph - ref).max() <= TOL
     assert stats.calls == 4
     plain, _ = _run(tiny_bundle, schedule, x0, y)

@@ -70,9 +70,9 @@ def test_fits_bundle():
         s.check_fits("bbbb", [4])
     with pytest.raises(ScheduleError, match=r"lengths \[4\] that the bundle does not offer"):
         s.check_fits("aaaa", [2, 6])
-    g = dataclasses.replace(s, cfg_scale=1.5)
+    g = dataclasses.replace(s, guidance_scale=1.5)
     with pytest.raises(ScheduleError, match="guidance scale 1.5"):
-        g.check_fits("aaaa", [4], cfg_scale=3.0)
+        g.check_fits("aaaa", [4], guidance_scale=3.0)
 
 
 def test_bad_files(tmp_path):

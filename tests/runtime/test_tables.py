@@ -52,6 +52,6 @@ def test_guidance_on_host_does_not_use_a_class_table(tiny_bundle, tmp_path):
     # A guided call runs the class and the null class in one batch: one class's table cannot serve it.
     manifest, schedule, x0, y = _bundle_with_class3_table(tiny_bundle, tmp_path)
     with open_backend("ort", manifest) as be:
-        plain, _ = Sampler(be, manifest, schedule, cfg_scale=2.0, use_tables=False).sample(x0, y)
-        guided, _ = Sampler(be, manifest, schedule, cfg_scale=2.0).sample(x0, y)
+        plain, _ = Sampler(be, manifest, schedule, guidance_scale=2.0, use_tables=False).sample(x0, y)
+        guided, _ = Sampler(be, manifest, schedule, guidance_scale=2.0).sample(x0, y)
     np.testing.assert_allclose(guided, plain, atol=1e-6)

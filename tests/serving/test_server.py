@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from odelt.exporter.bundle import open_bundle
-from odelt.runtime.planner import predict_ms
+from odelt.runtime.quantile import QuantilePredictor
 from odelt.runtime.plans import load_candidates
-from odelt.runtime.profile import call_cost, host_overheads, load_profile
+from odelt.runtime.profile import load_profile
 from odelt.runtime.run import GenerateOptions, generate_from_bundle
 from odelt.serving.client import Client, ServingError, rows_per_execution
 from odelt.serving.wire import model_name
@@ -24,10 +24,11 @@ SHAPE = (1, 8, 8)
 
 
 def _budgets(bundle, n: int) -> list[float]:
-    """Budgets just above each plan's predicted ms at batch n: each makes the planner pick another plan."""
+    """Budgets just above each plan's predicted ms (0.95 quantile) at batch n: each makes the planner pick another plan."""
     m = open_bundle(bundle)
     prof = load_profile(m)
-    return sorted(1.02 * predict_ms(c, call_cost(prof), n, *host_overheads(prof)) for c in load_candidates(m))
+    at = QuantilePredictor(prof, n)                  # what the sampler plans with: the 0.95 quantile
+    return sorted(1.02 * at.candidate(c) for c in load_candidates(m))
 
 
 def test_same_images_as_generate_with_the_same_seed_and_plan(server, serve_bundle):
@@ -35,14 +36,15 @@ def test_same_images_as_generate_with_the_same_seed_and_plan(server, serve_bundl
     try:
         for n, seed, budget in ((3, 5, 1e6), (2, 7, _budgets(serve_bundle, 2)[1]), (1, 2**60 + 1, 1e6)):
             got = client.generate(n=n, seed=seed, budget_ms=budget)
-            ref = generate_from_bundle(serve_bundle, GenerateOptions(n=n, batch=n, seed=seed, budget_ms=budget))
+            ref = generate_from_bundle(serve_bundle, GenerateOptions(n=n, batch=n, seed=seed, budget_ms=budget,
+                                                                     control="open"))   # serving never shortens steps
             assert got.plan == ref.plan.candidate.name
             assert got.predicted_ms == pytest.approx(ref.plan.predicted_ms, rel=1e-5)
             assert got.images.shape == (n, *SHAPE) and got.measured_ms > 0
             np.testing.assert_allclose(got.images, ref.images, rtol=0, atol=1e-5)
         got = client.generate(n=2, seed=1, schedule="uniform:heun:3", guidance=2.0)   # host-side guidance: 2n rows
         ref = generate_from_bundle(serve_bundle, GenerateOptions(schedule="uniform:heun:3", n=2, batch=2, seed=1,
-                                                                 cfg_scale=2.0))
+                                                                 guidance_scale=2.0))
         assert got.plan == "uniform:heun:3" and np.isnan(got.predicted_ms)
         np.testing.assert_allclose(got.images, ref.images, rtol=0, atol=1e-5)
         labelled = client.generate(n=2, seed=1, schedule="uniform:heun:3", labels=[4, 4])
