@@ -90,11 +90,6 @@ class DiTConfig:
         """The lengths upstream trains: depth_min + G*k up to depth."""
         return tuple(range(self.depth_min, self.depth + 1, self.depth_group))
 
-    @property
-    def group_ends(self) -> tuple[int, ...]:
-        """Lengths at which a group closes (G, 2G, ...): the only places an output can exit."""
-        return tuple(range(self.depth_group, self.depth + 1, self.depth_group))
-
     def live_depth(self, length: int) -> int:
         """Blocks that can affect the output at `length`: up to the last group end <= length."""
         self.check_length(length)

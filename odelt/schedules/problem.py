@@ -72,10 +72,6 @@ def draw_noise(model: DiT, n: int, seed: int) -> tuple[Tensor, Tensor]:
 _CACHE: dict[tuple, Pairs] = {}
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ODELT_CACHE", Path.home() / ".cache" / "odelt")) / "teacher"
-
-
 def make_pairs(model: DiT, n: int, seed: int, held_out: bool = False, key: str | None = None,
                cache_dir: str | os.PathLike | None = None) -> Pairs:
     """Teacher pairs from seed `seed` (learning) or seed + HELD_OUT_SEED_OFFSET (evaluation).
