@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from odelt.errors import ConfigError
-from odelt.models.config import DiTConfig
-from odelt.models.dit import DiT
 from odelt.models.config import level_for_steps
+from tests.models_zoo import random_model
 from odelt.models.sampling import SOLVERS, sample_dopri5, sample_euler, sample_labels_noise
 
 
@@ -76,12 +75,7 @@ def test_dopri5_rejects_zero_tolerances():
 
 
 def test_dit_path_shapes_and_mixed_lengths():
-    torch.manual_seed(0)
-    cfg = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2,
-                    depth_group=2, depth_min=2, num_classes=10)
-    model = DiT(cfg).eval()
-    for p in model.final.parameters():                                # zero-init output: make it non-trivial
-        torch.nn.init.normal_(p, std=0.05)
+    model = random_model("tiny", seed=0, std=0.05)
     noise, y = sample_labels_noise(6, 10, (1, 8, 8), seed=1)
     assert y.tolist() == [0, 1, 2, 3, 4, 5]
     lengths = torch.tensor([2, 4, 2, 4, 2, 4])
