@@ -6,8 +6,18 @@ import pytest
 import torch
 
 # One torch thread: on the 2-core CI machine, two threads contending with ONNX Runtime's pool made
-# sampling ~17x slower (16 Euler steps, 100 samples: 58.5 s vs 3.5 s).
+# sampling ~17x slower (16 Euler steps, 100 samples: 58.5 s vs 3.5 s). Set at import (session
+# fixtures run before any function fixture) and again around every test, which may change it.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Every test starts on one torch thread and leaves the count as it found it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

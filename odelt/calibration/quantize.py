@@ -136,8 +136,8 @@ def _guarded_build(manifest: Bundle, options: QuantizeOptions, schedules: list, 
     rounds = []
     while True:
         built = {n: conv.build(n, fallback[n]) for n in names}
-        _write_graphs(manifest, built, tmp, options.precision)
-        path_of = _path_of(manifest, set(names), tmp, options.precision)
+        _write_graphs(manifest, built, tmp)
+        path_of = _path_of(manifest, set(names), tmp)
         result = metrics.compare(manifest, path_of, schedules, held_out, reference)
         passed = metrics.passes(result, options.rmse_limit, options.max_fd_rel)
         rounds.append({"fallback_layers": sum(map(len, fallback.values())), **metrics.summary(result),
@@ -167,11 +167,11 @@ def _rank(conv: _Converter, names: list[str], built: dict, precision: str) -> li
     return sorted(out, reverse=True)
 
 
-def _path_of(manifest: Bundle, changed: set[str], tmp: Path, precision: str):
+def _path_of(manifest: Bundle, changed: set[str], tmp: Path):
     return lambda spec: (tmp / spec.file) if spec.name in changed else manifest.graph_path(spec.name)
 
 
-def _write_graphs(manifest: Bundle, built: dict, tmp: Path, precision: str) -> None:
+def _write_graphs(manifest: Bundle, built: dict, tmp: Path) -> None:
     for name, (model, _) in built.items():
         external = manifest.graph_file(name).external_data is not None
         save_graph(model, tmp / manifest.graph(name).file, external)

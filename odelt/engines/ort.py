@@ -213,7 +213,6 @@ def measure_startup(onnx_path: Path, engine_path: Path, repeats: int = 7) -> dic
     """Median session start-up of the raw graph, opened the default way (all optimisations at
     load), vs the built engine; also the first run after each. Alternates the two to share any
     drift. `speedup` is raw / engine session start-up."""
-    ort = _ort()
     rec = read_record(engine_path)
     providers = list(rec["session_options"]["providers"])
     threads = int(rec["session_options"]["intra_op_num_threads"])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -340,9 +339,3 @@ def load_engine(engine_path: Path, platform: Platform | None = None) -> LoadedEn
     if engine is None:
         raise RuntimeFailure(f"TensorRT could not deserialize {engine_path.name}; rebuild it")
     return LoadedEngine(engine, runtime, manifest)
-
-
-def copy_engine(src: Path, dst: Path) -> None:
-    """Copy a plan and its manifest (e.g. into a bundle)."""
-    shutil.copyfile(src, dst)
-    shutil.copyfile(manifest_path(src), manifest_path(dst))

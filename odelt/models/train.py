@@ -32,10 +32,9 @@ import torch
 from torch import Tensor
 
 from odelt import validate
-from odelt.models.config import DiTConfig
+from odelt.models.config import FM_LEVEL, DiTConfig
 from odelt.models.dit import DiT
 
-FM_LEVEL = 7          # dt_base of the flow-matching level: steps of 1/128
 
 
 @dataclass(frozen=True)

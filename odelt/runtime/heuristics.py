@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 
 from odelt.errors import ScheduleError
+from odelt.models.config import level_for_step
 from odelt.validate import MAX_STEPS
 from odelt.runtime.schedule import ADAPTIVE_DT_BASE, MAX_DT_BASE, Schedule, load_schedule
 from odelt.runtime.solvers import SOLVER_INFO, nfe_for
@@ -55,7 +56,7 @@ def dt_base_levels(solver: str, grid: list[float]) -> tuple[int, ...]:
         return (ADAPTIVE_DT_BASE,) * steps
     if solver != "euler":
         return (MAX_DT_BASE,) * steps
-    return tuple(min(MAX_DT_BASE, max(0, round(-math.log2(b - a)))) for a, b in zip(grid, grid[1:]))
+    return tuple(level_for_step(b - a) for a, b in zip(grid, grid[1:]))
 
 
 def heuristic_schedule(kind: str, solver: str, steps: int, length: int, order: int | None = None) -> Schedule:

@@ -32,12 +32,13 @@ from typing import Any, Sequence
 
 from odelt.errors import ScheduleError
 from odelt.fileio import read_json, write_json_atomic
+from odelt.models.config import FM_LEVEL
 from odelt.runtime.solvers import SOLVER_INFO, nfe_for
 from odelt.validate import MAX_STEPS
 
 FORMAT = "odelt-schedule/1"
 TIME_CONVENTION = "x_t=(1-t)*x0+t*x1"
-MAX_DT_BASE = 7           # 2^-7: the flow-matching level the model was trained at
+MAX_DT_BASE = FM_LEVEL    # 2^-7: the flow-matching level the model was trained at
 # AMED-Plugin hosts: an `amed.scale` without `t_mid` multiplies each step's increment (the host
 # runs on the interleaved grid [t_0, m_0, t_1, ...]; scale is 1 on t_n -> m_n and c_n on m_n -> t_n+1).
 PLUGIN_HOSTS = ("euler", "ipndm", "ipndm_v")

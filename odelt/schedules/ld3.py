@@ -19,7 +19,8 @@ from odelt.validate import MAX_STEPS
 from odelt.models.dit import DiT
 from odelt.schedules.grids import LD3Grid
 from odelt.schedules.learn import History, LearnConfig, Plan, learn
-from odelt.schedules.problem import FM_LEVEL, Pairs, dt_base_for_step
+from odelt.models.config import FM_LEVEL, level_for_step
+from odelt.schedules.problem import Pairs
 
 # Fixed-grid solvers that LD3 can drive: gradients flow through their time points.
 LD3_SOLVERS = ("euler", "heun", "midpoint", "ipndm", "ipndm_v", "dpmpp_2m", "dpmpp_3m")
@@ -45,7 +46,7 @@ def steps_for(solver: str, nfe: int) -> int:
 def step_levels(ts: Sequence[float], dt_mode: str | int) -> tuple[int, ...]:
     """Shortcut level per step: 'step' = from each step's size (as upstream trained), or a fixed int."""
     if dt_mode == "step":
-        return tuple(dt_base_for_step(float(b) - float(a)) for a, b in zip(ts[:-1], ts[1:]))
+        return tuple(level_for_step(float(b) - float(a)) for a, b in zip(ts[:-1], ts[1:]))
     level = int(dt_mode)
     if not 0 <= level <= FM_LEVEL:
         raise ScheduleError(f"dt_base must be 'step' or 0..{FM_LEVEL}, found {dt_mode!r}")

@@ -121,7 +121,7 @@ def choose_dt_mode(model: DiT, req: Request, val) -> tuple[Request, dict]:
     import dataclasses
 
     from odelt.schedules.learn import eval_rmse
-    from odelt.schedules.problem import FM_LEVEL
+    from odelt.models.config import FM_LEVEL
 
     req = resolve_dt_mode(model, req)
     if req.dt_mode == "auto" and req.budget is not None:

@@ -12,7 +12,6 @@ dt_base_n (the solvers never see them).
 
 from __future__ import annotations
 
-import math
 import os
 import pickle
 from dataclasses import dataclass
@@ -25,17 +24,10 @@ from torch import Tensor
 from odelt.errors import ScheduleError
 from odelt.fileio import atomic_path
 from odelt.models.dit import DiT
+from odelt.models.sampling import TorchVelocity
 
-FM_LEVEL = 7                 # dt_base of the flow-matching level (steps of 1/128)
 TEACHER_STEPS = 128          # full-length Euler steps of the teacher
 HELD_OUT_SEED_OFFSET = 1_000_003   # held-out noise: a seed stream learning never draws from
-
-
-def dt_base_for_step(h: float) -> int:
-    """The shortcut level upstream trains for a step of size h: log2(1/h) rounded, clamped 0..7."""
-    if h <= 0:
-        return FM_LEVEL
-    return int(min(FM_LEVEL, max(0, round(math.log2(1.0 / h)))))
 
 
 @dataclass(frozen=True)
@@ -51,17 +43,10 @@ class Pairs:
         return Pairs(self.z[idx], self.y[idx], self.x[idx])
 
 
-def make_velocity(model: DiT, y: Tensor, lengths: Sequence[int], dt_bases: Sequence[int]):
-    """f(x, t, n) for the solvers: the model at step n's length and shortcut level.
-
-    t may be a python float or a 0-d tensor (then gradients flow into it); it is broadcast to (B,).
-    """
-    def f(x: Tensor, t: Any, n: int) -> Tensor:
-        b = x.shape[0]
-        tt = t.reshape(1).expand(b) if isinstance(t, Tensor) else torch.full((b,), float(t))
-        dt = torch.full((b,), int(dt_bases[n]), dtype=torch.long)
-        return model(x, tt.float(), dt, y, int(lengths[n]))
-    return f
+def make_velocity(model: DiT, y: Tensor, lengths: Sequence[int], dt_bases: Sequence[int]) -> TorchVelocity:
+    """f(x, t, n) for the solvers: the model at step n's length and shortcut level. t may be a python
+    float or a 0-d tensor (then gradients flow into it)."""
+    return TorchVelocity(model, y, lengths, dt_bases)
 
 
 @torch.no_grad()
@@ -85,10 +70,6 @@ def draw_noise(model: DiT, n: int, seed: int) -> tuple[Tensor, Tensor]:
 
 
 _CACHE: dict[tuple, Pairs] = {}
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ODELT_CACHE", Path.home() / ".cache" / "odelt")) / "teacher"
 
 
 def make_pairs(model: DiT, n: int, seed: int, held_out: bool = False, key: str | None = None,

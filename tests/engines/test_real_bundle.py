@@ -17,12 +17,11 @@ from odelt.exporter.bundle import open_bundle
 from odelt.exporter.chain import run_chain
 from odelt.exporter.export import ExportOptions, export_bundle
 from odelt.exporter.iospec import BatchRange
-from odelt.models import DiT, DiTConfig
+from odelt.models import DiT
 
 from .fake_tensorrt import make_fake_tensorrt
 
-TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2,
-                 depth_group=2, depth_min=2, num_classes=10)
+from tests.models_zoo import TINY
 
 
 @pytest.fixture(scope="module")

@@ -45,10 +45,3 @@ def cfg_bundle(tiny_ckpt, tmp_path_factory):
     return out
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run faster single-threaded, and CI has 2 cores shared with ONNX Runtime."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

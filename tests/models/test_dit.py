@@ -6,17 +6,13 @@ import torch
 from odelt.errors import ConfigError
 from odelt.models import PRESETS, DiT, DiTConfig
 
-TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=6, num_heads=2,
-                 depth_group=2, depth_min=2, num_classes=10)
+from tests.models_zoo import config, random_model
+
+TINY = config("tiny-depth6")
 
 
 def tiny_model(cfg=TINY):
-    torch.manual_seed(0)
-    model = DiT(cfg).eval()
-    with torch.no_grad():  # the zero-init final layer would make every output 0
-        for p in model.final.parameters():
-            p.normal_(0, 0.05)
-    return model
+    return random_model(cfg, seed=0, std=0.05)
 
 
 def inputs(cfg, b=3):

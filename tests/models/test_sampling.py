@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from odelt.errors import ConfigError
-from odelt.models.config import DiTConfig
-from odelt.models.dit import DiT
-from odelt.models.sampling import SOLVERS, euler_level, sample_dopri5, sample_euler, sample_labels_noise
+from odelt.models.config import level_for_steps
+from tests.models_zoo import random_model
+from odelt.models.sampling import SOLVERS, sample_dopri5, sample_euler, sample_labels_noise
 
 
 class LinearField(torch.nn.Module):
@@ -41,15 +41,15 @@ def test_euler_matches_its_closed_form(steps):
     f = LinearField(-0.7)
     x1 = sample_euler(f, x0, y, 8, steps)
     assert torch.allclose(x1, x0 * (1 - 0.7 / steps) ** steps, rtol=1e-5, atol=1e-6)
-    assert f.levels == {float(euler_level(steps))} and f.calls == steps
+    assert f.levels == {float(level_for_steps(steps))} and f.calls == steps
     expected = x0 + sum(math.cos(i / steps) for i in range(steps)) / steps   # left Riemann sum
     assert torch.allclose(sample_euler(CosField(), x0, y, 8, steps), expected, atol=1e-5)
 
 
-def test_euler_level_rounds_and_clamps():
-    assert [euler_level(s) for s in (1, 2, 3, 4, 6, 128, 181, 1000)] == [0, 1, 2, 2, 3, 7, 7, 7]
+def test_level_for_steps_rounds_and_clamps():
+    assert [level_for_steps(s) for s in (1, 2, 3, 4, 6, 128, 181, 1000)] == [0, 1, 2, 2, 3, 7, 7, 7]
     with pytest.raises(ConfigError, match="steps must be >= 1"):
-        euler_level(0)
+        level_for_steps(0)
 
 
 def test_dopri5_solves_to_tolerance_and_counts_calls():
@@ -75,12 +75,7 @@ def test_dopri5_rejects_zero_tolerances():
 
 
 def test_dit_path_shapes_and_mixed_lengths():
-    torch.manual_seed(0)
-    cfg = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2,
-                    depth_group=2, depth_min=2, num_classes=10)
-    model = DiT(cfg).eval()
-    for p in model.final.parameters():                                # zero-init output: make it non-trivial
-        torch.nn.init.normal_(p, std=0.05)
+    model = random_model("tiny", seed=0, std=0.05)
     noise, y = sample_labels_noise(6, 10, (1, 8, 8), seed=1)
     assert y.tolist() == [0, 1, 2, 3, 4, 5]
     lengths = torch.tensor([2, 4, 2, 4, 2, 4])

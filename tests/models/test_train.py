@@ -5,12 +5,10 @@ import pytest
 import torch
 
 from odelt.data import load_digits_nchw, split_digits
-from odelt.models.config import DiTConfig
 from odelt.models.train import FM_LEVEL, TrainConfig, Trainer, lr_at, make_batch, train
 
 
-TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2,
-                 depth_group=2, depth_min=2, num_classes=10)
+from tests.models_zoo import TINY
 
 
 def test_digits_data_layout():

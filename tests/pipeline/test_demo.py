@@ -7,22 +7,16 @@ import pytest
 import torch
 
 from odelt.cli import main
-from odelt.models import DiT, DiTConfig, save_checkpoint
+from odelt.models import DiT, save_checkpoint
 from odelt.pipeline.demo import DemoOptions, run_demo
 
-TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2,
-                 depth_group=2, depth_min=2, num_classes=10)
+from tests.models_zoo import TINY, random_model
 
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    torch.manual_seed(0)
-    model = DiT(TINY)
-    with torch.no_grad():
-        for p in model.final.parameters():
-            p.normal_(0, 0.05)
-    save_checkpoint(model, root / "tiny.safetensors")
+    save_checkpoint(random_model("tiny", seed=0, std=0.05), root / "tiny.safetensors")
     opts = DemoOptions(out=root / "out", source=str(root / "tiny.safetensors"), quick=True, n=8, batch=4,
                        quality_n=16, calib_samples=2)
     return opts, run_demo(opts, log=lambda msg: None)

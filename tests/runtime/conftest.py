@@ -4,21 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-TINY = dict(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2, depth_group=2,
-            depth_min=2, num_classes=10)
+from tests.models_zoo import random_model
 
 
 @pytest.fixture(scope="session")
 def tiny_dit():
-    torch = pytest.importorskip("torch")
-    from odelt.models import DiT, DiTConfig
-
-    torch.manual_seed(0)
-    dit = DiT(DiTConfig(**TINY)).eval()
-    with torch.no_grad():   # upstream zero-inits the final layer: randomise it, or velocities are 0
-        for p in dit.final.parameters():
-            p.normal_(0.0, 0.3)
-    return dit
+    pytest.importorskip("torch")
+    return random_model("tiny", seed=0, std=0.3)
 
 
 def _export(dit, path, **kw):

@@ -8,13 +8,14 @@ from odelt.schedules.amed import AMEDSpec, AMEDStudent, learn_amed
 from odelt.schedules.learn import LearnConfig, eval_rmse, run_plan
 from odelt.schedules.ld3 import LD3Student, StepSpec, learn_ld3, uniform_grid
 from odelt.schedules.lengths import best_single_length, search_lengths
-from odelt.schedules.problem import Pairs, dt_base_for_step
+from odelt.models.config import level_for_step
+from odelt.schedules.problem import Pairs
 
 FAST = LearnConfig(n_pairs=24, n_train=12, batch=6, iters=40, lr=0.05, val_every=5, patience=20)
 
 
 def test_dt_base_rule():
-    assert [dt_base_for_step(h) for h in (1.0, 0.5, 0.25, 0.3, 1 / 128, 1 / 1000)] == [0, 1, 2, 2, 7, 7]
+    assert [level_for_step(h) for h in (1.0, 0.5, 0.25, 0.3, 1 / 128, 1 / 1000)] == [0, 1, 2, 2, 7, 7]
 
 
 def test_gradients_flow_through_the_shared_solver_code(tiny, tiny_pairs):
