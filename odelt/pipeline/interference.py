@@ -111,7 +111,7 @@ def run_mode(manifest: Any, profile: dict, mode: str, budget_ms: float, batch: i
     return {"mode": mode, "quantile": quantile, "budget_ms": budget_ms, "hog": [on, off],
             "latency_ms": [r.latency_ms for r in recs], "rmse": rmse, "plans": [r.plan for r in recs],
             "switches": [len(r.switches) for r in recs], "replans": stream.stats.replans,
-            "replan_us": [r.replan_us for r in recs], "speed": [r.speed for r in recs],
+            "replan_us": [r.replan_us for r in recs], "speed": [r.speed for r in recs], "tail": [r.tail for r in recs],
             "first_predicted_ms": recs[0].predicted_ms}
 
 

@@ -40,8 +40,9 @@ class BatchRecord:
     plan: str
     latency_ms: float
     budget_ms: float
-    predicted_ms: float            # the plan's quantile prediction at the speed it was chosen for
+    predicted_ms: float            # the plan's prediction when chosen (at the speed and tail then tracked)
     speed: float                   # the tracker's estimate after this batch (1: as profiled)
+    tail: float                    # and its observed tail (second-largest ratio in its window)
     replanned_to: str | None       # the plan the next batch runs, when it changed
     replan_us: float               # tracker + re-planning, microseconds
     lengths: tuple[int, ...]       # every step's length as run
@@ -54,7 +55,7 @@ class BatchRecord:
     def to_json(self) -> dict[str, Any]:
         return {"batch": self.index, "plan": self.plan, "latency_ms": round(self.latency_ms, 4),
                 "budget_ms": self.budget_ms, "missed": self.missed, "predicted_ms": round(self.predicted_ms, 4),
-                "speed": round(self.speed, 4), "replanned_to": self.replanned_to,
+                "speed": round(self.speed, 4), "tail": round(self.tail, 4), "replanned_to": self.replanned_to,
                 "replan_us": round(self.replan_us, 2), "lengths": list(self.lengths),
                 "switches": [s.to_dict() for s in self.switches]}
 
@@ -87,7 +88,7 @@ class Stream:
     """Runs batch after batch; `make_sampler(candidate)` opens (or reuses) a plan's sampler."""
 
     def __init__(self, replanner: Replanner, make_sampler: Callable[[Candidate], Sampler], control: str = "anytime",
-                 exported: Sequence[int] = (), profiles: Sequence[LengthProfile] = (), window: int = 5,
+                 exported: Sequence[int] = (), profiles: Sequence[LengthProfile] = (), window: int = 10,
                  clock: Callable[[], float] = time.perf_counter):
         if control not in CONTROLS:
             raise ConfigError(f"--control must be one of {list(CONTROLS)}, found {control!r}")
@@ -100,7 +101,7 @@ class Stream:
         self._deadlines: dict[str, Deadline | None] = {}
         self._warm: set[tuple[str, int]] = set()
         self.current: Planned = replanner.first()
-        self.chosen_speed = 1.0
+        self.chosen_ms = self.current.quantile_ms      # the current plan's prediction when chosen
         self.stats = StreamStats(control)
 
     def sampler(self, c: Candidate) -> Sampler:
@@ -121,8 +122,7 @@ class Stream:
 
     def run(self, x0: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, Stats]:
         """One batch under the budget; appends its BatchRecord to self.stats."""
-        planned = self.current
-        c = planned.candidate
+        c, predicted = self.current.candidate, self.chosen_ms
         sampler = self.sampler(c)
         images, st = sampler.sample(x0, y, self.deadline(c))
         latency = st.wall_s * 1e3
@@ -131,12 +131,14 @@ class Stream:
         if self.control != "open":
             ran = step_lengths_to_calls(sampler.schedule.solver, st.lengths)
             speed = self.tracker.observe(latency, self.predictor.median_ms(c.precision, ran))
-            nxt = self.replanner.choose(speed)
+            nxt = self.replanner.choose(speed, self.tracker.tail)
             if nxt.candidate != c:
-                self.current, self.chosen_speed, replanned = nxt, speed, nxt.candidate.name
+                self.current, replanned = nxt, nxt.candidate.name
+                self.chosen_ms = max(nxt.quantile_ms * speed, nxt.median_ms * self.tracker.tail)
         cost_us = (self.clock() - start) * 1e6
         self.stats.records.append(BatchRecord(len(self.stats.records), c.name, latency, self.replanner.budget_ms,
-                                              planned.quantile_ms * self.chosen_speed, self.tracker.speed,
+                                              predicted, self.tracker.speed,
+                                              self.tracker.tail,
                                               replanned, cost_us, st.lengths, st.switches))
         if replanned is not None:
             self.warm(x0.shape[0])

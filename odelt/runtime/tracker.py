@@ -2,13 +2,21 @@
 
 `SpeedTracker` keeps the ratio measured / predicted-median of the last `window` batches (the
 prediction is of the lengths the batch really ran, so an anytime switch does not look like a
-speed-up). Its estimate is the median of that window: one stray batch (a page fault, a preempted
-slice) moves nothing, a real change in speed is followed after window // 2 + 1 batches. Until the
-window holds `window // 2 + 1` batches the estimate is 1 (the profile's own speed).
+speed-up). Two robust estimates come from that window:
+
+* `speed`, its median (from 3 batches on; 1 before): how fast the device runs now, typically;
+* `tail`, its second-largest ratio (from 2 batches on): how slow a bad batch is now. One stray
+  batch moves neither; a second process on the core is followed after two batches (its time
+  slices make batches bimodal, which a median hides), and forgotten `window - 1` batches after it
+  stops.
 
 `Replanner` holds every candidate's median and quantile prediction at the profile's speed, sorted
-by quality once; re-planning at speed s takes the best candidate with s * quantile_ms <= budget
-(a scan of a list: microseconds). Pure Python, runs next to the sampler.
+by quality once. Re-planning takes the best candidate with
+
+    speed * quantile_ms <= budget   and   tail * median_ms <= budget
+
+(the profile's tail at the current speed, and the tail observed now): a scan of a list,
+microseconds. Pure Python, runs next to the sampler.
 """
 
 from __future__ import annotations
@@ -25,17 +33,19 @@ from odelt.runtime.quantile import QuantilePredictor
 class SpeedTracker:
     """Robust online estimate of (measured / predicted) batch time."""
 
-    def __init__(self, window: int = 5):
-        if window < 1:
-            raise ValueError(f"window must be >= 1, found {window}")
+    def __init__(self, window: int = 10):
+        if window < 3:
+            raise ValueError(f"window must be >= 3, found {window}")
         self.window = window
         self._ratios: deque[float] = deque(maxlen=window)
-        self.speed = 1.0
+        self.speed, self.tail = 1.0, 1.0
 
     def observe(self, measured_ms: float, predicted_ms: float) -> float:
-        """Add one batch; returns the new estimate (slowdown factor; > 1: slower than profiled)."""
+        """Add one batch; returns the new speed (slowdown factor; > 1: slower than profiled)."""
         self._ratios.append(measured_ms / max(predicted_ms, 1e-9))
-        if len(self._ratios) >= self.window // 2 + 1:
+        if len(self._ratios) >= 2:
+            self.tail = sorted(self._ratios)[-2]
+        if len(self._ratios) >= 3:
             self.speed = float(median(self._ratios))
         return self.speed
 
@@ -60,11 +70,11 @@ class Replanner:
         self.by_quality = sorted(rows, key=lambda p: (p.candidate.error, p.quantile_ms))
         self.cheapest = min(rows, key=lambda p: p.quantile_ms)
 
-    def choose(self, speed: float = 1.0) -> Planned:
-        """Best fit at `speed`; when nothing fits, the cheapest plan (anytime control then has the
-        most room to shorten it)."""
+    def choose(self, speed: float = 1.0, tail: float = 0.0) -> Planned:
+        """Best fit at `speed` and observed `tail` (0: none observed yet); when nothing fits, the
+        cheapest plan (anytime control then has the most room to shorten it)."""
         for p in self.by_quality:
-            if p.quantile_ms * speed <= self.budget_ms:
+            if p.quantile_ms * speed <= self.budget_ms and p.median_ms * tail <= self.budget_ms:
                 return p
         return self.cheapest
 

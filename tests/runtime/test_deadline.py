@@ -56,13 +56,15 @@ def test_quantile_composition_against_simulated_plans():
 # -- tracker and re-planner ------------------------------------------------------------------------
 
 def test_tracker_follows_a_scripted_slowdown_and_ignores_one_outlier():
-    tr = SpeedTracker(window=5)
-    seen = [tr.observe(r, 1.0) for r in [1.0] * 6 + [10.0] + [1.0] * 3 + [2.0] * 6 + [1.0] * 4]
-    assert seen[:10] == [1.0] * 10                      # one batch at 10x moves nothing
-    assert seen[10:16] == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0]  # 2x is followed at the third slow batch
-    assert seen[16:] == [2.0, 2.0, 1.0, 1.0]            # and the recovery at the third quiet one
-    fresh = SpeedTracker(window=5)
-    assert [fresh.observe(3.0, 1.0) for _ in range(3)] == [1.0, 1.0, 3.0]   # needs 3 batches first
+    tr = SpeedTracker(window=10)
+    script = [1.0] * 4 + [10.0] + [1.0] * 10 + [2.0] * 6 + [1.0] * 10
+    seen = [(tr.observe(r, 1.0), tr.tail) for r in script]
+    assert seen[:16] == [(1.0, 1.0)] * 16                 # one batch at 10x moves neither estimate
+    assert [t for _, t in seen[15:]] == [1.0] + [2.0] * 13 + [1.0, 1.0]   # tail: at the 2nd slow batch,
+    #                                                       gone once one slow batch is left in the window
+    assert [s for s, _ in seen[15:]] == [1.0] * 4 + [1.5] + [2.0] * 5 + [1.5] + [1.0] * 5   # the median
+    fresh = SpeedTracker(window=10)
+    assert [(fresh.observe(3.0, 1.0), fresh.tail) for _ in range(3)] == [(1.0, 1.0), (1.0, 3.0), (3.0, 3.0)]
 
 
 def test_replanner_flips_with_speed_and_back():
@@ -73,6 +75,8 @@ def test_replanner_flips_with_speed_and_back():
     assert rp.choose(1.2).candidate == B                 # 40.56 ms > 40
     assert rp.choose(1.0).candidate == A                 # faster again: the better plan fits again
     assert rp.choose(10.0).candidate == B                # nothing fits: the cheapest
+    assert rp.choose(1.0, tail=1.25).candidate == A      # observed tail x A's median 32 ms = 40 ms
+    assert rp.choose(1.0, tail=1.3).candidate == B       # 41.6 ms: bad batches of A would miss
     with pytest.raises(BudgetError, match="below the cheapest plan at batch 1: b-4xl2 needs 9.8 ms"):
         Replanner([A, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=9.0).first()
 
@@ -166,13 +170,14 @@ def test_stream_open_closed_anytime_on_a_scripted_slowdown():
     open_, closed, anytime = (_stream(c) for c in ("open", "closed", "anytime"))
     assert [r.index for r in open_.records if r.missed] == list(range(10, 20))
     assert open_.replans == 0
-    # closed loop: misses until the tracker has seen 3 slow batches, then runs B; A again after 3 quiet
-    assert [r.index for r in closed.records if r.missed] == [10, 11, 12]
-    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(12, "b-4xl2"), (22, "a-4xl8")]
+    # closed loop: the tail follows at the second slow batch (B from batch 12 on); A again once
+    # only one slow batch is left in the tracker's window of 10 (after batch 28)
+    assert [r.index for r in closed.records if r.missed] == [10, 11]
+    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (28, "a-4xl8")]
     # anytime: the slow A batches shorten their last steps (8,2,2,2 = 28 ms at 2x) and none misses
     assert anytime.misses == 0
-    assert [r.lengths for r in anytime.records[10:13]] == [(8, 2, 2, 2)] * 3
-    assert anytime.switches == 3 and [r.plan for r in anytime.records[13:20]] == ["b-4xl2"] * 7
-    assert anytime.records[12].speed == pytest.approx(2.0)   # ratio to the lengths really run
+    assert [r.lengths for r in anytime.records[10:12]] == [(8, 2, 2, 2)] * 2
+    assert anytime.switches == 2 and [r.plan for r in anytime.records[12:29]] == ["b-4xl2"] * 17
+    assert anytime.records[11].tail == pytest.approx(2.0)    # ratio to the lengths really run
     assert all(r.replan_us >= 0 for r in anytime.records)
-    assert "0/30 batches missed the budget, 2 re-plans, 3 length switches" in anytime.summary()
+    assert "0/30 batches missed the budget, 2 re-plans, 2 length switches" in anytime.summary()
