@@ -199,7 +199,7 @@ def _trt_builder(req: BuildRequest, manifest: Bundle) -> BuildOne:
 
     def build(name: str, src: Path, typed: bool, out_dir: Path) -> dict:
         bc = trt_engines.BuildConfig(
-            profiles=trt_engines.profiles_from(manifest.graph(name).profile(batch)),
+            shape_ranges=trt_engines.shape_ranges_from(manifest.graph(name).shape_ranges(batch)),
             precision="auto" if typed else req.precision, optimization_level=req.optimization_level,
             use_dla=req.use_dla, target=req.target, timing_cache=str(timing))
         out = out_dir / f"{name}{trt_engines.PLAN_SUFFIX}"

@@ -73,7 +73,7 @@ class RtxRecord:
     compute_capabilities: tuple[str, ...]   # () = the library's default targets
     graph_sha256: str
     precision: str
-    profiles: dict                          # input name -> [min, opt, max] shapes
+    shape_ranges: dict                          # input name -> [min, opt, max] shapes
     options: dict
     cache_key: str
     plan_bytes: int
@@ -121,8 +121,8 @@ def engine_from_onnx(onnx_path: Path, bc: BuildConfig, out_path: Path) -> RtxRec
     t0 = time.perf_counter()
     plan = build(onnx_path, bc, version, prec)
     seconds = time.perf_counter() - t0
-    profiles = {name: [list(lo), list(opt), list(hi)] for name, lo, opt, hi in bc.profiles}
-    record = RtxRecord(_v(version), bc.compute_capabilities, digest, prec, profiles, bc.options(), key,
+    shape_ranges = {name: [list(lo), list(opt), list(hi)] for name, lo, opt, hi in bc.shape_ranges}
+    record = RtxRecord(_v(version), bc.compute_capabilities, digest, prec, shape_ranges, bc.options(), key,
                        len(plan.data), plan.weights_bytes(), round(seconds, 3))
     manifest_path(out_path).unlink(missing_ok=True)   # plan first, record last
     write_bytes_atomic(out_path, plan.data)

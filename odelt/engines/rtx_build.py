@@ -18,7 +18,7 @@ from typing import Any
 
 from odelt.engines import rtx
 from odelt.engines.rtx_targets import compute_capabilities, get_rtx_targets
-from odelt.engines.tensorrt import PLAN_SUFFIX, BuildConfig, profiles_from
+from odelt.engines.tensorrt import PLAN_SUFFIX, BuildConfig, shape_ranges_from
 from odelt.engines.platform import manifest_path
 
 # Paraphrase of NVIDIA's TensorRT-RTX documentation ("Working with Quantized Types", support matrix 1.0-1.5).
@@ -32,7 +32,7 @@ BuildOne = Callable[[str, Path, bool, Path], dict]
 
 def build_configs(manifest: Any, req: Any) -> dict[str, BuildConfig]:
     ccs = compute_capabilities(get_rtx_targets(req.rtx_targets))
-    return {name: BuildConfig(profiles=profiles_from(manifest.graph(name).profile(manifest.batch)),
+    return {name: BuildConfig(shape_ranges=shape_ranges_from(manifest.graph(name).shape_ranges(manifest.batch)),
                               optimization_level=req.optimization_level, library=rtx.LIBRARY,
                               compute_capabilities=ccs)
             for name in manifest.graphs}

@@ -46,8 +46,8 @@ _LEVELS = {"INTERNAL_ERROR": logging.ERROR, "ERROR": logging.ERROR, "WARNING": l
 
 @dataclass(frozen=True)
 class BuildConfig:
-    # (input name, min, opt, max) per dynamic input; see profiles_from() for what it accepts.
-    profiles: tuple[tuple[str, Shape, Shape, Shape], ...] = ()
+    # (input name, min, opt, max) per dynamic input; see shape_ranges_from() for what it accepts.
+    shape_ranges: tuple[tuple[str, Shape, Shape, Shape], ...] = ()
     precision: str = "auto"            # "auto": what the graph holds; else must match on >= 10
     optimization_level: int = 3        # 0..5; demoDiffusion uses 3 (4 for INT8)
     workspace_bytes: int | None = None  # None: the target's cap (if any)
@@ -75,10 +75,10 @@ class BuildConfig:
         return dict(json.loads(json.dumps(d)))  # JSON-shaped (lists), as the manifest reads back
 
 
-def profiles_from(io: Any) -> tuple[tuple[str, Shape, Shape, Shape], ...]:
+def shape_ranges_from(io: Any) -> tuple[tuple[str, Shape, Shape, Shape], ...]:
     """Optimisation profiles from a plain mapping name -> (min, opt, max) shapes, or from any
-    object with a `profiles()` method returning such a mapping (the exporter's IO description)."""
-    mapping = io.profiles() if hasattr(io, "profiles") else io
+    object with a `shape_ranges()` method returning such a mapping (the exporter's IO description)."""
+    mapping = io.shape_ranges() if hasattr(io, "shape_ranges") else io
     if not isinstance(mapping, Mapping):
         raise ConfigError(f"optimisation profiles: expected a mapping name -> (min, opt, max), "
                           f"found {type(mapping).__name__}")
@@ -183,9 +183,9 @@ def _configure(mod: Any, builder: trt.Builder, network: trt.INetworkDefinition, 
     for name in flags:  # names, not enum ints: BuilderFlag was renumbered in 11.0
         config.set_flag(getattr(mod.BuilderFlag, name))
     _set_compute_capabilities(mod, config, bc, caps)
-    if bc.profiles:  # one profile covering every input (one batch range per engine)
+    if bc.shape_ranges:  # one profile covering every input (one batch range per engine)
         profile = builder.create_optimization_profile()
-        for name, lo, opt, hi in bc.profiles:
+        for name, lo, opt, hi in bc.shape_ranges:
             profile.set_shape(name, mod.Dims(list(lo)), mod.Dims(list(opt)), mod.Dims(list(hi)))
         config.add_optimization_profile(profile)
     if bc.use_dla:

@@ -3,7 +3,7 @@ hoisted conditioning), plus the bundle reader API (`open_bundle`, `run_chain`) a
 
 from odelt.exporter.bundle import FORMAT, Bundle, open_bundle
 from odelt.exporter.chain import run_chain
-from odelt.exporter.iospec import BatchRange, GraphSpec, LayoutPlan, TensorSpec, plan_layout
+from odelt.exporter.iospec import BatchRange, GraphSpec, LayoutSpec, TensorSpec, layout_spec
 
-__all__ = ["FORMAT", "Bundle", "open_bundle", "run_chain", "BatchRange", "GraphSpec", "LayoutPlan",
-           "TensorSpec", "plan_layout"]
+__all__ = ["FORMAT", "Bundle", "open_bundle", "run_chain", "BatchRange", "GraphSpec", "LayoutSpec",
+           "TensorSpec", "layout_spec"]

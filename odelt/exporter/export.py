@@ -17,7 +17,7 @@ from torch import nn
 from odelt.errors import ConfigError, ExportError
 from odelt.exporter import onnx_utils
 from odelt.exporter.bundle import FORMAT, MANIFEST, Bundle, open_bundle, write_new_bundle
-from odelt.exporter.iospec import LAYOUTS, BatchRange, GraphSpec, TensorSpec, check_lengths, plan_layout
+from odelt.exporter.iospec import LAYOUTS, BatchRange, GraphSpec, TensorSpec, check_lengths, layout_spec
 from odelt.exporter.wrappers import ChunkGraph, ConditioningGraph, HeadGraph, LengthGraph
 from odelt.fileio import building, remove_stale_partials, rename
 from odelt.models.dit import DiT
@@ -120,7 +120,7 @@ def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, sour
     unless the whole bundle was written."""
     cfg = dit.config
     lengths = check_lengths(cfg, tuple(options.lengths or cfg.lengths))
-    plans = [plan_layout(cfg, layout, lengths, options.guidance) for layout in dict.fromkeys(options.layouts)]
+    plans = [layout_spec(cfg, layout, lengths, options.guidance) for layout in dict.fromkeys(options.layouts)]
     out = Path(out)
     _check_target(out, options.force)
     external = options.external_data

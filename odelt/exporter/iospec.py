@@ -6,7 +6,7 @@ Shapes are tuples of ints and axis names. Two dynamic axes exist:
   * "batch"   -- the caller's batch B (images in, velocities out);
   * "2*batch" -- rows inside a classifier-free-guidance graph: B conditional rows, then B null-class
                  rows (only when the bundle was exported with cfg; otherwise rows are "batch").
-`TensorSpec.resolve(B)` turns a shape into ints; `GraphSpec.profile(batch)` gives an engine
+`TensorSpec.resolve(B)` turns a shape into ints; `GraphSpec.shape_ranges(batch)` gives an engine
 builder its min/opt/max shapes.
 """
 
@@ -99,7 +99,7 @@ class GraphSpec:
         """Path of the ONNX file relative to the bundle root."""
         return f"{self.layout}/{self.name}.onnx"
 
-    def profile(self, batch: BatchRange) -> dict[str, tuple[tuple[int, ...], ...]]:
+    def shape_ranges(self, batch: BatchRange) -> dict[str, tuple[tuple[int, ...], ...]]:
         """{input name: (min shape, opt shape, max shape)} for an engine optimisation profile."""
         return {t.name: (t.resolve(batch.min), t.resolve(batch.opt), t.resolve(batch.max)) for t in self.inputs}
 
@@ -116,7 +116,7 @@ class GraphSpec:
 
 
 @dataclass(frozen=True)
-class LayoutPlan:
+class LayoutSpec:
     """The graphs of one layout and, per length, the ordered graph names that compute it."""
 
     layout: str
@@ -174,15 +174,15 @@ def check_lengths(cfg: DiTConfig, lengths: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(sorted(set(lengths)))
 
 
-def plan_per_length(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> LayoutPlan:
+def per_length_spec(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> LayoutSpec:
     """One self-contained graph per length; only its live blocks."""
     graphs = tuple(GraphSpec(f"length_{n}", "per-length", "length", tuple(range(cfg.live_depth(n))),
                              caller_inputs(cfg, guided), (_velocity(cfg),), length=n)
                    for n in check_lengths(cfg, lengths))
-    return LayoutPlan("per-length", graphs, {n: (g.name,) for n, g in zip(check_lengths(cfg, lengths), graphs)})
+    return LayoutSpec("per-length", graphs, {n: (g.name,) for n, g in zip(check_lengths(cfg, lengths), graphs)})
 
 
-def plan_segments(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> LayoutPlan:
+def segments_spec(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> LayoutSpec:
     """Conditioning graph, one chunk per span between exits, one exit head.
 
     A length l runs cond -> chunks up to its exit live_depth(l) -> head. The chunks hold each
@@ -209,12 +209,12 @@ def plan_segments(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> Lay
     for n in lengths:
         upto = [c.name for c in chunks if c.blocks[-1] < cfg.live_depth(n)]
         chains[n] = (cond.name, *upto, head.name)
-    return LayoutPlan("segments", (cond, *chunks, head), chains)
+    return LayoutSpec("segments", (cond, *chunks, head), chains)
 
 
-def plan_layout(cfg: DiTConfig, layout: str, lengths: tuple[int, ...], guided: bool) -> LayoutPlan:
+def layout_spec(cfg: DiTConfig, layout: str, lengths: tuple[int, ...], guided: bool) -> LayoutSpec:
     if layout == "segments":
-        return plan_segments(cfg, lengths, guided)
+        return segments_spec(cfg, lengths, guided)
     if layout == "per-length":
-        return plan_per_length(cfg, lengths, guided)
+        return per_length_spec(cfg, lengths, guided)
     raise ConfigError(f"unknown layout {layout!r}; expected one of {list(LAYOUTS)}")

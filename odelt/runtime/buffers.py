@@ -1,6 +1,6 @@
 """The buffer plan every backend shares: one slot per tensor a chain touches, at one batch size.
 
-`BufferPlan` decides, once per batch size, every tensor a chain touches: the caller's inputs, the
+`BufferLayout` decides, once per batch size, every tensor a chain touches: the caller's inputs, the
 modulations (one slot per name, shared by all lengths), and two ping-pong slots for the chunk
 state (h, V): chunk j writes slot j % 2 and reads slot (j-1) % 2, so the chain needs two state
 buffers however long it is. All float32 tensors live in one arena sized for the longest chain.
@@ -28,7 +28,7 @@ class Slot:
     dtype: str
 
 
-class BufferPlan:
+class BufferLayout:
     """Buffer keys and shapes for every (length, graph) of a layout at one batch size."""
 
     def __init__(self, manifest: Bundle, layout: str, lengths: tuple[int, ...], batch: int):
@@ -77,7 +77,7 @@ class BufferPlan:
         return {g.name: g for chain in self.chains.values() for g in chain}
 
 
-def host_buffers(plan: BufferPlan) -> dict[str, np.ndarray]:
+def host_buffers(plan: BufferLayout) -> dict[str, np.ndarray]:
     """numpy buffers for every key: float32 views into one arena, small int32 arrays for the rest."""
     offsets, size = plan.arena_layout()
     raw = np.zeros(size + ALIGN, dtype=np.float32)

@@ -2,7 +2,7 @@
 
 Sessions are created once per bundle (every graph the requested lengths need). Each (length,
 graph) gets an IOBinding created once per batch size that points at fixed buffers (see
-buffers.BufferPlan): on CPU they are numpy views into one float32 arena, so a call is "copy the
+buffers.BufferLayout): on CPU they are numpy views into one float32 arena, so a call is "copy the
 new state into x, run the bound graphs"; nothing is allocated per step. With the CUDA provider the
 buffers are device OrtValues (inputs are updated in place, the velocity copied back); that path
 cannot run on this CPU-only machine and is untested here.
@@ -28,7 +28,7 @@ from odelt.errors import BackendUnavailable, BundleError, RuntimeFailure
 from odelt.exporter.bundle import Bundle
 from odelt.exporter.chain import run_chain
 from odelt.exporter.iospec import GraphSpec
-from odelt.runtime.buffers import BufferPlan, host_buffers
+from odelt.runtime.buffers import BufferLayout, host_buffers
 from odelt.runtime.ort_session import open_session, ort_module
 from odelt.runtime.protocol import BackendOptions, chain_length, check_batch, skip_graph
 
@@ -63,7 +63,7 @@ class OrtBackend:
         self._config: dict[str, str] = {}
         self._spinning = False
         self.sessions: dict[str, Any] = {}
-        self._plans: dict[int, tuple[BufferPlan, dict[str, Any], dict[tuple[int, str], Any]]] = {}
+        self._plans: dict[int, tuple[BufferLayout, dict[str, Any], dict[tuple[int, str], Any]]] = {}
         self.device = "cpu"
 
     @staticmethod
@@ -166,17 +166,17 @@ class OrtBackend:
         return buf.numpy() if self.device == "cuda" else buf
 
     # -- buffers and bindings, once per batch size ----------------------------------------------
-    def _bound(self, batch: int) -> tuple[BufferPlan, dict[str, Any], dict[tuple[int, str], Any]]:
+    def _bound(self, batch: int) -> tuple[BufferLayout, dict[str, Any], dict[tuple[int, str], Any]]:
         if batch not in self._plans:
             check_batch(self.manifest, batch, profile_bound=False)
-            plan = BufferPlan(self.manifest, self.layout, self.lengths, batch)
+            plan = BufferLayout(self.manifest, self.layout, self.lengths, batch)
             bufs = host_buffers(plan) if self.device == "cpu" else self._device_buffers(plan)
             bindings = {key: self._binding(self.sessions[key[1]], ins, outs, bufs)
                         for key, (ins, outs) in plan.binds.items()}
             self._plans[batch] = (plan, bufs, bindings)
         return self._plans[batch]
 
-    def _device_buffers(self, plan: BufferPlan) -> dict[str, Any]:
+    def _device_buffers(self, plan: BufferLayout) -> dict[str, Any]:
         ort = ort_module()
         return {key: ort.OrtValue.ortvalue_from_shape_and_type(list(s.shape), np.dtype(s.dtype), "cuda", 0)
                 for key, s in plan.slots.items()}

@@ -7,7 +7,7 @@ TensorRT-RTX supports stops there with one line. Loading and running are unteste
 Importable without TensorRT or CUDA: `tensorrt` and `cuda-python` are imported when the backend is
 opened. It cannot run on this CPU-only machine; it is type-checked against the TensorRT stubs
 (tests/engines/test_typecheck.py picks up odelt/runtime/trt*.py) and its buffer plan is the one the
-ONNX Runtime backend runs and tests (buffers.BufferPlan).
+ONNX Runtime backend runs and tests (buffers.BufferLayout).
 
 What it does (the pattern of NVIDIA's diffusion demo):
   * one USER_MANAGED device scratch sized max(device_memory_size_v2) over the engines, shared by
@@ -26,7 +26,7 @@ import numpy as np
 
 from odelt.errors import BackendUnavailable, BundleError, RuntimeFailure
 from odelt.exporter.bundle import Bundle
-from odelt.runtime.buffers import BufferPlan
+from odelt.runtime.buffers import BufferLayout
 from odelt.runtime.protocol import BackendOptions, chain_length, check_batch, skip_graph
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ class TrtBackend:
         self.engines: dict[str, Any] = {}                 # graph name -> LoadedEngine
         self.contexts: dict[str, trt.IExecutionContext] = {}
         self._bound: dict[str, tuple[int, int]] = {}     # graph -> (batch, length) its addresses are for
-        self._arenas: dict[int, tuple[BufferPlan, int, dict[str, int], np.ndarray]] = {}
+        self._arenas: dict[int, tuple[BufferLayout, int, dict[str, int], np.ndarray]] = {}
         self._graphs: dict[tuple[int, int], Any] = {}    # (length, batch) -> CUDA graph exec
         self._scratch, self._stream, self._cudart = 0, 0, None
 
@@ -187,7 +187,7 @@ class TrtBackend:
         graph = _check(cudart.cudaStreamEndCapture(self._stream))
         self._graphs[key] = _check(cudart.cudaGraphInstantiate(graph, 0))
 
-    def _bind(self, name: str, plan: BufferPlan, addr: dict[str, int], batch: int, length: int) -> None:
+    def _bind(self, name: str, plan: BufferLayout, addr: dict[str, int], batch: int, length: int) -> None:
         """Shapes and addresses once per (batch, length) a context serves; kept across steps."""
         if self._bound.get(name) == (batch, length):
             return
@@ -202,13 +202,13 @@ class TrtBackend:
             ctx.set_tensor_address(tensor, addr[key])
         self._bound[name] = (batch, length)
 
-    def _arena(self, batch: int) -> tuple[BufferPlan, int, dict[str, int], np.ndarray]:
+    def _arena(self, batch: int) -> tuple[BufferLayout, int, dict[str, int], np.ndarray]:
         """One device allocation holding every tensor of the layout at this batch size."""
         if batch not in self._arenas:
             check_batch(self.manifest, batch, profile_bound=True)
             cudart = self._cudart
             assert cudart is not None
-            plan = BufferPlan(self.manifest, self.layout, self.lengths, batch)
+            plan = BufferLayout(self.manifest, self.layout, self.lengths, batch)
             offsets, total = {}, 0
             for key, slot in sorted(plan.slots.items()):
                 offsets[key] = total

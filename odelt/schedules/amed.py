@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from odelt.errors import ScheduleError
 from odelt.models.dit import DiT
 from odelt.schedules.grids import AMEDConstants, interleave
-from odelt.schedules.learn import History, LearnConfig, Plan, learn
+from odelt.schedules.learn import History, LearnConfig, SolverSteps, learn
 from odelt.schedules.ld3 import step_levels, uniform_grid
 
 AMED_HOSTS = ("amed", "euler", "ipndm")      # 'amed' = AMED-Solver; the others = AMED-Plugin
@@ -65,7 +65,7 @@ class AMEDStudent(nn.Module):
         self.spec = spec
         self.k = AMEDConstants(base_grid, dc=dc, da=da)
 
-    def plan(self) -> Plan:
+    def plan(self) -> SolverSteps:
         base = self.k.base
         _, c, _ = self.k.constants()
         t_mid, t_mid_eval = self.k.mid_times()
@@ -73,14 +73,14 @@ class AMEDStudent(nn.Module):
             # one dt_base per base step (both calls of a step share it), from the base step size
             levels = step_levels(base.tolist(), self.spec.dt_mode)
             lens = self.spec.lengths[0::2]
-            return Plan("amed", base, tuple(lens), levels, None, {"t_mid": t_mid, "scale": c})
+            return SolverSteps("amed", base, tuple(lens), levels, None, {"t_mid": t_mid, "scale": c})
         inter = interleave(base, t_mid)
         levels = step_levels(inter.detach().tolist(), self.spec.dt_mode)
         params = {"scale": step_scales(c)}
         if self.spec.order is not None:
             params["order"] = self.spec.order
         t_eval = interleave(base, t_mid_eval) if self.k.da > 0 else None
-        return Plan(self.spec.host, inter, self.spec.lengths, levels, t_eval, params)
+        return SolverSteps(self.spec.host, inter, self.spec.lengths, levels, t_eval, params)
 
 
 def learn_amed(model: DiT, spec: AMEDSpec, train, val, cfg: LearnConfig, base_grid: Sequence[float] | None = None,

@@ -17,7 +17,7 @@ import torch
 
 from odelt.fileio import atomic_path, write_bytes_atomic
 from odelt.models.dit import DiT
-from odelt.schedules.learn import Plan, run_plan
+from odelt.schedules.learn import SolverSteps, run_steps
 from odelt.schedules.problem import Pairs, make_pairs
 
 
@@ -33,14 +33,14 @@ class Row:
     lengths: tuple[int, ...]
 
 
-def plan_from_schedule(s) -> Plan:
+def plan_from_schedule(s) -> SolverSteps:
     """A runtime Schedule -> a torch Plan (the same solver kwargs the runtime passes)."""
     kw = s.solver_kwargs()
     t_eval = kw.pop("t_eval", None)
     for key in ("t_mid", "scale"):
         if key in kw:
             kw[key] = torch.tensor(kw[key], dtype=torch.float32)
-    return Plan(s.solver, torch.tensor(s.t_grid, dtype=torch.float32), tuple(s.lengths), tuple(s.dt_base),
+    return SolverSteps(s.solver, torch.tensor(s.t_grid, dtype=torch.float32), tuple(s.lengths), tuple(s.dt_base),
                 None if t_eval is None else torch.tensor(t_eval, dtype=torch.float32), kw)
 
 
@@ -53,7 +53,7 @@ def block_evals(s) -> int:
 @torch.no_grad()
 def samples_for(model: DiT, s, pairs: Pairs, chunk: int = 128) -> torch.Tensor:
     plan = plan_from_schedule(s)
-    return torch.cat([run_plan(model, plan, pairs.z[i:i + chunk], pairs.y[i:i + chunk])
+    return torch.cat([run_steps(model, plan, pairs.z[i:i + chunk], pairs.y[i:i + chunk])
                       for i in range(0, len(pairs), chunk)])
 
 

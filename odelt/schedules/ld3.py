@@ -18,7 +18,7 @@ from odelt.errors import ScheduleError
 from odelt.validate import MAX_STEPS
 from odelt.models.dit import DiT
 from odelt.schedules.grids import LD3Grid
-from odelt.schedules.learn import History, LearnConfig, Plan, learn
+from odelt.schedules.learn import History, LearnConfig, SolverSteps, learn
 from odelt.models.config import FM_LEVEL, level_for_step
 from odelt.schedules.problem import Pairs
 
@@ -70,11 +70,11 @@ class LD3Student(nn.Module):
         self.spec = spec
         self.g = LD3Grid(init_grid, decoupled=decoupled and spec.solver != "dopri5")
 
-    def plan(self) -> Plan:
+    def plan(self) -> SolverSteps:
         ts = self.g.grid()
         levels = step_levels(ts.detach().tolist(), self.spec.dt_mode)
         params = {} if self.spec.order is None else {"order": self.spec.order}
-        return Plan(self.spec.solver, ts, self.spec.lengths, levels, self.g.eval_grid(ts), params)
+        return SolverSteps(self.spec.solver, ts, self.spec.lengths, levels, self.g.eval_grid(ts), params)
 
 
 def uniform_grid(n: int) -> list[float]:

@@ -2,7 +2,7 @@
 
 A *student* is a small nn.Module whose `plan()` returns a `Plan`: the solver, its time grid and
 eval times (torch tensors with gradients), solver parameters, and each step's length and shortcut
-level. `run_plan` rolls the plan out with the runtime's SOLVERS on torch tensors.
+level. `run_steps` rolls the steps out with the runtime's SOLVERS on torch tensors.
 
 Loss: LD3's soft surrogate. Each training pair carries its own start noise z', kept inside the L2
 ball |z' - z| <= r around its teacher noise z (projected SGD), with LD3's radius rule
@@ -27,7 +27,7 @@ from odelt.schedules.problem import Pairs, make_velocity
 
 
 @dataclass
-class Plan:
+class SolverSteps:
     solver: str
     ts: Tensor                    # (K+1,) the solver's grid
     lengths: tuple[int, ...]      # (K,) length of each solver step
@@ -36,7 +36,7 @@ class Plan:
     params: dict[str, Any] = field(default_factory=dict)   # extra solver kwargs (t_mid, scale, order)
 
 
-def run_plan(model: DiT, plan: Plan, z: Tensor, y: Tensor) -> Tensor:
+def run_steps(model: DiT, plan: SolverSteps, z: Tensor, y: Tensor) -> Tensor:
     from odelt.runtime.solvers import SOLVERS
 
     f = make_velocity(model, y, plan.lengths, plan.dt_bases)
@@ -81,7 +81,7 @@ def eval_rmse(model: DiT, student: nn.Module, pairs: Pairs, chunk: int = 128) ->
     plan = student.plan()
     se = 0.0
     for i in range(0, len(pairs), chunk):
-        x = run_plan(model, plan, pairs.z[i:i + chunk], pairs.y[i:i + chunk])
+        x = run_steps(model, plan, pairs.z[i:i + chunk], pairs.y[i:i + chunk])
         se += float(((x - pairs.x[i:i + chunk]) ** 2).sum())
     return (se / pairs.x.numel()) ** 0.5
 
@@ -116,7 +116,7 @@ def learn(model: DiT, student: nn.Module, train: Pairs, val: Pairs, cfg: LearnCo
             stale = 0
         idx = torch.randint(len(train), (min(cfg.batch, len(train)),), generator=gen)
         zb = z_soft[idx].clone().requires_grad_(True)
-        x = run_plan(model, student.plan(), zb, train.y[idx])
+        x = run_steps(model, student.plan(), zb, train.y[idx])
         loss = ((x - train.x[idx]) ** 2).flatten(1).mean(dim=1).sum() / len(idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from odelt import validate
 from odelt.errors import ScheduleError
 from odelt.models.dit import DiT
-from odelt.schedules.learn import LearnConfig, Plan
+from odelt.schedules.learn import LearnConfig, SolverSteps
 from odelt.schedules.problem import TEACHER_STEPS, make_pairs, split
 
 LEARNED = ("ld3", "amed")
@@ -134,7 +134,7 @@ def choose_dt_mode(model: DiT, req: Request, val) -> tuple[Request, dict]:
     return dataclasses.replace(req, dt_mode=mode), {"dt_mode": mode, "dt_mode_val_rmse_at_init": errs}
 
 
-def _learn(model: DiT, req: Request, train, val, progress: bool) -> tuple[Plan, dict]:
+def _learn(model: DiT, req: Request, train, val, progress: bool) -> tuple[SolverSteps, dict]:
     from odelt.schedules.amed import AMEDSpec, learn_amed
     from odelt.schedules.ld3 import StepSpec, learn_ld3, steps_for
     from odelt.schedules.lengths import search_lengths
@@ -162,7 +162,7 @@ def _floats(t) -> tuple[float, ...] | None:
     return None if t is None else tuple(float(v) for v in t.detach().reshape(-1).tolist())
 
 
-def schedule_from_plan(plan: Plan, req: Request, model_hash: str | None, provenance: dict):
+def schedule_from_plan(plan: SolverSteps, req: Request, model_hash: str | None, provenance: dict):
     from odelt.runtime.schedule import Schedule
     from odelt.runtime.solvers import nfe_for
 

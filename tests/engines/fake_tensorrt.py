@@ -86,7 +86,7 @@ def make_fake_tensorrt(version: str, layers: tuple[str, ...] = ("CONVOLUTION", "
 
     class Config:
         def __init__(self):
-            self.flags, self.pools, self.profiles, self.devices = [], {}, [], {}
+            self.flags, self.pools, self.shape_ranges, self.devices = [], {}, [], {}
             self.builder_optimization_level = None
             self.timing_cache = None
             self.default_device_type, self.DLA_core = m.DeviceType.GPU, None
@@ -99,8 +99,8 @@ def make_fake_tensorrt(version: str, layers: tuple[str, ...] = ("CONVOLUTION", "
             self.flags.append(flag.name)
 
         def add_optimization_profile(self, p):
-            self.profiles.append(p)
-            return len(self.profiles) - 1
+            self.shape_ranges.append(p)
+            return len(self.shape_ranges) - 1
 
         def create_timing_cache(self, data):
             return TimingCache(data)

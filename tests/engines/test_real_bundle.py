@@ -84,10 +84,10 @@ def test_tensorrt_profiles_come_from_the_bundle_io_spec(dit_bundle, tmp_path, mo
     m = open_bundle(dit_bundle)
     entry = m.engine_set("tensorrt-thor-fp32")
     assert entry["built"]["trt_version"] == "10.13.3.9" and entry["built"]["jetpack"] == "7.1"
-    assert all(len(cfg.profiles) == 1 for cfg in fake.fake_log["configs"])  # one profile per engine
+    assert all(len(cfg.shape_ranges) == 1 for cfg in fake.fake_log["configs"])  # one profile per engine
     shapes = {}
     for cfg in fake.fake_log["configs"]:
-        shapes.update(cfg.profiles[0].shapes)
+        shapes.update(cfg.shape_ranges[0].shapes)
     assert shapes["x"] == ((1, 1, 8, 8), (2, 1, 8, 8), (4, 1, 8, 8))
     assert shapes["t"] == ((1,), (2,), (4,))
     assert len(fake.fake_log["configs"]) == len(m.graphs)

@@ -11,7 +11,7 @@ import pytest
 from odelt.engines import rtx
 from odelt.engines.build import BuildRequest
 from odelt.engines.platform import manifest_path
-from odelt.engines.tensorrt import BuildConfig, profiles_from
+from odelt.engines.tensorrt import BuildConfig, shape_ranges_from
 from odelt.errors import BackendUnavailable, EngineMismatch
 from odelt.exporter.bundle import open_bundle
 from odelt.runtime.backend import open_backend
@@ -85,7 +85,7 @@ def test_gpu_outside_the_plans_targets_is_refused(plan, cc, hint):
 
 def test_single_target_plan_is_refused_on_another_rtx_gpu(rtx_built, tmp_path):
     m = open_bundle(rtx_built)
-    bc = BuildConfig(profiles=profiles_from(m.graph("head").profile(m.batch)), optimization_level=RTX_OPT_LEVEL,
+    bc = BuildConfig(shape_ranges=shape_ranges_from(m.graph("head").shape_ranges(m.batch)), optimization_level=RTX_OPT_LEVEL,
                      library=rtx.LIBRARY, compute_capabilities=("SM120",))
     out = tmp_path / "head.plan"
     rtx.engine_from_onnx(m.graph_path("head"), bc, out)

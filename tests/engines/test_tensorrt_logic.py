@@ -44,14 +44,14 @@ def _build(tmp_path, bc, onnx_path, **kw):
 
 def test_trt10_strongly_typed_no_precision_flags(tmp_path, tiny_onnx, fake_trt):
     fake = fake_trt("10.13.3.9")
-    bc = te.BuildConfig(profiles=te.profiles_from({"x": ((1, 16), (2, 16), (8, 16))}),
+    bc = te.BuildConfig(shape_ranges=te.shape_ranges_from({"x": ((1, 16), (2, 16), (8, 16))}),
                         optimization_level=4, target="orin-nano")
     res = _build(tmp_path, bc, tiny_onnx)
     net, cfg = fake.fake_log["networks"][0], fake.fake_log["configs"][0]
     assert net.flags == 1 << 1                         # STRONGLY_TYPED only
     assert cfg.flags == [] and cfg.builder_optimization_level == 4
     assert cfg.pools == {fake.MemoryPoolType.WORKSPACE: 1 << 30}   # orin-nano cap
-    assert cfg.profiles[0].shapes == {"x": ((1, 16), (2, 16), (8, 16))}
+    assert cfg.shape_ranges[0].shapes == {"x": ((1, 16), (2, 16), (8, 16))}
     assert res.path.read_bytes().startswith(b"PLAN:") and not res.from_cache
     assert te.read_manifest(res.path).platform.trt_version == "10.13.3.9"
 
@@ -130,9 +130,9 @@ def test_load_refuses_other_tensorrt_or_gpu(tmp_path, tiny_onnx, fake_trt):
 
 def test_profiles_validation():
     with pytest.raises(ConfigError, match="min <= opt <= max"):
-        te.profiles_from({"x": ((8, 16), (2, 16), (1, 16))})
+        te.shape_ranges_from({"x": ((8, 16), (2, 16), (1, 16))})
     with pytest.raises(ConfigError, match="mapping"):
-        te.profiles_from([1, 2])
+        te.shape_ranges_from([1, 2])
     with pytest.raises(ConfigError, match="precision"):
         te.BuildConfig(precision="fp8")
     with pytest.raises(ConfigError, match="unknown target"):

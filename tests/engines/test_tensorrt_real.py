@@ -17,7 +17,7 @@ def _real_tensorrt():
 
 def test_build_and_load_tiny_engine(tmp_path, tiny_onnx):
     _real_tensorrt()
-    bc = te.BuildConfig(profiles=te.profiles_from({"x": ((1, 16), (2, 16), (8, 16))}),
+    bc = te.BuildConfig(shape_ranges=te.shape_ranges_from({"x": ((1, 16), (2, 16), (8, 16))}),
                         timing_cache=str(tmp_path / "timing.cache"))
     res = te.engine_from_onnx(tiny_onnx, bc, tmp_path / "tiny.plan", cache_dir=tmp_path / "cache")
     loaded = te.load_engine(res.path)

@@ -3,7 +3,7 @@
 import pytest
 
 from odelt.errors import ConfigError
-from odelt.exporter.iospec import BatchRange, check_lengths, plan_layout
+from odelt.exporter.iospec import BatchRange, check_lengths, layout_spec
 from odelt.models import PRESETS
 
 from .conftest import TINY
@@ -11,7 +11,7 @@ from .conftest import TINY
 
 def test_segments_plan_digits():
     cfg = PRESETS["digits"]
-    plan = plan_layout(cfg, "segments", cfg.lengths, guided=False)
+    plan = layout_spec(cfg, "segments", cfg.lengths, guided=False)
     names = [g.name for g in plan.graphs]
     assert names == ["cond", "blocks_0-1", "blocks_2-3", "blocks_4-5", "blocks_6-7", "head"]
     assert plan.chains[4] == ("cond", "blocks_0-1", "blocks_2-3", "head")
@@ -26,23 +26,23 @@ def test_segments_plan_digits():
 
 def test_xl_trained_lengths_exit_at_group_ends_and_drop_dead_blocks():
     cfg = PRESETS["DiT-XL/2"]                         # lengths 12/20/28, groups of 8
-    plan = plan_layout(cfg, "segments", cfg.lengths, guided=True)
+    plan = layout_spec(cfg, "segments", cfg.lengths, guided=True)
     assert plan.chains[12] == ("cond", "blocks_0-7", "head")
     assert plan.chains[28][-2] == "blocks_16-23"      # blocks 24..27 are dead at every length
     assert max(b for g in plan.graphs for b in g.blocks) == 23
     cond = plan.graphs[0]
     assert [t.name for t in cond.outputs][-2:] == ["mod23", "final_mod"]
     assert cond.outputs[0].shape == ("2*batch", 6 * 1152)
-    per = plan_layout(cfg, "per-length", cfg.lengths, guided=True)
+    per = layout_spec(cfg, "per-length", cfg.lengths, guided=True)
     assert [g.blocks[-1] for g in per.graphs] == [7, 15, 23]
 
 
 def test_shapes_resolve_and_profiles():
-    plan = plan_layout(TINY, "segments", (2, 4), guided=True)
+    plan = layout_spec(TINY, "segments", (2, 4), guided=True)
     head = plan.graphs[-1]
     assert head.inputs[0].resolve(3) == (6, 16, 32)      # 2B rows inside a cfg graph
     assert head.outputs[0].resolve(3) == (3, 1, 8, 8)
-    prof = head.profile(BatchRange(1, 2, 4))
+    prof = head.shape_ranges(BatchRange(1, 2, 4))
     assert prof["cfg_scale"] == ((1,), (2,), (4,))
     assert prof["V"][2] == (8, 16, 32)
 
@@ -55,7 +55,7 @@ def test_bad_lengths(lengths, msg):
 
 
 def test_length_between_exits_shares_the_lower_exit():
-    plan = plan_layout(TINY, "segments", (3, 2), guided=False)
+    plan = layout_spec(TINY, "segments", (3, 2), guided=False)
     assert sorted(plan.chains) == [2, 3]
     assert plan.chains[3] == plan.chains[2]           # same graphs; l differs only through cond's l input
 

@@ -3,7 +3,7 @@ import torch
 from odelt.runtime.schedule import Schedule
 from odelt.schedules.amed import AMEDSpec, AMEDStudent
 from odelt.schedules.evaluate import Row, pareto_front, plan_from_schedule
-from odelt.schedules.learn import LearnConfig, run_plan
+from odelt.schedules.learn import LearnConfig, run_steps
 from odelt.schedules.ld3 import LD3Student, StepSpec, uniform_grid
 from odelt.schedules.make import Request, schedule_from_plan
 
@@ -18,8 +18,8 @@ def _perturb(module, seed=0):
 def test_amed_plugin_starts_as_its_plain_host(tiny, tiny_pairs):
     _, _, held = tiny_pairs
     for host in ("euler", "ipndm"):
-        plugin = run_plan(tiny, AMEDStudent(AMEDSpec(host, (4,) * 4, 7), uniform_grid(2)).plan(), held.z, held.y)
-        plain = run_plan(tiny, LD3Student(StepSpec(host, (4,) * 4, 7), uniform_grid(4), False).plan(), held.z, held.y)
+        plugin = run_steps(tiny, AMEDStudent(AMEDSpec(host, (4,) * 4, 7), uniform_grid(2)).plan(), held.z, held.y)
+        plain = run_steps(tiny, LD3Student(StepSpec(host, (4,) * 4, 7), uniform_grid(4), False).plan(), held.z, held.y)
         assert torch.allclose(plugin, plain, atol=1e-5)
 
 
@@ -33,11 +33,11 @@ def test_artifact_round_trip_reproduces_the_learned_rollout(tiny, tiny_pairs):
     for method, student in students:
         _perturb(student)
         with torch.no_grad():
-            want = run_plan(tiny, student.plan(), held.z, held.y)
+            want = run_steps(tiny, student.plan(), held.z, held.y)
         req = Request(method, student.plan().solver, 4, learn=LearnConfig())
         s = Schedule.from_dict(schedule_from_plan(student.plan(), req, "abc", {}).to_dict())   # JSON and back
         with torch.no_grad():
-            got = run_plan(tiny, plan_from_schedule(s), held.z, held.y)
+            got = run_steps(tiny, plan_from_schedule(s), held.z, held.y)
         assert torch.allclose(got, want, atol=1e-5), method
 
 

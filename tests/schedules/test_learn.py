@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from odelt.schedules.amed import AMEDSpec, AMEDStudent, learn_amed
-from odelt.schedules.learn import LearnConfig, eval_rmse, run_plan
+from odelt.schedules.learn import LearnConfig, eval_rmse, run_steps
 from odelt.schedules.ld3 import LD3Student, StepSpec, learn_ld3, uniform_grid
 from odelt.schedules.lengths import best_single_length, search_lengths
 from odelt.models.config import level_for_step
@@ -21,7 +21,7 @@ def test_dt_base_rule():
 def test_gradients_flow_through_the_shared_solver_code(tiny, tiny_pairs):
     train, _, _ = tiny_pairs
     student = LD3Student(StepSpec("ipndm", (4, 4, 4), 7), uniform_grid(3))
-    x = run_plan(tiny, student.plan(), train.z[:4], train.y[:4])
+    x = run_steps(tiny, student.plan(), train.z[:4], train.y[:4])
     ((x - train.x[:4]) ** 2).mean().backward()
     assert student.g.xi.grad is not None and bool((student.g.xi.grad.abs() > 0).any())
 
