@@ -280,13 +280,20 @@ def _check_finite(n: int, t: Any, x: np.ndarray) -> None:
 def generate(sampler: Sampler, n: int, batch: int, seed: int = 0,
              progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, Stats]:
     """n images in batches of `batch` (the last may be smaller); returns (n, C, H, W) and totals."""
-    cfg = sampler.manifest.config
+    return generate_batches(sampler.sample, sampler.manifest, n, batch, seed, progress)
+
+
+def generate_batches(run: Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, Stats]], manifest: Bundle, n: int,
+                     batch: int, seed: int = 0, progress: Callable[[int], None] | None = None
+                     ) -> tuple[np.ndarray, Stats]:
+    """The seeded noise and labels of n images, run batch by batch through `run(x0, y)`."""
+    cfg = manifest.config
     x0 = make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size))
     y = make_labels(n, cfg.num_classes)
     out, total = np.empty((n, cfg.out_channels, cfg.input_size, cfg.input_size), np.float32), Stats()
     for lo in range(0, n, batch):
         hi = min(n, lo + batch)
-        out[lo:hi], stats = sampler.sample(x0[lo:hi], y[lo:hi])
+        out[lo:hi], stats = run(x0[lo:hi], y[lo:hi])
         total.add(stats)
         if progress:
             progress(hi - lo)

@@ -27,7 +27,7 @@ from odelt.runtime.planner import Candidate
 from odelt.runtime.plans import load_candidates, load_plan_schedule
 from odelt.runtime.profile import load_profile
 from odelt.runtime.quantile import DEFAULT_QUANTILE, QuantilePredictor, step_lengths_to_calls
-from odelt.runtime.sampler import Sampler, Stats, make_labels, make_noise
+from odelt.runtime.sampler import Sampler, Stats, generate_batches, make_labels
 from odelt.runtime.solvers import SOLVER_INFO
 from odelt.runtime.tracker import Planned, Replanner, SpeedTracker
 
@@ -181,15 +181,5 @@ def stream_for_bundle(manifest: Bundle, stack: ExitStack, budget_ms: float, batc
 def generate_stream(stream: Stream, manifest: Bundle, n: int, batch: int, seed: int = 0,
                     progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, Stats]:
     """n images in batches through the stream (as sampler.generate does for one sampler)."""
-    cfg = manifest.config
-    x0 = make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size))
-    y = make_labels(n, cfg.num_classes)
-    out, total = np.empty((n, cfg.out_channels, cfg.input_size, cfg.input_size), np.float32), Stats()
     stream.warm(min(batch, n))
-    for lo in range(0, n, batch):
-        hi = min(n, lo + batch)
-        out[lo:hi], stats = stream.run(x0[lo:hi], y[lo:hi])
-        total.add(stats)
-        if progress:
-            progress(hi - lo)
-    return out, total
+    return generate_batches(stream.run, manifest, n, batch, seed, progress)
