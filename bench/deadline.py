@@ -38,21 +38,9 @@ from odelt.runtime.planner import choose
 from odelt.runtime.plans import load_candidates
 from odelt.runtime.profile import call_cost, host_overheads
 from odelt.runtime.quantile import QuantilePredictor
+from planner import prepare  # bench/ is on the path (bench/run.py)
 
 NAMES = {"open": "open_loop", "closed": "closed_loop", "anytime": "anytime"}
-
-
-def _prepare(opts: demo.DemoOptions):
-    from odelt.exporter.verify import model_for_bundle
-
-    log = lambda msg: None  # noqa: E731
-    manifest = demo.stage_export(opts, log)
-    model = model_for_bundle(open_bundle(manifest.root))
-    schedules = demo.stage_schedules(opts, manifest, model, log)
-    demo.stage_build(opts, manifest, log)
-    demo.stage_quality(opts, manifest, model, schedules, log)
-    prof = demo.stage_profile(opts, manifest, log)
-    return open_bundle(manifest.root), prof
 
 
 def pick_budget(manifest, prof, batch: int) -> float:
@@ -109,7 +97,7 @@ def run(quick: bool = False) -> dict:
     batches = 90 if quick else 240
     with tempfile.TemporaryDirectory() as tmp:
         opts = demo.DemoOptions(out=Path(tmp), precisions=("fp32",), quality_n=32 if quick else 64, calib_samples=8)
-        manifest, prof = _prepare(opts)
+        manifest, prof = prepare(opts, quantize=False)
         budget = pick_budget(manifest, prof, opts.batch)
         load0 = list(os.getloadavg())
         runs = run_modes(manifest, prof, budget, opts.batch, batches)

@@ -31,12 +31,14 @@ from odelt.runtime.plans import load_candidates
 from odelt.runtime.profile import call_cost, host_overheads, predict_now
 
 
-def _prepare(opts: demo.DemoOptions):
+def prepare(opts: demo.DemoOptions, quantize: bool = True):
+    """The demo's stages up to its profile (bench/deadline.py reuses this, FP32 only)."""
     from odelt.exporter.verify import model_for_bundle
 
     log = lambda msg: None  # noqa: E731
     manifest = demo.stage_export(opts, log)
-    demo.stage_quantize(opts, manifest, log)
+    if quantize:
+        demo.stage_quantize(opts, manifest, log)
     model = model_for_bundle(open_bundle(manifest.root))
     schedules = demo.stage_schedules(opts, manifest, model, log)
     demo.stage_build(opts, manifest, log)
@@ -49,7 +51,7 @@ def run(quick: bool = False) -> dict:
     rounds = 3 if quick else 5
     with tempfile.TemporaryDirectory() as tmp:
         opts = demo.DemoOptions(out=Path(tmp), quick=quick, quality_n=32 if quick else 128, calib_samples=8)
-        manifest, prof = _prepare(opts)
+        manifest, prof = prepare(opts)
         candidates, cost, host = load_candidates(manifest), call_cost(prof), host_overheads(prof)
         ms = sorted(m for _, m in choose(candidates, float("inf"), cost, opts.batch, *host).table)
         budgets = np.geomspace(ms[0] * 1.05, ms[-1] * 1.01, 4 if quick else 6)
