@@ -331,10 +331,13 @@ def _read(root: Path) -> Bundle:
     return Bundle(root, data)
 
 
-def open_bundle(path: str | os.PathLike, verify: bool = False) -> Bundle:
-    """Open BUNDLE (cheap file checks; `verify` hashes every file and refuses unlisted graphs)."""
+def open_bundle(path: str | os.PathLike, verify: bool = False, check_files: bool = True) -> Bundle:
+    """Open BUNDLE (cheap file checks; `verify` hashes every file and refuses unlisted graphs).
+    `check_files=False` reads a manifest copied away from its files (a serving repository's
+    sampler model, whose graphs live in models of their own) without looking for them."""
     bundle = _read(Path(path))
-    bundle.check_files(verify)
+    if check_files:
+        bundle.check_files(verify)
     return bundle
 
 

@@ -108,11 +108,11 @@ def _cached(path: Path, make: Callable[[], Any], log: Log, what: str) -> Any:
 
 
 def stage_export(opts: DemoOptions, log: Log):
-    from odelt.exporter.bundle import open_bundle
+    from odelt.exporter.bundle import MANIFEST, open_bundle
     from odelt.exporter.export import ExportOptions, export_source
 
     bundle = opts.out / "bundle"
-    if (bundle / "manifest.json").is_file():
+    if (bundle / MANIFEST).is_file():
         log(f"export: reusing {bundle}")
         return open_bundle(bundle)
     log("export: segments + per-length graphs ...")

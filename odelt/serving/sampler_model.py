@@ -30,10 +30,9 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from odelt.errors import ConfigError, OdeltError, RuntimeFailure
-from odelt.exporter.bundle import MANIFEST, Bundle
+from odelt.exporter.bundle import Bundle, open_bundle
 from odelt.exporter.chain import run_chain
 from odelt.exporter.iospec import GraphSpec
-from odelt.fileio import read_json
 from odelt.runtime.protocol import chain_length
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.planner import choose
@@ -153,8 +152,8 @@ class SamplerService:
 
 def open_service(bundle: Path, params: Mapping[str, str], call: Call) -> SamplerService:
     """The service the model config describes (`parameters` of odelt_sampler/config.pbtxt)."""
-    # Read as is: the graph files its records list live in their own models, not beside this copy.
-    manifest = Bundle(bundle, read_json(bundle / MANIFEST, ConfigError))
+    # The graph files its records list live in their own models, not beside this copy.
+    manifest = open_bundle(bundle, check_files=False)
     backend = BlsBackend(manifest, params["layout"], json.loads(params["graph_models"]), call)
     return SamplerService(manifest, backend, params["precision"], int(params["max_images"]))
 
