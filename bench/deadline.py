@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 
-from odelt.exporter.bundle import open_bundle
 from odelt.pipeline import demo
 from odelt.pipeline.interference import run_modes
 from odelt.runtime.planner import choose

@@ -15,6 +15,8 @@ TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, de
 CONFIGS: dict[str, DiTConfig] = {
     "tiny": TINY,                                          # lengths 2, 4
     "tiny-depth6": dataclasses.replace(TINY, depth=6),     # lengths 2, 4, 6
+    "tiny-depth5": dataclasses.replace(TINY, depth=5),     # lengths 2, 4; block 4 dead at every length
+    "tiny-depth2": dataclasses.replace(TINY, depth=2),     # length 2: the smallest engine builds
 }
 
 

@@ -93,11 +93,5 @@ class Client:
             return False
 
 
-def rows_per_execution(stats: dict[str, Any]) -> float:
-    """inference_count / execution_count: the mean rows Triton gave one execution of a model."""
-    executions = int(stats.get("execution_count", 0))
-    return int(stats.get("inference_count", 0)) / executions if executions else 0.0
-
-
 def _tensor(name: str, datatype: str, data: list) -> dict[str, Any]:
     return {"name": name, "datatype": datatype, "shape": [len(data)], "data": data}

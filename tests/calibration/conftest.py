@@ -4,11 +4,9 @@ import pytest
 import torch
 
 from odelt.exporter.export import ExportOptions, export_bundle
-from odelt.models.config import DiTConfig
 from odelt.models.dit import DiT
 
-TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2,
-                 depth_group=2, depth_min=2, num_classes=10)
+from tests.models_zoo import TINY
 FAST = dict(calib_samples=2, eval_samples=2, schedules=("uniform:euler:2",))
 
 

@@ -17,17 +17,16 @@ import pytest
 
 from odelt import fileio
 
-TINY = dict(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2, depth_group=2,
-            depth_min=2, num_classes=10)
+from tests.models_zoo import TINY
 
 
 def _model(seed: int):
     import torch
 
-    from odelt.models import DiT, DiTConfig
+    from odelt.models import DiT
 
     torch.manual_seed(seed)
-    dit = DiT(DiTConfig(**TINY)).eval()
+    dit = DiT(TINY).eval()
     with torch.no_grad():   # upstream zero-inits the final layer: randomise it, or velocities are 0
         for p in dit.final.parameters():
             p.normal_(0.0, 0.3)

@@ -12,8 +12,9 @@ import torch
 
 from odelt.exporter.bundle import FORMAT
 from tests.bundles import hand_written_bundle
+from tests.models_zoo import config
 from odelt.exporter.iospec import GraphSpec, TensorSpec
-from odelt.models.config import PRESETS, DiTConfig
+from odelt.models.config import PRESETS
 
 
 class TinyNet(torch.nn.Module):
@@ -69,8 +70,7 @@ def x_batch() -> np.ndarray:
 
 # -- TensorRT-RTX: a real builder on this CPU-only machine (tests/engines/test_rtx_*.py) ------------
 
-RTX_TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=2, num_heads=2,
-                     depth_group=2, depth_min=2, num_classes=10)
+RTX_TINY = config("tiny-depth2")
 RTX_OPT_LEVEL = 0          # the lowest builder optimisation level: tests check what is built, not its speed
 
 

@@ -7,8 +7,9 @@ from odelt.exporter.export import ExportOptions, export_source
 from odelt.models import DiT, DiTConfig, save_checkpoint
 
 # depth 5 with groups of 2: lengths 2 and 4, block 4 is dead at every length.
-TINY = DiTConfig(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=5, num_heads=2,
-                 depth_group=2, depth_min=2, num_classes=10)
+from tests.models_zoo import config
+
+TINY = config("tiny-depth5")
 
 
 def random_model(cfg: DiTConfig = TINY, seed: int = 0) -> DiT:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-TINY = dict(input_size=8, in_channels=1, out_channels=1, hidden_size=32, depth=4, num_heads=2, depth_group=2,
-            depth_min=2, num_classes=10)
+from tests.models_zoo import TINY
 # (schedule spec, length): the plans of the synthetic quality table, cheapest first. Their errors are
 # made up (decreasing with cost), which is all the planner needs to pick between them.
 PLANS = (("uniform:euler:1", 2), ("uniform:euler:2", 4), ("uniform:euler:4", 4), ("cosine:heun:4", 4))
@@ -18,14 +17,14 @@ def make_serving_bundle(root: Path) -> Path:
     from odelt.exporter.bundle import open_bundle
     from odelt.exporter.export import ExportOptions, export_bundle
     from odelt.exporter.iospec import BatchRange
-    from odelt.models import DiT, DiTConfig
+    from odelt.models import DiT
     from odelt.runtime.heuristics import resolve_schedule
     from odelt.runtime.plans import FORMAT, QUALITY, call_lengths
     from odelt.runtime.profile import profile_bundle, save_profile
     from odelt.runtime.schedule import save_schedule
 
     torch.manual_seed(0)
-    dit = DiT(DiTConfig(**TINY)).eval()
+    dit = DiT(TINY).eval()
     with torch.no_grad():   # upstream zero-inits the final layer: randomise it, or velocities are 0
         for p in dit.final.parameters():
             p.normal_(0.0, 0.3)

@@ -10,7 +10,6 @@ import pytest
 from odelt.cli import main
 from odelt.exporter.bundle import open_bundle
 from odelt.exporter.iospec import segments_spec
-from odelt.models.config import DiTConfig
 from odelt.serving.repository import RepoOptions, write_repository
 from odelt.serving.wire import batched, model_name
 from tests.serving.conftest import validate
@@ -74,7 +73,7 @@ def test_schema_check_rejects_a_misspelt_field(cpu_repo, serving_env, tmp_path):
 
 
 def test_guided_graphs_that_mix_row_axes_are_served_unbatched():
-    plan = segments_spec(DiTConfig(**TINY), (2, 4), guided=True)
+    plan = segments_spec(TINY, (2, 4), guided=True)
     kinds = {g.name: batched(g) for g in plan.graphs}
     # cond: B rows in, 2B out; the first chunk: x has B rows, its mods 2B; head: V has 2B rows,
     # cfg_scale B; only a later chunk has 2B rows throughout

@@ -17,7 +17,7 @@ from odelt.runtime.quantile import QuantilePredictor
 from odelt.runtime.plans import load_candidates
 from odelt.runtime.profile import load_profile
 from odelt.runtime.run import GenerateOptions, generate_from_bundle
-from odelt.serving.client import Client, ServingError, rows_per_execution
+from odelt.serving.client import Client, ServingError
 from odelt.serving.wire import model_name
 
 SHAPE = (1, 8, 8)
