@@ -10,6 +10,7 @@ Bundle layout (format "odelt-bundle/1")::
       segments/blocks_0-3.onnx      chunk: (x | h, V) + its blocks' mods -> h_out, V_out
       segments/head.onnx            exit head: (V, final_mod[, cfg_scale]) -> velocity
       per-length/length_4.onnx      (x, t, dt_base, y[, cfg_scale]) -> velocity, l folded in
+      decoder/decoder_sd.onnx       latent models: latent (NCHW) -> image in about [-1, 1]
       <graph>.onnx.data             external weights, next to their graph, when the model is large
       fp16/ int8/                   precision variants (odelt.calibration.quantize)
       engines/<set>/                engine sets (odelt.engines.build)
@@ -29,6 +30,10 @@ manifest.json keys::
                   {"name", "dtype", "shape"} with dynamic axes "batch" / "2*batch" (see iospec.py)
     chains        {layout: {str(length): [graph name, ...]}}: run in order to get the velocity
     weight_bytes  {"segments", "segments_without_conditioning", "per-length"} (those exported)
+    decoders      latent models only: {kind: {"kind": "sd" | "taesd", "graph": graph name (layout "decoder"),
+                   "scaling_factor": float (the VAE's; already folded into the graph), "scale_folded": true,
+                   "latent": [C, H, W], "image": [C, H, W], "params": int, "source": str,
+                   "source_hash": str}}; absent or {} for pixel-space models
     tables        {name: {"file", "length", "y", "cfg", "rows", "t", "dt_base", "outputs"}}
     precisions    {"fp16" | "int8": {"graphs": {name: {"file", "external_data", "weight_bytes",
                    "changed"}}, "report", "metrics", "fallback", "flavour" (int8: "trt" | "cpu")}}
@@ -68,6 +73,25 @@ LOCK = ".manifest.lock"
 PRECISIONS = ("fp32", "fp16", "int8")
 SECTIONS = ("precisions", "engines", "tables")           # what later stages add, one entry per key
 ARTIFACT_SUFFIXES = (".onnx", ".onnx.data", ".ort", ".plan", ".engine", ".npz")
+
+
+@dataclass(frozen=True)
+class DecoderInfo:
+    """One decoder stage of a latent bundle (its graph is `graph`, kind "decoder")."""
+
+    kind: str                      # "sd" (AutoencoderKL) | "taesd" (AutoencoderTiny)
+    graph: str
+    scaling_factor: float          # the VAE's; folded into the graph, so no host divides by it
+    scale_folded: bool
+    latent: tuple[int, ...]        # (C, H, W) the graph takes
+    image: tuple[int, ...]         # (C, H, W) it returns
+    params: int
+    source: str
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DecoderInfo:
+        return cls(str(d["kind"]), str(d["graph"]), float(d["scaling_factor"]), bool(d["scale_folded"]),
+                   tuple(d["latent"]), tuple(d["image"]), int(d.get("params", 0)), str(d.get("source", "")))
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,24 @@ class Bundle:
 
     def chains(self, layout: str) -> dict[int, list[str]]:
         return {int(n): list(c) for n, c in self._data["chains"][layout].items()}
+
+    # -- the decoder stage (latent models) ----------------------------------------------------
+    @property
+    def decoders(self) -> dict[str, DecoderInfo]:
+        """{kind: DecoderInfo}; empty for a pixel-space bundle."""
+        return {k: DecoderInfo.from_dict(d) for k, d in self._data.get("decoders", {}).items()}
+
+    def decoder(self, kind: str | None = None) -> DecoderInfo:
+        """The decoder of `kind`; without a kind, the bundle's only one (or "sd" when it has both)."""
+        have = self.decoders
+        if not have:
+            raise BundleError(f"{self.root}: no decoder stage; expected a latent bundle exported with "
+                              "--vae KIND:PATH")
+        if kind is None:
+            kind = next(iter(have)) if len(have) == 1 else "sd" if "sd" in have else sorted(have)[0]
+        if kind not in have:
+            raise BundleError(f"{self.root}: no {kind!r} decoder; expected one of {sorted(have)}")
+        return have[kind]
 
     # -- what later stages added --------------------------------------------------------------
     @property

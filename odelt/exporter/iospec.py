@@ -20,6 +20,7 @@ from odelt.models.config import DiTConfig
 BATCH = "batch"
 CFG_ROWS = "2*batch"
 LAYOUTS = ("segments", "per-length")
+DECODER_LAYOUT = "decoder"              # graphs of the decoder stage (latent -> image); not a DiT layout
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,7 @@ class BatchRange:
 class GraphSpec:
     name: str                           # unique in a bundle: "cond", "blocks_0-3", "head", "length_4"
     layout: str                         # "segments" or "per-length"
-    kind: str                           # "conditioning" | "chunk" | "head" | "length"
+    kind: str                           # "conditioning" | "chunk" | "head" | "length" | "decoder"
     blocks: tuple[int, ...]             # DiT blocks whose token-path weights live in this graph
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -218,3 +219,12 @@ def layout_spec(cfg: DiTConfig, layout: str, lengths: tuple[int, ...], guided: b
     if layout == "per-length":
         return per_length_spec(cfg, lengths, guided)
     raise ConfigError(f"unknown layout {layout!r}; expected one of {list(LAYOUTS)}")
+
+
+def decoder_spec(kind: str, latent: tuple[int, int, int], image: tuple[int, int, int]) -> GraphSpec:
+    """The decoder stage of a latent model: the DiT's latent x (NCHW, exactly as the velocity graphs
+    take and the sampler returns it; the VAE's 1/scaling_factor is folded into the graph) -> an
+    image in about [-1, 1] (B, C_img, H_img, W_img). One graph per VAE kind ("sd", "taesd")."""
+    return GraphSpec(f"decoder_{kind}", DECODER_LAYOUT, "decoder", (),
+                     (TensorSpec("latent", "float32", (BATCH, *latent)),),
+                     (TensorSpec("image", "float32", (BATCH, *image)),))
