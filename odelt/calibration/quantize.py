@@ -81,7 +81,8 @@ class _Converter:
     def convertible(self, name: str) -> bool:
         if self.options.precision == "int8":
             return bool(self.candidates[name])
-        return bool(analyse(self.fp32[name]).token_inputs)          # fp16: anything on the token path
+        # fp16: anything on the token path (a graph with no live block has token inputs nothing reads)
+        return bool(analyse(self.fp32[name]).token_nodes)
 
     def build(self, name: str, fallback: set[str]) -> tuple[onnx.ModelProto, dict]:
         model = self.fp32[name]

@@ -34,7 +34,8 @@ def parse_layout(text: str) -> tuple[str, ...]:
 @click.argument("source")
 @click.option("--out", "out", required=True, type=click.Path(), help="Bundle folder to write.")
 @click.option("--layout", default="segments", show_default=True, help="segments, per-length or both.")
-@click.option("--lengths", default=None, help="Comma-separated lengths (default: the model's trained lengths).")
+@click.option("--lengths", default=None,
+              help="Comma-separated lengths, each in [1, depth] (default: the trained lengths and the group ends).")
 @click.option("--batch", default="1:1:8", show_default=True, help="Engine batch range MIN:OPT:MAX.")
 @click.option("--opset", default=17, show_default=True, type=int, help="ONNX opset (16 for TensorRT 8.5).")
 @click.option("--guidance", "--cfg", "guidance", is_flag=True,

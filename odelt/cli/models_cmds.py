@@ -20,6 +20,7 @@ def info(source: str, config_file: str | None) -> None:
     click.echo(f"{source}: hidden {cfg.hidden_size}, depth {cfg.depth}, heads {cfg.num_heads}, "
                f"group {cfg.depth_group}, lengths {list(cfg.lengths)}, classes {cfg.num_classes}, "
                f"input {cfg.in_channels}x{cfg.input_size}x{cfg.input_size}")
-    for length in cfg.lengths:
+    for length in cfg.export_lengths:    # what `export` writes by default: trained lengths + group ends
         click.echo(f"  l={length:>3}: live blocks {cfg.live_depth(length):>3}, "
-                   f"{model.param_bytes(length) / 1e6:.2f} MB of parameters")
+                   f"{model.param_bytes(length) / 1e6:.2f} MB of parameters"
+                   f"{'' if length in cfg.lengths else ' (a group end, not trained)'}")

@@ -30,7 +30,8 @@ from typing import Any
 
 import numpy as np
 
-from odelt.engines.graph import graph_digest
+from odelt.engines.graph import graph_digest, load_graph
+from odelt.exporter.onnx_utils import restore_inputs
 from odelt.errors import BuildError, ConfigError, EngineMismatch, OdeltError
 from odelt.fileio import atomic_path, building, write_error, write_json_atomic
 from odelt.runtime.ort_session import open_session, ort_module
@@ -128,6 +129,9 @@ def _fused_graph(onnx_path: Path, work: Path) -> Path:
                                optimization_options=fusion)
     finally:
         quiet.setLevel(level)
+    # Its pruning drops inputs nothing reads (x of a graph with no live block); the engine keeps the
+    # graph's IO, which the runtime binds by name.
+    restore_inputs(model.model, list(load_graph(onnx_path).graph.input))
     work.mkdir(parents=True, exist_ok=True)
     out = work / onnx_path.name
     model.save_model_to_file(str(out), use_external_data_format=_has_external_data(onnx_path))
@@ -135,8 +139,6 @@ def _fused_graph(onnx_path: Path, work: Path) -> Path:
 
 
 def _has_external_data(onnx_path: Path) -> bool:
-    from odelt.engines.graph import load_graph
-
     return any(i.data_location == 1 for i in load_graph(onnx_path).graph.initializer)  # EXTERNAL
 
 

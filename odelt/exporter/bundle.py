@@ -9,6 +9,7 @@ Bundle layout (format "odelt-bundle/1")::
       segments/cond.onnx            conditioning: (t, dt_base, y, l) -> mod0..mod{k-1}, final_mod
       segments/blocks_0-3.onnx      chunk: (x | h, V) + its blocks' mods -> h_out, V_out
       segments/head.onnx            exit head: (V, final_mod[, cfg_scale]) -> velocity
+      segments/head0.onnx           exit of lengths with no live block: (final_mod[, cfg_scale]) -> velocity
       per-length/length_4.onnx      (x, t, dt_base, y[, cfg_scale]) -> velocity, l folded in
       decoder/decoder_sd.onnx       latent models: latent (NCHW) -> image in about [-1, 1]
       <graph>.onnx.data             external weights, next to their graph, when the model is large

@@ -30,7 +30,7 @@ TRACE_BATCH = 2                            # > 1 so nothing in the trace special
 @dataclass(frozen=True)
 class ExportOptions:
     layouts: tuple[str, ...] = ("segments",)
-    lengths: tuple[int, ...] | None = None     # None: the model's trained lengths
+    lengths: tuple[int, ...] | None = None     # None: DiTConfig.export_lengths (trained lengths + group ends)
     batch: BatchRange = BatchRange()
     opset: int = 17
     guidance: bool = False                      # fold classifier-free guidance into the graphs
@@ -70,7 +70,7 @@ def wrapper_for(dit: DiT, spec: GraphSpec, guided: bool) -> nn.Module:
     if spec.kind == "chunk":
         return ChunkGraph(dit, spec.blocks, guided)
     if spec.kind == "head":
-        return HeadGraph(dit, guided)
+        return HeadGraph(dit, guided, zero_v=not any(t.name == "V" for t in spec.inputs))
     assert spec.length is not None
     return LengthGraph(dit, spec.length, guided)
 
@@ -119,7 +119,7 @@ def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, sour
     """Export `dit` into the bundle folder `out`; returns its manifest. Nothing is left at `out`
     unless the whole bundle was written."""
     cfg = dit.config
-    lengths = check_lengths(cfg, tuple(options.lengths or cfg.lengths))
+    lengths = check_lengths(cfg, tuple(options.lengths or cfg.export_lengths))
     plans = [layout_spec(cfg, layout, lengths, options.guidance) for layout in dict.fromkeys(options.layouts)]
     out = Path(out)
     _check_target(out, options.force)

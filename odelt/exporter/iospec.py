@@ -20,7 +20,8 @@ from odelt.models.config import DiTConfig
 BATCH = "batch"
 CFG_ROWS = "2*batch"
 LAYOUTS = ("segments", "per-length")
-DECODER_LAYOUT = "decoder"              # graphs of the decoder stage (latent -> image); not a DiT layout
+DECODER_LAYOUT = "decoder"  # graphs of the decoder stage (latent -> image); not a DiT layout
+ZERO_HEAD = "head0"         # segments: the exit of lengths with no live block (the final layer on V = 0)
 
 
 @dataclass(frozen=True)
@@ -87,9 +88,9 @@ class BatchRange:
 
 @dataclass(frozen=True)
 class GraphSpec:
-    name: str                           # unique in a bundle: "cond", "blocks_0-3", "head", "length_4"
-    layout: str                         # "segments" or "per-length"
-    kind: str                           # "conditioning" | "chunk" | "head" | "length" | "decoder"
+    name: str                           # unique in a bundle: "cond", "blocks_0-3", "head", "head0", "length_4"
+    layout: str                         # "segments", "per-length" or "decoder"
+    kind: str                           # "conditioning" | "chunk" | "head" (head, head0) | "length" | "decoder"
     blocks: tuple[int, ...]             # DiT blocks whose token-path weights live in this graph
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
@@ -163,24 +164,23 @@ def final_mod(cfg: DiTConfig, guided: bool) -> TensorSpec:
 # -- the layouts --------------------------------------------------------------------------------
 
 def check_lengths(cfg: DiTConfig, lengths: tuple[int, ...]) -> tuple[int, ...]:
-    """Sorted unique lengths, each in [1, depth] with at least one live block (an exit)."""
+    """Sorted unique lengths, each in [1, depth]. Every such length runs (as the model does): below
+    the first group end no block is live, and a length ending mid-group drops its trailing blocks."""
     if not lengths:
         raise ConfigError("expected at least one length, found none")
     for length in lengths:
-        if not isinstance(length, int) or not 1 <= length <= cfg.depth:
+        if not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= cfg.depth:
             raise ConfigError(f"length must be an integer in [1, {cfg.depth}], found {length!r}")
-        if cfg.live_depth(length) == 0:
-            raise ConfigError(f"length {length} has no exit: the first group ends at block "
-                              f"{cfg.depth_group}; expected a length >= {cfg.depth_group}")
     return tuple(sorted(set(lengths)))
 
 
 def per_length_spec(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> LayoutSpec:
-    """One self-contained graph per length; only its live blocks."""
+    """One self-contained graph per length; only its live blocks (none below the first group end)."""
+    lengths = check_lengths(cfg, lengths)
     graphs = tuple(GraphSpec(f"length_{n}", "per-length", "length", tuple(range(cfg.live_depth(n))),
                              caller_inputs(cfg, guided), (_velocity(cfg),), length=n)
-                   for n in check_lengths(cfg, lengths))
-    return LayoutSpec("per-length", graphs, {n: (g.name,) for n, g in zip(check_lengths(cfg, lengths), graphs)})
+                   for n in lengths)
+    return LayoutSpec("per-length", graphs, {n: (g.name,) for n, g in zip(lengths, graphs)})
 
 
 def segments_spec(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> LayoutSpec:
@@ -188,12 +188,16 @@ def segments_spec(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> Lay
 
     A length l runs cond -> chunks up to its exit live_depth(l) -> head. The chunks hold each
     block's token-path weights exactly once; the conditioning graph holds every adaLN layer.
+    A length with no live block (below the first group end) has V = 0, so it runs cond -> head0:
+    the final layer on a zero V, which reads only final_mod (present only when such a length is asked).
     """
     lengths = check_lengths(cfg, lengths)
-    exits = sorted({cfg.live_depth(n) for n in lengths})
+    live = {n: cfg.live_depth(n) for n in lengths}
+    exits = sorted(set(live.values()) - {0})
     cond_ins = tuple(t for t in caller_inputs(cfg, False) if t.name != "x") + (_per_sample("l", "int32"),)
     cond = GraphSpec("cond", "segments", "conditioning", (), cond_ins,
-                     tuple(block_mod(cfg, i, guided) for i in range(exits[-1])) + (final_mod(cfg, guided),))
+                     tuple(block_mod(cfg, i, guided) for i in range(max(exits, default=0))) +
+                     (final_mod(cfg, guided),))
     chunks, start = [], 0
     for end in exits:
         blocks = tuple(range(start, end))
@@ -203,14 +207,19 @@ def segments_spec(cfg: DiTConfig, lengths: tuple[int, ...], guided: bool) -> Lay
         outs = (_tokens(cfg, "h_out", guided), _tokens(cfg, "V_out", guided))
         chunks.append(GraphSpec(f"blocks_{start}-{end - 1}", "segments", "chunk", blocks, ins, outs))
         start = end
-    head_ins = (_tokens(cfg, "V", guided), final_mod(cfg, guided)) + (
-        (_per_sample("cfg_scale", "float32"),) if guided else ())
-    head = GraphSpec("head", "segments", "head", (), head_ins, (_velocity(cfg),))
+    guidance = (_per_sample("cfg_scale", "float32"),) if guided else ()
+    heads = []
+    if exits:
+        heads.append(GraphSpec("head", "segments", "head", (), (_tokens(cfg, "V", guided), final_mod(cfg, guided))
+                               + guidance, (_velocity(cfg),)))
+    if 0 in live.values():
+        heads.append(GraphSpec(ZERO_HEAD, "segments", "head", (), (final_mod(cfg, guided),) + guidance,
+                               (_velocity(cfg),)))
     chains = {}
     for n in lengths:
-        upto = [c.name for c in chunks if c.blocks[-1] < cfg.live_depth(n)]
-        chains[n] = (cond.name, *upto, head.name)
-    return LayoutSpec("segments", (cond, *chunks, head), chains)
+        upto = [c.name for c in chunks if c.blocks[-1] < live[n]]
+        chains[n] = (cond.name, *upto, "head" if upto else ZERO_HEAD)
+    return LayoutSpec("segments", (cond, *chunks, *heads), chains)
 
 
 def layout_spec(cfg: DiTConfig, layout: str, lengths: tuple[int, ...], guided: bool) -> LayoutSpec:

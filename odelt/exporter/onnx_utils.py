@@ -25,12 +25,20 @@ def _value_info(t: TensorSpec):
 
 
 def restore_unused_inputs(model, spec: GraphSpec) -> None:
-    """Put back declared inputs the tracer dropped because nothing reads them (e.g. dt_base of an
-    ignore_dt model), so every graph of a kind has the same IO as its spec says."""
+    """Put back declared inputs the tracer dropped because nothing reads them (dt_base of an
+    ignore_dt model, x of a graph with no live block), so every graph has the IO its spec says."""
+    restore_inputs(model, [_value_info(t) for t in spec.inputs])
+
+
+def restore_inputs(model, declared: list) -> None:
+    """Put back the `declared` inputs (ValueInfoProtos, in order) the graph lacks, keeping the graph's
+    own entry where it has one. Tools that prune a graph drop inputs nothing reads; every caller binds
+    the declared ones (ONNX Runtime's IOBinding refuses a name the session does not have)."""
     have = {i.name: i for i in model.graph.input}
-    if all(t.name in have for t in spec.inputs):
+    if all(v.name in have for v in declared):
         return
-    ordered = [have.get(t.name) or _value_info(t) for t in spec.inputs]
+    names = {v.name for v in declared}
+    ordered = [have.get(v.name) or v for v in declared] + [i for i in model.graph.input if i.name not in names]
     del model.graph.input[:]
     model.graph.input.extend(ordered)
 

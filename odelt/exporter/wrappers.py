@@ -102,24 +102,49 @@ class ChunkGraph(nn.Module):
         return run_blocks(self.dit, self.blocks, h, v, mods)
 
 
+def final_on_zero_v(dit: DiT, final_mod: Tensor) -> Tensor:
+    """The final layer at V = 0 (no live block), as image (R, C, H, W), without a zero tensor.
+
+    LayerNorm of a zero row is exactly zero (mean 0, variance 0, eps > 0), so modulate gives the
+    shift for every token, and every token's patch is linear(shift): one (R, D) product, repeated
+    over the token grid. DiT.forward computes the same numbers the long way round."""
+    cfg = dit.config
+    shift = final_mod[:, :cfg.hidden_size]                             # (R, D)
+    patch = dit.final.linear(shift)                                     # (R, p*p*C)
+    tokens = patch.unsqueeze(1).repeat(1, cfg.num_tokens, 1)            # (R, N, p*p*C)
+    return unpatchify(tokens, cfg.patch_size, cfg.out_channels, cfg.input_size // cfg.patch_size)
+
+
+def final_image(dit: DiT, v: Tensor | None, final_mod: Tensor) -> Tensor:
+    """The final layer on the velocity sum V (None: no block ran, V = 0) -> (R, C, H, W)."""
+    cfg = dit.config
+    if v is None:
+        return final_on_zero_v(dit, final_mod)
+    return unpatchify(dit.final.apply_modulated(v, final_mod), cfg.patch_size, cfg.out_channels,
+                      cfg.input_size // cfg.patch_size)
+
+
 class HeadGraph(nn.Module):
-    """(V, final_mod[, cfg_scale]) -> velocity (B, C, H, W)."""
+    """(V, final_mod[, cfg_scale]) -> velocity (B, C, H, W); with `zero_v` (the head0 exit of
+    lengths with no live block) there is no V input: (final_mod[, cfg_scale]) -> velocity."""
 
     dit: DiT
 
-    def __init__(self, dit: DiT, guided: bool):
+    def __init__(self, dit: DiT, guided: bool, zero_v: bool = False):
         super().__init__()
-        self.dit, self.guided = dit, guided
+        self.dit, self.guided, self.zero_v = dit, guided, zero_v
 
-    def forward(self, v: Tensor, final_mod: Tensor, guidance_scale: Tensor | None = None) -> Tensor:
-        cfg = self.dit.config
-        out = unpatchify(self.dit.final.apply_modulated(v, final_mod), cfg.patch_size, cfg.out_channels,
-                         cfg.input_size // cfg.patch_size)              # (R, C, H, W)
+    def forward(self, *args: Tensor) -> Tensor:
+        v, rest = (None, args) if self.zero_v else (args[0], args[1:])
+        final_mod, guidance_scale = rest[0], (rest[1] if len(rest) > 1 else None)
+        out = final_image(self.dit, v, final_mod)                      # (R, C, H, W)
         return guide(out, guidance_scale) if guidance_scale is not None else out
 
 
 class LengthGraph(nn.Module):
-    """(x, t, dt_base, y[, cfg_scale]) -> velocity at one length, l folded in as a constant."""
+    """(x, t, dt_base, y[, cfg_scale]) -> velocity at one length, l folded in as a constant. Below
+    the first group end no block is live: x is then an input nothing reads (the velocity is the final
+    layer on V = 0)."""
 
     dit: DiT
 
@@ -138,11 +163,12 @@ class LengthGraph(nn.Module):
         if self.guided:
             x, t, dt_base, y = twice(x), twice(t), twice(dt_base), with_null_rows(y, cfg.num_classes)
         c = dit.condition(t, dt_base, y)                                # (R, D)
-        cb = c + self.l_emb                                             # (R, D)
-        mods = [block(dit, i).modulation(cb) for i in self.blocks]
-        _, v = run_blocks(dit, self.blocks, dit.embed_tokens(x), None, mods)  # (R, N, D)
-        out = unpatchify(dit.final.apply_modulated(v, dit.final.modulation(c)), cfg.patch_size,
-                         cfg.out_channels, cfg.input_size // cfg.patch_size)
+        v = None
+        if self.blocks:
+            cb = c + self.l_emb                                         # (R, D)
+            mods = [block(dit, i).modulation(cb) for i in self.blocks]
+            _, v = run_blocks(dit, self.blocks, dit.embed_tokens(x), None, mods)  # (R, N, D)
+        out = final_image(dit, v, dit.final.modulation(c))
         return guide(out, guidance_scale) if guidance_scale is not None else out
 
 

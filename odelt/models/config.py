@@ -90,8 +90,25 @@ class DiTConfig:
         """The lengths upstream trains: depth_min + G*k up to depth."""
         return tuple(range(self.depth_min, self.depth + 1, self.depth_group))
 
+    @property
+    def group_ends(self) -> tuple[int, ...]:
+        """The lengths at which a group ends (G, 2G, ... <= depth): each has no dead block."""
+        return tuple(range(self.depth_group, self.depth + 1, self.depth_group))
+
+    @property
+    def export_lengths(self) -> tuple[int, ...]:
+        """The lengths an export gets when none are asked for: the trained lengths and the group ends.
+
+        The trained lengths are what the model was taught to serve (learned schedules use only them);
+        when depth_min is not a multiple of G some of them end mid-group (their trailing blocks are
+        dead) or before the first group end (no live block: the velocity comes from the conditioning
+        alone). The group ends add the lengths with no dead block, one per live depth, so every amount
+        of work the model can do is offered even where no trained length does it without waste."""
+        return tuple(sorted(set(self.lengths) | set(self.group_ends)))
+
     def live_depth(self, length: int) -> int:
-        """Blocks that can affect the output at `length`: up to the last group end <= length."""
+        """Blocks that can affect the output at `length`: up to the last group end <= length (0 below
+        the first group end, where the velocity sum V stays zero)."""
         self.check_length(length)
         return (length // self.depth_group) * self.depth_group
 

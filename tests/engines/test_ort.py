@@ -122,3 +122,27 @@ def test_a_failed_engine_write_is_a_write_error_not_a_build_error(tmp_path, tiny
     with pytest.raises(WriteError, match=r"cannot write .*eng/tiny.onnx: .*Protobuf serialization failed"):
         oe.engine_from_onnx(tiny_onnx, out, oe.OrtEngineOptions(fusions=False))
     assert list(out.parent.iterdir()) == [] and Path("/dev/full").is_char_device()
+
+
+def test_engine_keeps_an_input_nothing_reads(tmp_path):
+    """A graph with no live block has an x nothing reads; the fusion pass prunes such inputs, but
+    the runtime binds every declared input by name, so the engine must keep it."""
+    nodes = [helper.make_node("Relu", ["t"], ["velocity"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["batch", 4]),
+                                           helper.make_tensor_value_info("t", onnx.TensorProto.FLOAT, ["batch"])],
+                              [helper.make_tensor_value_info("velocity", onnx.TensorProto.FLOAT, ["batch"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    src = tmp_path / "g.onnx"
+    onnx.save(model, str(src))
+    eng = oe.engine_from_onnx(src, tmp_path / "e" / "g.onnx", oe.OrtEngineOptions())
+    assert [i.name for i in onnx.load(str(eng.path)).graph.input] == ["x", "t"]
+    sess = oe.session_from_engine(eng.path)
+    x, t = np.ones((2, 4), np.float32), np.array([-1.0, 2.0], np.float32)
+    out = np.empty(2, np.float32)
+    io = sess.io_binding()                                   # what the runtime does: bind by name
+    io.bind_input("x", "cpu", 0, np.float32, [2, 4], x.ctypes.data)
+    io.bind_input("t", "cpu", 0, np.float32, [2], t.ctypes.data)
+    io.bind_output("velocity", "cpu", 0, np.float32, [2], out.ctypes.data)
+    sess.run_with_iobinding(io)
+    np.testing.assert_array_equal(out, [0.0, 2.0])

@@ -47,7 +47,7 @@ def test_shapes_resolve_and_profiles():
     assert prof["V"][2] == (8, 16, 32)
 
 
-@pytest.mark.parametrize("lengths,msg", [((0,), "in \\[1, 5\\]"), ((6,), "in \\[1, 5\\]"), ((1,), "no exit"),
+@pytest.mark.parametrize("lengths,msg", [((0,), "in \\[1, 5\\]"), ((6,), "in \\[1, 5\\]"), ((True,), "in \\[1, 5\\]"),
                                          ((), "at least one")])
 def test_bad_lengths(lengths, msg):
     with pytest.raises(ConfigError, match=msg):
