@@ -105,9 +105,11 @@ def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
         first = stream.current
         images, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
         schedule = stream.sampler(first.candidate).schedule
-    table = tuple((p.candidate, p.quantile_ms) for p in stream.replanner.by_quality)
-    return GenerateResult(images, stats, schedule, peak_rss_mb(), Choice(first.candidate, first.quantile_ms, table),
-                          stream.stats)
+    rows = stream.replanner.by_quality
+    table = tuple((p.candidate, p.quantile_ms) for p in rows)
+    parts = tuple((p.median_ms, stream.predictor.decode(p.candidate)) for p in rows)
+    return GenerateResult(images, stats, schedule, peak_rss_mb(),
+                          Choice(first.candidate, first.quantile_ms, table, parts), stream.stats)
 
 
 def peak_rss_mb() -> float:

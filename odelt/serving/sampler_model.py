@@ -36,7 +36,6 @@ from odelt.exporter.iospec import GraphSpec
 from odelt.runtime.protocol import chain_length
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.planner import choose
-from odelt.runtime.profile import call_cost
 from odelt.runtime.quantile import DEFAULT_QUANTILE, QuantilePredictor, check_quantile
 from odelt.runtime.plans import load_candidates, load_plan_schedule, schedule_path
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
@@ -119,8 +118,7 @@ class SamplerService:
                 raise ConfigError(f"budget_ms must be a number of milliseconds, found {params['budget_ms']!r}") from None
             candidates, profile = self._planner()
             quantile = _quantile(params)
-            choice = choose(candidates, budget, call_cost(profile), n,
-                            predict=QuantilePredictor(profile, n, quantile).candidate)
+            choice = choose(candidates, budget, predictor=QuantilePredictor(profile, n, quantile))
             c = choice.candidate
             return (c.name, c.schedule), load_plan_schedule(self.manifest, c), choice.predicted_ms
         spec = params.get("schedule")
@@ -136,7 +134,8 @@ class SamplerService:
         if self._planning is None:       # read once: the quality table and this device's profile
             from odelt.runtime.profile import load_profile
 
-            candidates = [c for c in load_candidates(self.manifest) if c.precision == self.precision]
+            # the service returns the sampler's output as is (a latent bundle's latents): no decoder cost
+            candidates = [c for c in load_candidates(self.manifest, decode=False) if c.precision == self.precision]
             if not candidates:
                 raise ConfigError(f"the bundle's quality table has no {self.precision} plans")
             self._planning = (candidates, load_profile(self.manifest))

@@ -10,6 +10,7 @@ import pytest
 
 from odelt.runtime.anytime import Deadline, LengthProfile
 from odelt.runtime.heuristics import heuristic_schedule
+from odelt.errors import ConfigError
 from odelt.runtime.planner import BudgetError, Candidate
 from odelt.runtime.quantile import QuantilePredictor, call_quantile
 from odelt.runtime.sampler import Sampler
@@ -181,3 +182,20 @@ def test_stream_open_closed_anytime_on_a_scripted_slowdown():
     assert anytime.records[11].tail == pytest.approx(2.0)    # ratio to the lengths really run
     assert all(r.replan_us >= 0 for r in anytime.records)
     assert "0/30 batches missed the budget, 2 re-plans, 2 length switches" in anytime.summary()
+
+
+def test_quantile_composition_counts_the_decoder_once_per_batch():
+    prof = synthetic_profile(step_ms=0.1, sample_ms=0.5)
+    # decoding a batch: 21 samples over [9, 11] ms -> median 10, 0.95-quantile 10.9
+    prof["decoders"] = {"fp32": {"1": {"taesd": {"median_ms": 10.0, "p90_ms": 10.8, "p99_ms": 10.98,
+                                                 "samples_ms": [9 + 0.1 * i for i in range(21)]}}}}
+    at = QuantilePredictor(prof, 1, 0.95)
+    decoded = Candidate("a+taesd", "a", "euler", A.lengths, "fp32", 0.1, decoder="taesd")
+    assert at.median(decoded) == pytest.approx(32.9 + 10.0)
+    # the decode's excess is one more independent term: sqrt(4 x 0.9^2 + 0.9^2)
+    assert at.candidate(decoded) == pytest.approx(42.9 + 0.9 * np.sqrt(5))
+    assert at.candidate(A) == pytest.approx(34.7)                                # latents only: unchanged
+    rp = Replanner([decoded], at, budget_ms=100.0)
+    assert rp.first().median_ms == pytest.approx(42.9)                          # end to end
+    with pytest.raises(ConfigError, match="profile has no decoder timings for sd at fp32"):
+        at.candidate(Candidate("a+sd", "a", "euler", A.lengths, "fp32", 0.1, decoder="sd"))
