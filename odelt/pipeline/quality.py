@@ -108,12 +108,12 @@ def decoder_quality(manifest: Bundle, teacher: np.ndarray, sampled: np.ndarray, 
 
 
 def decode_latents(manifest: Bundle, kind: str, precision: str, latents: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Images of `latents` from the bundle's decoder graph (kind, precision), one image per run
-    (the decoder's cost grows with the batch, its accuracy does not)."""
-    from odelt.runtime.ort_session import open_session
+    """Images of `latents` from the bundle's decoder (kind, precision), one image per run (the
+    decoder's cost grows with the batch, its accuracy does not)."""
+    from odelt.runtime.decode import open_decoder
 
-    sess = open_session(manifest.graph_path(manifest.decoder(kind).graph, precision), threads=threads)
-    return np.concatenate([sess.run(["image"], {"latent": latents[i:i + 1]})[0] for i in range(latents.shape[0])])
+    with open_decoder(manifest, kind, precision, threads) as decoder:
+        return decoder.decode(latents, batch=1)
 
 
 def _rms(a: np.ndarray) -> float:

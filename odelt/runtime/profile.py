@@ -143,20 +143,26 @@ def decoder_precisions(manifest: Bundle, kind: str) -> tuple[str, ...]:
 
 def profile_decoders(manifest: Bundle, precisions: Iterable[str], batches: Iterable[int], repeats: int,
                      threads: int = 1) -> dict[str, dict]:
-    """{precision: {str(batch): {kind: timing}}}: one decode of a whole batch per sample, the
-    kinds of one (precision, batch) taking turns; {} for a pixel-space bundle."""
+    """{precision: {str(batch): {kind: timing}}}: one decode of a whole batch per sample, through
+    the runtime's decoder (odelt.runtime.decode: an ORT engine when built), the kinds of one
+    (precision, batch) taking turns; {} for a pixel-space bundle."""
+    from contextlib import ExitStack
+
+    from odelt.runtime.decode import open_decoder
+
     rng = np.random.default_rng(0)
     out: dict[str, dict] = {}
     for precision in precisions:
         kinds = [k for k in sorted(manifest.decoders) if precision in decoder_precisions(manifest, k)]
         if not kinds:
             continue
-        sessions = {k: open_session(manifest.graph_path(manifest.decoder(k).graph, precision), threads=threads)
-                    for k in kinds}
-        for batch in batches:
-            feeds = {k: _graph_feeds(manifest.graph(manifest.decoder(k).graph), batch, rng) for k in kinds}
-            out.setdefault(precision, {})[str(batch)] = _timed_round_robin(
-                {k: (lambda k=k: sessions[k].run(None, feeds[k])) for k in kinds}, repeats, warmup=1)
+        with ExitStack() as stack:
+            decoders = {k: stack.enter_context(open_decoder(manifest, k, precision, threads)) for k in kinds}
+            for batch in batches:
+                latents = {k: rng.standard_normal((batch, *manifest.decoder(k).latent)).astype(np.float32)
+                           for k in kinds}
+                out.setdefault(precision, {})[str(batch)] = _timed_round_robin(
+                    {k: (lambda k=k: decoders[k].decode(latents[k])) for k in kinds}, repeats, warmup=1)
     return out
 
 

@@ -1,0 +1,84 @@
+"""The decoder stage in a real (tiny) latent bundle: the profile times both decoders per batch,
+the quality table gets their errors, and `plan` counts and shows the decoder's share."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tests.models_zoo import random_model
+
+
+@pytest.fixture(scope="module")
+def latent(tmp_path_factory):
+    """A tiny latent DiT exported with a tiny SD-VAE and a tiny TAESD, profiled at batches 1 and 2,
+    with a quality table of two Euler schedules and the decoders' quality."""
+    pytest.importorskip("diffusers")
+    from odelt.exporter.export import ExportOptions, export_bundle
+    from odelt.pipeline.quality import decoder_quality, install_schedules, quality_rows, write_quality
+    from odelt.runtime.heuristics import heuristic_schedule
+    from odelt.runtime.profile import profile_bundle, save_profile
+    from tests.latent.vae_files import random_vae, save_folder
+
+    root = tmp_path_factory.mktemp("latent")
+    dit = random_model("tiny-latent", seed=0, std=0.3)
+    vaes = (("sd", str(save_folder(random_vae("sd"), root / "kl"))),
+            ("taesd", str(save_folder(random_vae("taesd"), root / "taesd"))))
+    m = export_bundle(dit, root / "b", ExportOptions(vaes=vaes), source="test:tiny-latent", source_hash="h")
+    prof = profile_bundle(m, "ort", (1, 2), ("fp32",), repeats=3, decoder_repeats=3)
+    save_profile(m, prof)
+    schedules = install_schedules(m, [heuristic_schedule("uniform", "euler", k, max(m.lengths)) for k in (1, 2)])
+    samples: dict = {}
+    rows = quality_rows(m, dit, schedules, ("fp32",), n=4, samples=samples)
+    quality = decoder_quality(m, samples["teacher"], samples[rows[0]["name"]], n=4)
+    write_quality(m, rows, 4, 0, quality)
+    return m, prof, rows, quality, samples
+
+
+def test_profile_times_each_decoder_once_per_batch(latent):
+    m, prof, *_ = latent
+    assert sorted(m.decoders) == ["sd", "taesd"]
+    assert sorted(prof["decoders"]) == ["fp32"]
+    for batch in ("1", "2"):
+        cells = prof["decoders"]["fp32"][batch]
+        assert sorted(cells) == ["sd", "taesd"]
+        assert all(len(c["samples_ms"]) == 3 and c["median_ms"] > 0 for c in cells.values())
+    # the velocity graphs are timed alone as before; the decoders only in their own section
+    assert not any(name.startswith("decoder_") for name in prof["graphs"]["fp32"]["1"])
+    assert prof["graphs"]["fp32"]["1"]
+
+
+def test_decoder_quality_against_the_sd_vae(latent):
+    m, _, rows, quality, samples = latent
+    from odelt.runtime.decode import open_decoder
+
+    assert quality["reference"] == {"kind": "sd", "precision": "fp32"}
+    errors = {(r["kind"], r["precision"]): r["error"] for r in quality["rows"]}
+    assert errors[("sd", "fp32")] == 0.0
+    assert errors[("taesd", "fp32")] > 0.01                # two unrelated random decoders
+    teacher, sampled = samples["teacher"], samples[rows[0]["name"]]
+    with open_decoder(m, "sd", threads=1) as sd, open_decoder(m, "taesd", threads=1) as taesd:
+        ref = sd.decode(teacher)
+        image_err = math.sqrt(np.mean((sd.decode(sampled) - ref) ** 2))
+        assert errors[("taesd", "fp32")] == pytest.approx(math.sqrt(np.mean((taesd.decode(teacher) - ref) ** 2)), rel=1e-4)
+    latent_err = math.sqrt(np.mean((sampled - teacher) ** 2))
+    assert latent_err > 0 and quality["gain"] == pytest.approx(image_err / latent_err, rel=1e-4)
+
+
+def test_plan_counts_and_shows_the_decoder(latent, run_cli):
+    m, prof, rows, quality, _ = latent
+    r = run_cli(["plan", m.root, "--budget-ms", "1e6"])
+    assert r.code == 0, r.err
+    assert "decode ms" in r.out and "share" in r.out
+    assert len([ln for ln in r.out.splitlines() if "+sd" in ln or "+taesd" in ln]) == 2 * len(rows) + 1
+    # everything fits: the best image is the better schedule decoded by the reference decoder
+    best = min(rows, key=lambda row: row["error"])["name"]
+    assert f"chosen: {best}+sd " in r.out
+    share = prof["decoders"]["fp32"]["1"]["sd"]["median_ms"]
+    assert f"decoder sd-fp32 {share:.2f} ms per batch" in r.out and "of the end-to-end median" in r.out
+    latents_only = run_cli(["plan", m.root, "--budget-ms", "1e6", "--latents"])
+    assert latents_only.code == 0 and "decode ms" not in latents_only.out and f"chosen: {best} (" in latents_only.out
+    only = run_cli(["plan", m.root, "--budget-ms", "1e6", "--decoder", "taesd"])
+    assert only.code == 0 and f"chosen: {best}+taesd " in only.out and "+sd" not in only.out
