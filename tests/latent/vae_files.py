@@ -113,3 +113,17 @@ def save_msgpack(model, path: Path, config: dict | None = None, wrap_params: boo
     if config is not None:
         (path.parent / "config.json").write_text(json.dumps({"_class_name": "AutoencoderKL", **config}))
     return path
+
+
+def export_latent_bundle(root: Path, kinds: tuple[str, ...] = ("sd", "taesd"), dit_config: str = "tiny-latent",
+                         **options):
+    """A tiny latent DiT (4x8x8) with decoder stages of `kinds`, exported to root/'bundle' (the
+    checkpoint and VAE folders are written beside it). Returns the Bundle."""
+    from odelt.exporter.export import ExportOptions, export_source
+    from odelt.models import save_checkpoint
+    from tests.models_zoo import config, random_model
+
+    root.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(random_model(config(dit_config)), root / "dit.safetensors")
+    vaes = tuple((k, str(save_folder(random_vae(k), root / f"vae-{k}"))) for k in kinds)
+    return export_source(str(root / "dit.safetensors"), root / "bundle", ExportOptions(vaes=vaes, **options))
