@@ -135,10 +135,15 @@ def profile_graphs(manifest: Bundle, precision: str, batch: int, repeats: int) -
 
 
 def decoder_precisions(manifest: Bundle, kind: str) -> tuple[str, ...]:
-    """The precisions the bundle has decoder `kind`'s graph in (FP32 always; a variant only when
-    it converted that graph: INT8 variants leave the decoder out)."""
+    """The bundle precisions whose decoder `kind` is a graph of its own: FP32 always, and one
+    variant that converted it. Every variant lists the decoder, most as the FP32 file itself (an
+    int8 "cpu" variant), and every converted decoder is FP16 (odelt.calibration.decoder: fp16, and
+    int8 "trt"), so one of those stands for FP16: the fp16 variant's when it has one."""
     graph = manifest.decoder(kind).graph
-    return ("fp32", *(p for p in manifest.precisions[1:] if graph in (manifest.variant(p) or {}).get("graphs", {})))
+    fp32 = manifest.graph_file(graph).file
+    converted = [p for p in manifest.precisions[1:]
+                 if (manifest.variant(p) or {}).get("graphs", {}).get(graph, {}).get("file", fp32) != fp32]
+    return ("fp32", *(["fp16"] if "fp16" in converted else converted[:1]))
 
 
 def profile_decoders(manifest: Bundle, precisions: Iterable[str], batches: Iterable[int], repeats: int,
@@ -201,8 +206,8 @@ def profile_bundle(manifest: Bundle, backend: str = "ort", batches: Iterable[int
                    progress: Callable[[str], None] | None = None, threads: int = 1,
                    time_graphs: bool = True, decoder_repeats: int | None = DECODER_REPEATS) -> dict[str, Any]:
     """Measure every graph and every length's chain, per precision and batch, and the decoder
-    stage of a latent bundle (`decoder_repeats` decodes per (precision, batch, kind); None: not
-    timed, for a profile that plans latents only).
+    stage of a latent bundle at every precision it has a decoder in (`decoder_repeats` decodes per
+    (precision, batch, kind); None: not timed, for a profile that plans latents only).
 
     threads: ONNX Runtime intra-op threads, recorded so that generation runs as profiled. One thread
     is the default: on a small shared CPU, a second thread made calls bimodal (0.9 vs 17 ms medians
@@ -237,9 +242,9 @@ def profile_bundle(manifest: Bundle, backend: str = "ort", batches: Iterable[int
     if decoder_repeats is not None and manifest.decoders:
         if progress:
             progress(f"decoders {sorted(manifest.decoders)}")
-        # FP32 always: the decoder of a plan whose precision has no decoder variant (INT8)
-        with_fp32 = ("fp32", *(p for p in precisions if p != "fp32"))
-        result["decoders"] = profile_decoders(manifest, with_fp32, batches, decoder_repeats, threads)
+        # every precision the bundle has a decoder in: a plan's decoder precision is an axis of its
+        # own (an FP32 DiT plan may decode in FP16), whichever DiT precisions were asked for
+        result["decoders"] = profile_decoders(manifest, manifest.precisions, batches, decoder_repeats, threads)
     return result
 
 

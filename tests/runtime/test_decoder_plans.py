@@ -7,6 +7,7 @@ import pytest
 
 from odelt.errors import BundleError, ConfigError
 from odelt.exporter.bundle import Bundle
+from odelt.exporter.iospec import decoder_spec
 from odelt.fileio import write_json_atomic
 from odelt.runtime.plans import FORMAT, QUALITY, load_candidates
 from odelt.runtime.profile import FORMAT as PROFILE_FORMAT, decode_cost, decoder_precisions, load_profile
@@ -28,13 +29,16 @@ def _decoder(kind):
             "scale_folded": True, "latent": [4, 32, 32], "image": [3, 256, 256], "params": 1, "source": "test"}
 
 
-def synthetic_bundle(tmp_path, kinds=("sd", "taesd"), decoder_quality=DECODER_QUALITY):
+def synthetic_bundle(tmp_path, kinds=("sd", "taesd"), decoder_quality=DECODER_QUALITY, int8_converts=False):
     """A manifest with only what the planner reads: decoders, and an fp16 variant that converted the
-    SD-VAE's graph (not TAESD's) beside an int8 one that left both decoders in FP32."""
-    graphs = {f"decoder_{k}": {"file": f"decoder/decoder_{k}.onnx"} for k in kinds}
+    SD-VAE's graph (not TAESD's) beside an int8 one that lists both decoders as their FP32 files
+    (the "cpu" flavour) or, with int8_converts, has its own (FP16) decoders (the "trt" flavour)."""
+    graphs = {f"decoder_{k}": {**decoder_spec(k, (4, 32, 32), (3, 256, 256)).to_dict(), "external_data": None}
+              for k in kinds}
+    fp16 = {name: {"file": f"fp16/{g['file']}" if name == "decoder_sd" else g["file"]} for name, g in graphs.items()}
+    int8 = {name: {"file": f"int8/{g['file']}" if int8_converts else g["file"]} for name, g in graphs.items()}
     data = {"decoders": {k: _decoder(k) for k in kinds}, "graphs": graphs,
-            "precisions": {"fp16": {"graphs": {"decoder_sd": {"file": "fp16/decoder_sd.onnx"}} if "sd" in kinds else {}},
-                           "int8": {"graphs": {}}}}
+            "precisions": {"fp16": {"graphs": fp16}, "int8": {"graphs": int8}}}
     quality = {"format": FORMAT, "held_out": {"n": 4, "seed": 0, "teacher": "t"}, "rows": ROWS}
     if decoder_quality is not None:
         quality["decoders"] = decoder_quality
@@ -46,6 +50,9 @@ def test_decoder_precisions_follow_the_variants_graphs(tmp_path):
     m = synthetic_bundle(tmp_path)
     assert decoder_precisions(m, "sd") == ("fp32", "fp16")
     assert decoder_precisions(m, "taesd") == ("fp32",)          # no fp16 graph of it: the fp16 row is dropped
+    trt = synthetic_bundle(tmp_path, int8_converts=True)
+    assert decoder_precisions(trt, "sd") == ("fp32", "fp16")    # int8's FP16 decoder: the same precision
+    assert decoder_precisions(trt, "taesd") == ("fp32", "int8")  # its only FP16 decoder
 
 
 def test_candidates_are_rows_times_decoders_with_image_space_errors(tmp_path):

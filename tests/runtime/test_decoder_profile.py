@@ -13,9 +13,12 @@ from tests.models_zoo import random_model
 
 @pytest.fixture(scope="module")
 def latent(tmp_path_factory):
-    """A tiny latent DiT exported with a tiny SD-VAE and a tiny TAESD, profiled at batches 1 and 2,
-    with a quality table of two Euler schedules and the decoders' quality."""
+    """A tiny latent DiT exported with a tiny SD-VAE and a tiny TAESD, with an fp16 variant (FP16
+    decoders), profiled at FP32 (the decoders at FP32 and FP16) at batches 1 and 2, with a quality
+    table of two Euler schedules at FP32 and the decoders' quality."""
     pytest.importorskip("diffusers")
+    from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
+    from odelt.exporter.bundle import open_bundle
     from odelt.exporter.export import ExportOptions, export_bundle
     from odelt.pipeline.quality import decoder_quality, install_schedules, quality_rows, write_quality
     from odelt.runtime.heuristics import heuristic_schedule
@@ -27,6 +30,8 @@ def latent(tmp_path_factory):
     vaes = (("sd", str(save_folder(random_vae("sd"), root / "kl"))),
             ("taesd", str(save_folder(random_vae("taesd"), root / "taesd"))))
     m = export_bundle(dit, root / "b", ExportOptions(vaes=vaes), source="test:tiny-latent", source_hash="h")
+    quantize_bundle(m.root, QuantizeOptions("fp16", calib_samples=2, eval_samples=4))
+    m = open_bundle(m.root)
     prof = profile_bundle(m, "ort", (1, 2), ("fp32",), repeats=3, decoder_repeats=3)
     save_profile(m, prof)
     schedules = install_schedules(m, [heuristic_schedule("uniform", "euler", k, max(m.lengths)) for k in (1, 2)])
@@ -40,11 +45,13 @@ def latent(tmp_path_factory):
 def test_profile_times_each_decoder_once_per_batch(latent):
     m, prof, *_ = latent
     assert sorted(m.decoders) == ["sd", "taesd"]
-    assert sorted(prof["decoders"]) == ["fp32"]
-    for batch in ("1", "2"):
-        cells = prof["decoders"]["fp32"][batch]
-        assert sorted(cells) == ["sd", "taesd"]
-        assert all(len(c["samples_ms"]) == 3 and c["median_ms"] > 0 for c in cells.values())
+    assert sorted(prof["calls"]) == ["fp32"]
+    assert sorted(prof["decoders"]) == ["fp16", "fp32"]           # FP32 DiT plans may decode in FP16 too
+    for precision in ("fp32", "fp16"):
+        for batch in ("1", "2"):
+            cells = prof["decoders"][precision][batch]
+            assert sorted(cells) == ["sd", "taesd"]
+            assert all(len(c["samples_ms"]) == 3 and c["median_ms"] > 0 for c in cells.values())
     # the velocity graphs are timed alone as before; the decoders only in their own section
     assert not any(name.startswith("decoder_") for name in prof["graphs"]["fp32"]["1"])
     assert prof["graphs"]["fp32"]["1"]
@@ -56,7 +63,9 @@ def test_decoder_quality_against_the_sd_vae(latent):
 
     assert quality["reference"] == {"kind": "sd", "precision": "fp32"}
     errors = {(r["kind"], r["precision"]): r["error"] for r in quality["rows"]}
+    assert sorted(errors) == [("sd", "fp16"), ("sd", "fp32"), ("taesd", "fp16"), ("taesd", "fp32")]
     assert errors[("sd", "fp32")] == 0.0
+    assert 0 < errors[("sd", "fp16")] < 0.01                # FP16 rounding only
     assert errors[("taesd", "fp32")] > 0.01                # two unrelated random decoders
     teacher, sampled = samples["teacher"], samples[rows[0]["name"]]
     with open_decoder(m, "sd", threads=1) as sd, open_decoder(m, "taesd", threads=1) as taesd:
@@ -72,7 +81,8 @@ def test_plan_counts_and_shows_the_decoder(latent, run_cli):
     r = run_cli(["plan", m.root, "--budget-ms", "1e6"])
     assert r.code == 0, r.err
     assert "decode ms" in r.out and "share" in r.out
-    assert len([ln for ln in r.out.splitlines() if "+sd" in ln or "+taesd" in ln]) == 2 * len(rows) + 1
+    assert len([ln for ln in r.out.splitlines() if "+sd" in ln or "+taesd" in ln]) == 4 * len(rows) + 1
+    assert "+sd-fp16" in r.out and "+taesd-fp16" in r.out
     # everything fits: the best image is the better schedule decoded by the reference decoder
     best = min(rows, key=lambda row: row["error"])["name"]
     assert f"chosen: {best}+sd " in r.out
@@ -81,4 +91,4 @@ def test_plan_counts_and_shows_the_decoder(latent, run_cli):
     latents_only = run_cli(["plan", m.root, "--budget-ms", "1e6", "--latents"])
     assert latents_only.code == 0 and "decode ms" not in latents_only.out and f"chosen: {best} (" in latents_only.out
     only = run_cli(["plan", m.root, "--budget-ms", "1e6", "--decoder", "taesd"])
-    assert only.code == 0 and f"chosen: {best}+taesd " in only.out and "+sd" not in only.out
+    assert only.code == 0 and f"chosen: {best}+taesd" in only.out and "+sd" not in only.out
