@@ -81,10 +81,13 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, g
         click.echo(f"decoded with {d.kind} ({d.precision}): {1e3 * d.seconds / n:.2f} ms/image, images "
                    f"{'x'.join(map(str, res.images.shape[1:]))} from latents {'x'.join(map(str, res.latents.shape[1:]))}")
     if res.plan is not None and res.stream is not None:
-        per_batch = 1e3 * st.wall_s / max(1, -(-n // batch))
+        decode_s = res.decoded.seconds if res.decoded is not None else 0.0
+        per_batch = 1e3 * (st.wall_s + decode_s) / max(1, -(-n // batch))
+        share = res.plan.decode_share()
+        decoding = f" (decoder {share[0]:.2f} ms, {share[1]:.1%} of the end-to-end median)" if share else ""
         click.echo(f"first plan {res.plan.candidate.name} for budget {budget_ms:g} ms: predicted "
-                   f"{res.plan.predicted_ms:.2f} ms at quantile {quantile:g} per batch of {batch}; "
-                   f"measured {per_batch:.2f} ms per batch (mean)")
+                   f"{res.plan.predicted_ms:.2f} ms at quantile {quantile:g} per batch of {batch}{decoding}; "
+                   f"measured {per_batch:.2f} ms per batch (mean{', decoding included' if share else ''})")
         click.echo(res.stream.summary())
         if log:
             from odelt.fileio import write_text_atomic

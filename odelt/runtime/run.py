@@ -107,8 +107,8 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
     manifest = open_bundle(bundle)
     validate.bundle_batch("--batch", opts.batch, manifest.batch)
     check_decoder(manifest, opts)
-    if opts.budget_ms is not None:
-        return decode_result(manifest, generate_budgeted(manifest, opts, progress), opts)
+    if opts.budget_ms is not None:           # the plans decode each batch themselves (within the budget)
+        return generate_budgeted(manifest, opts, progress)
     schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))
     if opts.length is not None and schedule.method == "heuristic":
         schedule = schedule.with_lengths(opts.length)
@@ -137,15 +137,31 @@ def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
     with ExitStack() as stack:
         stream = stream_for_bundle(manifest, stack, float(opts.budget_ms or 0), opts.batch, opts.quantile,
                                    opts.control, opts.backend, opts.threads or prof.get("threads", 1), opts.layout,
-                                   opts.guidance_scale, opts.tables, prof)
+                                   opts.guidance_scale, opts.tables, prof, decode=opts.decode,
+                                   decoders=None if opts.decoder is None else (opts.decoder,))
         first = stream.current
-        images, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
+        latents, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
         schedule = stream.sampler(first.candidate).schedule
+        decoded = _stream_decoded(stream)
     rows = stream.replanner.by_quality
     table = tuple((p.candidate, p.quantile_ms) for p in rows)
     parts = tuple((p.median_ms, stream.predictor.decode(p.candidate)) for p in rows)
-    return GenerateResult(images, stats, schedule, peak_rss_mb(),
-                          Choice(first.candidate, first.quantile_ms, table, parts), stream.stats)
+    res = GenerateResult(latents, stats, schedule, peak_rss_mb(),
+                         Choice(first.candidate, first.quantile_ms, table, parts), stream.stats)
+    if decoded is not None:
+        res.latents, res.images, res.decoded = latents, np.concatenate(stream.images), decoded
+    return res
+
+
+def _stream_decoded(stream) -> DecodeStats | None:
+    """What decoded a stream's batches: its plans' decoders ("sd", or "sd+taesd" when the planner
+    switched), and the time inside them."""
+    used = [p for p in stream.replanner.by_quality if p.candidate.name in {r.plan for r in stream.stats.records}]
+    kinds = sorted({f"{p.candidate.decoder}" for p in used if p.candidate.decoder})
+    if not stream.images or not kinds:
+        return None
+    precisions = sorted({p.candidate.decoder_precision for p in used if p.candidate.decoder})
+    return DecodeStats("+".join(kinds), "+".join(precisions), stream.decode_s)
 
 
 def peak_rss_mb() -> float:

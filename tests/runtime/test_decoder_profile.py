@@ -92,3 +92,28 @@ def test_plan_counts_and_shows_the_decoder(latent, run_cli):
     assert latents_only.code == 0 and "decode ms" not in latents_only.out and f"chosen: {best} (" in latents_only.out
     only = run_cli(["plan", m.root, "--budget-ms", "1e6", "--decoder", "taesd"])
     assert only.code == 0 and f"chosen: {best}+taesd" in only.out and "+sd" not in only.out
+
+
+def test_budgeted_generate_decodes_each_batch_with_its_plans_decoder(latent, run_cli, tmp_path):
+    from odelt.runtime.run import GenerateOptions, generate_from_bundle
+
+    m, prof, rows, *_ = latent
+    opts = dict(n=3, batch=2, threads=1, budget_ms=1e6, control="open")
+    res = generate_from_bundle(m.root, GenerateOptions(**opts))
+    best = min(rows, key=lambda row: row["error"])["name"]
+    assert res.plan.candidate.name == f"{best}+sd" and res.decoded.kind == "sd"
+    assert res.latents.shape == (3, 4, 8, 8) and res.images.shape == (3, 3, 16, 16)
+    from odelt.runtime.decode import open_decoder
+    with open_decoder(m, "sd", threads=1) as sd:
+        np.testing.assert_allclose(res.images, sd.decode(res.latents), atol=1e-5)
+    taesd = generate_from_bundle(m.root, GenerateOptions(**opts, decoder="taesd"))
+    assert taesd.plan.candidate.decoder == "taesd" and taesd.decoded.kind == "taesd"
+    latents = generate_from_bundle(m.root, GenerateOptions(**opts, decode=False))
+    assert latents.decoded is None and latents.images.shape == (3, 4, 8, 8)
+    assert latents.plan.candidate.name == best and latents.plan.decode_share() is None
+    np.testing.assert_array_equal(latents.images, res.latents)
+    r = run_cli(["generate", m.root, "-n", "2", "--batch", "2", "--threads", "1", "--budget-ms", "1e6",
+                 "--out", tmp_path / "g.png"])
+    assert r.code == 0, r.err
+    assert f"first plan {best}+sd for budget" in r.out and "% of the end-to-end median" in r.out
+    assert "decoding included" in r.out and "decoded with sd (fp32)" in r.out
