@@ -11,6 +11,10 @@ needs `odelt-export` installed (no torch: the runtime is numpy-only). One reques
     outputs     images (FP32 [n, C, H, W]), plan (the plan's or schedule's name), predicted_ms
                 (NaN without a budget), measured_ms (the sampling wall time in this model)
 
+A latent bundle's sampler decodes its samples through the decoder stage's graph model (the
+bundle's default decoder, or request parameter `decoder` = sd | taesd), so images are pixels
+(not clamped) and measured_ms includes the decode.
+
 Noise and labels follow the runtime's convention (odelt.runtime.sampler), so a request returns the
 images `odelt-export generate -n N --batch N --seed S` makes with the same plan. The runtime's own
 Sampler and solvers step; `BlsBackend` is the backend they call: each graph of a step's chain is a
@@ -78,8 +82,10 @@ class BlsBackend:
 class SamplerService:
     """Requests -> images with one backend; keeps one Sampler per (schedule, guidance)."""
 
-    def __init__(self, manifest: Bundle, backend: BlsBackend, precision: str, max_images: int):
+    def __init__(self, manifest: Bundle, backend: BlsBackend, precision: str, max_images: int,
+                 decoder: str | None = None):
         self.manifest, self.backend, self.precision, self.max_images = manifest, backend, precision, max_images
+        self.decoder = decoder or None            # the default decoder kind of a latent bundle
         self._samplers: dict[tuple[str, float | None], Sampler] = {}
         self._planning: tuple[Any, ...] | None = None
 
@@ -92,12 +98,29 @@ class SamplerService:
             raise ConfigError(f"with guidance each image takes 2 rows of a step call (this bundle mixes them on "
                               f"the host): n must be <= {self.max_images // 2}, found {n}")
         y = make_labels(n, cfg.num_classes) if labels is None else self._labels(labels, n)
+        decoder = self._decoder(params)
         key, schedule, predicted = self._plan(params, n)
         sampler = self._sampler(key, schedule, guidance)
         start = time.perf_counter()
         images, _ = sampler.sample(make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size)), y)
+        if decoder is not None:
+            images = self.backend.call(self.backend.models[decoder.graph], {"latent": images}, ["image"])["image"]
         return {"images": images, "plan": key[0], "predicted_ms": predicted,
                 "measured_ms": 1e3 * (time.perf_counter() - start)}
+
+    def _decoder(self, params: Mapping[str, Any]) -> Any:
+        """The decoder stage a request runs (None for a pixel-space bundle)."""
+        if not self.decoder:
+            if "decoder" in params:
+                raise ConfigError(f"this bundle has no decoder stage; expected no decoder parameter, found "
+                                  f"{params['decoder']!r}")
+            return None
+        default = self.manifest.decoder(self.decoder)
+        chosen = self.manifest.decoder(str(params.get("decoder", self.decoder)))
+        if chosen.image != default.image:
+            raise ConfigError(f"decoder {chosen.kind} makes {chosen.image} images; this model's output is "
+                              f"{default.image} (the {default.kind} decoder's)")
+        return chosen
 
     def _labels(self, labels: np.ndarray, n: int) -> np.ndarray:
         y = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -154,7 +177,8 @@ def open_service(bundle: Path, params: Mapping[str, str], call: Call) -> Sampler
     # The graph files its records list live in their own models, not beside this copy.
     manifest = open_bundle(bundle, check_files=False)
     backend = BlsBackend(manifest, params["layout"], json.loads(params["graph_models"]), call)
-    return SamplerService(manifest, backend, params["precision"], int(params["max_images"]))
+    return SamplerService(manifest, backend, params["precision"], int(params["max_images"]),
+                          params.get("decoder") or None)
 
 
 def one_line(e: BaseException) -> str:
