@@ -146,6 +146,17 @@ def decoder_precisions(manifest: Bundle, kind: str) -> tuple[str, ...]:
     return ("fp32", *(["fp16"] if "fp16" in converted else converted[:1]))
 
 
+def decoder_precision_for(manifest: Bundle, kind: str, precision: str) -> str:
+    """Which of decoder_precisions stands for the decoder graph variant `precision` holds (what a
+    run at that precision decodes with): its own entry, FP32 when it lists the FP32 file, else the
+    converted (FP16) one."""
+    have = decoder_precisions(manifest, kind)
+    if precision in have:
+        return precision
+    graph = manifest.decoder(kind).graph
+    return "fp32" if manifest.graph_file(graph, precision).file == manifest.graph_file(graph).file else have[-1]
+
+
 def profile_decoders(manifest: Bundle, precisions: Iterable[str], batches: Iterable[int], repeats: int,
                      threads: int = 1) -> dict[str, dict]:
     """{precision: {str(batch): {kind: timing}}}: one decode of a whole batch per sample, through

@@ -87,7 +87,7 @@ class SamplerService:
         self.manifest, self.backend, self.precision, self.max_images = manifest, backend, precision, max_images
         self.decoder = decoder or None            # the default decoder kind of a latent bundle
         self._samplers: dict[tuple[str, float | None], Sampler] = {}
-        self._planning: tuple[Any, ...] | None = None
+        self._planning: dict[str | None, tuple[Any, ...]] = {}
 
     def handle(self, n: int, seed: int, labels: np.ndarray | None, guidance: float | None,
                params: Mapping[str, Any]) -> dict[str, Any]:
@@ -99,7 +99,7 @@ class SamplerService:
                               f"the host): n must be <= {self.max_images // 2}, found {n}")
         y = make_labels(n, cfg.num_classes) if labels is None else self._labels(labels, n)
         decoder = self._decoder(params)
-        key, schedule, predicted = self._plan(params, n)
+        key, schedule, predicted = self._plan(params, n, decoder)
         sampler = self._sampler(key, schedule, guidance)
         start = time.perf_counter()
         images, _ = sampler.sample(make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size)), y)
@@ -133,13 +133,13 @@ class SamplerService:
                               f"or {null} (unconditional)")
         return y.astype(np.int32)
 
-    def _plan(self, params: Mapping[str, Any], n: int) -> tuple[tuple[str, str], Schedule, float]:
+    def _plan(self, params: Mapping[str, Any], n: int, decoder: Any = None) -> tuple[tuple[str, str], Schedule, float]:
         if "budget_ms" in params:
             try:
                 budget = float(params["budget_ms"])
             except (TypeError, ValueError):
                 raise ConfigError(f"budget_ms must be a number of milliseconds, found {params['budget_ms']!r}") from None
-            candidates, profile = self._planner()
+            candidates, profile = self._planner(decoder)
             quantile = _quantile(params)
             choice = choose(candidates, budget, predictor=QuantilePredictor(profile, n, quantile))
             c = choice.candidate
@@ -153,17 +153,26 @@ class SamplerService:
         schedule = load_schedule(own) if own.is_file() else resolve_schedule(spec, max(self.manifest.lengths))
         return (spec, spec), schedule, math.nan
 
-    def _planner(self) -> tuple[Any, ...]:
-        if self._planning is None:       # read once: the quality table and this device's profile
-            from odelt.runtime.profile import load_profile
+    def _planner(self, decoder: Any = None) -> tuple[Any, ...]:
+        """(candidates, profile) of the service's precision, read once per decoder kind: a latent
+        bundle's plans count the decode the request runs (that kind, at the precision of the
+        repository's decoder model), so the budget bounds the whole request."""
+        key = decoder.kind if decoder is not None else None
+        if key not in self._planning:
+            from odelt.runtime.profile import decoder_precision_for, load_profile
 
-            # the service returns the sampler's output as is (a latent bundle's latents): no decoder cost
-            candidates = [c for c in load_candidates(self.manifest, decode=False) if c.precision == self.precision]
+            if decoder is None:
+                candidates = load_candidates(self.manifest, decode=False)
+            else:
+                wanted = decoder_precision_for(self.manifest, decoder.kind, self.precision)
+                candidates = [c for c in load_candidates(self.manifest, decode=True, decoders=(decoder.kind,))
+                              if c.decoder_precision == wanted]
+            candidates = [c for c in candidates if c.precision == self.precision]
             if not candidates:
-                raise ConfigError(f"the bundle's quality table has no {self.precision} plans")
-            self._planning = (candidates, load_profile(self.manifest))
-        return self._planning
-
+                raise ConfigError(f"the bundle's quality table has no {self.precision} plans"
+                                  + (f" decoding with {decoder.kind}" if decoder is not None else ""))
+            self._planning[key] = (candidates, load_profile(self.manifest))
+        return self._planning[key]
 
     def _sampler(self, key: tuple[str, str], schedule: Schedule, guidance: float | None) -> Sampler:
         k = (key[1], guidance)
