@@ -68,7 +68,8 @@ DecodeCost = Callable[[str, str, int], float]
 class Predictor(Protocol):
     """What the planner asks of a latency model (MedianPredictor; QuantilePredictor in quantile.py)."""
 
-    batch: int
+    @property
+    def batch(self) -> int: ...
 
     def candidate(self, c: Candidate) -> float: ...      # the prediction a plan must fit the budget with
     def median(self, c: Candidate) -> float: ...         # the end-to-end median
@@ -132,6 +133,10 @@ def choose(candidates: Sequence[Candidate], budget_ms: float, call_ms: CallCost 
         if call_ms is None:
             raise ValueError("choose needs call_ms or a predictor")
         predictor = MedianPredictor(call_ms, batch, step_overhead_ms, sample_overhead_ms, decode_ms)
+    return _choose(candidates, budget_ms, predictor)
+
+
+def _choose(candidates: Sequence[Candidate], budget_ms: float, predictor: Predictor) -> Choice:
     table = tuple((c, predictor.candidate(c)) for c in candidates)
     parts = tuple((predictor.median(c), predictor.decode(c)) for c in candidates)
     fits = [(c, ms) for c, ms in table if ms <= budget_ms]

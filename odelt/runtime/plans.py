@@ -99,13 +99,13 @@ def decoder_options(manifest: Bundle, path: Path, quality: dict | None,
     except (KeyError, TypeError, ValueError, AttributeError):
         raise ConfigError(f"{path}: expected decoders = {{'gain': number, 'rows': [{{'kind', 'precision', "
                           f"'error'}}]}}, found {str(quality)[:80]!r}") from None
-    options = [(k, p, e) for k, p, e in rows if k in have and p in have[k]]
+    options: list[tuple[str, str, float | None]] = [(k, p, e) for k, p, e in rows if k in have and p in have[k]]
     if not options:
         raise ConfigError(f"{path}: expected decoder quality for one of {sorted(have)}, found "
                           f"{sorted({k for k, _, _ in rows})}")
-    if not all(math.isfinite(v) and v >= 0 for v in (gain, *(e for _, _, e in options))):
+    if not all(math.isfinite(v) and v >= 0 for v in (gain, *(e for _, _, e in rows))):
         raise ConfigError(f"{path}: expected finite non-negative decoder errors and gain, found gain {gain} "
-                          f"and errors {[e for _, _, e in options]}")
+                          f"and errors {[e for _, _, e in rows]}")
     return options, gain
 
 

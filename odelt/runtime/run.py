@@ -143,9 +143,9 @@ def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
         latents, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
         schedule = stream.sampler(first.candidate).schedule
         decoded = _stream_decoded(stream)
-    rows = stream.replanner.by_quality
-    table = tuple((p.candidate, p.quantile_ms) for p in rows)
-    parts = tuple((p.median_ms, stream.predictor.decode(p.candidate)) for p in rows)
+    planned = stream.replanner.by_quality
+    table = tuple((p.candidate, p.quantile_ms) for p in planned)
+    parts = tuple((p.median_ms, stream.predictor.decode(p.candidate)) for p in planned)
     res = GenerateResult(latents, stats, schedule, peak_rss_mb(),
                          Choice(first.candidate, first.quantile_ms, table, parts), stream.stats)
     if decoded is not None:

@@ -135,7 +135,7 @@ class Stream:
         sampler = self.sampler(c)
         samples, st = sampler.sample(x0, y, self.deadline(c))
         latency = st.wall_s * 1e3
-        if self.decodes(c):
+        if self._decoder is not None and c.decoder is not None:
             start = self.clock()
             self.images.append(self._decoder(c).decode(samples, x0.shape[0]))
             took = self.clock() - start
@@ -170,7 +170,7 @@ class Stream:
         cfg = s.manifest.config
         x, _ = s.sample(np.zeros((batch, cfg.in_channels, cfg.input_size, cfg.input_size), np.float32),
                         make_labels(batch, cfg.num_classes))
-        if self.decodes(c):
+        if self._decoder is not None and c.decoder is not None:
             self._decoder(c).decode(x, batch)
         self._warm.add(key)
 
