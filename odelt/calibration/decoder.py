@@ -67,10 +67,11 @@ def _images(model: onnx.ModelProto, latents: np.ndarray) -> np.ndarray:
 
 
 def activation_maxima(model: onnx.ModelProto, latents: np.ndarray) -> dict[str, float]:
-    """{node name: max |output|} of every float node output, PROBE_OUTPUTS tensors per run."""
+    """{node name: max |output|} of every float activation (rank >= 2: not the scalars of shape
+    arithmetic, such as the attention's channel count), PROBE_OUTPUTS tensors per run."""
     inferred = onnx.shape_inference.infer_shapes(model)
     floats = {v.name for v in (*inferred.graph.value_info, *inferred.graph.output)
-              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT and len(v.type.tensor_type.shape.dim) >= 2}
     producer = {n.output[0]: n.name for n in model.graph.node
                 if n.output and n.output[0] in floats and n.op_type not in ("Constant", "ConstantOfShape")}
     tensors = list(producer)

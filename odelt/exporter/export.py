@@ -131,7 +131,7 @@ def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, sour
     with building(out.parent, out.name) as tmp:   # removed, whatever happens, unless moved into place
         graphs = _export_graphs(dit, plans, options, tmp, external)
         shutil.rmtree(tmp / ".scratch", ignore_errors=True)
-        decoders = {}
+        decoders: dict = {}
         if vaes:
             from odelt.latent.decoder_export import export_decoders
 

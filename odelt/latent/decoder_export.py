@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from odelt.exporter.iospec import GraphSpec, decoder_spec
-from odelt.latent.vae import Vae, check_fits, load_vae
+from odelt.latent.vae import Vae, check_fits, load_vae, parse_vae_options
 from odelt.models.config import DiTConfig
 
 TRACE_BATCH = 2                     # > 1 so no reshape in the trace specialises on batch 1
@@ -45,7 +46,7 @@ class DecoderGraph(nn.Module):
     def __init__(self, vae: Vae):
         super().__init__()
         model, inv = vae.model, 1.0 / vae.scaling_factor
-        self.entry: nn.Module | None = None
+        self.entry: Any = None
         self.decoder = model.decoder
         if vae.kind == "sd":
             if model.post_quant_conv is not None:
@@ -81,6 +82,7 @@ def onnx_from_vae(vae: Vae, spec: GraphSpec, opset: int, scratch: Path | None = 
 
 def load_decoders(options: tuple[tuple[str, str], ...], cfg: DiTConfig) -> list[Vae]:
     """Each `--vae KIND:PATH`, loaded and checked against the DiT (before anything is written)."""
+    parse_vae_options(tuple(f"{k}:{path}" for k, path in options))     # known kinds, each at most once
     vaes = [load_vae(k, path) for k, path in options]
     for vae in vaes:
         check_fits(vae, cfg)

@@ -11,6 +11,7 @@ file is ever called, imported or unpickled.
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from odelt.errors import CheckpointError
 
 NDARRAY_EXT = 1                 # flax.serialization's code for an ndarray leaf
 BFLOAT16 = "bfloat16"           # numpy has no bfloat16: widened to float32 by hand
-_DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4"), "float64": np.dtype("<f8"),
+_DTYPES: dict[str, np.dtype] = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4"), "float64": np.dtype("<f8"),
            BFLOAT16: np.dtype("<u2")}
 MAX_RANK = 8
 
@@ -51,10 +52,10 @@ def _ndarray(data: bytes) -> np.ndarray:
     if name not in _DTYPES:
         raise _Refused(f"ndarray dtype {name!r} is not a weight dtype; expected one of {sorted(_DTYPES)}")
     dims, dtype = _dims(shape), _DTYPES[name]
-    if not isinstance(buf, bytes) or len(buf) != int(np.prod(dims, dtype=np.int64)) * dtype.itemsize:
+    need = math.prod(dims) * dtype.itemsize            # exact (Python ints): a huge shape cannot wrap around
+    if not isinstance(buf, bytes) or len(buf) != need:
         size = len(buf) if isinstance(buf, bytes) else type(buf).__name__
-        raise _Refused(f"an ndarray of shape {dims} and dtype {name} needs "
-                       f"{int(np.prod(dims, dtype=np.int64)) * dtype.itemsize} bytes, found {size}")
+        raise _Refused(f"an ndarray of shape {dims} and dtype {name} needs {need} bytes, found {size}")
     arr = np.frombuffer(buf, dtype=dtype).reshape(dims)
     if name == BFLOAT16:                 # bf16 is the top half of a float32
         arr = (arr.astype(np.uint32) << 16).view(np.float32)

@@ -15,6 +15,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -80,7 +81,7 @@ class Vae:
     """A loaded VAE: the diffusers model (eval, float32), where it came from, what it fits."""
 
     kind: str
-    model: nn.Module
+    model: Any                       # diffusers AutoencoderKL | AutoencoderTiny (an nn.Module, untyped)
     config: dict                     # what the model was built from (the kind's keys only)
     source: str                      # the PATH given, resolved
     weights: Path
@@ -155,7 +156,7 @@ def _config(k: Kind, file: Path | None) -> dict:
     if found != k.class_name:
         raise CheckpointError(f"{file}: is a {found} config; --vae {k.name} expects {k.class_name}")
     cls = _class(k)
-    known = set(inspect.signature(cls.__init__).parameters) - {"self"}
+    known = set(inspect.signature(cls).parameters)
     config = {key: v for key, v in data.items() if not key.startswith("_") and key not in k.ignored_config}
     unknown = sorted(set(config) - known)
     if unknown:
@@ -170,7 +171,7 @@ def _class(k: Kind) -> type:
     return getattr(diffusers, k.class_name)
 
 
-def _build(k: Kind, config: dict, where: Path) -> nn.Module:
+def _build(k: Kind, config: dict, where: Path) -> Any:
     try:
         model = _class(k)(**config)
     except Exception as e:          # the config is file data: any constructor failure is a bad config
@@ -179,7 +180,7 @@ def _build(k: Kind, config: dict, where: Path) -> nn.Module:
     return model.eval()
 
 
-def _load_state(k: Kind, model: nn.Module, w: Weights, what: str) -> None:
+def _load_state(k: Kind, model: Any, w: Weights, what: str) -> None:
     """Every decode weight present with its shape, nothing the model lacks; then load."""
     expected = model.state_dict()
     unexpected = sorted(set(w.state) - set(expected))

@@ -167,9 +167,10 @@ def test_msgpack_extension_types_other_than_ndarray_are_refused(tmp_path, code):
     (([2], "object", b"\x00" * 16), "dtype 'object' is not a weight dtype"),
     (([2], "float32", b"\x00" * 7), "needs 8 bytes, found 7"),
     (([-1], "float32", b""), "shape must be"),
+    (([2**62, 2**62, 4], "float32", b""), "needs 340282366920938463463374607431768211456 bytes, found 0"),
     (([2], "float32", "text"), "needs 8 bytes, found str"),
     ("nope", "must be \\(shape, dtype, bytes\\)"),
-], ids=["object", "short", "negative", "str", "not-triple"])
+], ids=["object", "short", "negative", "huge", "str", "not-triple"])
 def test_msgpack_ndarray_payloads_are_checked(tmp_path, triple, msg):
     import msgpack
 
