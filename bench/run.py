@@ -33,6 +33,7 @@ GROUPS: dict[str, str] = {
     "planner": "planner",
     "serving": "serving",
     "deadline": "deadline",
+    "latent": "latent",
 }
 
 

@@ -17,6 +17,7 @@ CONFIGS: dict[str, DiTConfig] = {
     "tiny-depth6": dataclasses.replace(TINY, depth=6),     # lengths 2, 4, 6
     "tiny-depth5": dataclasses.replace(TINY, depth=5),     # lengths 2, 4; block 4 dead at every length
     "tiny-depth2": dataclasses.replace(TINY, depth=2),     # length 2: the smallest engine builds
+    "tiny-latent": dataclasses.replace(TINY, in_channels=4, out_channels=4),   # 4x8x8 latents (decoder stage)
 }
 
 

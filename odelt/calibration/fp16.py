@@ -25,9 +25,11 @@ FP32_OPS = (*NORM_OPS, "Softmax", "Exp", "Erf")
 
 
 def fp16_from_onnx(model: onnx.ModelProto, keep_fp32_nodes: tuple[str, ...] = (),
-                   token_inputs: tuple[str, ...] | None = None) -> tuple[onnx.ModelProto, dict]:
+                   token_inputs: tuple[str, ...] | None = None,
+                   fp32_ops: tuple[str, ...] = FP32_OPS) -> tuple[onnx.ModelProto, dict]:
     """FP32 graph -> (mixed FP16 graph, report). `keep_fp32_nodes` are extra nodes the accuracy
-    guard moved back to FP32 (fallback)."""
+    guard moved back to FP32 (fallback); `fp32_ops` the op types kept FP32 (the decoder stage adds
+    its GroupNorm ops, odelt.calibration.decoder)."""
     from onnxruntime.transformers import float16  # lazy: only the quantize command needs it
 
     model = name_nodes(onnx.ModelProto.FromString(model.SerializeToString()))
@@ -39,7 +41,7 @@ def fp16_from_onnx(model: onnx.ModelProto, keep_fp32_nodes: tuple[str, ...] = ()
     casts = {n.name for n in model.graph.node if n.op_type == "Cast"}
     node_block = sorted(roles.conditioning_nodes | roles.trunk_adds | casts | set(keep_fp32_nodes))
     _split_shared_initializers(model, set(node_block))
-    op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS))
+    op_block = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(fp32_ops))
     out = float16.convert_float_to_float16(
         model, keep_io_types=True, op_block_list=op_block, node_block_list=node_block,
         disable_shape_infer=False)
@@ -47,7 +49,7 @@ def fp16_from_onnx(model: onnx.ModelProto, keep_fp32_nodes: tuple[str, ...] = ()
     _toposort(out)
     report = {
         "converter": "onnxruntime.transformers.float16.convert_float_to_float16 (+ FP32 round-trip elision)",
-        "fp32_ops": list(FP32_OPS),
+        "fp32_ops": list(fp32_ops),
         "fp32_nodes": {"conditioning": len(roles.conditioning_nodes), "residual_sums": len(roles.trunk_adds),
                        "fallback": sorted(keep_fp32_nodes)},
         "fp16_linears": [n for n in roles.block_linears if n not in keep_fp32_nodes],

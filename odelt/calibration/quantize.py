@@ -30,6 +30,7 @@ from odelt.calibration.int8 import CALIB_METHODS, DEFAULT_FLAVOUR, get_flavour, 
 from odelt.calibration.sensitivity import layer_errors
 from odelt.errors import AccuracyError, ConfigError, ExportError
 from odelt.exporter.bundle import Bundle, open_bundle
+from odelt.exporter.iospec import DECODER_LAYOUT
 from odelt.exporter.onnx_utils import save_graph, weight_bytes
 from odelt.fileio import partial_dir, read_json, rename, write_json_atomic
 
@@ -75,7 +76,9 @@ class _Converter:
 
     def __init__(self, manifest: Bundle, options: QuantizeOptions, feeds: dict, cache: Path):
         self.manifest, self.options, self.feeds, self.cache = manifest, options, feeds, cache
-        self.fp32 = {name: name_nodes(onnx.load(str(manifest.graph_path(name)))) for name in manifest.graphs}
+        # the DiT's graphs; decoder graphs have their own precision rules (odelt.calibration.decoder)
+        self.fp32 = {name: name_nodes(onnx.load(str(manifest.graph_path(name))))
+                     for name, g in manifest.graphs.items() if g.layout != DECODER_LAYOUT}
         self.candidates = {name: analyse(m).block_linears for name, m in self.fp32.items()}
 
     def convertible(self, name: str) -> bool:
@@ -130,7 +133,7 @@ def _guarded_build(manifest: Bundle, options: QuantizeOptions, schedules: list, 
     feeds, held_out = data
     tmp, cache = dirs
     conv = _Converter(manifest, options, feeds, cache)
-    names = [n for n in manifest.graphs if conv.convertible(n)]
+    names = [n for n in conv.fp32 if conv.convertible(n)]
     reference = metrics.reference_samples(manifest, schedules, held_out)
     fallback: dict[str, set[str]] = {n: set() for n in names}
     ranking: list[tuple[float, str, str]] | None = None
@@ -155,7 +158,25 @@ def _guarded_build(manifest: Bundle, options: QuantizeOptions, schedules: list, 
     if not passed:
         raise AccuracyError(f"{options.precision} misses the accuracy limit even with every block linear in "
                             f"FP32: {metrics.describe(result, options.rmse_limit, options.max_fd_rel)}")
-    return _report(options, conv, built, (result, rounds), (ranking, fallback, feeds))
+    report = _report(options, conv, built, (result, rounds), (ranking, fallback, feeds))
+    if manifest.decoders:
+        _add_decoders(manifest, options, reference, tmp, report)
+    return report
+
+
+def _add_decoders(manifest: Bundle, options: QuantizeOptions, reference: dict, tmp: Path, report: dict) -> None:
+    """The decoder stage's graphs in this variant (FP16 or kept FP32), decoded from the FP32 final
+    samples; changed ones join report["graphs"] (so the variant points at them)."""
+    import numpy as np
+
+    from odelt.calibration.decoder import build_decoders
+
+    pooled = np.concatenate([x for runs in reference.values() for x in runs.values()])
+    flavour = options.flavour if options.precision == "int8" else None
+    changed, decoders = build_decoders(manifest, options.precision, flavour, pooled, MAX_RMSE["fp16"])
+    _write_graphs(manifest, {name: (model, None) for name, model in changed.items()}, tmp)
+    report["decoders"] = decoders
+    report["graphs"].update({name: decoders[name]["conversion"] for name in changed})
 
 
 def _rank(conv: _Converter, names: list[str], built: dict, precision: str) -> list[tuple[float, str, str]]:

@@ -42,18 +42,30 @@ def parse_layout(text: str) -> tuple[str, ...]:
               help="Fold classifier-free guidance into the graphs (cfg_scale input; --cfg is the old name).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="JSON model config (upstream pickles).")
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle.")
+@click.option("--vae", "vaes", multiple=True, metavar="KIND:PATH",
+              help="Add a decoder stage (latent models): KIND sd (AutoencoderKL) or taesd (AutoencoderTiny), PATH a "
+                   "diffusers folder or safetensors file (sd: also a Flax msgpack). Repeat for both kinds.")
 def export(source: str, out: str, layout: str, lengths: str | None, batch: str, opset: int, guidance: bool,
-           config_file: str | None, force: bool) -> None:
+           config_file: str | None, force: bool, vaes: tuple[str, ...]) -> None:
     """Export SOURCE (builtin:NAME, a checkpoint, or an upstream pickle) to an ONNX bundle."""
     from odelt.exporter.export import ExportOptions, export_source
     from odelt.exporter.iospec import BatchRange
     from odelt.models.config_io import read_config_file
 
+    vae_options = ()
+    if vaes:
+        from odelt.latent.vae import parse_vae_options
+
+        vae_options = parse_vae_options(vaes)
     options = ExportOptions(layouts=parse_layout(layout), lengths=parse_lengths(lengths),
-                            batch=BatchRange.parse(batch), opset=opset, guidance=guidance, force=force)
+                            batch=BatchRange.parse(batch), opset=opset, guidance=guidance, force=force,
+                            vaes=vae_options)
     manifest = export_source(source, out, options, read_config_file(config_file) if config_file else None)
     sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in manifest.weight_bytes.items())
-    click.echo(f"wrote {out}: {len(manifest.graphs)} graphs, lengths {list(manifest.lengths)}, weights {sizes}")
+    decoders = "".join(f", decoder {k} ({d.params / 1e6:.2f} M parameters, scale {d.scaling_factor:g} folded)"
+                       for k, d in manifest.decoders.items())
+    click.echo(f"wrote {out}: {len(manifest.graphs)} graphs, lengths {list(manifest.lengths)}, weights {sizes}"
+               f"{decoders}")
 
 
 @cli.command()

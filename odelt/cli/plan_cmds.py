@@ -6,6 +6,7 @@ import click
 
 from odelt.cli import cli
 from odelt.runtime.backend import BACKENDS
+from odelt.runtime.profile import DECODER_REPEATS
 from odelt.cli.options import COUNT, POSITIVE, Counts
 
 
@@ -17,8 +18,11 @@ from odelt.cli.options import COUNT, POSITIVE, Counts
 @click.option("--precision", "precisions", multiple=True,
               help="Precisions to time (default: every precision the bundle has).")
 @click.option("--repeats", type=COUNT, default=20, show_default=True, help="Timed repeats per measurement.")
-def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple[str, ...], repeats: int) -> None:
-    """Time every graph and every length's chain of BUNDLE on this device."""
+@click.option("--decoder-repeats", type=COUNT, default=DECODER_REPEATS, show_default=True,
+              help="Latent bundles: timed decodes per (precision, batch, decoder); a CPU takes seconds per SD-VAE decode.")
+def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple[str, ...], repeats: int,
+            decoder_repeats: int) -> None:
+    """Time every graph and every length's chain of BUNDLE on this device (and its decoders)."""
     from odelt.exporter.bundle import open_bundle
     from odelt.runtime.profile import profile_bundle, save_profile
 
@@ -26,12 +30,17 @@ def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple
     precs = precisions or manifest.precisions
     shown = click.get_text_stream("stderr").isatty()     # progress on a terminal only, like the bars
     prof = profile_bundle(manifest, backend, batch, precs, repeats,
-                          progress=(lambda what: click.echo(f"profiling {what} ...", err=True)) if shown else None)
+                          progress=(lambda what: click.echo(f"profiling {what} ...", err=True)) if shown else None,
+                          decoder_repeats=decoder_repeats)
     path = save_profile(manifest, prof)
     for prec, by_batch in prof["calls"].items():
         for b, by_len in by_batch.items():
             cells = ", ".join(f"l={n}: {v['median_ms']:.3f}" for n, v in by_len.items())
             click.echo(f"{prec} batch {b}: one call (ms, median) {cells}")
+    for prec, by_batch in prof.get("decoders", {}).items():
+        for b, by_kind in by_batch.items():
+            cells = ", ".join(f"{k}: {v['median_ms']:.3f}" for k, v in by_kind.items())
+            click.echo(f"{prec} batch {b}: decoding the batch (ms, median) {cells}")
     click.echo(f"wrote {path}")
 
 
@@ -44,27 +53,32 @@ def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple
 @click.option("--device", default=None, help="Profile id to use (default: this device's).")
 @click.option("--quantile", type=float, default=0.95, show_default=True,
               help="A plan fits when its predicted latency at this quantile is within the budget.")
+@click.option("--latents", is_flag=True, help="Latent bundles: plan for latents only (no decoder cost).")
+@click.option("--decoder", "decoders", multiple=True, metavar="KIND",
+              help="Latent bundles: the decoder(s) to choose from (default: every one the bundle has).")
 @click.option("--pareto", type=click.Path(dir_okay=False), default=None, help="Write a quality/latency plot.")
 def plan(bundle: str, budget_ms: float, batch: int, extrapolate: bool, device: str | None, quantile: float,
-         pareto: str | None) -> None:
-    """Choose the best-quality plan whose predicted latency fits --budget-ms."""
+         latents: bool, decoders: tuple[str, ...], pareto: str | None) -> None:
+    """Choose the best-quality plan whose predicted latency fits --budget-ms (end to end: a latent
+    bundle's plans include decoding the batch)."""
+    from odelt.errors import ConfigError
     from odelt.exporter.bundle import open_bundle
-    from odelt.pipeline.report import plan_table, plot_pareto
+    from odelt.pipeline.report import chosen_line, plan_table, plot_pareto
     from odelt.runtime.planner import choose
     from odelt.runtime.plans import load_candidates
-    from odelt.runtime.profile import call_cost, check_plan_batch, load_profile
+    from odelt.runtime.profile import check_plan_batch, load_profile
     from odelt.runtime.quantile import QuantilePredictor
 
+    if latents and decoders:
+        raise ConfigError(f"--latents plans without a decoder: expected --latents or --decoder, found both "
+                          f"(--decoder {' '.join(decoders)})")
     manifest = open_bundle(bundle)
     prof = load_profile(manifest, device)
     check_plan_batch(manifest, prof, batch, extrapolate)
-    at = QuantilePredictor(prof, batch, quantile)
-    choice = choose(load_candidates(manifest), budget_ms, call_cost(prof), batch, predict=at.candidate)
+    candidates = load_candidates(manifest, decode=False if latents else None, decoders=decoders or None)
+    choice = choose(candidates, budget_ms, predictor=QuantilePredictor(prof, batch, quantile))
     click.echo(plan_table(choice))
-    c = choice.candidate
-    click.echo(f"chosen: {c.name} ({c.solver}, NFE {c.nfe}, lengths {list(c.lengths)}, {c.precision}): "
-               f"predicted {choice.predicted_ms:.2f} ms (quantile {quantile:g}) <= budget {budget_ms:g} ms at batch {batch}, "
-               f"held-out RMSE {c.error:.4f}")
+    click.echo(chosen_line(choice, budget_ms, quantile, batch))
     if pareto:
         plot_pareto([(choice, budget_ms)], pareto)
         click.echo(f"wrote {pareto}")

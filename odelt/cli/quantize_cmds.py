@@ -50,9 +50,17 @@ def quantize(bundle: str, precision: str, calib_samples: int, schedules: tuple[s
     if "fd_rel" in m:
         click.echo(f"  FD-digits: fp32 {m['fd_fp32']:.4g}, {precision} {m['fd']:.4g}, rel. change "
                    f"{m['fd_rel']:.3g} (limit {th['fd_rel']:g})")
+    decoders = report.get("decoders", {})
     for name, g in report["graphs"].items():
-        low = g.get("int8_linears", g.get("fp16_linears", []))
-        click.echo(f"  {name}: {len(low)} block linears in {precision}")
+        if name not in decoders:
+            low = g.get("int8_linears", g.get("fp16_linears", []))
+            click.echo(f"  {name}: {len(low)} block linears in {precision}")
+    for name, d in decoders.items():
+        acc, act = d.get("accuracy"), d["activations"]
+        vs = (f"; vs FP32 decoder: RMSE {acc['rmse']:.3g}, max error {acc['max_abs_err']:.3g}, PSNR "
+              f"{acc['psnr_db']:.1f} dB on {acc['samples']} latents") if acc else ""
+        click.echo(f"  {name}: decoder in {d['precision']}{vs}; largest |activation| {act['max']:.4g} "
+                   f"(FP16 headroom {act['fp16_headroom']:.3g}x)" + (f"\n    {d['note']}" if "note" in d else ""))
     fell = report["fallback"]
     click.echo(f"  fell back to FP32: {len(fell)} layer(s)" + "".join(
         f"\n    {f['graph']}:{f['node']} (layer error {f['layer_error']:.3g})" for f in fell))

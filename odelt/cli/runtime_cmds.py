@@ -41,12 +41,17 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, SAMPLES, THREADS
                    "moves; anytime = closed + shorter lengths inside a batch that runs late.")
 @click.option("--log", "log", type=click.Path(dir_okay=False), default=None,
               help="With --budget-ms: write every batch's latency, plan and switches as JSON lines.")
+@click.option("--latents", is_flag=True,
+              help="Latent bundles: keep the latents, skip the decoder stage (the grid shows latent channels).")
+@click.option("--decoder", "decoder", default=None, metavar="KIND",
+              help="Latent bundles with several decoders: sd or taesd (default: the bundle's, sd when both).")
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False), help="Grid PNG to write.")
-@click.option("--save-array", is_flag=True, help="Also write the samples as OUT with .npy suffix.")
+@click.option("--save-array", is_flag=True,
+              help="Also write the samples (decoded images, not clamped; latents with --latents) as OUT with .npy suffix.")
 def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, guidance_scale: float | None,
              backend: str, layout: str | None, length: int | None, threads: int, no_tables: bool,
              precision: str, budget_ms: float | None, extrapolate: bool, quantile: float, control: str,
-             log: str | None, out: str, save_array: bool) -> None:
+             latents: bool, decoder: str | None, log: str | None, out: str, save_array: bool) -> None:
     """Sample images from an exported BUNDLE with the numpy runtime."""
     import json
     from pathlib import Path
@@ -59,11 +64,11 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, g
     opts = GenerateOptions(schedule=schedule, n=n, batch=batch, seed=seed, guidance_scale=guidance_scale, backend=backend,
                            layout=layout, length=length, threads=threads, tables=not no_tables,
                            precision=precision, budget_ms=budget_ms, extrapolate=extrapolate, quantile=quantile,
-                           control=control)
+                           control=control, decode=not latents, decoder=decoder)
     with tqdm(total=n, desc="generate", unit="img", disable=None, leave=False) as bar:
         res = generate_from_bundle(bundle, opts, progress=bar.update)
     upscale = max(1, 64 // res.images.shape[-1])
-    save_png(grid_image(res.images, upscale=upscale), out)
+    save_png(grid_image(res.images, upscale=upscale), out)      # to_uint8 clamps to [-1, 1]
     if save_array:
         save_npy(res.images, Path(out).with_suffix(".npy"))
     s, st = res.schedule, res.stats
@@ -71,11 +76,18 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, g
                f"{st.calls / max(1, -(-n // batch)):.0f} network calls per batch, lengths {sorted(set(s.lengths))}")
     click.echo(f"latency: {1e3 * st.wall_s / n:.2f} ms/image, {1e3 * st.backend_s / max(1, st.calls):.3f} ms per "
                f"network call (batch {batch}), overhead outside the backend {100 * (1 - st.backend_s / st.wall_s):.1f}%")
+    if res.decoded is not None:
+        d = res.decoded
+        click.echo(f"decoded with {d.kind} ({d.precision}): {1e3 * d.seconds / n:.2f} ms/image, images "
+                   f"{'x'.join(map(str, res.images.shape[1:]))} from latents {'x'.join(map(str, res.latents.shape[1:]))}")
     if res.plan is not None and res.stream is not None:
-        per_batch = 1e3 * st.wall_s / max(1, -(-n // batch))
+        decode_s = res.decoded.seconds if res.decoded is not None else 0.0
+        per_batch = 1e3 * (st.wall_s + decode_s) / max(1, -(-n // batch))
+        share = res.plan.decode_share()
+        decoding = f" (decoder {share[0]:.2f} ms, {share[1]:.1%} of the end-to-end median)" if share else ""
         click.echo(f"first plan {res.plan.candidate.name} for budget {budget_ms:g} ms: predicted "
-                   f"{res.plan.predicted_ms:.2f} ms at quantile {quantile:g} per batch of {batch}; "
-                   f"measured {per_batch:.2f} ms per batch (mean)")
+                   f"{res.plan.predicted_ms:.2f} ms at quantile {quantile:g} per batch of {batch}{decoding}; "
+                   f"measured {per_batch:.2f} ms per batch (mean{', decoding included' if share else ''})")
         click.echo(res.stream.summary())
         if log:
             from odelt.fileio import write_text_atomic

@@ -33,8 +33,11 @@ manifest.json keys::
     weight_bytes  {"segments", "segments_without_conditioning", "per-length"} (those exported)
     decoders      latent models only: {kind: {"kind": "sd" | "taesd", "graph": graph name (layout "decoder"),
                    "scaling_factor": float (the VAE's; already folded into the graph), "scale_folded": true,
-                   "latent": [C, H, W], "image": [C, H, W], "params": int, "source": str,
-                   "source_hash": str}}; absent or {} for pixel-space models
+                   "latent": [C, H, W], "image": [C, H, W], "params": int (decode path), "source": str
+                   (the PATH given), "source_hash": str (weights + config), "weights": str (the file read),
+                   "spelling": "current" | "legacy" | "none" (attention keys), "config": {...} (the
+                   diffusers constructor keywords)}}; absent or {} for pixel-space models. Decoder
+                   graphs are listed under `graphs` (layout "decoder") but not in `layouts`/`chains`.
     tables        {name: {"file", "length", "y", "cfg", "rows", "t", "dt_base", "outputs"}}
     precisions    {"fp16" | "int8": {"graphs": {name: {"file", "external_data", "weight_bytes",
                    "changed"}}, "report", "metrics", "fallback", "flavour" (int8: "trt" | "cpu")}}
@@ -88,11 +91,13 @@ class DecoderInfo:
     image: tuple[int, ...]         # (C, H, W) it returns
     params: int
     source: str
+    source_hash: str = ""
 
     @classmethod
     def from_dict(cls, d: dict) -> DecoderInfo:
         return cls(str(d["kind"]), str(d["graph"]), float(d["scaling_factor"]), bool(d["scale_folded"]),
-                   tuple(d["latent"]), tuple(d["image"]), int(d.get("params", 0)), str(d.get("source", "")))
+                   tuple(d["latent"]), tuple(d["image"]), int(d.get("params", 0)), str(d.get("source", "")),
+                   str(d.get("source_hash", "")))
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,7 @@ class ExportOptions:
     guidance: bool = False                      # fold classifier-free guidance into the graphs
     external_data: bool | None = None           # None: when the model's parameters exceed 100 MiB
     force: bool = False                         # overwrite an existing bundle
+    vaes: tuple[tuple[str, str], ...] = ()      # (kind, path) of each decoder stage (odelt.latent)
 
     def __post_init__(self) -> None:
         if self.opset not in SUPPORTED_OPSETS:
@@ -123,16 +124,34 @@ def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, sour
     plans = [layout_spec(cfg, layout, lengths, options.guidance) for layout in dict.fromkeys(options.layouts)]
     out = Path(out)
     _check_target(out, options.force)
+    vaes = _load_vaes(dit, options)             # bad VAE input fails before anything is written
     external = options.external_data
     if external is None:
         external = dit.param_bytes() > EXTERNAL_DATA_BYTES
     with building(out.parent, out.name) as tmp:   # removed, whatever happens, unless moved into place
         graphs = _export_graphs(dit, plans, options, tmp, external)
         shutil.rmtree(tmp / ".scratch", ignore_errors=True)
+        decoders: dict = {}
+        if vaes:
+            from odelt.latent.decoder_export import export_decoders
+
+            decoder_graphs, decoders = export_decoders(vaes, dit.config, tmp, options.opset, options.external_data)
+            graphs.update(decoder_graphs)
         files = [f for g in graphs.values() for f in (g["file"], g["external_data"]) if f]
-        write_new_bundle(tmp, _manifest_data(dit, options, lengths, plans, graphs, (source, source_hash)), files)
+        data = _manifest_data(dit, options, lengths, plans, graphs, (source, source_hash))
+        if decoders:
+            data["decoders"] = decoders
+        write_new_bundle(tmp, data, files)
         _move_into_place(tmp, out)
     return open_bundle(out)
+
+
+def _load_vaes(dit: DiT, options: ExportOptions) -> list:
+    if not options.vaes:
+        return []
+    from odelt.latent.decoder_export import load_decoders
+
+    return load_decoders(options.vaes, dit.config)
 
 
 def _export_graphs(dit: DiT, plans: list, options: ExportOptions, root: Path, external: bool) -> dict:

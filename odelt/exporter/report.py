@@ -47,6 +47,10 @@ def describe(manifest: Bundle) -> list[str]:
     for layout in manifest.layouts:
         for n, chain in manifest.chains(layout).items():
             lines.append(f"  {layout:<10} l={n:<3} {' -> '.join(chain)}")
+    for kind, d in manifest.decoders.items():
+        lines.append(f"decoder {kind}: graph {d.graph}, latent {'x'.join(map(str, d.latent))} -> image "
+                     f"{'x'.join(map(str, d.image))}, {d.params / 1e6:.2f} M parameters, 1/{d.scaling_factor:g} "
+                     f"{'folded into the graph' if d.scale_folded else 'NOT folded'}, from {d.source}")
     lines.append("tables: " + (", ".join(f"{k} (l={t['length']}, {len(t['t'])} steps, y={t['y']})"
                                          for k, t in manifest.tables.items()) or "none"))
     lines.append("precisions: " + ", ".join(manifest.precisions))
@@ -60,6 +64,8 @@ def describe_verify(report: dict) -> list[str]:
              f"over batch sizes {report['batch_sizes']}, {report['cases_per_batch_size']} cases each"]
     for layout, errs in report["per_length"].items():
         lines.append(f"  {layout:<10} " + "  ".join(f"l={n}: {e:.3g}" for n, e in errs.items()))
+    for kind, err in report.get("decoders", {}).items():
+        lines.append(f"  decoder {kind:<6} |onnxruntime - diffusers| = {err:.3g}")
     lines.append(f"onnx.checker (full): {len(report['checked_graphs'])} graphs ok")
     lines.append(f"parameters {_mb(report['param_bytes'])}; weights " + ", ".join(
         f"{k} {_mb(v)} ({report['weight_ratio'][k]:.3f}x)" for k, v in report["weight_bytes"].items()))

@@ -204,6 +204,21 @@ def compare_length(manifest: Bundle, dit: DiT, layout: str, length: int, session
     return max(float(np.abs(a["velocity"] - b["velocity"]).max()) for a, b in zip(onnx_out, torch_out))
 
 
+def verify_decoders(manifest: Bundle, sessions: dict, options: VerifyOptions) -> dict[str, float]:
+    """{kind: max |ORT - diffusers decode(z / scaling_factor)|}: one random latent per batch size
+    (a full-size decode takes seconds), against the VAE reloaded from its recorded source."""
+    if not manifest.decoders:
+        return {}
+    from odelt.latent.decoder_export import compare_decoder, vae_for_bundle
+
+    sizes = options.batch_sizes or default_batch_sizes(manifest.batch)
+    out = {}
+    for kind, info in manifest.decoders.items():
+        out[kind] = compare_decoder(sessions[info.graph], vae_for_bundle(manifest, kind), manifest.graph(info.graph),
+                                    tuple(sizes), options.seed)
+    return out
+
+
 def verify_bundle(bundle, options: VerifyOptions = VerifyOptions()) -> dict:
     """Check and compare a bundle; returns the report (see `odelt-export verify --json`)."""
     from polygraphy.logger import G_LOGGER
@@ -218,7 +233,8 @@ def verify_bundle(bundle, options: VerifyOptions = VerifyOptions()) -> dict:
     jobs = [(layout, n) for layout in manifest.layouts for n in manifest.lengths]
     for layout, n in tqdm(jobs, desc="verify", unit="length", disable=None, leave=False):
         per_length.setdefault(layout, {})[str(n)] = compare_length(manifest, dit, layout, n, sessions, options)
-    worst = max(e for errs in per_length.values() for e in errs.values())
+    decoders = verify_decoders(manifest, sessions, options)
+    worst = max([e for errs in per_length.values() for e in errs.values()] + list(decoders.values()))
     weights = recount_weight_bytes(manifest)
     param_bytes = dit.param_bytes()
     return {
@@ -226,6 +242,7 @@ def verify_bundle(bundle, options: VerifyOptions = VerifyOptions()) -> dict:
         "param_bytes": param_bytes, "weight_bytes": weights,
         "weight_ratio": {k: round(v / param_bytes, 4) for k, v in weights.items()},
         "duplicate_initializers": duplicate_initializers(manifest) if "segments" in manifest.layouts else 0,
+        "decoders": decoders,
         "checked_graphs": checked, "opset": manifest.opset, "cfg": manifest.guidance,
         "batch_sizes": list(options.batch_sizes or default_batch_sizes(manifest.batch)),
         "cases_per_batch_size": options.cases,

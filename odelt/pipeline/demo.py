@@ -268,28 +268,32 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
     """Choose a plan for each budget, run it, and record predicted vs measured latency."""
     from odelt.pipeline.report import plot_pareto
     from odelt.runtime.images import grid_image, save_png
-    from odelt.runtime.planner import choose
+    from odelt.runtime.planner import MedianPredictor, choose
     from odelt.runtime.plans import load_candidates
-    from odelt.runtime.profile import call_cost, host_overheads, predict_now
+    from odelt.runtime.profile import call_cost, decode_cost, host_overheads, predict_now
 
-    candidates, cost = load_candidates(manifest), call_cost(prof)
-    table = choose(candidates, float("inf"), cost, opts.batch, *host_overheads(prof)).table
+    candidates = load_candidates(manifest)
+    at = MedianPredictor(call_cost(prof), opts.batch, *host_overheads(prof), decode_cost(prof))
+    table = choose(candidates, float("inf"), predictor=at).table
     budgets = opts.budgets_ms or default_budgets(list(table))
     runs, marks = [], []
     for budget in budgets:
-        choice = choose(candidates, budget, cost, opts.batch, *host_overheads(prof))
+        choice = choose(candidates, budget, predictor=at)
         c = choice.candidate
+        share = choice.decode_share()
         log(f"plan: budget {budget:g} ms -> {c.name}; generating {opts.n} images ...")
         # The stored profile chose the plan; a profile of just its calls, taken now, shows how much
         # of any miss is the machine's speed drifting since (a shared CPU drifts within seconds).
-        predicted_now = predict_now(manifest, c, opts.batch, prof.get("threads", 1))
+        predicted_now = predict_now(manifest, c, opts.batch, prof.get("threads", 1), decode_cost(prof))
         images, measured = measure_plan(manifest, c, opts.batch, opts.n, prof.get("threads", 1))
         grid = opts.out / f"samples_{budget:g}ms.png"
         save_png(grid_image(images, upscale=max(1, 32 // images.shape[-1])), grid)
         runs.append({"budget_ms": budget, "plan": c.name, "precision": c.precision, "solver": c.solver,
                      "nfe": c.nfe, "lengths": list(c.lengths), "error": c.error, "fd": c.fd,
                      "predicted_ms": choice.predicted_ms, "predicted_now_ms": predicted_now,
-                     "measured_ms": measured, "grid": grid.name})
+                     "measured_ms": measured, "grid": grid.name,
+                     **({"decoder": f"{c.decoder}-{c.decoder_precision}", "decode_ms": share[0],
+                         "decoder_share": share[1]} if share else {})})
         marks.append((choice, budget))
     plot_pareto(marks, opts.out / "pareto.png")
     return runs

@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from odelt.errors import ConfigError
 from odelt.exporter.bundle import Bundle
 from odelt.fileio import write_json_atomic
 from odelt.runtime.backend import open_backend
@@ -48,13 +49,18 @@ def _fd(samples: np.ndarray) -> float | None:
 
 
 def quality_rows(manifest: Bundle, model, schedules: dict[str, Schedule], precisions: Sequence[str],
-                 n: int = 128, seed: int = 0, progress: Callable[[str], None] | None = None) -> list[dict]:
-    """Held-out RMSE to the teacher and FD-digits for every (schedule, precision)."""
+                 n: int = 128, seed: int = 0, progress: Callable[[str], None] | None = None,
+                 samples: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Held-out RMSE to the teacher and FD-digits for every (schedule, precision). `samples`, when
+    given, receives the teacher's samples ("teacher") and every row's (by name): decoder_quality's
+    inputs for a latent bundle."""
     from odelt.schedules.problem import make_pairs
 
     key = manifest.model_hash
     pairs = make_pairs(model, n, seed, held_out=True, key=key)
     z, y, teacher = pairs.z.numpy(), pairs.y.numpy().astype(np.int32), pairs.x.numpy()
+    if samples is not None:
+        samples["teacher"] = teacher
     rows = []
     for precision in precisions:
         with open_backend("ort", manifest, precision=precision) as be:
@@ -62,13 +68,60 @@ def quality_rows(manifest: Bundle, model, schedules: dict[str, Schedule], precis
                 if progress:
                     progress(f"{name} {precision}")
                 x, _ = Sampler(be, manifest, s).sample(z, y)
+                if samples is not None:
+                    samples[f"{name}-{precision}"] = x
                 rows.append({"name": f"{name}-{precision}", "schedule": name, "solver": s.solver,
                              "precision": precision, "error": float(np.sqrt(np.mean((x - teacher) ** 2))),
                              "fd": _fd(x), "call_lengths": list(call_lengths(s))})
     return rows
 
 
-def write_quality(manifest: Bundle, rows: list[dict], n: int, seed: int) -> Path:
+def decoder_quality(manifest: Bundle, teacher: np.ndarray, sampled: np.ndarray, n: int = 4,
+                    threads: int = 1) -> dict:
+    """The quality table's `decoders` section (odelt.runtime.plans) for a latent bundle, from its
+    own decoder graphs on the first n held-out images:
+
+    * every (kind, precision) the bundle has a decoder graph in: the RMSE of its image of the
+      teacher's latents against the reference decoder's (SD-VAE FP32; the only kind otherwise);
+    * gain: the reference decoder's image RMSE per unit of latent RMSE, measured on real sampling
+      errors: RMS(D(sampled) - D(teacher)) / RMS(sampled - teacher), `sampled` being one plan's
+      samples from the same noise (pick a typical one: the gain is a local slope of the decoder)."""
+    from odelt.runtime.profile import decoder_precisions
+
+    if not manifest.decoders:
+        manifest.decoder()                                 # its one-line error: no decoder stage
+    ref = "sd" if "sd" in manifest.decoders else sorted(manifest.decoders)[0]
+    teacher, sampled = teacher[:n].astype(np.float32), sampled[:n].astype(np.float32)
+    latent_err = _rms(sampled - teacher)
+    if not latent_err > 0:
+        raise ConfigError("decoder gain: expected samples that differ from the teacher's, found identical ones")
+    reference = decode_latents(manifest, ref, "fp32", teacher, threads)
+    rows = []
+    for kind in sorted(manifest.decoders):
+        for precision in decoder_precisions(manifest, kind):
+            image = reference if (kind, precision) == (ref, "fp32") else \
+                decode_latents(manifest, kind, precision, teacher, threads)
+            rows.append({"kind": kind, "precision": precision, "error": _rms(image - reference)})
+    gain = _rms(decode_latents(manifest, ref, "fp32", sampled, threads) - reference) / latent_err
+    return {"reference": {"kind": ref, "precision": "fp32"}, "gain": gain, "n": int(teacher.shape[0]),
+            "latent_rmse": latent_err, "rows": rows}
+
+
+def decode_latents(manifest: Bundle, kind: str, precision: str, latents: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Images of `latents` from the bundle's decoder (kind, precision), one image per run (the
+    decoder's cost grows with the batch, its accuracy does not)."""
+    from odelt.runtime.decode import open_decoder
+
+    with open_decoder(manifest, kind, precision, threads) as decoder:
+        return decoder.decode(latents, batch=1)
+
+
+def _rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))
+
+
+def write_quality(manifest: Bundle, rows: list[dict], n: int, seed: int, decoders: dict | None = None) -> Path:
+    """quality.json; `decoders`: the decoder section of a latent bundle (decoder_quality)."""
     data = {"format": FORMAT, "held_out": {"n": n, "seed": seed, "teacher": "euler-128-full-length"},
-            "rows": rows}
+            "rows": rows, **({"decoders": decoders} if decoders else {})}
     return write_json_atomic(manifest.root / QUALITY, data)

@@ -7,18 +7,41 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from odelt.fileio import atomic_path, write_text_atomic
-from odelt.runtime.planner import Choice, pareto_front
+from odelt.runtime.planner import Candidate, Choice, pareto_front
 
 
 def plan_table(choice: Choice) -> str:
-    """Every candidate with its prediction, the chosen one marked with '*'."""
+    """Every candidate with its prediction, the chosen one marked with '*'; plans that decode also
+    show their decoder's median ms per batch and its share of the end-to-end median."""
+    decoding = any(c.decoder for c, _ in choice.table)
     head = f"  {'plan':<34} {'prec':<5} {'NFE':>3} {'blocks':>6} {'pred ms':>9} {'RMSE':>8} {'FD':>8}"
-    lines = [head]
+    lines = [head + (f" {'decoder':<12} {'decode ms':>10} {'share':>6}" if decoding else "")]
     for c, ms in sorted(choice.table, key=lambda cm: cm[1]):
         mark = "*" if c == choice.candidate else " "
         fd = f"{c.fd:8.3f}" if c.fd is not None else f"{'-':>8}"
-        lines.append(f"{mark} {c.name:<34} {c.precision:<5} {c.nfe:>3} {c.block_evals:>6} {ms:9.3f} {c.error:8.4f} {fd}")
+        line = f"{mark} {c.name:<34} {c.precision:<5} {c.nfe:>3} {c.block_evals:>6} {ms:9.3f} {c.error:8.4f} {fd}"
+        if decoding:
+            share = choice.decode_share(c)
+            line += (f" {decoder_label(c):<12} {share[0]:10.3f} {share[1]:6.1%}" if share
+                     else f" {'-':<12} {'-':>10} {'-':>6}")
+        lines.append(line)
     return "\n".join(lines)
+
+
+def decoder_label(c: Candidate) -> str:
+    return f"{c.decoder}-{c.decoder_precision}" if c.decoder else "-"
+
+
+def chosen_line(choice: Choice, budget_ms: float, quantile: float, batch: int) -> str:
+    """One line about the chosen plan: what it runs, its prediction against the budget, its
+    quality, and (when it decodes) the decoder's share of the end-to-end latency."""
+    c = choice.candidate
+    share = choice.decode_share()
+    decode = (f"; decoder {decoder_label(c)} {share[0]:.2f} ms per batch, {share[1]:.1%} of the end-to-end median"
+              if share else "")
+    return (f"chosen: {c.name} ({c.solver}, NFE {c.nfe}, lengths {list(c.lengths)}, {c.precision}): "
+            f"predicted {choice.predicted_ms:.2f} ms (quantile {quantile:g}) <= budget {budget_ms:g} ms at batch "
+            f"{batch}, held-out RMSE {c.error:.4f}{decode}")
 
 
 def plot_pareto(choices: Sequence[tuple[Choice, float]], path: str | os.PathLike) -> Path:
@@ -68,6 +91,13 @@ def _now(run: dict) -> list[str]:
     return [f"{p:.2f}", f"{abs(m - p) / m:.1%}"]
 
 
+def _decoding(run: dict) -> list[str]:
+    """A plan's decoder, its predicted ms per batch and its share of the end-to-end prediction."""
+    if "decoder" not in run:
+        return ["-", "-", "-"]
+    return [run["decoder"], f"{run['decode_ms']:.2f}", f"{run['decoder_share']:.1%}"]
+
+
 def write_report(path: Path, facts: dict) -> Path:
     """DIR/report.md from the demo's facts (every number here was measured in that run)."""
     v, prof = facts["verify"], facts["profile"]
@@ -111,12 +141,13 @@ def write_report(path: Path, facts: dict) -> Path:
     lines += ["", "## Plans chosen for each budget (batch of images per call)", ""]
     lines += ["Predicted from the stored profile (which chose the plan), and from a profile of the plan's",
               "calls taken just before it ran (the difference is the machine's speed drifting).", ""]
+    decoding = any("decoder" in r for r in facts["runs"])
     lines += _md_table(["budget ms", "plan", "precision", "NFE", "RMSE", "predicted ms", "measured ms", "error",
-                        "re-profiled ms", "error"],
+                        "re-profiled ms", "error"] + (["decoder", "decode ms", "decoder share"] if decoding else []),
                        [[r["budget_ms"], r["plan"], r["precision"], r["nfe"], f"{r['error']:.4f}",
                          f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}",
                          f"{abs(r['measured_ms'] - r['predicted_ms']) / r['measured_ms']:.1%}"]
-                        + _now(r) for r in facts["runs"]])
+                        + _now(r) + (_decoding(r) if decoding else []) for r in facts["runs"]])
     lines += ["", "![pareto](pareto.png)", ""] + [f"![{r['plan']}]({r['grid']})" for r in facts["runs"]]
     return write_text_atomic(path, "\n".join(lines) + "\n")
 

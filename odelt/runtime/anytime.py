@@ -2,8 +2,9 @@
 
 ODE_t(ODE_l) can change the length (active blocks) of any remaining step at any moment, so a batch
 that falls behind can still end by its deadline. `Deadline` knows its plan's timeline: step n
-should end at T_n = (budget - batch host work) * C_n / C_N, where C_n is the predicted median cost
-of steps 0..n (the slack of the plan is spread over its steps). After every step (the solver's
+should end at T_n = (budget - batch host work - decoding) * C_n / C_N, where C_n is the predicted
+median cost of steps 0..n (the slack of the plan is spread over its steps; a latent plan's decode
+of the batch comes after its last step, and every prediction of the steps left counts it too). After every step (the solver's
 callback) it reads the clock:
 
 * on time (elapsed <= T_n): nothing happens, not even a prediction;
@@ -79,7 +80,8 @@ class Deadline:
     """Anytime control of one schedule at one precision and batch size (see the module doc)."""
 
     def __init__(self, schedule: Schedule, precision: str, predictor: QuantilePredictor, budget_ms: float,
-                 exported: Sequence[int], profiles: Sequence[LengthProfile] = ()):
+                 exported: Sequence[int], profiles: Sequence[LengthProfile] = (),
+                 after: tuple[float, float] = (0.0, 0.0)):
         per = SOLVER_INFO[schedule.solver].calls_per_step
         if not per:
             raise ValueError(f"anytime control needs a fixed-step solver, found {schedule.solver}")
@@ -88,6 +90,7 @@ class Deadline:
         self.starts = tuple(float(t) for t in schedule.t_grid[:-1])
         self.cost = {n: predictor.call(precision, n) for n in sorted(set(exported) | set(self.lengths))}
         self.host_ms = predictor.sample_ms
+        self.after = after                 # (median, excess at the quantile) of decoding the batch
         blocks = sum(self.lengths)
         self.profiles = [p for p in profiles if p.blocks < blocks]
         self.exported = sorted(set(exported), reverse=True)
@@ -96,7 +99,7 @@ class Deadline:
             total += per * self.cost[n][0]
             cum.append(total)
         self.cum = cum
-        self.timeline = [(self.budget_ms - self.host_ms) * c / total for c in cum]
+        self.timeline = [(self.budget_ms - self.host_ms - after[0]) * c / total for c in cum]
         self.switches: list[Switch] = []
         self.current: list[int] = list(self.lengths)
         self._start, self._clock, self._set = 0.0, (lambda: 0.0), (lambda n, length: None)
@@ -115,8 +118,8 @@ class Deadline:
         self._replan(n, elapsed)
 
     def _predict(self, lengths: Sequence[int], speed: float) -> float:
-        med = sum(self.per * self.cost[n][0] for n in lengths) + self.host_ms
-        spread = math.sqrt(sum(self.per * self.cost[n][1] ** 2 for n in lengths))
+        med = sum(self.per * self.cost[n][0] for n in lengths) + self.host_ms + self.after[0]
+        spread = math.sqrt(sum(self.per * self.cost[n][1] ** 2 for n in lengths) + self.after[1] ** 2)
         return speed * (med + spread)
 
     def options(self, n: int) -> list[tuple[tuple[int, ...], str]]:

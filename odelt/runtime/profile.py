@@ -5,11 +5,15 @@
     {"format": "odelt-profile/1", "device_id": str, "device": {...}, "backend": "ort",
      "repeats": int, "step_overhead_ms": float, "sample_overhead_ms": float,
      "calls":  {precision: {str(batch): {str(length): {"median_ms", "p90_ms", "p99_ms", "samples_ms"}}}},
-     "graphs": {precision: {str(batch): {graph: {"median_ms", "p90_ms", "p99_ms", "samples_ms"}}}}}
+     "graphs": {precision: {str(batch): {graph: {"median_ms", "p90_ms", "p99_ms", "samples_ms"}}}},
+     "decoders": {precision: {str(batch): {kind: {"median_ms", "p90_ms", "p99_ms", "samples_ms"}}}}}
 
 `calls` times one network call (the backend's whole chain for a length, buffers bound), which
 is what a solver step pays; `graphs` times each graph alone (a fresh ONNX Runtime session on
-random inputs) to show where that time goes. `step_overhead_ms` and `sample_overhead_ms` are the
+random inputs) to show where that time goes. `decoders` (latent bundles only) times each decoder
+stage's graph on a whole batch of latents, at every precision the bundle has that graph in: a
+cost paid once per batch, after the last step. It is timed apart from `graphs` (and with fewer
+repeats: a full SD-VAE decode takes seconds on a CPU), and the decoder kinds take turns. `step_overhead_ms` and `sample_overhead_ms` are the
 runtime's host work per call and per batch (measured with the real sampler on this backend),
 which the planner adds to the calls.
 """
@@ -29,11 +33,13 @@ import numpy as np
 from odelt import validate
 from odelt.errors import ConfigError
 from odelt.exporter.bundle import Bundle
+from odelt.exporter.iospec import DECODER_LAYOUT
 from odelt.fileio import read_json, write_json_atomic
 from odelt.runtime.backend import backend_class, open_backend
 from odelt.runtime.ort_session import open_session
 
 FORMAT = "odelt-profile/1"
+DECODER_REPEATS = 5          # decodes per measurement: seconds each for an SD-VAE on a CPU
 
 
 def device_description(backend: str) -> dict[str, Any]:
@@ -116,12 +122,63 @@ def _graph_feeds(spec: Any, batch: int, rng: np.random.Generator) -> dict[str, n
 
 
 def profile_graphs(manifest: Bundle, precision: str, batch: int, repeats: int) -> dict[str, dict]:
+    """Each graph of the velocity alone (the decoder stage is profile_decoders')."""
     rng = np.random.default_rng(0)
     out = {}
     for name, spec in sorted(manifest.graphs.items()):
+        if spec.layout == DECODER_LAYOUT:
+            continue
         sess = open_session(manifest.graph_path(name, precision), threads=1)
         feeds = _graph_feeds(spec, batch, rng)
         out[name] = _timed(lambda: sess.run(None, feeds), repeats)
+    return out
+
+
+def decoder_precisions(manifest: Bundle, kind: str) -> tuple[str, ...]:
+    """The bundle precisions whose decoder `kind` is a graph of its own: FP32 always, and one
+    variant that converted it. Every variant lists the decoder, most as the FP32 file itself (an
+    int8 "cpu" variant), and every converted decoder is FP16 (odelt.calibration.decoder: fp16, and
+    int8 "trt"), so one of those stands for FP16: the fp16 variant's when it has one."""
+    graph = manifest.decoder(kind).graph
+    fp32 = manifest.graph_file(graph).file
+    converted = [p for p in manifest.precisions[1:]
+                 if (manifest.variant(p) or {}).get("graphs", {}).get(graph, {}).get("file", fp32) != fp32]
+    return ("fp32", *(["fp16"] if "fp16" in converted else converted[:1]))
+
+
+def decoder_precision_for(manifest: Bundle, kind: str, precision: str) -> str:
+    """Which of decoder_precisions stands for the decoder graph variant `precision` holds (what a
+    run at that precision decodes with): its own entry, FP32 when it lists the FP32 file, else the
+    converted (FP16) one."""
+    have = decoder_precisions(manifest, kind)
+    if precision in have:
+        return precision
+    graph = manifest.decoder(kind).graph
+    return "fp32" if manifest.graph_file(graph, precision).file == manifest.graph_file(graph).file else have[-1]
+
+
+def profile_decoders(manifest: Bundle, precisions: Iterable[str], batches: Iterable[int], repeats: int,
+                     threads: int = 1) -> dict[str, dict]:
+    """{precision: {str(batch): {kind: timing}}}: one decode of a whole batch per sample, through
+    the runtime's decoder (odelt.runtime.decode: an ORT engine when built), the kinds of one
+    (precision, batch) taking turns; {} for a pixel-space bundle."""
+    from contextlib import ExitStack
+
+    from odelt.runtime.decode import open_decoder
+
+    rng = np.random.default_rng(0)
+    out: dict[str, dict] = {}
+    for precision in precisions:
+        kinds = [k for k in sorted(manifest.decoders) if precision in decoder_precisions(manifest, k)]
+        if not kinds:
+            continue
+        with ExitStack() as stack:
+            decoders = {k: stack.enter_context(open_decoder(manifest, k, precision, threads)) for k in kinds}
+            for batch in batches:
+                latents = {k: rng.standard_normal((batch, *manifest.decoder(k).latent)).astype(np.float32)
+                           for k in kinds}
+                out.setdefault(precision, {})[str(batch)] = _timed_round_robin(
+                    {k: (lambda k=k: decoders[k].decode(latents[k])) for k in kinds}, repeats, warmup=1)
     return out
 
 
@@ -158,18 +215,22 @@ def host_overheads(profile: dict[str, Any]) -> tuple[float, float]:
 def profile_bundle(manifest: Bundle, backend: str = "ort", batches: Iterable[int] = (1, 8),
                    precisions: Iterable[str] = ("fp32",), repeats: int = 20,
                    progress: Callable[[str], None] | None = None, threads: int = 1,
-                   time_graphs: bool = True) -> dict[str, Any]:
-    """Measure every graph and every length's chain, per precision and batch.
+                   time_graphs: bool = True, decoder_repeats: int | None = DECODER_REPEATS) -> dict[str, Any]:
+    """Measure every graph and every length's chain, per precision and batch, and the decoder
+    stage of a latent bundle at every precision it has a decoder in (`decoder_repeats` decodes per
+    (precision, batch, kind); None: not timed, for a profile that plans latents only).
 
     threads: ONNX Runtime intra-op threads, recorded so that generation runs as profiled. One thread
     is the default: on a small shared CPU, a second thread made calls bimodal (0.9 vs 17 ms medians
     at batch 1 on the digits model, under load) while one thread stayed linear in the length.
     time_graphs=False skips timing each graph alone (the planner needs only the calls)."""
-    batches = validate.counts("--batch", batches)
+    batches, precisions = validate.counts("--batch", batches), tuple(precisions)
     for batch in batches:
         validate.bundle_batch("--batch", batch, manifest.batch)
     repeats = validate.count("--repeats", repeats)
     threads = validate.threads("--threads", threads)
+    if decoder_repeats is not None:
+        decoder_repeats = validate.count("--decoder-repeats", decoder_repeats)
     desc = device_description(backend)
     result: dict[str, Any] = {"format": FORMAT, "device_id": device_id(desc), "device": desc,
                               "backend": backend, "repeats": repeats, "layout": manifest.default_layout(),
@@ -189,17 +250,25 @@ def profile_bundle(manifest: Bundle, backend: str = "ort", batches: Iterable[int
         if time_graphs and backend_class(backend).graph_timings:
             for batch in batches:
                 graphs[str(batch)] = profile_graphs(manifest, precision, batch, max(3, repeats // 2))
+    if decoder_repeats is not None and manifest.decoders:
+        if progress:
+            progress(f"decoders {sorted(manifest.decoders)}")
+        # every precision the bundle has a decoder in: a plan's decoder precision is an axis of its
+        # own (an FP32 DiT plan may decode in FP16), whichever DiT precisions were asked for
+        result["decoders"] = profile_decoders(manifest, manifest.precisions, batches, decoder_repeats, threads)
     return result
 
 
-def predict_now(manifest: Bundle, candidate: Any, batch: int, threads: int = 1) -> float:
+def predict_now(manifest: Bundle, candidate: Any, batch: int, threads: int = 1,
+                decode_ms: Callable[[str, str, int], float] | None = None) -> float:
     """A plan's predicted ms from a profile of just its precision's calls, taken now (no per-graph
-    timings): next to a run, it separates the cost model's error from the machine's drift."""
+    timings): next to a run, it separates the cost model's error from the machine's drift. A plan
+    that decodes adds `decode_ms` (the stored profile's: re-timing a decoder takes seconds)."""
     from odelt.runtime.planner import predict_ms
 
     now = profile_bundle(manifest, "ort", (batch,), (candidate.precision,), repeats=20, threads=threads,
-                         time_graphs=False)
-    return predict_ms(candidate, call_cost(now), batch, *host_overheads(now))
+                         time_graphs=False, decoder_repeats=None)
+    return predict_ms(candidate, call_cost(now), batch, *host_overheads(now), decode_ms)
 
 
 def save_profile(manifest: Bundle, profile: dict[str, Any]) -> Path:
@@ -234,21 +303,30 @@ def _check_timings(path: Path, data: dict[str, Any]) -> None:
     calls = data.get("calls")
     if not isinstance(calls, dict) or not calls:
         raise bad("calls", calls)
-    for prec, by_batch in calls.items():
-        if not isinstance(by_batch, dict) or not by_batch:
-            raise bad(f"calls.{prec}", by_batch)
-        for b, by_len in by_batch.items():
-            if not str(b).isdigit() or int(b) < 1 or not isinstance(by_len, dict) or not by_len:
-                raise bad(f"calls.{prec}.{b}", by_len)
-            for n, cell in by_len.items():
-                for key in ("median_ms", "p90_ms"):
-                    v = cell.get(key) if isinstance(cell, dict) else None
-                    if not _finite(v) or v <= 0:
-                        raise bad(f"calls.{prec}.{b}.{n}.{key}", v)
+    _check_table(bad, "calls", calls)
+    decoders = data.get("decoders", {})
+    if not isinstance(decoders, dict):
+        raise bad("decoders", decoders)
+    _check_table(bad, "decoders", decoders)
     for key in ("step_overhead_ms", "sample_overhead_ms"):
         v = data.get(key, 0.0)
         if not _finite(v) or v < 0:
             raise bad(key, v)
+
+
+def _check_table(bad: Callable[[str, Any], ConfigError], section: str, table: dict[str, Any]) -> None:
+    """{precision: {str(batch): {key: {"median_ms", "p90_ms", ...}}}}, every cell finite and > 0."""
+    for prec, by_batch in table.items():
+        if not isinstance(by_batch, dict) or not by_batch:
+            raise bad(f"{section}.{prec}", by_batch)
+        for b, by_key in by_batch.items():
+            if not str(b).isdigit() or int(b) < 1 or not isinstance(by_key, dict) or not by_key:
+                raise bad(f"{section}.{prec}.{b}", by_key)
+            for n, cell in by_key.items():
+                for key in ("median_ms", "p90_ms"):
+                    v = cell.get(key) if isinstance(cell, dict) else None
+                    if not _finite(v) or v <= 0:
+                        raise bad(f"{section}.{prec}.{b}.{n}.{key}", v)
 
 
 def _finite(v: Any) -> bool:
@@ -276,22 +354,43 @@ def call_cost(profile: dict[str, Any]) -> Callable[[str, int, int], float]:
     """The planner's cost function: median ms of one call at (precision, length, batch).
 
     Batches between profiled ones are interpolated linearly (CPU cost grows ~linearly in rows)."""
-    calls = profile["calls"]
+    median = median_cost(profile["calls"], "call", "length ")
+    return lambda precision, length, batch: median(precision, str(length), batch)
 
-    def cost(precision: str, length: int, batch: int) -> float:
-        if precision not in calls:
-            raise ConfigError(f"profile has no {precision} timings; expected one of {sorted(calls)}")
-        by_batch = {int(b): v for b, v in calls[precision].items()}
-        if str(length) not in next(iter(by_batch.values())):
-            raise ConfigError(f"profile has no timings for length {length}")
-        bs = sorted(by_batch)
-        if batch in by_batch:
-            return by_batch[batch][str(length)]["median_ms"]
-        lo = max([b for b in bs if b < batch], default=bs[0])
-        hi = min([b for b in bs if b > batch], default=bs[-1])
-        if lo == hi:
-            return by_batch[lo][str(length)]["median_ms"] * batch / lo
-        a, b = by_batch[lo][str(length)]["median_ms"], by_batch[hi][str(length)]["median_ms"]
-        return a + (b - a) * (batch - lo) / (hi - lo)
+
+def decode_cost(profile: dict[str, Any]) -> Callable[[str, str, int], float]:
+    """Median ms of decoding one batch with decoder (kind, precision) at `batch`, interpolated
+    like call_cost; a one-line error when the profile did not time that decoder."""
+    return median_cost(profile.get("decoders", {}), "decoder", "")
+
+
+def median_cost(table: dict[str, Any], what: str, label: str) -> Callable[[str, str, int], float]:
+    """(precision, key, batch) -> median ms from a {precision: {str(batch): {key: timing}}} table."""
+    def cost(precision: str, key: str, batch: int) -> float:
+        if not table:
+            raise ConfigError(f"profile has no {what} timings; expected one taken with them "
+                              "(re-run `odelt-export profile` on this device)")
+        if precision not in table:
+            raise ConfigError(f"profile has no {precision} {what} timings; expected one of {sorted(table)} "
+                              "(re-run `odelt-export profile` on this device)")
+        by_batch = {int(b): v for b, v in table[precision].items()}
+        if key not in next(iter(by_batch.values())):
+            raise ConfigError(f"profile has no {what} timings for {label}{key} at {precision} "
+                              "(re-run `odelt-export profile` on this device)")
+        return interpolate_batches({b: v[key]["median_ms"] for b, v in by_batch.items()}, batch)
 
     return cost
+
+
+def interpolate_batches(by_batch: dict[int, float], batch: int) -> float:
+    """A per-batch cost at `batch` from the profiled batches: linear between two, proportional to
+    the rows beyond the profiled range (the planner refuses that unless told to extrapolate)."""
+    bs = sorted(by_batch)
+    if batch in by_batch:
+        return float(by_batch[batch])
+    lo = max([b for b in bs if b < batch], default=bs[0])
+    hi = min([b for b in bs if b > batch], default=bs[-1])
+    if lo == hi:
+        return float(by_batch[lo]) * batch / lo
+    a, b = by_batch[lo], by_batch[hi]
+    return float(a + (b - a) * (batch - lo) / (hi - lo))

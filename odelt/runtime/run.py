@@ -39,6 +39,8 @@ class GenerateOptions:
     extrapolate: bool = False          # with budget_ms: allow a batch outside the profiled ones
     quantile: float = 0.95             # with a budget: plans must fit at this latency quantile
     control: str = "anytime"           # with a budget: open | closed | anytime (odelt.runtime.stream)
+    decode: bool = True                # latent bundles: run the decoder stage (False: keep the latents)
+    decoder: str | None = None         # decoder kind when the bundle has several; None: Bundle.decoder()
 
     def __post_init__(self) -> None:
         validate.count("-n", self.n, 1, validate.MAX_SAMPLES)
@@ -55,23 +57,57 @@ class GenerateOptions:
             if self.schedule is not None:
                 raise ConfigError(f"--budget-ms lets the planner choose the schedule: expected --schedule or "
                                   f"--budget-ms, found both (--schedule {self.schedule})")
+        if self.decoder is not None and not self.decode:
+            raise ConfigError(f"--latents skips the decoder: expected --decoder or --latents, found both "
+                              f"(--decoder {self.decoder})")
 
 
 @dataclass
 class GenerateResult:
-    images: np.ndarray                 # (n, C, H, W) float32
+    images: np.ndarray                 # (n, C, H, W) float32: decoded images of a latent bundle (not
+                                       # clamped), else the samples themselves
     stats: Stats
     schedule: Schedule
     peak_rss_mb: float
     plan: Choice | None = None         # the planner's choice when a budget was given (the first batch's)
     stream: StreamStats | None = None  # with a budget: every batch's latency, plan and switches
+    latents: np.ndarray | None = None  # latent bundles: the sampler's output the images were decoded from
+    decoded: DecodeStats | None = None  # latent bundles, when decoded: which decoder and its time
+
+
+@dataclass(frozen=True)
+class DecodeStats:
+    kind: str                          # "sd" | "taesd"
+    precision: str
+    seconds: float                     # time inside the decoder's calls
+
+
+def check_decoder(manifest: Bundle, opts: GenerateOptions) -> None:
+    """Before any sampling: a --decoder the bundle lacks fails in one line."""
+    if opts.decoder is not None:
+        manifest.decoder(opts.decoder)
+
+
+def decode_result(manifest: Bundle, res: GenerateResult, opts: GenerateOptions) -> GenerateResult:
+    """Decode a latent bundle's samples (its decoder graph at the run's precision) unless --latents."""
+    if not manifest.decoders or not opts.decode:
+        return res
+    from odelt.runtime.decode import open_decoder
+
+    with open_decoder(manifest, opts.decoder, opts.precision, opts.threads) as dec:
+        images = dec.decode(res.images, opts.batch)
+    res.latents, res.images = res.images, images
+    res.decoded = DecodeStats(dec.kind, opts.precision, dec.seconds)
+    res.peak_rss_mb = peak_rss_mb()
+    return res
 
 
 def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
                          progress: Callable[[int], None] | None = None) -> GenerateResult:
     manifest = open_bundle(bundle)
     validate.bundle_batch("--batch", opts.batch, manifest.batch)
-    if opts.budget_ms is not None:
+    check_decoder(manifest, opts)
+    if opts.budget_ms is not None:           # the plans decode each batch themselves (within the budget)
         return generate_budgeted(manifest, opts, progress)
     schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))
     if opts.length is not None and schedule.method == "heuristic":
@@ -83,7 +119,7 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
                       precision=opts.precision, threads=opts.threads) as backend:
         sampler = Sampler(backend, manifest, schedule, opts.guidance_scale, use_tables=opts.tables)
         images, stats = generate(sampler, opts.n, opts.batch, opts.seed, progress)
-    return GenerateResult(images, stats, schedule, peak_rss_mb())
+    return decode_result(manifest, GenerateResult(images, stats, schedule, peak_rss_mb()), opts)
 
 
 def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
@@ -101,13 +137,31 @@ def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
     with ExitStack() as stack:
         stream = stream_for_bundle(manifest, stack, float(opts.budget_ms or 0), opts.batch, opts.quantile,
                                    opts.control, opts.backend, opts.threads or prof.get("threads", 1), opts.layout,
-                                   opts.guidance_scale, opts.tables, prof)
+                                   opts.guidance_scale, opts.tables, prof, decode=opts.decode,
+                                   decoders=None if opts.decoder is None else (opts.decoder,))
         first = stream.current
-        images, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
+        latents, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
         schedule = stream.sampler(first.candidate).schedule
-    table = tuple((p.candidate, p.quantile_ms) for p in stream.replanner.by_quality)
-    return GenerateResult(images, stats, schedule, peak_rss_mb(), Choice(first.candidate, first.quantile_ms, table),
-                          stream.stats)
+        decoded = _stream_decoded(stream)
+    planned = stream.replanner.by_quality
+    table = tuple((p.candidate, p.quantile_ms) for p in planned)
+    parts = tuple((p.median_ms, stream.predictor.decode(p.candidate)) for p in planned)
+    res = GenerateResult(latents, stats, schedule, peak_rss_mb(),
+                         Choice(first.candidate, first.quantile_ms, table, parts), stream.stats)
+    if decoded is not None:
+        res.latents, res.images, res.decoded = latents, np.concatenate(stream.images), decoded
+    return res
+
+
+def _stream_decoded(stream) -> DecodeStats | None:
+    """What decoded a stream's batches: its plans' decoders ("sd", or "sd+taesd" when the planner
+    switched), and the time inside them."""
+    used = [p for p in stream.replanner.by_quality if p.candidate.name in {r.plan for r in stream.stats.records}]
+    kinds = sorted({f"{p.candidate.decoder}" for p in used if p.candidate.decoder})
+    if not stream.images or not kinds:
+        return None
+    precisions = sorted({p.candidate.decoder_precision for p in used if p.candidate.decoder})
+    return DecodeStats("+".join(kinds), "+".join(precisions), stream.decode_s)
 
 
 def peak_rss_mb() -> float:

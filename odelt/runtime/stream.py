@@ -5,8 +5,9 @@
              profile and a Replanner re-chooses the plan between batches (odelt.runtime.tracker);
     anytime  closed, and each batch's steps are shortened when it runs late (odelt.runtime.anytime).
 
-A batch's latency is the wall time of Sampler.sample (what the budget bounds); a miss is a batch
-over the budget. Re-planning cost (tracker + choice) is timed on every batch. Everything a batch
+A batch's latency is the wall time of Sampler.sample, plus decoding the batch when its plan decodes
+(a latent bundle's plans: odelt.runtime.plans); that end-to-end time is what the budget bounds, and
+a miss is a batch over the budget. The decoded images are kept in `Stream.images`. Re-planning cost (tracker + choice) is timed on every batch. Everything a batch
 did is one `BatchRecord`; `to_json` is one line of `generate --log FILE`.
 """
 
@@ -89,7 +90,7 @@ class Stream:
 
     def __init__(self, replanner: Replanner, make_sampler: Callable[[Candidate], Sampler], control: str = "anytime",
                  exported: Sequence[int] = (), profiles: Sequence[LengthProfile] = (), window: int = 10,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter, decoder: Callable[[Candidate], Any] | None = None):
         if control not in CONTROLS:
             raise ConfigError(f"--control must be one of {list(CONTROLS)}, found {control!r}")
         self.replanner, self.predictor = replanner, replanner.predictor
@@ -97,6 +98,9 @@ class Stream:
         self.tracker = SpeedTracker(window)
         self.exported, self.profiles = tuple(exported), tuple(profiles)
         self._make = make_sampler
+        self._decoder = decoder            # plan -> an open decoder (odelt.runtime.decode) for its (kind, precision)
+        self.images: list[np.ndarray] = []  # each decoded batch, in order
+        self.decode_s = 0.0                # time spent decoding them
         self._samplers: dict[str, Sampler] = {}
         self._deadlines: dict[str, Deadline | None] = {}
         self._warm: set[tuple[str, int]] = set()
@@ -117,20 +121,32 @@ class Stream:
             if not SOLVER_INFO[s.solver].calls_per_step:       # adaptive steps have no timeline
                 return None
             self._deadlines[c.name] = Deadline(s, c.precision, self.predictor, self.replanner.budget_ms,
-                                               self.exported or s.lengths, self.profiles)
+                                               self.exported or s.lengths, self.profiles,
+                                               self.predictor.decoding(c) if self.decodes(c) else (0.0, 0.0))
         return self._deadlines[c.name]
 
+    def decodes(self, c: Candidate) -> bool:
+        return c.decoder is not None and self._decoder is not None
+
     def run(self, x0: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, Stats]:
-        """One batch under the budget; appends its BatchRecord to self.stats."""
+        """One batch under the budget (sampling, then decoding when the plan decodes); appends its
+        BatchRecord to self.stats and its decoded images to self.images. Returns the samples."""
         c, predicted = self.current.candidate, self.chosen_ms
         sampler = self.sampler(c)
-        images, st = sampler.sample(x0, y, self.deadline(c))
+        samples, st = sampler.sample(x0, y, self.deadline(c))
         latency = st.wall_s * 1e3
+        if self._decoder is not None and c.decoder is not None:
+            start = self.clock()
+            self.images.append(self._decoder(c).decode(samples, x0.shape[0]))
+            took = self.clock() - start
+            self.decode_s += took
+            latency += took * 1e3
         start = self.clock()
         replanned = None
         if self.control != "open":
             ran = step_lengths_to_calls(sampler.schedule.solver, st.lengths)
-            speed = self.tracker.observe(latency, self.predictor.median_ms(c.precision, ran))
+            expected = self.predictor.median_ms(c.precision, ran) + (self.predictor.decode(c) if self.decodes(c) else 0.0)
+            speed = self.tracker.observe(latency, expected)
             nxt = self.replanner.choose(speed, self.tracker.tail)
             if nxt.candidate != c:
                 self.current, replanned = nxt, nxt.candidate.name
@@ -142,31 +158,38 @@ class Stream:
                                               replanned, cost_us, st.lengths, st.switches))
         if replanned is not None:
             self.warm(x0.shape[0])
-        return images, st
+        return samples, st
 
     def warm(self, batch: int) -> None:
         """Bind the current plan's buffers before its first timed batch (outside any batch's time)."""
         key = (self.current.candidate.name, batch)
         if key in self._warm:
             return
-        s = self.sampler(self.current.candidate)
+        c = self.current.candidate
+        s = self.sampler(c)
         cfg = s.manifest.config
-        s.sample(np.zeros((batch, cfg.in_channels, cfg.input_size, cfg.input_size), np.float32),
-                 make_labels(batch, cfg.num_classes))
+        x, _ = s.sample(np.zeros((batch, cfg.in_channels, cfg.input_size, cfg.input_size), np.float32),
+                        make_labels(batch, cfg.num_classes))
+        if self._decoder is not None and c.decoder is not None:
+            self._decoder(c).decode(x, batch)
         self._warm.add(key)
 
 
 def stream_for_bundle(manifest: Bundle, stack: ExitStack, budget_ms: float, batch: int,
                       quantile: float = DEFAULT_QUANTILE, control: str = "anytime", backend: str = "ort",
                       threads: int = 1, layout: str | None = None, guidance_scale: float | None = None,
-                      tables: bool = True, profile: dict[str, Any] | None = None) -> Stream:
+                      tables: bool = True, profile: dict[str, Any] | None = None, decode: bool = True,
+                      decoders: Sequence[str] | None = None) -> Stream:
     """A Stream over the bundle's quality table and this device's profile; backends (one per
-    precision, every exported length) are opened on `stack` when a plan first needs them."""
+    precision, every exported length) and decoders (one per kind and precision) are opened on
+    `stack` when a plan first needs them. A latent bundle's plans decode unless `decode` is False;
+    `decoders` limits the decoder kinds the planner may choose."""
     prof = profile if profile is not None else load_profile(manifest)
-    candidates = load_candidates(manifest)
+    candidates = load_candidates(manifest, decode=None if decode else False, decoders=decoders)
     replanner = Replanner(candidates, QuantilePredictor(prof, batch, quantile), budget_ms)
     schedules = {c.schedule: load_plan_schedule(manifest, c) for c in candidates}
     backends: dict[str, Any] = {}
+    opened: dict[tuple[str, str], Any] = {}
 
     def make(c: Candidate) -> Sampler:
         if c.precision not in backends:
@@ -175,7 +198,16 @@ def stream_for_bundle(manifest: Bundle, stack: ExitStack, budget_ms: float, batc
             backends[c.precision] = stack.enter_context(open_backend(backend, manifest, **options))
         return Sampler(backends[c.precision], manifest, schedules[c.schedule], guidance_scale, use_tables=tables)
 
-    return Stream(replanner, make, control, manifest.lengths, learned_profiles(list(schedules.values())))
+    def decoder(c: Candidate) -> Any:
+        from odelt.runtime.decode import open_decoder
+
+        key = (str(c.decoder), c.decoder_precision)
+        if key not in opened:
+            opened[key] = stack.enter_context(open_decoder(manifest, c.decoder, c.decoder_precision, threads))
+        return opened[key]
+
+    return Stream(replanner, make, control, manifest.lengths, learned_profiles(list(schedules.values())),
+                  decoder=decoder if any(c.decoder for c in candidates) else None)
 
 
 def generate_stream(stream: Stream, manifest: Bundle, n: int, batch: int, seed: int = 0,

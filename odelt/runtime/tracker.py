@@ -66,7 +66,7 @@ class Replanner:
         if not candidates:
             raise BudgetError("no candidate plans: expected a quality table with at least one plan, found none")
         self.budget_ms, self.predictor = budget_ms, predictor
-        rows = [Planned(c, predictor.median_ms(c.precision, c.lengths), predictor.candidate(c)) for c in candidates]
+        rows = [Planned(c, predictor.median(c), predictor.candidate(c)) for c in candidates]
         self.by_quality = sorted(rows, key=lambda p: (p.candidate.error, p.quantile_ms))
         self.cheapest = min(rows, key=lambda p: p.quantile_ms)
 

@@ -6,6 +6,8 @@
       odelt_<graph>/1/model.plan         --engines tensorrt: the TensorRT plan of the chosen engine set
       odelt_<graph>/1/<graph>.onnx       --engines onnxruntime (Triton's ORT backend) and cpu
       odelt_<graph>/1/model.py           --engines cpu: Python backend running the graph with ORT
+                                         (latent bundles: each decoder graph is a model too, e.g.
+                                         odelt_decoder_sd; the sampler decodes through it)
       odelt_sampler/config.pbtxt         Python backend; inputs n, seed, labels, guidance
       odelt_sampler/1/model.py           odelt/serving/sampler_model.py
       odelt_sampler/1/bundle/            manifest, schedules, quality table, profiles, tables (no graphs)
@@ -68,7 +70,7 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
     if opts.engines == "tensorrt" and opts.max_batch and opts.max_batch > manifest.batch.max:
         raise ConfigError(f"--max-batch {opts.max_batch} exceeds the TensorRT profile's batch max "
                           f"{manifest.batch.max} (export with --batch MIN:OPT:MAX to change it)")
-    graphs = _layout_graphs(manifest, layout)
+    graphs = _layout_graphs(manifest, layout) + [manifest.graph(d.graph) for d in manifest.decoders.values()]
     files = _graph_files(manifest, graphs, opts)
     final = Path(out)
     if final.exists() and not opts.force:
@@ -81,7 +83,8 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
         _write_sampler(tmp, manifest, layout, graphs, opts)
         write_json_atomic(tmp / "odelt_repository.json", {
             "format": FORMAT, "bundle": str(manifest.root.resolve()), "model_hash": manifest.model_hash, "engines": opts.engines, "precision": opts.precision, "layout": layout,
-            "models": {g.name: model_name(g.name) for g in graphs}, "sampler": SAMPLER})
+            "models": {g.name: model_name(g.name) for g in graphs}, "sampler": SAMPLER,
+            "decoder": manifest.decoder().kind if manifest.decoders else None})
         _swap_in(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -191,7 +194,8 @@ def _write_graph_model(repo: Path, manifest: Bundle, graph: GraphSpec, src: Path
 
 def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions) -> str:
     cfg = manifest.config
-    image = [-1, cfg.out_channels, cfg.input_size, cfg.input_size]
+    decoder = manifest.decoder() if manifest.decoders else None   # latent bundles return decoded images
+    image = [-1, *decoder.image] if decoder else [-1, cfg.out_channels, cfg.input_size, cfg.input_size]
     config = {
         "name": SAMPLER, "backend": "python", "max_batch_size": 0,
         "input": [{"name": "n", "data_type": "TYPE_INT32", "dims": [1]},
@@ -205,10 +209,14 @@ def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts:
         "instance_group": [{"count": opts.sampler_instances, "kind": "KIND_CPU"}],
         "parameters": parameters({"layout": layout, "precision": opts.precision,
                                   "max_images": opts.max_batch or manifest.batch.max,
-                                  "graph_models": {g.name: model_name(g.name) for g in graphs}}),
+                                  "graph_models": {g.name: model_name(g.name) for g in graphs},
+                                  "decoder": decoder.kind if decoder else ""}),
     }
     return render(config, ("odelt sampler: request parameters budget_ms (float) or schedule (NAME); "
-                           "plan, predicted and measured milliseconds come back with the images",))
+                           "plan, predicted and measured milliseconds come back with the images",
+                           *(("latent bundle: images are decoded by the decoder stage's model "
+                              f"{model_name(decoder.graph)} (request parameter decoder: "
+                              f"{' or '.join(sorted(manifest.decoders))})",) if decoder else ())))
 
 
 def _write_sampler(repo: Path, manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions) -> None:

@@ -11,6 +11,10 @@ needs `odelt-export` installed (no torch: the runtime is numpy-only). One reques
     outputs     images (FP32 [n, C, H, W]), plan (the plan's or schedule's name), predicted_ms
                 (NaN without a budget), measured_ms (the sampling wall time in this model)
 
+A latent bundle's sampler decodes its samples through the decoder stage's graph model (the
+bundle's default decoder, or request parameter `decoder` = sd | taesd), so images are pixels
+(not clamped) and measured_ms includes the decode.
+
 Noise and labels follow the runtime's convention (odelt.runtime.sampler), so a request returns the
 images `odelt-export generate -n N --batch N --seed S` makes with the same plan. The runtime's own
 Sampler and solvers step; `BlsBackend` is the backend they call: each graph of a step's chain is a
@@ -36,7 +40,6 @@ from odelt.exporter.iospec import GraphSpec
 from odelt.runtime.protocol import chain_length
 from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.planner import choose
-from odelt.runtime.profile import call_cost
 from odelt.runtime.quantile import DEFAULT_QUANTILE, QuantilePredictor, check_quantile
 from odelt.runtime.plans import load_candidates, load_plan_schedule, schedule_path
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
@@ -79,10 +82,12 @@ class BlsBackend:
 class SamplerService:
     """Requests -> images with one backend; keeps one Sampler per (schedule, guidance)."""
 
-    def __init__(self, manifest: Bundle, backend: BlsBackend, precision: str, max_images: int):
+    def __init__(self, manifest: Bundle, backend: BlsBackend, precision: str, max_images: int,
+                 decoder: str | None = None):
         self.manifest, self.backend, self.precision, self.max_images = manifest, backend, precision, max_images
+        self.decoder = decoder or None            # the default decoder kind of a latent bundle
         self._samplers: dict[tuple[str, float | None], Sampler] = {}
-        self._planning: tuple[Any, ...] | None = None
+        self._planning: dict[str | None, tuple[Any, ...]] = {}
 
     def handle(self, n: int, seed: int, labels: np.ndarray | None, guidance: float | None,
                params: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,12 +98,29 @@ class SamplerService:
             raise ConfigError(f"with guidance each image takes 2 rows of a step call (this bundle mixes them on "
                               f"the host): n must be <= {self.max_images // 2}, found {n}")
         y = make_labels(n, cfg.num_classes) if labels is None else self._labels(labels, n)
-        key, schedule, predicted = self._plan(params, n)
+        decoder = self._decoder(params)
+        key, schedule, predicted = self._plan(params, n, decoder)
         sampler = self._sampler(key, schedule, guidance)
         start = time.perf_counter()
         images, _ = sampler.sample(make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size)), y)
+        if decoder is not None:
+            images = self.backend.call(self.backend.models[decoder.graph], {"latent": images}, ["image"])["image"]
         return {"images": images, "plan": key[0], "predicted_ms": predicted,
                 "measured_ms": 1e3 * (time.perf_counter() - start)}
+
+    def _decoder(self, params: Mapping[str, Any]) -> Any:
+        """The decoder stage a request runs (None for a pixel-space bundle)."""
+        if not self.decoder:
+            if "decoder" in params:
+                raise ConfigError(f"this bundle has no decoder stage; expected no decoder parameter, found "
+                                  f"{params['decoder']!r}")
+            return None
+        default = self.manifest.decoder(self.decoder)
+        chosen = self.manifest.decoder(str(params.get("decoder", self.decoder)))
+        if chosen.image != default.image:
+            raise ConfigError(f"decoder {chosen.kind} makes {chosen.image} images; this model's output is "
+                              f"{default.image} (the {default.kind} decoder's)")
+        return chosen
 
     def _labels(self, labels: np.ndarray, n: int) -> np.ndarray:
         y = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -111,16 +133,15 @@ class SamplerService:
                               f"or {null} (unconditional)")
         return y.astype(np.int32)
 
-    def _plan(self, params: Mapping[str, Any], n: int) -> tuple[tuple[str, str], Schedule, float]:
+    def _plan(self, params: Mapping[str, Any], n: int, decoder: Any = None) -> tuple[tuple[str, str], Schedule, float]:
         if "budget_ms" in params:
             try:
                 budget = float(params["budget_ms"])
             except (TypeError, ValueError):
                 raise ConfigError(f"budget_ms must be a number of milliseconds, found {params['budget_ms']!r}") from None
-            candidates, profile = self._planner()
+            candidates, profile = self._planner(decoder)
             quantile = _quantile(params)
-            choice = choose(candidates, budget, call_cost(profile), n,
-                            predict=QuantilePredictor(profile, n, quantile).candidate)
+            choice = choose(candidates, budget, predictor=QuantilePredictor(profile, n, quantile))
             c = choice.candidate
             return (c.name, c.schedule), load_plan_schedule(self.manifest, c), choice.predicted_ms
         spec = params.get("schedule")
@@ -132,16 +153,26 @@ class SamplerService:
         schedule = load_schedule(own) if own.is_file() else resolve_schedule(spec, max(self.manifest.lengths))
         return (spec, spec), schedule, math.nan
 
-    def _planner(self) -> tuple[Any, ...]:
-        if self._planning is None:       # read once: the quality table and this device's profile
-            from odelt.runtime.profile import load_profile
+    def _planner(self, decoder: Any = None) -> tuple[Any, ...]:
+        """(candidates, profile) of the service's precision, read once per decoder kind: a latent
+        bundle's plans count the decode the request runs (that kind, at the precision of the
+        repository's decoder model), so the budget bounds the whole request."""
+        key = decoder.kind if decoder is not None else None
+        if key not in self._planning:
+            from odelt.runtime.profile import decoder_precision_for, load_profile
 
-            candidates = [c for c in load_candidates(self.manifest) if c.precision == self.precision]
+            if decoder is None:
+                candidates = load_candidates(self.manifest, decode=False)
+            else:
+                wanted = decoder_precision_for(self.manifest, decoder.kind, self.precision)
+                candidates = [c for c in load_candidates(self.manifest, decode=True, decoders=(decoder.kind,))
+                              if c.decoder_precision == wanted]
+            candidates = [c for c in candidates if c.precision == self.precision]
             if not candidates:
-                raise ConfigError(f"the bundle's quality table has no {self.precision} plans")
-            self._planning = (candidates, load_profile(self.manifest))
-        return self._planning
-
+                raise ConfigError(f"the bundle's quality table has no {self.precision} plans"
+                                  + (f" decoding with {decoder.kind}" if decoder is not None else ""))
+            self._planning[key] = (candidates, load_profile(self.manifest))
+        return self._planning[key]
 
     def _sampler(self, key: tuple[str, str], schedule: Schedule, guidance: float | None) -> Sampler:
         k = (key[1], guidance)
@@ -155,7 +186,8 @@ def open_service(bundle: Path, params: Mapping[str, str], call: Call) -> Sampler
     # The graph files its records list live in their own models, not beside this copy.
     manifest = open_bundle(bundle, check_files=False)
     backend = BlsBackend(manifest, params["layout"], json.loads(params["graph_models"]), call)
-    return SamplerService(manifest, backend, params["precision"], int(params["max_images"]))
+    return SamplerService(manifest, backend, params["precision"], int(params["max_images"]),
+                          params.get("decoder") or None)
 
 
 def one_line(e: BaseException) -> str:

@@ -68,11 +68,13 @@ def world(tmp_path_factory, jax_small):
     # sizes no other case computes, so the process's own cache of teacher solves cannot answer first
     for n, seed in ((4, 0), (6, 1_000_003)):
         (root / "cache" / f"{key}-n{n}-s{seed}-e128.pt").write_bytes(data[: len(data) // 2])
+    from tests.latent.vae_files import random_vae, save_folder
+    save_folder(random_vae("sd"), root / "vae")                  # a tiny SD VAE (4 latent channels)
     (root / "demo").mkdir()
     (root / "demo" / "source.json").write_text(json.dumps({"source": "other", "source_hash": "0123456789abcdef"}))
     return {"root": root, "b": root / "bundle", "ck": root / "tiny.safetensors", "other": root / "other.safetensors",
             "pkl": pkl, "heads0": root / "heads0.json", "four": root / "mlp_four.json", "cache": root / "cache",
-            "demo": root / "demo"}
+            "demo": root / "demo", "vae": root / "vae"}
 
 
 # -- faults in the write layer --------------------------------------------------------------------
@@ -178,6 +180,9 @@ CASES = [
     ("plan-batch-unprofiled", P + ["--budget-ms", "1e3", "--batch", "6"], "profiled range 1..4, found 6", None),
     ("plan-budget-tiny", P + ["--budget-ms", "1e-9"], "minimum achievable latency", None),
     ("plan-device", P + ["--budget-ms", "5", "--device", "nosuch"], "no profile for device 'nosuch'", None),
+    ("plan-latents-and-decoder", P + ["--budget-ms", "5", "--latents", "--decoder", "sd"],
+     "expected --latents or --decoder, found both (--decoder sd)", None),
+    ("plan-decoder-pixel-bundle", P + ["--budget-ms", "5", "--decoder", "sd"], "no decoder stage", None),
     ("plan-profile-nan", P + ["--budget-ms", "5"],
      "expected finite positive timings, found calls.fp32.1.2.median_ms = nan",
      _profile_with(float("nan"))),
@@ -226,6 +231,9 @@ CASES = [
     ("export-onto-file", ["export", "{ck}", "--out", "{ck}"], "exists and is a file", None),
     ("export-disk-full", E, "No space left on device", "disk-full"),
     ("export-read-only", E, "b: Read-only file system", "read-only"),
+    ("export-vae-kind", E + ["--vae", "vq:{vae}"], "unknown VAE kind 'vq'", None),
+    ("export-vae-pixel", E + ["--vae", "sd:{vae}"], "in/out_channels are 1/1; expected them equal (a pixel-space", None),
+    ("export-vae-missing", E + ["--vae", "sd:{out}/none"], "not found; expected a diffusers folder", None),
     ("info-heads-0", ["info", "{pkl}", "--config", "{heads0}"], "num_heads: expected an integer >= 1, found 0", None),
     ("info-mlp-text", ["info", "{pkl}", "--config", "{four}"], "mlp_ratio: expected a finite number > 0, found 'four'",
      None),

@@ -151,3 +151,20 @@ def test_generate_with_budget_prints_deadline_stats_and_writes_log(demo, tmp_pat
         main(["generate", str(opts.out / "bundle"), "--budget-ms", "1", "--quantile", "1.5",
               "--out", str(tmp_path / "g.png")])
     assert e.value.code == 1 and "--quantile must lie in [0.5, 1), found 1.5" in capsys.readouterr().err
+
+
+def test_report_shows_a_decoding_plans_decoder_share(demo, tmp_path):
+    import copy
+
+    from odelt.pipeline.report import write_report
+
+    _, res = demo
+    facts = copy.deepcopy(res.facts)
+    facts["runs"][0].update({"decoder": "taesd-fp32", "decode_ms": 12.5, "decoder_share": 0.25})
+    text = write_report(tmp_path / "report.md", facts).read_text()
+    assert "| decoder | decode ms | decoder share |" in text
+    row = {r["budget_ms"]: line for r in facts["runs"] for line in text.splitlines()
+           if line.startswith(f"| {r['budget_ms']} | {r['plan']} |")}
+    assert row[facts["runs"][0]["budget_ms"]].endswith("| taesd-fp32 | 12.50 | 25.0% |")
+    assert row[facts["runs"][1]["budget_ms"]].endswith("| - | - | - |")     # a run that returns latents
+    assert "decoder share" not in res.report.read_text()          # pixel-space runs: no decoder columns

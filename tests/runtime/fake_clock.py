@@ -57,3 +57,23 @@ def synthetic_profile(lengths=(2, 4, 8), step_ms: float = 0.0, sample_ms: float 
     calls = {str(n): {"median_ms": float(n), "p90_ms": n + 0.8, "p99_ms": n + 0.98,
                       "samples_ms": [n - 1 + 0.1 * i for i in range(21)]} for n in lengths}
     return {"calls": {"fp32": {"1": calls}}, "step_overhead_ms": step_ms, "sample_overhead_ms": sample_ms}
+
+
+class FakeDecoder:
+    """A FAKE decoder stage on the fake clock: decoding a batch takes `ms` (times `slow`) and
+    returns the samples upsampled 2x, so decoded and latent batches differ in shape."""
+
+    def __init__(self, clock: FakeClock, ms: float):
+        self.clock, self.ms, self.slow = clock, ms, 1.0
+        self.batches: list[int] = []
+
+    def decode(self, x, batch=None):
+        self.clock.now += self.ms * self.slow / 1e3
+        self.batches.append(x.shape[0])
+        return np.repeat(np.repeat(x, 2, axis=2), 2, axis=3)
+
+
+def decoder_timings(**median_ms: float) -> dict:
+    """A profile's `decoders` section at batch 1, fp32: 21 samples evenly over median +- 1 ms."""
+    return {"fp32": {"1": {k: {"median_ms": m, "p90_ms": m + 0.8, "p99_ms": m + 0.98,
+                               "samples_ms": [m - 1 + 0.1 * i for i in range(21)]} for k, m in median_ms.items()}}}

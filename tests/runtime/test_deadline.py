@@ -10,12 +10,14 @@ import pytest
 
 from odelt.runtime.anytime import Deadline, LengthProfile
 from odelt.runtime.heuristics import heuristic_schedule
+from odelt.errors import ConfigError
 from odelt.runtime.planner import BudgetError, Candidate
 from odelt.runtime.quantile import QuantilePredictor, call_quantile
 from odelt.runtime.sampler import Sampler
 from odelt.runtime.stream import Stream
 from odelt.runtime.tracker import Replanner, SpeedTracker
-from tests.runtime.fake_clock import FakeClock, FakeTimedBackend, fake_bundle, synthetic_profile
+from tests.runtime.fake_clock import (FakeClock, FakeDecoder, FakeTimedBackend, decoder_timings, fake_bundle,
+                                     synthetic_profile)
 
 A = Candidate("a-4xl8", "a", "euler", (8, 8, 8, 8), "fp32", error=0.1)
 B = Candidate("b-4xl2", "b", "euler", (2, 2, 2, 2), "fp32", error=0.2)
@@ -181,3 +183,68 @@ def test_stream_open_closed_anytime_on_a_scripted_slowdown():
     assert anytime.records[11].tail == pytest.approx(2.0)    # ratio to the lengths really run
     assert all(r.replan_us >= 0 for r in anytime.records)
     assert "0/30 batches missed the budget, 2 re-plans, 2 length switches" in anytime.summary()
+
+
+def test_quantile_composition_counts_the_decoder_once_per_batch():
+    prof = synthetic_profile(step_ms=0.1, sample_ms=0.5)
+    # decoding a batch: 21 samples over [9, 11] ms -> median 10, 0.95-quantile 10.9
+    prof["decoders"] = decoder_timings(taesd=10.0)
+    at = QuantilePredictor(prof, 1, 0.95)
+    decoded = Candidate("a+taesd", "a", "euler", A.lengths, "fp32", 0.1, decoder="taesd")
+    assert at.median(decoded) == pytest.approx(32.9 + 10.0)
+    # the decode's excess is one more independent term: sqrt(4 x 0.9^2 + 0.9^2)
+    assert at.candidate(decoded) == pytest.approx(42.9 + 0.9 * np.sqrt(5))
+    assert at.candidate(A) == pytest.approx(34.7)                                # latents only: unchanged
+    rp = Replanner([decoded], at, budget_ms=100.0)
+    assert rp.first().median_ms == pytest.approx(42.9)                          # end to end
+    with pytest.raises(ConfigError, match="profile has no decoder timings for sd at fp32"):
+        at.candidate(Candidate("a+sd", "a", "euler", A.lengths, "fp32", 0.1, decoder="sd"))
+
+
+# -- a stream of decoded batches: the decoder inside the budget ------------------------------------
+A_SD = Candidate("a-4xl8+sd", "a", "euler", (8, 8, 8, 8), "fp32", error=0.1, decoder="sd")
+A_TAESD = Candidate("a-4xl8+taesd", "a", "euler", (8, 8, 8, 8), "fp32", error=0.2, decoder="taesd")
+B_TAESD = Candidate("b-4xl2+taesd", "b", "euler", (2, 2, 2, 2), "fp32", error=0.3, decoder="taesd")
+
+
+def _decoding_stream(control, budget, factor=lambda call: 1.0):
+    clock = FakeClock()
+    be = FakeTimedBackend(clock, factor=factor)
+    prof = {**synthetic_profile(), "decoders": decoder_timings(sd=30.0, taesd=10.0)}
+    decoders = {"sd": FakeDecoder(clock, 30.0), "taesd": FakeDecoder(clock, 10.0)}
+    schedules = {"a": heuristic_schedule("uniform", "euler", 4, 8), "b": heuristic_schedule("uniform", "euler", 4, 2)}
+    rp = Replanner([A_SD, A_TAESD, B_TAESD], QuantilePredictor(prof, 1, 0.95), budget_ms=budget)
+    stream = Stream(rp, lambda c: Sampler(be, fake_bundle(), schedules[c.schedule], clock=clock), control,
+                    exported=(2, 4, 8), clock=clock, decoder=lambda c: decoders[c.decoder])
+    return stream, decoders
+
+
+def test_a_decoded_batch_counts_its_decode_in_the_budget_and_the_tracker():
+    # A+sd needs 62 ms (median) + 2.01 at the 0.95 quantile > 50: A+taesd (44.01) is the plan
+    stream, decoders = _decoding_stream("closed", 50.0)
+    assert stream.current.candidate == A_TAESD and stream.current.median_ms == pytest.approx(42.0)
+    x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
+    for _ in range(3):
+        samples, _ = stream.run(x0, y)
+    assert samples.shape == (1, 1, 4, 4) and [im.shape for im in stream.images] == [(1, 1, 8, 8)] * 3
+    assert decoders["taesd"].batches == [1, 1, 1] and decoders["sd"].batches == []
+    assert [r.latency_ms for r in stream.stats.records] == pytest.approx([42.0] * 3)    # 4 x 8 + 10
+    assert stream.decode_s == pytest.approx(0.030)
+    assert stream.tracker.speed == pytest.approx(1.0)      # as profiled: the decode is in the prediction
+    decoders["taesd"].slow = 3.0                           # the decoder slows: 32 + 30 ms, a miss
+    for _ in range(3):
+        stream.run(x0, y)
+    assert stream.stats.records[3].missed and stream.current.candidate == B_TAESD
+
+
+def test_anytime_reserves_the_decode_after_the_last_step():
+    # A+sd at 70 ms: the steps get (70 - 30) ms; every call 1.6x slow: late at step 0 (12.8 > 10),
+    # nothing fits with the decode reserved -> the cheapest, cap 2: 12.8 + 3 x 3.2 + 30 = 52.4 ms.
+    # (With no reserve the timeline would be 17.5, 35, 52.5: never late, and 51.2 + 30 = 81.2 ms.)
+    stream, decoders = _decoding_stream("anytime", 70.0, factor=lambda call: 1.6)
+    assert stream.current.candidate == A_SD
+    assert stream.deadline(A_SD).timeline == pytest.approx([10.0, 20.0, 30.0, 40.0])
+    stream.run(np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32))
+    (r,) = stream.stats.records
+    assert r.lengths == (8, 2, 2, 2) and [s.source for s in r.switches] == ["cap:2"]
+    assert r.latency_ms == pytest.approx(52.4) and not r.missed

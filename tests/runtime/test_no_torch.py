@@ -60,3 +60,20 @@ def test_generate_from_a_bundle_without_torch(tiny_bundle, tmp_path):
         print("ok")
     """)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_latent_bundle_decodes_without_torch(tmp_path):
+    from tests.latent.vae_files import export_latent_bundle
+
+    bundle = export_latent_bundle(tmp_path / "latent", kinds=("taesd",))
+    r = run_without_torch(f"""
+        from odelt.runtime.run import GenerateOptions, generate_from_bundle
+        from odelt.runtime.decode import latent_from_nhwc
+        res = generate_from_bundle({str(bundle.root)!r}, GenerateOptions(schedule="uniform:euler:2", n=2, batch=2))
+        assert res.images.shape == (2, 3, 16, 16) and res.latents.shape == (2, 4, 8, 8), res.images.shape
+        assert res.decoded.kind == "taesd"
+        assert latent_from_nhwc(res.latents.transpose(0, 2, 3, 1)).shape == (2, 4, 8, 8)
+        assert "torch" not in sys.modules
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -2,7 +2,7 @@
 
 import pytest
 
-from odelt.errors import BudgetError
+from odelt.errors import BudgetError, ConfigError
 from odelt.runtime.planner import Candidate, choose, pareto_front, predict_ms
 
 # Synthetic profile: a call costs 1 ms per block at fp32, half that at int8, plus 0.5 ms fixed.
@@ -62,3 +62,60 @@ def test_batch_scales_prediction():
 def test_pareto_front():
     table = choose(PLANS, 100.0, call_ms).table
     assert [c.name for c, _ in pareto_front(table)] == ["ld3-2-l4", "mixed-4", "ld3-4-l8-int8", "ld3-4-l8"]
+
+
+# -- the decoder stage: a per-batch cost, and an axis of the plan ---------------------------------
+# Decoding a batch of b images costs 100 ms x b with the SD-VAE and 10 ms x b with TAESD.
+DECODE = {"sd": 100.0, "taesd": 10.0}
+
+
+def decode_ms(precision, kind, batch):
+    return DECODE[kind] * batch * (0.5 if precision == "fp16" else 1.0)
+
+
+def decoding(c, kind, error, precision="fp32"):
+    return Candidate(f"{c.name}+{kind}", c.schedule, c.solver, c.lengths, c.precision, error, c.fd, kind, precision)
+
+
+def test_decoder_cost_is_counted_once_per_batch():
+    c = decoding(PLANS[1], "taesd", 0.1)                 # 4 calls of 8.5 ms
+    assert predict_ms(c, call_ms, 1, decode_ms=decode_ms) == pytest.approx(34.0 + 10.0)     # not 4 x 10
+    assert predict_ms(c, call_ms, 2, decode_ms=decode_ms) == pytest.approx(4 * 16.5 + 20.0)
+    assert predict_ms(PLANS[1], call_ms, 1, decode_ms=decode_ms) == pytest.approx(34.0)    # latents only
+    with pytest.raises(ConfigError, match="decodes with taesd: expected a profile with decoder timings"):
+        predict_ms(c, call_ms, 1)
+
+
+# ld3-4-l8 decoded by the SD-VAE is the best image (error .10); with TAESD .20; the 1-step plan .60
+DECODED = [decoding(PLANS[1], "sd", 0.10), decoding(PLANS[1], "taesd", 0.20),
+           decoding(PLANS[0], "sd", 0.60), decoding(PLANS[0], "taesd", 0.62)]
+
+
+@pytest.mark.parametrize("budget,expected", [
+    (134.0, "ld3-4-l8+sd"),         # 34 ms of sampling + 100 ms of SD-VAE: fits exactly
+    (133.9, "ld3-4-l8+taesd"),      # tight: the cheaper decoder (44 ms), the better image that fits
+    (43.9, "euler-1-l8+taesd"),     # 8.5 + 10
+])
+def test_choice_flips_to_the_cheaper_decoder_when_the_budget_is_tight(budget, expected):
+    assert choose(DECODED, budget, call_ms, decode_ms=decode_ms).candidate.name == expected
+
+
+def test_the_better_decoder_wins_when_it_fits_even_if_slower():
+    # TAESD's image error .70 here: the SD-VAE 1-step plan (.60, 108.5 ms) beats it under 133 ms
+    worse = [DECODED[0], decoding(PLANS[1], "taesd", 0.70), DECODED[2]]
+    assert choose(worse, 133.0, call_ms, decode_ms=decode_ms).candidate.name == "euler-1-l8+sd"
+
+
+def test_decoder_share_of_end_to_end_latency():
+    choice = choose(DECODED, 133.9, call_ms, decode_ms=decode_ms)
+    assert choice.decode_share() == pytest.approx((10.0, 10.0 / 44.0))
+    assert choice.decode_share(DECODED[0]) == pytest.approx((100.0, 100.0 / 134.0))
+    assert choose(PLANS, 100.0, call_ms).decode_share() is None          # latents only: no decoder
+    with pytest.raises(BudgetError, match=r"euler-1-l8\+taesd needs 18.5 ms \(the minimum achievable latency, "
+                                          r"10 ms of it decoding with taesd\)"):
+        choose(DECODED, 18.0, call_ms, decode_ms=decode_ms)
+
+
+def test_decoder_precision_is_part_of_the_prediction():
+    half = decoding(PLANS[1], "sd", 0.11, "fp16")
+    assert predict_ms(half, call_ms, 1, decode_ms=decode_ms) == pytest.approx(34.0 + 50.0)

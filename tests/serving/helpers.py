@@ -42,3 +42,33 @@ def make_serving_bundle(root: Path) -> Path:
     manifest = open_bundle(root)
     save_profile(manifest, profile_bundle(manifest, "ort", (1, 8), repeats=5, time_graphs=False))
     return root
+
+
+def fake_service(repo: Path):
+    """The repository's sampler service over a FAKE of Triton's BLS hop: each graph model's ONNX
+    file runs in ONNX Runtime in this process, taking and giving the shapes a graph model does.
+    `service.calls` lists the models called, in order."""
+    import onnxruntime as ort
+
+    from odelt.serving.sampler_model import open_service
+
+    sessions, calls = {}, []
+
+    def fake_bls(model, inputs, outputs):
+        if model not in sessions:
+            folder = repo / model / "1"
+            sessions[model] = ort.InferenceSession(str(next(folder.glob("*.onnx"))), providers=["CPUExecutionProvider"])
+        s = sessions[model]
+        feeds = {i.name: inputs[i.name].reshape((inputs[i.name].shape[0], *i.shape[1:])) if len(i.shape) == 1
+                 else inputs[i.name] for i in s.get_inputs()}
+        calls.append(model)
+        return dict(zip(outputs, s.run(outputs, feeds)))
+
+    text = (repo / "odelt_sampler" / "config.pbtxt").read_text()
+    params = {}
+    for block in text.split("parameters {")[1:]:
+        key = block.split('key: "')[1].split('"')[0]
+        params[key] = json.loads(block.split("string_value: ")[1].split("\n")[0])
+    svc = open_service(repo / "odelt_sampler" / "1" / "bundle", params, fake_bls)
+    svc.calls = calls
+    return svc

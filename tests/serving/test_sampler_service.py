@@ -13,35 +13,13 @@ import pytest
 
 from odelt.errors import ConfigError
 from odelt.runtime.run import GenerateOptions, generate_from_bundle
-from odelt.serving.sampler_model import one_line, open_service
+from odelt.serving.sampler_model import one_line
+from tests.serving.helpers import fake_service
 
 
 @pytest.fixture(scope="module")
 def service(cpu_repo):
-    import json
-
-    import onnxruntime as ort
-
-    sessions, calls = {}, []
-
-    def fake_bls(model, inputs, outputs):
-        if model not in sessions:
-            folder = cpu_repo / model / "1"
-            sessions[model] = ort.InferenceSession(str(next(folder.glob("*.onnx"))), providers=["CPUExecutionProvider"])
-        s = sessions[model]
-        feeds = {i.name: inputs[i.name].reshape((inputs[i.name].shape[0], *i.shape[1:])) if len(i.shape) == 1
-                 else inputs[i.name] for i in s.get_inputs()}
-        calls.append(model)
-        return dict(zip(outputs, s.run(outputs, feeds)))
-
-    text = (cpu_repo / "odelt_sampler" / "config.pbtxt").read_text()
-    params = {}
-    for block in text.split("parameters {")[1:]:
-        key = block.split('key: "')[1].split('"')[0]
-        params[key] = json.loads(block.split("string_value: ")[1].split("\n")[0])
-    svc = open_service(cpu_repo / "odelt_sampler" / "1" / "bundle", params, fake_bls)
-    svc.calls = calls
-    return svc
+    return fake_service(cpu_repo)
 
 
 def test_service_matches_generate_and_steps_through_the_graph_models(service, serve_bundle):
