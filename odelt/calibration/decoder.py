@@ -28,7 +28,8 @@ from odelt.exporter.bundle import Bundle
 
 FP32_DECODER_OPS = (*FP32_OPS, "InstanceNormalization", "GroupNormalization")
 FP16_MAX = 65504.0
-DECODE_SAMPLES = 8                    # latents decoded for the accuracy check (a full decode takes seconds)
+DECODE_SAMPLES = 4                    # latents decoded for the accuracy check (a full SD decode: 6-10 s on CPU)
+PROBE_SAMPLES = 2                     # latents the activation probe runs (one full decode per PROBE_OUTPUTS)
 PROBE_OUTPUTS = 32                    # intermediate tensors recorded per probe run (bounds memory)
 TOP_ACTIVATIONS = 12
 
@@ -108,6 +109,12 @@ def activation_report(maxima: dict[str, float]) -> dict:
             "top": [{"node": n, "max_abs": round(v, 4)} for n, v in top[:TOP_ACTIVATIONS]]}
 
 
+def spread(latents: np.ndarray, k: int) -> np.ndarray:
+    """k latents spread over the pooled runs (schedules and lengths), not just the first run's."""
+    idx = np.unique(np.linspace(0, len(latents) - 1, min(k, len(latents))).round().astype(int))
+    return np.ascontiguousarray(latents[idx], dtype=np.float32)
+
+
 def build_decoders(manifest: Bundle, precision: str, flavour: str | None, latents: np.ndarray,
                    max_rmse: float) -> tuple[dict[str, onnx.ModelProto], dict]:
     """The variant's decoder graphs: {graph: FP16 model} for those it changes, and the report
@@ -116,9 +123,10 @@ def build_decoders(manifest: Bundle, precision: str, flavour: str | None, latent
     changed, report = {}, {}
     for name in decoder_graphs(manifest):
         model = onnx.load(str(manifest.graph_path(name)))
-        x = np.ascontiguousarray(latents[:DECODE_SAMPLES], dtype=np.float32)
+        x = spread(latents, DECODE_SAMPLES)
         entry: dict = {"precision": "fp32", "wanted": want,
-                       "activations": activation_report(activation_maxima(model, x))}
+                       "activations": {**activation_report(activation_maxima(model, x[:PROBE_SAMPLES])),
+                                       "samples": len(x[:PROBE_SAMPLES])}}
         if want == "fp16":
             half, conv = fp16_decoder(model)
             acc = decoder_accuracy(model, half, x)

@@ -8,10 +8,8 @@ the weights of the 1x1 `post_quant_conv` (W/s, bias unchanged: conv(z/s) = (W/s)
 costs nothing at run time and no host divides; the manifest records the factor as already folded.
 TAESD's factor is 1, and diffusers' DecoderTiny already maps its [0, 1] output to [-1, 1].
 
-Layout: the graphs take NCHW latents, as the DiT graphs produce them. Upstream's JAX code keeps
-latents NHWC (B, H, W, C); such a latent enters with `nhwc.transpose(0, 3, 1, 2)`
-(odelt.runtime.decode.latent_from_nhwc), and the graph's NCHW image leaves with (0, 2, 3, 1) if an
-NHWC image is wanted.
+Layout: the graphs take NCHW latents, as the DiT graphs produce them; the NHWC boundary to
+upstream's JAX code is documented (and crossed) in odelt.runtime.decode.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from odelt.errors import RuntimeFailure
 from odelt.exporter.bundle import open_bundle
 from odelt.latent.decoder_export import DecoderGraph, decoder_spec_for, onnx_from_vae
 from odelt.latent.vae import load_vae
@@ -88,7 +89,7 @@ def test_nhwc_latents_enter_through_the_documented_transpose(kl):
     # upstream's decode: NHWC latent / scale -> NCHW for the conv stack -> NHWC image (b, H, W, 3)
     upstream = vae.model.decode(torch.from_numpy(nhwc).permute(0, 3, 1, 2) / 0.18215).sample.permute(0, 2, 3, 1)
     assert np.abs(image_to_nhwc(image) - upstream.detach().numpy()).max() <= PARITY
-    with pytest.raises(Exception, match="NHWC latent"):
+    with pytest.raises(RuntimeFailure, match=r"expected an NHWC latent \(B, h, w, 4\), found shape \(2, 8, 8, 3\)"):
         latent_from_nhwc(nhwc[..., :3], channels=4)
 
 
