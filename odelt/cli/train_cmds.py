@@ -63,7 +63,8 @@ def train(preset_name: str, steps: int, batch_size: int, lr: float, warmup: int,
 @click.option("--batch-size", type=Count(2), default=64, show_default=True)
 @click.option("--lr", type=POSITIVE, default=1e-3, show_default=True)
 @click.option("--warmup", type=NONNEG, default=100, show_default=True)
-@click.option("--kl-weight", type=Finite(0.0), default=1e-6, show_default=True, help="KL weight (SD-style: KL / pixels).")
+@click.option("--kl-weight", type=Finite(0.0), default=1e-6, show_default=True,
+              help="KL weight (SD-style: KL / pixels).")
 @click.option("--seed", type=NONNEG, default=0, show_default=True)
 @click.option("--threads", type=Count(1, 1024), default=1, show_default=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output diffusers folder.")

@@ -169,6 +169,8 @@ def save_vae(vae, path: str | os.PathLike) -> Path:
     final = Path(path)
     with building(final.parent, final.name) as tmp:
         vae.save_pretrained(str(tmp), safe_serialization=True)
+        for f in tmp.iterdir():
+            f.chmod(0o644)                       # diffusers leaves the weights 0600; artifacts are shared data
         return swap_in_dir(tmp, final)
 
 

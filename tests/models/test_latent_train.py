@@ -92,6 +92,7 @@ def test_saved_folder_is_diffusers_format_and_replaces_the_old(tiny_vae, tmp_pat
     lt.save_vae(vae, out)
     assert sorted(p.name for p in out.iterdir()) == [lt.CONFIG_FILE, lt.WEIGHTS_FILE]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]            # no partial / old folder left
+    assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {"0o644"}
     config = json.loads((out / lt.CONFIG_FILE).read_text())
     assert config["_class_name"] == "AutoencoderKL" and config["scaling_factor"] == vae.config.scaling_factor
     # what a plain diffusers reader does: config -> model, safetensors -> state dict (strict)
