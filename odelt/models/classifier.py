@@ -222,17 +222,15 @@ def recognisability(samples: np.ndarray | Tensor, labels: np.ndarray | Tensor | 
     return float(ok.float().mean())
 
 
-def score_images(images: np.ndarray | Tensor, labels: np.ndarray | Tensor | None = None) -> dict[str, float | None]:
+def score_images(images: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> dict[str, float]:
     """The quality of a batch of digits-like images: {"fd_digits", "rate", "rate_any"}.
 
     images: (N, 1, 8k, 8k), e.g. 8x8 samples of a pixel model or 32x32 images decoded from latents
-    (mapped back to 8x8 by odelt.data.pool_to_digits). rate = top class == label and confidence > 0.9
-    (None without labels); rate_any = confidence > 0.9 whatever the class.
+    (mapped back to 8x8 by odelt.data.pool_to_digits); labels (N,): the classes they were asked for.
+    rate = top class == label and confidence > 0.9; rate_any = confidence > 0.9 whatever the class.
     """
     from odelt.data import pool_to_digits
 
     x = images.detach().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
     x8 = pool_to_digits(x)
-    return {"fd_digits": fd_digits(x8),
-            "rate": recognisability(x8, labels) if labels is not None else None,
-            "rate_any": recognisability(x8)}
+    return {"fd_digits": fd_digits(x8), "rate": recognisability(x8, labels), "rate_any": recognisability(x8)}

@@ -196,16 +196,15 @@ def reconstruction_report(vae, x: np.ndarray, y: np.ndarray) -> dict[str, float]
     """How well 8x8 digits x (N, 1, 8, 8) survive encode -> decode: MSE at the image size and at 8x8, and
     the shipped digits classifier's accuracy / labelled confidence rate on the originals vs the reconstructions."""
     from odelt.data import pool_to_digits
-    from odelt.models.classifier import accuracy, load_classifier, score_images
+    from odelt.models.classifier import accuracy, load_classifier, recognisability
 
     up = upsample_digits(x, int(vae.config.sample_size) // SIDE)
     rec = decode_scaled(vae, encode_scaled(vae, up)).numpy()
     rec8 = pool_to_digits(rec)
     clf = load_classifier()
-    orig, back = score_images(x, y), score_images(rec, y)
     return {"mse_image": float(np.mean((np.clip(rec, -1, 1) - up) ** 2)), "mse_8x8": float(np.mean((rec8 - x) ** 2)),
             "accuracy_original": accuracy(clf, x, y), "accuracy_reconstructed": accuracy(clf, rec8, y),
-            "rate_original": orig["rate"], "rate_reconstructed": back["rate"]}
+            "rate_original": recognisability(x, y), "rate_reconstructed": recognisability(rec8, y)}
 
 
 def latent_training_data(vae, model_input: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
