@@ -47,7 +47,7 @@ class VAEConfig:
     latent_channels: int = 4
     image_size: int = 32
     kl_weight: float = 1e-6
-    steps: int = 1500
+    steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-3
     warmup: int = 100
