@@ -183,6 +183,24 @@ def rename(src: str | os.PathLike, dst: str | os.PathLike) -> None:
         raise write_error(dst, e) from None
 
 
+def swap_in_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Move a finished temporary folder to `final`, replacing what is there; when the move fails the
+    old `final` is put back."""
+    tmp, final = Path(tmp), Path(final)
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
+    had_old = final.exists()
+    if had_old:
+        rename(final, old)
+    try:
+        rename(tmp, final)
+    except BaseException:
+        if had_old:
+            rename(old, final)
+        raise
+    _remove(old)
+    return final
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -55,3 +55,26 @@ def test_success_is_atomic_and_shared(tmp_path):
     path = fileio.write_bytes_atomic(tmp_path / "x.bin", b"abc")
     assert path.read_bytes() == b"abc" and oct(path.stat().st_mode & 0o777) == "0o644"
     assert fileio.file_hash(path) == "ba7816bf8f01cfea"          # sha256("abc"), first 16 hex digits
+
+
+def test_swap_in_dir_replaces_a_folder_or_keeps_the_old_one(tmp_path, monkeypatch):
+    final = tmp_path / "vae"
+    final.mkdir()
+    (final / "old.txt").write_text("old")
+    new = fileio.partial_dir(tmp_path, "vae")
+    (new / "new.txt").write_text("new")
+    assert fileio.swap_in_dir(new, final) == final
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"] and sorted(os.listdir(final)) == ["new.txt"]
+    again = fileio.partial_dir(tmp_path, "vae")
+    real_commit = fileio._commit
+
+    def commit(tmp, path):                       # moving the old folder aside and back works; the new one fails
+        if tmp == again:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_commit(tmp, path)
+    monkeypatch.setattr(fileio, "_commit", commit)
+    with pytest.raises(WriteError, match="vae: No space left on device"):
+        fileio.swap_in_dir(again, final)
+    monkeypatch.setattr(fileio, "_commit", real_commit)
+    assert sorted(os.listdir(final)) == ["new.txt"]
+    assert not any(p.name.startswith(".vae.old") for p in tmp_path.iterdir())

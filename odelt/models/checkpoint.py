@@ -20,14 +20,30 @@ from odelt.models.dit import DiT
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 BUILTIN_PREFIX = "builtin:"
 _FORMAT = "odelt-dit/1"
+BUILTIN_VAES = {"digits-latent": "digits_vae"}    # latent builtin model -> its autoencoder folder
+
+
+def _builtin_names() -> list[str]:
+    return sorted(p.stem.replace("_", "-") for p in WEIGHTS_DIR.glob("*.safetensors")
+                  if not p.stem.endswith("_classifier"))
 
 
 def builtin_path(name: str) -> Path:
-    path = WEIGHTS_DIR / f"{name}.safetensors"
-    if not path.is_file():
-        have = sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors") if not p.stem.endswith("_classifier"))
-        raise CheckpointError(f"unknown builtin model {name!r}; expected one of {have}")
+    """The DiT of `builtin:<name>`; a name's hyphens are underscores in its file name
+    (builtin:digits-latent is weights/digits_latent.safetensors)."""
+    path = WEIGHTS_DIR / f"{name.replace('-', '_')}.safetensors"
+    if "/" in name or not path.is_file():
+        raise CheckpointError(f"unknown builtin model {name!r}; expected one of {_builtin_names()}")
     return path
+
+
+def builtin_vae_path(name: str) -> Path:
+    """The autoencoder folder (diffusers format) whose latents the builtin DiT `name` generates."""
+    builtin_path(name)                                    # an unknown name fails as for the DiT
+    if name not in BUILTIN_VAES:
+        raise CheckpointError(f"builtin model {name!r} works on pixels and has no autoencoder; expected one of "
+                              f"{sorted(BUILTIN_VAES)}")
+    return WEIGHTS_DIR / BUILTIN_VAES[name]
 
 
 def resolve_source(source: str | os.PathLike) -> Path:

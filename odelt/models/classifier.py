@@ -6,6 +6,8 @@
 * `recognisability(samples, labels=None)`: the fraction of samples whose top class probability is
   > 0.9; when `labels` are given, the top class must also equal the label (the conditional case).
 
+`score_images(images, labels)` gives both for (N, 1, 8k, 8k) images (decoded latents included).
+
 Samples are (N, 1, 8, 8) in model space [-1, 1]; they are clipped to [-1, 1] first, as an image would
 be when displayed. The classifier is trained on the fixed train split of odelt.data (every 5th image
 held out); its held-out accuracy is stored in the weights' metadata.
@@ -218,3 +220,17 @@ def recognisability(samples: np.ndarray | Tensor, labels: np.ndarray | Tensor | 
     if labels is not None:
         ok &= (labels.cpu() if isinstance(labels, Tensor) else torch.tensor(np.array(labels))).long() == pred
     return float(ok.float().mean())
+
+
+def score_images(images: np.ndarray | Tensor, labels: np.ndarray | Tensor) -> dict[str, float]:
+    """The quality of a batch of digits-like images: {"fd_digits", "rate", "rate_any"}.
+
+    images: (N, 1, 8k, 8k), e.g. 8x8 samples of a pixel model or 32x32 images decoded from latents
+    (mapped back to 8x8 by odelt.data.pool_to_digits); labels (N,): the classes they were asked for.
+    rate = top class == label and confidence > 0.9; rate_any = confidence > 0.9 whatever the class.
+    """
+    from odelt.data import pool_to_digits
+
+    x = images.detach().cpu().numpy() if isinstance(images, Tensor) else np.asarray(images)
+    x8 = pool_to_digits(x)
+    return {"fd_digits": fd_digits(x8), "rate": recognisability(x8, labels), "rate_any": recognisability(x8)}

@@ -153,6 +153,10 @@ PRESETS: dict[str, DiTConfig] = {
     # The bundled demo model: 8x8 digits, 1 channel, 10 classes, lengths 2/4/6/8.
     "digits": DiTConfig(input_size=8, in_channels=1, out_channels=1, patch_size=2, hidden_size=64,
                         depth=8, num_heads=4, depth_group=2, depth_min=2, num_classes=10),
+    # The same DiT on the 4x4x4 latents of the digits autoencoder (32x32 images, 8x downsampling);
+    # patch 1 keeps 16 tokens, as the pixel model has.
+    "digits-latent": DiTConfig(input_size=4, in_channels=4, out_channels=4, patch_size=1, hidden_size=64,
+                               depth=8, num_heads=4, depth_group=2, depth_min=2, num_classes=10),
 }
 
 

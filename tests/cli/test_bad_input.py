@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from odelt import fileio
+from odelt.models.checkpoint import WEIGHTS_DIR
 
 from tests.models_zoo import TINY
 
@@ -132,6 +133,8 @@ Q = ["quantize", "{b}", "--precision", "int8"]
 S = ["schedule", "{ck}", "--out", "{out}/s.json"]
 EV = ["evaluate", "{ck}"]
 T = ["train", "--steps", "1", "--batch-size", "8", "--out", "{out}/m.safetensors"]
+TV = ["train-vae", "--steps", "1", "--batch-size", "2", "--out", "{out}/v"]
+BUILTIN_VAE = WEIGHTS_DIR / "digits_vae"
 E = ["export", "{ck}", "--out", "{out}/b"]
 BATCH_RANGE = "expected a batch in the bundle's range 1..8"
 
@@ -248,6 +251,14 @@ CASES = [
     ("train-threads-0", T + ["--threads", "0"], "--threads: expected an integer in 1..1024, found 0", None),
     ("train-warmup-neg", T + ["--warmup", "-1"], "--warmup: expected an integer >= 0, found -1", None),
     ("train-disk-full", T, "m.safetensors: No space left on device", "disk-full"),
+    ("train-latent-no-vae", T + ["--preset", "digits-latent"], "expects 4x4x4 (latents need --vae)", None),
+    ("train-vae-missing", T + ["--preset", "digits-latent", "--vae", "{out}/none"],
+     "expected a diffusers autoencoder folder", None),
+    ("train-vae-latent-shape", T + ["--vae", str(BUILTIN_VAE)], "latents are 4x4x4; the model expects 1x8x8", None),
+    ("vae-kl-neg", TV + ["--kl-weight", "-1"], "--kl-weight: expected a finite number >= 0, found -1", None),
+    ("vae-steps-0", TV + ["--steps", "0"], "--steps: expected an integer >= 1, found 0", None),
+    ("vae-batch-1", TV + ["--batch-size", "1"], "--batch-size: expected an integer >= 2, found 1", None),
+    ("vae-disk-full", TV, "v: No space left on device", "disk-full"),
     ("classifier-epochs-0", ["train-classifier", "--epochs", "0", "--out", "{out}/c.safetensors"],
      "--epochs: expected an integer >= 1, found 0", None),
     # schedule, evaluate
@@ -315,7 +326,7 @@ def test_table_is_large_and_covers_every_command():
     commands = {c[1][0] for c in CASES}
     assert len(CASES) >= 60
     assert commands >= {"generate", "plan", "profile", "verify", "quantize", "build", "export", "info",
-                        "inspect", "train", "train-classifier", "schedule", "evaluate", "demo"}
+                        "inspect", "train", "train-vae", "train-classifier", "schedule", "evaluate", "demo"}
     assert {c[3] for c in CASES if isinstance(c[3], str)} == set(FAULTS)
 
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from odelt.data import load_digits_nchw, split_digits
-from odelt.errors import CheckpointError
+from odelt.data import load_digits_nchw, split_digits, upsample_digits
+from odelt.errors import CheckpointError, ConfigError
 from odelt.models import load_checkpoint
 from odelt.models.classifier import (accuracy, fd_digits, frechet_distance, load_classifier,
-                                     recognisability, reference_stats)
+                                     recognisability, reference_stats, score_images)
 from odelt.models.sampling import sample_euler, sample_labels_noise
 
 
@@ -38,6 +38,21 @@ def test_recognisability_real_vs_noise_and_labels():
 def test_metrics_reject_wrong_shapes():
     with pytest.raises(CheckpointError, match=r"\(N, 1, 8, 8\)"):
         fd_digits(np.zeros((4, 8, 8), dtype=np.float32))
+
+
+def test_score_images_scores_8x8_and_upsampled_images_alike():
+    x, y = load_digits_nchw()
+    x, y = x[:200], y[:200]
+    wrong = (y + 1) % 10
+    s8 = score_images(x, wrong)
+    assert s8 == {"fd_digits": fd_digits(x), "rate": recognisability(x, wrong), "rate_any": recognisability(x)}
+    assert s8["rate"] < 0.05 < 0.9 < s8["rate_any"]                 # labels are checked when given
+    s32 = score_images(upsample_digits(x, 4), wrong)
+    assert s32["fd_digits"] == pytest.approx(s8["fd_digits"], rel=1e-6)
+    assert (s32["rate"], s32["rate_any"]) == (s8["rate"], s8["rate_any"])
+    assert score_images(torch.tensor(x), torch.tensor(y))["rate"] == recognisability(x, y) > 0.9
+    with pytest.raises(ConfigError, match=r"found \(2, 1, 12, 12\)"):
+        score_images(np.zeros((2, 1, 12, 12)), np.zeros(2))
 
 
 def test_builtin_digits_loads_and_makes_digits():
