@@ -46,6 +46,17 @@ def builtin_vae_path(name: str) -> Path:
     return WEIGHTS_DIR / BUILTIN_VAES[name]
 
 
+def vae_for_source(source: str | os.PathLike) -> tuple[str, str] | None:
+    """The decoder stage (kind, path) a source's latents need, as `export --vae KIND:PATH` takes it:
+    the shipped autoencoder of a latent builtin model; None for pixel builtins and for checkpoint
+    files (which do not say which VAE their latents belong to: pass --vae)."""
+    s = str(source)
+    name = s[len(BUILTIN_PREFIX):] if s.startswith(BUILTIN_PREFIX) else None
+    if name is None or name not in BUILTIN_VAES:
+        return None
+    return "sd", str(builtin_vae_path(name))          # the digits autoencoder is an AutoencoderKL
+
+
 def resolve_source(source: str | os.PathLike) -> Path:
     """'builtin:<name>' or a path -> an existing file path."""
     s = str(source)

@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from odelt import validate
+from odelt.pipeline import latent_stage
 from odelt.errors import ConfigError
 from odelt.fileio import make_dir, read_json, write_json_atomic
 
@@ -42,6 +43,7 @@ class DemoOptions:
     int8_flavour: str = "cpu"                     # the demo runs ONNX Runtime CPU (see calibration/int8.py)
     quick: bool = False                           # smoke-test sizes (tests)
     force: bool = False                           # rebuild every stage (another model in `out`)
+    vaes: tuple[tuple[str, str], ...] | None = None   # decoder stages (--vae); None: the builtin's own VAE
 
     def __post_init__(self) -> None:
         from odelt.exporter.export import ExportOptions
@@ -52,6 +54,7 @@ class DemoOptions:
             validate.positive("--budget-ms", budget)
         for name in ("n", "quality_n", "calib_samples"):
             validate.count(name, getattr(self, name))
+        latent_stage.check_vaes(self.vaes)
 
 
 @dataclass
@@ -69,12 +72,12 @@ def check_source(opts: DemoOptions, log: Log) -> None:
     from odelt.fileio import file_hash
     from odelt.models.checkpoint import resolve_source
 
-    want = {"source": opts.source, "source_hash": file_hash(resolve_source(opts.source))}
+    want = {"source": opts.source, "source_hash": file_hash(resolve_source(opts.source)),
+            **latent_stage.source_vaes(opts.source, opts.vaes)}
     have = read_json(opts.out / SOURCE, ConfigError) if (opts.out / SOURCE).is_file() else _bundle_source(opts)
-    if have and have.get("source_hash") != want["source_hash"]:
+    if have and (have.get("source_hash"), have.get("vaes")) != (want["source_hash"], want.get("vaes")):
         if not opts.force:
-            raise ConfigError(f"{opts.out} holds stages built from {have.get('source')} (hash "
-                              f"{have.get('source_hash')}), not {opts.source} (hash {want['source_hash']}): "
+            raise ConfigError(f"{opts.out} holds stages built from {_built_from(have)}, not {_built_from(want)}: "
                               "pass --force to rebuild every stage, or choose another --out")
         log(f"demo: {opts.out} was built from {have.get('source')}; --force: rebuilding every stage")
         for p in sorted(opts.out.iterdir()):
@@ -83,7 +86,13 @@ def check_source(opts: DemoOptions, log: Log) -> None:
     write_json_atomic(opts.out / SOURCE, want)
 
 
-_STAGES = ("bundle", "bundle-trt-int8", "schedules", "verify.json", "demo.json", "report.md", "pareto.png", SOURCE)
+def _built_from(record: dict) -> str:
+    vaes = f", decoders {', '.join(record['vaes'])}" if record.get("vaes") else ""
+    return f"{record.get('source')} (hash {record.get('source_hash')}{vaes})"
+
+
+_STAGES = ("bundle", "bundle-trt-int8", "schedules", "verify.json", "demo.json", "report.md", "pareto.png", SOURCE,
+           latent_stage.LATENT_QUALITY)
 
 
 def _bundle_source(opts: DemoOptions) -> dict | None:
@@ -116,7 +125,10 @@ def stage_export(opts: DemoOptions, log: Log):
         log(f"export: reusing {bundle}")
         return open_bundle(bundle)
     log("export: segments + per-length graphs ...")
-    return export_source(opts.source, bundle, ExportOptions(layouts=("segments", "per-length")))
+    vaes = latent_stage.demo_vaes(opts.source, opts.vaes)
+    if vaes:
+        log(f"export: with the decoder stage {', '.join(f'{k}:{p}' for k, p in vaes)}")
+    return export_source(opts.source, bundle, ExportOptions(layouts=("segments", "per-length"), vaes=vaes))
 
 
 def stage_verify(opts: DemoOptions, manifest, log: Log) -> dict:
@@ -156,12 +168,14 @@ def stage_schedules(opts: DemoOptions, manifest, model, log: Log) -> list:
     if opts.relearn:
         out += _relearn(opts, manifest, model, names, log)
     else:
+        shipped = []
         for name in names:
             path = BUILTIN_DIR / f"{name}.json"
             if path.is_file():
-                out.append(load_schedule(path))
+                shipped.append(load_schedule(path))
             else:
                 log(f"schedules: {name} is not shipped; skipped")
+        out += latent_stage.fitting(shipped, manifest.model_hash, log)   # shipped ones fit builtin:digits
     return out
 
 
@@ -230,8 +244,10 @@ def stage_quality(opts: DemoOptions, manifest, model, schedules: list, log: Log)
     manifest = open_bundle(manifest.root)
     installed = install_schedules(manifest, schedules)
     log(f"quality: {len(installed)} schedules x {len(opts.precisions)} precisions on held-out noise ...")
-    rows = quality_rows(manifest, model, installed, opts.precisions, n=opts.quality_n)
-    write_quality(manifest, rows, opts.quality_n, seed=0)
+    samples: dict = {}
+    rows = quality_rows(manifest, model, installed, opts.precisions, n=opts.quality_n, samples=samples)
+    write_quality(manifest, rows, opts.quality_n, seed=0,
+                  decoders=latent_stage.quality_decoders(manifest, rows, samples))
     return rows
 
 
@@ -243,25 +259,39 @@ def default_budgets(table: list[tuple[Any, float]]) -> tuple[float, ...]:
 
 
 def measure_plan(manifest, candidate, batch: int, n: int, threads: int = 1, seed: int = 0) -> tuple[np.ndarray, float]:
-    """Run a plan's schedule at its precision; returns (images, median ms per full batch)."""
+    """Run a plan's schedule at its precision, each batch decoded when the plan decodes; returns
+    (images, median ms per full batch, end to end)."""
+    from contextlib import ExitStack
+
     from odelt.runtime.backend import open_backend
+    from odelt.runtime.decode import open_decoder
     from odelt.runtime.plans import load_plan_schedule
-    from odelt.runtime.sampler import Sampler, generate
+    from odelt.runtime.sampler import Sampler, generate_batches
 
     schedule = load_plan_schedule(manifest, candidate)
-    stamps, sizes = [], []
+    stamps, sizes, decoded = [], [], []
 
     def tick(images: int) -> None:
         stamps.append(time.perf_counter())
         sizes.append(images)
-    with open_backend("ort", manifest, precision=candidate.precision, threads=threads,
-                      lengths=tuple(sorted(set(schedule.lengths)))) as be:
+    with ExitStack() as stack:
+        be = stack.enter_context(open_backend("ort", manifest, precision=candidate.precision, threads=threads,
+                                              lengths=tuple(sorted(set(schedule.lengths)))))
         sampler = Sampler(be, manifest, schedule)
-        generate(sampler, min(batch, n), batch, seed)                # warm-up: binds buffers once
+        decoder = stack.enter_context(open_decoder(manifest, candidate.decoder, candidate.decoder_precision,
+                                                   threads)) if candidate.decoder else None
+
+        def run(x0: np.ndarray, y: np.ndarray):
+            x, stats = sampler.sample(x0, y)
+            if decoder is not None:
+                decoded.append(decoder.decode(x, len(x)))
+            return x, stats
+        generate_batches(run, manifest, min(batch, n), batch, seed)   # warm-up: binds buffers once
+        decoded.clear()
         stamps.append(time.perf_counter())
-        out, _ = generate(sampler, n, batch, seed, progress=tick)
+        out, _ = generate_batches(run, manifest, n, batch, seed, progress=tick)
     times = [(b - a) * 1e3 for a, b, k in zip(stamps, stamps[1:], sizes) if k == batch]
-    return out, float(np.median(times or [(stamps[-1] - stamps[0]) * 1e3]))
+    return (np.concatenate(decoded) if decoded else out), float(np.median(times or [(stamps[-1] - stamps[0]) * 1e3]))
 
 
 def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]:
@@ -287,7 +317,7 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
         predicted_now = predict_now(manifest, c, opts.batch, prof.get("threads", 1), decode_cost(prof))
         images, measured = measure_plan(manifest, c, opts.batch, opts.n, prof.get("threads", 1))
         grid = opts.out / f"samples_{budget:g}ms.png"
-        save_png(grid_image(images, upscale=max(1, 32 // images.shape[-1])), grid)
+        save_png(grid_image(images, upscale=latent_stage.view_upscale(images)), grid)
         runs.append({"budget_ms": budget, "plan": c.name, "precision": c.precision, "solver": c.solver,
                      "nfe": c.nfe, "lengths": list(c.lengths), "error": c.error, "fd": c.fd,
                      "predicted_ms": choice.predicted_ms, "predicted_now_ms": predicted_now,
@@ -314,11 +344,14 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     model = model_for_bundle(open_bundle(manifest.root))
     schedules = stage_schedules(opts, manifest, model, log)
     stage_build(opts, manifest, log)
-    rtx = stage_rtx(opts.out, open_bundle(manifest.root), opts.source, opts.calib_samples, opts.quick, log)
+    rtx = stage_rtx(opts.out, open_bundle(manifest.root), opts.source, opts.calib_samples, opts.quick, log,
+                    vaes=latent_stage.demo_vaes(opts.source, opts.vaes))
     rows = stage_quality(opts, manifest, model, schedules, log)
     prof = stage_profile(opts, manifest, log)     # last before the plans run: a shared machine drifts
     runs = stage_plans(opts, open_bundle(manifest.root), prof, log)
+    latent = latent_stage.stage_latent_quality(opts.out, open_bundle(manifest.root), opts.quick, log)
     facts = {"verify": verify, "quantize": quant, "profile": prof, "quality": rows, "runs": runs, "rtx": rtx,
-             "seconds": round(time.perf_counter() - start, 1), "source": opts.source}
+             "seconds": round(time.perf_counter() - start, 1), "source": opts.source,
+             **({"latent_quality": latent} if latent else {})}
     write_json_atomic(opts.out / "demo.json", facts)
     return DemoResult(write_report(opts.out / "report.md", facts), facts)

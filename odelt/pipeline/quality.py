@@ -48,10 +48,37 @@ def _fd(samples: np.ndarray) -> float | None:
     return float(fd_digits(samples))
 
 
+def digits_shaped(images: np.ndarray) -> bool:
+    """(N, 1, 8k, 8k): what the digits classifier scores (odelt.models.classifier.score_images)."""
+    return images.ndim == 4 and images.shape[1] == 1 and images.shape[2] == images.shape[3] \
+        and images.shape[2] % 8 == 0 and images.shape[2] > 0
+
+
+def sample_scores(manifest: Bundle, samples: np.ndarray, labels: np.ndarray) -> dict:
+    """A row's image-space quality: {"fd"} for a pixel bundle's samples (as ever); a latent
+    bundle's are decoded first (its reference decoder, FP32) and score {"fd", "rate"} (the
+    classifier's confident-and-right share) when the images are digits-shaped."""
+    if not manifest.decoders:
+        return {"fd": _fd(samples)}
+    from odelt.models.classifier import score_images
+
+    images = decode_latents(manifest, reference_decoder(manifest), "fp32", samples, batch=64)
+    if not digits_shaped(images):
+        return {"fd": None}
+    scores = score_images(images, labels)
+    return {"fd": float(scores["fd_digits"]), "rate": float(scores["rate"])}
+
+
+def reference_decoder(manifest: Bundle) -> str:
+    """The decoder kind image-space errors are measured against: SD-VAE when the bundle has it."""
+    return "sd" if "sd" in manifest.decoders else sorted(manifest.decoders)[0]
+
+
 def quality_rows(manifest: Bundle, model, schedules: dict[str, Schedule], precisions: Sequence[str],
                  n: int = 128, seed: int = 0, progress: Callable[[str], None] | None = None,
                  samples: dict[str, np.ndarray] | None = None) -> list[dict]:
-    """Held-out RMSE to the teacher and FD-digits for every (schedule, precision). `samples`, when
+    """Held-out RMSE to the teacher and FD-digits (sample_scores: on decoded images for a latent
+    bundle, with the classifier's rate) for every (schedule, precision). `samples`, when
     given, receives the teacher's samples ("teacher") and every row's (by name): decoder_quality's
     inputs for a latent bundle."""
     from odelt.schedules.problem import make_pairs
@@ -72,7 +99,7 @@ def quality_rows(manifest: Bundle, model, schedules: dict[str, Schedule], precis
                     samples[f"{name}-{precision}"] = x
                 rows.append({"name": f"{name}-{precision}", "schedule": name, "solver": s.solver,
                              "precision": precision, "error": float(np.sqrt(np.mean((x - teacher) ** 2))),
-                             "fd": _fd(x), "call_lengths": list(call_lengths(s))})
+                             **sample_scores(manifest, x, y), "call_lengths": list(call_lengths(s))})
     return rows
 
 
@@ -90,7 +117,7 @@ def decoder_quality(manifest: Bundle, teacher: np.ndarray, sampled: np.ndarray, 
 
     if not manifest.decoders:
         manifest.decoder()                                 # its one-line error: no decoder stage
-    ref = "sd" if "sd" in manifest.decoders else sorted(manifest.decoders)[0]
+    ref = reference_decoder(manifest)
     teacher, sampled = teacher[:n].astype(np.float32), sampled[:n].astype(np.float32)
     latent_err = _rms(sampled - teacher)
     if not latent_err > 0:
@@ -107,13 +134,15 @@ def decoder_quality(manifest: Bundle, teacher: np.ndarray, sampled: np.ndarray, 
             "latent_rmse": latent_err, "rows": rows}
 
 
-def decode_latents(manifest: Bundle, kind: str, precision: str, latents: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Images of `latents` from the bundle's decoder (kind, precision), one image per run (the
-    decoder's cost grows with the batch, its accuracy does not)."""
+def decode_latents(manifest: Bundle, kind: str, precision: str, latents: np.ndarray, threads: int = 1,
+                   batch: int = 1) -> np.ndarray:
+    """Images of `latents` from the bundle's decoder (kind, precision), `batch` images per run (one
+    by default: the decoder's cost grows with the batch, its accuracy does not; scoring many
+    samples takes larger runs)."""
     from odelt.runtime.decode import open_decoder
 
     with open_decoder(manifest, kind, precision, threads) as decoder:
-        return decoder.decode(latents, batch=1)
+        return decoder.decode(latents, batch=batch)
 
 
 def _rms(a: np.ndarray) -> float:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from odelt.fileio import atomic_path, write_text_atomic
+from odelt.pipeline import latent_stage
 from odelt.runtime.planner import Candidate, Choice, pareto_front
 
 
@@ -135,9 +136,11 @@ def write_report(path: Path, facts: dict) -> Path:
     lines += _rtx_lines(facts.get("rtx") or {})
     lines += ["", "## Schedules: held-out RMSE to the teacher (128-step Euler, full length)", ""]
     q = sorted(facts["quality"], key=lambda r: (r["precision"], r["error"]))
-    lines += _md_table(["plan", "precision", "NFE", "block evals", "RMSE", "FD-digits"],
+    rated = any("rate" in r for r in q)           # a latent bundle's rows: scored on decoded images
+    lines += _md_table(["plan", "precision", "NFE", "block evals", "RMSE", "FD-digits"] + (["rate"] if rated else []),
                        [[r["name"], r["precision"], len(r["call_lengths"]), sum(r["call_lengths"]),
-                         f"{r['error']:.4f}", "-" if r["fd"] is None else f"{r['fd']:.2f}"] for r in q])
+                         f"{r['error']:.4f}", "-" if r["fd"] is None else f"{r['fd']:.2f}"]
+                        + ([f"{r['rate']:.1%}" if "rate" in r else "-"] if rated else []) for r in q])
     lines += ["", "## Plans chosen for each budget (batch of images per call)", ""]
     lines += ["Predicted from the stored profile (which chose the plan), and from a profile of the plan's",
               "calls taken just before it ran (the difference is the machine's speed drifting).", ""]
@@ -149,6 +152,7 @@ def write_report(path: Path, facts: dict) -> Path:
                          f"{abs(r['measured_ms'] - r['predicted_ms']) / r['measured_ms']:.1%}"]
                         + _now(r) + (_decoding(r) if decoding else []) for r in facts["runs"]])
     lines += ["", "![pareto](pareto.png)", ""] + [f"![{r['plan']}]({r['grid']})" for r in facts["runs"]]
+    lines += latent_stage.report_lines(facts.get("latent_quality"))
     return write_text_atomic(path, "\n".join(lines) + "\n")
 
 

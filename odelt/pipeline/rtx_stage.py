@@ -23,9 +23,12 @@ def available() -> bool:
     return True
 
 
-def stage_rtx(out: Path, bundle: Any, source: str, calib_samples: int, quick: bool, log: Log) -> dict:
+def stage_rtx(out: Path, bundle: Any, source: str, calib_samples: int, quick: bool, log: Log,
+              vaes: tuple[tuple[str, str], ...] = ()) -> dict:
     """{precision: headline figures of its TensorRT-RTX set} plus the ONNX Runtime engine bytes beside
-    them; {} with a note when the TensorRT-RTX wheel is not installed (install the `rtx` extra)."""
+    them; {} with a note when the TensorRT-RTX wheel is not installed (install the `rtx` extra).
+    `vaes`: the demo bundle's decoder stages, exported into the sibling too (each set builds every
+    graph, the decoder's included)."""
     if not available():
         log("tensorrt-rtx: skipped (install the `rtx` extra: pip install 'odelt-export[rtx]')")
         return {}
@@ -35,7 +38,7 @@ def stage_rtx(out: Path, bundle: Any, source: str, calib_samples: int, quick: bo
     log(f"tensorrt-rtx: building the fp32 engine set (portable targets, optimisation level {level}) ...")
     figures = build_sets(bundle.root, ("fp32",), optimization_level=level)
     if not quick:
-        sibling = _int8_sibling(out, source, calib_samples, log)
+        sibling = _int8_sibling(out, source, calib_samples, log, vaes)
         log("tensorrt-rtx: building the int8 engine set (TensorRT's Q/DQ flavour) ...")
         figures.update(build_sets(sibling.root, ("int8",), optimization_level=level))
     for precision, f in figures.items():
@@ -45,7 +48,7 @@ def stage_rtx(out: Path, bundle: Any, source: str, calib_samples: int, quick: bo
     return figures
 
 
-def _int8_sibling(out: Path, source: str, calib_samples: int, log: Log) -> Any:
+def _int8_sibling(out: Path, source: str, calib_samples: int, log: Log, vaes: tuple[tuple[str, str], ...] = ()) -> Any:
     from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
     from odelt.exporter.bundle import MANIFEST, open_bundle
     from odelt.exporter.export import ExportOptions, export_source
@@ -53,7 +56,7 @@ def _int8_sibling(out: Path, source: str, calib_samples: int, log: Log) -> Any:
     root = out / SIBLING
     if not (root / MANIFEST).is_file():
         log(f"tensorrt-rtx: exporting {SIBLING} for TensorRT's INT8 flavour ...")
-        export_source(source, root, ExportOptions(layouts=("segments", "per-length")))
+        export_source(source, root, ExportOptions(layouts=("segments", "per-length"), vaes=vaes))
     sibling = open_bundle(root)
     if sibling.int8_flavour != "trt":
         log("tensorrt-rtx: quantising it (int8, trt flavour, calibrated on ODE trajectories) ...")

@@ -288,6 +288,9 @@ CASES = [
      None),
     ("demo-budget-nan", ["demo", "--out", "{out}/d", "--budget-ms", "nan"], "found nan", None),
     ("demo-other-model", ["demo", "--out", "{demo}", "--source", "{ck}"], "pass --force to rebuild every stage", None),
+    ("demo-vae-kind", ["demo", "--out", "{out}/d", "--vae", "vq:{vae}"], "unknown VAE kind 'vq'", None),
+    ("demo-vae-missing", ["demo", "--out", "{out}/d", "--model", "{ck}", "--vae", "sd:{out}/none"],
+     "none not found; expected a diffusers folder or a weights file", None),
     # the command line itself
     ("unknown-option", ["plan", "{b}", "--budget-ms", "5", "--bogus"], "No such option '--bogus'", None),
     ("unknown-command", ["nocmd"], "No such command 'nocmd'", None),

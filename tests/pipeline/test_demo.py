@@ -168,3 +168,96 @@ def test_report_shows_a_decoding_plans_decoder_share(demo, tmp_path):
     assert row[facts["runs"][0]["budget_ms"]].endswith("| taesd-fp32 | 12.50 | 25.0% |")
     assert row[facts["runs"][1]["budget_ms"]].endswith("| - | - | - |")     # a run that returns latents
     assert "decoder share" not in res.report.read_text()          # pixel-space runs: no decoder columns
+
+
+@pytest.fixture(scope="module")
+def latent_demo(tmp_path_factory):
+    """The quick demo on a tiny latent DiT with a tiny 1-channel SD-VAE (2x: 16x16 images, digits-shaped
+    for the classifier), given as `--vae sd:PATH` would give it."""
+    pytest.importorskip("diffusers")
+    from tests.latent.vae_files import random_vae, save_folder
+
+    root = tmp_path_factory.mktemp("latent-demo")
+    save_checkpoint(random_model("tiny-latent", seed=0, std=0.05), root / "tiny.safetensors")
+    vae = save_folder(random_vae("sd", in_channels=1, out_channels=1), root / "vae")
+    opts = DemoOptions(out=root / "out", source=str(root / "tiny.safetensors"), quick=True, n=8, batch=4,
+                       quality_n=16, calib_samples=2, vaes=(("sd", str(vae)),))
+    logs: list[str] = []
+    return opts, run_demo(opts, log=logs.append), logs
+
+
+def test_latent_demo_decodes_scores_and_counts_the_decoder(latent_demo):
+    from PIL import Image
+
+    from odelt.exporter.bundle import open_bundle
+
+    opts, res, _ = latent_demo
+    bundle = open_bundle(opts.out / "bundle")
+    assert sorted(bundle.decoders) == ["sd"] and tuple(bundle.decoder().image) == (1, 16, 16)
+    latent = res.facts["latent_quality"]
+    assert [(r["length"], r["steps"]) for r in latent["rows"]] == [(n, k) for n in bundle.lengths for k in (1, 4)]
+    for r in latent["rows"]:
+        assert 0.0 <= r["rate"] <= 1.0 and np.isfinite(r["fd_digits"]) and r["fd_digits"] > 0
+    assert latent["headline"]["length"] == max(bundle.lengths) and latent["headline"]["steps"] == 4
+    report = res.report.read_text()
+    assert "## Latent model: decoded samples scored by the digits classifier" in report
+    first = latent["rows"][0]
+    assert f"| {first['length']} | {first['fd_digits']:.2f} |" in report and "**Headline: full length" in report
+    # the quality table's rows are scored on decoded images too, and carry the decoder's quality
+    assert all(r["fd"] is not None and 0.0 <= r["rate"] <= 1.0 for r in res.facts["quality"])
+    stored = json.loads((opts.out / "bundle" / "quality.json").read_text())
+    assert stored["decoders"]["reference"] == {"kind": "sd", "precision": "fp32"} and stored["decoders"]["gain"] > 0
+    # every plan decodes: a decoder share, and a grid of decoded 16x16 images (8 in a 3x3 grid, 2x for viewing)
+    for run in res.facts["runs"]:
+        assert run["decoder"] == "sd-fp32" and 0.0 < run["decoder_share"] < 1.0 and run["decode_ms"] > 0
+        with Image.open(opts.out / run["grid"]) as im:
+            assert im.size == (2 * (3 * 17 + 1),) * 2
+    assert "| decoder | decode ms | decoder share |" in report
+
+
+def test_latent_demo_measures_plans_end_to_end(latent_demo):
+    from odelt.exporter.bundle import open_bundle
+    from odelt.pipeline.demo import measure_plan
+    from odelt.pipeline.quality import decode_latents
+    from odelt.runtime.backend import open_backend
+    from odelt.runtime.plans import load_candidates, load_plan_schedule
+    from odelt.runtime.sampler import Sampler, generate
+
+    opts, _, _ = latent_demo
+    manifest = open_bundle(opts.out / "bundle")
+    candidate = next(c for c in load_candidates(manifest) if c.precision == "fp32")
+    images, ms = measure_plan(manifest, candidate, batch=3, n=5)
+    schedule = load_plan_schedule(manifest, candidate)
+    with open_backend("ort", manifest, lengths=tuple(sorted(set(schedule.lengths)))) as be:
+        latents, _ = generate(Sampler(be, manifest, schedule), 5, 3, seed=0)
+    np.testing.assert_allclose(images, decode_latents(manifest, "sd", "fp32", latents), atol=1e-5)
+    assert images.shape == (5, 1, 16, 16) and ms > 0
+
+
+def test_latent_demo_reuses_its_stages_and_refuses_another_vae(latent_demo, tmp_path):
+    from dataclasses import replace
+
+    from odelt.errors import ConfigError
+    from tests.latent.vae_files import random_vae, save_folder
+
+    opts, res, _ = latent_demo
+    logs: list[str] = []
+    again = run_demo(opts, log=logs.append)
+    assert any("latent quality: reusing" in m for m in logs)
+    assert again.facts["latent_quality"] == res.facts["latent_quality"]
+    other = save_folder(random_vae("sd", seed=1, in_channels=1, out_channels=1), tmp_path / "vae")
+    with pytest.raises(ConfigError, match="decoders sd:"):
+        run_demo(replace(opts, vaes=(("sd", str(other)),)), log=lambda msg: None)
+
+
+def test_shipped_schedules_for_another_model_are_skipped():
+    from odelt.pipeline.latent_stage import fitting
+    from odelt.runtime.heuristics import BUILTIN_DIR
+    from odelt.runtime.schedule import load_schedule
+
+    shipped = load_schedule(BUILTIN_DIR / "ld3-euler-4.json")
+    logs: list[str] = []
+    assert fitting([shipped], shipped.model_hash, logs.append) == [shipped] and not logs
+    assert fitting([shipped], "0123456789abcdef", logs.append) == []
+    assert logs == [f"schedules: {shipped.name} was learned for model {shipped.model_hash}, this bundle holds "
+                    "0123456789abcdef; skipped (--relearn learns schedules for this model)"]
