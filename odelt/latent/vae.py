@@ -180,14 +180,16 @@ def _build(k: Kind, config: dict, where: Path) -> Any:
     return model.eval()
 
 
-def _load_state(k: Kind, model: Any, w: Weights, what: str) -> None:
-    """Every decode weight present with its shape, nothing the model lacks; then load."""
+def _load_state(k: Kind, model: Any, w: Weights, what: str, encoder: bool = False) -> None:
+    """Every decode weight (with `encoder`, every weight) present with its shape, nothing the model
+    lacks; then load."""
     expected = model.state_dict()
     unexpected = sorted(set(w.state) - set(expected))
     if unexpected:
         raise CheckpointError(f"{w.path}: unexpected weight {unexpected[0]!r} for {what}"
                               f"{f' (and {len(unexpected) - 1} more)' if len(unexpected) > 1 else ''}")
-    missing = [n for n in expected if n.startswith(k.decode_prefixes) and n not in w.state]
+    required = ("",) if encoder else k.decode_prefixes
+    missing = [n for n in expected if n.startswith(required) and n not in w.state]
     if missing:
         raise CheckpointError(f"{w.path}: missing weight {missing[0]!r} (expected shape "
                               f"{tuple(expected[missing[0]].shape)}) for {what}")
@@ -200,8 +202,9 @@ def _load_state(k: Kind, model: Any, w: Weights, what: str) -> None:
     model.load_state_dict(w.state, strict=False)
 
 
-def load_vae(kind_name: str, path: str | Path) -> Vae:
-    """Build the diffusers VAE of `kind_name` from PATH (folder or file); see the module doc."""
+def load_vae(kind_name: str, path: str | Path, encoder: bool = False) -> Vae:
+    """Build the diffusers VAE of `kind_name` from PATH (folder or file); see the module doc.
+    encoder: its weights are required too (an autoencoder that encodes training data)."""
     k = kind(kind_name)
     path = Path(path).expanduser().resolve()
     weights_file, config_file = _locate(k, path)
@@ -209,7 +212,7 @@ def load_vae(kind_name: str, path: str | Path) -> Vae:
     model = _build(k, config, config_file or weights_file)
     w = read_weights(weights_file, k.formats)
     what = f"{k.class_name} {'(' + config_file.name + ')' if config_file else '(the standard ' + k.name + ' config)'}"
-    _load_state(k, model, w, what)
+    _load_state(k, model, w, what, encoder)
     return Vae(k.name, model, config, str(path), weights_file, source_hash(weights_file, config), w.spelling)
 
 

@@ -15,7 +15,7 @@ small KL weight the posterior's spread is small next to the latents' own. Images
 
 Files: the autoencoder is saved in diffusers' own format (a folder with config.json and
 diffusion_pytorch_model.safetensors), written by diffusers into a temporary folder that is then swapped
-into place; it is read back with diffusers from safetensors only (no pickled weights are ever loaded).
+into place; it is read back by odelt.latent.vae from safetensors only (no pickled weights are ever loaded).
 """
 
 from __future__ import annotations
@@ -175,21 +175,16 @@ def save_vae(vae, path: str | os.PathLike) -> Path:
 
 
 def load_vae(path: str | os.PathLike):
-    """An AutoencoderKL from a diffusers folder, in eval mode; weights from safetensors only."""
-    from diffusers import AutoencoderKL
+    """An AutoencoderKL from a diffusers folder (as save_vae writes it), in eval mode, encoder
+    included; read by the decoder stage's loader (odelt.latent.vae: safetensors only, key by key)."""
+    from odelt.latent.vae import load_vae as load_kl
 
     folder = Path(path)
     missing = [name for name in (CONFIG_FILE, WEIGHTS_FILE) if not (folder / name).is_file()]
-    if missing:
+    if missing:           # the folder itself: the DiT records the hash of its weights file
         raise CheckpointError(f"{folder}: expected a diffusers autoencoder folder with {CONFIG_FILE} and "
                               f"{WEIGHTS_FILE}, missing {missing}")
-    try:
-        vae = AutoencoderKL.from_pretrained(str(folder), use_safetensors=True, local_files_only=True,
-                                             low_cpu_mem_usage=False)       # without accelerate: no warning
-    except (OSError, ValueError, TypeError, RuntimeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{folder}: not a readable AutoencoderKL ({first})") from None
-    return vae.eval().requires_grad_(False)
+    return load_kl("sd", folder, encoder=True).model.eval().requires_grad_(False)
 
 
 def reconstruction_report(vae, x: np.ndarray, y: np.ndarray) -> dict[str, float]:

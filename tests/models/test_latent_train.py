@@ -128,15 +128,24 @@ def test_load_vae_refuses_bad_folders_and_never_unpickles(tiny_vae, tmp_path):
     with pytest.raises(CheckpointError, match="missing \\['diffusion_pytorch_model.safetensors'\\]"):
         lt.load_vae(pickled)
     (pickled / lt.WEIGHTS_FILE).write_bytes(pickle.dumps({"w": _Payload(str(marker))}))   # a pickle by the name
-    with pytest.raises(CheckpointError, match="not a readable AutoencoderKL"):
+    with pytest.raises(CheckpointError, match="this is a Python pickle; refusing to unpickle it"):
         lt.load_vae(pickled)
     assert not marker.exists()
     truncated = tmp_path / "truncated"
     lt.save_vae(vae, truncated)
     data = (truncated / lt.WEIGHTS_FILE).read_bytes()
     (truncated / lt.WEIGHTS_FILE).write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="not a readable AutoencoderKL"):
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         lt.load_vae(truncated)
+    # a decoder-only file serves the decoder stage, not training: the encoder makes the latents
+    from safetensors.torch import save_file
+
+    decoder_only = tmp_path / "decoder-only"
+    lt.save_vae(vae, decoder_only)
+    state = {k: v.contiguous() for k, v in vae.state_dict().items() if not k.startswith(("encoder.", "quant_conv."))}
+    save_file(state, str(decoder_only / lt.WEIGHTS_FILE))
+    with pytest.raises(CheckpointError, match="missing weight 'encoder.conv_in.weight'"):
+        lt.load_vae(decoder_only)
 
 
 def test_dit_on_tiny_latents_loss_falls(tiny_vae):
