@@ -200,6 +200,14 @@ def test_builtin_names_and_vae_paths():
         builtin_path("../weights/digits")
 
 
+def test_vae_for_source_is_the_builtins_own_autoencoder():
+    from odelt.models.checkpoint import builtin_path, builtin_vae_path, vae_for_source
+
+    assert vae_for_source("builtin:digits-latent") == ("sd", str(builtin_vae_path("digits-latent")))
+    assert vae_for_source("builtin:digits") is None                       # a pixel model: no decoder stage
+    assert vae_for_source(builtin_path("digits-latent")) is None          # a file does not say its VAE: --vae
+
+
 
 def test_cli_trains_the_vae_then_a_dit_on_its_latents(tmp_path, run_cli):
     from safetensors import safe_open
