@@ -4,6 +4,8 @@ export -> verify -> quantize (int8) -> schedules (shipped, or re-learned) -> bui
 TensorRT-RTX engines (fp32, and int8 from a TensorRT-flavour sibling; rtx_stage.py) -> quality table -> profile (last before the plans run: a shared machine drifts) -> plan + generate
 for three budgets -> report.md, pareto.png, grids.
 Every stage is a library call of its own package; this module only composes and records.
+A latent model (builtin:digits-latent, or a checkpoint with --vae) carries its decoder through every
+stage and adds a latent quality stage (decoded samples scored by the digits classifier): latent_stage.py.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ from typing import Any, Callable
 import numpy as np
 
 from odelt import validate
-from odelt.pipeline import latent_stage
 from odelt.errors import ConfigError
 from odelt.fileio import make_dir, read_json, write_json_atomic
+from odelt.pipeline import latent_stage
 
 Log = Callable[[str], None]
 
