@@ -90,7 +90,8 @@ class SpeedTracker:
 
     def _recent(self) -> list[tuple[float, float]]:
         """The last `window` batches, and older ones until their predicted work reaches `horizon_ms`."""
-        out, work = [], 0.0
+        out: list[tuple[float, float]] = []
+        work = 0.0
         for b in reversed(self._batches):
             if len(out) >= self.window and work >= self.horizon_ms:
                 break
