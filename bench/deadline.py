@@ -3,23 +3,41 @@
 On builtin:digits (FP32, ORT engines, one ONNX Runtime thread; the demo's stages in a temporary
 folder, a fresh profile), one process runs >= 200 consecutive batches of 8 per mode at one budget;
 from one third to two thirds of each run a hog pinned to the sampler's core takes its share
-(odelt.pipeline.interference). Modes: open loop (today's planner: summed medians, one plan),
-closed loop (quantile 0.95, re-planned between batches), anytime (closed + length switches).
+(odelt.pipeline.interference). Modes: open loop (summed medians, one plan: the planner before
+quantile budgets), open loop at quantile 0.95 (one plan, `generate --control open`), closed loop
+(quantile 0.95, re-planned between batches), anytime (closed + length switches), and the
+cheapest plan throughout (the floor under the hog).
 
-    deadline_miss_rate_{open_loop,closed_loop,anytime}   batches over budget / batches (target <= 0.01
-                                                         for anytime, hog included)
-    deadline_rmse_{quiet,loaded}_<mode>                  mean held-out RMSE to the teacher per phase
-    deadline_quiet_quality_loss_anytime                  quiet RMSE anytime / open loop - 1 (target <= 0.05)
-    deadline_recover_batches_on_<mode>                   batches after the hog starts until a run of
-                                                         10 batches on time begins
-    deadline_recover_batches_off_<mode>                  batches after it stops until the plan is the
-                                                         first third's most common plan again
-    deadline_replan_us_median/_max                       tracker + re-planning per batch
+    deadline_miss_rate_<mode>                batches over budget / batches (target <= 0.01 for
+                                             anytime, hog included); _loaded_: the hog's third
+    deadline_misses_<mode>                   the missed batches' indices
+    deadline_rmse_{quiet,loaded}_<mode>      mean held-out RMSE to the teacher per phase
+    deadline_quiet_quality_loss_<mode>       quiet RMSE / open loop q95's - 1, closed and anytime
+                                             (target <= 0.05): the open-loop plan that holds the
+                                             budget in quiet phases is the quality to match;
+                                             _vs_median_plan: against the summed-medians plan,
+                                             which may not hold the budget even when quiet
+    deadline_recover_batches_on_<mode>       batches after the hog starts until a run of 10
+                                             batches on time begins
+    deadline_recover_batches_off_<mode>      batches after it stops until the plan is the first
+                                             third's most common plan again
+    deadline_hog_wait_ms                     median excess over its prediction of a batch that waited
+                                             for the core under the hog (closed loop and anytime:
+                                             the hog's time slice); a plan absorbs it only when its
+                                             own latency + this fits the budget
+    deadline_cheapest_plan_ms                the cheapest plan's 0.95-quantile prediction;
+                                             _plus_wait_: + deadline_hog_wait_ms, against the budget
+    deadline_miss_rate_loaded_cheapest_plan  the cheapest plan run throughout: the floor under the
+                                             hog, what no choice of plan can beat; _over_floor_:
+                                             closed loop's and anytime's loaded rate minus it
+    deadline_quiet_stalled_batches           quiet-phase batches (open loop q95) >= 1 ms over their
+                                             prediction: other processes on the shared machine
+    deadline_replan_us_median/_max           tracker + re-planning per batch
 
 The budget: 1.1 x the quantile-0.95 prediction of the best plan whose summed medians fit half of
-the candidates' latency range (geometric middle), so that the quiet phase has a plan with headroom
-and the hog (about half the core) pushes every mid-range plan over. The machine is shared: other
-processes load it too, in every phase.
+the candidates' latency range (geometric middle; odelt.pipeline.interference.pick_budget), so
+that the quiet phase has a plan with headroom and the hog (about half the core) pushes every
+mid-range plan over. The machine is shared: other processes load it too, in every phase.
 """
 
 from __future__ import annotations
@@ -32,22 +50,19 @@ from pathlib import Path
 import numpy as np
 
 from odelt.pipeline import demo
-from odelt.pipeline.interference import run_modes
-from odelt.runtime.planner import choose
+from odelt.pipeline.interference import pick_budget, run_modes
 from odelt.runtime.plans import load_candidates
-from odelt.runtime.profile import call_cost, host_overheads
 from odelt.runtime.quantile import QuantilePredictor
 from planner import prepare  # bench/ is on the path (bench/run.py)
 
-NAMES = {"open": "open_loop", "closed": "closed_loop", "anytime": "anytime"}
+NAMES = {"open": "open_loop", "open95": "open_loop_q95", "closed": "closed_loop", "anytime": "anytime",
+         "cheapest": "cheapest_plan"}
+STALLED_MS = 1.0          # a batch this much over its prediction waited for the core (jitter: ~0.3 ms)
 
 
-def pick_budget(manifest, prof, batch: int) -> float:
-    candidates, cost, host = load_candidates(manifest), call_cost(prof), host_overheads(prof)
-    ms = sorted(m for _, m in choose(candidates, float("inf"), cost, batch, *host).table)
-    middle = float(np.sqrt(ms[0] * ms[-1]))
-    c = choose(candidates, middle, cost, batch, *host).candidate
-    return round(1.1 * QuantilePredictor(prof, batch, 0.95).candidate(c), 3)
+def cheapest_ms(manifest, prof, batch: int) -> float:
+    at = QuantilePredictor(prof, batch, 0.95)
+    return min(at.candidate(c) for c in load_candidates(manifest))
 
 
 def recover_on(lat: list[float], budget: float, start: int, run: int = 10) -> int:
@@ -72,6 +87,7 @@ def figures(runs: dict, budget: float) -> dict:
         quiet = list(range(on)) + list(range(off, len(lat)))
         out[f"deadline_miss_rate_{name}"] = round(float(np.mean([v > budget for v in lat])), 4)
         out[f"deadline_miss_rate_loaded_{name}"] = round(float(np.mean([v > budget for v in lat[on:off]])), 4)
+        out[f"deadline_misses_{name}"] = [i for i, v in enumerate(lat) if v > budget]
         out[f"deadline_rmse_quiet_{name}"] = round(float(np.mean([q[i] for i in quiet])), 5)
         out[f"deadline_rmse_loaded_{name}"] = round(float(np.mean(q[on:off])), 5)
         out[f"deadline_p95_quiet_ms_{name}"] = round(float(np.quantile([lat[i] for i in quiet], 0.95)), 3)
@@ -83,10 +99,25 @@ def figures(runs: dict, budget: float) -> dict:
         out[f"deadline_first_plan_{name}"] = r["plans"][0]
         out[f"deadline_first_predicted_ms_{name}"] = round(r["first_predicted_ms"], 3)
         out[f"deadline_batches_{name}"] = len(lat)
-    if "open" in runs and "anytime" in runs:
-        out["deadline_quiet_quality_loss_anytime"] = round(
-            out["deadline_rmse_quiet_anytime"] / out["deadline_rmse_quiet_open_loop"] - 1, 4)
-    us = [u for r in runs.values() if r["mode"] != "open" for u in r["replan_us"]]
+    for mode in ("closed", "anytime"):
+        for base, suffix in (("open95", ""), ("open", "_vs_median_plan")):
+            if mode in runs and base in runs:
+                out[f"deadline_quiet_quality_loss_{NAMES[mode]}{suffix}"] = round(
+                    out[f"deadline_rmse_quiet_{NAMES[mode]}"] / out[f"deadline_rmse_quiet_{NAMES[base]}"] - 1, 4)
+    if "cheapest" in runs:
+        floor = out["deadline_miss_rate_loaded_cheapest_plan"]
+        for mode in ("closed", "anytime"):
+            if mode in runs:
+                out[f"deadline_miss_rate_loaded_over_floor_{NAMES[mode]}"] = round(
+                    out[f"deadline_miss_rate_loaded_{NAMES[mode]}"] - floor, 4)
+    waits = [e for r in runs.values() if r["control"] != "open" for e in r["excess_ms"][r["hog"][0]:r["hog"][1]]
+             if e >= STALLED_MS]
+    out["deadline_hog_wait_ms"] = round(float(np.median(waits)), 3) if waits else None
+    if "open95" in runs:
+        r = runs["open95"]
+        out["deadline_quiet_stalled_batches"] = sum(
+            e >= STALLED_MS for i, e in enumerate(r["excess_ms"]) if not r["hog"][0] <= i < r["hog"][1])
+    us = [u for r in runs.values() if r["control"] != "open" for u in r["replan_us"]]
     out["deadline_replan_us_median"] = round(float(np.median(us)), 2) if us else None
     out["deadline_replan_us_max"] = round(float(np.max(us)), 2) if us else None
     return out
@@ -101,5 +132,8 @@ def run(quick: bool = False) -> dict:
         load0 = list(os.getloadavg())
         runs = run_modes(manifest, prof, budget, opts.batch, batches)
         out = figures(runs, budget)
+        out["deadline_cheapest_plan_ms"] = round(cheapest_ms(manifest, prof, opts.batch), 3)
+        if out["deadline_hog_wait_ms"] is not None:
+            out["deadline_cheapest_plus_wait_ms"] = round(out["deadline_cheapest_plan_ms"] + out["deadline_hog_wait_ms"], 3)
         out.update({"deadline_load_avg_start": load0, "deadline_load_avg_end": list(os.getloadavg())})
         return out

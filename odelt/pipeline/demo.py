@@ -2,7 +2,8 @@
 
 export -> verify -> quantize (int8) -> schedules (shipped, or re-learned) -> build (ort) ->
 TensorRT-RTX engines (fp32, and int8 from a TensorRT-flavour sibling; rtx_stage.py) -> quality table -> profile (last before the plans run: a shared machine drifts) -> plan + generate
-for three budgets -> report.md, pareto.png, grids.
+for three budgets -> a stream of batches under one budget with a CPU hog on the sampler's core
+(open loop vs closed loop + anytime) -> report.md, pareto.png, deadline.png, grids.
 Every stage is a library call of its own package; this module only composes and records.
 A latent model (builtin:digits-latent, or a checkpoint with --vae) carries its decoder through every
 stage and adds a latent quality stage (decoded samples scored by the digits classifier): latent_stage.py.
@@ -44,6 +45,7 @@ class DemoOptions:
     precisions: tuple[str, ...] = ("fp32", "int8")
     int8_flavour: str = "cpu"                     # the demo runs ONNX Runtime CPU (see calibration/int8.py)
     quick: bool = False                           # smoke-test sizes (tests)
+    deadline_batches: int = 60                    # the deadline plot's stream (the bench runs 240)
     force: bool = False                           # rebuild every stage (another model in `out`)
     vaes: tuple[tuple[str, str], ...] | None = None   # decoder stages (--vae); None: the builtin's own VAE
 
@@ -54,7 +56,7 @@ class DemoOptions:
         validate.batch_in("--batch", self.batch, 1, high, "the demo bundle's range")
         for budget in self.budgets_ms or ():
             validate.positive("--budget-ms", budget)
-        for name in ("n", "quality_n", "calib_samples"):
+        for name in ("n", "quality_n", "calib_samples", "deadline_batches"):
             validate.count(name, getattr(self, name))
         latent_stage.check_vaes(self.vaes)
 
@@ -93,8 +95,8 @@ def _built_from(record: dict) -> str:
     return f"{record.get('source')} (hash {record.get('source_hash')}{vaes})"
 
 
-_STAGES = ("bundle", "bundle-trt-int8", "schedules", "verify.json", "demo.json", "report.md", "pareto.png", SOURCE,
-           latent_stage.LATENT_QUALITY)
+_STAGES = ("bundle", "bundle-trt-int8", "schedules", "verify.json", "demo.json", "report.md", "pareto.png",
+           "deadline.png", SOURCE, latent_stage.LATENT_QUALITY)
 
 
 def _bundle_source(opts: DemoOptions) -> dict | None:
@@ -331,6 +333,24 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
     return runs
 
 
+def stage_deadline(opts: DemoOptions, manifest, prof: dict, log: Log) -> dict:
+    """The bundle's plans under one budget, batch after batch, a CPU hog on the sampler's core for the
+    middle third: the plan chosen once vs closed loop + anytime; deadline.png. A short stream
+    (bench/deadline.py measures the miss rates on 240 batches)."""
+    from odelt.pipeline.interference import pick_budget, run_modes
+    from odelt.pipeline.report import plot_deadline
+
+    budget = pick_budget(manifest, prof, opts.batch)
+    log(f"deadline: {opts.deadline_batches} batches at {budget:g} ms, a CPU hog on the sampler's core "
+        "for the middle third ...")
+    runs = run_modes(manifest, prof, budget, opts.batch, opts.deadline_batches, distinct=4,
+                     modes=("open95", "anytime"))
+    plot_deadline(runs, opts.out / "deadline.png")
+    keep = ("hog", "latency_ms", "rmse", "plans", "switches", "replans", "excess_ms")
+    return {"budget_ms": budget, "batch": opts.batch, "batches": opts.deadline_batches, "hog": runs["anytime"]["hog"],
+            "modes": {m: {k: r[k] for k in keep} for m, r in runs.items()}}
+
+
 def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     from odelt.exporter.bundle import open_bundle
     from odelt.exporter.verify import model_for_bundle
@@ -352,8 +372,9 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     prof = stage_profile(opts, manifest, log)     # last before the plans run: a shared machine drifts
     runs = stage_plans(opts, open_bundle(manifest.root), prof, log)
     latent = latent_stage.stage_latent_quality(opts.out, open_bundle(manifest.root), opts.quick, log)
+    deadline = stage_deadline(opts, open_bundle(manifest.root), prof, log)
     facts = {"verify": verify, "quantize": quant, "profile": prof, "quality": rows, "runs": runs, "rtx": rtx,
-             "seconds": round(time.perf_counter() - start, 1), "source": opts.source,
+             "deadline": deadline, "seconds": round(time.perf_counter() - start, 1), "source": opts.source,
              **({"latent_quality": latent} if latent else {})}
     write_json_atomic(opts.out / "demo.json", facts)
     return DemoResult(write_report(opts.out / "report.md", facts), facts)

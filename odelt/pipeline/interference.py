@@ -4,9 +4,15 @@ The sampler's process is pinned to one core; from one third to two thirds of eve
 subprocess doing busy integer arithmetic, pinned to the same core with os.sched_setaffinity) takes
 its share of that core. Every mode runs on the same schedule of interference:
 
-    open      today's planner: the plan whose summed medians fit, chosen once (quantile 0.5);
-    closed    quantile budgets, re-planned between batches from the tracked speed;
-    anytime   closed + shorter lengths inside a late batch.
+    open      the planner before quantile budgets: the plan whose summed medians fit, chosen once
+              (quantile 0.5; such a plan may miss even when nothing else runs);
+    open95    the plan whose 0.95-quantile fits, chosen once (`generate --control open`): the
+              open-loop plan that holds the budget while the machine is quiet, the quality
+              closed loop should match in quiet phases;
+    closed    quantile budgets, re-planned between batches from the tracked speed and excess;
+    anytime   closed + shorter lengths inside a late batch;
+    cheapest  the cheapest plan, always: the floor under the hog (a batch of it that waits one of
+              the hog's slices and still misses would have missed with any plan).
 
 Each batch's images are compared with the teacher (128 Euler steps at full length, the runtime on
 the same backend) for the same noise: a stream cycles through `distinct` held-out noise batches.
@@ -28,7 +34,8 @@ from odelt.runtime.heuristics import resolve_schedule
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
 from odelt.runtime.stream import stream_for_bundle
 
-MODES = {"open": (0.5, "open"), "closed": (0.95, "closed"), "anytime": (0.95, "anytime")}
+MODES = {"open": (0.5, "open"), "open95": (0.95, "open"), "closed": (0.95, "closed"), "anytime": (0.95, "anytime"),
+         "cheapest": (0.95, "open")}
 HOG = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nx = 1\nwhile True:\n    x = (x * 1103515245 + 12345) % 2147483648\n"
 
 
@@ -64,6 +71,23 @@ class Hog:
             self.proc = None
 
 
+def pick_budget(manifest: Any, profile: dict, batch: int) -> float:
+    """1.1 x the 0.95-quantile prediction of the best plan whose summed medians fit the geometric
+    middle of the candidates' latency range: the quiet phase has a plan with headroom, and the hog
+    (about half the core) pushes every mid-range plan over."""
+    from odelt.runtime.planner import MedianPredictor, choose
+    from odelt.runtime.plans import load_candidates
+    from odelt.runtime.profile import call_cost, decode_cost, host_overheads
+    from odelt.runtime.quantile import QuantilePredictor
+
+    candidates = load_candidates(manifest)
+    at = MedianPredictor(call_cost(profile), batch, *host_overheads(profile), decode_cost(profile))
+    ms = sorted(m for _, m in choose(candidates, float("inf"), predictor=at).table)
+    middle = float(np.sqrt(ms[0] * ms[-1]))
+    c = choose(candidates, middle, predictor=at).candidate
+    return round(1.1 * QuantilePredictor(profile, batch, 0.95).candidate(c), 3)
+
+
 def teacher_images(manifest: Any, x0: np.ndarray, batch: int, threads: int = 1) -> np.ndarray:
     """128 Euler steps at the longest length: the reference every plan's images are scored against."""
     schedule = resolve_schedule("uniform:euler:128", max(manifest.lengths))
@@ -94,6 +118,9 @@ def run_mode(manifest: Any, profile: dict, mode: str, budget_ms: float, batch: i
                                    profile=profile)
         for c in {p.candidate.name: p.candidate for p in stream.replanner.by_quality}.values():
             stream.sampler(c)                              # open every backend before timing
+        if mode == "cheapest":
+            stream.current = stream.replanner.cheapest
+            stream.chosen_ms = stream.current.quantile_ms
         stream.warm(batch)
         try:
             for i in range(batches):
@@ -108,11 +135,13 @@ def run_mode(manifest: Any, profile: dict, mode: str, budget_ms: float, batch: i
         finally:
             hog.stop()
     recs = stream.stats.records
-    return {"mode": mode, "quantile": quantile, "budget_ms": budget_ms, "hog": [on, off],
+    return {"mode": mode, "control": control, "quantile": quantile, "budget_ms": budget_ms, "hog": [on, off],
             "latency_ms": [r.latency_ms for r in recs], "rmse": rmse, "plans": [r.plan for r in recs],
             "switches": [len(r.switches) for r in recs], "replans": stream.stats.replans,
-            "replan_us": [r.replan_us for r in recs], "speed": [r.speed for r in recs], "tail": [r.tail for r in recs],
-            "first_predicted_ms": recs[0].predicted_ms}
+            "replan_us": [r.replan_us for r in recs], "speed": [r.speed for r in recs],
+            "tail": [r.tail for r in recs], "tail_excess_ms": [r.tail_excess_ms for r in recs],
+            "excess_ms": [r.excess_ms for r in recs],
+            "lengths": [list(r.lengths) for r in recs], "first_predicted_ms": recs[0].predicted_ms}
 
 
 def run_modes(manifest: Any, profile: dict, budget_ms: float, batch: int, batches: int, distinct: int = 16,

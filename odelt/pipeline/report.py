@@ -71,6 +71,12 @@ def plot_pareto(choices: Sequence[tuple[Choice, float]], path: str | os.PathLike
     ax.set_yscale("log")
     ax.legend(fontsize=8)
     ax.set_title("quality vs latency (chosen plans circled)")
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: str | os.PathLike) -> Path:
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     try:
         with atomic_path(path, suffix=".png") as tmp:
@@ -78,6 +84,36 @@ def plot_pareto(choices: Sequence[tuple[Choice, float]], path: str | os.PathLike
     finally:
         plt.close(fig)
     return path
+
+
+DEADLINE_LABELS = {"open": "open loop (summed medians)", "open95": "open loop (plan at q=0.95, chosen once)",
+                   "closed": "closed loop", "anytime": "closed loop + anytime"}
+
+
+def plot_deadline(runs: dict[str, dict], path: str | os.PathLike) -> Path:
+    """Latency of every batch against the budget, one line per mode, the hog's batches shaded
+    (runs: odelt.pipeline.interference.run_modes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = next(iter(runs.values()))
+    (on, off), budget = first["hog"], first["budget_ms"]
+    fig, ax = plt.subplots(figsize=(7.2, 3.6))
+    ax.axvspan(on - 0.5, off - 0.5, color="orange", alpha=0.15, label="CPU hog on the sampler's core")
+    ax.axhline(budget, color="red", lw=1, ls="--", label=f"budget {budget:g} ms")
+    for mode, r in runs.items():
+        lat = r["latency_ms"]
+        misses = sum(v > budget for v in lat)
+        ax.plot(range(len(lat)), lat, marker=".", ms=3, lw=0.5, alpha=0.85,
+                label=f"{DEADLINE_LABELS.get(mode, mode)}: {misses}/{len(lat)} late")
+    ax.set_xlabel("batch")
+    ax.set_ylabel("latency per batch (ms)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, frameon=False)
+    ax.set_title("deadlines under interference")
+    return _save(fig, path)
 
 
 def _md_table(head: list[str], rows: list[list[Any]]) -> list[str]:
@@ -152,6 +188,7 @@ def write_report(path: Path, facts: dict) -> Path:
                          f"{abs(r['measured_ms'] - r['predicted_ms']) / r['measured_ms']:.1%}"]
                         + _now(r) + (_decoding(r) if decoding else []) for r in facts["runs"]])
     lines += ["", "![pareto](pareto.png)", ""] + [f"![{r['plan']}]({r['grid']})" for r in facts["runs"]]
+    lines += _deadline_lines(facts.get("deadline"))
     lines += latent_stage.report_lines(facts.get("latent_quality"))
     return write_text_atomic(path, "\n".join(lines) + "\n")
 
@@ -171,3 +208,23 @@ def _rtx_lines(rtx: dict) -> list[str]:
     lines += _md_table(["precision", "engine set", "plan MB", "weights MB", "ONNX MB", "ORT engine MB",
                         "build s", "targets"], rows)
     return lines
+
+
+def _deadline_lines(d: dict | None) -> list[str]:
+    """The deadline stage: batches under one budget, a CPU hog on the sampler's core in the middle."""
+    if not d:
+        return []
+    on, off = d["hog"]
+    lines = ["", "## Deadlines under interference", "",
+             f"{d['batches']} batches of {d['batch']} at a budget of {d['budget_ms']:g} ms; batches {on}-{off - 1} "
+             "share the sampler's core with a CPU hog. Late: batches over the budget (wall time of the whole batch).", ""]
+    rows = []
+    for mode, r in d["modes"].items():
+        lat, q = r["latency_ms"], r["rmse"]
+        quiet = [i for i in range(len(lat)) if not on <= i < off]
+        late = lambda idx: sum(lat[i] > d["budget_ms"] for i in idx)  # noqa: E731
+        rows.append([DEADLINE_LABELS.get(mode, mode), f"{late(quiet)}/{len(quiet)}", f"{late(range(on, off))}/{off - on}",
+                     f"{sum(q[i] for i in quiet) / len(quiet):.4f}", f"{sum(q[on:off]) / (off - on):.4f}",
+                     r["replans"], int(sum(r["switches"]))])
+    lines += _md_table(["mode", "late (quiet)", "late (hog)", "RMSE quiet", "RMSE hog", "re-plans", "switches"], rows)
+    return lines + ["", "![deadline](deadline.png)"]

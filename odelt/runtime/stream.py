@@ -5,10 +5,12 @@
              profile and a Replanner re-chooses the plan between batches (odelt.runtime.tracker);
     anytime  closed, and each batch's steps are shortened when it runs late (odelt.runtime.anytime).
 
-A batch's latency is the wall time of Sampler.sample, plus decoding the batch when its plan decodes
-(a latent bundle's plans: odelt.runtime.plans); that end-to-end time is what the budget bounds, and
-a miss is a batch over the budget. The decoded images are kept in `Stream.images`. Re-planning cost (tracker + choice) is timed on every batch. Everything a batch
-did is one `BatchRecord`; `to_json` is one line of `generate --log FILE`.
+A batch's latency is its whole wall time in the stream, from taking the batch to its images
+(Sampler.sample, decoding the batch when its plan decodes — a latent bundle's plans:
+odelt.runtime.plans — and the stream's look-ups); that end-to-end time is what the budget bounds,
+and a miss is a batch over the budget. The decoded images are kept in `Stream.images`. Re-planning
+cost (tracker + choice) is timed on every batch. Everything a batch did is one `BatchRecord`;
+`to_json` is one line of `generate --log FILE`.
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ class BatchRecord:
     predicted_ms: float            # the plan's prediction when chosen (at the speed and tail then tracked)
     speed: float                   # the tracker's estimate after this batch (1: as profiled)
     tail: float                    # and its observed tail (second-largest ratio in its window)
+    tail_excess_ms: float          # and excess (second-largest ms over the prediction in its window)
+    excess_ms: float               # this batch's ms over the profile's median prediction of what it ran
     replanned_to: str | None       # the plan the next batch runs, when it changed
     replan_us: float               # tracker + re-planning, microseconds
     lengths: tuple[int, ...]       # every step's length as run
@@ -56,7 +60,9 @@ class BatchRecord:
     def to_json(self) -> dict[str, Any]:
         return {"batch": self.index, "plan": self.plan, "latency_ms": round(self.latency_ms, 4),
                 "budget_ms": self.budget_ms, "missed": self.missed, "predicted_ms": round(self.predicted_ms, 4),
-                "speed": round(self.speed, 4), "tail": round(self.tail, 4), "replanned_to": self.replanned_to,
+                "speed": round(self.speed, 4), "tail": round(self.tail, 4),
+                "tail_excess_ms": round(self.tail_excess_ms, 4), "excess_ms": round(self.excess_ms, 4),
+                "replanned_to": self.replanned_to,
                 "replan_us": round(self.replan_us, 2), "lengths": list(self.lengths),
                 "switches": [s.to_dict() for s in self.switches]}
 
@@ -90,12 +96,13 @@ class Stream:
 
     def __init__(self, replanner: Replanner, make_sampler: Callable[[Candidate], Sampler], control: str = "anytime",
                  exported: Sequence[int] = (), profiles: Sequence[LengthProfile] = (), window: int = 10,
-                 clock: Callable[[], float] = time.perf_counter, decoder: Callable[[Candidate], Any] | None = None):
+                 clock: Callable[[], float] = time.perf_counter, horizon_ms: float = 10.0,
+                 decoder: Callable[[Candidate], Any] | None = None):
         if control not in CONTROLS:
             raise ConfigError(f"--control must be one of {list(CONTROLS)}, found {control!r}")
         self.replanner, self.predictor = replanner, replanner.predictor
         self.control, self.clock = control, clock
-        self.tracker = SpeedTracker(window)
+        self.tracker = SpeedTracker(window, horizon_ms)
         self.exported, self.profiles = tuple(exported), tuple(profiles)
         self._make = make_sampler
         self._decoder = decoder            # plan -> an open decoder (odelt.runtime.decode) for its (kind, precision)
@@ -131,31 +138,31 @@ class Stream:
     def run(self, x0: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, Stats]:
         """One batch under the budget (sampling, then decoding when the plan decodes); appends its
         BatchRecord to self.stats and its decoded images to self.images. Returns the samples."""
+        taken = self.clock()
         c, predicted = self.current.candidate, self.chosen_ms
         sampler = self.sampler(c)
         samples, st = sampler.sample(x0, y, self.deadline(c))
-        latency = st.wall_s * 1e3
-        if self._decoder is not None and c.decoder is not None:
-            start = self.clock()
+        if self._decoder is not None and self.decodes(c):
+            began = self.clock()
             self.images.append(self._decoder(c).decode(samples, x0.shape[0]))
-            took = self.clock() - start
-            self.decode_s += took
-            latency += took * 1e3
+            self.decode_s += self.clock() - began
         start = self.clock()
+        latency = (start - taken) * 1e3
+        ran = self.predictor.median_ms(c.precision, step_lengths_to_calls(sampler.schedule.solver, st.lengths))
+        if self.decodes(c):
+            ran += self.predictor.decode(c)
         replanned = None
         if self.control != "open":
-            ran = step_lengths_to_calls(sampler.schedule.solver, st.lengths)
-            expected = self.predictor.median_ms(c.precision, ran) + (self.predictor.decode(c) if self.decodes(c) else 0.0)
-            speed = self.tracker.observe(latency, expected)
-            nxt = self.replanner.choose(speed, self.tracker.tail)
+            speed = self.tracker.observe(latency, ran)
+            tracked = (speed, self.tracker.tail, self.tracker.excess_ms)
+            nxt = self.replanner.choose(*tracked)
             if nxt.candidate != c:
                 self.current, replanned = nxt, nxt.candidate.name
-                self.chosen_ms = max(nxt.quantile_ms * speed, nxt.median_ms * self.tracker.tail)
+                self.chosen_ms = nxt.at(*tracked)
         cost_us = (self.clock() - start) * 1e6
         self.stats.records.append(BatchRecord(len(self.stats.records), c.name, latency, self.replanner.budget_ms,
-                                              predicted, self.tracker.speed,
-                                              self.tracker.tail,
-                                              replanned, cost_us, st.lengths, st.switches))
+                                              predicted, self.tracker.speed, self.tracker.tail, self.tracker.excess_ms,
+                                              latency - ran, replanned, cost_us, st.lengths, st.switches))
         if replanned is not None:
             self.warm(x0.shape[0])
         return samples, st

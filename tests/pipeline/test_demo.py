@@ -36,6 +36,20 @@ def test_demo_writes_report_and_runs_three_budgets(demo):
     assert {r["precision"] for r in res.facts["quality"]} == {"fp32", "int8"}
 
 
+def test_demo_plots_deadlines_under_a_hog(demo):
+    opts, res = demo
+    d = res.facts["deadline"]
+    assert d["hog"] == [20, 40] and d["batches"] == 60 and set(d["modes"]) == {"open95", "anytime"}
+    for r in d["modes"].values():
+        assert len(r["latency_ms"]) == len(r["rmse"]) == len(r["plans"]) == 60
+        assert all(v > 0 for v in r["latency_ms"]) and len(r["excess_ms"]) == 60
+    assert d["modes"]["open95"]["replans"] == 0 and len(set(d["modes"]["open95"]["plans"])) == 1
+    assert (opts.out / "deadline.png").stat().st_size > 1000
+    report = res.report.read_text()
+    assert "## Deadlines under interference" in report and "![deadline](deadline.png)" in report
+    assert "closed loop + anytime" in report
+
+
 def test_demo_builds_real_tensorrt_rtx_engines(demo):
     pytest.importorskip("tensorrt_rtx")
     opts, res = demo

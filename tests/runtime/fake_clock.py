@@ -1,7 +1,9 @@
 """A FAKE backend on a FAKE clock, for exact deadline tests: no network runs and no real time passes.
 
 `FakeClock` is a number of seconds that only `FakeTimedBackend.infer` advances: a call at length l
-takes ms_per_block * l * factor(call index) milliseconds. The velocity it returns depends on the
+takes ms_per_block * l * factor(call index) milliseconds of work and waits stall(call index, work)
+milliseconds for the core. `FakeHog` is such a wait: a competitor time-sliced with the sampler,
+as a CPU hog pinned to the sampler's core is by the kernel. The velocity it returns depends on the
 state and the length, so a switched length changes the images. `FakeBundle` carries only what the
 Sampler reads from a bundle. None of this tests ONNX Runtime; the real backend's timings are
 measured in bench/deadline.py.
@@ -23,12 +25,35 @@ class FakeClock:
         return self.now
 
 
+class FakeHog:
+    """While on, the competitor takes the core for slice_ms after every run_ms of the sampler's
+    work (counted from start()): the stall of a call is slice_ms per run_ms boundary it crosses."""
+
+    def __init__(self, run_ms: float, slice_ms: float):
+        self.run_ms, self.slice_ms = run_ms, slice_ms
+        self.on, self._ran = False, 0.0
+
+    def start(self) -> None:
+        self.on, self._ran = True, 0.0
+
+    def stop(self) -> None:
+        self.on = False
+
+    def __call__(self, call: int, ms: float) -> float:
+        if not self.on:
+            return 0.0
+        before, self._ran = self._ran, self._ran + ms
+        return self.slice_ms * (int(self._ran // self.run_ms) - int(before // self.run_ms))
+
+
 class FakeTimedBackend:
     name, layout = "fake", "per-length"
 
     def __init__(self, clock: FakeClock, lengths=(2, 4, 8), ms_per_block: float = 1.0,
-                 factor: Callable[[int], float] = lambda call: 1.0):
+                 factor: Callable[[int], float] = lambda call: 1.0,
+                 stall: Callable[[int, float], float] = lambda call, ms: 0.0):
         self.clock, self.lengths, self.ms_per_block, self.factor = clock, tuple(lengths), ms_per_block, factor
+        self.stall = stall
         self.calls: list[int] = []          # the length of every call, in order
         self.slow = 1.0                     # a whole-device slowdown a test may set between batches
 
@@ -41,7 +66,7 @@ class FakeTimedBackend:
     def infer(self, feeds):
         length = int(feeds["l"][0])
         ms = self.ms_per_block * length * self.factor(len(self.calls)) * self.slow
-        self.clock.now += ms / 1e3
+        self.clock.now += (ms + self.stall(len(self.calls), ms)) / 1e3
         self.calls.append(length)
         return {"velocity": (0.1 * length) * np.tanh(feeds["x"]) + 0.01}
 

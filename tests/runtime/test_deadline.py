@@ -15,12 +15,13 @@ from odelt.runtime.planner import BudgetError, Candidate
 from odelt.runtime.quantile import QuantilePredictor, call_quantile
 from odelt.runtime.sampler import Sampler
 from odelt.runtime.stream import Stream
-from odelt.runtime.tracker import Replanner, SpeedTracker
-from tests.runtime.fake_clock import (FakeClock, FakeDecoder, FakeTimedBackend, decoder_timings, fake_bundle,
+from odelt.runtime.tracker import Planned, Replanner, SpeedTracker
+from tests.runtime.fake_clock import (FakeClock, FakeDecoder, FakeHog, FakeTimedBackend, decoder_timings, fake_bundle,
                                      synthetic_profile)
 
 A = Candidate("a-4xl8", "a", "euler", (8, 8, 8, 8), "fp32", error=0.1)
 B = Candidate("b-4xl2", "b", "euler", (2, 2, 2, 2), "fp32", error=0.2)
+M = Candidate("m-4xl4", "m", "euler", (4, 4, 4, 4), "fp32", error=0.15)
 # a learned per-step-length schedule of a smaller block budget (18 < 32), on the same grid
 LEARNED = LengthProfile("b18", (0.0, 0.25, 0.5, 0.75, 1.0), (2, 8, 4, 4))
 
@@ -60,13 +61,55 @@ def test_quantile_composition_against_simulated_plans():
 def test_tracker_follows_a_scripted_slowdown_and_ignores_one_outlier():
     tr = SpeedTracker(window=10)
     script = [1.0] * 4 + [10.0] + [1.0] * 10 + [2.0] * 6 + [1.0] * 10
-    seen = [(tr.observe(r, 1.0), tr.tail) for r in script]
-    assert seen[:16] == [(1.0, 1.0)] * 16                 # one batch at 10x moves neither estimate
-    assert [t for _, t in seen[15:]] == [1.0] + [2.0] * 13 + [1.0, 1.0]   # tail: at the 2nd slow batch,
+    seen = [(tr.observe(r, 1.0), tr.tail, tr.excess_ms) for r in script]
+    assert seen[:16] == [(1.0, 1.0, 0.0)] * 16            # one batch at 10x moves no estimate
+    assert [t for _, t, _ in seen[15:]] == [1.0] + [2.0] * 13 + [1.0, 1.0]   # tail: at the 2nd slow batch,
     #                                                       gone once one slow batch is left in the window
-    assert [s for s, _ in seen[15:]] == [1.0] * 4 + [1.5] + [2.0] * 5 + [1.5] + [1.0] * 5   # the median
+    assert [s for s, _, _ in seen[15:]] == [1.0] * 4 + [1.5] + [2.0] * 5 + [1.5] + [1.0] * 5   # the median
+    # the same batches read as waits: 1 ms over the prediction at the profile's pace (the speed is
+    # slower, so the pace stays 1); the outlier alone is no wait, two slow batches are, held until
+    # none is left in the window
+    assert [e for _, _, e in seen[:16]] == [0.0] * 16
+    assert [e for _, _, e in seen[15:]] == [0.0] + [1.0] * 14 + [0.0]
     fresh = SpeedTracker(window=10)
     assert [(fresh.observe(3.0, 1.0), fresh.tail) for _ in range(3)] == [(1.0, 1.0), (1.0, 3.0), (3.0, 3.0)]
+
+
+def test_tracker_reads_a_wait_on_every_batch_as_a_wait_too():
+    """A 4.5 ms plan that waits 4 ms for the core on every batch: the median ratio is 1.89, and
+    read as a ratio alone that predicts a 0.9 ms plan at 1.7 ms, where it takes 4.9. The excess
+    over the profile's pace keeps the 4 ms."""
+    tr = SpeedTracker()
+    for _ in range(3):
+        tr.observe(8.5, 4.5)
+    assert tr.speed == tr.tail == pytest.approx(8.5 / 4.5) and tr.excess_ms == pytest.approx(4.0)
+    cheap = Planned(B, 0.9, 1.0)
+    assert cheap.at(tr.speed, tr.tail, tr.excess_ms) == pytest.approx(4.9)
+
+
+def test_tracker_holds_a_competitor_across_long_runs_between_its_waits():
+    """A competitor stalls the sampler 4 ms after every 8.25 ms of its work: a 0.75 ms plan waits
+    on every 11th batch (the long runs the hog sometimes gives the digits plan). Ten batches never
+    hold two of those waits; a window of >= 10 ms of work (14 batches) does, and it holds one wait
+    across the run to the next. After the last wait (batch 43) it forgets at 57."""
+    def excess(horizon):
+        tr = SpeedTracker(window=10, horizon_ms=horizon)
+        out = []
+        for i in range(60):
+            wait = 4.0 if i % 11 == 10 and i < 45 else 0.0     # waits at batches 10, 21, 32, 43
+            tr.observe(0.75 + wait, 0.75)
+            out.append(tr.excess_ms)
+        return out
+    assert excess(0.0) == [0.0] * 60
+    assert excess(10.0) == [0.0] * 21 + [4.0] * 36 + [0.0] * 3
+
+
+def test_tracker_waiting_reads_the_largest_wait():
+    """Waits of 4.1 and 5.0 ms: waiting, the excess is the larger (the next may be as long)."""
+    tr = SpeedTracker()
+    for wait in (0.0, 4.1, 0.0, 5.0, 0.0):
+        tr.observe(1.0 + wait, 1.0)
+    assert tr.waiting and tr.excess_ms == pytest.approx(5.0)
 
 
 def test_replanner_flips_with_speed_and_back():
@@ -79,8 +122,25 @@ def test_replanner_flips_with_speed_and_back():
     assert rp.choose(10.0).candidate == B                # nothing fits: the cheapest
     assert rp.choose(1.0, tail=1.25).candidate == A      # observed tail x A's median 32 ms = 40 ms
     assert rp.choose(1.0, tail=1.3).candidate == B       # 41.6 ms: bad batches of A would miss
+    assert rp.choose(1.0, 1.0, excess_ms=8.0).candidate == A    # A's median 32 ms + a wait of 8 ms
+    assert rp.choose(1.0, 1.0, excess_ms=8.5).candidate == B    # 40.5 ms: A's batches that wait would miss
+    assert rp.by_quality[0].at(1.1, 1.2, 2.0) == pytest.approx(max(33.8 * 1.1, 32 * 1.2, 32 + 2))
+    assert rp.by_quality[0].at(0.9, 0.95, 2.0) == pytest.approx(max(33.8 * 0.9, 32 * 0.95, 32 * 0.9 + 2))
     with pytest.raises(BudgetError, match="below the cheapest plan at batch 1: b-4xl2 needs 9.8 ms"):
         Replanner([A, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=9.0).first()
+
+
+def test_a_wait_is_absorbed_where_it_fits_not_scaled_as_a_ratio():
+    """A (32 ms) waited 25 ms: 57 ms. As a ratio alone (1.78x) that predicts M at 28.5 ms, which
+    fits, and M then takes 16 + 25 = 41 ms; read also as a 25 ms wait, M needs 41 > 40 and B
+    (8 + 25) fits."""
+    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=40.0)
+    tr = SpeedTracker()
+    for ms in (32.0, 32.0, 32.0, 57.0, 57.0):
+        tr.observe(ms, 32.0)
+    assert (tr.speed, tr.tail, tr.excess_ms) == (1.0, 57 / 32, 25.0)
+    assert rp.choose(tr.speed, tr.tail, tr.excess_ms).candidate == B
+    assert rp.choose(tr.speed, tr.tail).candidate == M               # the ratio's choice
 
 
 # -- anytime inside a batch ------------------------------------------------------------------------
@@ -173,13 +233,13 @@ def test_stream_open_closed_anytime_on_a_scripted_slowdown():
     assert [r.index for r in open_.records if r.missed] == list(range(10, 20))
     assert open_.replans == 0
     # closed loop: the tail follows at the second slow batch (B from batch 12 on); A again once
-    # only one slow batch is left in the tracker's window of 10 (after batch 28)
+    # no slow batch is left in the tracker's window of 10 (after batch 29)
     assert [r.index for r in closed.records if r.missed] == [10, 11]
-    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (28, "a-4xl8")]
+    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (29, "a-4xl8")]
     # anytime: the slow A batches shorten their last steps (8,2,2,2 = 28 ms at 2x) and none misses
     assert anytime.misses == 0
     assert [r.lengths for r in anytime.records[10:12]] == [(8, 2, 2, 2)] * 2
-    assert anytime.switches == 2 and [r.plan for r in anytime.records[12:29]] == ["b-4xl2"] * 17
+    assert anytime.switches == 2 and [r.plan for r in anytime.records[12:30]] == ["b-4xl2"] * 18
     assert anytime.records[11].tail == pytest.approx(2.0)    # ratio to the lengths really run
     assert all(r.replan_us >= 0 for r in anytime.records)
     assert "0/30 batches missed the budget, 2 re-plans, 2 length switches" in anytime.summary()
@@ -248,3 +308,47 @@ def test_anytime_reserves_the_decode_after_the_last_step():
     (r,) = stream.stats.records
     assert r.lengths == (8, 2, 2, 2) and [s.source for s in r.switches] == ["cap:2"]
     assert r.latency_ms == pytest.approx(52.4) and not r.missed
+
+
+def _hog_stream(control, tail_only=False):
+    """A (32 ms), M (16) and B (8) under a 40 ms budget; from batch 10 to 24 a competitor takes
+    the core for 25 ms after every 20 ms of the sampler's work. B + 25 fits, M + 25 does not.
+    tail_only: the re-planner reads bad batches as ratios only (before waits were modelled)."""
+    clock = FakeClock()
+    hog = FakeHog(run_ms=20.0, slice_ms=25.0)
+    be = FakeTimedBackend(clock, stall=hog)
+    schedules = {c.schedule: heuristic_schedule("uniform", "euler", 4, c.lengths[0]) for c in (A, M, B)}
+    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=40.0)
+    if tail_only:
+        choose = rp.choose
+        rp.choose = lambda speed=1.0, tail=0.0, excess_ms=0.0: choose(speed, tail)   # type: ignore[method-assign]
+    stream = Stream(rp, lambda c: Sampler(be, fake_bundle(), schedules[c.schedule], clock=clock), control,
+                    exported=(2, 4, 8), clock=clock)
+    x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
+    for i in range(40):
+        if i == 10:
+            hog.start()
+        if i == 25:
+            hog.stop()
+        stream.run(x0, y)
+    return stream.stats
+
+
+def test_stream_under_a_time_sliced_competitor():
+    closed = _hog_stream("closed")
+    # A waits once or twice per batch; at the second wait the tracked excess is 25 ms and the
+    # stream goes straight to B, which waits on 2 batches of 5 and still ends in 33 ms
+    assert [r.index for r in closed.records if r.missed] == [10, 11]
+    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (32, "a-4xl8")]
+    assert [r.excess_ms for r in closed.records[10:15]] == pytest.approx([25.0, 50.0, 25.0, 0.0, 0.0], abs=1e-9)
+    assert max(r.latency_ms for r in closed.records[12:]) == pytest.approx(33.0)
+    # A again once no wait is left in the window (the competitor stopped at batch 25, its last
+    # wait was batch 22)
+    assert [r.tail_excess_ms for r in closed.records[30:33]] == pytest.approx([25.0, 25.0, 0.0], abs=1e-9)
+    anytime = _hog_stream("anytime")
+    assert [r.index for r in anytime.records if r.missed] == [10, 11]       # 25 ms waits: too late to save
+    assert [r.lengths for r in anytime.records if r.switches] == [(8, 8, 8, 2), (8, 8, 2, 2)]
+    # read as ratios only, A's waits predict M at 1.78 x 16 ms: M is tried (16 + 25 ms) and misses
+    ratio = _hog_stream("closed", tail_only=True)
+    assert [(r.index, r.replanned_to) for r in ratio.records if r.replanned_to][:2] == [(11, "m-4xl4"), (13, "b-4xl2")]
+    assert [r.index for r in ratio.records if r.missed] == [10, 11, 13]
