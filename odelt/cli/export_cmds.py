@@ -44,7 +44,8 @@ def parse_layout(text: str) -> tuple[str, ...]:
 @click.option("--force", is_flag=True, help="Overwrite an existing bundle.")
 @click.option("--vae", "vaes", multiple=True, metavar="KIND:PATH",
               help="Add a decoder stage (latent models): KIND sd (AutoencoderKL) or taesd (AutoencoderTiny), PATH a "
-                   "diffusers folder or safetensors file (sd: also a Flax msgpack). Repeat for both kinds.")
+                   "diffusers folder or safetensors file (sd: also a Flax msgpack). Repeat for both kinds. "
+                   "A latent builtin model (builtin:digits-latent) brings its own when none is given.")
 def export(source: str, out: str, layout: str, lengths: str | None, batch: str, opset: int, guidance: bool,
            config_file: str | None, force: bool, vaes: tuple[str, ...]) -> None:
     """Export SOURCE (builtin:NAME, a checkpoint, or an upstream pickle) to an ONNX bundle."""
@@ -52,11 +53,15 @@ def export(source: str, out: str, layout: str, lengths: str | None, batch: str, 
     from odelt.exporter.iospec import BatchRange
     from odelt.models.config_io import read_config_file
 
-    vae_options = ()
+    from odelt.models.checkpoint import vae_for_source
+
+    vae_options: tuple[tuple[str, str], ...] = ()
     if vaes:
         from odelt.latent.vae import parse_vae_options
 
         vae_options = parse_vae_options(vaes)
+    elif own := vae_for_source(source):       # a latent builtin's latents mean nothing without its decoder
+        vae_options = (own,)
     options = ExportOptions(layouts=parse_layout(layout), lengths=parse_lengths(lengths),
                             batch=BatchRange.parse(batch), opset=opset, guidance=guidance, force=force,
                             vaes=vae_options)

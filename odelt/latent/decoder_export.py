@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from odelt.errors import ConfigError
 from odelt.exporter.iospec import GraphSpec, decoder_spec
 from odelt.latent.vae import Vae, check_fits, load_vae, parse_vae_options
 from odelt.models.config import DiTConfig
@@ -84,6 +85,12 @@ def load_decoders(options: tuple[tuple[str, str], ...], cfg: DiTConfig) -> list[
     vaes = [load_vae(k, path) for k, path in options]
     for vae in vaes:
         check_fits(vae, cfg)
+    # a budgeted stream may switch decoders between batches and returns one array of images
+    shapes = {vae.kind: decoder_spec_for(vae, cfg).outputs[0].shape[1:] for vae in vaes}
+    if len(set(shapes.values())) > 1:
+        (a, sa), (b, sb) = list(shapes.items())[:2]
+        raise ConfigError(f"--vae: {b} decodes to {sb} images, {a} to {sa}; expected every decoder of a bundle "
+                          "to make the same image shape")
     return vaes
 
 

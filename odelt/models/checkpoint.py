@@ -32,7 +32,8 @@ def builtin_path(name: str) -> Path:
     """The DiT of `builtin:<name>`; a name's hyphens are underscores in its file name
     (builtin:digits-latent is weights/digits_latent.safetensors)."""
     path = WEIGHTS_DIR / f"{name.replace('-', '_')}.safetensors"
-    if "/" in name or not path.is_file():
+    # only the listed spelling: builtin:digits_latent would load the DiT but not find its autoencoder
+    if name not in _builtin_names() or not path.is_file():
         raise CheckpointError(f"unknown builtin model {name!r}; expected one of {_builtin_names()}")
     return path
 

@@ -46,6 +46,14 @@ def decoder_graph_path(manifest: Bundle, info: DecoderInfo, precision: str, use_
     return manifest.graph_path(info.graph, precision)
 
 
+def decoder_dtype(manifest: Bundle, kind: str | None, precision: str) -> str:
+    """What the decoder graph a run at `precision` opens computes in: "fp32" when that variant lists
+    the FP32 file (an int8 "cpu" variant), else "fp16" (every converted decoder is FP16; an int8
+    variant never holds an INT8 decoder, odelt.calibration.decoder)."""
+    graph = manifest.decoder(kind).graph
+    return "fp32" if manifest.graph_file(graph, precision).file == manifest.graph_file(graph).file else "fp16"
+
+
 def _providers() -> tuple[str, ...]:
     from odelt.runtime.ort_session import CPU, ort_module
 

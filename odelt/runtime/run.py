@@ -92,12 +92,13 @@ def decode_result(manifest: Bundle, res: GenerateResult, opts: GenerateOptions) 
     """Decode a latent bundle's samples (its decoder graph at the run's precision) unless --latents."""
     if not manifest.decoders or not opts.decode:
         return res
-    from odelt.runtime.decode import open_decoder
+    from odelt.runtime.decode import decoder_dtype, open_decoder
 
     with open_decoder(manifest, opts.decoder, opts.precision, opts.threads) as dec:
         images = dec.decode(res.images, opts.batch)
     res.latents, res.images = res.images, images
-    res.decoded = DecodeStats(dec.kind, opts.precision, dec.seconds)
+    # the decoder's own precision: an int8 run decodes in FP16 or FP32, never INT8
+    res.decoded = DecodeStats(dec.kind, decoder_dtype(manifest, dec.kind, opts.precision), dec.seconds)
     res.peak_rss_mb = peak_rss_mb()
     return res
 
@@ -142,7 +143,7 @@ def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
         first = stream.current
         latents, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
         schedule = stream.sampler(first.candidate).schedule
-        decoded = _stream_decoded(stream)
+        decoded = _stream_decoded(manifest, stream)
     planned = stream.replanner.by_quality
     table = tuple((p.candidate, p.quantile_ms) for p in planned)
     parts = tuple((p.median_ms, stream.predictor.decode(p.candidate)) for p in planned)
@@ -153,14 +154,17 @@ def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
     return res
 
 
-def _stream_decoded(stream) -> DecodeStats | None:
+def _stream_decoded(manifest: Bundle, stream) -> DecodeStats | None:
     """What decoded a stream's batches: its plans' decoders ("sd", or "sd+taesd" when the planner
-    switched), and the time inside them."""
+    switched), their precisions ("fp16+fp32" when it switched) and the time inside them."""
+    from odelt.runtime.decode import decoder_dtype
+
     used = [p for p in stream.replanner.by_quality if p.candidate.name in {r.plan for r in stream.stats.records}]
     kinds = sorted({f"{p.candidate.decoder}" for p in used if p.candidate.decoder})
     if not stream.images or not kinds:
         return None
-    precisions = sorted({p.candidate.decoder_precision for p in used if p.candidate.decoder})
+    precisions = sorted({decoder_dtype(manifest, p.candidate.decoder, p.candidate.decoder_precision)
+                         for p in used if p.candidate.decoder})
     return DecodeStats("+".join(kinds), "+".join(precisions), stream.decode_s)
 
 

@@ -50,6 +50,7 @@ def files(tmp_path_factory, kl, taesd):
         paths[name] = folder
     shifted = save_folder(random_vae("sd", shift_factor=0.1159), root / "shifted")
     paths["shifted"] = shifted
+    paths["grey-taesd"] = save_folder(random_vae("taesd", in_channels=1, out_channels=1), root / "grey")
     paths["flax-taesd"] = save_msgpack(random_vae("taesd"), root / "ft" / "t.msgpack")
     return {"root": root, "latent": root / "latent.safetensors", "pixel": root / "pixel.safetensors", **paths}
 
@@ -70,6 +71,9 @@ CASES = [
     ("no-path", "latent", ["sd:{root}/nothing"], "not found; expected a diffusers folder or a weights file"),
     ("wrong-kind-file", "latent", ["taesd:{flax-taesd}"], "is a msgpack file; expected safetensors"),
     ("wrong-kind-config", "latent", ["taesd:{kl}"], "is a AutoencoderKL config; --vae taesd expects AutoencoderTiny"),
+    ("image-shapes", "latent", ["sd:{kl}", "taesd:{grey-taesd}"],
+     "taesd decodes to (1, 16, 16) images, sd to (3, 16, 16); expected every decoder of a bundle to make "
+     "the same image shape"),
     ("second-bad", "latent", ["taesd:{taesd}", "sd:{missing}"], "missing weight"),
 ]
 

@@ -198,6 +198,9 @@ def test_builtin_names_and_vae_paths():
         builtin_vae_path("nope")
     with pytest.raises(CheckpointError, match="unknown builtin model"):
         builtin_path("../weights/digits")
+    for other_spelling in ("digits_latent", "digits-classifier"):     # files, but not builtin model names
+        with pytest.raises(CheckpointError, match=f"unknown builtin model '{other_spelling}'"):
+            builtin_path(other_spelling)
 
 
 def test_vae_for_source_is_the_builtins_own_autoencoder():
@@ -207,6 +210,16 @@ def test_vae_for_source_is_the_builtins_own_autoencoder():
     assert vae_for_source("builtin:digits") is None                       # a pixel model: no decoder stage
     assert vae_for_source(builtin_path("digits-latent")) is None          # a file does not say its VAE: --vae
 
+
+
+def test_cli_export_of_the_latent_builtin_brings_its_autoencoder(tmp_path, run_cli):
+    from odelt.exporter.bundle import open_bundle
+    from odelt.models.checkpoint import builtin_vae_path
+
+    res = run_cli(["export", "builtin:digits-latent", "--out", tmp_path / "b", "--lengths", "8"])
+    assert res.code == 0, res.err
+    info = open_bundle(tmp_path / "b").decoder()
+    assert (info.kind, info.source, info.image) == ("sd", str(builtin_vae_path("digits-latent")), (1, 32, 32))
 
 
 def test_cli_trains_the_vae_then_a_dit_on_its_latents(tmp_path, run_cli):

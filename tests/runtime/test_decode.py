@@ -89,3 +89,15 @@ def test_decoder_runner_checks_shapes_and_finiteness(latent_bundle):
         np.testing.assert_allclose(one, many, atol=1e-6)     # chunking does not change the result
     with pytest.raises(RuntimeFailure, match="outside its `with` block"):
         dec.decode(np.ones((1, 4, 8, 8), np.float32))
+
+
+def test_an_int8_run_reports_its_decoders_own_precision(tmp_path, run_cli):
+    from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
+
+    bundle = export_latent_bundle(tmp_path, kinds=("sd",))
+    quantize_bundle(bundle.root, QuantizeOptions("int8", calib_samples=1, eval_samples=2, flavour="trt",
+                                                 schedules=("uniform:euler:2",)))
+    res = run_cli(["generate", bundle.root, "-n", "2", "--batch", "2", "--schedule", "uniform:euler:2",
+                   "--threads", "1", "--precision", "int8", "--out", tmp_path / "g.png"])
+    assert res.code == 0, res.err
+    assert "decoded with sd (fp16)" in res.out          # the int8 "trt" variant's decoder is FP16, not INT8

@@ -134,3 +134,13 @@ def test_a_profile_with_bad_decoder_timings_is_refused(tmp_path, decoders, where
     write_json_atomic(tmp_path / "profile" / "dev.json", prof)
     with pytest.raises(ConfigError, match=f"found {where} = "):
         load_profile(Bundle(tmp_path, {}), device="dev")
+
+
+def test_decoder_dtype_is_the_graphs_not_the_runs_precision(tmp_path):
+    from odelt.runtime.decode import decoder_dtype
+
+    cpu = synthetic_bundle(tmp_path)                         # int8 "cpu": the FP32 decoder files
+    assert [decoder_dtype(cpu, "sd", p) for p in ("fp32", "fp16", "int8")] == ["fp32", "fp16", "fp32"]
+    assert decoder_dtype(cpu, "taesd", "fp16") == "fp32"     # the fp16 variant kept TAESD's FP32 file
+    trt = synthetic_bundle(tmp_path, int8_converts=True)     # int8 "trt": FP16 decoders, never INT8
+    assert [decoder_dtype(trt, k, "int8") for k in ("sd", "taesd")] == ["fp16", "fp16"]
