@@ -92,7 +92,11 @@ def decoder_options(manifest: Bundle, path: Path, quality: dict | None,
             raise ConfigError(f"{path}: the bundle decodes with {sorted(have)} but its quality table has no "
                               "decoder quality; expected one written with the decoders' errors "
                               "(odelt.pipeline.quality.decoder_quality), or one decoder (--decoder KIND)")
-        return [(next(iter(have)), "fp32", None)], None
+        # No decoder errors measured: every precision of the one decoder is offered with the plan's
+        # own error (an FP16 decoder only exists when quantize measured it accurate), so a run at a
+        # precision whose variant decodes in FP16 (a Triton fp16 repository) still finds its plans.
+        kind = next(iter(have))
+        return [(kind, p, None) for p in have[kind]], None
     try:
         rows = [(str(r["kind"]), str(r["precision"]), float(r["error"])) for r in quality["rows"]]
         gain = float(quality["gain"])

@@ -83,7 +83,11 @@ def test_two_decoders_without_quality_are_refused(tmp_path):
     m = synthetic_bundle(tmp_path, decoder_quality=None)
     with pytest.raises(ConfigError, match=r"decodes with \['sd', 'taesd'\] but its quality table has no decoder quality"):
         load_candidates(m)
-    assert len(load_candidates(m, decoders=["sd"])) == 2                        # one chosen: its cost only
+    # one chosen: its cost only, at each precision the bundle has it in (no decoder errors to tell them apart)
+    chosen = load_candidates(m, decoders=["sd"])
+    assert sorted((c.precision, c.decoder, c.decoder_precision) for c in chosen) == [
+        ("fp32", "sd", "fp16"), ("fp32", "sd", "fp32"), ("int8", "sd", "fp16"), ("int8", "sd", "fp32")]
+    assert {c.error for c in chosen if c.precision == "fp32"} == {0.05}
 
 
 @pytest.mark.parametrize("bad,match", [
