@@ -138,8 +138,10 @@ def export_for(opts: demo.DemoOptions, batch: int) -> None:
     from odelt.exporter.export import ExportOptions, export_source
     from odelt.exporter.iospec import BatchRange
 
-    rng = BatchRange(1, min(batch, opts.batch), max(batch, BatchRange().max))
-    export_source(opts.source, opts.out / "bundle", ExportOptions(layouts=("segments", "per-length"), batch=rng))
+    default = BatchRange()
+    if batch > default.max:       # else the demo's own export (the default range) covers it
+        rng = BatchRange(default.min, default.opt, batch)
+        export_source(opts.source, opts.out / "bundle", ExportOptions(layouts=("segments", "per-length"), batch=rng))
 
 
 def run(quick: bool = False, batch: int = 8, modes: tuple[str, ...] | None = None, trace: Path | None = None) -> dict:
