@@ -1,7 +1,8 @@
 """Bench group `deadline`: do batches meet a fixed budget while a CPU hog shares the sampler's core?
 
 On builtin:digits (FP32, ORT engines, one ONNX Runtime thread; the demo's stages in a temporary
-folder, a fresh profile), one process runs >= 200 consecutive batches of 8 per mode at one budget;
+folder, a fresh profile at the bench's batch size), one process runs >= 200 consecutive batches of
+`batch` images (8 by default; `bench/run.py --deadline-batch N`) per mode at one budget;
 from one third to two thirds of each run a hog pinned to the sampler's core takes its share
 (odelt.pipeline.interference). Modes: open loop (summed medians, one plan: the planner before
 quantile budgets), open loop at quantile 0.95 (one plan, `generate --control open`), closed loop
@@ -33,6 +34,14 @@ cheapest plan throughout (the floor under the hog).
     deadline_quiet_stalled_batches           quiet-phase batches (open loop q95) >= 1 ms over their
                                              prediction: other processes on the shared machine
     deadline_replan_us_median/_max           tracker + re-planning per batch
+
+Why the batch size matters: the hog and the sampler share the core in scheduler slices of a few
+ms (4 ms ticks at HZ=250; a cheap plan's batch of 64 waited 11-24 ms under the hog). A batch of 8
+(2-6 ms) either runs untouched or waits a whole slice, so a budget below the cheapest plan + one
+slice cannot be held; a batch of 64 spans several slices and the hog acts as a ~2x slowdown that
+the tracker reads and anytime control absorbs between steps. `deadline_batch` records the size;
+`--deadline-modes` runs a subset of the modes (open95, closed, anytime always), and
+`--deadline-trace FILE` writes every mode's per-batch records.
 
 The budget: 1.1 x the quantile-0.95 prediction of the best plan whose summed medians fit half of
 the candidates' latency range (geometric middle; odelt.pipeline.interference.pick_budget), so
@@ -123,16 +132,40 @@ def figures(runs: dict, budget: float) -> dict:
     return out
 
 
-def run(quick: bool = False) -> dict:
+def export_for(opts: demo.DemoOptions, batch: int) -> None:
+    """The demo's export, with a batch range that covers `batch` (the profile checks it; ORT graphs
+    take any batch), so that the demo's later stages reuse it."""
+    from odelt.exporter.export import ExportOptions, export_source
+    from odelt.exporter.iospec import BatchRange
+
+    default = BatchRange()
+    if batch > default.max:       # else the demo's own export (the default range) covers it
+        rng = BatchRange(default.min, default.opt, batch)
+        export_source(opts.source, opts.out / "bundle", ExportOptions(layouts=("segments", "per-length"), batch=rng))
+
+
+def run(quick: bool = False, batch: int = 8, modes: tuple[str, ...] | None = None, trace: Path | None = None) -> dict:
+    """`batch` images per batch (the profile is taken at it); `modes` a subset of NAMES (default all);
+    `trace`: a JSON file for every mode's per-batch records (latency, plan, speed, excess, lengths)."""
     batches = 90 if quick else 240
+    modes = tuple(modes or NAMES)
+    if set(modes) - set(NAMES) or not {"open95", "closed", "anytime"} <= set(modes):
+        raise ValueError(f"deadline modes must include open95, closed, anytime out of {list(NAMES)}; got {list(modes)}")
     with tempfile.TemporaryDirectory() as tmp:
         opts = demo.DemoOptions(out=Path(tmp), precisions=("fp32",), quality_n=32 if quick else 64, calib_samples=8)
-        manifest, prof = prepare(opts, quantize=False)
-        budget = pick_budget(manifest, prof, opts.batch)
+        export_for(opts, batch)
+        manifest, prof = prepare(opts, quantize=False, profile_batches=(1, batch))
+        budget = pick_budget(manifest, prof, batch)
         load0 = list(os.getloadavg())
-        runs = run_modes(manifest, prof, budget, opts.batch, batches)
+        # the held-out set: >= 128 images, >= 2 distinct batches to cycle through
+        runs = run_modes(manifest, prof, budget, batch, batches, distinct=max(2, 128 // batch), modes=modes)
         out = figures(runs, budget)
-        out["deadline_cheapest_plan_ms"] = round(cheapest_ms(manifest, prof, opts.batch), 3)
+        if trace is not None:
+            from odelt.fileio import write_json_atomic
+
+            write_json_atomic(trace, {"budget_ms": budget, "batch": batch, "runs": runs})
+        out["deadline_batch"] = batch
+        out["deadline_cheapest_plan_ms"] = round(cheapest_ms(manifest, prof, batch), 3)
         if out["deadline_hog_wait_ms"] is not None:
             out["deadline_cheapest_plus_wait_ms"] = round(out["deadline_cheapest_plan_ms"] + out["deadline_hog_wait_ms"], 3)
         out.update({"deadline_load_avg_start": load0, "deadline_load_avg_end": list(os.getloadavg())})

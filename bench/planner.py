@@ -31,8 +31,9 @@ from odelt.runtime.plans import load_candidates
 from odelt.runtime.profile import call_cost, host_overheads, predict_now
 
 
-def prepare(opts: demo.DemoOptions, quantize: bool = True):
-    """The demo's stages up to its profile (bench/deadline.py reuses this, FP32 only)."""
+def prepare(opts: demo.DemoOptions, quantize: bool = True, profile_batches: tuple[int, ...] | None = None):
+    """The demo's stages up to its profile (bench/deadline.py reuses this, FP32 only);
+    profile_batches: profile at these batch sizes instead of the demo's (1, opts.batch)."""
     from odelt.exporter.verify import model_for_bundle
 
     log = lambda msg: None  # noqa: E731
@@ -43,7 +44,7 @@ def prepare(opts: demo.DemoOptions, quantize: bool = True):
     schedules = demo.stage_schedules(opts, manifest, model, log)
     demo.stage_build(opts, manifest, log)
     demo.stage_quality(opts, manifest, model, schedules, log)
-    prof = demo.stage_profile(opts, manifest, log)
+    prof = demo.stage_profile(opts, manifest, log, profile_batches)
     return open_bundle(manifest.root), prof
 
 

@@ -37,11 +37,11 @@ GROUPS: dict[str, str] = {
 }
 
 
-def run_group(name: str, quick: bool) -> tuple[dict, float, str | None]:
+def run_group(name: str, quick: bool, **options) -> tuple[dict, float, str | None]:
     module = importlib.import_module(GROUPS[name])
     start = time.perf_counter()
     try:
-        figures = dict(module.run(quick=quick))
+        figures = dict(module.run(quick=quick, **options))
         error = None
     except Exception as e:  # noqa: BLE001 - report it and keep the other groups' figures
         traceback.print_exc()
@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="CI setting: under 5 minutes per group")
     parser.add_argument("--only", nargs="+", choices=sorted(GROUPS), metavar="GROUP",
                         help=f"groups to run (default all: {', '.join(GROUPS)})")
+    parser.add_argument("--deadline-batch", type=int, default=8, metavar="N",
+                        help="deadline group: images per batch (profiled at that size; default 8)")
+    parser.add_argument("--deadline-modes", nargs="+", metavar="MODE",
+                        choices=["open", "open95", "closed", "anytime", "cheapest"],
+                        help="deadline group: modes to run (default all; open95, closed, anytime required)")
+    parser.add_argument("--deadline-trace", type=Path, metavar="FILE",
+                        help="deadline group: write every mode's per-batch records to FILE (JSON)")
     parser.add_argument("--out", required=True, type=Path, help="JSON file to write")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "bench"))
@@ -63,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in args.only or list(GROUPS):
         print(f"== {name}", file=sys.stderr, flush=True)
-        figures, seconds, error = run_group(name, args.quick)
+        options = {"batch": args.deadline_batch, "modes": args.deadline_modes,
+                   "trace": args.deadline_trace} if name == "deadline" else {}
+        figures, seconds, error = run_group(name, args.quick, **options)
         clash = sorted(set(figures) & set(out))
         if clash:
             error = error or f"figure names already used by another group: {clash}"

@@ -216,7 +216,8 @@ def stage_build(opts: DemoOptions, manifest, log: Log) -> None:
         build_bundle(manifest.root, req)
 
 
-def stage_profile(opts: DemoOptions, manifest, log: Log) -> dict:
+def stage_profile(opts: DemoOptions, manifest, log: Log, batches: tuple[int, ...] | None = None) -> dict:
+    """The profile at batches (default (1, opts.batch)), reused when the bundle has one."""
     from odelt.exporter.bundle import open_bundle
     from odelt.runtime.profile import (
         device_description,
@@ -231,7 +232,7 @@ def stage_profile(opts: DemoOptions, manifest, log: Log) -> dict:
         log(f"profile: reusing {path}")
         return json.loads(path.read_text())
     log("profile: timing every graph and length on this device ...")
-    prof = profile_bundle(manifest, "ort", (1, opts.batch), opts.precisions, repeats=40)  # 8 bursts of 5 per length: a noisy burst cannot move the median
+    prof = profile_bundle(manifest, "ort", batches or (1, opts.batch), opts.precisions, repeats=40)  # 8 bursts of 5 per length: a noisy burst cannot move the median
     save_profile(manifest, prof)
     return prof
 

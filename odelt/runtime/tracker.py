@@ -15,7 +15,8 @@ extended back until they hold `horizon_ms` of predicted work) it keeps three rob
 
 * `speed`, the median of measured / predicted (from 3 batches on; 1 before): how fast the
   device runs now, typically;
-* `tail`, the second-largest ratio (from 2 batches on; 1 before): a bad batch read as a slowdown;
+* `tail`, the second-largest ratio (from 2 batches on; 1 before; the largest while `waiting`): a
+  bad batch read as a slowdown;
 * `excess_ms`, the second-largest measured - pace * predicted (from 2 batches on; 0 before):
   the same bad batch read as a wait. The pace is the speed, or the profile's when the speed is
   slower: a wait on every batch (a plan longer than a tick) inflates the median ratio, and the
@@ -30,10 +31,13 @@ spread from ~4.0 ms to 2-6 ms and the cheapest digits plan missed 8% of its batc
 hog instead of 5.5% (1,600 batches each way, measured).
 
 One stray batch moves none of the estimates. A competitor that recurs (two waits of >= `wait_ms`
-in the window) puts the tracker in `waiting`: the excess is then the largest in the window (the
-competitor's waits vary, 4-5 ms under the hog, and the second-largest of a few let plans through
-that the next wait pushed over), held while one wait is left in the window, and dropped to the
-second-largest (jitter) once none is. Why the horizon: a time-sliced competitor stalls the
+in the window) puts the tracker in `waiting`: the excess and the tail are then the largest in the
+window, held while one wait is left in it, and dropped to the second-largest (jitter) once none is.
+The competitor's effect varies from batch to batch, and the second-largest of a few let plans
+through that the next batch pushed over: waits of 4-5 ms under the hog on batches of 8; on batches
+of 128 (each spanning several of the hog's slices) slowdowns of 1.8-2.35x, where a tail of 2.04
+let a plan through at 96% of the budget and its batch ran 2.35x slower than profiled (48.4 ms
+against 43.6, measured). Why the horizon: a time-sliced competitor stalls the
 sampler once per tick of the sampler's own running, so the window must span the longest run
 between two waits whatever the plan. The digits model's cheapest plan (0.9 ms) waited on every
 4th-5th batch under the hog, but now and then ran 8-12 batches between waits (measured); ten
@@ -81,11 +85,12 @@ class SpeedTracker:
             self.speed = float(median(m / p for m, p in recent))
         if len(recent) >= 2:
             pace = min(self.speed, 1.0)
-            self.tail = sorted(m / p for m, p in recent)[-2]
+            ratios = sorted(m / p for m, p in recent)
             excess = sorted(m - pace * p for m, p in recent)
             waits = sum(e >= self.wait_ms for e in excess)
             self.waiting = waits >= 2 or (self.waiting and waits >= 1)
-            self.excess_ms = max(0.0, excess[-1] if self.waiting else excess[-2])
+            worst = -1 if self.waiting else -2
+            self.tail, self.excess_ms = ratios[worst], max(0.0, excess[worst])
         return self.speed
 
     def _recent(self) -> list[tuple[float, float]]:

@@ -63,8 +63,9 @@ def test_tracker_follows_a_scripted_slowdown_and_ignores_one_outlier():
     script = [1.0] * 4 + [10.0] + [1.0] * 10 + [2.0] * 6 + [1.0] * 10
     seen = [(tr.observe(r, 1.0), tr.tail, tr.excess_ms) for r in script]
     assert seen[:16] == [(1.0, 1.0, 0.0)] * 16            # one batch at 10x moves no estimate
-    assert [t for _, t, _ in seen[15:]] == [1.0] + [2.0] * 13 + [1.0, 1.0]   # tail: at the 2nd slow batch,
-    #                                                       gone once one slow batch is left in the window
+    # tail: at the 2nd slow batch; the slow batches are also waits (below), so it is held like the
+    # excess until none is left in the window
+    assert [t for _, t, _ in seen[15:]] == [1.0] + [2.0] * 14 + [1.0]
     assert [s for s, _, _ in seen[15:]] == [1.0] * 4 + [1.5] + [2.0] * 5 + [1.5] + [1.0] * 5   # the median
     # the same batches read as waits: 1 ms over the prediction at the profile's pace (the speed is
     # slower, so the pace stays 1); the outlier alone is no wait, two slow batches are, held until
@@ -110,6 +111,25 @@ def test_tracker_waiting_reads_the_largest_wait():
     for wait in (0.0, 4.1, 0.0, 5.0, 0.0):
         tr.observe(1.0 + wait, 1.0)
     assert tr.waiting and tr.excess_ms == pytest.approx(5.0)
+
+
+def test_a_recurring_competitor_holds_the_tail_at_the_largest_ratio():
+    """Long batches under a competitor: each batch is a slowdown of varying size (1.8-2.35x on the
+    digits model's batches of 128). One batch of ten at 2.4x: the second-largest ratio (2.0) would
+    let M through at 2.0 x 17.8 = 35.6 ms under a 36 ms budget, and M's next 2.4x batch takes
+    38.4 ms; the competitor recurs (every batch waits >= 1 ms), so the tail is the largest: B."""
+    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=36.0)
+    tr = SpeedTracker(window=10)
+    for ratio in [2.0] * 9 + [2.4]:
+        tr.observe(8.0 * ratio, 8.0)
+    assert tr.waiting and (tr.speed, tr.tail) == (2.0, 2.4) and tr.excess_ms == pytest.approx(11.2)
+    assert rp.choose(tr.speed, tr.tail, tr.excess_ms).candidate == B
+    assert rp.choose(tr.speed, 2.0, tr.excess_ms).candidate == M              # the second-largest's choice
+    # jitter under wait_ms is no competitor: one bad batch of ten still moves nothing
+    quiet = SpeedTracker(window=10)
+    for ratio in [1.0] * 8 + [1.05, 1.1]:
+        quiet.observe(8.0 * ratio, 8.0)
+    assert not quiet.waiting and quiet.tail == pytest.approx(1.05) and quiet.excess_ms == pytest.approx(0.4)
 
 
 def test_replanner_flips_with_speed_and_back():
@@ -348,7 +368,10 @@ def test_stream_under_a_time_sliced_competitor():
     anytime = _hog_stream("anytime")
     assert [r.index for r in anytime.records if r.missed] == [10, 11]       # 25 ms waits: too late to save
     assert [r.lengths for r in anytime.records if r.switches] == [(8, 8, 8, 2), (8, 8, 2, 2)]
-    # read as ratios only, A's waits predict M at 1.78 x 16 ms: M is tried (16 + 25 ms) and misses
+    # read as ratios only: the second-largest ratio (57/32) would predict M at 1.78 x 16 ms, and M
+    # (16 + 25 ms) would miss; held at the largest once the competitor recurs (82/32 after A's
+    # second wait) the ratio predicts M at 41 ms too, and the stream goes straight to B
     ratio = _hog_stream("closed", tail_only=True)
-    assert [(r.index, r.replanned_to) for r in ratio.records if r.replanned_to][:2] == [(11, "m-4xl4"), (13, "b-4xl2")]
-    assert [r.index for r in ratio.records if r.missed] == [10, 11, 13]
+    assert [r.tail for r in ratio.records[10:13]] == pytest.approx([1.0, 82 / 32, 4.125])
+    assert [(r.index, r.replanned_to) for r in ratio.records if r.replanned_to][:1] == [(11, "b-4xl2")]
+    assert [r.index for r in ratio.records if r.missed] == [10, 11]
