@@ -27,7 +27,7 @@ from odelt.engines.rtx_targets import get_rtx_targets, set_label
 from odelt.engines.targets import get_target
 from odelt.errors import BuildError, BundleError, ConfigError
 from odelt.exporter.bundle import MANIFEST, Bundle, open_bundle
-from odelt.fileio import make_dir, partial_dir, rename
+from odelt.fileio import make_dir, partial_dir, swap_in_dir
 
 BACKENDS = ("ort", "tensorrt", "tensorrt-rtx")
 TYPED_ONLY = ("ort", "tensorrt-rtx")   # run the graph's own precision: need the bundle's variant
@@ -116,7 +116,7 @@ def build_bundle(bundle: str | os.PathLike, req: BuildRequest) -> dict:
         entry = {"backend": req.backend, "target": target, "precision": req.precision,
                  "dir": f"engines/{req.set_name}", "graphs": graphs, "built": finish(per_graph)}
         with manifest.edit() as change:                   # swap and record under the bundle's lock
-            _swap_in(tmp, final)
+            swap_in_dir(tmp, final)
             change.set("engines", req.set_name, entry, files=_set_files(final, root))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -158,19 +158,6 @@ def _check_flavour(manifest: Bundle, req: BuildRequest) -> None:
         raise BuildError(f"{manifest.root}: the int8 variant is the ONNX Runtime CPU flavour (uint8 activations, "
                           f"non-zero zero points), which {lib} cannot build; expected the trt flavour: re-quantize "
                           "with `odelt-export quantize BUNDLE --precision int8 --int8-flavour trt`")
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    old = final.with_name(f".old-{final.name}-{os.getpid()}")
-    if final.exists():
-        rename(final, old)
-    try:
-        rename(tmp, final)
-    except BaseException:
-        if old.exists():
-            rename(old, final)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _ort_builder(req: BuildRequest) -> BuildOne:

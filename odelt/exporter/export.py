@@ -19,7 +19,7 @@ from odelt.exporter import onnx_utils
 from odelt.exporter.bundle import FORMAT, MANIFEST, Bundle, open_bundle, write_new_bundle
 from odelt.exporter.iospec import LAYOUTS, BatchRange, GraphSpec, TensorSpec, check_lengths, layout_spec
 from odelt.exporter.wrappers import ChunkGraph, ConditioningGraph, HeadGraph, LengthGraph
-from odelt.fileio import building, remove_stale_partials, rename
+from odelt.fileio import building, remove_stale_partials, swap_in_dir
 from odelt.models.dit import DiT
 
 SUPPORTED_OPSETS = tuple(range(14, 21))   # TorchScript exporter range we test; 16 = TensorRT 8.5
@@ -207,17 +207,7 @@ def _check_target(out: Path, force: bool) -> None:
 def _move_into_place(tmp: Path, out: Path) -> None:
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()
-    if not out.exists():
-        rename(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    rename(out, old)
-    try:
-        rename(tmp, out)
-    except BaseException:
-        rename(old, out)                       # the old bundle stays when the new one cannot go in
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in_dir(tmp, out)                      # the old bundle stays when the new one cannot go in
 
 
 def export_source(source: str, out: str | os.PathLike, options: ExportOptions, config: dict | None = None) -> Bundle:

@@ -29,7 +29,7 @@ from typing import Any
 from odelt.errors import ConfigError, ExportError
 from odelt.exporter.bundle import Bundle, open_bundle
 from odelt.exporter.iospec import GraphSpec, TensorSpec
-from odelt.fileio import write_json_atomic
+from odelt.fileio import swap_in_dir, write_json_atomic
 from odelt.serving import graph_model, sampler_model
 from odelt.serving.pbtxt import parameters, render
 from odelt.serving.wire import SAMPLER, TRITON_DTYPES, batched, dims, model_name
@@ -85,7 +85,7 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
             "format": FORMAT, "bundle": str(manifest.root.resolve()), "model_hash": manifest.model_hash, "engines": opts.engines, "precision": opts.precision, "layout": layout,
             "models": {g.name: model_name(g.name) for g in graphs}, "sampler": SAMPLER,
             "decoder": manifest.decoder().kind if manifest.decoders else None})
-        _swap_in(tmp, final)
+        swap_in_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
@@ -231,11 +231,3 @@ def _write_sampler(repo: Path, manifest: Bundle, layout: str, graphs: list[Graph
         elif src.is_file():
             shutil.copy2(src, bundle / rel)
     (folder / "config.pbtxt").write_text(sampler_config(manifest, layout, graphs, opts))
-
-
-def _swap_in(tmp: Path, final: Path) -> None:
-    old = final.parent / f".{final.name}.old-{os.getpid()}"
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
