@@ -15,13 +15,12 @@ decoder: fp16 as fp16, int8 as fp16 or fp32, see odelt.calibration.quantize), el
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from odelt.errors import BundleError, RuntimeFailure
-from odelt.exporter.bundle import Bundle, DecoderInfo
+from odelt.errors import RuntimeFailure
+from odelt.exporter.bundle import Bundle
 
 
 def latent_from_nhwc(latent: np.ndarray, channels: int | None = None) -> np.ndarray:
@@ -35,15 +34,6 @@ def latent_from_nhwc(latent: np.ndarray, channels: int | None = None) -> np.ndar
 def image_to_nhwc(image: np.ndarray) -> np.ndarray:
     """(B, C, H, W) -> upstream's (B, H, W, C)."""
     return np.ascontiguousarray(np.asarray(image).transpose(0, 2, 3, 1))
-
-
-def decoder_graph_path(manifest: Bundle, info: DecoderInfo, precision: str, use_engines: bool = True) -> Path:
-    """The file to open: an ORT engine of the decoder at `precision`, else its graph."""
-    if use_engines:
-        for entry in manifest.engine_sets.values():
-            if entry.get("backend") == "ort" and entry.get("precision") == precision and info.graph in entry["graphs"]:
-                return manifest.root / entry["graphs"][info.graph]
-    return manifest.graph_path(info.graph, precision)
 
 
 def decoder_dtype(manifest: Bundle, kind: str | None, precision: str) -> str:
@@ -68,26 +58,17 @@ class OrtDecoder:
                  use_engines: bool = True):
         self.manifest, self.info = manifest, manifest.decoder(kind)
         self.kind, self.precision, self.threads = self.info.kind, precision, threads
-        self.path = decoder_graph_path(manifest, self.info, precision, use_engines)
-        self.engine = self.path.parent.parent.name == "engines"
+        from odelt.runtime.ort_backend import graph_file
+
+        self.path, self.engine = graph_file(manifest, self.info.graph, precision, use_engines)
         self.session: Any = None
         self.seconds = 0.0                   # time spent in decode calls
 
     def __enter__(self) -> OrtDecoder:
-        from odelt.runtime.ort_session import open_session
+        from odelt.runtime.ort_backend import graph_session
 
-        if not self.path.is_file():
-            raise BundleError(f"{self.manifest.root}: decoder graph file {self.path.name} is missing")
-        try:
-            if self.engine:               # optimised offline: opened as recorded
-                from odelt.engines.ort import session_from_engine
-                self.session = session_from_engine(self.path, self.threads, True, {})
-            else:
-                self.session = open_session(self.path, threads=self.threads, spinning=True,
-                                            providers=_providers())
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BundleError(f"{self.path}: ONNX Runtime cannot load this decoder ({first[:200]})") from None
+        self.session = graph_session(self.manifest, self.path, self.engine, threads=self.threads, spinning=True,
+                                     config=None, providers=_providers())
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -20,7 +20,7 @@ freshly allocated outputs on every call, each session with its own arena.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -100,29 +100,10 @@ class OrtBackend:
         self.device = "cuda" if providers[0] == "CUDAExecutionProvider" else "cpu"
         return providers
 
-    def engine_path(self, name: str) -> Path | None:
-        """The built ORT engine of graph `name` at this precision, when the bundle has one."""
-        if not self.use_engines or self.device != "cpu":
-            return None
-        for entry in self.manifest.engine_sets.values():
-            if entry.get("backend") == "ort" and entry.get("precision") == self.precision and name in entry["graphs"]:
-                return self.manifest.root / entry["graphs"][name]
-        return None
-
     def _session(self, providers: list[str], name: str) -> Any:
-        engine = self.engine_path(name)
-        path = engine or self.manifest.graph_path(name, self.precision)
-        if not path.is_file():
-            raise BundleError(f"{self.manifest.root}: graph file {path.name} is missing")
-        try:
-            if engine is not None:  # optimised offline: opened with optimisations disabled, as recorded
-                from odelt.engines.ort import session_from_engine
-                return session_from_engine(engine, self.threads, self._spinning, self._config)
-            return open_session(path, threads=self.threads, spinning=self._spinning, config=self._config,
-                                providers=providers)
-        except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({first[:200]})") from None
+        path, engine = graph_file(self.manifest, name, self.precision, self.use_engines and self.device == "cpu")
+        return graph_session(self.manifest, path, engine, threads=self.threads, spinning=self._spinning,
+                             config=self._config, providers=providers)
 
     def __exit__(self, *exc: object) -> None:
         self.sessions.clear()
@@ -196,3 +177,33 @@ class OrtBackend:
         """Bytes of the reused buffers over all batch sizes bound so far (host side)."""
         return sum(int(b.nbytes) for _, bufs, _ in self._plans.values() for b in bufs.values()
                    if isinstance(b, np.ndarray))
+
+
+def engine_path(manifest: Bundle, name: str, precision: str) -> Path | None:
+    """The built ORT engine of graph `name` at `precision`, when the bundle has one."""
+    for entry in manifest.engine_sets.values():
+        if entry.get("backend") == "ort" and entry.get("precision") == precision and name in entry["graphs"]:
+            return manifest.root / entry["graphs"][name]
+    return None
+
+
+def graph_file(manifest: Bundle, name: str, precision: str, use_engines: bool) -> tuple[Path, bool]:
+    """(file to open, whether it is a built ORT engine) for graph `name` (a DiT graph or a decoder)
+    at `precision`: its engine when there is one and `use_engines`, else the bundle's ONNX file."""
+    engine = engine_path(manifest, name, precision) if use_engines else None
+    return (engine, True) if engine is not None else (manifest.graph_path(name, precision), False)
+
+
+def graph_session(manifest: Bundle, path: Path, engine: bool, *, threads: int, spinning: bool,
+                  config: Mapping[str, str] | None, providers: Sequence[str]) -> Any:
+    """An ONNX Runtime session on a file graph_file chose; one-line errors."""
+    if not path.is_file():
+        raise BundleError(f"{manifest.root}: graph file {path.name} is missing")
+    try:
+        if engine:  # optimised offline: opened with optimisations disabled, as recorded
+            from odelt.engines.ort import session_from_engine
+            return session_from_engine(path, threads, spinning, dict(config or {}))
+        return open_session(path, threads=threads, spinning=spinning, config=config, providers=list(providers))
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph types
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({first[:200]})") from None
