@@ -4,6 +4,7 @@ tampering with a bundle by hand would (the package itself only writes through Bu
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Callable
 
@@ -23,3 +24,16 @@ def edit_by_hand(root: Path, change: Callable[[dict], None]) -> None:
     owners = {rel: r["owner"] for rel, r in data["files"].items()}
     data["files"] = {rel: file_records(root, [rel], owner)[rel] for rel, owner in owners.items()}
     (root / MANIFEST).write_text(json.dumps(data))
+
+
+def private_copy(src: Path, dst: Path) -> Path:
+    """A copy of a session-scoped bundle (or demo folder) that one test may change."""
+    shutil.copytree(src, dst)
+    return dst
+
+
+def flip_last_byte(path: Path) -> None:
+    """Tamper with a file without changing its size (only its hash can tell)."""
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1
+    path.write_bytes(bytes(data))

@@ -1,11 +1,10 @@
-import shutil
-
 import pytest
 import torch
 
 from odelt.exporter.export import ExportOptions, export_bundle
 from odelt.models.dit import DiT
 
+from tests.bundles import private_copy
 from tests.models_zoo import TINY
 FAST = dict(calib_samples=2, eval_samples=2, schedules=("uniform:euler:2",))
 
@@ -29,9 +28,7 @@ def fp32_bundle(tmp_path_factory):
 @pytest.fixture
 def bundle(fp32_bundle, tmp_path):
     """A private copy of the FP32 bundle (tests add variants to it)."""
-    out = tmp_path / "bundle"
-    shutil.copytree(fp32_bundle, out)
-    return out
+    return private_copy(fp32_bundle, tmp_path / "bundle")
 
 
 @pytest.fixture

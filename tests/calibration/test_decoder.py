@@ -3,8 +3,6 @@ softmax in FP32), its accuracy and activation report, and which decoder each var
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import onnx
 import pytest
@@ -14,6 +12,7 @@ from odelt.calibration.decoder import activation_maxima, build_decoders, decoder
 from odelt.calibration.fp16 import node_dtypes
 from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
 from odelt.exporter.bundle import open_bundle
+from tests.bundles import private_copy
 from tests.calibration.conftest import FAST
 from tests.latent.vae_files import export_latent_bundle
 
@@ -25,9 +24,7 @@ def latent_fp32(tmp_path_factory):
 
 @pytest.fixture
 def latent(latent_fp32, tmp_path):
-    out = tmp_path / "bundle"
-    shutil.copytree(latent_fp32, out)
-    return out
+    return private_copy(latent_fp32, tmp_path / "bundle")
 
 
 def test_precision_rules():

@@ -4,14 +4,13 @@ FP32 and FP16 (the FP16 decoder variant)."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 
 from odelt.engines.build import BuildRequest, build_bundle
 from odelt.exporter.bundle import open_bundle
 from odelt.runtime.decode import open_decoder
+from tests.bundles import private_copy
 from tests.latent.vae_files import export_latent_bundle
 
 from .conftest import RTX_OPT_LEVEL
@@ -31,9 +30,7 @@ def latent_fp16(tmp_path_factory):
 
 @pytest.fixture
 def bundle(latent_fp16, tmp_path):
-    out = tmp_path / "bundle"
-    shutil.copytree(latent_fp16, out)
-    return out
+    return private_copy(latent_fp16, tmp_path / "bundle")
 
 
 def test_ort_sets_include_the_decoder_and_the_runtime_opens_them(bundle):

@@ -13,7 +13,7 @@ from odelt.engines import rtx
 from odelt.engines.graph import graph_digest
 from odelt.engines.rtx_targets import DEFAULT_MASK, RTX_TARGETS
 from odelt.exporter.bundle import open_bundle
-from tests.bundles import edit_by_hand
+from tests.bundles import edit_by_hand, private_copy
 
 from .conftest import RTX_OPT_LEVEL
 from .test_build_cli import _run, _snapshot
@@ -24,16 +24,12 @@ LEVEL = ["--opt-level", str(RTX_OPT_LEVEL)]
 
 @pytest.fixture
 def bundle(rtx_variants, tmp_path):
-    out = tmp_path / "bundle"
-    shutil.copytree(rtx_variants, out)
-    return out
+    return private_copy(rtx_variants, tmp_path / "bundle")
 
 
 @pytest.fixture
 def built(rtx_built, tmp_path):
-    out = tmp_path / "built"
-    shutil.copytree(rtx_built, out)
-    return out
+    return private_copy(rtx_built, tmp_path / "built")
 
 
 def _entry(root, name):

@@ -16,13 +16,12 @@ from odelt.cli import main
 from odelt.errors import BundleError, ExportError
 from odelt.exporter import bundle as bundle_mod
 from odelt.exporter.bundle import open_bundle
+from tests.bundles import flip_last_byte, private_copy
 
 
 @pytest.fixture
 def bundle(tiny_bundle, tmp_path):
-    out = tmp_path / "b"
-    shutil.copytree(tiny_bundle, out)
-    return out
+    return private_copy(tiny_bundle, tmp_path / "b")
 
 
 def _add_tables(root: str, prefix: str, n: int) -> None:
@@ -80,9 +79,7 @@ def test_open_hashes_nothing_unless_a_file_time_moved(bundle, monkeypatch):
 
 def test_modified_file_of_the_same_size_is_caught(bundle):
     head = bundle / "segments" / "head.onnx"
-    data = bytearray(head.read_bytes())
-    data[-1] ^= 1
-    head.write_bytes(bytes(data))
+    flip_last_byte(head)
     with pytest.raises(BundleError, match="segments/head.onnx was modified: hash"):
         open_bundle(bundle)
 

@@ -18,6 +18,7 @@ from odelt.exporter import open_bundle, onnx_utils
 from odelt.exporter.export import ExportOptions, export_bundle
 from odelt.exporter.verify import VerifyOptions, duplicate_initializers, verify_bundle
 from odelt.exporter.wrappers import unpatchify
+from tests.bundles import flip_last_byte
 
 from .conftest import TINY, random_model
 
@@ -224,9 +225,7 @@ def test_tampered_bundle_is_refused(tiny_ckpt, tmp_path):
     out = tmp_path / "b"
     export_source(str(tiny_ckpt), out, ExportOptions(lengths=(2,)))
     path = out / "segments" / "head.onnx"
-    data = bytearray(path.read_bytes())
-    data[-1] ^= 1
-    path.write_bytes(bytes(data))
+    flip_last_byte(path)
     with pytest.raises(BundleError, match="head.onnx was modified"):
         open_bundle(out)
     with pytest.raises(BundleError, match="was modified"):
