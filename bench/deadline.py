@@ -60,8 +60,8 @@ import numpy as np
 
 from odelt.pipeline import demo
 from odelt.pipeline.interference import pick_budget, run_modes
-from odelt.runtime.plans import load_candidates
-from odelt.runtime.quantile import QuantilePredictor
+from odelt.runtime.budget.plans import load_candidates
+from odelt.runtime.budget.predict import QuantilePredictor
 from planner import prepare  # bench/ is on the path (bench/run.py)
 
 NAMES = {"open": "open_loop", "open95": "open_loop_q95", "closed": "closed_loop", "anytime": "anytime",
@@ -136,7 +136,7 @@ def export_for(opts: demo.DemoOptions, batch: int) -> None:
     """The demo's export, with a batch range that covers `batch` (the profile checks it; ORT graphs
     take any batch), so that the demo's later stages reuse it."""
     from odelt.exporter.export import ExportOptions, export_source
-    from odelt.exporter.iospec import BatchRange
+    from odelt.bundle.iospec import BatchRange
 
     default = BatchRange()
     if batch > default.max:       # else the demo's own export (the default range) covers it

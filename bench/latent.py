@@ -7,7 +7,7 @@ diffusers folders and exported with the DiT into one bundle as `export --vae sd:
 does (per-length layout at l=4 and l=12, opset 17).
 
 Timing: batch 1, ONNX Runtime with one intra-op thread; the DiT graphs through plain sessions, the
-decoders through the runtime's decoder (odelt.runtime.decode.open_decoder). The four calls take turns
+decoders through the runtime's decoder (odelt.runtime.backends.decoder.open_decoder). The four calls take turns
 in one process (each round: l=4, l=12, SD-VAE, TAESD; one warm-up round first), so load on this
 shared machine lands on all of them alike; ratios are per round, then the median over rounds.
 
@@ -17,7 +17,7 @@ Figures (`latent_` prefix):
   end_to_end_speedup_l4_vs_l12_nfe1_{sd,taesd,latent_only}   (l12 + decode) / (l4 + decode): one
                                                  Euler step at l=4 instead of l=12, decoded (_macs beside)
   planner_decoder_share_nfe1_{l4,l12}_{sd,taesd} the decoder's share of the end-to-end median, as the
-                                                 planner reports it (odelt.runtime.planner.Choice) from a
+                                                 planner reports it (odelt.runtime.budget.planner.Choice) from a
                                                  profile made of these timings
   {dit_l4,dit_l12,decode_sd,decode_taesd}_ms_{median,min}, gmacs_{...}
   fp16_decoder_rmse_{sd,taesd}                   the FP16 decoder's image vs the FP32 one on the same
@@ -51,10 +51,10 @@ from odelt.exporter.export import ExportOptions, export_bundle
 from odelt.latent.vae import KINDS
 from odelt.models import DiT
 from odelt.models.config import PRESETS
-from odelt.runtime.decode import open_decoder
-from odelt.runtime.ort_session import open_session
-from odelt.runtime.planner import Candidate, MedianPredictor, choose
-from odelt.runtime.profile import call_cost, decode_cost, step_feeds
+from odelt.runtime.backends.decoder import open_decoder
+from odelt.onnxrt import open_session
+from odelt.runtime.budget.planner import Candidate, MedianPredictor, choose
+from odelt.runtime.budget.profile import call_cost, decode_cost, step_feeds
 
 PRESET = "DiT-B/2"
 LENGTHS = (4, 12)
@@ -109,7 +109,7 @@ def random_vae_folder(kind: str, folder: Path, seed: int) -> Path:
 
 def build(work: Path) -> tuple[Any, dict[str, int]]:
     """The bundle (DiT-B/2 at l=4/12 + both decoders) and every graph's MACs at batch 1."""
-    from odelt.latent.decoder_export import DecoderGraph
+    from odelt.exporter.decoder import DecoderGraph
     from odelt.latent.vae import load_vae
 
     torch.manual_seed(0)

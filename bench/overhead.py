@@ -18,11 +18,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from odelt.exporter.bundle import open_bundle  # noqa: E402
-from odelt.runtime.backend import open_backend  # noqa: E402
-from odelt.runtime.heuristics import resolve_schedule  # noqa: E402
+from odelt.bundle.bundle import open_bundle  # noqa: E402
+from odelt.runtime.backends import open_backend  # noqa: E402
+from odelt.ode.heuristics import resolve_schedule  # noqa: E402
 from odelt.runtime.sampler import Sampler, make_labels, make_noise  # noqa: E402
-from odelt.runtime.solvers import SOLVERS  # noqa: E402
+from odelt.ode.solvers import SOLVERS  # noqa: E402
 
 
 def overhead(bundle, repeats: int) -> dict:

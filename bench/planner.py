@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from odelt.exporter.bundle import open_bundle
+from odelt.bundle.bundle import open_bundle
 from odelt.pipeline import demo
-from odelt.runtime.planner import choose
-from odelt.runtime.plans import load_candidates
-from odelt.runtime.profile import call_cost, host_overheads, predict_now
+from odelt.runtime.budget.planner import choose
+from odelt.runtime.budget.plans import load_candidates
+from odelt.runtime.budget.profile import call_cost, host_overheads, predict_now
 
 
 def prepare(opts: demo.DemoOptions, quantize: bool = True, profile_batches: tuple[int, ...] | None = None):

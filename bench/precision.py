@@ -62,8 +62,8 @@ from odelt.calibration.graph_roles import analyse, name_nodes  # noqa: E402
 from odelt.calibration.int8 import fused_ops  # noqa: E402
 from odelt.calibration.quantize import QuantizeOptions, quantize_bundle  # noqa: E402
 from odelt.calibration.trajectories import OrtGraphs  # noqa: E402
-from odelt.exporter.bundle import Bundle, open_bundle  # noqa: E402
-from odelt.exporter.chain import run_chain  # noqa: E402
+from odelt.bundle.bundle import Bundle, open_bundle  # noqa: E402
+from odelt.bundle.chain import run_chain  # noqa: E402
 from odelt.exporter.export import ExportOptions, export_bundle  # noqa: E402
 from odelt.models import DiT  # noqa: E402
 from odelt.models.config import PRESETS  # noqa: E402

@@ -104,7 +104,7 @@ def save_decoded_grid(images: torch.Tensor, path: str, per_class: int = 8) -> No
 def _autoencoder(source: str, vae: str | None):
     """The autoencoder folder of a latent model: --vae, or the builtin model's own."""
     from odelt.models.checkpoint import BUILTIN_PREFIX, BUILTIN_VAES, builtin_vae_path
-    from odelt.models.latent_train import load_vae
+    from odelt.latent.train import load_vae
 
     name = source[len(BUILTIN_PREFIX):] if source.startswith(BUILTIN_PREFIX) else None
     if vae is None and name in BUILTIN_VAES:
@@ -126,7 +126,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from odelt.models.latent_train import decode_scaled, encode_scaled
+    from odelt.latent.train import decode_scaled, encode_scaled
 
     model = load_checkpoint(args.model)
     cfg = model.config

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from odelt.engines.build import BuildRequest, build_bundle
-from odelt.exporter.bundle import open_bundle
+from odelt.bundle.bundle import open_bundle
 from odelt.exporter.export import ExportOptions, export_bundle
 from odelt.models import DiT
 from odelt.models.config import PRESETS

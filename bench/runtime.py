@@ -46,11 +46,11 @@ from precision import load_model  # bench/ is on the path (bench/run.py)
 from odelt.exporter.export import ExportOptions, export_bundle
 from odelt.models import DiT
 from odelt.models.config import DiTConfig
-from odelt.runtime.backend import open_backend
-from odelt.runtime.heuristics import resolve_schedule
+from odelt.runtime.backends import open_backend
+from odelt.ode.heuristics import resolve_schedule
 from odelt.runtime.reference import torch_sample
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
-from odelt.runtime.solvers import SOLVERS
+from odelt.ode.solvers import SOLVERS
 
 GROUP = "runtime"
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,11 +88,11 @@ def overhead(bundle, repeats: int) -> dict:
 _TIME_SCRIPT = """
 import json, statistics, sys, time
 import numpy as np
-from odelt.runtime.ort_session import open_session
+from odelt.onnxrt import open_session
 from onnx import TensorProto, helper, numpy_helper
-from odelt.exporter.bundle import open_bundle
-from odelt.runtime.backend import open_backend
-from odelt.runtime.heuristics import resolve_schedule
+from odelt.bundle.bundle import open_bundle
+from odelt.runtime.backends import open_backend
+from odelt.ode.heuristics import resolve_schedule
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
 bundle, batch, repeats, precisions = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
 m = open_bundle(bundle)
@@ -218,9 +218,9 @@ def parity(digits: DiT, digits_bundle, s2: DiT, s2_bundle) -> dict:
 _RSS_SCRIPT = """
 import json, resource, sys
 import numpy as np
-from odelt.exporter.bundle import open_bundle
-from odelt.runtime.backend import open_backend
-from odelt.runtime.heuristics import resolve_schedule
+from odelt.bundle.bundle import open_bundle
+from odelt.runtime.backends import open_backend
+from odelt.ode.heuristics import resolve_schedule
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
 
 def rss_mb():

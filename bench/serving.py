@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from odelt.runtime.planner import choose
-from odelt.runtime.plans import load_candidates, load_plan_schedule
-from odelt.runtime.profile import call_cost, host_overheads
+from odelt.runtime.budget.planner import choose
+from odelt.runtime.budget.plans import load_candidates, load_plan_schedule
+from odelt.runtime.budget.profile import call_cost, host_overheads
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
 
 CLIENTS = 8
@@ -52,7 +52,7 @@ def _requests(manifest, prof, count: int) -> list[tuple[int, int, float]]:
 
 
 def _loop(manifest, prof, requests, layout: str) -> list[float]:
-    from odelt.runtime.backend import open_backend
+    from odelt.runtime.backends import open_backend
 
     candidates = [c for c in load_candidates(manifest) if c.precision == "fp32"]
     cost, host, cfg = call_cost(prof), host_overheads(prof), manifest.config
@@ -114,7 +114,7 @@ def _step_counts(url: str, models) -> tuple[int, int]:
 def _prepare(opts):
     """The demo's export, schedules, quality table and profile (fp32 only: the repository serves one
     precision, and quantising and building engines would only cost time here)."""
-    from odelt.exporter.bundle import open_bundle
+    from odelt.bundle.bundle import open_bundle
     from odelt.exporter.verify import model_for_bundle
     from odelt.pipeline import demo
 

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 from typing import Callable
 
-from odelt.exporter.bundle import MANIFEST, file_records
+from odelt.bundle.bundle import MANIFEST, file_records
 
 
 def hand_written_bundle(root: Path, data: dict) -> None:

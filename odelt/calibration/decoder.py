@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 from odelt.calibration.fp16 import FP32_OPS, fp16_from_onnx
-from odelt.exporter.bundle import Bundle
+from odelt.bundle.bundle import Bundle
 
 FP32_DECODER_OPS = (*FP32_OPS, "InstanceNormalization", "GroupNormalization")
 FP16_MAX = 65504.0
@@ -56,7 +56,7 @@ def fp16_decoder(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict]:
 
 def _runs(model: onnx.ModelProto, latents: np.ndarray, outputs: list[str]):
     """Each latent alone (batch 1 bounds a full-size decode's memory): yields that run's outputs."""
-    from odelt.runtime.ort_session import open_session
+    from odelt.onnxrt import open_session
 
     session = open_session(model, threads=0)
     for i in range(len(latents)):

@@ -192,7 +192,7 @@ def fused_ops(model: onnx.ModelProto | str | Path, threads: int = 1) -> dict[str
     """Op counts of the graph ONNX Runtime's CPU provider actually runs (all optimisations on),
     read back from SessionOptions.optimized_model_filepath. Shows whether Q/DQ pairs became
     MatMulIntegerToFloat or stayed DequantizeLinear + FP32 MatMul."""
-    from odelt.runtime.ort_session import open_session
+    from odelt.onnxrt import open_session
 
     with tempfile.TemporaryDirectory(prefix="odelt-ortopt-") as tmp:
         path = Path(tmp) / "optimised.onnx"

@@ -14,7 +14,7 @@ import numpy as np
 
 from odelt.calibration import trajectories as traj
 from odelt.errors import OdeltError
-from odelt.exporter.bundle import Bundle
+from odelt.bundle.bundle import Bundle
 
 MIN_FD_SAMPLES = 256   # pooled over runs; the classifier's features are 64-d
 

@@ -29,8 +29,8 @@ from odelt.calibration.graph_roles import analyse, name_nodes
 from odelt.calibration.int8 import CALIB_METHODS, DEFAULT_FLAVOUR, get_flavour, int8_from_onnx
 from odelt.calibration.sensitivity import layer_errors
 from odelt.errors import AccuracyError, ConfigError, ExportError
-from odelt.exporter.bundle import Bundle, open_bundle
-from odelt.exporter.iospec import DECODER_LAYOUT
+from odelt.bundle.bundle import Bundle, open_bundle
+from odelt.bundle.iospec import DECODER_LAYOUT
 from odelt.exporter.onnx_utils import save_graph, weight_bytes
 from odelt.fileio import partial_dir, read_json, rename, write_json_atomic
 

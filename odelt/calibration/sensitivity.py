@@ -38,7 +38,7 @@ def _constant(model: onnx.ModelProto, name: str, inits: dict[str, np.ndarray]) -
 def _record_inputs(model: onnx.ModelProto, tensors: list[str],
                    feeds: Sequence[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Run `model` with `tensors` added as outputs; concatenate each over the feeds (rows flattened)."""
-    from odelt.runtime.ort_session import open_session
+    from odelt.onnxrt import open_session
 
     probe = onnx.ModelProto.FromString(model.SerializeToString())
     known = {o.name for o in probe.graph.output}

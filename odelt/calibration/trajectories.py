@@ -3,7 +3,7 @@
 Calibration data for W8A8 DiTs must cover every time step (activation ranges move with t: research
 notes deploy.md §8), so we do not sample random (x, t) pairs: we integrate the ODE from noise with the
 target schedules, at every length the bundle offers, through the bundle's own FP32 graphs (the
-runtime's Sampler over `odelt.exporter.chain.run_chain`), and keep a copy of every graph's inputs at
+runtime's Sampler over `odelt.bundle.chain.run_chain`), and keep a copy of every graph's inputs at
 every model call. The same loop, run once with FP32 graphs and once with a precision variant from
 the same noise, gives the accuracy guard its final samples.
 """
@@ -18,19 +18,19 @@ from typing import Callable, Mapping
 import numpy as np
 
 from odelt.errors import ConfigError
-from odelt.exporter.bundle import Bundle
-from odelt.exporter.chain import RunGraph, run_chain
-from odelt.exporter.iospec import GraphSpec
-from odelt.runtime.protocol import chain_length
+from odelt.bundle.bundle import Bundle
+from odelt.bundle.chain import RunGraph, run_chain
+from odelt.bundle.iospec import GraphSpec
+from odelt.runtime.backends.protocol import chain_length
 from odelt.runtime.sampler import Sampler
-from odelt.runtime.schedule import Schedule
+from odelt.ode.schedule import Schedule
 
 GraphPath = Callable[[GraphSpec], Path]
 
 
 def resolve_schedule(name: str, manifest: Bundle) -> Schedule:
     """`--calib-schedule NAME|FILE`, resolved as the runtime resolves `--schedule`."""
-    from odelt.runtime.heuristics import resolve_schedule as runtime_resolve
+    from odelt.ode.heuristics import resolve_schedule as runtime_resolve
 
     sched = runtime_resolve(name, manifest.lengths[-1])
     sched.check_fits(None, manifest.lengths)   # the runtime checks the model hash when it samples
@@ -58,7 +58,7 @@ class OrtGraphs:
         self._sessions: dict[str, object] = {}
 
     def session(self, spec: GraphSpec):
-        from odelt.runtime.ort_session import open_session
+        from odelt.onnxrt import open_session
 
         if spec.name not in self._sessions:
             self._sessions[spec.name] = open_session(self.path_of(spec), threads=self.threads)

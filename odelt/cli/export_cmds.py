@@ -50,7 +50,7 @@ def export(source: str, out: str, layout: str, lengths: str | None, batch: str, 
            config_file: str | None, force: bool, vaes: tuple[str, ...]) -> None:
     """Export SOURCE (builtin:NAME, a checkpoint, or an upstream pickle) to an ONNX bundle."""
     from odelt.exporter.export import ExportOptions, export_source
-    from odelt.exporter.iospec import BatchRange
+    from odelt.bundle.iospec import BatchRange
     from odelt.models.config_io import read_config_file
 
     from odelt.models.checkpoint import vae_for_source
@@ -77,7 +77,7 @@ def export(source: str, out: str, layout: str, lengths: str | None, batch: str, 
 @click.argument("bundle", type=click.Path())
 def inspect(bundle: str) -> None:
     """Summarise a bundle (hashes every listed file first and refuses unlisted graphs)."""
-    from odelt.exporter.bundle import open_bundle
+    from odelt.bundle.bundle import open_bundle
     from odelt.exporter.report import describe
 
     for line in describe(open_bundle(bundle, verify=True)):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from odelt.cli import cli
-from odelt.runtime.backend import BACKENDS
-from odelt.runtime.profile import DECODER_REPEATS
+from odelt.runtime.backends import BACKENDS
+from odelt.runtime.budget.profile import DECODER_REPEATS
 from odelt.cli.options import COUNT, POSITIVE, Counts
 
 
@@ -23,8 +23,8 @@ from odelt.cli.options import COUNT, POSITIVE, Counts
 def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple[str, ...], repeats: int,
             decoder_repeats: int) -> None:
     """Time every graph and every length's chain of BUNDLE on this device (and its decoders)."""
-    from odelt.exporter.bundle import open_bundle
-    from odelt.runtime.profile import profile_bundle, save_profile
+    from odelt.bundle.bundle import open_bundle
+    from odelt.runtime.budget.profile import profile_bundle, save_profile
 
     manifest = open_bundle(bundle)
     precs = precisions or manifest.precisions
@@ -62,12 +62,12 @@ def plan(bundle: str, budget_ms: float, batch: int, extrapolate: bool, device: s
     """Choose the best-quality plan whose predicted latency fits --budget-ms (end to end: a latent
     bundle's plans include decoding the batch)."""
     from odelt.errors import ConfigError
-    from odelt.exporter.bundle import open_bundle
+    from odelt.bundle.bundle import open_bundle
     from odelt.pipeline.report import chosen_line, plan_table, plot_pareto
-    from odelt.runtime.planner import choose
-    from odelt.runtime.plans import load_candidates
-    from odelt.runtime.profile import check_plan_batch, load_profile
-    from odelt.runtime.quantile import QuantilePredictor
+    from odelt.runtime.budget.planner import choose
+    from odelt.runtime.budget.plans import load_candidates
+    from odelt.runtime.budget.profile import check_plan_batch, load_profile
+    from odelt.runtime.budget.predict import QuantilePredictor
 
     if latents and decoders:
         raise ConfigError(f"--latents plans without a decoder: expected --latents or --decoder, found both "

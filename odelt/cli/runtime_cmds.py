@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from odelt.cli import cli
-from odelt.exporter.iospec import LAYOUTS
-from odelt.runtime.backend import BACKENDS
-from odelt.runtime.stream import CONTROLS
+from odelt.bundle.iospec import LAYOUTS
+from odelt.runtime.backends import BACKENDS
+from odelt.runtime.budget.stream import CONTROLS
 from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, SAMPLES, THREADS
 
 
@@ -59,7 +59,7 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, g
     from tqdm import tqdm
 
     from odelt.runtime.images import grid_image, save_npy, save_png
-    from odelt.runtime.run import GenerateOptions, generate_from_bundle
+    from odelt.runtime.generate import GenerateOptions, generate_from_bundle
 
     opts = GenerateOptions(schedule=schedule, n=n, batch=batch, seed=seed, guidance_scale=guidance_scale, backend=backend,
                            layout=layout, length=length, threads=threads, tables=not no_tables,

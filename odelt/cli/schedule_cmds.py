@@ -56,7 +56,7 @@ def schedule(source: str, method: str, solver: str, nfe: int | None, length: int
              config_file: str | None, cache_dir: str | None, out: str) -> None:
     """Learn (ld3, amed) or compute (heuristics) a sampling schedule for SOURCE."""
     from odelt.errors import ScheduleError
-    from odelt.runtime.schedule import save_schedule
+    from odelt.ode.schedule import save_schedule
     from odelt.schedules.learn import LearnConfig
     from odelt.schedules.make import Request, learn_schedule
 
@@ -91,7 +91,7 @@ def evaluate(source: str, more: tuple[str, ...], files: tuple[str, ...], n_held:
              config_file: str | None, cache_dir: str | None, out: str | None, plot: str | None) -> None:
     """RMSE to the teacher on held-out noise, FD-digits and block evaluations of each schedule."""
     from odelt.errors import ScheduleError
-    from odelt.runtime.heuristics import resolve_schedule
+    from odelt.ode.heuristics import resolve_schedule
     from odelt.schedules.evaluate import evaluate as run_eval, plot_pareto, write_table
 
     specs = list(files) + list(more)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from odelt.cli import cli
-from odelt.exporter.iospec import LAYOUTS
+from odelt.bundle.iospec import LAYOUTS
 from odelt.serving.repository import ENGINES
 
 

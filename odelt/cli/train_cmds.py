@@ -38,7 +38,7 @@ def train(preset_name: str, steps: int, batch_size: int, lr: float, warmup: int,
     meta = {"train_config": train_config_json(cfg), "threads": str(threads)}
     if vae_dir is not None:
         from odelt.fileio import file_hash
-        from odelt.models.latent_train import WEIGHTS_FILE, latent_training_data, load_vae
+        from odelt.latent.train import WEIGHTS_FILE, latent_training_data, load_vae
 
         x, y = latent_training_data(load_vae(vae_dir), (model_cfg.in_channels, model_cfg.input_size))
         meta["vae_hash"] = file_hash(f"{vae_dir}/{WEIGHTS_FILE}")       # the autoencoder these latents are of
@@ -74,7 +74,7 @@ def train_vae(steps: int, batch_size: int, lr: float, warmup: int, kl_weight: fl
     import torch
 
     from odelt.data import load_digits_nchw, split_digits
-    from odelt.models import latent_train as lt
+    from odelt.latent import train as lt
 
     torch.set_num_threads(threads)
     cfg = lt.VAEConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=min(warmup, steps), kl_weight=kl_weight,

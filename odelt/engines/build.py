@@ -26,7 +26,7 @@ from tqdm import tqdm
 from odelt.engines.rtx_targets import get_rtx_targets, set_label
 from odelt.engines.targets import get_target
 from odelt.errors import BuildError, BundleError, ConfigError
-from odelt.exporter.bundle import MANIFEST, Bundle, open_bundle
+from odelt.bundle.bundle import MANIFEST, Bundle, open_bundle
 from odelt.fileio import make_dir, partial_dir, swap_in_dir
 
 BACKENDS = ("ort", "tensorrt", "tensorrt-rtx")

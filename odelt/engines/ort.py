@@ -34,7 +34,7 @@ from odelt.engines.graph import graph_digest, load_graph
 from odelt.exporter.onnx_utils import restore_inputs
 from odelt.errors import BuildError, ConfigError, EngineMismatch, OdeltError
 from odelt.fileio import atomic_path, building, write_error, write_json_atomic
-from odelt.runtime.ort_session import open_session, ort_module
+from odelt.onnxrt import open_session, ort_module
 
 LEVELS = ("basic", "extended", "all")
 FORMATS = ("onnx", "ort")

@@ -109,22 +109,3 @@ def _key_of(plan: Path) -> str | None:
 def _onnx_bytes(src: Path) -> int:
     data = src.with_name(src.name + ".data")
     return src.stat().st_size + (data.stat().st_size if data.is_file() else 0)
-
-
-def build_sets(bundle: str | Path, precisions: tuple[str, ...] = ("fp32",), targets: tuple[str, ...] = ("portable",),
-               optimization_level: int = 3, force: bool = False) -> dict[str, dict]:
-    """Build (or find up to date) the TensorRT-RTX set of each precision: {precision: headline
-    figures} for a report (the demo's). Raises as `odelt-export build` would (e.g. a cpu-flavour INT8)."""
-    from odelt.engines.build import BuildRequest, build_bundle
-
-    out = {}
-    for precision in precisions:
-        req = BuildRequest(backend=rtx.LIBRARY, precision=precision, rtx_targets=targets,
-                           optimization_level=optimization_level, force=force)
-        entry = build_bundle(bundle, req)
-        built = entry["built"]
-        out[precision] = {"set": req.set_name, "up_to_date": bool(entry.get("up_to_date")),
-                          **{k: built[k] for k in ("plan_bytes_total", "weights_bytes_total", "onnx_bytes_total",
-                                                    "build_s_total", "library_version", "compute_capabilities")},
-                          "build_s": {n: g["build_s"] for n, g in built["graphs"].items()}}
-    return out

@@ -1,30 +1,26 @@
-"""Export stages: `onnx_from_model` (one wrapper -> one checked ONNX graph) and `export_bundle`
-(every graph of the chosen layouts -> a bundle folder, written to a temp folder and renamed into
+"""Export stage: `export_bundle` (every graph of the chosen layouts -> a bundle folder, written to a temp folder and renamed into
 place only when complete)."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from odelt.errors import ConfigError, ExportError
 from odelt.exporter import onnx_utils
-from odelt.exporter.bundle import FORMAT, MANIFEST, Bundle, open_bundle, write_new_bundle
-from odelt.exporter.iospec import LAYOUTS, BatchRange, GraphSpec, TensorSpec, check_lengths, layout_spec
+from odelt.bundle.bundle import FORMAT, MANIFEST, Bundle, open_bundle, write_new_bundle
+from odelt.bundle.iospec import LAYOUTS, BatchRange, GraphSpec, TensorSpec, check_lengths, layout_spec
+from odelt.exporter.trace import EXTERNAL_DATA_BYTES, TRACE_BATCH, onnx_from_model
 from odelt.exporter.wrappers import ChunkGraph, ConditioningGraph, HeadGraph, LengthGraph
 from odelt.fileio import building, remove_stale_partials, swap_in_dir
 from odelt.models.dit import DiT
 
 SUPPORTED_OPSETS = tuple(range(14, 21))   # TorchScript exporter range we test; 16 = TensorRT 8.5
-EXTERNAL_DATA_BYTES = 100 * 2**20          # models above this keep weights in .onnx.data files
-TRACE_BATCH = 2                            # > 1 so nothing in the trace specialises on batch 1
 
 
 @dataclass(frozen=True)
@@ -76,37 +72,6 @@ def wrapper_for(dit: DiT, spec: GraphSpec, guided: bool) -> nn.Module:
     return LengthGraph(dit, spec.length, guided)
 
 
-def onnx_from_model(module: nn.Module, spec: GraphSpec, feed: dict[str, np.ndarray], opset: int,
-                    scratch: Path | None = None):
-    """Trace `module` on `feed` into an ONNX ModelProto whose IO matches `spec` exactly.
-
-    Without `scratch` the graph is serialised in memory; graphs over 2 GiB need a scratch folder
-    (the tracer then writes one file per weight there, which onnx.load gathers back)."""
-    import io
-
-    import onnx
-
-    args = tuple(torch.from_numpy(feed[t.name]) for t in spec.inputs)
-    if scratch is not None:
-        scratch.mkdir(parents=True, exist_ok=True)
-    target: str | io.BytesIO = str(scratch / f"{spec.name}.onnx") if scratch else io.BytesIO()
-    axes = {t.name: t.dynamic_axes() for t in spec.inputs + spec.outputs}
-    with torch.no_grad(), warnings.catch_warnings():
-        # The TorchScript exporter (dynamo=False) is deprecated but fast and predictable for these
-        # static graphs; it warns about that and about shape-derived Python ints.
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module, args, target,  # type: ignore[arg-type]  # BytesIO works here
-                          input_names=[t.name for t in spec.inputs],
-                          output_names=[t.name for t in spec.outputs], opset_version=opset, dynamo=False,
-                          do_constant_folding=True, dynamic_axes=axes)
-    model = onnx.load(target) if isinstance(target, str) else onnx.load_model_from_string(target.getvalue())
-    onnx_utils.restore_unused_inputs(model, spec)
-    onnx_utils.check_io(model, spec)
-    if opset < 17 and "LayerNormalization" in onnx_utils.op_types(model):
-        raise ExportError(f"graph {spec.name}: opset {opset} must not contain LayerNormalization")
-    return model
-
-
 def _param_bytes(dit: DiT, spec: GraphSpec) -> int:
     """An upper bound on a graph's weights: all of the model except blocks the graph does not run."""
     if spec.kind not in ("chunk", "length"):
@@ -133,7 +98,7 @@ def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, sour
         shutil.rmtree(tmp / ".scratch", ignore_errors=True)
         decoders: dict = {}
         if vaes:
-            from odelt.latent.decoder_export import export_decoders
+            from odelt.exporter.decoder import export_decoders
 
             decoder_graphs, decoders = export_decoders(vaes, dit.config, tmp, options.opset, options.external_data)
             graphs.update(decoder_graphs)
@@ -149,7 +114,7 @@ def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, sour
 def _load_vaes(dit: DiT, options: ExportOptions) -> list:
     if not options.vaes:
         return []
-    from odelt.latent.decoder_export import load_decoders
+    from odelt.exporter.decoder import load_decoders
 
     return load_decoders(options.vaes, dit.config)
 

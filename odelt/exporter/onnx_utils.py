@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from odelt.errors import ExportError
-from odelt.exporter.iospec import GraphSpec, TensorSpec
+from odelt.bundle.iospec import GraphSpec, TensorSpec
 
 _ONNX_DTYPES = {"float32": 1, "int32": 6, "int64": 7, "float16": 10}
 PROTOBUF_LIMIT = 2**31 - 1 - 2**26         # stay clear of protobuf's 2 GiB message limit

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from odelt.exporter.bundle import FORMAT, Bundle
-from odelt.exporter.iospec import TensorSpec
+from odelt.bundle.bundle import FORMAT, Bundle
+from odelt.bundle.iospec import TensorSpec
 
 
 def _mb(n: int) -> str:

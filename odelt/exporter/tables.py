@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from odelt.errors import ScheduleError
-from odelt.exporter.bundle import Bundle, open_bundle
+from odelt.bundle.bundle import Bundle, open_bundle
 from odelt.fileio import save_with
 
 # (t (1,), dt_base (1,), y (1,), l (1,)) -> {output name: (rows, width)}
@@ -19,7 +19,7 @@ Conditioner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 def onnx_conditioner(manifest: Bundle) -> Conditioner:
     """The bundle's own conditioning graph in ONNX Runtime (CPU): the numbers a device would compute."""
-    from odelt.runtime.ort_session import open_session
+    from odelt.onnxrt import open_session
 
     sess = open_session(manifest.graph_path("cond"))
     names = [o.name for o in sess.get_outputs()]

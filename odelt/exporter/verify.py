@@ -13,9 +13,9 @@ import numpy as np
 from odelt import validate
 from odelt.errors import BundleError, ExportError
 from odelt.exporter import onnx_utils
-from odelt.exporter.bundle import Bundle, open_bundle
-from odelt.exporter.chain import run_chain
-from odelt.exporter.iospec import BatchRange, TensorSpec, caller_inputs
+from odelt.bundle.bundle import Bundle, open_bundle
+from odelt.bundle.chain import run_chain
+from odelt.bundle.iospec import BatchRange, TensorSpec, caller_inputs
 from odelt.fileio import file_hash
 from odelt.models.checkpoint import load_checkpoint, resolve_source
 from odelt.models.dit import DiT
@@ -146,7 +146,7 @@ def _runner_classes():
 def cpu_session(path):
     """An ONNX Runtime CPU session with ONNX Runtime's own thread count (verification is not timed)
     and sleeping idle threads: chains run many small graphs back to back, beside PyTorch."""
-    from odelt.runtime.ort_session import open_session
+    from odelt.onnxrt import open_session
 
     return open_session(path, threads=0)
 
@@ -209,7 +209,7 @@ def verify_decoders(manifest: Bundle, sessions: dict, options: VerifyOptions) ->
     (a full-size decode takes seconds), against the VAE reloaded from its recorded source."""
     if not manifest.decoders:
         return {}
-    from odelt.latent.decoder_export import compare_decoder, vae_for_bundle
+    from odelt.exporter.decoder import compare_decoder, vae_for_bundle
 
     sizes = options.batch_sizes or default_batch_sizes(manifest.batch)
     out = {}

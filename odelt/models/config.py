@@ -8,27 +8,6 @@ from dataclasses import dataclass
 
 from odelt.errors import ConfigError
 
-# Shortcut levels: dt_base = log2(#steps) names the step size 2^-dt_base a velocity is trained for.
-# Upstream trains levels 0..7; 7 (steps of 1/128) is the flow-matching level, the finest it knows.
-FM_LEVEL = 7
-
-
-def level_for_step(h: float) -> int:
-    """The shortcut level upstream trains for a step of size h: round(-log2 h) clamped to
-    [0, FM_LEVEL] (e.g. 1/3 -> 2, the 4-step level); a step of size <= 0 gets the finest level."""
-    if h <= 0:
-        return FM_LEVEL
-    return int(min(FM_LEVEL, max(0, round(-math.log2(h)))))
-
-
-def level_for_steps(steps: int) -> int:
-    """The level of `steps` uniform steps: round(log2 steps) clamped to [0, FM_LEVEL] (T=3 -> 2,
-    T=6 -> 3, T >= 182 -> 7)."""
-    if int(steps) < 1:
-        raise ConfigError(f"steps must be >= 1, found {steps}")
-    return int(min(FM_LEVEL, max(0, round(math.log2(int(steps))))))
-
-
 @dataclass(frozen=True)
 class DiTConfig:
     input_size: int = 32          # latent side; images are NCHW (B, in_channels, input_size, input_size)

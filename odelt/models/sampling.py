@@ -5,7 +5,7 @@ dx/dt = v(x, t) from t=0 to t=1. `model` is anything with forward(x, t, dt_base,
 stand-in); calls are batched and run under torch.no_grad.
 
 Solvers are registered in `SOLVERS` (name -> function), k-diffusion style; the integrators are
-the runtime's (odelt.runtime.solvers), driven through `TorchVelocity`, the one adapter from a
+the runtime's (odelt.ode.solvers), driven through `TorchVelocity`, the one adapter from a
 PyTorch model to a solver's f(x, t, n).
 
 Shortcut level for fixed steps: upstream uses dt_base = int(log2 T) and trains only T = 1, 2, ..., 128;
@@ -25,11 +25,11 @@ import torch
 from torch import Tensor
 
 from odelt.errors import ConfigError
-from odelt.models.config import FM_LEVEL, level_for_steps
-from odelt.runtime import solvers as runtime_solvers
+from odelt.ode.schedule import FM_LEVEL, level_for_steps
+from odelt.ode import solvers as runtime_solvers
 
 class TorchVelocity:
-    """The velocity f(x, t, n) the runtime's solvers (odelt.runtime.solvers) call, over a PyTorch
+    """The velocity f(x, t, n) the runtime's solvers (odelt.ode.solvers) call, over a PyTorch
     model: step n runs at lengths[n] (an int, or a (B,) tensor of per-sample lengths) and shortcut
     level levels[n], with labels y; guidance_scale mixes a null-class call in (v_u + s (v_c - v_u)).
     t is a float or a 0-d tensor (then gradients flow into it). `calls` counts model calls."""

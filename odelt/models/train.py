@@ -32,7 +32,8 @@ import torch
 from torch import Tensor
 
 from odelt import validate
-from odelt.models.config import FM_LEVEL, DiTConfig
+from odelt.models.config import DiTConfig
+from odelt.ode.schedule import FM_LEVEL
 from odelt.models.dit import DiT
 
 

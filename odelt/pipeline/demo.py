@@ -101,7 +101,7 @@ _STAGES = ("bundle", "bundle-trt-int8", "schedules", "verify.json", "demo.json",
 
 def _bundle_source(opts: DemoOptions) -> dict | None:
     """A folder from before source.json: the bundle's manifest says which model it holds."""
-    from odelt.exporter.bundle import MANIFEST, open_bundle
+    from odelt.bundle.bundle import MANIFEST, open_bundle
 
     if not (opts.out / "bundle" / MANIFEST).is_file():
         return None
@@ -121,7 +121,7 @@ def _cached(path: Path, make: Callable[[], Any], log: Log, what: str) -> Any:
 
 
 def stage_export(opts: DemoOptions, log: Log):
-    from odelt.exporter.bundle import MANIFEST, open_bundle
+    from odelt.bundle.bundle import MANIFEST, open_bundle
     from odelt.exporter.export import ExportOptions, export_source
 
     bundle = opts.out / "bundle"
@@ -144,7 +144,7 @@ def stage_verify(opts: DemoOptions, manifest, log: Log) -> dict:
 
 def stage_quantize(opts: DemoOptions, manifest, log: Log) -> dict[str, dict]:
     from odelt.calibration.quantize import QuantizeOptions, load_report, quantize_bundle
-    from odelt.exporter.bundle import open_bundle
+    from odelt.bundle.bundle import open_bundle
 
     reports = {}
     for precision in [p for p in opts.precisions if p != "fp32"]:
@@ -161,8 +161,8 @@ def stage_quantize(opts: DemoOptions, manifest, log: Log) -> dict[str, dict]:
 
 def stage_schedules(opts: DemoOptions, manifest, model, log: Log) -> list:
     """Shipped learned schedules (or re-learned ones) plus uniform Euler heuristics."""
-    from odelt.runtime.heuristics import BUILTIN_DIR, heuristic_schedule
-    from odelt.runtime.schedule import load_schedule
+    from odelt.ode.heuristics import BUILTIN_DIR, heuristic_schedule
+    from odelt.ode.schedule import load_schedule
 
     out = []
     for n in manifest.lengths:
@@ -184,7 +184,7 @@ def stage_schedules(opts: DemoOptions, manifest, model, log: Log) -> list:
 
 
 def _relearn(opts: DemoOptions, manifest, model, names, log: Log) -> list:
-    from odelt.runtime.schedule import load_schedule, save_schedule
+    from odelt.ode.schedule import load_schedule, save_schedule
     from odelt.schedules.make import Request, learn_schedule
 
     folder = opts.out / "schedules"
@@ -205,7 +205,7 @@ def _relearn(opts: DemoOptions, manifest, model, names, log: Log) -> list:
 
 def stage_build(opts: DemoOptions, manifest, log: Log) -> None:
     from odelt.engines.build import BuildRequest, build_bundle
-    from odelt.exporter.bundle import open_bundle
+    from odelt.bundle.bundle import open_bundle
 
     for precision in opts.precisions:
         req = BuildRequest(backend="ort", precision=precision)
@@ -218,8 +218,8 @@ def stage_build(opts: DemoOptions, manifest, log: Log) -> None:
 
 def stage_profile(opts: DemoOptions, manifest, log: Log, batches: tuple[int, ...] | None = None) -> dict:
     """The profile at batches (default (1, opts.batch)), reused when the bundle has one."""
-    from odelt.exporter.bundle import open_bundle
-    from odelt.runtime.profile import (
+    from odelt.bundle.bundle import open_bundle
+    from odelt.runtime.budget.profile import (
         device_description,
         device_id,
         profile_bundle,
@@ -238,9 +238,9 @@ def stage_profile(opts: DemoOptions, manifest, log: Log, batches: tuple[int, ...
 
 
 def stage_quality(opts: DemoOptions, manifest, model, schedules: list, log: Log) -> list[dict]:
-    from odelt.exporter.bundle import open_bundle
-    from odelt.pipeline.quality import install_schedules, quality_rows, write_quality
-    from odelt.runtime.plans import QUALITY
+    from odelt.bundle.bundle import open_bundle
+    from odelt.schedules.quality import install_schedules, quality_rows, write_quality
+    from odelt.runtime.budget.plans import QUALITY
 
     path = manifest.root / QUALITY
     if path.is_file():
@@ -268,9 +268,9 @@ def measure_plan(manifest, candidate, batch: int, n: int, threads: int = 1, seed
     (images, median ms per full batch, end to end)."""
     from contextlib import ExitStack
 
-    from odelt.runtime.backend import open_backend
-    from odelt.runtime.decode import open_decoder
-    from odelt.runtime.plans import load_plan_schedule
+    from odelt.runtime.backends import open_backend
+    from odelt.runtime.backends.decoder import open_decoder
+    from odelt.runtime.budget.plans import load_plan_schedule
     from odelt.runtime.sampler import Sampler, generate_batches
 
     schedule = load_plan_schedule(manifest, candidate)
@@ -303,9 +303,9 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
     """Choose a plan for each budget, run it, and record predicted vs measured latency."""
     from odelt.pipeline.report import plot_pareto
     from odelt.runtime.images import grid_image, save_png
-    from odelt.runtime.planner import MedianPredictor, choose
-    from odelt.runtime.plans import load_candidates
-    from odelt.runtime.profile import call_cost, decode_cost, host_overheads, predict_now
+    from odelt.runtime.budget.planner import MedianPredictor, choose
+    from odelt.runtime.budget.plans import load_candidates
+    from odelt.runtime.budget.profile import call_cost, decode_cost, host_overheads, predict_now
 
     candidates = load_candidates(manifest)
     at = MedianPredictor(call_cost(prof), opts.batch, *host_overheads(prof), decode_cost(prof))
@@ -353,7 +353,7 @@ def stage_deadline(opts: DemoOptions, manifest, prof: dict, log: Log) -> dict:
 
 
 def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
-    from odelt.exporter.bundle import open_bundle
+    from odelt.bundle.bundle import open_bundle
     from odelt.exporter.verify import model_for_bundle
     from odelt.pipeline.report import write_report
     from odelt.pipeline.rtx_stage import stage_rtx

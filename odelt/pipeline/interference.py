@@ -29,10 +29,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from odelt.runtime.backend import open_backend
-from odelt.runtime.heuristics import resolve_schedule
+from odelt.runtime.backends import open_backend
+from odelt.ode.heuristics import resolve_schedule
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
-from odelt.runtime.stream import stream_for_bundle
+from odelt.runtime.budget.stream import stream_for_bundle
 
 MODES = {"open": (0.5, "open"), "open95": (0.95, "open"), "closed": (0.95, "closed"), "anytime": (0.95, "anytime"),
          "cheapest": (0.95, "open")}
@@ -75,10 +75,10 @@ def pick_budget(manifest: Any, profile: dict, batch: int) -> float:
     """1.1 x the 0.95-quantile prediction of the best plan whose summed medians fit the geometric
     middle of the candidates' latency range: the quiet phase has a plan with headroom, and the hog
     (about half the core) pushes every mid-range plan over."""
-    from odelt.runtime.planner import MedianPredictor, choose
-    from odelt.runtime.plans import load_candidates
-    from odelt.runtime.profile import call_cost, decode_cost, host_overheads
-    from odelt.runtime.quantile import QuantilePredictor
+    from odelt.runtime.budget.planner import MedianPredictor, choose
+    from odelt.runtime.budget.plans import load_candidates
+    from odelt.runtime.budget.profile import call_cost, decode_cost, host_overheads
+    from odelt.runtime.budget.predict import QuantilePredictor
 
     candidates = load_candidates(manifest)
     at = MedianPredictor(call_cost(profile), batch, *host_overheads(profile), decode_cost(profile))

@@ -89,7 +89,7 @@ def quality_decoders(manifest: Any, rows: list[dict], samples: dict[str, np.ndar
     """The quality table's `decoders` section for a latent bundle (None for a pixel bundle)."""
     if not manifest.decoders:
         return None
-    from odelt.pipeline.quality import decoder_quality
+    from odelt.schedules.quality import decoder_quality
 
     return decoder_quality(manifest, samples["teacher"], samples[typical_row(rows)["name"]])
 
@@ -104,7 +104,7 @@ def stage_latent_quality(out: Any, manifest: Any, quick: bool, log: Log) -> dict
     import json
 
     from odelt.fileio import write_json_atomic
-    from odelt.pipeline.quality import digits_shaped, reference_decoder
+    from odelt.schedules.quality import digits_shaped, reference_decoder
 
     if not manifest.decoders:
         return None
@@ -130,10 +130,10 @@ def latent_quality(manifest: Any, lengths: Sequence[int], steps: Sequence[int], 
     """FD-digits and rate (classified as asked with confidence > 0.9) of n decoded samples per
     (length, uniform Euler steps), through the bundle at FP32; labels cycle 0..9, noise seeded."""
     from odelt.models.classifier import score_images
-    from odelt.pipeline.quality import reference_decoder
-    from odelt.runtime.backend import open_backend
-    from odelt.runtime.decode import open_decoder
-    from odelt.runtime.heuristics import heuristic_schedule
+    from odelt.schedules.quality import reference_decoder
+    from odelt.runtime.backends import open_backend
+    from odelt.runtime.backends.decoder import open_decoder
+    from odelt.ode.heuristics import heuristic_schedule
     from odelt.runtime.sampler import Sampler, generate, make_labels
 
     labels = make_labels(n, manifest.config.num_classes)          # what generate() conditions on
@@ -169,24 +169,3 @@ def headline_text(latent: dict) -> str:
             f"classified as asked with confidence > 0.9 (target >= {h['target_rate']:.0%}: "
             f"{'met' if h['met'] else 'NOT met'}; {h['rate_any']:.1%} confident whatever the class), "
             f"FD-digits {h['fd_digits']:.2f}")
-
-
-def report_lines(latent: dict | None) -> list[str]:
-    """The report's latent quality section: the headline and a length x steps table."""
-    if not latent:
-        return []
-    from odelt.pipeline.report import _md_table as md_table
-
-    rows = latent["rows"]
-    lengths = sorted({r["length"] for r in rows})
-    steps = sorted({r["steps"] for r in rows})
-    cell = {(r["length"], r["steps"]): r for r in rows}
-    lines = ["", "## Latent model: decoded samples scored by the digits classifier", "",
-             f"{latent['n']} samples per cell (labels cycling 0..9, seed {latent['seed']}), sampled through the "
-             f"bundle (ONNX Runtime, {latent['precision']}, uniform Euler) and decoded by its "
-             f"{latent['decoder']} decoder graph. Rate: classified as the asked label with confidence > 0.9.", "",
-             f"**Headline: {headline_text(latent)}.**", ""]
-    lines += md_table(["length"] + [f"{k} steps: FD-digits" for k in steps] + [f"{k} steps: rate" for k in steps],
-                      [[n] + [f"{cell[n, k]['fd_digits']:.2f}" if (n, k) in cell else "-" for k in steps]
-                       + [f"{cell[n, k]['rate']:.1%}" if (n, k) in cell else "-" for k in steps] for n in lengths])
-    return lines

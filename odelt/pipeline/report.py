@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 from odelt.fileio import atomic_path, write_text_atomic
 from odelt.pipeline import latent_stage
-from odelt.runtime.planner import Candidate, Choice, pareto_front
+from odelt.runtime.budget.planner import Candidate, Choice, pareto_front
 
 
 def plan_table(choice: Choice) -> str:
@@ -116,7 +116,7 @@ def plot_deadline(runs: dict[str, dict], path: str | os.PathLike) -> Path:
     return _save(fig, path)
 
 
-def _md_table(head: list[str], rows: list[list[Any]]) -> list[str]:
+def md_table(head: list[str], rows: list[list[Any]]) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     return out + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
 
@@ -146,14 +146,14 @@ def write_report(path: Path, facts: dict) -> Path:
              + ", ".join(f"{k} {b / 1e6:.2f} MB" for k, b in v["weight_bytes"].items())
              + f" vs {v['param_bytes'] / 1e6:.2f} MB of PyTorch parameters.", ""]
     lengths = sorted({n for errs in v["per_length"].values() for n in errs}, key=int)
-    lines += _md_table(["layout"] + [f"l={n}" for n in lengths],
+    lines += md_table(["layout"] + [f"l={n}" for n in lengths],
                        [[lay] + [f"{errs.get(n, float('nan')):.2e}" for n in lengths] for lay, errs in v["per_length"].items()])
     lines += ["", "## Latency per length (one network call, median ms)", ""]
     rows = []
     for prec, by_batch in prof["calls"].items():
         for b, by_len in by_batch.items():
             rows.append([prec, b] + [f"{by_len[n]['median_ms']:.3f}" for n in lengths if n in by_len])
-    lines += _md_table(["precision", "batch"] + [f"l={n}" for n in lengths], rows)
+    lines += md_table(["precision", "batch"] + [f"l={n}" for n in lengths], rows)
     lines += ["", "## INT8 / FP16 vs FP32 (same noise)", ""]
     for prec, rep in facts["quantize"].items():
         m = rep.get("metrics", {})
@@ -173,7 +173,7 @@ def write_report(path: Path, facts: dict) -> Path:
     lines += ["", "## Schedules: held-out RMSE to the teacher (128-step Euler, full length)", ""]
     q = sorted(facts["quality"], key=lambda r: (r["precision"], r["error"]))
     rated = any("rate" in r for r in q)           # a latent bundle's rows: scored on decoded images
-    lines += _md_table(["plan", "precision", "NFE", "block evals", "RMSE", "FD-digits"] + (["rate"] if rated else []),
+    lines += md_table(["plan", "precision", "NFE", "block evals", "RMSE", "FD-digits"] + (["rate"] if rated else []),
                        [[r["name"], r["precision"], len(r["call_lengths"]), sum(r["call_lengths"]),
                          f"{r['error']:.4f}", "-" if r["fd"] is None else f"{r['fd']:.2f}"]
                         + ([f"{r['rate']:.1%}" if "rate" in r else "-"] if rated else []) for r in q])
@@ -181,7 +181,7 @@ def write_report(path: Path, facts: dict) -> Path:
     lines += ["Predicted from the stored profile (which chose the plan), and from a profile of the plan's",
               "calls taken just before it ran (the difference is the machine's speed drifting).", ""]
     decoding = any("decoder" in r for r in facts["runs"])
-    lines += _md_table(["budget ms", "plan", "precision", "NFE", "RMSE", "predicted ms", "measured ms", "error",
+    lines += md_table(["budget ms", "plan", "precision", "NFE", "RMSE", "predicted ms", "measured ms", "error",
                         "re-profiled ms", "error"] + (["decoder", "decode ms", "decoder share"] if decoding else []),
                        [[r["budget_ms"], r["plan"], r["precision"], r["nfe"], f"{r['error']:.4f}",
                          f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}",
@@ -189,7 +189,7 @@ def write_report(path: Path, facts: dict) -> Path:
                         + _now(r) + (_decoding(r) if decoding else []) for r in facts["runs"]])
     lines += ["", "![pareto](pareto.png)", ""] + [f"![{r['plan']}]({r['grid']})" for r in facts["runs"]]
     lines += _deadline_lines(facts.get("deadline"))
-    lines += latent_stage.report_lines(facts.get("latent_quality"))
+    lines += latent_lines(facts.get("latent_quality"))
     return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
@@ -205,7 +205,7 @@ def _rtx_lines(rtx: dict) -> list[str]:
                      f"{f['onnx_bytes_total'] / 1e6:.2f}", "-" if ort is None else f"{ort / 1e6:.2f}",
                      f"{f['build_s_total']:.1f}" + (" (cached)" if f["up_to_date"] else ""),
                      ", ".join(map(str, f["compute_capabilities"])) or "portable"])
-    lines += _md_table(["precision", "engine set", "plan MB", "weights MB", "ONNX MB", "ORT engine MB",
+    lines += md_table(["precision", "engine set", "plan MB", "weights MB", "ONNX MB", "ORT engine MB",
                         "build s", "targets"], rows)
     return lines
 
@@ -226,5 +226,24 @@ def _deadline_lines(d: dict | None) -> list[str]:
         rows.append([DEADLINE_LABELS.get(mode, mode), f"{late(quiet)}/{len(quiet)}", f"{late(range(on, off))}/{off - on}",
                      f"{sum(q[i] for i in quiet) / len(quiet):.4f}", f"{sum(q[on:off]) / (off - on):.4f}",
                      r["replans"], int(sum(r["switches"]))])
-    lines += _md_table(["mode", "late (quiet)", "late (hog)", "RMSE quiet", "RMSE hog", "re-plans", "switches"], rows)
+    lines += md_table(["mode", "late (quiet)", "late (hog)", "RMSE quiet", "RMSE hog", "re-plans", "switches"], rows)
     return lines + ["", "![deadline](deadline.png)"]
+
+
+def latent_lines(latent: dict | None) -> list[str]:
+    """The report's latent quality section: the headline and a length x steps table."""
+    if not latent:
+        return []
+    rows = latent["rows"]
+    lengths = sorted({r["length"] for r in rows})
+    steps = sorted({r["steps"] for r in rows})
+    cell = {(r["length"], r["steps"]): r for r in rows}
+    lines = ["", "## Latent model: decoded samples scored by the digits classifier", "",
+             f"{latent['n']} samples per cell (labels cycling 0..9, seed {latent['seed']}), sampled through the "
+             f"bundle (ONNX Runtime, {latent['precision']}, uniform Euler) and decoded by its "
+             f"{latent['decoder']} decoder graph. Rate: classified as the asked label with confidence > 0.9.", "",
+             f"**Headline: {latent_stage.headline_text(latent)}.**", ""]
+    lines += md_table(["length"] + [f"{k} steps: FD-digits" for k in steps] + [f"{k} steps: rate" for k in steps],
+                      [[n] + [f"{cell[n, k]['fd_digits']:.2f}" if (n, k) in cell else "-" for k in steps]
+                       + [f"{cell[n, k]['rate']:.1%}" if (n, k) in cell else "-" for k in steps] for n in lengths])
+    return lines

@@ -11,6 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from odelt.engines.build import BuildRequest, build_bundle
+from odelt.engines.rtx import LIBRARY
+
 Log = Callable[[str], None]
 SIBLING = "bundle-trt-int8"
 
@@ -32,7 +35,6 @@ def stage_rtx(out: Path, bundle: Any, source: str, calib_samples: int, quick: bo
     if not available():
         log("tensorrt-rtx: skipped (install the `rtx` extra: pip install 'odelt-export[rtx]')")
         return {}
-    from odelt.engines.rtx_build import build_sets
 
     level = 0 if quick else 3                 # the builder's effort: level 0 keeps the smoke test short
     log(f"tensorrt-rtx: building the fp32 engine set (portable targets, optimisation level {level}) ...")
@@ -50,7 +52,7 @@ def stage_rtx(out: Path, bundle: Any, source: str, calib_samples: int, quick: bo
 
 def _int8_sibling(out: Path, source: str, calib_samples: int, log: Log, vaes: tuple[tuple[str, str], ...] = ()) -> Any:
     from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
-    from odelt.exporter.bundle import MANIFEST, open_bundle
+    from odelt.bundle.bundle import MANIFEST, open_bundle
     from odelt.exporter.export import ExportOptions, export_source
 
     root = out / SIBLING
@@ -71,3 +73,20 @@ def ort_engine_bytes(bundle: Any, precision: str) -> int | None:
         return None
     owner = f"engines/{sets[0]}"
     return sum(r["size"] or 0 for r in bundle.files.values() if r["owner"] == owner)
+
+
+def build_sets(bundle: str | Path, precisions: tuple[str, ...] = ("fp32",), targets: tuple[str, ...] = ("portable",),
+               optimization_level: int = 3, force: bool = False) -> dict[str, dict]:
+    """Build (or find up to date) the TensorRT-RTX set of each precision: {precision: headline
+    figures} for a report (the demo's). Raises as `odelt-export build` would (e.g. a cpu-flavour INT8)."""
+    out = {}
+    for precision in precisions:
+        req = BuildRequest(backend=LIBRARY, precision=precision, rtx_targets=targets,
+                           optimization_level=optimization_level, force=force)
+        entry = build_bundle(bundle, req)
+        built = entry["built"]
+        out[precision] = {"set": req.set_name, "up_to_date": bool(entry.get("up_to_date")),
+                          **{k: built[k] for k in ("plan_bytes_total", "weights_bytes_total", "onnx_bytes_total",
+                                                    "build_s_total", "library_version", "compute_capabilities")},
+                          "build_s": {n: g["build_s"] for n, g in built["graphs"].items()}}
+    return out

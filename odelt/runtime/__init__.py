@@ -4,9 +4,9 @@ Never imports torch (tested): a device needs numpy and one backend. Heavy backen
 imported only when a backend is opened.
 """
 
-from odelt.runtime.heuristics import heuristic_schedule, make_grid, resolve_schedule
-from odelt.runtime.schedule import Schedule, load_schedule, save_schedule
-from odelt.runtime.solvers import SOLVER_INFO, SOLVERS, nfe_for
+from odelt.ode.heuristics import heuristic_schedule, make_grid, resolve_schedule
+from odelt.ode.schedule import Schedule, load_schedule, save_schedule
+from odelt.ode.solvers import SOLVER_INFO, SOLVERS, nfe_for
 
 __all__ = ["SOLVERS", "SOLVER_INFO", "nfe_for", "Schedule", "load_schedule", "save_schedule",
            "heuristic_schedule", "make_grid", "resolve_schedule"]

@@ -1,4 +1,4 @@
-"""The PyTorch reference sampler: the same solvers (odelt.runtime.solvers) driven with torch
+"""The PyTorch reference sampler: the same solvers (odelt.ode.solvers) driven with torch
 tensors over the PyTorch model (through odelt.models.sampling.TorchVelocity), on the same noise, labels, lengths and shortcut levels as the
 runtime. Parity tests and the benchmark compare the runtime against it.
 
@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from odelt.runtime.schedule import Schedule
-from odelt.runtime.solvers import SOLVERS
+from odelt.ode.schedule import Schedule
+from odelt.ode.solvers import SOLVERS
 
 
 def torch_sample(dit: Any, schedule: Schedule, x0: np.ndarray, y: np.ndarray,

@@ -24,11 +24,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from odelt.errors import RuntimeFailure
-from odelt.exporter.bundle import Bundle
-from odelt.exporter.chain import load_table
-from odelt.runtime.protocol import Backend
-from odelt.runtime.schedule import Schedule
-from odelt.runtime.solvers import SOLVER_INFO, SOLVERS
+from odelt.bundle.bundle import Bundle
+from odelt.bundle.chain import load_table
+from odelt.runtime.backends.protocol import Backend
+from odelt.ode.schedule import Schedule
+from odelt.ode.solvers import SOLVER_INFO, SOLVERS
 
 
 def make_noise(seed: int, n: int, shape: tuple[int, int, int]) -> np.ndarray:
@@ -47,7 +47,7 @@ class Stats:
     backend_s: float = 0.0         # time inside backend.infer
     wall_s: float = 0.0            # time inside sample(), solver arithmetic included
     images: int = 0
-    switches: tuple[Any, ...] = ()     # anytime length switches (odelt.runtime.anytime.Switch), in order
+    switches: tuple[Any, ...] = ()     # anytime length switches (odelt.runtime.budget.anytime.Switch), in order
     lengths: tuple[int, ...] = ()      # the length every step ran at (one batch; () when summed)
 
     def add(self, other: Stats) -> None:
@@ -99,7 +99,7 @@ class Sampler:
         self._binds: dict[int, _Bound] = {}
 
     def sample(self, x0: np.ndarray, y: np.ndarray, control: Any = None) -> tuple[np.ndarray, Stats]:
-        """control: an anytime controller (odelt.runtime.anytime.Deadline) that may shorten the
+        """control: an anytime controller (odelt.runtime.budget.anytime.Deadline) that may shorten the
         remaining steps after each step; None runs the schedule's lengths."""
         y = np.asarray(y, np.int32)
         bound = self._bound(y)

@@ -45,7 +45,7 @@ def plan_from_schedule(s) -> SolverSteps:
 
 
 def block_evals(s) -> int:
-    from odelt.runtime.solvers import SOLVER_INFO
+    from odelt.ode.solvers import SOLVER_INFO
 
     return sum(s.lengths) * (SOLVER_INFO[s.solver].calls_per_step or 1)
 

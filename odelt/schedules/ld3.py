@@ -19,7 +19,7 @@ from odelt.validate import MAX_STEPS
 from odelt.models.dit import DiT
 from odelt.schedules.grids import LD3Grid
 from odelt.schedules.learn import History, LearnConfig, SolverSteps, learn
-from odelt.models.config import FM_LEVEL, level_for_step
+from odelt.ode.schedule import FM_LEVEL, level_for_step
 from odelt.schedules.problem import Pairs
 
 # Fixed-grid solvers that LD3 can drive: gradients flow through their time points.
@@ -28,7 +28,7 @@ LD3_SOLVERS = ("euler", "heun", "midpoint", "ipndm", "ipndm_v", "dpmpp_2m", "dpm
 
 def steps_for(solver: str, nfe: int) -> int:
     """Grid steps for `nfe` model calls; one-line errors for NFE < 1 or a mismatch."""
-    from odelt.runtime.solvers import SOLVER_INFO
+    from odelt.ode.solvers import SOLVER_INFO
 
     if not 1 <= nfe <= MAX_STEPS:
         raise ScheduleError(f"NFE: expected an integer in 1..{MAX_STEPS}, found {nfe}")
@@ -89,7 +89,7 @@ def learn_ld3(model: DiT, spec: StepSpec, train: Pairs, val: Pairs, cfg: LearnCo
     n = len(spec.lengths)
     torch.manual_seed(cfg.seed)
     student = LD3Student(spec, init_grid if init_grid is not None else uniform_grid(n))
-    from odelt.runtime.solvers import SOLVER_INFO
+    from odelt.ode.solvers import SOLVER_INFO
 
     nfe = n * SOLVER_INFO[spec.solver].calls_per_step
     hist = learn(model, student, train, val, cfg, nfe, progress=progress, aux=("g.xi_c",))

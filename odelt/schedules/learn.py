@@ -37,7 +37,7 @@ class SolverSteps:
 
 
 def run_steps(model: DiT, plan: SolverSteps, z: Tensor, y: Tensor) -> Tensor:
-    from odelt.runtime.solvers import SOLVERS
+    from odelt.ode.solvers import SOLVERS
 
     f = make_velocity(model, y, plan.lengths, plan.dt_bases)
     kwargs = dict(plan.params)

@@ -26,7 +26,7 @@ from odelt.errors import ScheduleError
 from odelt.models.dit import DiT
 from odelt.schedules.learn import History, LearnConfig, eval_rmse
 from odelt.schedules.ld3 import LD3Student, StepSpec, learn_ld3, uniform_grid
-from odelt.models.config import FM_LEVEL
+from odelt.ode.schedule import FM_LEVEL
 from odelt.schedules.problem import Pairs
 
 

@@ -2,7 +2,7 @@
 
 Stages: `check_request` (bad input -> one-line ScheduleError before any work), `learn_schedule`
 (teacher pairs, then LD3 / AMED / per-step-length learning), `schedule_from_plan` (torch plan ->
-`odelt.runtime.schedule.Schedule`).
+`odelt.ode.schedule.Schedule`).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def heuristic(model: DiT, req: Request, model_hash: str | None):
     """A runtime heuristic grid (uniform, shifted, cosine) at one length, for this model."""
     import dataclasses
 
-    from odelt.runtime.heuristics import KINDS, heuristic_schedule
+    from odelt.ode.heuristics import KINDS, heuristic_schedule
     from odelt.schedules.ld3 import step_levels, steps_for
 
     if req.method not in KINDS:
@@ -121,7 +121,7 @@ def choose_dt_mode(model: DiT, req: Request, val) -> tuple[Request, dict]:
     import dataclasses
 
     from odelt.schedules.learn import eval_rmse
-    from odelt.models.config import FM_LEVEL
+    from odelt.ode.schedule import FM_LEVEL
 
     req = resolve_dt_mode(model, req)
     if req.dt_mode == "auto" and req.budget is not None:
@@ -163,8 +163,8 @@ def _floats(t) -> tuple[float, ...] | None:
 
 
 def schedule_from_plan(plan: SolverSteps, req: Request, model_hash: str | None, provenance: dict):
-    from odelt.runtime.schedule import Schedule
-    from odelt.runtime.solvers import nfe_for
+    from odelt.ode.schedule import Schedule
+    from odelt.ode.solvers import nfe_for
 
     p = plan.params
     order = p.get("order")
@@ -179,6 +179,6 @@ def schedule_from_plan(plan: SolverSteps, req: Request, model_hash: str | None, 
 
 
 def _calls(solver: str) -> int:
-    from odelt.runtime.solvers import SOLVER_INFO
+    from odelt.ode.solvers import SOLVER_INFO
 
     return SOLVER_INFO[solver].calls_per_step or 1

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from odelt.errors import ConfigError, ExportError
-from odelt.exporter.bundle import Bundle, open_bundle
-from odelt.exporter.iospec import GraphSpec, TensorSpec
+from odelt.bundle.bundle import Bundle, open_bundle
+from odelt.bundle.iospec import GraphSpec, TensorSpec
 from odelt.fileio import swap_in_dir, write_json_atomic
 from odelt.serving import graph_model, sampler_model
 from odelt.serving.pbtxt import parameters, render

@@ -34,16 +34,16 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from odelt.errors import ConfigError, OdeltError, RuntimeFailure
-from odelt.exporter.bundle import Bundle, open_bundle
-from odelt.exporter.chain import run_chain
-from odelt.exporter.iospec import GraphSpec
-from odelt.runtime.protocol import chain_length
-from odelt.runtime.heuristics import resolve_schedule
-from odelt.runtime.planner import choose
-from odelt.runtime.quantile import DEFAULT_QUANTILE, QuantilePredictor, check_quantile
-from odelt.runtime.plans import load_candidates, load_plan_schedule, schedule_path
+from odelt.bundle.bundle import Bundle, open_bundle
+from odelt.bundle.chain import run_chain
+from odelt.bundle.iospec import GraphSpec
+from odelt.runtime.backends.protocol import chain_length
+from odelt.ode.heuristics import resolve_schedule
+from odelt.runtime.budget.planner import choose
+from odelt.runtime.budget.predict import DEFAULT_QUANTILE, QuantilePredictor, check_quantile
+from odelt.runtime.budget.plans import load_candidates, load_plan_schedule, schedule_path
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
-from odelt.runtime.schedule import Schedule, load_schedule
+from odelt.ode.schedule import Schedule, load_schedule
 from odelt.serving.wire import batched, wire_shape
 
 # (model name, inputs, output names) -> outputs: one network call, however it is carried
@@ -159,7 +159,7 @@ class SamplerService:
         repository's decoder model), so the budget bounds the whole request."""
         key = decoder.kind if decoder is not None else None
         if key not in self._planning:
-            from odelt.runtime.profile import decoder_precision_for, load_profile
+            from odelt.runtime.budget.profile import decoder_precision_for, load_profile
 
             if decoder is None:
                 candidates = load_candidates(self.manifest, decode=False)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from odelt.exporter.iospec import GraphSpec, TensorSpec
+from odelt.bundle.iospec import GraphSpec, TensorSpec
 
 SAMPLER = "odelt_sampler"
 TRITON_DTYPES = {"float32": "TYPE_FP32", "int32": "TYPE_INT32", "int64": "TYPE_INT64", "bytes": "TYPE_STRING"}

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from odelt.calibration.decoder import activation_maxima, build_decoders, decoder_precision, fp16_decoder
 from odelt.calibration.fp16 import node_dtypes
 from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
-from odelt.exporter.bundle import open_bundle
+from odelt.bundle.bundle import open_bundle
 from tests.bundles import private_copy
 from tests.calibration.conftest import FAST
 from tests.latent.vae_files import export_latent_bundle

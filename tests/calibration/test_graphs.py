@@ -9,7 +9,7 @@ from odelt.calibration.fp16 import fp16_from_onnx, node_dtypes
 from odelt.calibration.graph_roles import analyse, name_nodes
 from odelt.calibration.int8 import fused_ops, int8_from_onnx
 from odelt.errors import ConfigError
-from odelt.exporter import open_bundle
+from odelt.bundle import open_bundle
 
 FLOAT, HALF = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
 

@@ -9,7 +9,7 @@ from odelt.calibration import metrics
 from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
 from odelt.cli import main
 from odelt.errors import AccuracyError, ConfigError, ExportError
-from odelt.exporter import open_bundle
+from odelt.bundle import open_bundle
 
 from tests.bundles import edit_by_hand
 from tests.calibration.conftest import FAST

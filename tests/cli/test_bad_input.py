@@ -42,9 +42,9 @@ def world(tmp_path_factory, jax_small):
     from odelt.exporter.export import ExportOptions, export_source
     from odelt.fileio import file_hash
     from odelt.models import save_checkpoint
-    from odelt.pipeline.quality import install_schedules, quality_rows, write_quality
-    from odelt.runtime.heuristics import heuristic_schedule
-    from odelt.runtime.profile import profile_bundle, save_profile
+    from odelt.schedules.quality import install_schedules, quality_rows, write_quality
+    from odelt.ode.heuristics import heuristic_schedule
+    from odelt.runtime.budget.profile import profile_bundle, save_profile
 
     root = tmp_path_factory.mktemp("world")
     model = _model(0)

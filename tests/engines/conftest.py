@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from odelt.exporter.bundle import FORMAT
+from odelt.bundle.bundle import FORMAT
 from tests.bundles import hand_written_bundle
 from tests.models_zoo import config
-from odelt.exporter.iospec import GraphSpec, TensorSpec
+from odelt.bundle.iospec import GraphSpec, TensorSpec
 from odelt.models.config import PRESETS
 
 

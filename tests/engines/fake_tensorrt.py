@@ -1,7 +1,7 @@
 """A FAKE `tensorrt` module: it stands in for TensorRT, which cannot be installed here, so that
 OUR logic around it (version dispatch, flags chosen, profiles, caches, manifest checks) can be
 tested. It builds nothing and proves nothing about TensorRT itself; the real API is checked only
-statically (tests/engines/test_typecheck.py against tensorrt-stubs 10.13)."""
+statically (tests/test_typecheck.py against tensorrt-stubs 10.13)."""
 
 from __future__ import annotations
 

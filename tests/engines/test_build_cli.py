@@ -5,7 +5,7 @@ import pytest
 
 from odelt.cli import main
 from odelt.engines import ort as oe
-from odelt.exporter.bundle import open_bundle
+from odelt.bundle.bundle import open_bundle
 from tests.bundles import edit_by_hand
 
 
@@ -53,7 +53,7 @@ def test_tensorrt_without_tensorrt_is_one_line(tiny_bundle, capsys, monkeypatch)
 
 
 def test_cpu_int8_flavour_is_refused_for_tensorrt(tiny_bundle, capsys, monkeypatch):
-    from odelt.exporter.bundle import Bundle
+    from odelt.bundle.bundle import Bundle
 
     monkeypatch.setattr(Bundle, "int8_flavour", "cpu")  # as a cpu-flavour bundle records it
     before = _snapshot(tiny_bundle)

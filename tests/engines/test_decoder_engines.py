@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from odelt.engines.build import BuildRequest, build_bundle
-from odelt.exporter.bundle import open_bundle
-from odelt.runtime.decode import open_decoder
+from odelt.bundle.bundle import open_bundle
+from odelt.runtime.backends.decoder import open_decoder
 from tests.bundles import private_copy
 from tests.latent.vae_files import export_latent_bundle
 

@@ -13,10 +13,10 @@ from odelt.cli import main
 from odelt.engines import ort as oe
 from odelt.engines import tensorrt as te
 from odelt.engines.platform import Platform
-from odelt.exporter.bundle import open_bundle
-from odelt.exporter.chain import run_chain
+from odelt.bundle.bundle import open_bundle
+from odelt.bundle.chain import run_chain
 from odelt.exporter.export import ExportOptions, export_bundle
-from odelt.exporter.iospec import BatchRange
+from odelt.bundle.iospec import BatchRange
 from odelt.models import DiT
 
 from .fake_tensorrt import make_fake_tensorrt

@@ -12,7 +12,7 @@ from odelt.cli import main
 from odelt.engines import rtx
 from odelt.engines.graph import graph_digest
 from odelt.engines.rtx_targets import DEFAULT_MASK, RTX_TARGETS
-from odelt.exporter.bundle import open_bundle
+from odelt.bundle.bundle import open_bundle
 from tests.bundles import edit_by_hand, private_copy
 
 from .conftest import RTX_OPT_LEVEL
@@ -165,7 +165,7 @@ def test_precision_without_its_variant_is_refused(rtx_variants, tmp_path, capsys
 
 
 def test_build_sets_reports_each_precision_for_the_demo(built):
-    from odelt.engines.rtx_build import build_sets
+    from odelt.pipeline.rtx_stage import build_sets
 
     report = build_sets(built, ("fp32", "int8"), optimization_level=RTX_OPT_LEVEL)
     assert report["fp32"]["up_to_date"] and not report["int8"]["up_to_date"]   # fp32 was built by the fixture

@@ -13,8 +13,8 @@ from odelt.engines.build import BuildRequest
 from odelt.engines.platform import manifest_path
 from odelt.engines.tensorrt import BuildConfig, shape_ranges_from
 from odelt.errors import BackendUnavailable, EngineMismatch
-from odelt.exporter.bundle import open_bundle
-from odelt.runtime.backend import open_backend
+from odelt.bundle.bundle import open_bundle
+from odelt.runtime.backends import open_backend
 
 from .conftest import RTX_OPT_LEVEL
 

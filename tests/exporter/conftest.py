@@ -46,3 +46,6 @@ def cfg_bundle(tiny_ckpt, tmp_path_factory):
     return out
 
 
+
+# The decoder export tests (test_decoder.py) read the latent tests' tiny VAEs.
+from tests.latent.conftest import configs, kl, taesd, vae_dir  # noqa: E402,F401  (fixtures)

@@ -14,7 +14,8 @@ import torch
 from onnx import numpy_helper
 
 from odelt.errors import BundleError, ConfigError, ExportError
-from odelt.exporter import open_bundle, onnx_utils
+from odelt.bundle import open_bundle
+from odelt.exporter import onnx_utils
 from odelt.exporter.export import ExportOptions, export_bundle
 from odelt.exporter.verify import VerifyOptions, duplicate_initializers, verify_bundle
 from odelt.exporter.wrappers import unpatchify
@@ -108,7 +109,7 @@ def test_unpatchify_matches_the_model():
 
 def test_wrong_attention_scale_would_be_caught(tiny_bundle):
     """The 1/head_dim scale survives export: a 1/sqrt(head_dim) model differs well beyond 1e-4."""
-    from odelt.exporter.chain import run_chain
+    from odelt.bundle.chain import run_chain
     from odelt.exporter.verify import random_step_inputs
 
     man = open_bundle(tiny_bundle)

@@ -11,9 +11,9 @@ import random
 
 import pytest
 
-from odelt.exporter.bundle import open_bundle
+from odelt.bundle.bundle import open_bundle
 from odelt.exporter.export import ExportOptions, export_source
-from odelt.exporter.iospec import ZERO_HEAD, layout_spec
+from odelt.bundle.iospec import ZERO_HEAD, layout_spec
 from odelt.exporter.verify import VerifyOptions, verify_bundle
 from odelt.models import DiTConfig, save_checkpoint
 from odelt.models.config import PRESETS

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from odelt.errors import ScheduleError
-from odelt.exporter import open_bundle, run_chain
-from odelt.exporter.chain import load_table, table_feeds
+from odelt.bundle import open_bundle, run_chain
+from odelt.bundle.chain import load_table, table_feeds
 from odelt.exporter.tables import add_table, build_table, torch_conditioner
 from odelt.exporter.verify import cpu_session, verify_bundle
 from odelt.models import load_checkpoint

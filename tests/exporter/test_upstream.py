@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from odelt.exporter import open_bundle, run_chain
+from odelt.bundle import open_bundle, run_chain
 from odelt.exporter.export import ExportOptions, export_source
 from odelt.exporter.verify import VerifyOptions, cpu_session, verify_bundle
 from odelt.models.config_io import read_config_file

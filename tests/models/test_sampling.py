@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from odelt.errors import ConfigError
-from odelt.models.config import level_for_steps
+from odelt.ode.schedule import level_for_steps
 from tests.models_zoo import random_model
 from odelt.models.sampling import SOLVERS, sample_dopri5, sample_euler, sample_labels_noise
 

@@ -118,10 +118,10 @@ def test_corrupt_quality_table_is_one_line_error(demo, capsys):
 
 
 def test_measure_plan_keeps_a_partial_last_batch(demo):
-    from odelt.exporter.bundle import open_bundle
+    from odelt.bundle.bundle import open_bundle
     from odelt.pipeline.demo import measure_plan
-    from odelt.runtime.backend import open_backend
-    from odelt.runtime.plans import load_candidates, load_plan_schedule
+    from odelt.runtime.backends import open_backend
+    from odelt.runtime.budget.plans import load_candidates, load_plan_schedule
     from odelt.runtime.sampler import Sampler, generate
 
     opts, _ = demo
@@ -203,7 +203,7 @@ def latent_demo(tmp_path_factory):
 def test_latent_demo_decodes_scores_and_counts_the_decoder(latent_demo):
     from PIL import Image
 
-    from odelt.exporter.bundle import open_bundle
+    from odelt.bundle.bundle import open_bundle
 
     opts, res, _ = latent_demo
     bundle = open_bundle(opts.out / "bundle")
@@ -230,11 +230,11 @@ def test_latent_demo_decodes_scores_and_counts_the_decoder(latent_demo):
 
 
 def test_latent_demo_measures_plans_end_to_end(latent_demo):
-    from odelt.exporter.bundle import open_bundle
+    from odelt.bundle.bundle import open_bundle
     from odelt.pipeline.demo import measure_plan
-    from odelt.pipeline.quality import decode_latents
-    from odelt.runtime.backend import open_backend
-    from odelt.runtime.plans import load_candidates, load_plan_schedule
+    from odelt.schedules.quality import decode_latents
+    from odelt.runtime.backends import open_backend
+    from odelt.runtime.budget.plans import load_candidates, load_plan_schedule
     from odelt.runtime.sampler import Sampler, generate
 
     opts, _, _ = latent_demo
@@ -266,8 +266,8 @@ def test_latent_demo_reuses_its_stages_and_refuses_another_vae(latent_demo, tmp_
 
 def test_shipped_schedules_for_another_model_are_skipped():
     from odelt.pipeline.latent_stage import fitting
-    from odelt.runtime.heuristics import BUILTIN_DIR
-    from odelt.runtime.schedule import load_schedule
+    from odelt.ode.heuristics import BUILTIN_DIR
+    from odelt.ode.schedule import load_schedule
 
     shipped = load_schedule(BUILTIN_DIR / "ld3-euler-4.json")
     logs: list[str] = []

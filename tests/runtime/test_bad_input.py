@@ -14,11 +14,11 @@ import pytest
 from odelt.cli import main
 from odelt.errors import BundleError, ConfigError, OdeltError, RuntimeFailure, ScheduleError
 from tests.bundles import edit_by_hand
-from odelt.runtime.backend import check_batch, open_backend
-from odelt.runtime.heuristics import resolve_schedule
-from odelt.runtime.run import GenerateOptions, generate_from_bundle
+from odelt.runtime.backends import check_batch, open_backend
+from odelt.ode.heuristics import resolve_schedule
+from odelt.runtime.generate import GenerateOptions, generate_from_bundle
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
-from odelt.runtime.schedule import save_schedule
+from odelt.ode.schedule import save_schedule
 
 
 def _one_line(excinfo):

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from odelt.runtime.backend import open_backend
-from odelt.runtime.heuristics import resolve_schedule
+from odelt.runtime.backends import open_backend
+from odelt.ode.heuristics import resolve_schedule
 from odelt.runtime.reference import torch_sample
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
-from odelt.runtime.solvers import SOLVERS
+from odelt.ode.solvers import SOLVERS
 
 TOL = 1e-3
 

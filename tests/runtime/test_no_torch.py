@@ -38,7 +38,9 @@ def test_runtime_imports_and_integrates_without_torch():
     r = run_without_torch("""
         import numpy as np
         import odelt.runtime as rt
-        from odelt.runtime import backend, ort_backend, sampler, run, images, trt_backend   # noqa: F401
+        from odelt.runtime import backends, sampler, generate, images  # noqa: F401
+        from odelt.runtime.backends import ort, tensorrt  # noqa: F401
+        from odelt.runtime.budget import stream, anytime  # noqa: F401
         s = rt.resolve_schedule("uniform:heun:8", length=4)
         x = np.ones((2, 1, 4, 4), np.float32)
         out = rt.SOLVERS[s.solver](lambda x, t, n: -x, x, list(s.t_grid), **s.solver_kwargs())
@@ -51,7 +53,7 @@ def test_runtime_imports_and_integrates_without_torch():
 
 def test_generate_from_a_bundle_without_torch(tiny_bundle, tmp_path):
     r = run_without_torch(f"""
-        from odelt.runtime.run import GenerateOptions, generate_from_bundle
+        from odelt.runtime.generate import GenerateOptions, generate_from_bundle
         from odelt.runtime.images import grid_image, save_png
         res = generate_from_bundle({str(tiny_bundle.root)!r}, GenerateOptions(schedule="cosine:dpmpp_2m:4", n=3, batch=2))
         save_png(grid_image(res.images), {str(tmp_path / "g.png")!r})
@@ -67,8 +69,8 @@ def test_latent_bundle_decodes_without_torch(tmp_path):
 
     bundle = export_latent_bundle(tmp_path / "latent", kinds=("taesd",))
     r = run_without_torch(f"""
-        from odelt.runtime.run import GenerateOptions, generate_from_bundle
-        from odelt.runtime.decode import latent_from_nhwc
+        from odelt.runtime.generate import GenerateOptions, generate_from_bundle
+        from odelt.runtime.backends.decoder import latent_from_nhwc
         res = generate_from_bundle({str(bundle.root)!r}, GenerateOptions(schedule="uniform:euler:2", n=2, batch=2))
         assert res.images.shape == (2, 3, 16, 16) and res.latents.shape == (2, 4, 8, 8), res.images.shape
         assert res.decoded.kind == "taesd"

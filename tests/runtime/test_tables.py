@@ -6,10 +6,10 @@ import shutil
 
 import numpy as np
 
-from odelt.exporter.bundle import open_bundle
+from odelt.bundle.bundle import open_bundle
 from odelt.exporter.tables import add_table
-from odelt.runtime.backend import open_backend
-from odelt.runtime.heuristics import resolve_schedule
+from odelt.runtime.backends import open_backend
+from odelt.ode.heuristics import resolve_schedule
 from odelt.runtime.sampler import Sampler, make_noise
 
 

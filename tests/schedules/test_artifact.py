@@ -1,6 +1,6 @@
 import torch
 
-from odelt.runtime.schedule import Schedule
+from odelt.ode.schedule import Schedule
 from odelt.schedules.amed import AMEDSpec, AMEDStudent
 from odelt.schedules.evaluate import Row, pareto_front, plan_from_schedule
 from odelt.schedules.learn import LearnConfig, run_steps

@@ -5,7 +5,7 @@ import pytest
 
 from odelt.cli import main
 from odelt.models import save_checkpoint
-from odelt.runtime.schedule import load_schedule
+from odelt.ode.schedule import load_schedule
 
 from .conftest import TINY, tiny_dit
 

@@ -8,7 +8,7 @@ from odelt.schedules.amed import AMEDSpec, AMEDStudent, learn_amed
 from odelt.schedules.learn import LearnConfig, eval_rmse, run_steps
 from odelt.schedules.ld3 import LD3Student, StepSpec, learn_ld3, uniform_grid
 from odelt.schedules.lengths import best_single_length, search_lengths
-from odelt.models.config import level_for_step
+from odelt.ode.schedule import level_for_step
 from odelt.schedules.problem import Pairs
 
 FAST = LearnConfig(n_pairs=24, n_train=12, batch=6, iters=40, lr=0.05, val_every=5, patience=20)

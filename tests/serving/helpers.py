@@ -14,14 +14,14 @@ PLANS = (("uniform:euler:1", 2), ("uniform:euler:2", 4), ("uniform:euler:4", 4),
 def make_serving_bundle(root: Path) -> Path:
     import torch
 
-    from odelt.exporter.bundle import open_bundle
+    from odelt.bundle.bundle import open_bundle
     from odelt.exporter.export import ExportOptions, export_bundle
-    from odelt.exporter.iospec import BatchRange
+    from odelt.bundle.iospec import BatchRange
     from odelt.models import DiT
-    from odelt.runtime.heuristics import resolve_schedule
-    from odelt.runtime.plans import FORMAT, QUALITY, call_lengths
-    from odelt.runtime.profile import profile_bundle, save_profile
-    from odelt.runtime.schedule import save_schedule
+    from odelt.ode.heuristics import resolve_schedule
+    from odelt.runtime.budget.plans import FORMAT, QUALITY, call_lengths
+    from odelt.runtime.budget.profile import profile_bundle, save_profile
+    from odelt.ode.schedule import save_schedule
 
     torch.manual_seed(0)
     dit = DiT(TINY).eval()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from odelt.runtime.planner import Candidate
+from odelt.runtime.budget.planner import Candidate
 from odelt.serving.repository import RepoOptions, write_repository
 from tests.latent.vae_files import export_latent_bundle
 from tests.serving.helpers import fake_service
@@ -13,10 +13,10 @@ from tests.serving.helpers import fake_service
 
 @pytest.fixture(scope="module")
 def budget_repo(tmp_path_factory):
-    from odelt.pipeline.quality import decoder_quality, install_schedules, quality_rows, write_quality
+    from odelt.schedules.quality import decoder_quality, install_schedules, quality_rows, write_quality
     from odelt.exporter.verify import model_for_bundle
-    from odelt.runtime.heuristics import heuristic_schedule
-    from odelt.runtime.profile import profile_bundle, save_profile
+    from odelt.ode.heuristics import heuristic_schedule
+    from odelt.runtime.budget.profile import profile_bundle, save_profile
 
     root = tmp_path_factory.mktemp("serve-latent-budget")
     bundle = export_latent_bundle(root)
@@ -32,7 +32,7 @@ def budget_repo(tmp_path_factory):
 
 @pytest.mark.parametrize("kind", ["sd", "taesd"])
 def test_the_budgeted_plan_counts_the_requests_decoder(budget_repo, kind):
-    from odelt.runtime.quantile import QuantilePredictor
+    from odelt.runtime.budget.predict import QuantilePredictor
 
     bundle, prof, rows, repo = budget_repo
     svc = fake_service(repo)

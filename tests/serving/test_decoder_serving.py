@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from odelt.errors import OdeltError
-from odelt.runtime.run import GenerateOptions, generate_from_bundle
+from odelt.runtime.generate import GenerateOptions, generate_from_bundle
 from odelt.serving.repository import RepoOptions, write_repository
 from tests.latent.vae_files import export_latent_bundle
 from tests.serving.helpers import fake_service

@@ -8,8 +8,8 @@ import shutil
 import pytest
 
 from odelt.cli import main
-from odelt.exporter.bundle import open_bundle
-from odelt.exporter.iospec import segments_spec
+from odelt.bundle.bundle import open_bundle
+from odelt.bundle.iospec import segments_spec
 from odelt.serving.repository import RepoOptions, write_repository
 from odelt.serving.wire import batched, model_name
 from tests.serving.conftest import validate

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from odelt.errors import ConfigError
-from odelt.runtime.run import GenerateOptions, generate_from_bundle
+from odelt.runtime.generate import GenerateOptions, generate_from_bundle
 from odelt.serving.sampler_model import one_line
 from tests.serving.helpers import fake_service
 

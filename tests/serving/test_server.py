@@ -12,11 +12,11 @@ import threading
 import numpy as np
 import pytest
 
-from odelt.exporter.bundle import open_bundle
-from odelt.runtime.quantile import QuantilePredictor
-from odelt.runtime.plans import load_candidates
-from odelt.runtime.profile import load_profile
-from odelt.runtime.run import GenerateOptions, generate_from_bundle
+from odelt.bundle.bundle import open_bundle
+from odelt.runtime.budget.predict import QuantilePredictor
+from odelt.runtime.budget.plans import load_candidates
+from odelt.runtime.budget.profile import load_profile
+from odelt.runtime.generate import GenerateOptions, generate_from_bundle
 from odelt.serving.client import Client, ServingError
 from odelt.serving.wire import model_name
 

@@ -1,0 +1,78 @@
+"""Running a bundle's graphs: the dataflow along a chain and the modulation tables that can stand in
+for its conditioning graph. Backends (ONNX Runtime, TensorRT) plug in through `run_graph`.
+
+Dataflow along a chain: keep a dict of named tensors, starting with the caller's x, t, dt_base, y
+(and cfg_scale) plus l = full((B,), length, int32). Each graph reads its inputs from the dict by
+name; each output named `<n>_out` is stored back as `<n>` (chunks pass h and V this way), other
+outputs under their own name. The last graph outputs `velocity`. With guidance folded in, graph rows
+inside the chain are 2B (B conditional rows, then B null-class rows); the caller's tensors stay B.
+
+Modulation tables (`tables/<name>.npz`, built by odelt.exporter.tables): for a fixed time schedule,
+class and length, the conditioning graph's outputs precomputed, so a device needs no conditioning
+weights. The npz holds, per output name, a float32 array (S, rows, width): rows = 1 (class y) or 2
+(guidance: class y, then the null class). To feed step s at batch B, repeat each row B times in
+order: np.repeat(table[name][s], B, axis=0) -> (rows*B, width).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+from odelt.errors import BundleError
+from odelt.bundle.bundle import Bundle
+from odelt.bundle.iospec import GraphSpec
+
+RunGraph = Callable[[GraphSpec, dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+
+
+def chain_feeds(graph: GraphSpec, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    missing = [t.name for t in graph.inputs if t.name not in env]
+    if missing:
+        raise BundleError(f"graph {graph.name} needs inputs {missing}, which no earlier graph or caller provided")
+    return {t.name: env[t.name] for t in graph.inputs}
+
+
+def run_chain(bundle: Bundle, length: int, feeds: Mapping[str, np.ndarray], run_graph: RunGraph,
+              layout: str | None = None) -> np.ndarray:
+    """Compute the velocity at `length` by running the chain with `run_graph(spec, inputs) -> outputs`.
+
+    `feeds` holds the caller's x, t, dt_base, y (and cfg_scale when the bundle has guidance); `l` is
+    added here. Passing the conditioning outputs (mod*, final_mod) in `feeds` is how a modulation
+    table replaces the conditioning graph.
+    """
+    batch = int(np.asarray(feeds["x"]).shape[0])
+    env: dict[str, np.ndarray] = {"l": np.full((batch,), length, dtype=np.int32), **feeds}
+    for graph in bundle.chain(length, layout):
+        if graph.kind == "conditioning" and all(t.name in feeds for t in graph.outputs):
+            continue                                         # a modulation table already gave them
+        outputs = run_graph(graph, chain_feeds(graph, env))
+        for name, value in outputs.items():
+            env[name[:-4] if name.endswith("_out") else name] = value
+    return env["velocity"]
+
+
+def load_table(bundle: Bundle, name: str) -> dict[str, np.ndarray]:
+    """A stored modulation table: {output name: (S, rows, width) float32}. Never unpickles."""
+    tables = bundle.tables
+    if name not in tables:
+        raise BundleError(f"{bundle.root}: no modulation table {name!r}; expected one of {sorted(tables)}")
+    path = bundle.root / tables[name]["file"]
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError) as e:
+        raise BundleError(f"{path}: expected a modulation table (npz of float32 arrays), found unreadable "
+                          f"content ({e})") from None
+    bad = [k for k, v in out.items() if v.dtype != np.float32 or v.ndim != 3]
+    if bad:
+        raise BundleError(f"{path}: expected float32 arrays (steps, rows, width), found {bad[0]!r} "
+                          f"{out[bad[0]].dtype} with {out[bad[0]].ndim} dims")
+    return out
+
+
+def table_feeds(table: Mapping[str, np.ndarray], step: int, batch: int) -> dict[str, np.ndarray]:
+    """Conditioning outputs for step `step` at caller batch `batch`: each row repeated batch times,
+    rows in order (class rows, then null rows with guidance) -> (rows * batch, width)."""
+    return {name: np.repeat(arr[step], batch, axis=0) for name, arr in table.items()}

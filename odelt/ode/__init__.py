@@ -1,0 +1,1 @@
+"""The math floor: ODE solvers and time grids, numpy and torch alike."""

@@ -1,0 +1,148 @@
+"""Closed loop between batches: how fast the device runs now, and which plan fits at that speed.
+
+A batch can run late in two ways that act differently on another plan. A slowdown (a slower
+clock, a busy memory bus) makes every call slower alike: it scales with the plan's work. A wait
+(another process has the core) adds a fixed time: a CPU hog pinned to the sampler's core makes the
+sampler run one scheduler tick and then wait one (4 ms at HZ=250, measured), so a 0.9 ms plan
+that waits once takes 4.9 ms, a 4.5 ms plan 8.5 ms. Read only as ratios (5.4x, 1.9x), the big
+plan's wait predicted 1.7-3 ms for the cheaper plans, and the re-planner walked down plan by plan,
+missing at every step (6 misses in a row on the digits bench); read as 4 ms, it goes straight to
+the plans that absorb it.
+
+`SpeedTracker` keeps, per batch, its wall time and the median prediction of the lengths it really
+ran (an anytime switch does not look like a speed-up). Over a window (the last `window` batches,
+extended back until they hold `horizon_ms` of predicted work) it keeps three robust estimates:
+
+* `speed`, the median of measured / predicted (from 3 batches on; 1 before): how fast the
+  device runs now, typically;
+* `tail`, the second-largest ratio (from 2 batches on; 1 before; the largest while `waiting`): a
+  bad batch read as a slowdown;
+* `excess_ms`, the second-largest measured - pace * predicted (from 2 batches on; 0 before):
+  the same bad batch read as a wait. The pace is the speed, or the profile's when the speed is
+  slower: a wait on every batch (a plan longer than a tick) inflates the median ratio, and the
+  wait would vanish into it.
+
+The re-planner holds each plan to the larger of the two readings, so whichever a bad batch was,
+the next plan absorbs it (the other reading is the conservative one: a real slowdown seen on a
+big plan overestimates a cheap plan's time by the big plan's excess). The wall clock is the only
+clock read: the sampling thread's CPU time would tell a wait from a slowdown, but reading it is a
+system call, where the kernel hands the core to a due competitor mid-tick; the hog's waits then
+spread from ~4.0 ms to 2-6 ms and the cheapest digits plan missed 8% of its batches under the
+hog instead of 5.5% (1,600 batches each way, measured).
+
+One stray batch moves none of the estimates. A competitor that recurs (two waits of >= `wait_ms`
+in the window) puts the tracker in `waiting`: the excess and the tail are then the largest in the
+window, held while one wait is left in it, and dropped to the second-largest (jitter) once none is.
+The competitor's effect varies from batch to batch, and the second-largest of a few let plans
+through that the next batch pushed over: waits of 4-5 ms under the hog on batches of 8; on batches
+of 128 (each spanning several of the hog's slices) slowdowns of 1.8-2.35x, where a tail of 2.04
+let a plan through at 96% of the budget and its batch ran 2.35x slower than profiled (48.4 ms
+against 43.6, measured). Why the horizon: a time-sliced competitor stalls the
+sampler once per tick of the sampler's own running, so the window must span the longest run
+between two waits whatever the plan. The digits model's cheapest plan (0.9 ms) waited on every
+4th-5th batch under the hog, but now and then ran 8-12 batches between waits (measured); ten
+batches (9 ms of work) held two waits only barely, and when they did not, the stream jumped back
+to a big plan and missed. Held on one wait, a window of >= 10 ms of work (11-12 such batches)
+bridges those runs. Going back after the competitor stops takes as long as its last wait stays
+in the window (~12 batches of the cheap plan).
+
+`Replanner` holds every candidate's median and quantile prediction at the profile's speed, sorted
+by quality once. Re-planning takes the best candidate with
+
+    speed * quantile_ms <= budget   and   max(tail * median_ms, pace * median_ms + excess_ms) <= budget
+
+(the profile's jitter at the current speed, and the bad batch observed now): a scan of a list,
+microseconds. Pure Python, runs next to the sampler.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from statistics import median
+from typing import Sequence
+
+from odelt.runtime.budget.planner import BudgetError, Candidate
+from odelt.runtime.budget.predict import QuantilePredictor
+
+
+class SpeedTracker:
+    """Robust online estimates of the speed and tail (measured / predicted) and the excess (ms)."""
+
+    def __init__(self, window: int = 10, horizon_ms: float = 10.0, wait_ms: float = 1.0, max_window: int = 64):
+        if window < 3:
+            raise ValueError(f"window must be >= 3, found {window}")
+        self.window, self.horizon_ms, self.wait_ms = window, float(horizon_ms), float(wait_ms)
+        self._batches: deque[tuple[float, float]] = deque(maxlen=max(window, max_window))
+        self.speed, self.tail, self.excess_ms = 1.0, 1.0, 0.0
+        self.waiting = False
+
+    def observe(self, measured_ms: float, predicted_ms: float) -> float:
+        """Add one batch; returns the new speed (slowdown factor; > 1: slower than profiled)."""
+        self._batches.append((measured_ms, max(predicted_ms, 1e-9)))
+        recent = self._recent()
+        if len(recent) >= 3:
+            self.speed = float(median(m / p for m, p in recent))
+        if len(recent) >= 2:
+            pace = min(self.speed, 1.0)
+            ratios = sorted(m / p for m, p in recent)
+            excess = sorted(m - pace * p for m, p in recent)
+            waits = sum(e >= self.wait_ms for e in excess)
+            self.waiting = waits >= 2 or (self.waiting and waits >= 1)
+            worst = -1 if self.waiting else -2
+            self.tail, self.excess_ms = ratios[worst], max(0.0, excess[worst])
+        return self.speed
+
+    def _recent(self) -> list[tuple[float, float]]:
+        """The last `window` batches, and older ones until their predicted work reaches `horizon_ms`."""
+        out: list[tuple[float, float]] = []
+        work = 0.0
+        for b in reversed(self._batches):
+            if len(out) >= self.window and work >= self.horizon_ms:
+                break
+            out.append(b)
+            work += b[1]
+        return out
+
+
+@dataclass(frozen=True)
+class Planned:
+    candidate: Candidate
+    median_ms: float           # at the profile's speed
+    quantile_ms: float
+
+    def at(self, speed: float = 1.0, tail: float = 0.0, excess_ms: float = 0.0) -> float:
+        """Predicted ms at the tracked speed, tail and excess (what choose() holds to the budget)."""
+        bad = max(self.median_ms * tail, self.median_ms * min(speed, 1.0) + excess_ms)
+        return max(self.quantile_ms * speed, bad)
+
+
+class Replanner:
+    """The best candidate whose prediction at the tracked speed, tail and excess fits the budget."""
+
+    def __init__(self, candidates: Sequence[Candidate], predictor: QuantilePredictor, budget_ms: float):
+        if not budget_ms > 0:
+            raise BudgetError(f"--budget-ms must be a positive number of milliseconds, found {budget_ms}")
+        if not candidates:
+            raise BudgetError("no candidate plans: expected a quality table with at least one plan, found none")
+        self.budget_ms, self.predictor = budget_ms, predictor
+        rows = [Planned(c, predictor.median(c), predictor.candidate(c)) for c in candidates]
+        self.by_quality = sorted(rows, key=lambda p: (p.candidate.error, p.quantile_ms))
+        self.cheapest = min(rows, key=lambda p: p.quantile_ms)
+
+    def choose(self, speed: float = 1.0, tail: float = 0.0, excess_ms: float = 0.0) -> Planned:
+        """Best fit at `speed`, observed `tail` and `excess_ms` (0: none observed yet); when
+        nothing fits, the cheapest plan (anytime control then has the most room to shorten it)."""
+        for p in self.by_quality:
+            if p.at(speed, tail, excess_ms) <= self.budget_ms:
+                return p
+        return self.cheapest
+
+    def first(self) -> Planned:
+        """The plan for the first batch: refuses a budget nothing fits at the profile's speed."""
+        p = self.choose(1.0)
+        if p.quantile_ms > self.budget_ms:
+            raise BudgetError(f"budget {self.budget_ms:g} ms is below the cheapest plan at batch "
+                              f"{self.predictor.batch}: {p.candidate.name} needs {p.quantile_ms:.3g} ms at "
+                              f"quantile {self.predictor.quantile:g} (the minimum achievable latency)")
+        return p

@@ -1,0 +1,173 @@
+"""`generate` as a library call: bundle + options -> images and timings (the CLI only parses)."""
+
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from odelt import validate
+from odelt.errors import ConfigError
+from odelt.bundle.bundle import Bundle, open_bundle
+from odelt.runtime.backends import backend_class, check_batch, open_backend
+from odelt.ode.heuristics import resolve_schedule
+from odelt.runtime.budget.planner import Choice
+from odelt.runtime.budget.profile import check_plan_batch, load_profile
+from odelt.runtime.budget.predict import check_quantile
+from odelt.runtime.sampler import Sampler, Stats, generate
+from odelt.ode.schedule import Schedule
+from odelt.runtime.budget.stream import StreamStats
+
+
+@dataclass(frozen=True)
+class GenerateOptions:
+    schedule: str | None = None        # NAME or FILE (see heuristics.resolve_schedule); None: uniform
+    n: int = 16
+    batch: int = 8
+    seed: int = 0
+    guidance_scale: float | None = None
+    backend: str = "ort"
+    layout: str | None = None          # None: the bundle's default (segments when exported)
+    length: int | None = None          # heuristic schedules: None = the longest exported length
+    threads: int = 0                   # ONNX Runtime intra-op threads; 0 = its default
+    tables: bool = True                # use the bundle's modulation tables when they fit
+    precision: str = "fp32"            # a precision variant the bundle has (odelt-export quantize)
+    budget_ms: float | None = None     # choose (schedule, precision) by the planner instead
+    extrapolate: bool = False          # with budget_ms: allow a batch outside the profiled ones
+    quantile: float = 0.95             # with a budget: plans must fit at this latency quantile
+    control: str = "anytime"           # with a budget: open | closed | anytime (odelt.runtime.budget.stream)
+    decode: bool = True                # latent bundles: run the decoder stage (False: keep the latents)
+    decoder: str | None = None         # decoder kind when the bundle has several; None: Bundle.decoder()
+
+    def __post_init__(self) -> None:
+        validate.count("-n", self.n, 1, validate.MAX_SAMPLES)
+        validate.count("--batch", self.batch)
+        validate.count("--seed", self.seed, 0)
+        validate.threads("--threads", self.threads)
+        if self.guidance_scale is not None:
+            validate.number("--guidance-scale", self.guidance_scale)
+        if self.length is not None:
+            validate.count("--length", self.length)
+        if self.budget_ms is not None:
+            validate.positive("--budget-ms", self.budget_ms)
+            check_quantile(self.quantile)
+            if self.schedule is not None:
+                raise ConfigError(f"--budget-ms lets the planner choose the schedule: expected --schedule or "
+                                  f"--budget-ms, found both (--schedule {self.schedule})")
+        if self.decoder is not None and not self.decode:
+            raise ConfigError(f"--latents skips the decoder: expected --decoder or --latents, found both "
+                              f"(--decoder {self.decoder})")
+
+
+@dataclass
+class GenerateResult:
+    images: np.ndarray                 # (n, C, H, W) float32: decoded images of a latent bundle (not
+                                       # clamped), else the samples themselves
+    stats: Stats
+    schedule: Schedule
+    peak_rss_mb: float
+    plan: Choice | None = None         # the planner's choice when a budget was given (the first batch's)
+    stream: StreamStats | None = None  # with a budget: every batch's latency, plan and switches
+    latents: np.ndarray | None = None  # latent bundles: the sampler's output the images were decoded from
+    decoded: DecodeStats | None = None  # latent bundles, when decoded: which decoder and its time
+
+
+@dataclass(frozen=True)
+class DecodeStats:
+    kind: str                          # "sd" | "taesd"
+    precision: str
+    seconds: float                     # time inside the decoder's calls
+
+
+def check_decoder(manifest: Bundle, opts: GenerateOptions) -> None:
+    """Before any sampling: a --decoder the bundle lacks fails in one line."""
+    if opts.decoder is not None:
+        manifest.decoder(opts.decoder)
+
+
+def decode_result(manifest: Bundle, res: GenerateResult, opts: GenerateOptions) -> GenerateResult:
+    """Decode a latent bundle's samples (its decoder graph at the run's precision) unless --latents."""
+    if not manifest.decoders or not opts.decode:
+        return res
+    from odelt.runtime.backends.decoder import decoder_dtype, open_decoder
+
+    with open_decoder(manifest, opts.decoder, opts.precision, opts.threads) as dec:
+        images = dec.decode(res.images, opts.batch)
+    res.latents, res.images = res.images, images
+    # the decoder's own precision: an int8 run decodes in FP16 or FP32, never INT8
+    res.decoded = DecodeStats(dec.kind, decoder_dtype(manifest, dec.kind, opts.precision), dec.seconds)
+    res.peak_rss_mb = peak_rss_mb()
+    return res
+
+
+def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
+                         progress: Callable[[int], None] | None = None) -> GenerateResult:
+    manifest = open_bundle(bundle)
+    validate.bundle_batch("--batch", opts.batch, manifest.batch)
+    check_decoder(manifest, opts)
+    if opts.budget_ms is not None:           # the plans decode each batch themselves (within the budget)
+        return generate_budgeted(manifest, opts, progress)
+    schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))
+    if opts.length is not None and schedule.method == "heuristic":
+        schedule = schedule.with_lengths(opts.length)
+    schedule.check_fits(manifest.model_hash, manifest.lengths, opts.guidance_scale)
+    rows = 2 * opts.batch if (opts.guidance_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
+    check_batch(manifest, rows, profile_bound=backend_class(opts.backend).batch_bound)
+    with open_backend(opts.backend, manifest, layout=opts.layout, lengths=tuple(sorted(set(schedule.lengths))),
+                      precision=opts.precision, threads=opts.threads) as backend:
+        sampler = Sampler(backend, manifest, schedule, opts.guidance_scale, use_tables=opts.tables)
+        images, stats = generate(sampler, opts.n, opts.batch, opts.seed, progress)
+    return decode_result(manifest, GenerateResult(images, stats, schedule, peak_rss_mb()), opts)
+
+
+def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
+                      progress: Callable[[int], None] | None = None) -> GenerateResult:
+    """Batches under opts.budget_ms through a Stream: the plan re-chosen between batches as the
+    device's speed moves, steps shortened inside a batch that runs late (opts.control)."""
+    from contextlib import ExitStack
+
+    from odelt.runtime.budget.stream import generate_stream, stream_for_bundle
+
+    rows = 2 * opts.batch if (opts.guidance_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
+    check_batch(manifest, rows, profile_bound=backend_class(opts.backend).batch_bound)
+    prof = load_profile(manifest, backend=opts.backend)
+    check_plan_batch(manifest, prof, opts.batch, opts.extrapolate)
+    with ExitStack() as stack:
+        stream = stream_for_bundle(manifest, stack, float(opts.budget_ms or 0), opts.batch, opts.quantile,
+                                   opts.control, opts.backend, opts.threads or prof.get("threads", 1), opts.layout,
+                                   opts.guidance_scale, opts.tables, prof, decode=opts.decode,
+                                   decoders=None if opts.decoder is None else (opts.decoder,))
+        first = stream.current
+        latents, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
+        schedule = stream.sampler(first.candidate).schedule
+        decoded = _stream_decoded(manifest, stream)
+    planned = stream.replanner.by_quality
+    table = tuple((p.candidate, p.quantile_ms) for p in planned)
+    parts = tuple((p.median_ms, stream.predictor.decode(p.candidate)) for p in planned)
+    res = GenerateResult(latents, stats, schedule, peak_rss_mb(),
+                         Choice(first.candidate, first.quantile_ms, table, parts), stream.stats)
+    if decoded is not None:
+        res.latents, res.images, res.decoded = latents, np.concatenate(stream.images), decoded
+    return res
+
+
+def _stream_decoded(manifest: Bundle, stream) -> DecodeStats | None:
+    """What decoded a stream's batches: its plans' decoders ("sd", or "sd+taesd" when the planner
+    switched), their precisions ("fp16+fp32" when it switched) and the time inside them."""
+    from odelt.runtime.backends.decoder import decoder_dtype
+
+    used = [p for p in stream.replanner.by_quality if p.candidate.name in {r.plan for r in stream.stats.records}]
+    kinds = sorted({f"{p.candidate.decoder}" for p in used if p.candidate.decoder})
+    if not stream.images or not kinds:
+        return None
+    precisions = sorted({decoder_dtype(manifest, p.candidate.decoder, p.candidate.decoder_precision)
+                         for p in used if p.candidate.decoder})
+    return DecodeStats("+".join(kinds), "+".join(precisions), stream.decode_s)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
