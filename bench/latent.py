@@ -53,8 +53,9 @@ from odelt.models import DiT
 from odelt.models.config import PRESETS
 from odelt.runtime.backends.decoder import open_decoder
 from odelt.onnxrt import open_session
-from odelt.runtime.budget.planner import Candidate, MedianPredictor, choose
-from odelt.runtime.budget.profile import call_cost, decode_cost, step_feeds
+from odelt.runtime.budget.planner import Candidate, choose
+from odelt.runtime.budget.predict import MEDIAN, Predictor
+from odelt.runtime.budget.profile import step_feeds
 
 PRESET = "DiT-B/2"
 LENGTHS = (4, 12)
@@ -180,7 +181,7 @@ def planner_shares(times: dict[str, list[float]]) -> dict[str, float]:
             "decoders": {"fp32": {"1": {k: cell(f"decode_{k}") for k in DECODERS}}}}
     plans = [Candidate(f"euler-1-l{n}+{k}", "uniform", "euler", (n,), "fp32", 0.0, decoder=k)
              for n in LENGTHS for k in DECODERS]
-    choice = choose(plans, float("inf"), predictor=MedianPredictor(call_cost(prof), 1, decode_ms=decode_cost(prof)))
+    choice = choose(plans, float("inf"), Predictor(prof, 1, MEDIAN))
     return {f"latent_planner_decoder_share_nfe1_l{c.lengths[0]}_{c.decoder}": round(choice.decode_share(c)[1], 4)
             for c in plans}
 

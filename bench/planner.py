@@ -28,7 +28,8 @@ from odelt.bundle.bundle import open_bundle
 from odelt.pipeline import demo
 from odelt.runtime.budget.planner import choose
 from odelt.runtime.budget.plans import load_candidates
-from odelt.runtime.budget.profile import call_cost, host_overheads, predict_now
+from odelt.runtime.budget.predict import MEDIAN, Predictor, predict_now
+from odelt.runtime.budget.profile import host_overheads
 
 
 def prepare(opts: demo.DemoOptions, quantize: bool = True, profile_batches: tuple[int, ...] | None = None):
@@ -53,17 +54,18 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         opts = demo.DemoOptions(out=Path(tmp), quick=quick, quality_n=32 if quick else 128, calib_samples=8)
         manifest, prof = prepare(opts)
-        candidates, cost, host = load_candidates(manifest), call_cost(prof), host_overheads(prof)
-        ms = sorted(m for _, m in choose(candidates, float("inf"), cost, opts.batch, *host).table)
+        candidates, host = load_candidates(manifest), host_overheads(prof)
+        at = Predictor(prof, opts.batch, MEDIAN)      # the median model: the one predictor at q = 0.5
+        ms = sorted(m for _, m in choose(candidates, float("inf"), at).table)
         budgets = np.geomspace(ms[0] * 1.05, ms[-1] * 1.01, 4 if quick else 6)
-        chosen = [choose(candidates, float(b), cost, opts.batch, *host) for b in budgets]
+        chosen = [choose(candidates, float(b), at) for b in budgets]
         out: dict = {"planner_load_avg_start": list(os.getloadavg())}
         fresh: list[list[float]] = [[] for _ in chosen]
         measured: list[list[float]] = [[] for _ in chosen]
         for _ in range(rounds):
             for i, choice in enumerate(chosen):
                 c = choice.candidate
-                fresh[i].append(predict_now(manifest, c, opts.batch, prof.get("threads", 1)))
+                fresh[i].append(predict_now(manifest, c, opts.batch, prof, MEDIAN))
                 measured[i].append(demo.measure_plan(manifest, c, opts.batch, 64, prof.get("threads", 1))[1])
         errors, stored = [], []
         for i, (budget, choice) in enumerate(zip(budgets, chosen)):

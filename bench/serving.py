@@ -32,7 +32,7 @@ import numpy as np
 
 from odelt.runtime.budget.planner import choose
 from odelt.runtime.budget.plans import load_candidates, load_plan_schedule
-from odelt.runtime.budget.profile import call_cost, host_overheads
+from odelt.runtime.budget.predict import MEDIAN, Predictor
 from odelt.runtime.sampler import Sampler, make_labels, make_noise
 
 CLIENTS = 8
@@ -41,11 +41,10 @@ CLIENTS = 8
 def _requests(manifest, prof, count: int) -> list[tuple[int, int, float]]:
     """(n, seed, budget_ms) per request: budgets log-spaced over the fp32 plans' predictions at n."""
     candidates = [c for c in load_candidates(manifest) if c.precision == "fp32"]
-    cost, host = call_cost(prof), host_overheads(prof)
     out = []
     for i in range(count):
         n = 1 + i % 4
-        ms = sorted(m for _, m in choose(candidates, float("inf"), cost, n, *host).table)
+        ms = sorted(m for _, m in choose(candidates, float("inf"), Predictor(prof, n, MEDIAN)).table)
         budgets = np.geomspace(ms[0] * 1.05, ms[-1] * 1.01, 5)
         out.append((n, i, float(budgets[(i * 3) % 5])))
     return out
@@ -55,13 +54,13 @@ def _loop(manifest, prof, requests, layout: str) -> list[float]:
     from odelt.runtime.backends import open_backend
 
     candidates = [c for c in load_candidates(manifest) if c.precision == "fp32"]
-    cost, host, cfg = call_cost(prof), host_overheads(prof), manifest.config
+    cfg = manifest.config
     samplers: dict[str, Sampler] = {}
     times = []
     with open_backend("ort", manifest, layout=layout, threads=1, use_engines=False) as be:
         for n, seed, budget in requests:
             start = time.perf_counter()
-            c = choose(candidates, budget, cost, n, *host).candidate
+            c = choose(candidates, budget, Predictor(prof, n, MEDIAN)).candidate
             s = samplers.get(c.name) or samplers.setdefault(c.name, Sampler(be, manifest, load_plan_schedule(manifest, c)))
             s.sample(make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size)),
                      make_labels(n, cfg.num_classes))

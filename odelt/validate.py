@@ -87,3 +87,15 @@ def bundle_batch(name: str, batch: int, rng: Any) -> int:
     """A batch inside the bundle's exported range (BatchRange: min, max)."""
     return batch_in(name, batch, rng.min, rng.max, "the bundle's range",
                     " (export with --batch MIN:OPT:MAX to change it)")
+
+
+def quantile(name: str, value: Any) -> float:
+    """A latency quantile a plan must fit at: in [0.5, 1) (0.5: the median model)."""
+    expected = "a number in [0.5, 1)"
+    try:
+        q = float(value)
+    except (TypeError, ValueError):
+        raise _fail(name, expected, value) from None
+    if isinstance(value, bool) or not 0.5 <= q < 1.0:
+        raise _fail(name, expected, value)
+    return q

@@ -40,7 +40,8 @@ manifest.json keys::
                    graphs are listed under `graphs` (layout "decoder") but not in `layouts`/`chains`.
     tables        {name: {"file", "length", "y", "cfg", "rows", "t", "dt_base", "outputs"}}
     precisions    {"fp16" | "int8": {"graphs": {name: {"file", "external_data", "weight_bytes",
-                   "changed"}}, "report", "metrics", "fallback", "flavour" (int8: "trt" | "cpu")}}
+                   "changed"}}, "report", "metrics", "fallback", "flavour" (int8: "trt" | "cpu"),
+                   "decoder_precisions" (latent bundles): {decoder graph: "fp32" | "fp16"}}}
     engines       {set name: {"backend", "target", "precision", "dir", "graphs": {name: relpath},
                    "built": {...}}}
     files         {relpath: {"sha256": 16 hex, "size": int, "mtime_ns": int, "owner": "section/key"}}
@@ -230,6 +231,19 @@ class Bundle:
         """The manifest entry of a precision variant (a copy), None when the bundle has none."""
         entry = self._data.get("precisions", {}).get(precision)
         return None if entry is None else json.loads(json.dumps(entry))
+
+    def decoder_dtype(self, kind: str | None, precision: str) -> str:
+        """What decoder `kind`'s graph computes in when a run at `precision` opens it: "fp32" or
+        "fp16" (no INT8 decoder exists: odelt.calibration.decoder). Quantize records it in the
+        variant's entry (`decoder_precisions`); a manifest from before that record is read here, the
+        one place: a variant listing the FP32 file decodes in FP32, a converted decoder is FP16."""
+        graph = self.decoder(kind).graph
+        if precision == "fp32":
+            return "fp32"
+        recorded = (self._data.get("precisions", {}).get(precision) or {}).get("decoder_precisions", {})
+        if graph in recorded:
+            return str(recorded[graph])
+        return "fp32" if self.graph_file(graph, precision).file == self.graph_file(graph).file else "fp16"
 
     @property
     def int8_flavour(self) -> str | None:

@@ -238,6 +238,8 @@ def _install(manifest: Bundle, precision: str, tmp: Path, report: dict) -> None:
                  "fallback": [f"{f['graph']}:{f['node']}" for f in report["fallback"]]}
         if "flavour" in report:
             entry["flavour"] = report["flavour"]
+        if "decoders" in report:          # the one record of what each decoder graph runs in (Bundle.decoder_dtype)
+            entry["decoder_precisions"] = {g: r["precision"] for g, r in report["decoders"].items()}
         change.set("precisions", precision, entry, files)
 
 

@@ -55,6 +55,15 @@ class Finite(click.ParamType):
         return validate.number(_name(param), value, self.minimum)
 
 
+class Quantile(click.ParamType):
+    """A latency quantile in [0.5, 1) (0.5: the median model)."""
+
+    name = "quantile"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        return validate.quantile(_name(param), value)
+
+
 class Counts(click.ParamType):
     """Comma-separated integers, e.g. batch sizes 1,8."""
 
@@ -76,3 +85,4 @@ THREADS = Threads()             # >= 0: 0 = the library's default
 POSITIVE = Positive()           # finite and > 0
 FINITE = Finite()
 SAMPLES = Count(1, validate.MAX_SAMPLES)
+QUANTILE = Quantile()

@@ -7,7 +7,7 @@ import click
 from odelt.cli import cli
 from odelt.runtime.backends import BACKENDS
 from odelt.runtime.budget.profile import DECODER_REPEATS
-from odelt.cli.options import COUNT, POSITIVE, Counts
+from odelt.cli.options import COUNT, POSITIVE, QUANTILE, Counts
 
 
 @cli.command()
@@ -51,34 +51,45 @@ def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple
               help="Images per batch: within the bundle's exported range and the profiled batches.")
 @click.option("--extrapolate", is_flag=True, help="Allow a batch outside the profiled batches (linear extrapolation).")
 @click.option("--device", default=None, help="Profile id to use (default: this device's).")
-@click.option("--quantile", type=float, default=0.95, show_default=True,
+@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="ort", show_default=True,
+              help="The backend the plan runs on: its profile is the one planned from.")
+@click.option("--quantile", type=QUANTILE, default=0.95, show_default=True,
               help="A plan fits when its predicted latency at this quantile is within the budget.")
 @click.option("--latents", is_flag=True, help="Latent bundles: plan for latents only (no decoder cost).")
 @click.option("--decoder", "decoders", multiple=True, metavar="KIND",
               help="Latent bundles: the decoder(s) to choose from (default: every one the bundle has).")
 @click.option("--pareto", type=click.Path(dir_okay=False), default=None, help="Write a quality/latency plot.")
-def plan(bundle: str, budget_ms: float, batch: int, extrapolate: bool, device: str | None, quantile: float,
-         latents: bool, decoders: tuple[str, ...], pareto: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the chosen plan and its prediction as one JSON object (the keys of `generate --log`).")
+def plan(bundle: str, budget_ms: float, batch: int, extrapolate: bool, device: str | None, backend: str,
+         quantile: float, latents: bool, decoders: tuple[str, ...], pareto: str | None, as_json: bool) -> None:
     """Choose the best-quality plan whose predicted latency fits --budget-ms (end to end: a latent
     bundle's plans include decoding the batch)."""
     from odelt.errors import ConfigError
     from odelt.bundle.bundle import open_bundle
     from odelt.pipeline.report import chosen_line, plan_table, plot_pareto
-    from odelt.runtime.budget.planner import choose
+    from odelt.runtime.budget.planner import choose, prediction_record
     from odelt.runtime.budget.plans import load_candidates
+    from odelt.runtime.budget.predict import Predictor
     from odelt.runtime.budget.profile import check_plan_batch, load_profile
-    from odelt.runtime.budget.predict import QuantilePredictor
 
     if latents and decoders:
         raise ConfigError(f"--latents plans without a decoder: expected --latents or --decoder, found both "
                           f"(--decoder {' '.join(decoders)})")
     manifest = open_bundle(bundle)
-    prof = load_profile(manifest, device)
+    prof = load_profile(manifest, device, backend)
     check_plan_batch(manifest, prof, batch, extrapolate)
     candidates = load_candidates(manifest, decode=False if latents else None, decoders=decoders or None)
-    choice = choose(candidates, budget_ms, predictor=QuantilePredictor(prof, batch, quantile))
-    click.echo(plan_table(choice))
-    click.echo(chosen_line(choice, budget_ms, quantile, batch))
+    predictor = Predictor(prof, batch, quantile)
+    choice = choose(candidates, budget_ms, predictor)
+    if as_json:
+        import json
+
+        click.echo(json.dumps({**prediction_record(choice.candidate, choice.predicted_ms, predictor),
+                               "budget_ms": budget_ms}))
+    else:
+        click.echo(plan_table(choice))
+        click.echo(chosen_line(choice, budget_ms, quantile, batch))
     if pareto:
         plot_pareto([(choice, budget_ms)], pareto)
-        click.echo(f"wrote {pareto}")
+        click.echo(f"wrote {pareto}", err=as_json)

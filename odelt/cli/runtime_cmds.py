@@ -8,7 +8,7 @@ from odelt.cli import cli
 from odelt.bundle.iospec import LAYOUTS
 from odelt.runtime.backends import BACKENDS
 from odelt.runtime.budget.stream import CONTROLS
-from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, SAMPLES, THREADS
+from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, QUANTILE, SAMPLES, THREADS
 
 
 @cli.command()
@@ -34,7 +34,7 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, SAMPLES, THREADS
                    "a quality table). The plan fixes the schedule and precision, so it excludes --schedule.")
 @click.option("--extrapolate", is_flag=True,
               help="With --budget-ms: allow a batch outside the profiled batches (the prediction extrapolates).")
-@click.option("--quantile", type=float, default=0.95, show_default=True,
+@click.option("--quantile", type=QUANTILE, default=0.95, show_default=True,
               help="With --budget-ms: a plan fits when its predicted latency at this quantile is within budget.")
 @click.option("--control", type=click.Choice(CONTROLS), default=CONTROLS[-1], show_default=True,
               help="With --budget-ms: open = one plan; closed = re-plan between batches as the device's speed "
@@ -92,6 +92,6 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, g
         if log:
             from odelt.fileio import write_text_atomic
 
-            write_text_atomic(log, "".join(json.dumps(r.to_json()) + "\n" for r in res.stream.records))
+            write_text_atomic(log, "".join(json.dumps(line) + "\n" for line in res.log or []))
             click.echo(f"wrote {log}")
     click.echo(f"peak memory (RSS): {res.peak_rss_mb:.1f} MB; wrote {out}" + (" and .npy" if save_array else ""))

@@ -30,9 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
 from odelt.errors import ConfigError, ScheduleError
 from odelt.fileio import read_json, write_json_atomic
-from odelt.ode.solvers import SOLVER_INFO, nfe_for
+from odelt.ode.solvers import SOLVERS, SOLVER_INFO, nfe_for
 from odelt.validate import MAX_STEPS
 
 # Shortcut levels: dt_base = log2(#steps) names the step size 2^-dt_base a velocity is trained for.
@@ -99,6 +101,24 @@ class Schedule:
         elif self.scale is not None:          # AMED-Plugin: per-step increment scales on a host
             kw["scale"] = list(self.scale)
         return kw
+
+    def call_lengths(self, lengths: Sequence[int] | None = None) -> tuple[int, ...]:
+        """The length of every network call, in order, when the steps run at `lengths` (default the
+        schedule's own): a fixed-step solver calls `calls_per_step` times per step at the step's
+        length (Heun twice); an adaptive one is dry-run on a zero velocity (what the quality table
+        records). The one place step lengths become call lengths (planner, stream, anytime)."""
+        steps = tuple(self.lengths if lengths is None else lengths)
+        per = SOLVER_INFO[self.solver].calls_per_step
+        if per:
+            return tuple(n for n in steps for _ in range(per))
+        seen: list[int] = []
+
+        def f(x: Any, t: Any, n: int) -> Any:
+            seen.append(steps[n])
+            return np.zeros_like(x)
+
+        SOLVERS[self.solver](f, np.zeros((1, 1), np.float32), list(self.t_grid), **self.solver_kwargs())
+        return tuple(seen)
 
     def validate(self) -> Schedule:
         _check(self.solver in SOLVER_INFO, f"solver {self.solver!r} is unknown; expected one of {sorted(SOLVER_INFO)}")

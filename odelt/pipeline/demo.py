@@ -303,23 +303,23 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
     """Choose a plan for each budget, run it, and record predicted vs measured latency."""
     from odelt.pipeline.report import plot_pareto
     from odelt.runtime.images import grid_image, save_png
-    from odelt.runtime.budget.planner import MedianPredictor, choose
+    from odelt.runtime.budget.planner import choose
     from odelt.runtime.budget.plans import load_candidates
-    from odelt.runtime.budget.profile import call_cost, decode_cost, host_overheads, predict_now
+    from odelt.runtime.budget.predict import MEDIAN, Predictor, predict_now
 
     candidates = load_candidates(manifest)
-    at = MedianPredictor(call_cost(prof), opts.batch, *host_overheads(prof), decode_cost(prof))
-    table = choose(candidates, float("inf"), predictor=at).table
+    at = Predictor(prof, opts.batch, MEDIAN)      # the demo plans at the median: the one model at q = 0.5
+    table = choose(candidates, float("inf"), at).table
     budgets = opts.budgets_ms or default_budgets(list(table))
     runs, marks = [], []
     for budget in budgets:
-        choice = choose(candidates, budget, predictor=at)
+        choice = choose(candidates, budget, at)
         c = choice.candidate
         share = choice.decode_share()
         log(f"plan: budget {budget:g} ms -> {c.name}; generating {opts.n} images ...")
         # The stored profile chose the plan; a profile of just its calls, taken now, shows how much
         # of any miss is the machine's speed drifting since (a shared CPU drifts within seconds).
-        predicted_now = predict_now(manifest, c, opts.batch, prof.get("threads", 1), decode_cost(prof))
+        predicted_now = predict_now(manifest, c, opts.batch, prof, MEDIAN)
         images, measured = measure_plan(manifest, c, opts.batch, opts.n, prof.get("threads", 1))
         grid = opts.out / f"samples_{budget:g}ms.png"
         save_png(grid_image(images, upscale=latent_stage.view_upscale(images)), grid)

@@ -72,20 +72,19 @@ class Hog:
 
 
 def pick_budget(manifest: Any, profile: dict, batch: int) -> float:
-    """1.1 x the 0.95-quantile prediction of the best plan whose summed medians fit the geometric
-    middle of the candidates' latency range: the quiet phase has a plan with headroom, and the hog
-    (about half the core) pushes every mid-range plan over."""
-    from odelt.runtime.budget.planner import MedianPredictor, choose
+    """1.1 x the 0.95-quantile prediction of the best plan whose median prediction (the one model at
+    q = 0.5) fits the geometric middle of the candidates' latency range: the quiet phase has a plan
+    with headroom, and the hog (about half the core) pushes every mid-range plan over."""
+    from odelt.runtime.budget.planner import choose
     from odelt.runtime.budget.plans import load_candidates
-    from odelt.runtime.budget.profile import call_cost, decode_cost, host_overheads
-    from odelt.runtime.budget.predict import QuantilePredictor
+    from odelt.runtime.budget.predict import MEDIAN, Predictor
 
     candidates = load_candidates(manifest)
-    at = MedianPredictor(call_cost(profile), batch, *host_overheads(profile), decode_cost(profile))
-    ms = sorted(m for _, m in choose(candidates, float("inf"), predictor=at).table)
+    at = Predictor(profile, batch, MEDIAN)
+    ms = sorted(m for _, m in choose(candidates, float("inf"), at).table)
     middle = float(np.sqrt(ms[0] * ms[-1]))
-    c = choose(candidates, middle, predictor=at).candidate
-    return round(1.1 * QuantilePredictor(profile, batch, 0.95).candidate(c), 3)
+    c = choose(candidates, middle, at).candidate
+    return round(1.1 * Predictor(profile, batch, 0.95).candidate(c), 3)
 
 
 def teacher_images(manifest: Any, x0: np.ndarray, batch: int, threads: int = 1) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import resource
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -14,10 +14,9 @@ from odelt.errors import ConfigError
 from odelt.bundle.bundle import Bundle, open_bundle
 from odelt.runtime.backends import backend_class, check_batch, open_backend
 from odelt.ode.heuristics import resolve_schedule
-from odelt.runtime.budget.planner import Choice
+from odelt.runtime.budget.planner import Choice, prediction_record
 from odelt.runtime.budget.profile import check_plan_batch, load_profile
-from odelt.runtime.budget.predict import check_quantile
-from odelt.runtime.sampler import Sampler, Stats, generate
+from odelt.runtime.sampler import Sampler, Stats, generate, guidance_rows
 from odelt.ode.schedule import Schedule
 from odelt.runtime.budget.stream import StreamStats
 
@@ -53,7 +52,7 @@ class GenerateOptions:
             validate.count("--length", self.length)
         if self.budget_ms is not None:
             validate.positive("--budget-ms", self.budget_ms)
-            check_quantile(self.quantile)
+            validate.quantile("--quantile", self.quantile)
             if self.schedule is not None:
                 raise ConfigError(f"--budget-ms lets the planner choose the schedule: expected --schedule or "
                                   f"--budget-ms, found both (--schedule {self.schedule})")
@@ -73,6 +72,7 @@ class GenerateResult:
     stream: StreamStats | None = None  # with a budget: every batch's latency, plan and switches
     latents: np.ndarray | None = None  # latent bundles: the sampler's output the images were decoded from
     decoded: DecodeStats | None = None  # latent bundles, when decoded: which decoder and its time
+    log: list[dict] | None = None      # with a budget: one JSON object per batch (`generate --log`)
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,13 @@ def decode_result(manifest: Bundle, res: GenerateResult, opts: GenerateOptions) 
     """Decode a latent bundle's samples (its decoder graph at the run's precision) unless --latents."""
     if not manifest.decoders or not opts.decode:
         return res
-    from odelt.runtime.backends.decoder import decoder_dtype, open_decoder
+    from odelt.runtime.backends.decoder import open_decoder
 
     with open_decoder(manifest, opts.decoder, opts.precision, opts.threads) as dec:
         images = dec.decode(res.images, opts.batch)
     res.latents, res.images = res.images, images
     # the decoder's own precision: an int8 run decodes in FP16 or FP32, never INT8
-    res.decoded = DecodeStats(dec.kind, decoder_dtype(manifest, dec.kind, opts.precision), dec.seconds)
+    res.decoded = DecodeStats(dec.kind, manifest.decoder_dtype(dec.kind, opts.precision), dec.seconds)
     res.peak_rss_mb = peak_rss_mb()
     return res
 
@@ -114,8 +114,8 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
     if opts.length is not None and schedule.method == "heuristic":
         schedule = schedule.with_lengths(opts.length)
     schedule.check_fits(manifest.model_hash, manifest.lengths, opts.guidance_scale)
-    rows = 2 * opts.batch if (opts.guidance_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
-    check_batch(manifest, rows, profile_bound=backend_class(opts.backend).batch_bound)
+    check_batch(manifest, guidance_rows(manifest, opts.batch, opts.guidance_scale),
+                profile_bound=backend_class(opts.backend).batch_bound)
     with open_backend(opts.backend, manifest, layout=opts.layout, lengths=tuple(sorted(set(schedule.lengths))),
                       precision=opts.precision, threads=opts.threads) as backend:
         sampler = Sampler(backend, manifest, schedule, opts.guidance_scale, use_tables=opts.tables)
@@ -131,8 +131,8 @@ def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
 
     from odelt.runtime.budget.stream import generate_stream, stream_for_bundle
 
-    rows = 2 * opts.batch if (opts.guidance_scale not in (None, 1.0) and not manifest.guidance) else opts.batch
-    check_batch(manifest, rows, profile_bound=backend_class(opts.backend).batch_bound)
+    check_batch(manifest, guidance_rows(manifest, opts.batch, opts.guidance_scale),
+                profile_bound=backend_class(opts.backend).batch_bound)
     prof = load_profile(manifest, backend=opts.backend)
     check_plan_batch(manifest, prof, opts.batch, opts.extrapolate)
     with ExitStack() as stack:
@@ -144,26 +144,30 @@ def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
         latents, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
         schedule = stream.sampler(first.candidate).schedule
         decoded = _stream_decoded(manifest, stream)
-    planned = stream.replanner.by_quality
-    table = tuple((p.candidate, p.quantile_ms) for p in planned)
-    parts = tuple((p.median_ms, stream.predictor.decode(p.candidate)) for p in planned)
-    res = GenerateResult(latents, stats, schedule, peak_rss_mb(),
-                         Choice(first.candidate, first.quantile_ms, table, parts), stream.stats)
+    res = GenerateResult(latents, stats, schedule, peak_rss_mb(), stream.replanner.choice, stream.stats,
+                         log=log_records(stream))
     if decoded is not None:
         res.latents, res.images, res.decoded = latents, np.concatenate(stream.images), decoded
     return res
 
 
+def log_records(stream: Any) -> list[dict]:
+    """Every batch of a stream as one JSON object: its record (latency, plan, switches, ...) and its
+    plan's prediction in the keys `plan --json` prints (planner.prediction_record), the predicted
+    ms being the one the batch ran under (at the tracked speed in closed loops)."""
+    plans = {p.candidate.name: p.candidate for p in stream.replanner.by_quality}
+    return [{**r.to_json(), **prediction_record(plans[r.plan], r.predicted_ms, stream.predictor)}
+            for r in stream.stats.records]
+
+
 def _stream_decoded(manifest: Bundle, stream) -> DecodeStats | None:
     """What decoded a stream's batches: its plans' decoders ("sd", or "sd+taesd" when the planner
     switched), their precisions ("fp16+fp32" when it switched) and the time inside them."""
-    from odelt.runtime.backends.decoder import decoder_dtype
-
     used = [p for p in stream.replanner.by_quality if p.candidate.name in {r.plan for r in stream.stats.records}]
     kinds = sorted({f"{p.candidate.decoder}" for p in used if p.candidate.decoder})
     if not stream.images or not kinds:
         return None
-    precisions = sorted({decoder_dtype(manifest, p.candidate.decoder, p.candidate.decoder_precision)
+    precisions = sorted({manifest.decoder_dtype(p.candidate.decoder, p.candidate.decoder_precision)
                          for p in used if p.candidate.decoder})
     return DecodeStats("+".join(kinds), "+".join(precisions), stream.decode_s)
 

@@ -35,6 +35,17 @@ def make_noise(seed: int, n: int, shape: tuple[int, int, int]) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
 
 
+def host_guidance(manifest: Bundle, guidance_scale: float | None) -> bool:
+    """Guidance mixed on the host: a scale other than None or 1.0, asked of a bundle without
+    in-graph guidance (each image then takes a conditional and an unconditional row)."""
+    return guidance_scale not in (None, 1.0) and not manifest.guidance
+
+
+def guidance_rows(manifest: Bundle, batch: int, guidance_scale: float | None) -> int:
+    """Rows of one step call for `batch` images: the one host-guidance rows rule."""
+    return 2 * batch if host_guidance(manifest, guidance_scale) else batch
+
+
 def make_labels(n: int, num_classes: int) -> np.ndarray:
     if num_classes <= 1:
         return np.full((n,), num_classes, dtype=np.int32)        # the null class: unconditional
@@ -87,7 +98,7 @@ class Sampler:
         self.backend, self.manifest, self.schedule = backend, manifest, schedule
         self.guidance_scale, self.check_finite = guidance_scale, check_finite
         self.null_class = manifest.null_class
-        self.host_guidance = guidance_scale is not None and guidance_scale != 1.0 and not manifest.guidance
+        self.host_guidance = host_guidance(manifest, guidance_scale)
         self.tables = Tables(manifest) if use_tables and manifest.tables and backend.layout == "segments" else None
         self._grid: list[Any] = list(schedule.t_grid)
         self._kwargs = schedule.solver_kwargs()
@@ -145,7 +156,7 @@ class Sampler:
         return bound
 
     def _bind(self, b: int) -> _Bound:
-        rows = _StepRows(2 * b if self.host_guidance else b, self.schedule.lengths, self.schedule.dt_base)
+        rows = _StepRows(guidance_rows(self.manifest, b, self.guidance_scale), self.schedule.lengths, self.schedule.dt_base)
         feeds = {"t": rows.t(0.0), "dt_base": rows.levels[0], "l": rows.lengths[0],
                  "y": np.full(rows.count, self.null_class, np.int32)}
         if self.manifest.guidance:

@@ -18,7 +18,7 @@ from odelt.errors import ConfigError
 from odelt.bundle.bundle import Bundle
 from odelt.fileio import write_json_atomic
 from odelt.runtime.backends import open_backend
-from odelt.runtime.budget.plans import FORMAT, QUALITY, call_lengths, schedule_path
+from odelt.runtime.budget.plans import FORMAT, QUALITY, schedule_path
 from odelt.runtime.sampler import Sampler
 from odelt.ode.schedule import Schedule, save_schedule
 
@@ -99,7 +99,7 @@ def quality_rows(manifest: Bundle, model, schedules: dict[str, Schedule], precis
                     samples[f"{name}-{precision}"] = x
                 rows.append({"name": f"{name}-{precision}", "schedule": name, "solver": s.solver,
                              "precision": precision, "error": float(np.sqrt(np.mean((x - teacher) ** 2))),
-                             **sample_scores(manifest, x, y), "call_lengths": list(call_lengths(s))})
+                             **sample_scores(manifest, x, y), "call_lengths": list(s.call_lengths())})
     return rows
 
 

@@ -35,6 +35,8 @@ from odelt.serving.pbtxt import parameters, render
 from odelt.serving.wire import SAMPLER, TRITON_DTYPES, batched, dims, model_name
 
 ENGINES = ("tensorrt", "onnxruntime", "cpu")
+# the runtime backend whose profile the sampler plans from: what runs the graph models
+PROFILE_BACKEND = {"tensorrt": "tensorrt", "onnxruntime": "ort", "cpu": "ort"}
 FORMAT = "odelt-triton-repository/1"
 SAMPLER_FILES = ("manifest.json", "quality.json", "schedules", "profile", "tables")
 
@@ -210,7 +212,8 @@ def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts:
         "parameters": parameters({"layout": layout, "precision": opts.precision,
                                   "max_images": opts.max_batch or manifest.batch.max,
                                   "graph_models": {g.name: model_name(g.name) for g in graphs},
-                                  "decoder": decoder.kind if decoder else ""}),
+                                  "decoder": decoder.kind if decoder else "",
+                                  "profile_backend": PROFILE_BACKEND[opts.engines]}),
     }
     return render(config, ("odelt sampler: request parameters budget_ms (float) or schedule (NAME); "
                            "plan, predicted and measured milliseconds come back with the images",

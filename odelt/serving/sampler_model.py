@@ -33,6 +33,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from odelt import validate
 from odelt.errors import ConfigError, OdeltError, RuntimeFailure
 from odelt.bundle.bundle import Bundle, open_bundle
 from odelt.bundle.chain import run_chain
@@ -40,9 +41,9 @@ from odelt.bundle.iospec import GraphSpec
 from odelt.runtime.backends.protocol import chain_length
 from odelt.ode.heuristics import resolve_schedule
 from odelt.runtime.budget.planner import choose
-from odelt.runtime.budget.predict import DEFAULT_QUANTILE, QuantilePredictor, check_quantile
+from odelt.runtime.budget.predict import DEFAULT_QUANTILE, Predictor
 from odelt.runtime.budget.plans import load_candidates, load_plan_schedule, schedule_path
-from odelt.runtime.sampler import Sampler, make_labels, make_noise
+from odelt.runtime.sampler import Sampler, make_labels, make_noise, guidance_rows
 from odelt.ode.schedule import Schedule, load_schedule
 from odelt.serving.wire import batched, wire_shape
 
@@ -83,9 +84,10 @@ class SamplerService:
     """Requests -> images with one backend; keeps one Sampler per (schedule, guidance)."""
 
     def __init__(self, manifest: Bundle, backend: BlsBackend, precision: str, max_images: int,
-                 decoder: str | None = None):
+                 decoder: str | None = None, profile_backend: str = "ort"):
         self.manifest, self.backend, self.precision, self.max_images = manifest, backend, precision, max_images
         self.decoder = decoder or None            # the default decoder kind of a latent bundle
+        self.profile_backend = profile_backend    # the runtime backend whose profile the plans come from
         self._samplers: dict[tuple[str, float | None], Sampler] = {}
         self._planning: dict[str | None, tuple[Any, ...]] = {}
 
@@ -94,7 +96,7 @@ class SamplerService:
         cfg = self.manifest.config
         if not 1 <= n <= self.max_images:
             raise ConfigError(f"n must be in 1..{self.max_images} images per request, found {n}")
-        if guidance not in (None, 1.0) and not self.manifest.guidance and 2 * n > self.max_images:
+        if guidance_rows(self.manifest, n, guidance) > self.max_images:
             raise ConfigError(f"with guidance each image takes 2 rows of a step call (this bundle mixes them on "
                               f"the host): n must be <= {self.max_images // 2}, found {n}")
         y = make_labels(n, cfg.num_classes) if labels is None else self._labels(labels, n)
@@ -135,13 +137,10 @@ class SamplerService:
 
     def _plan(self, params: Mapping[str, Any], n: int, decoder: Any = None) -> tuple[tuple[str, str], Schedule, float]:
         if "budget_ms" in params:
-            try:
-                budget = float(params["budget_ms"])
-            except (TypeError, ValueError):
-                raise ConfigError(f"budget_ms must be a number of milliseconds, found {params['budget_ms']!r}") from None
+            budget = validate.positive("budget_ms", params["budget_ms"])
             candidates, profile = self._planner(decoder)
-            quantile = _quantile(params)
-            choice = choose(candidates, budget, predictor=QuantilePredictor(profile, n, quantile))
+            quantile = validate.quantile("quantile", params.get("quantile", DEFAULT_QUANTILE))
+            choice = choose(candidates, budget, Predictor(profile, n, quantile))
             c = choice.candidate
             return (c.name, c.schedule), load_plan_schedule(self.manifest, c), choice.predicted_ms
         spec = params.get("schedule")
@@ -171,7 +170,7 @@ class SamplerService:
             if not candidates:
                 raise ConfigError(f"the bundle's quality table has no {self.precision} plans"
                                   + (f" decoding with {decoder.kind}" if decoder is not None else ""))
-            self._planning[key] = (candidates, load_profile(self.manifest))
+            self._planning[key] = (candidates, load_profile(self.manifest, backend=self.profile_backend))
         return self._planning[key]
 
     def _sampler(self, key: tuple[str, str], schedule: Schedule, guidance: float | None) -> Sampler:
@@ -187,7 +186,7 @@ def open_service(bundle: Path, params: Mapping[str, str], call: Call) -> Sampler
     manifest = open_bundle(bundle, check_files=False)
     backend = BlsBackend(manifest, params["layout"], json.loads(params["graph_models"]), call)
     return SamplerService(manifest, backend, params["precision"], int(params["max_images"]),
-                          params.get("decoder") or None)
+                          params.get("decoder") or None, params.get("profile_backend") or "ort")
 
 
 def one_line(e: BaseException) -> str:
@@ -243,12 +242,3 @@ class TritonPythonModel:
                    pb_utils.Tensor("predicted_ms", np.array([out["predicted_ms"]], np.float32)),
                    pb_utils.Tensor("measured_ms", np.array([out["measured_ms"]], np.float32))]
         return pb_utils.InferenceResponse(output_tensors=tensors)
-
-
-def _quantile(params: Mapping[str, Any]) -> float:
-    """The request's deadline quantile (parameter `quantile`, default the runtime's 0.95)."""
-    raw = params.get("quantile", DEFAULT_QUANTILE)
-    try:
-        return check_quantile(float(raw))
-    except (TypeError, ValueError):
-        raise ConfigError(f"quantile must be a number in [0.5, 1), found {raw!r}") from None

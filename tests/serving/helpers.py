@@ -19,7 +19,7 @@ def make_serving_bundle(root: Path) -> Path:
     from odelt.bundle.iospec import BatchRange
     from odelt.models import DiT
     from odelt.ode.heuristics import resolve_schedule
-    from odelt.runtime.budget.plans import FORMAT, QUALITY, call_lengths
+    from odelt.runtime.budget.plans import FORMAT, QUALITY
     from odelt.runtime.budget.profile import profile_bundle, save_profile
     from odelt.ode.schedule import save_schedule
 
@@ -36,7 +36,7 @@ def make_serving_bundle(root: Path) -> Path:
         schedule = resolve_schedule(spec, length)
         save_schedule(schedule, root / "schedules" / f"{name}.json")
         rows.append({"name": name, "schedule": name, "solver": schedule.solver, "precision": "fp32",
-                     "error": 1.0 / (i + 1), "fd": None, "call_lengths": list(call_lengths(schedule))})
+                     "error": 1.0 / (i + 1), "fd": None, "call_lengths": list(schedule.call_lengths())})
     (root / QUALITY).write_text(json.dumps({"format": FORMAT, "held_out": {"n": 0, "seed": 0, "teacher": "none"},
                                             "rows": rows}))
     manifest = open_bundle(root)

@@ -36,14 +36,6 @@ def image_to_nhwc(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(image).transpose(0, 2, 3, 1))
 
 
-def decoder_dtype(manifest: Bundle, kind: str | None, precision: str) -> str:
-    """What the decoder graph a run at `precision` opens computes in: "fp32" when that variant lists
-    the FP32 file (an int8 "cpu" variant), else "fp16" (every converted decoder is FP16; an int8
-    variant never holds an INT8 decoder, odelt.calibration.decoder)."""
-    graph = manifest.decoder(kind).graph
-    return "fp32" if manifest.graph_file(graph, precision).file == manifest.graph_file(graph).file else "fp16"
-
-
 def _providers() -> tuple[str, ...]:
     from odelt.onnxrt import CPU, ort_module
 

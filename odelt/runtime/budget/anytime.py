@@ -23,11 +23,10 @@ the plan's images: quality is reproducible whenever the deadline is not at risk.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from odelt.runtime.budget.predict import QuantilePredictor
+from odelt.runtime.budget.predict import Predictor
 from odelt.ode.schedule import Schedule
 from odelt.ode.solvers import SOLVER_INFO
 
@@ -79,13 +78,13 @@ SetLength = Callable[[int, int], None]          # (step, length): the sampler sw
 class Deadline:
     """Anytime control of one schedule at one precision and batch size (see the module doc)."""
 
-    def __init__(self, schedule: Schedule, precision: str, predictor: QuantilePredictor, budget_ms: float,
+    def __init__(self, schedule: Schedule, precision: str, predictor: Predictor, budget_ms: float,
                  exported: Sequence[int], profiles: Sequence[LengthProfile] = (),
                  after: tuple[float, float] = (0.0, 0.0)):
-        per = SOLVER_INFO[schedule.solver].calls_per_step
-        if not per:
+        if not SOLVER_INFO[schedule.solver].calls_per_step:
             raise ValueError(f"anytime control needs a fixed-step solver, found {schedule.solver}")
-        self.schedule, self.budget_ms, self.per = schedule, float(budget_ms), per
+        self.schedule, self.budget_ms = schedule, float(budget_ms)
+        self.predictor, self.precision = predictor, precision
         self.lengths = tuple(schedule.lengths)
         self.starts = tuple(float(t) for t in schedule.t_grid[:-1])
         self.cost = {n: predictor.call(precision, n) for n in sorted(set(exported) | set(self.lengths))}
@@ -95,8 +94,8 @@ class Deadline:
         self.profiles = [p for p in profiles if p.blocks < blocks]
         self.exported = sorted(set(exported), reverse=True)
         cum, total = [], 0.0
-        for n in self.lengths:
-            total += per * self.cost[n][0]
+        for k, n in enumerate(self.lengths):
+            total += sum(self.cost[m][0] for m in schedule.call_lengths(self.lengths[k:k + 1]))
             cum.append(total)
         self.cum = cum
         self.timeline = [(self.budget_ms - self.host_ms - after[0]) * c / total for c in cum]
@@ -118,9 +117,9 @@ class Deadline:
         self._replan(n, elapsed)
 
     def _predict(self, lengths: Sequence[int], speed: float) -> float:
-        med = sum(self.per * self.cost[n][0] for n in lengths) + self.host_ms + self.after[0]
-        spread = math.sqrt(sum(self.per * self.cost[n][1] ** 2 for n in lengths) + self.after[1] ** 2)
-        return speed * (med + spread)
+        """The latency model's prediction of steps at `lengths` (and the decode) at this batch's speed."""
+        calls = self.schedule.call_lengths(lengths)
+        return self.predictor.batch_ms(self.precision, calls, self.after, speed)[1]
 
     def options(self, n: int) -> list[tuple[tuple[int, ...], str]]:
         """Candidate lengths for steps n+1.., never longer than the current ones."""

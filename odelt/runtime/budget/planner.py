@@ -1,12 +1,10 @@
 """Pick (solver, schedule, NFE, per-step lengths, precision, decoder) to meet a latency budget.
 
-A plan's latency is predicted from an on-device profile: the cost of one network call at a
-given (precision, length, batch) is the sum of the medians of the graphs its chain runs, plus
-the runtime's host-side cost per call and per batch, both measured on the device with the real
-sampler. A latent model's plan also decodes: its decoder's profiled time for the whole batch is
-added once (not per step), so
-
-    end-to-end = sum over calls (call + host per call) + host per batch + decode of the batch.
+A plan's latency comes from the one latency model, odelt.runtime.budget.predict.Predictor: the
+profiled medians of its calls and of its decoder (a latent plan decodes the batch once, after its
+last step), the runtime's host work per call and per batch, and the calls' spread at the asked
+quantile (q = 0.5: the sum of the medians). `choose` is the one chooser: `plan`, `generate` (the
+stream's first plan), the demo and the Triton sampler all call it.
 
 Quality comes from a table computed once on the host (held-out error to the teacher; with a
 decoder, in image space: odelt.runtime.budget.plans). Pure Python: runs on the device next to the runtime.
@@ -15,9 +13,12 @@ decoder, in image space: odelt.runtime.budget.plans). Pure Python: runs on the d
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Sequence
 
-from odelt.errors import BudgetError, ConfigError
+from odelt.errors import BudgetError
+from odelt.runtime.budget.predict import Predictor
+
+NO_PLANS = "no candidate plans: expected a quality table with at least one plan, found none"
 
 
 @dataclass(frozen=True)
@@ -59,84 +60,15 @@ class Choice:
         return decode, decode / total if total > 0 else 0.0
 
 
-# A call cost: (precision, length, batch) -> milliseconds for one network call, from a profile.
-CallCost = Callable[[str, int, int], float]
-# A decode cost: (decoder precision, decoder kind, batch) -> milliseconds to decode the whole batch.
-DecodeCost = Callable[[str, str, int], float]
-
-
-class Predictor(Protocol):
-    """What the planner asks of a latency model (MedianPredictor; QuantilePredictor in quantile.py)."""
-
-    @property
-    def batch(self) -> int: ...
-
-    def candidate(self, c: Candidate) -> float: ...      # the prediction a plan must fit the budget with
-    def median(self, c: Candidate) -> float: ...         # the end-to-end median
-    def decode(self, c: Candidate) -> float: ...         # the decoder's median (0 without one)
-
-
-def decoder_ms(candidate: Candidate, decode_ms: DecodeCost | None, batch: int) -> float:
-    """The decoder's ms for one batch of `candidate` (0 for a plan that returns latents)."""
-    if candidate.decoder is None:
-        return 0.0
-    if decode_ms is None:
-        raise ConfigError(f"plan {candidate.name} decodes with {candidate.decoder}: expected a profile with "
-                          "decoder timings, found none (re-run `odelt-export profile`)")
-    return decode_ms(candidate.decoder_precision, candidate.decoder, batch)
-
-
-def predict_ms(candidate: Candidate, call_ms: CallCost, batch: int, step_overhead_ms: float = 0.0,
-               sample_overhead_ms: float = 0.0, decode_ms: DecodeCost | None = None) -> float:
-    """Predicted wall time of one generation: every call's chain, plus the runtime's host work per
-    call (solver arithmetic, input writes) and per batch (setup, the final finiteness check), plus
-    decoding the batch once when the plan decodes."""
-    calls = sum(call_ms(candidate.precision, length, batch) for length in candidate.lengths)
-    return (calls + step_overhead_ms * candidate.nfe + sample_overhead_ms
-            + decoder_ms(candidate, decode_ms, batch))
-
-
-@dataclass(frozen=True)
-class MedianPredictor:
-    """A plan's latency as the sum of its parts' medians (predict_ms)."""
-
-    call_ms: CallCost
-    batch: int = 1
-    step_overhead_ms: float = 0.0
-    sample_overhead_ms: float = 0.0
-    decode_ms: DecodeCost | None = None
-
-    def median(self, c: Candidate) -> float:
-        return predict_ms(c, self.call_ms, self.batch, self.step_overhead_ms, self.sample_overhead_ms, self.decode_ms)
-
-    def decode(self, c: Candidate) -> float:
-        return decoder_ms(c, self.decode_ms, self.batch)
-
-    candidate = median
-
-
-def choose(candidates: Sequence[Candidate], budget_ms: float, call_ms: CallCost | None = None, batch: int = 1,
-           step_overhead_ms: float = 0.0, sample_overhead_ms: float = 0.0, decode_ms: DecodeCost | None = None,
-           predictor: Predictor | None = None) -> Choice:
-    """The lowest-error candidate whose predicted latency fits the budget (ties: the faster one).
-    predictor: the latency model (e.g. at a quantile: odelt.runtime.budget.predict.QuantilePredictor);
-    default the sum of medians from call_ms, the host overheads and decode_ms (MedianPredictor).
+def choose(candidates: Sequence[Candidate], budget_ms: float, predictor: Predictor) -> Choice:
+    """The lowest-error candidate whose predicted latency (predictor.candidate) fits the budget
+    (ties: the faster one). The budget is checked where it is given (odelt.validate.positive).
 
     Raises:
-        BudgetError: when even the cheapest candidate is over budget; names the minimum.
+        BudgetError: when even the cheapest candidate is over budget; names it and its prediction.
     """
     if not candidates:
-        raise BudgetError("no candidate plans: expected a quality table with at least one plan, found none")
-    if not budget_ms > 0:
-        raise BudgetError(f"--budget-ms: expected a number > 0, found {budget_ms}")
-    if predictor is None:
-        if call_ms is None:
-            raise ValueError("choose needs call_ms or a predictor")
-        predictor = MedianPredictor(call_ms, batch, step_overhead_ms, sample_overhead_ms, decode_ms)
-    return _choose(candidates, budget_ms, predictor)
-
-
-def _choose(candidates: Sequence[Candidate], budget_ms: float, predictor: Predictor) -> Choice:
+        raise BudgetError(NO_PLANS)
     table = tuple((c, predictor.candidate(c)) for c in candidates)
     parts = tuple((predictor.median(c), predictor.decode(c)) for c in candidates)
     fits = [(c, ms) for c, ms in table if ms <= budget_ms]
@@ -144,10 +76,20 @@ def _choose(candidates: Sequence[Candidate], budget_ms: float, predictor: Predic
         cheapest, ms = min(table, key=lambda cm: cm[1])
         decode = predictor.decode(cheapest)
         of_which = f", {decode:.3g} ms of it decoding with {cheapest.decoder}" if cheapest.decoder else ""
-        raise BudgetError(f"budget {budget_ms:g} ms is below the cheapest plan at batch {predictor.batch}: "
-                          f"{cheapest.name} needs {ms:.3g} ms (the minimum achievable latency{of_which})")
+        raise BudgetError(f"budget {budget_ms:g} ms is below the cheapest plan at batch {predictor.batch}: expected "
+                          f">= {ms:.3g} ms, the prediction at quantile {predictor.quantile:g} of {cheapest.name} "
+                          f"(the minimum achievable latency{of_which})")
     best, ms = min(fits, key=lambda cm: (cm[0].error, cm[1]))
     return Choice(best, ms, table, parts)
+
+
+def prediction_record(c: Candidate, predicted_ms: float, predictor: Predictor) -> dict[str, Any]:
+    """A plan and its prediction as JSON: what `plan --json` prints and every `generate --log` line
+    carries (the same keys, the same rounding)."""
+    return {"plan": c.name, "precision": c.precision, "backend": predictor.backend, "solver": c.solver,
+            "schedule": c.schedule, "call_lengths": list(c.lengths), "batch_size": predictor.batch,
+            "predicted_ms": round(predicted_ms, 4), "quantile": predictor.quantile, "rmse": c.error,
+            "decoder": f"{c.decoder}-{c.decoder_precision}" if c.decoder else None}
 
 
 def pareto_front(points: Iterable[tuple[Candidate, float]]) -> list[tuple[Candidate, float]]:

@@ -9,7 +9,7 @@
 
 `schedule` names a file under `BUNDLE/schedules/`, copied there so that a device needs nothing
 but the bundle. `call_lengths` is the length of every network call the schedule makes, in order
-(a Heun step calls twice, at its step's length), found by running the solver on a stand-in model.
+(a Heun step calls twice, at its step's length): Schedule.call_lengths.
 
 Decoders. A row's `error` is the sampler's, in latent space. A latent bundle's plan also picks a
 decoder (kind, precision), so the candidates are rows x decoders. `decoders.rows[].error` is the
@@ -30,9 +30,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
-
-import numpy as np
+from typing import Sequence
 
 from odelt.errors import ConfigError
 from odelt.bundle.bundle import Bundle
@@ -40,22 +38,9 @@ from odelt.fileio import read_json
 from odelt.runtime.budget.planner import Candidate
 from odelt.runtime.budget.profile import decoder_precisions
 from odelt.ode.schedule import Schedule, load_schedule
-from odelt.ode.solvers import SOLVERS
 
 FORMAT = "odelt-quality/1"
 QUALITY = "quality.json"
-
-
-def call_lengths(schedule: Schedule) -> tuple[int, ...]:
-    """The length of every network call `schedule` makes, from a dry run on a zero velocity."""
-    seen: list[int] = []
-
-    def f(x: np.ndarray, t: Any, n: int) -> np.ndarray:
-        seen.append(schedule.lengths[n])
-        return np.zeros_like(x)
-
-    SOLVERS[schedule.solver](f, np.zeros((1, 1), np.float32), list(schedule.t_grid), **schedule.solver_kwargs())
-    return tuple(seen)
 
 
 def schedule_path(manifest: Bundle, name: str) -> Path:

@@ -1,4 +1,5 @@
-"""Latency at a quantile: what a plan costs on a bad batch, not on a typical one.
+"""The latency model: what a plan costs at a quantile of its batches (the one formula; the median
+model is its q = 0.5, the tracked and in-batch predictions are it scaled by what was observed).
 
 A profile keeps, for every (precision, batch, length), the median, p90 and p99 of one network
 call and the raw samples behind them (`samples_ms`). A plan makes N calls; its latency at
@@ -9,34 +10,50 @@ quantile Q is predicted as
 where q_Q,i is call i's own Q-quantile (from its samples; from the recorded p50/p90/p99 by linear
 interpolation in Q when a profile has no samples) and `host` is the runtime's measured host work
 per call and per batch. A plan that decodes (a latent model) adds its decoder as one more term of
-both sums, once per batch: its median, and its excess at Q (from the profile's `decoders`). The first part is the median plan (what the planner predicted before); the
-spread term composes the calls' excess over their medians as independent jitter: root-sum-square,
+both sums, once per batch: its median, and its excess at Q (from the profile's `decoders`). The first
+part is the median prediction (Q = 0.5: the spread is zero by definition, a call's median being its
+0.5-quantile); the spread term composes the calls' excess over their medians as independent jitter: root-sum-square,
 exact for Gaussian excesses, and well below the sum of the excesses (which would assume every call
 of a batch is slow at once). Slowdowns that do hit every call at once (a second process on the
 core, a clock change) are not jitter: the closed loop measures them as the device's speed
-(odelt.runtime.budget.tracker) and scales the whole prediction.
+(odelt.runtime.budget.tracker) and scales the whole prediction (tracked_ms).
+
+Every latency number of the budget engine comes from `Predictor.batch_ms`: `plan`, `generate`,
+the stream's re-planner, the anytime timeline, the demo and the Triton sampler.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from odelt.errors import ConfigError
-from odelt.runtime.budget.planner import Candidate
-from odelt.runtime.budget.profile import call_cost, decode_cost, host_overheads
-from odelt.ode.solvers import SOLVER_INFO
+from odelt import validate
+from odelt.bundle.bundle import Bundle
+from odelt.runtime.budget.profile import call_cost, decode_cost, host_overheads, profile_bundle
 
 DEFAULT_QUANTILE = 0.95
+MEDIAN = 0.5                       # the median model: no spread term
 _RECORDED = ((0.5, "median_ms"), (0.9, "p90_ms"), (0.99, "p99_ms"))
 
 
 def check_quantile(q: float) -> float:
-    if not 0.5 <= q < 1.0:
-        raise ConfigError(f"--quantile must lie in [0.5, 1), found {q}")
-    return float(q)
+    """Kept for callers of the old name: validate.quantile is the one check."""
+    return validate.quantile("--quantile", q)
+
+
+class Plan(Protocol):
+    """What the model reads of a plan (odelt.runtime.budget.planner.Candidate)."""
+
+    @property
+    def precision(self) -> str: ...
+    @property
+    def lengths(self) -> tuple[int, ...]: ...        # every network call's length, in order
+    @property
+    def decoder(self) -> str | None: ...
+    @property
+    def decoder_precision(self) -> str: ...
 
 
 def call_quantile(entry: dict[str, Any], q: float) -> float:
@@ -72,18 +89,31 @@ def _excess(table: dict[str, Any], median: Callable[[str, Any, int], float], q: 
         by_batch = {int(b): v for b, v in table[precision].items()}
         near = min(by_batch, key=lambda b: (abs(b - batch), b))
         entry = by_batch[near][key]
+        if q <= MEDIAN:                                     # the median model: by definition no excess
+            return 0.0
         extra = max(0.0, call_quantile(entry, q) - float(entry["median_ms"]))
         return extra * at / max(1e-12, float(entry["median_ms"]))
 
     return excess
 
 
-class QuantilePredictor:
-    """Predicted ms of a sequence of call lengths at one (precision, batch), and of a whole plan
-    (its decoder included): median and quantile."""
+def tracked_ms(median_ms: float, quantile_ms: float, speed: float = 1.0, tail: float = 0.0,
+               excess_ms: float = 0.0) -> float:
+    """A prediction under what the closed loop observed (odelt.runtime.budget.tracker): the
+    quantile at the tracked `speed`, and a bad batch read both as a slowdown (`tail` x the median)
+    and as a wait (the median at the pace plus `excess_ms`); the largest of the three. With nothing
+    observed (1, 0, 0) it is the quantile prediction itself (quantile_ms >= median_ms)."""
+    bad = max(median_ms * tail, median_ms * min(speed, 1.0) + excess_ms)
+    return max(quantile_ms * speed, bad)
+
+
+class Predictor:
+    """THE latency model: predicted ms of a batch of `batch` rows making a sequence of calls at one
+    precision (its decoder included), as (median, quantile) from one profile (module doc)."""
 
     def __init__(self, profile: dict[str, Any], batch: int, quantile: float = DEFAULT_QUANTILE):
-        self.quantile, self.batch = check_quantile(quantile), batch
+        self.quantile, self.batch = float(quantile), batch      # checked once where it is given (validate)
+        self.backend = str(profile.get("backend", "ort"))
         self._median, self._excess = call_cost(profile), excess_cost(profile, self.quantile)
         self._decode_median, self._decode_excess = decode_cost(profile), decode_excess(profile, self.quantile)
         self.step_ms, self.sample_ms = host_overheads(profile)
@@ -98,7 +128,7 @@ class QuantilePredictor:
                                self._excess(precision, length, self.batch))
         return self._memo[key]
 
-    def decoding(self, c: Candidate) -> tuple[float, float]:
+    def decoding(self, c: Plan) -> tuple[float, float]:
         """(median ms, excess ms at the quantile) of decoding one batch of c; (0, 0) without a decoder."""
         if c.decoder is None:
             return 0.0, 0.0
@@ -107,29 +137,47 @@ class QuantilePredictor:
             self._decode_memo[key] = (self._decode_median(*key, self.batch), self._decode_excess(*key, self.batch))
         return self._decode_memo[key]
 
+    def batch_ms(self, precision: str, calls: Sequence[int], decoding: tuple[float, float] = (0.0, 0.0),
+                 speed: float = 1.0, tail: float = 0.0, excess_ms: float = 0.0) -> tuple[float, float]:
+        """(median ms, predicted ms) of one batch: `calls` (every call's length), the host work per
+        batch and a decode of (median, excess); the prediction at the quantile, under the tracked
+        speed, tail and excess (tracked_ms; the defaults: as profiled). The one formula."""
+        med = sum(self.call(precision, n)[0] for n in calls) + self.sample_ms + decoding[0]
+        spread = math.sqrt(sum(self.call(precision, n)[1] ** 2 for n in calls) + decoding[1] ** 2)
+        return med, tracked_ms(med, med + spread, speed, tail, excess_ms)
+
     def median_ms(self, precision: str, lengths: Sequence[int]) -> float:
         """Sampling only: the calls and the host work per batch."""
-        return sum(self.call(precision, n)[0] for n in lengths) + self.sample_ms
+        return self.batch_ms(precision, lengths)[0]
 
     def quantile_ms(self, precision: str, lengths: Sequence[int]) -> float:
-        spread = math.sqrt(sum(self.call(precision, n)[1] ** 2 for n in lengths))
-        return self.median_ms(precision, lengths) + spread
+        return self.batch_ms(precision, lengths)[1]
 
-    def decode(self, c: Candidate) -> float:
+    def decode(self, c: Plan) -> float:
         return self.decoding(c)[0]
 
-    def median(self, c: Candidate) -> float:
+    def median(self, c: Plan) -> float:
         """End to end: sampling, then decoding the batch once."""
-        return self.median_ms(c.precision, c.lengths) + self.decode(c)
+        return self.batch_ms(c.precision, c.lengths, self.decoding(c))[0]
 
-    def candidate(self, c: Candidate) -> float:
+    def candidate(self, c: Plan) -> float:
         """End to end at the quantile: the decode's excess joins the calls' root-sum-square."""
-        med, extra = self.decoding(c)
-        spread = math.sqrt(sum(self.call(c.precision, n)[1] ** 2 for n in c.lengths) + extra ** 2)
-        return self.median_ms(c.precision, c.lengths) + med + spread
+        return self.batch_ms(c.precision, c.lengths, self.decoding(c))[1]
+
+    def at(self, c: Plan, speed: float = 1.0, tail: float = 0.0, excess_ms: float = 0.0) -> float:
+        """c's prediction at the tracked speed, tail and excess."""
+        return self.batch_ms(c.precision, c.lengths, self.decoding(c), speed, tail, excess_ms)[1]
 
 
-def step_lengths_to_calls(solver: str, lengths: Sequence[int]) -> list[int]:
-    """Per-step lengths -> per-call lengths of a fixed-step solver (Heun calls twice per step)."""
-    per = SOLVER_INFO[solver].calls_per_step or 1
-    return [n for n in lengths for _ in range(per)]
+QuantilePredictor = Predictor      # the old name, the same class (callers move to Predictor)
+
+
+def predict_now(manifest: Bundle, c: Plan, batch: int, stored: dict[str, Any], quantile: float = MEDIAN) -> float:
+    """c's prediction from a profile of just its precision's calls and the host work, taken now (no
+    per-graph timings), with the stored profile's decoder timings (re-timing a decoder takes
+    seconds): next to a run, it separates the cost model's error from the machine's drift."""
+    now = profile_bundle(manifest, str(stored.get("backend", "ort")), (batch,), (c.precision,), repeats=20,
+                         threads=int(stored.get("threads", 1)), time_graphs=False, decoder_repeats=None)
+    if "decoders" in stored:
+        now["decoders"] = stored["decoders"]
+    return Predictor(now, batch, quantile).candidate(c)

@@ -136,25 +136,19 @@ def profile_graphs(manifest: Bundle, precision: str, batch: int, repeats: int) -
 
 def decoder_precisions(manifest: Bundle, kind: str) -> tuple[str, ...]:
     """The bundle precisions whose decoder `kind` is a graph of its own: FP32 always, and one
-    variant that converted it. Every variant lists the decoder, most as the FP32 file itself (an
-    int8 "cpu" variant), and every converted decoder is FP16 (odelt.calibration.decoder: fp16, and
-    int8 "trt"), so one of those stands for FP16: the fp16 variant's when it has one."""
-    graph = manifest.decoder(kind).graph
-    fp32 = manifest.graph_file(graph).file
-    converted = [p for p in manifest.precisions[1:]
-                 if (manifest.variant(p) or {}).get("graphs", {}).get(graph, {}).get("file", fp32) != fp32]
+    variant whose decoder runs in FP16 (Bundle.decoder_dtype, recorded by quantize): the fp16
+    variant's when it has one, else the first other (an int8 "trt" variant's)."""
+    converted = [p for p in manifest.precisions[1:] if manifest.decoder_dtype(kind, p) != "fp32"]
     return ("fp32", *(["fp16"] if "fp16" in converted else converted[:1]))
 
 
 def decoder_precision_for(manifest: Bundle, kind: str, precision: str) -> str:
-    """Which of decoder_precisions stands for the decoder graph variant `precision` holds (what a
-    run at that precision decodes with): its own entry, FP32 when it lists the FP32 file, else the
-    converted (FP16) one."""
+    """Which of decoder_precisions stands for the decoder a run at `precision` opens: its own
+    entry, FP32 when that variant decodes in FP32, else the FP16 one."""
     have = decoder_precisions(manifest, kind)
     if precision in have:
         return precision
-    graph = manifest.decoder(kind).graph
-    return "fp32" if manifest.graph_file(graph, precision).file == manifest.graph_file(graph).file else have[-1]
+    return "fp32" if manifest.decoder_dtype(kind, precision) == "fp32" else have[-1]
 
 
 def profile_decoders(manifest: Bundle, precisions: Iterable[str], batches: Iterable[int], repeats: int,
@@ -259,36 +253,29 @@ def profile_bundle(manifest: Bundle, backend: str = "ort", batches: Iterable[int
     return result
 
 
-def predict_now(manifest: Bundle, candidate: Any, batch: int, threads: int = 1,
-                decode_ms: Callable[[str, str, int], float] | None = None) -> float:
-    """A plan's predicted ms from a profile of just its precision's calls, taken now (no per-graph
-    timings): next to a run, it separates the cost model's error from the machine's drift. A plan
-    that decodes adds `decode_ms` (the stored profile's: re-timing a decoder takes seconds)."""
-    from odelt.runtime.budget.planner import predict_ms
-
-    now = profile_bundle(manifest, "ort", (batch,), (candidate.precision,), repeats=20, threads=threads,
-                         time_graphs=False, decoder_repeats=None)
-    return predict_ms(candidate, call_cost(now), batch, *host_overheads(now), decode_ms)
-
-
 def save_profile(manifest: Bundle, profile: dict[str, Any]) -> Path:
     """Write profile/<device-id>.json into the bundle, atomically."""
     return write_json_atomic(manifest.root / "profile" / f"{profile['device_id']}.json", profile)
 
 
 def load_profile(manifest: Bundle, device: str | None = None, backend: str = "ort") -> dict[str, Any]:
-    """This device's profile of `backend` (or the named one); a one-line error when the bundle has none."""
+    """The one profile lookup: the profile of `backend` (any registered backend) on this device, or
+    on the named `device` id; a one-line error naming the command that makes it when the bundle
+    has none, or when the one found was taken on another backend."""
     folder = manifest.root / "profile"
     have = sorted(p.stem for p in folder.glob("*.json")) if folder.is_dir() else []
     want = device or device_id(device_description(backend))
+    make = f"run `odelt-export profile {manifest.root} --backend {backend}` on this device first"
     if want not in have:
-        raise ConfigError(f"{manifest.root}: no profile for device {want!r} (have {have}); "
-                          f"run `odelt-export profile {manifest.root} --backend {backend}` on this device first")
+        raise ConfigError(f"{manifest.root}: no {backend} profile for device {want!r} (have {have}); {make}")
     path = folder / f"{want}.json"
     data = read_json(path, ConfigError)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ConfigError(f"{path}: expected format {FORMAT}, found {found!r}")
+    if data.get("backend", "ort") != backend:
+        raise ConfigError(f"{path}: expected a profile of backend {backend}, found one of {data.get('backend')!r}; "
+                          f"{make}")
     _check_timings(path, data)
     return data
 

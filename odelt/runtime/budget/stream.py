@@ -29,7 +29,7 @@ from odelt.runtime.backends import open_backend
 from odelt.runtime.budget.planner import Candidate
 from odelt.runtime.budget.plans import load_candidates, load_plan_schedule
 from odelt.runtime.budget.profile import load_profile
-from odelt.runtime.budget.predict import DEFAULT_QUANTILE, QuantilePredictor, step_lengths_to_calls
+from odelt.runtime.budget.predict import DEFAULT_QUANTILE, Predictor
 from odelt.runtime.sampler import Sampler, Stats, generate_batches, make_labels
 from odelt.ode.solvers import SOLVER_INFO
 from odelt.runtime.budget.tracker import Planned, Replanner, SpeedTracker
@@ -148,9 +148,8 @@ class Stream:
             self.decode_s += self.clock() - began
         start = self.clock()
         latency = (start - taken) * 1e3
-        ran = self.predictor.median_ms(c.precision, step_lengths_to_calls(sampler.schedule.solver, st.lengths))
-        if self.decodes(c):
-            ran += self.predictor.decode(c)
+        decoding = self.predictor.decoding(c) if self.decodes(c) else (0.0, 0.0)
+        ran = self.predictor.batch_ms(c.precision, sampler.schedule.call_lengths(st.lengths), decoding)[0]
         replanned = None
         if self.control != "open":
             speed = self.tracker.observe(latency, ran)
@@ -191,9 +190,9 @@ def stream_for_bundle(manifest: Bundle, stack: ExitStack, budget_ms: float, batc
     precision, every exported length) and decoders (one per kind and precision) are opened on
     `stack` when a plan first needs them. A latent bundle's plans decode unless `decode` is False;
     `decoders` limits the decoder kinds the planner may choose."""
-    prof = profile if profile is not None else load_profile(manifest)
+    prof = profile if profile is not None else load_profile(manifest, backend=backend)
     candidates = load_candidates(manifest, decode=None if decode else False, decoders=decoders)
-    replanner = Replanner(candidates, QuantilePredictor(prof, batch, quantile), budget_ms)
+    replanner = Replanner(candidates, Predictor(prof, batch, quantile), budget_ms)
     schedules = {c.schedule: load_plan_schedule(manifest, c) for c in candidates}
     backends: dict[str, Any] = {}
     opened: dict[tuple[str, str], Any] = {}

@@ -62,8 +62,8 @@ from dataclasses import dataclass
 from statistics import median
 from typing import Sequence
 
-from odelt.runtime.budget.planner import BudgetError, Candidate
-from odelt.runtime.budget.predict import QuantilePredictor
+from odelt.runtime.budget.planner import NO_PLANS, BudgetError, Candidate, Choice, choose
+from odelt.runtime.budget.predict import Predictor, tracked_ms
 
 
 class SpeedTracker:
@@ -112,20 +112,19 @@ class Planned:
     quantile_ms: float
 
     def at(self, speed: float = 1.0, tail: float = 0.0, excess_ms: float = 0.0) -> float:
-        """Predicted ms at the tracked speed, tail and excess (what choose() holds to the budget)."""
-        bad = max(self.median_ms * tail, self.median_ms * min(speed, 1.0) + excess_ms)
-        return max(self.quantile_ms * speed, bad)
+        """Predicted ms at the tracked speed, tail and excess (what choose() holds to the budget):
+        the latency model's tracked prediction (predict.tracked_ms) of the stored median and quantile."""
+        return tracked_ms(self.median_ms, self.quantile_ms, speed, tail, excess_ms)
 
 
 class Replanner:
     """The best candidate whose prediction at the tracked speed, tail and excess fits the budget."""
 
-    def __init__(self, candidates: Sequence[Candidate], predictor: QuantilePredictor, budget_ms: float):
-        if not budget_ms > 0:
-            raise BudgetError(f"--budget-ms must be a positive number of milliseconds, found {budget_ms}")
+    def __init__(self, candidates: Sequence[Candidate], predictor: Predictor, budget_ms: float):
         if not candidates:
-            raise BudgetError("no candidate plans: expected a quality table with at least one plan, found none")
-        self.budget_ms, self.predictor = budget_ms, predictor
+            raise BudgetError(NO_PLANS)
+        self.budget_ms, self.predictor = budget_ms, predictor     # the budget is checked where it is given
+        self.choice: Choice | None = None                         # first(): the first batch's choice
         rows = [Planned(c, predictor.median(c), predictor.candidate(c)) for c in candidates]
         self.by_quality = sorted(rows, key=lambda p: (p.candidate.error, p.quantile_ms))
         self.cheapest = min(rows, key=lambda p: p.quantile_ms)
@@ -139,10 +138,7 @@ class Replanner:
         return self.cheapest
 
     def first(self) -> Planned:
-        """The plan for the first batch: refuses a budget nothing fits at the profile's speed."""
-        p = self.choose(1.0)
-        if p.quantile_ms > self.budget_ms:
-            raise BudgetError(f"budget {self.budget_ms:g} ms is below the cheapest plan at batch "
-                              f"{self.predictor.batch}: {p.candidate.name} needs {p.quantile_ms:.3g} ms at "
-                              f"quantile {self.predictor.quantile:g} (the minimum achievable latency)")
-        return p
+        """The plan for the first batch, by the one chooser (planner.choose: its BudgetError when
+        nothing fits at the profile's speed); kept in `self.choice`."""
+        self.choice = choose([p.candidate for p in self.by_quality], self.budget_ms, self.predictor)
+        return next(p for p in self.by_quality if p.candidate == self.choice.candidate)

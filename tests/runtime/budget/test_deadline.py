@@ -146,7 +146,9 @@ def test_replanner_flips_with_speed_and_back():
     assert rp.choose(1.0, 1.0, excess_ms=8.5).candidate == B    # 40.5 ms: A's batches that wait would miss
     assert rp.by_quality[0].at(1.1, 1.2, 2.0) == pytest.approx(max(33.8 * 1.1, 32 * 1.2, 32 + 2))
     assert rp.by_quality[0].at(0.9, 0.95, 2.0) == pytest.approx(max(33.8 * 0.9, 32 * 0.95, 32 * 0.9 + 2))
-    with pytest.raises(BudgetError, match="below the cheapest plan at batch 1: b-4xl2 needs 9.8 ms"):
+    # the one chooser's refusal (planner.choose), word for word
+    with pytest.raises(BudgetError, match=r"^budget 9 ms is below the cheapest plan at batch 1: expected >= 9.8 ms, "
+                                          r"the prediction at quantile 0.95 of b-4xl2 \(the minimum achievable latency\)$"):
         Replanner([A, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=9.0).first()
 
 

@@ -29,7 +29,8 @@ def _decoder(kind):
             "scale_folded": True, "latent": [4, 32, 32], "image": [3, 256, 256], "params": 1, "source": "test"}
 
 
-def synthetic_bundle(tmp_path, kinds=("sd", "taesd"), decoder_quality=DECODER_QUALITY, int8_converts=False):
+def synthetic_bundle(tmp_path, kinds=("sd", "taesd"), decoder_quality=DECODER_QUALITY, int8_converts=False,
+                     records=None):
     """A manifest with only what the planner reads: decoders, and an fp16 variant that converted the
     SD-VAE's graph (not TAESD's) beside an int8 one that lists both decoders as their FP32 files
     (the "cpu" flavour) or, with int8_converts, has its own (FP16) decoders (the "trt" flavour)."""
@@ -39,6 +40,8 @@ def synthetic_bundle(tmp_path, kinds=("sd", "taesd"), decoder_quality=DECODER_QU
     int8 = {name: {"file": f"int8/{g['file']}" if int8_converts else g["file"]} for name, g in graphs.items()}
     data = {"decoders": {k: _decoder(k) for k in kinds}, "graphs": graphs,
             "precisions": {"fp16": {"graphs": fp16}, "int8": {"graphs": int8}}}
+    for precision, recorded in (records or {}).items():      # quantize's record: {graph: precision}
+        data["precisions"][precision]["decoder_precisions"] = recorded
     quality = {"format": FORMAT, "held_out": {"n": 4, "seed": 0, "teacher": "t"}, "rows": ROWS}
     if decoder_quality is not None:
         quality["decoders"] = decoder_quality
@@ -141,10 +144,25 @@ def test_a_profile_with_bad_decoder_timings_is_refused(tmp_path, decoders, where
 
 
 def test_decoder_dtype_is_the_graphs_not_the_runs_precision(tmp_path):
-    from odelt.runtime.backends.decoder import decoder_dtype
-
+    """Manifests from before the record: Bundle.decoder_dtype derives it, the one place that does."""
     cpu = synthetic_bundle(tmp_path)                         # int8 "cpu": the FP32 decoder files
-    assert [decoder_dtype(cpu, "sd", p) for p in ("fp32", "fp16", "int8")] == ["fp32", "fp16", "fp32"]
-    assert decoder_dtype(cpu, "taesd", "fp16") == "fp32"     # the fp16 variant kept TAESD's FP32 file
+    assert [cpu.decoder_dtype("sd", p) for p in ("fp32", "fp16", "int8")] == ["fp32", "fp16", "fp32"]
+    assert cpu.decoder_dtype("taesd", "fp16") == "fp32"     # the fp16 variant kept TAESD's FP32 file
     trt = synthetic_bundle(tmp_path, int8_converts=True)     # int8 "trt": FP16 decoders, never INT8
-    assert [decoder_dtype(trt, k, "int8") for k in ("sd", "taesd")] == ["fp16", "fp16"]
+    assert [trt.decoder_dtype(k, "int8") for k in ("sd", "taesd")] == ["fp16", "fp16"]
+
+
+def test_the_recorded_decoder_precision_is_what_every_reader_reads(tmp_path):
+    """quantize records each decoder graph's precision in the variant entry; the bundle, the
+    planner's decoder axis and the Triton sampler's choice read that record, not file paths."""
+    from odelt.runtime.budget.profile import decoder_precision_for
+
+    # the record disagrees with the file layout on purpose: only a reader of the record passes
+    m = synthetic_bundle(tmp_path, int8_converts=True,
+                         records={"fp16": {"decoder_sd": "fp32", "decoder_taesd": "fp16"},
+                                  "int8": {"decoder_sd": "fp32", "decoder_taesd": "fp32"}})
+    assert [m.decoder_dtype(k, "fp16") for k in ("sd", "taesd")] == ["fp32", "fp16"]
+    assert decoder_precisions(m, "sd") == ("fp32",)
+    assert decoder_precisions(m, "taesd") == ("fp32", "fp16")
+    assert decoder_precision_for(m, "taesd", "int8") == "fp32"
+    assert decoder_precision_for(m, "sd", "fp16") == "fp32"
