@@ -73,6 +73,9 @@ def test_fp16_variant_holds_an_accurate_fp16_decoder(latent):
         assert path.parts[-3:] == ("fp16", "decoder", f"{name}.onnx")
         assert any(i.data_type == TensorProto.FLOAT16 for i in onnx.load(str(path)).graph.initializer)
     assert b.variant("fp16")["graphs"]["decoder_sd"]["changed"]
+    # recorded once in the variant entry, read through the bundle
+    assert b.variant("fp16")["decoder_precisions"] == {"decoder_sd": "fp16", "decoder_taesd": "fp16"}
+    assert [b.decoder_dtype(k, "fp16") for k in ("sd", "taesd")] == ["fp16", "fp16"]
 
 
 @pytest.mark.parametrize("flavour,kept", [("trt", "fp16"), ("cpu", "fp32")])
@@ -84,6 +87,7 @@ def test_int8_variant_never_quantises_the_decoder(latent, flavour, kept):
     assert not ops & {"QuantizeLinear", "DequantizeLinear"}
     assert report["decoders"]["decoder_sd"]["precision"] == kept
     assert (path == b.graph_path("decoder_sd")) == (kept == "fp32")   # fp32: the FP32 file is shared
+    assert b.variant("int8")["decoder_precisions"]["decoder_sd"] == kept == b.decoder_dtype("sd", "int8")
 
 
 def test_an_fp16_decoder_that_misses_the_limit_is_not_used(latent_fp32):
