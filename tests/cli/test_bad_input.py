@@ -182,7 +182,7 @@ CASES = [
     ("plan-batch-64-extrapolate", P + ["--budget-ms", "5", "--batch", "64", "--extrapolate"], BATCH_RANGE, None),
     ("plan-batch-unprofiled", P + ["--budget-ms", "1e3", "--batch", "6"], "profiled range 1..4, found 6", None),
     ("plan-budget-tiny", P + ["--budget-ms", "1e-9"], "minimum achievable latency", None),
-    ("plan-device", P + ["--budget-ms", "5", "--device", "nosuch"], "no profile for device 'nosuch'", None),
+    ("plan-device", P + ["--budget-ms", "5", "--device", "nosuch"], "no ort profile for device 'nosuch'", None),
     ("plan-latents-and-decoder", P + ["--budget-ms", "5", "--latents", "--decoder", "sd"],
      "expected --latents or --decoder, found both (--decoder sd)", None),
     ("plan-decoder-pixel-bundle", P + ["--budget-ms", "5", "--decoder", "sd"], "no decoder stage", None),

@@ -164,7 +164,7 @@ def test_generate_with_budget_prints_deadline_stats_and_writes_log(demo, tmp_pat
     with pytest.raises(SystemExit) as e:
         main(["generate", str(opts.out / "bundle"), "--budget-ms", "1", "--quantile", "1.5",
               "--out", str(tmp_path / "g.png")])
-    assert e.value.code == 1 and "--quantile must lie in [0.5, 1), found 1.5" in capsys.readouterr().err
+    assert e.value.code == 1 and "--quantile: expected a number in [0.5, 1), found 1.5" in capsys.readouterr().err
 
 
 def test_report_shows_a_decoding_plans_decoder_share(demo, tmp_path):
