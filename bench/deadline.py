@@ -61,7 +61,7 @@ import numpy as np
 from odelt.pipeline import demo
 from odelt.pipeline.interference import pick_budget, run_modes
 from odelt.runtime.budget.plans import load_candidates
-from odelt.runtime.budget.predict import QuantilePredictor
+from odelt.runtime.budget.predict import Predictor
 from planner import prepare  # bench/ is on the path (bench/run.py)
 
 NAMES = {"open": "open_loop", "open95": "open_loop_q95", "closed": "closed_loop", "anytime": "anytime",
@@ -70,7 +70,7 @@ STALLED_MS = 1.0          # a batch this much over its prediction waited for the
 
 
 def cheapest_ms(manifest, prof, batch: int) -> float:
-    at = QuantilePredictor(prof, batch, 0.95)
+    at = Predictor(prof, batch, 0.95)
     return min(at.candidate(c) for c in load_candidates(manifest))
 
 

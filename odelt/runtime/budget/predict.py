@@ -29,18 +29,12 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from odelt import validate
 from odelt.bundle.bundle import Bundle
 from odelt.runtime.budget.profile import call_cost, decode_cost, host_overheads, profile_bundle
 
 DEFAULT_QUANTILE = 0.95
 MEDIAN = 0.5                       # the median model: no spread term
 _RECORDED = ((0.5, "median_ms"), (0.9, "p90_ms"), (0.99, "p99_ms"))
-
-
-def check_quantile(q: float) -> float:
-    """Kept for callers of the old name: validate.quantile is the one check."""
-    return validate.quantile("--quantile", q)
 
 
 class Plan(Protocol):
