@@ -94,7 +94,7 @@ class Deadline:
         self.profiles = [p for p in profiles if p.blocks < blocks]
         self.exported = sorted(set(exported), reverse=True)
         cum, total = [], 0.0
-        for k, n in enumerate(self.lengths):
+        for k in range(len(self.lengths)):             # the medians of each step's calls (Heun: two)
             total += sum(self.cost[m][0] for m in schedule.call_lengths(self.lengths[k:k + 1]))
             cum.append(total)
         self.cum = cum

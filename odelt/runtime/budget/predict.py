@@ -10,10 +10,10 @@ quantile Q is predicted as
 where q_Q,i is call i's own Q-quantile (from its samples; from the recorded p50/p90/p99 by linear
 interpolation in Q when a profile has no samples) and `host` is the runtime's measured host work
 per call and per batch. A plan that decodes (a latent model) adds its decoder as one more term of
-both sums, once per batch: its median, and its excess at Q (from the profile's `decoders`). The first
-part is the median prediction (Q = 0.5: the spread is zero by definition, a call's median being its
-0.5-quantile); the spread term composes the calls' excess over their medians as independent jitter: root-sum-square,
-exact for Gaussian excesses, and well below the sum of the excesses (which would assume every call
+both sums, once per batch: its median, and its excess at Q (from the profile's `decoders`). The
+first part is the median prediction (Q = 0.5: the spread is zero by definition, a call's median
+being its 0.5-quantile); the spread term composes the calls' excess over their medians as
+independent jitter: root-sum-square, exact for Gaussian excesses, and well below the sum of the excesses (which would assume every call
 of a batch is slow at once). Slowdowns that do hit every call at once (a second process on the
 core, a clock change) are not jitter: the closed loop measures them as the device's speed
 (odelt.runtime.budget.tracker) and scales the whole prediction (tracked_ms).
