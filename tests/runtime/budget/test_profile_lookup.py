@@ -102,3 +102,16 @@ def test_the_triton_sampler_plans_from_its_engines_profile(two_profiles):
         (name, _), _, predicted = service._plan({"budget_ms": 9, "quantile": 0.5}, 1)
         assert name == plan
     assert SamplerService(two_profiles, None, "fp32", 8)._planner()[1]["backend"] == "ort"   # old repositories
+
+
+@pytest.mark.parametrize("engines,backend", [("tensorrt", "tensorrt"), ("onnxruntime", "ort"), ("cpu", "ort")])
+def test_a_repository_tells_its_sampler_which_profile_to_plan_from(planned, engines, backend):
+    from odelt.bundle.bundle import open_bundle
+    from odelt.serving.repository import RepoOptions, sampler_config
+
+    m = open_bundle(planned)
+    layout = m.default_layout()
+    graphs = [m.graph(g) for g in sorted({g for chain in m.chains(layout).values() for g in chain})]
+    text = sampler_config(m, layout, graphs, RepoOptions(engines=engines))
+    block = next(b for b in text.split("parameters {")[1:] if 'key: "profile_backend"' in b)
+    assert json.loads(block.split("string_value: ")[1].split("\n")[0]) == backend
