@@ -156,7 +156,8 @@ class Sampler:
         return bound
 
     def _bind(self, b: int) -> _Bound:
-        rows = _StepRows(guidance_rows(self.manifest, b, self.guidance_scale), self.schedule.lengths, self.schedule.dt_base)
+        rows = _StepRows(guidance_rows(self.manifest, b, self.guidance_scale), self.schedule.lengths,
+                         self.schedule.dt_base)
         feeds = {"t": rows.t(0.0), "dt_base": rows.levels[0], "l": rows.lengths[0],
                  "y": np.full(rows.count, self.null_class, np.int32)}
         if self.manifest.guidance:

@@ -26,5 +26,6 @@ def test_the_sampler_binds_the_rows_of_the_rule(tiny_bundle):
         infer = be.infer
         be.infer = lambda feeds: calls.append(feeds["x"].shape[0]) or infer(feeds)   # count the rows of each call
         s = Sampler(be, tiny_bundle, resolve_schedule("uniform:euler:2", max(tiny_bundle.lengths)), guidance_scale=2.0)
-        x, _ = s.sample(make_noise(0, 2, (cfg.in_channels, cfg.input_size, cfg.input_size)), make_labels(2, cfg.num_classes))
+        x0 = make_noise(0, 2, (cfg.in_channels, cfg.input_size, cfg.input_size))
+        x, _ = s.sample(x0, make_labels(2, cfg.num_classes))
     assert calls == [guidance_rows(tiny_bundle, 2, 2.0)] * 2 == [4, 4] and np.isfinite(x).all()

@@ -13,10 +13,11 @@ per call and per batch. A plan that decodes (a latent model) adds its decoder as
 both sums, once per batch: its median, and its excess at Q (from the profile's `decoders`). The
 first part is the median prediction (Q = 0.5: the spread is zero by definition, a call's median
 being its 0.5-quantile); the spread term composes the calls' excess over their medians as
-independent jitter: root-sum-square, exact for Gaussian excesses, and well below the sum of the excesses (which would assume every call
-of a batch is slow at once). Slowdowns that do hit every call at once (a second process on the
-core, a clock change) are not jitter: the closed loop measures them as the device's speed
-(odelt.runtime.budget.tracker) and scales the whole prediction (tracked_ms).
+independent jitter: root-sum-square, exact for Gaussian excesses, and well below the sum of the
+excesses (which would assume every call of a batch is slow at once). Slowdowns that do hit every
+call at once (a second process on the core, a clock change) are not jitter: the closed loop
+measures them as the device's speed (odelt.runtime.budget.tracker) and scales the whole prediction
+(tracked_ms).
 
 Every latency number of the budget engine comes from `Predictor.batch_ms`: `plan`, `generate`,
 the stream's re-planner, the anytime timeline, the demo and the Triton sampler.
