@@ -58,10 +58,9 @@ from pathlib import Path
 
 import numpy as np
 
-from odelt.pipeline import demo
-from odelt.pipeline.interference import pick_budget, run_modes
-from odelt.runtime.budget.plans import load_candidates
-from odelt.runtime.budget.predict import QuantilePredictor
+from odelt import pipeline as demo
+from odelt.pipeline import pick_budget, run_modes
+from odelt.runtime import QuantilePredictor, load_candidates
 from planner import prepare  # bench/ is on the path (bench/run.py)
 
 NAMES = {"open": "open_loop", "open95": "open_loop_q95", "closed": "closed_loop", "anytime": "anytime",
@@ -135,8 +134,8 @@ def figures(runs: dict, budget: float) -> dict:
 def export_for(opts: demo.DemoOptions, batch: int) -> None:
     """The demo's export, with a batch range that covers `batch` (the profile checks it; ORT graphs
     take any batch), so that the demo's later stages reuse it."""
-    from odelt.exporter.export import ExportOptions, export_source
-    from odelt.bundle.iospec import BatchRange
+    from odelt.bundle import BatchRange
+    from odelt.exporter import ExportOptions, export_source
 
     default = BatchRange()
     if batch > default.max:       # else the demo's own export (the default range) covers it

@@ -23,12 +23,10 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from odelt.engines.build import BuildRequest, build_bundle
-from odelt.engines.ort import measure_startup
-from odelt.bundle.bundle import open_bundle
-from odelt.exporter.export import ExportOptions, export_bundle
-from odelt.models import DiT
-from odelt.models.config import PRESETS
+from odelt.bundle import open_bundle
+from odelt.engines import BuildRequest, build_bundle, measure_startup
+from odelt.exporter import ExportOptions, export_bundle
+from odelt.models import PRESETS, DiT
 
 
 def bench_model(name: str, layout: str, repeats: int, work: Path) -> dict:

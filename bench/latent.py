@@ -47,14 +47,11 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from odelt.exporter.export import ExportOptions, export_bundle
-from odelt.latent.vae import KINDS
-from odelt.models import DiT
-from odelt.models.config import PRESETS
-from odelt.runtime.backends.decoder import open_decoder
+from odelt.exporter import ExportOptions, export_bundle
+from odelt.latent import KINDS
+from odelt.models import PRESETS, DiT
 from odelt.onnxrt import open_session
-from odelt.runtime.budget.planner import Candidate, MedianPredictor, choose
-from odelt.runtime.budget.profile import call_cost, decode_cost, step_feeds
+from odelt.runtime import Candidate, MedianPredictor, call_cost, choose, decode_cost, open_decoder, step_feeds
 
 PRESET = "DiT-B/2"
 LENGTHS = (4, 12)
@@ -109,8 +106,8 @@ def random_vae_folder(kind: str, folder: Path, seed: int) -> Path:
 
 def build(work: Path) -> tuple[Any, dict[str, int]]:
     """The bundle (DiT-B/2 at l=4/12 + both decoders) and every graph's MACs at batch 1."""
-    from odelt.exporter.decoder import DecoderGraph
-    from odelt.latent.vae import load_vae
+    from odelt.exporter import DecoderGraph
+    from odelt.latent import load_vae
 
     torch.manual_seed(0)
     dit = perturbed(DiT(PRESETS[PRESET]), 0.02, 0)
@@ -192,7 +189,7 @@ def fp16_rmse(manifest) -> dict[str, Any]:
     samples DiT-B/2 many times over, which is not what this group measures."""
     import onnx
 
-    from odelt.calibration.decoder import decoder_accuracy, fp16_decoder
+    from odelt.calibration import decoder_accuracy, fp16_decoder
 
     latents = np.random.default_rng(1).standard_normal((FP16_SAMPLES, 4, 32, 32)).astype(np.float32)
     out: dict[str, Any] = {"latent_fp16_converter": "odelt.calibration.decoder.fp16_decoder",

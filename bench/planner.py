@@ -24,17 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from odelt.bundle.bundle import open_bundle
-from odelt.pipeline import demo
-from odelt.runtime.budget.planner import choose
-from odelt.runtime.budget.plans import load_candidates
-from odelt.runtime.budget.profile import call_cost, host_overheads, predict_now
+from odelt import pipeline as demo
+from odelt.bundle import open_bundle
+from odelt.runtime import call_cost, choose, host_overheads, load_candidates, predict_now
 
 
 def prepare(opts: demo.DemoOptions, quantize: bool = True, profile_batches: tuple[int, ...] | None = None):
     """The demo's stages up to its profile (bench/deadline.py reuses this, FP32 only);
     profile_batches: profile at these batch sizes instead of the demo's (1, opts.batch)."""
-    from odelt.exporter.verify import model_for_bundle
+    from odelt.exporter import model_for_bundle
 
     log = lambda msg: None  # noqa: E731
     manifest = demo.stage_export(opts, log)

@@ -58,15 +58,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from odelt.calibration.graph_roles import analyse, name_nodes  # noqa: E402
-from odelt.calibration.int8 import fused_ops  # noqa: E402
-from odelt.calibration.quantize import QuantizeOptions, quantize_bundle  # noqa: E402
-from odelt.calibration.trajectories import OrtGraphs  # noqa: E402
-from odelt.bundle.bundle import Bundle, open_bundle  # noqa: E402
-from odelt.bundle.chain import run_chain  # noqa: E402
-from odelt.exporter.export import ExportOptions, export_bundle  # noqa: E402
-from odelt.models import DiT  # noqa: E402
-from odelt.models.config import PRESETS  # noqa: E402
+from odelt.bundle import Bundle, open_bundle, run_chain  # noqa: E402
+from odelt.calibration import OrtGraphs, QuantizeOptions, analyse, fused_ops, name_nodes, quantize_bundle  # noqa: E402
+from odelt.exporter import ExportOptions, export_bundle  # noqa: E402
+from odelt.models import PRESETS, DiT  # noqa: E402
 
 GROUP = "precision"
 BATCH = 8
@@ -99,7 +94,7 @@ def workload(name: str, quick: bool) -> Workload:
 def load_model(name: str) -> tuple[DiT, str]:
     if name == "digits":
         try:
-            from odelt.models.checkpoint import load_checkpoint
+            from odelt.models import load_checkpoint
             return load_checkpoint("builtin:digits").eval(), "builtin:digits (trained)"
         except Exception as e:  # noqa: BLE001 - the bench must still run before the weights ship
             print(f"builtin:digits unavailable ({e}); using random weights", file=sys.stderr)
@@ -123,7 +118,7 @@ class EngineGraphs(OrtGraphs):
     """run_graph over ORT engines (odelt.engines.ort), opened as recorded: optimisations off."""
 
     def session(self, spec):
-        from odelt.engines.ort import session_from_engine
+        from odelt.engines import session_from_engine
 
         if spec.name not in self._sessions:
             self._sessions[spec.name] = session_from_engine(self.path_of(spec), self.threads)
@@ -132,7 +127,7 @@ class EngineGraphs(OrtGraphs):
 
 def build_engines(variants: dict[str, tuple[Path, str]], keys: tuple[str, ...], tmp: Path) -> dict:
     """ORT engines (fusions + offline optimisation) of the named variants' graphs, in tmp/engines/<key>."""
-    from odelt.engines.ort import engine_from_onnx
+    from odelt.engines import engine_from_onnx
 
     out = {}
     for key in keys:

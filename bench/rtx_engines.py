@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-from odelt.engines.build import BuildRequest, build_bundle
-from odelt.bundle.bundle import open_bundle
-from odelt.exporter.export import ExportOptions, export_bundle
-from odelt.models import DiT
-from odelt.models.config import PRESETS
+from odelt.bundle import open_bundle
+from odelt.engines import BuildRequest, build_bundle
+from odelt.exporter import ExportOptions, export_bundle
+from odelt.models import PRESETS, DiT
 
 CALIB = dict(calib_samples=4, eval_samples=8, schedules=("uniform:euler:4",))
 
@@ -62,7 +61,7 @@ def build_times(model: str, bundle: Path, level: int) -> dict:
 
 
 def precision_sizes(bundle: Path) -> dict:
-    from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
+    from odelt.calibration import QuantizeOptions, quantize_bundle
 
     out = {}
     for precision in ("fp32", "fp16", "int8"):

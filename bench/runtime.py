@@ -43,14 +43,9 @@ import numpy as np
 import torch
 from precision import load_model  # bench/ is on the path (bench/run.py)
 
-from odelt.exporter.export import ExportOptions, export_bundle
-from odelt.models import DiT
-from odelt.models.config import DiTConfig
-from odelt.runtime.backends import open_backend
-from odelt.ode.heuristics import resolve_schedule
-from odelt.runtime.reference import torch_sample
-from odelt.runtime.sampler import Sampler, make_labels, make_noise
-from odelt.ode.solvers import SOLVERS
+from odelt.exporter import ExportOptions, export_bundle
+from odelt.models import DiT, DiTConfig
+from odelt.runtime import SOLVERS, Sampler, make_labels, make_noise, open_backend, resolve_schedule, torch_sample
 
 GROUP = "runtime"
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,10 +85,8 @@ import json, statistics, sys, time
 import numpy as np
 from odelt.onnxrt import open_session
 from onnx import TensorProto, helper, numpy_helper
-from odelt.bundle.bundle import open_bundle
-from odelt.runtime.backends import open_backend
-from odelt.ode.heuristics import resolve_schedule
-from odelt.runtime.sampler import Sampler, make_labels, make_noise
+from odelt.bundle import open_bundle
+from odelt.runtime import Sampler, make_labels, make_noise, open_backend, resolve_schedule
 bundle, batch, repeats, precisions = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
 m = open_bundle(bundle)
 cfg = m.config
@@ -170,7 +163,7 @@ def _fp32_bound(cfg: DiTConfig, batch: int, calls: int, torch_s: float, runtime_
 
 def add_int8(bundle) -> None:
     """The INT8 variant (cpu flavour) of the DiT-S/2 bundle, calibrated along the timed schedule."""
-    from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
+    from odelt.calibration import QuantizeOptions, quantize_bundle
 
     quantize_bundle(bundle.root, QuantizeOptions("int8", calib_samples=4, schedules=("uniform:euler:4",),
                                                  eval_samples=4, flavour="cpu"))
@@ -218,10 +211,8 @@ def parity(digits: DiT, digits_bundle, s2: DiT, s2_bundle) -> dict:
 _RSS_SCRIPT = """
 import json, resource, sys
 import numpy as np
-from odelt.bundle.bundle import open_bundle
-from odelt.runtime.backends import open_backend
-from odelt.ode.heuristics import resolve_schedule
-from odelt.runtime.sampler import Sampler, make_labels, make_noise
+from odelt.bundle import open_bundle
+from odelt.runtime import Sampler, make_labels, make_noise, open_backend, resolve_schedule
 
 def rss_mb():
     with open("/proc/self/statm") as f:

@@ -27,12 +27,9 @@ import time
 import torch
 
 from odelt.fileio import file_hash
-from odelt.models.checkpoint import load_checkpoint, resolve_source
-from odelt.schedules.amed import AMEDSpec, AMEDStudent, learn_amed
-from odelt.schedules.learn import LearnConfig, eval_rmse
-from odelt.schedules.ld3 import LD3Student, StepSpec, learn_ld3, uniform_grid
-from odelt.schedules.lengths import best_single_length, search_lengths
-from odelt.schedules.problem import make_pairs, split
+from odelt.models import load_checkpoint, resolve_source
+from odelt.schedules import (AMEDSpec, AMEDStudent, LD3Student, LearnConfig, StepSpec, best_single_length, eval_rmse,
+                             learn_amed, learn_ld3, make_pairs, search_lengths, split, uniform_grid)
 
 GROUP = "schedules"
 

@@ -30,10 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from odelt.runtime.budget.planner import choose
-from odelt.runtime.budget.plans import load_candidates, load_plan_schedule
-from odelt.runtime.budget.profile import call_cost, host_overheads
-from odelt.runtime.sampler import Sampler, make_labels, make_noise
+from odelt.runtime import (Sampler, call_cost, choose, host_overheads, load_candidates, load_plan_schedule, make_labels,
+                           make_noise)
 
 CLIENTS = 8
 
@@ -52,7 +50,7 @@ def _requests(manifest, prof, count: int) -> list[tuple[int, int, float]]:
 
 
 def _loop(manifest, prof, requests, layout: str) -> list[float]:
-    from odelt.runtime.backends import open_backend
+    from odelt.runtime import open_backend
 
     candidates = [c for c in load_candidates(manifest) if c.precision == "fp32"]
     cost, host, cfg = call_cost(prof), host_overheads(prof), manifest.config
@@ -70,7 +68,7 @@ def _loop(manifest, prof, requests, layout: str) -> list[float]:
 
 
 def _serve(url: str, requests) -> tuple[list[float], float, list[str]]:
-    from odelt.serving.client import Client
+    from odelt.serving import Client
 
     latencies: list[float] = []
     errors: list[str] = []
@@ -103,7 +101,7 @@ def _serve(url: str, requests) -> tuple[list[float], float, list[str]]:
 
 
 def _step_counts(url: str, models) -> tuple[int, int]:
-    from odelt.serving.client import Client
+    from odelt.serving import Client
 
     c = Client(url)
     stats = [c.model_stats(m) for m in models]
@@ -114,9 +112,9 @@ def _step_counts(url: str, models) -> tuple[int, int]:
 def _prepare(opts):
     """The demo's export, schedules, quality table and profile (fp32 only: the repository serves one
     precision, and quantising and building engines would only cost time here)."""
-    from odelt.bundle.bundle import open_bundle
-    from odelt.exporter.verify import model_for_bundle
-    from odelt.pipeline import demo
+    from odelt import pipeline as demo
+    from odelt.bundle import open_bundle
+    from odelt.exporter import model_for_bundle
 
     log = lambda msg: None  # noqa: E731
     manifest = demo.stage_export(opts, log)
@@ -128,8 +126,7 @@ def _prepare(opts):
 
 
 def _measure(env, manifest, prof, layout: str, requests, warm, work: Path, prefix: str) -> dict:
-    from odelt.serving.repository import RepoOptions, write_repository
-    from odelt.serving.server import TritonServer
+    from odelt.serving import RepoOptions, TritonServer, write_repository
 
     _loop(manifest, prof, warm, layout)
     loop = _loop(manifest, prof, requests, layout)
@@ -164,8 +161,8 @@ def _measure(env, manifest, prof, layout: str, requests, warm, work: Path, prefi
 
 
 def run(quick: bool = False) -> dict:
-    from odelt.pipeline import demo
-    from odelt.serving.server import find_env
+    from odelt import pipeline as demo
+    from odelt.serving import find_env
 
     env = find_env()
     count = 200 if quick else 400
