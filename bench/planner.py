@@ -46,14 +46,17 @@ def prepare(opts: demo.DemoOptions, quantize: bool = True, profile_batches: tupl
     return open_bundle(manifest.root), prof
 
 
-def run(quick: bool = False) -> dict:
-    rounds = 3 if quick else 5
+def run(quick: bool = False, smoke: bool = False) -> dict:
+    """smoke: FP32 only (no INT8 calibration), one round over two budgets, 16 images per measurement."""
+    rounds = 1 if smoke else 3 if quick else 5
+    images = 16 if smoke else 64
     with tempfile.TemporaryDirectory() as tmp:
-        opts = demo.DemoOptions(out=Path(tmp), quick=quick, quality_n=32 if quick else 128, calib_samples=8)
-        manifest, prof = prepare(opts)
+        opts = demo.DemoOptions(out=Path(tmp), quick=quick, quality_n=8 if smoke else 32 if quick else 128,
+                                calib_samples=8, precisions=("fp32",) if smoke else ("fp32", "int8"))
+        manifest, prof = prepare(opts, quantize=not smoke)
         candidates, cost, host = load_candidates(manifest), call_cost(prof), host_overheads(prof)
         ms = sorted(m for _, m in choose(candidates, float("inf"), cost, opts.batch, *host).table)
-        budgets = np.geomspace(ms[0] * 1.05, ms[-1] * 1.01, 4 if quick else 6)
+        budgets = np.geomspace(ms[0] * 1.05, ms[-1] * 1.01, 2 if smoke else 4 if quick else 6)
         chosen = [choose(candidates, float(b), cost, opts.batch, *host) for b in budgets]
         out: dict = {"planner_load_avg_start": list(os.getloadavg())}
         fresh: list[list[float]] = [[] for _ in chosen]
@@ -62,7 +65,7 @@ def run(quick: bool = False) -> dict:
             for i, choice in enumerate(chosen):
                 c = choice.candidate
                 fresh[i].append(predict_now(manifest, c, opts.batch, prof.get("threads", 1)))
-                measured[i].append(demo.measure_plan(manifest, c, opts.batch, 64, prof.get("threads", 1))[1])
+                measured[i].append(demo.measure_plan(manifest, c, opts.batch, images, prof.get("threads", 1))[1])
         errors, stored = [], []
         for i, (budget, choice) in enumerate(zip(budgets, chosen)):
             pred, meas = float(np.median(fresh[i])), float(np.median(measured[i]))

@@ -90,7 +90,8 @@ def export(model: torch.nn.Module, out: Path, layouts: tuple[str, ...], lengths:
     return out
 
 
-def run(work: Path, quick: bool) -> dict:
+def run(work: Path, quick: bool, smoke: bool = False) -> dict:
+    """smoke: digits only (no DiT-B/2 engine set: its build alone takes minutes)."""
     from precision import load_model  # bench/ is on the path (bench/run.py)
 
     t0 = time.perf_counter()
@@ -100,6 +101,8 @@ def run(work: Path, quick: bool) -> dict:
     level = 0 if quick else 3          # quick (CI): the lowest level, to stay under 5 minutes
     out: dict = {"trt_rtx_digits_weights": note, **build_times("digits", d, level), **device_weight(d, "_digits")}
     out.update(precision_sizes(d))
+    if smoke:
+        return {**out, "trt_rtx_bench_s": round(time.perf_counter() - t0, 1)}
     torch.manual_seed(0)
     b2 = export(DiT(PRESETS["DiT-B/2"]).eval(), work / "rtx_b2", ("segments", "per-length"), (4, 8, 12))
     _build(b2, level=0)

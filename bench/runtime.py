@@ -246,12 +246,12 @@ def _rss_child(bundle: Path, mode: str, batch: int, calls: int, schedule: str) -
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def memory(s2_bundle: Path, digits_bundle: Path, quick: bool) -> dict:
+def memory(s2_bundle: Path, digits_bundle: Path, quick: bool, smoke: bool = False) -> dict:
     calls = 5 if quick else 20
     reuse = _rss_child(s2_bundle, "reuse", 8, calls, "uniform:euler:4")
     naive = _rss_child(s2_bundle, "naive", 8, calls, "uniform:euler:4")
     bound = _rss_child(s2_bundle, "bindings", 8, calls, "uniform:euler:4")
-    soak = _rss_child(digits_bundle, "reuse", 1, 1000, "uniform:euler:4")
+    soak = _rss_child(digits_bundle, "reuse", 1, 200 if smoke else 1000, "uniform:euler:4")
     start, end = soak["rss_mb"]
     # ru_maxrss is set while ONNX Runtime loads the sessions (identical in both modes), so the
     # figure compares the highest RSS seen after sampling calls; the process peaks are kept beside it.
@@ -265,22 +265,23 @@ def memory(s2_bundle: Path, digits_bundle: Path, quick: bool) -> dict:
             "soak_rss_mb_after_1000": round(end, 1)}
 
 
-def run(quick: bool = False) -> dict:
-    reps = 5 if quick else 20
+def run(quick: bool = False, smoke: bool = False) -> dict:
+    """smoke: the digits model stands in for DiT-S/2 (same figures, tiny sizes: they only prove the code runs)."""
+    reps = 2 if smoke else 5 if quick else 20
     with tempfile.TemporaryDirectory() as tmp:
         digits, note = load_model("digits")
-        s2, _ = load_model("DiT-S/2")
+        s2, _ = load_model("digits" if smoke else "DiT-S/2")
         d_bundle = export_bundle(digits, Path(tmp) / "digits", ExportOptions(layouts=("segments",)))
         s2_bundle = export_bundle(s2, Path(tmp) / "dits2", ExportOptions(layouts=("segments",)))
         out: dict = {"runtime_digits_weights": note}
-        stages = [("overhead", lambda: overhead(d_bundle, 100 if quick else 300)),
+        stages = [("overhead", lambda: overhead(d_bundle, 20 if smoke else 100 if quick else 300)),
                   ("int8 variant", lambda: add_int8(s2_bundle) or {}),
                   ("speedup b1", lambda: speedup(s2, s2_bundle, 1, reps)),
                   ("speedup b8", lambda: speedup(s2, s2_bundle, 8, 3 if quick else reps)),
                   ("length ratio b8", lambda: length_ratio(s2_bundle, 8, reps)),
                   ("length ratio b1", lambda: length_ratio(s2_bundle, 1, 3 * reps)),
                   ("parity", lambda: parity(digits, d_bundle, s2, s2_bundle)),
-                  ("memory", lambda: memory(s2_bundle.root, d_bundle.root, quick))]
+                  ("memory", lambda: memory(s2_bundle.root, d_bundle.root, quick, smoke))]
         for name, stage in stages:
             t0 = time.perf_counter()
             out.update(stage())

@@ -10,7 +10,7 @@ stays light)::
     result = odelt.generate_from_bundle("b", odelt.GenerateOptions(n=8))
 """
 
-from odelt.errors import OdeltError
+from odelt.errors import OdeltError  # noqa: F401  (eager: no dependencies)
 from odelt.lazy import face
 
 __version__ = "0.1.0"

@@ -6,7 +6,7 @@ that only needs DiTConfig (bundle readers, the runtime on a device without torch
 """
 
 from odelt.lazy import face
-from odelt.models.config import PRESETS, DiTConfig, preset
+from odelt.models.config import PRESETS, DiTConfig, preset  # noqa: F401  (eager: torch-free)
 
 __all__, __getattr__, __dir__ = face(__name__, {
     "odelt.models.dit": ("DiT",),

@@ -106,7 +106,7 @@ def test_a_good_plan_stops_at_the_missing_gpu_with_one_line(plan):
 def test_runtime_backend_opens_rtx_sets_and_stops_without_a_gpu(rtx_built):
     m = open_bundle(rtx_built)
     backend = open_backend("tensorrt", m, precision="fp32")
-    assert backend._engine_entry()["backend"] == "tensorrt-rtx"
+    assert backend.engine_entry()["backend"] == "tensorrt-rtx"
     with pytest.raises(BackendUnavailable) as e:
         with backend:
             pass

@@ -174,6 +174,11 @@ class OrtBackend:
                     bind(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
         return io
 
+    @property
+    def shares_arena(self) -> bool:
+        """Whether the sessions draw from the one CPU arena registered on ONNX Runtime's environment."""
+        return self._config.get("session.use_env_allocators") == "1"
+
     def buffer_bytes(self) -> int:
         """Bytes of the reused buffers over all batch sizes bound so far (host side)."""
         return sum(int(b.nbytes) for _, bufs, _ in self._plans.values() for b in bufs.values()
