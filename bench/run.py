@@ -4,7 +4,7 @@
 
 A group is a module bench/<group>.py with `run(quick: bool = False, smoke: bool = False) ->
 dict[str, float | int | str]` returning flat, uniquely named figures (prefix them with the group's
-topic; every key is documented in bench/README.md, which tests/bench/test_smoke.py checks). Register
+topic; every key is documented in bench/README.md, which tests/test_bench.py checks). Register
 it in GROUPS below: one line. Three settings:
 
   --smoke  tiny sizes, every group together in a few minutes on the 2-core CPU machine: the test
