@@ -146,8 +146,8 @@ def _measure(env, manifest, prof, layout: str, requests, warm, work: Path, prefi
         after = _step_counts(server.url, models)
     finally:
         server.stop()
-    if not lat:
-        raise RuntimeError(f"every request to the {layout} repository failed; the first: {errors[0] if errors else '?'}")
+    if errors:          # a run with errors is a failed run, not a figure
+        raise RuntimeError(f"{len(errors)} clients of the {layout} repository failed; the first: {errors[0]}")
     rows, execs = after[0] - before[0], after[1] - before[1]
     ms, loop_ms = np.array(lat) * 1e3, np.array(loop) * 1e3
     rps, loop_rps = len(lat) / wall, len(loop) / sum(loop)

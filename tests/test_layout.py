@@ -191,7 +191,7 @@ def test_the_import_graph_has_no_circles():
 
 
 def test_no_private_name_is_imported_across_modules():
-    assert private_reach_ins("odelt") == [] and private_reach_ins("bench") == []
+    assert private_reach_ins("odelt") == [] and private_reach_ins("bench") == [] and private_reach_ins("tests") == []
 
 
 if __name__ == "__main__":
