@@ -182,6 +182,18 @@ def test_every_name_a_face_exports_resolves():
     assert missing == []
 
 
+def test_importing_every_face_loads_no_heavy_library():
+    """Faces load their verbs on first use: `import odelt.exporter` must not import torch or onnx."""
+    import subprocess
+    import sys
+
+    faces = sorted(_module_name(p) for p in (ROOT / "odelt").rglob("__init__.py"))
+    code = (f"import sys\nfor m in {faces!r}:\n    __import__(m)\n"
+            "print(sorted(m for m in ('torch', 'onnx', 'onnxruntime', 'polygraphy', 'diffusers') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
 def test_no_module_imports_from_a_floor_above_its_own():
     assert upward_imports() == []
 
