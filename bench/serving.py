@@ -30,20 +30,20 @@ from pathlib import Path
 
 import numpy as np
 
-from odelt.runtime import (Sampler, call_cost, choose, host_overheads, load_candidates, load_plan_schedule, make_labels,
+from odelt.runtime import (QuantilePredictor, Sampler, choose, load_candidates, load_plan_schedule, make_labels,
                            make_noise)
 
 CLIENTS = 8
 
 
 def _requests(manifest, prof, count: int) -> list[tuple[int, int, float]]:
-    """(n, seed, budget_ms) per request: budgets log-spaced over the fp32 plans' predictions at n."""
+    """(n, seed, budget_ms) per request: budgets log-spaced over the fp32 plans' predictions at n, by the
+    predictor the sampler model plans with (the 0.95 quantile): a budget under its cheapest plan is refused."""
     candidates = [c for c in load_candidates(manifest) if c.precision == "fp32"]
-    cost, host = call_cost(prof), host_overheads(prof)
     out = []
     for i in range(count):
         n = 1 + i % 4
-        ms = sorted(m for _, m in choose(candidates, float("inf"), cost, n, *host).table)
+        ms = sorted(m for _, m in choose(candidates, float("inf"), predictor=QuantilePredictor(prof, n)).table)
         budgets = np.geomspace(ms[0] * 1.05, ms[-1] * 1.01, 5)
         out.append((n, i, float(budgets[(i * 3) % 5])))
     return out
@@ -53,13 +53,13 @@ def _loop(manifest, prof, requests, layout: str) -> list[float]:
     from odelt.runtime import open_backend
 
     candidates = [c for c in load_candidates(manifest) if c.precision == "fp32"]
-    cost, host, cfg = call_cost(prof), host_overheads(prof), manifest.config
+    cfg = manifest.config
     samplers: dict[str, Sampler] = {}
     times = []
     with open_backend("ort", manifest, layout=layout, threads=1, use_engines=False) as be:
         for n, seed, budget in requests:
             start = time.perf_counter()
-            c = choose(candidates, budget, cost, n, *host).candidate
+            c = choose(candidates, budget, predictor=QuantilePredictor(prof, n)).candidate     # as the sampler model
             s = samplers.get(c.name) or samplers.setdefault(c.name, Sampler(be, manifest, load_plan_schedule(manifest, c)))
             s.sample(make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size)),
                      make_labels(n, cfg.num_classes))
