@@ -38,10 +38,23 @@ $(SERVE)/.ready: pyproject.toml constraints.txt
 .PHONY: serve-env
 serve-env: $(SERVE)/.ready
 
-.PHONY: test demo clean
+# `make test` is what CI runs: every test but the `slow` ones (pyproject.toml deselects those), the
+# `integration` runs (demo, CLI pipelines, real TensorRT-RTX builds, `bench/run.py --smoke`) included;
+# `gpu` tests skip without a GPU. `make test-fast`: the same without the integration runs (minutes
+# less, for editing). `make test-gpu` on a GPU machine; `make test-slow` for the DiT-B/2 scale run.
+.PHONY: test test-fast test-gpu test-slow demo clean
 test: $(BIN)/odelt-export
 	-$(MAKE) serve-env
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+test-fast: $(BIN)/odelt-export
+	$(BIN)/python -m pytest -m "not slow and not integration"
+
+test-gpu: $(BIN)/odelt-export
+	$(BIN)/python -m pytest -m gpu
+
+test-slow: $(BIN)/odelt-export
+	$(BIN)/python -m pytest -m slow
 
 demo: $(BIN)/odelt-export
 	$(BIN)/odelt-export demo

@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from odelt.bundle.bundle import open_bundle  # noqa: E402
+from odelt import open_bundle  # noqa: E402
 
 
 def measure(bundle: Path, repeats: int) -> dict:

@@ -58,10 +58,9 @@ from pathlib import Path
 
 import numpy as np
 
-from odelt.pipeline import demo
-from odelt.pipeline.interference import pick_budget, run_modes
-from odelt.runtime.budget.plans import load_candidates
-from odelt.runtime.budget.predict import Predictor
+from odelt import pipeline as demo
+from odelt.pipeline import pick_budget, run_modes
+from odelt.runtime import Predictor, load_candidates
 from planner import prepare  # bench/ is on the path (bench/run.py)
 
 NAMES = {"open": "open_loop", "open95": "open_loop_q95", "closed": "closed_loop", "anytime": "anytime",
@@ -135,8 +134,8 @@ def figures(runs: dict, budget: float) -> dict:
 def export_for(opts: demo.DemoOptions, batch: int) -> None:
     """The demo's export, with a batch range that covers `batch` (the profile checks it; ORT graphs
     take any batch), so that the demo's later stages reuse it."""
-    from odelt.exporter.export import ExportOptions, export_source
-    from odelt.bundle.iospec import BatchRange
+    from odelt.bundle import BatchRange
+    from odelt.exporter import ExportOptions, export_source
 
     default = BatchRange()
     if batch > default.max:       # else the demo's own export (the default range) covers it
@@ -144,21 +143,24 @@ def export_for(opts: demo.DemoOptions, batch: int) -> None:
         export_source(opts.source, opts.out / "bundle", ExportOptions(layouts=("segments", "per-length"), batch=rng))
 
 
-def run(quick: bool = False, batch: int = 8, modes: tuple[str, ...] | None = None, trace: Path | None = None) -> dict:
+def run(quick: bool = False, batch: int = 8, modes: tuple[str, ...] | None = None, trace: Path | None = None,
+        smoke: bool = False) -> dict:
     """`batch` images per batch (the profile is taken at it); `modes` a subset of NAMES (default all);
-    `trace`: a JSON file for every mode's per-batch records (latency, plan, speed, excess, lengths)."""
-    batches = 90 if quick else 240
+    `trace`: a JSON file for every mode's per-batch records (latency, plan, speed, excess, lengths).
+    smoke: 30 batches per mode on a 16-image quality table (proves the code runs)."""
+    batches = 30 if smoke else 90 if quick else 240
     modes = tuple(modes or NAMES)
     if set(modes) - set(NAMES) or not {"open95", "closed", "anytime"} <= set(modes):
         raise ValueError(f"deadline modes must include open95, closed, anytime out of {list(NAMES)}; got {list(modes)}")
     with tempfile.TemporaryDirectory() as tmp:
-        opts = demo.DemoOptions(out=Path(tmp), precisions=("fp32",), quality_n=32 if quick else 64, calib_samples=8)
+        opts = demo.DemoOptions(out=Path(tmp), precisions=("fp32",), quality_n=16 if smoke else 32 if quick else 64,
+                                calib_samples=8, quick=smoke)
         export_for(opts, batch)
         manifest, prof = prepare(opts, quantize=False, profile_batches=(1, batch))
         budget = pick_budget(manifest, prof, batch)
         load0 = list(os.getloadavg())
         # the held-out set: >= 128 images, >= 2 distinct batches to cycle through
-        runs = run_modes(manifest, prof, budget, batch, batches, distinct=max(2, 128 // batch), modes=modes)
+        runs = run_modes(manifest, prof, budget, batch, batches, distinct=2 if smoke else max(2, 128 // batch), modes=modes)
         out = figures(runs, budget)
         if trace is not None:
             from odelt.fileio import write_json_atomic

@@ -23,12 +23,10 @@ from pathlib import Path
 import onnxruntime as ort
 import torch
 
-from odelt.engines.build import BuildRequest, build_bundle
-from odelt.engines.ort import measure_startup
-from odelt.bundle.bundle import open_bundle
-from odelt.exporter.export import ExportOptions, export_bundle
-from odelt.models import DiT
-from odelt.models.config import PRESETS
+from odelt.bundle import open_bundle
+from odelt.engines import BuildRequest, build_bundle, measure_startup
+from odelt.exporter import ExportOptions, export_bundle
+from odelt.models import PRESETS, DiT
 
 
 def bench_model(name: str, layout: str, repeats: int, work: Path) -> dict:
@@ -49,13 +47,13 @@ def bench_model(name: str, layout: str, repeats: int, work: Path) -> dict:
             "ort_engine_startup_speedup": total["raw_startup_ms"] / total["engine_startup_ms"]}
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, smoke: bool = False) -> dict:
     """Harness entry (bench/run.py group `engines`): `ort_engine_startup_speedup` (digits) and the
     TensorRT-RTX figures of bench/rtx_engines.py (real builds; skipped, said so, without the library)."""
     models = ("digits",) if quick else ("digits", "DiT-S/2")
     with tempfile.TemporaryDirectory() as tmp:
-        results = [bench_model(n, "segments", 5 if quick else 11, Path(tmp)) for n in models]
-        out = _rtx(Path(tmp), quick)
+        results = [bench_model(n, "segments", 2 if smoke else 5 if quick else 11, Path(tmp)) for n in models]
+        out = _rtx(Path(tmp), quick, smoke)
     for r in results:
         key = "" if r["model"] == "digits" else "_" + r["model"].replace("/", "").replace("-", "").lower()
         out[f"ort_engine_startup_speedup{key}"] = round(r["ort_engine_startup_speedup"], 3)
@@ -64,14 +62,14 @@ def run(quick: bool = False) -> dict:
     return out
 
 
-def _rtx(work: Path, quick: bool) -> dict:
+def _rtx(work: Path, quick: bool, smoke: bool = False) -> dict:
     try:
         import tensorrt_rtx  # noqa: F401
     except ImportError:
         return {"trt_rtx_skipped": "tensorrt_rtx not installed (the `rtx` extra)"}
     import rtx_engines  # bench/ is on the path (bench/run.py)
 
-    return rtx_engines.run(work, quick)
+    return rtx_engines.run(work, quick, smoke)
 
 
 def main(argv: list[str] | None = None) -> None:

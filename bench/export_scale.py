@@ -24,10 +24,8 @@ from pathlib import Path
 def run_one(name: str, layout: str, verify: bool, cases: int, work: Path) -> dict:
     import torch
 
-    from odelt.exporter.export import ExportOptions, export_source
-    from odelt.exporter.verify import VerifyOptions, verify_bundle
-    from odelt.models import DiT, save_checkpoint
-    from odelt.models.config import PRESETS
+    from odelt.exporter import ExportOptions, VerifyOptions, export_source, verify_bundle
+    from odelt.models import PRESETS, DiT, save_checkpoint
 
     torch.manual_seed(0)
     model = DiT(PRESETS[name]).eval()

@@ -47,20 +47,21 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from odelt.exporter.export import ExportOptions, export_bundle
-from odelt.latent.vae import KINDS
-from odelt.models import DiT
-from odelt.models.config import PRESETS
-from odelt.runtime.backends.decoder import open_decoder
+from odelt.exporter import ExportOptions, export_bundle
+from odelt.latent import KINDS
+from odelt.models import PRESETS, DiT
 from odelt.onnxrt import open_session
-from odelt.runtime.budget.planner import Candidate, choose
-from odelt.runtime.budget.predict import MEDIAN, Predictor
-from odelt.runtime.budget.profile import step_feeds
+from odelt.runtime import MEDIAN, Candidate, Predictor, choose, open_decoder, step_feeds
 
 PRESET = "DiT-B/2"
 LENGTHS = (4, 12)
 DECODERS = ("sd", "taesd")
 FP16_SAMPLES = 1              # latents decoded by FP32 and FP16 each (seconds per SD-VAE decode)
+# --smoke: DiT-S/2 (same latents and lengths, a quarter of the width) and VAEs of the same structure
+# with few channels, so the whole group runs in seconds; its figures only prove the code runs.
+SMOKE_PRESET = "DiT-S/2"
+SMOKE_VAES = {"sd": {"block_out_channels": [8, 8, 16, 16], "norm_num_groups": 4, "layers_per_block": 1},
+              "taesd": {"encoder_block_out_channels": [8, 8, 8, 8], "decoder_block_out_channels": [8, 8, 8, 8]}}
 
 
 class MacCounter(TorchFunctionMode):
@@ -99,25 +100,27 @@ def perturbed(model: torch.nn.Module, std: float, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def random_vae_folder(kind: str, folder: Path, seed: int) -> Path:
+def random_vae_folder(kind: str, folder: Path, seed: int, smoke: bool = False) -> Path:
     import diffusers
 
     torch.manual_seed(seed)
-    model = getattr(diffusers, KINDS[kind].class_name)(**KINDS[kind].standard)
+    config = {**KINDS[kind].standard, **(SMOKE_VAES[kind] if smoke else {})}
+    model = getattr(diffusers, KINDS[kind].class_name)(**config)
     perturbed(model, 0.02, seed).save_pretrained(folder, safe_serialization=True)
     return folder
 
 
-def build(work: Path) -> tuple[Any, dict[str, int]]:
+def build(work: Path, smoke: bool = False) -> tuple[Any, dict[str, int]]:
     """The bundle (DiT-B/2 at l=4/12 + both decoders) and every graph's MACs at batch 1."""
-    from odelt.exporter.decoder import DecoderGraph
-    from odelt.latent.vae import load_vae
+    from odelt.exporter import DecoderGraph
+    from odelt.latent import load_vae
 
     torch.manual_seed(0)
-    dit = perturbed(DiT(PRESETS[PRESET]), 0.02, 0)
-    vaes = tuple((k, str(random_vae_folder(k, work / k, seed=i + 1))) for i, k in enumerate(DECODERS))
+    preset = SMOKE_PRESET if smoke else PRESET
+    dit = perturbed(DiT(PRESETS[preset]), 0.02, 0)
+    vaes = tuple((k, str(random_vae_folder(k, work / k, seed=i + 1, smoke=smoke))) for i, k in enumerate(DECODERS))
     manifest = export_bundle(dit, work / "bundle", ExportOptions(layouts=("per-length",), lengths=LENGTHS, vaes=vaes),
-                             source=f"bench:random-{PRESET}", source_hash=None)
+                             source=f"bench:random-{preset}", source_hash=None)
     x = torch.randn(1, 4, 32, 32)
     t, dt, y = torch.rand(1), torch.full((1,), 2, dtype=torch.int32), torch.zeros(1, dtype=torch.int64)
     macs = {f"dit_l{n}": count_macs(lambda n=n: dit(x, t, dt, y, n)) for n in LENGTHS}
@@ -193,7 +196,7 @@ def fp16_rmse(manifest) -> dict[str, Any]:
     samples DiT-B/2 many times over, which is not what this group measures."""
     import onnx
 
-    from odelt.calibration.decoder import decoder_accuracy, fp16_decoder
+    from odelt.calibration import decoder_accuracy, fp16_decoder
 
     latents = np.random.default_rng(1).standard_normal((FP16_SAMPLES, 4, 32, 32)).astype(np.float32)
     out: dict[str, Any] = {"latent_fp16_converter": "odelt.calibration.decoder.fp16_decoder",
@@ -211,12 +214,12 @@ def fp16_rmse(manifest) -> dict[str, Any]:
     return out
 
 
-def run(quick: bool = False) -> dict:
-    rounds = 2 if quick else 5
+def run(quick: bool = False, smoke: bool = False) -> dict:
+    rounds = 1 if smoke else 2 if quick else 5
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory(prefix="odelt-bench-latent-") as tmp:
         start = time.perf_counter()
-        manifest, macs = build(Path(tmp))
+        manifest, macs = build(Path(tmp), smoke)
         out: dict[str, Any] = {"latent_build_s": round(time.perf_counter() - start, 1),
                                "latent_load_avg_start": [round(v, 2) for v in os.getloadavg()]}
         times = time_graphs(manifest, rounds)

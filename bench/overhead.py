@@ -18,11 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from odelt.bundle.bundle import open_bundle  # noqa: E402
-from odelt.runtime.backends import open_backend  # noqa: E402
-from odelt.ode.heuristics import resolve_schedule  # noqa: E402
-from odelt.runtime.sampler import Sampler, make_labels, make_noise  # noqa: E402
-from odelt.ode.solvers import SOLVERS  # noqa: E402
+from odelt.bundle import open_bundle  # noqa: E402
+from odelt.runtime import SOLVERS, Sampler, make_labels, make_noise, open_backend, resolve_schedule  # noqa: E402
 
 
 def overhead(bundle, repeats: int) -> dict:

@@ -24,18 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from odelt.bundle.bundle import open_bundle
-from odelt.pipeline import demo
-from odelt.runtime.budget.planner import choose
-from odelt.runtime.budget.plans import load_candidates
-from odelt.runtime.budget.predict import MEDIAN, Predictor, predict_now
-from odelt.runtime.budget.profile import host_overheads
+from odelt import pipeline as demo
+from odelt.bundle import open_bundle
+from odelt.runtime import MEDIAN, Predictor, choose, host_overheads, load_candidates, predict_now
 
 
 def prepare(opts: demo.DemoOptions, quantize: bool = True, profile_batches: tuple[int, ...] | None = None):
     """The demo's stages up to its profile (bench/deadline.py reuses this, FP32 only);
     profile_batches: profile at these batch sizes instead of the demo's (1, opts.batch)."""
-    from odelt.exporter.verify import model_for_bundle
+    from odelt.exporter import model_for_bundle
 
     log = lambda msg: None  # noqa: E731
     manifest = demo.stage_export(opts, log)
@@ -49,15 +46,18 @@ def prepare(opts: demo.DemoOptions, quantize: bool = True, profile_batches: tupl
     return open_bundle(manifest.root), prof
 
 
-def run(quick: bool = False) -> dict:
-    rounds = 3 if quick else 5
+def run(quick: bool = False, smoke: bool = False) -> dict:
+    """smoke: FP32 only (no INT8 calibration), one round over two budgets, 16 images per measurement."""
+    rounds = 1 if smoke else 3 if quick else 5
+    images = 16 if smoke else 64
     with tempfile.TemporaryDirectory() as tmp:
-        opts = demo.DemoOptions(out=Path(tmp), quick=quick, quality_n=32 if quick else 128, calib_samples=8)
-        manifest, prof = prepare(opts)
+        opts = demo.DemoOptions(out=Path(tmp), quick=quick, quality_n=8 if smoke else 32 if quick else 128,
+                                calib_samples=8, precisions=("fp32",) if smoke else ("fp32", "int8"))
+        manifest, prof = prepare(opts, quantize=not smoke)
         candidates, host = load_candidates(manifest), host_overheads(prof)
         at = Predictor(prof, opts.batch, MEDIAN)      # the median model: the one predictor at q = 0.5
         ms = sorted(m for _, m in choose(candidates, float("inf"), at).table)
-        budgets = np.geomspace(ms[0] * 1.05, ms[-1] * 1.01, 4 if quick else 6)
+        budgets = np.geomspace(ms[0] * 1.05, ms[-1] * 1.01, 2 if smoke else 4 if quick else 6)
         chosen = [choose(candidates, float(b), at) for b in budgets]
         out: dict = {"planner_load_avg_start": list(os.getloadavg())}
         fresh: list[list[float]] = [[] for _ in chosen]
@@ -66,7 +66,7 @@ def run(quick: bool = False) -> dict:
             for i, choice in enumerate(chosen):
                 c = choice.candidate
                 fresh[i].append(predict_now(manifest, c, opts.batch, prof, MEDIAN))
-                measured[i].append(demo.measure_plan(manifest, c, opts.batch, 64, prof.get("threads", 1))[1])
+                measured[i].append(demo.measure_plan(manifest, c, opts.batch, images, prof.get("threads", 1))[1])
         errors, stored = [], []
         for i, (budget, choice) in enumerate(zip(budgets, chosen)):
             pred, meas = float(np.median(fresh[i])), float(np.median(measured[i]))

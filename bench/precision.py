@@ -58,15 +58,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from odelt.calibration.graph_roles import analyse, name_nodes  # noqa: E402
-from odelt.calibration.int8 import fused_ops  # noqa: E402
-from odelt.calibration.quantize import QuantizeOptions, quantize_bundle  # noqa: E402
-from odelt.calibration.trajectories import OrtGraphs  # noqa: E402
-from odelt.bundle.bundle import Bundle, open_bundle  # noqa: E402
-from odelt.bundle.chain import run_chain  # noqa: E402
-from odelt.exporter.export import ExportOptions, export_bundle  # noqa: E402
-from odelt.models import DiT  # noqa: E402
-from odelt.models.config import PRESETS  # noqa: E402
+from odelt.bundle import Bundle, open_bundle, run_chain  # noqa: E402
+from odelt.calibration import OrtGraphs, QuantizeOptions, analyse, fused_ops, name_nodes, quantize_bundle  # noqa: E402
+from odelt.exporter import ExportOptions, export_bundle  # noqa: E402
+from odelt.models import PRESETS, DiT  # noqa: E402
 
 GROUP = "precision"
 BATCH = 8
@@ -86,7 +81,9 @@ class Workload:
         return QuantizeOptions(precision, self.calib_samples, self.schedules, self.eval_samples, flavour=flavour)
 
 
-def workload(name: str, quick: bool) -> Workload:
+def workload(name: str, quick: bool, smoke: bool = False) -> Workload:
+    if smoke:              # proves the code runs: one length, one 2-step schedule, few samples
+        return Workload((PRESETS[name].lengths[-1],), 4, 4, ("uniform:euler:2",), 3)
     if name == "digits":   # cheap: FD needs eval_samples x schedules x 4 lengths >= 256 pooled samples
         return Workload(None, 16 if quick else 32, 32 if quick else 64, ("uniform:euler:4", "uniform:euler:8"),
                         30 if quick else 100)
@@ -99,7 +96,7 @@ def workload(name: str, quick: bool) -> Workload:
 def load_model(name: str) -> tuple[DiT, str]:
     if name == "digits":
         try:
-            from odelt.models.checkpoint import load_checkpoint
+            from odelt.models import load_checkpoint
             return load_checkpoint("builtin:digits").eval(), "builtin:digits (trained)"
         except Exception as e:  # noqa: BLE001 - the bench must still run before the weights ship
             print(f"builtin:digits unavailable ({e}); using random weights", file=sys.stderr)
@@ -123,7 +120,7 @@ class EngineGraphs(OrtGraphs):
     """run_graph over ORT engines (odelt.engines.ort), opened as recorded: optimisations off."""
 
     def session(self, spec):
-        from odelt.engines.ort import session_from_engine
+        from odelt.engines import session_from_engine
 
         if spec.name not in self._sessions:
             self._sessions[spec.name] = session_from_engine(self.path_of(spec), self.threads)
@@ -132,7 +129,7 @@ class EngineGraphs(OrtGraphs):
 
 def build_engines(variants: dict[str, tuple[Path, str]], keys: tuple[str, ...], tmp: Path) -> dict:
     """ORT engines (fusions + offline optimisation) of the named variants' graphs, in tmp/engines/<key>."""
-    from odelt.engines.ort import engine_from_onnx
+    from odelt.engines import engine_from_onnx
 
     out = {}
     for key in keys:
@@ -142,22 +139,28 @@ def build_engines(variants: dict[str, tuple[Path, str]], keys: tuple[str, ...], 
         folder.mkdir(parents=True, exist_ok=True)
         for name in manifest.graphs:
             engine_from_onnx(manifest.graph_path(name, precision), folder / f"{name}.onnx")
-        out[f"{key}_engine"] = (bundle, precision, folder)
+        out[f"{key}_engine"] = (bundle, precision, folder, True)
     return out
+
+
+def _graphs(manifest: Bundle, precision: str, folder: Path | None, engines: bool, threads: int) -> OrtGraphs:
+    """run_graph for a variant: the bundle's graphs at `precision`, or the graphs in `folder` (ORT
+    engines, or ablated copies of some graphs) where it holds one, the bundle's elsewhere."""
+    def path_of(spec, m=manifest):
+        mine = folder / f"{spec.name}.onnx" if folder is not None else None
+        return mine if mine is not None and mine.is_file() else m.graph_path(spec.name, precision)
+    return (EngineGraphs if engines else OrtGraphs)(manifest, path_of, threads)
 
 
 def latencies(variants: dict[str, tuple], repeats: int, threads: int = 1) -> dict[str, list[float]]:
     """{variant: seconds per full-length evaluation at batch 8}, variants interleaved in every repeat.
-    A variant is (bundle, precision) for its graphs, or (bundle, precision, folder) for its ORT engines."""
+    A variant is (bundle, precision) for its graphs, or (bundle, precision, folder, engines) for the
+    graphs in a folder beside the bundle: its ORT engines (engines=True) or an ablation's graphs."""
     runs = {}
-    for key, (bundle, precision, *engines) in variants.items():
+    for key, (bundle, precision, *side) in variants.items():
         manifest = open_bundle(bundle)
-        if engines:
-            graphs: OrtGraphs = EngineGraphs(manifest, lambda spec, d=engines[0]: d / f"{spec.name}.onnx", threads)
-        else:
-            graphs = OrtGraphs(manifest, lambda spec, m=manifest, p=precision: m.graph_path(spec.name, p),
-                               threads)
-        runs[key] = (manifest, graphs, _feeds(manifest))
+        folder, engines = side if side else (None, False)
+        runs[key] = (manifest, _graphs(manifest, precision, folder, engines, threads), _feeds(manifest))
     for manifest, graphs, feeds in runs.values():          # warm-up: sessions, arenas, prepacked weights
         for _ in range(2):
             run_chain(manifest, manifest.lengths[-1], feeds, graphs)
@@ -198,16 +201,19 @@ def _free_products(model: onnx.ModelProto, weights_only: bool, twice: bool) -> i
     return count
 
 
-def _ablated(fp32: Path, tmp: Path, key: str, weights_only: bool, twice: bool) -> tuple[Path, str]:
-    bundle = tmp / f"bound-{key}"
-    shutil.copytree(fp32, bundle)
-    manifest = open_bundle(bundle)
+def _ablated(fp32: Path, tmp: Path, key: str, weights_only: bool, twice: bool) -> tuple[Path, str, Path, bool]:
+    """The FP32 bundle's chunk graphs with stand-ins, written into a folder of their own beside it
+    (the bundle itself is never edited: its integrity check refuses modified graphs); the other
+    graphs run from the bundle."""
+    folder = tmp / f"bound-{key}"
+    folder.mkdir(parents=True, exist_ok=True)
+    manifest = open_bundle(fp32)
     for name, spec in manifest.graphs.items():
         if spec.kind == "chunk":
             model = onnx.load(str(manifest.graph_path(name)))
             _free_products(model, weights_only, twice)
-            onnx.save(model, str(manifest.graph_path(name)))
-    return bundle, "fp32"
+            onnx.save(model, str(folder / f"{name}.onnx"))
+    return fp32, "fp32", folder, False
 
 
 def int8_bound(fp32: Path, tmp: Path, repeats: int, threads: int = 1) -> dict:
@@ -273,9 +279,9 @@ def quantise_all(fp32: Path, work: Workload, tmp: Path) -> tuple[dict, dict[str,
     return out, variants
 
 
-def bench_model(name: str, quick: bool, tmp: Path, threads: int = 1) -> dict:
+def bench_model(name: str, quick: bool, tmp: Path, threads: int = 1, smoke: bool = False) -> dict:
     model, weights = load_model(name)
-    work = workload(name, quick)
+    work = workload(name, quick, smoke)
     tmp = tmp / name.replace("/", "_")
     fp32 = tmp / "fp32"
     t0 = time.perf_counter()
@@ -308,8 +314,10 @@ def bench_model(name: str, quick: bool, tmp: Path, threads: int = 1) -> dict:
     return out
 
 
-def run(quick: bool = False, models: tuple[str, ...] = ("digits", "DiT-S/2"), threads: int = 1) -> dict:
-    """Flat {figure: value} for the bench harness."""
+def run(quick: bool = False, models: tuple[str, ...] = ("digits", "DiT-S/2"), threads: int = 1,
+        smoke: bool = False) -> dict:
+    """Flat {figure: value} for the bench harness (smoke: digits only, tiny workload)."""
+    models = ("digits",) if smoke else models
     figures: dict = {"precision.machine": platform.processor() or platform.machine(),
                      "precision.load_avg_start": [round(x, 2) for x in os.getloadavg()]}
     start = time.perf_counter()
@@ -317,7 +325,7 @@ def run(quick: bool = False, models: tuple[str, ...] = ("digits", "DiT-S/2"), th
         for name in models:
             print(f"precision: {name}", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
-            for key, value in bench_model(name, quick, Path(tmp), threads).items():
+            for key, value in bench_model(name, quick, Path(tmp), threads, smoke).items():
                 figures[f"precision.{name}.{key}"] = value
             figures[f"precision.{name}.seconds"] = round(time.perf_counter() - t0, 1)
     figures["precision.seconds"] = round(time.perf_counter() - start, 1)

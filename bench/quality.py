@@ -28,9 +28,7 @@ import numpy as np
 import torch
 
 from odelt.data import load_digits_nchw, to_unit
-from odelt.models import load_checkpoint
-from odelt.models.classifier import score_images
-from odelt.models.sampling import sample_dopri5, sample_euler, sample_labels_noise
+from odelt.models import load_checkpoint, sample_dopri5, sample_euler, sample_labels_noise, score_images
 
 
 def _pixels(x: torch.Tensor) -> torch.Tensor:
@@ -95,7 +93,7 @@ def save_grid(samples: dict, lengths, steps: int, path: str, per_class: int = 6)
 
 def save_decoded_grid(images: torch.Tensor, path: str, per_class: int = 8) -> None:
     """Decoded samples (labels cycling 0..9): one row per class, `per_class` columns, x2 nearest."""
-    from odelt.runtime.images import grid_image, save_png
+    from odelt.runtime import grid_image, save_png
 
     order = [c + 10 * j for c in range(10) for j in range(per_class)]
     save_png(grid_image(images.numpy()[order], cols=per_class, upscale=2, pad=2), path)
@@ -103,8 +101,8 @@ def save_decoded_grid(images: torch.Tensor, path: str, per_class: int = 8) -> No
 
 def _autoencoder(source: str, vae: str | None):
     """The autoencoder folder of a latent model: --vae, or the builtin model's own."""
-    from odelt.models.checkpoint import BUILTIN_PREFIX, BUILTIN_VAES, builtin_vae_path
-    from odelt.latent.train import load_vae
+    from odelt.latent import load_trained_vae as load_vae
+    from odelt.models import BUILTIN_PREFIX, BUILTIN_VAES, builtin_vae_path
 
     name = source[len(BUILTIN_PREFIX):] if source.startswith(BUILTIN_PREFIX) else None
     if vae is None and name in BUILTIN_VAES:
@@ -126,7 +124,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from odelt.latent.train import decode_scaled, encode_scaled
+    from odelt.latent import decode_scaled, encode_scaled
 
     model = load_checkpoint(args.model)
     cfg = model.config

@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-from odelt.engines.build import BuildRequest, build_bundle
-from odelt.bundle.bundle import open_bundle
-from odelt.exporter.export import ExportOptions, export_bundle
-from odelt.models import DiT
-from odelt.models.config import PRESETS
+from odelt.bundle import open_bundle
+from odelt.engines import BuildRequest, build_bundle
+from odelt.exporter import ExportOptions, export_bundle
+from odelt.models import PRESETS, DiT
 
 CALIB = dict(calib_samples=4, eval_samples=8, schedules=("uniform:euler:4",))
 
@@ -62,7 +61,7 @@ def build_times(model: str, bundle: Path, level: int) -> dict:
 
 
 def precision_sizes(bundle: Path) -> dict:
-    from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
+    from odelt.calibration import QuantizeOptions, quantize_bundle
 
     out = {}
     for precision in ("fp32", "fp16", "int8"):
@@ -91,7 +90,8 @@ def export(model: torch.nn.Module, out: Path, layouts: tuple[str, ...], lengths:
     return out
 
 
-def run(work: Path, quick: bool) -> dict:
+def run(work: Path, quick: bool, smoke: bool = False) -> dict:
+    """smoke: digits only (no DiT-B/2 engine set: its build alone takes minutes)."""
     from precision import load_model  # bench/ is on the path (bench/run.py)
 
     t0 = time.perf_counter()
@@ -101,6 +101,8 @@ def run(work: Path, quick: bool) -> dict:
     level = 0 if quick else 3          # quick (CI): the lowest level, to stay under 5 minutes
     out: dict = {"trt_rtx_digits_weights": note, **build_times("digits", d, level), **device_weight(d, "_digits")}
     out.update(precision_sizes(d))
+    if smoke:
+        return {**out, "trt_rtx_bench_s": round(time.perf_counter() - t0, 1)}
     torch.manual_seed(0)
     b2 = export(DiT(PRESETS["DiT-B/2"]).eval(), work / "rtx_b2", ("segments", "per-length"), (4, 8, 12))
     _build(b2, level=0)

@@ -43,14 +43,9 @@ import numpy as np
 import torch
 from precision import load_model  # bench/ is on the path (bench/run.py)
 
-from odelt.exporter.export import ExportOptions, export_bundle
-from odelt.models import DiT
-from odelt.models.config import DiTConfig
-from odelt.runtime.backends import open_backend
-from odelt.ode.heuristics import resolve_schedule
-from odelt.runtime.reference import torch_sample
-from odelt.runtime.sampler import Sampler, make_labels, make_noise
-from odelt.ode.solvers import SOLVERS
+from odelt.exporter import ExportOptions, export_bundle
+from odelt.models import DiT, DiTConfig
+from odelt.runtime import SOLVERS, Sampler, make_labels, make_noise, open_backend, resolve_schedule, torch_sample
 
 GROUP = "runtime"
 ROOT = Path(__file__).resolve().parents[1]
@@ -90,10 +85,8 @@ import json, statistics, sys, time
 import numpy as np
 from odelt.onnxrt import open_session
 from onnx import TensorProto, helper, numpy_helper
-from odelt.bundle.bundle import open_bundle
-from odelt.runtime.backends import open_backend
-from odelt.ode.heuristics import resolve_schedule
-from odelt.runtime.sampler import Sampler, make_labels, make_noise
+from odelt.bundle import open_bundle
+from odelt.runtime import Sampler, make_labels, make_noise, open_backend, resolve_schedule
 bundle, batch, repeats, precisions = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4].split(",")
 m = open_bundle(bundle)
 cfg = m.config
@@ -170,7 +163,7 @@ def _fp32_bound(cfg: DiTConfig, batch: int, calls: int, torch_s: float, runtime_
 
 def add_int8(bundle) -> None:
     """The INT8 variant (cpu flavour) of the DiT-S/2 bundle, calibrated along the timed schedule."""
-    from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
+    from odelt.calibration import QuantizeOptions, quantize_bundle
 
     quantize_bundle(bundle.root, QuantizeOptions("int8", calib_samples=4, schedules=("uniform:euler:4",),
                                                  eval_samples=4, flavour="cpu"))
@@ -197,11 +190,11 @@ def length_ratio(bundle, batch: int, repeats: int) -> dict:
     return out
 
 
-def parity(digits: DiT, digits_bundle, s2: DiT, s2_bundle) -> dict:
+def parity(digits: DiT, digits_bundle, s2: DiT, s2_bundle, solvers=tuple(SOLVERS)) -> dict:
     worst = 0.0
     x0, y = make_noise(3, 4, (1, 8, 8)), make_labels(4, digits.config.num_classes)
     with open_backend("ort", digits_bundle) as be:
-        for name in SOLVERS:
+        for name in solvers:
             schedule = resolve_schedule(f"cosine:{name}:6", max(digits_bundle.lengths))
             out, _ = Sampler(be, digits_bundle, schedule).sample(x0, y)
             worst = max(worst, float(np.abs(out - torch_sample(digits, schedule, x0, y)).max()))
@@ -218,10 +211,8 @@ def parity(digits: DiT, digits_bundle, s2: DiT, s2_bundle) -> dict:
 _RSS_SCRIPT = """
 import json, resource, sys
 import numpy as np
-from odelt.bundle.bundle import open_bundle
-from odelt.runtime.backends import open_backend
-from odelt.ode.heuristics import resolve_schedule
-from odelt.runtime.sampler import Sampler, make_labels, make_noise
+from odelt.bundle import open_bundle
+from odelt.runtime import Sampler, make_labels, make_noise, open_backend, resolve_schedule
 
 def rss_mb():
     with open("/proc/self/statm") as f:
@@ -255,12 +246,12 @@ def _rss_child(bundle: Path, mode: str, batch: int, calls: int, schedule: str) -
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def memory(s2_bundle: Path, digits_bundle: Path, quick: bool) -> dict:
+def memory(s2_bundle: Path, digits_bundle: Path, quick: bool, smoke: bool = False) -> dict:
     calls = 5 if quick else 20
     reuse = _rss_child(s2_bundle, "reuse", 8, calls, "uniform:euler:4")
     naive = _rss_child(s2_bundle, "naive", 8, calls, "uniform:euler:4")
     bound = _rss_child(s2_bundle, "bindings", 8, calls, "uniform:euler:4")
-    soak = _rss_child(digits_bundle, "reuse", 1, 1000, "uniform:euler:4")
+    soak = _rss_child(digits_bundle, "reuse", 1, 200 if smoke else 1000, "uniform:euler:4")
     start, end = soak["rss_mb"]
     # ru_maxrss is set while ONNX Runtime loads the sessions (identical in both modes), so the
     # figure compares the highest RSS seen after sampling calls; the process peaks are kept beside it.
@@ -274,22 +265,23 @@ def memory(s2_bundle: Path, digits_bundle: Path, quick: bool) -> dict:
             "soak_rss_mb_after_1000": round(end, 1)}
 
 
-def run(quick: bool = False) -> dict:
-    reps = 5 if quick else 20
+def run(quick: bool = False, smoke: bool = False) -> dict:
+    """smoke: the digits model stands in for DiT-S/2 (same figures, tiny sizes: they only prove the code runs)."""
+    reps = 2 if smoke else 5 if quick else 20
     with tempfile.TemporaryDirectory() as tmp:
         digits, note = load_model("digits")
-        s2, _ = load_model("DiT-S/2")
+        s2, _ = load_model("digits" if smoke else "DiT-S/2")
         d_bundle = export_bundle(digits, Path(tmp) / "digits", ExportOptions(layouts=("segments",)))
         s2_bundle = export_bundle(s2, Path(tmp) / "dits2", ExportOptions(layouts=("segments",)))
         out: dict = {"runtime_digits_weights": note}
-        stages = [("overhead", lambda: overhead(d_bundle, 100 if quick else 300)),
+        stages = [("overhead", lambda: overhead(d_bundle, 20 if smoke else 100 if quick else 300)),
                   ("int8 variant", lambda: add_int8(s2_bundle) or {}),
                   ("speedup b1", lambda: speedup(s2, s2_bundle, 1, reps)),
                   ("speedup b8", lambda: speedup(s2, s2_bundle, 8, 3 if quick else reps)),
                   ("length ratio b8", lambda: length_ratio(s2_bundle, 8, reps)),
                   ("length ratio b1", lambda: length_ratio(s2_bundle, 1, 3 * reps)),
-                  ("parity", lambda: parity(digits, d_bundle, s2, s2_bundle)),
-                  ("memory", lambda: memory(s2_bundle.root, d_bundle.root, quick))]
+                  ("parity", lambda: parity(digits, d_bundle, s2, s2_bundle, ("euler", "heun") if smoke else SOLVERS)),
+                  ("memory", lambda: memory(s2_bundle.root, d_bundle.root, quick, smoke))]
         for name, stage in stages:
             t0 = time.perf_counter()
             out.update(stage())

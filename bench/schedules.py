@@ -27,23 +27,20 @@ import time
 import torch
 
 from odelt.fileio import file_hash
-from odelt.models.checkpoint import load_checkpoint, resolve_source
-from odelt.schedules.amed import AMEDSpec, AMEDStudent, learn_amed
-from odelt.schedules.learn import LearnConfig, eval_rmse
-from odelt.schedules.ld3 import LD3Student, StepSpec, learn_ld3, uniform_grid
-from odelt.schedules.lengths import best_single_length, search_lengths
-from odelt.schedules.problem import make_pairs, split
+from odelt.models import load_checkpoint, resolve_source
+from odelt.schedules import (AMEDSpec, AMEDStudent, LD3Student, LearnConfig, StepSpec, best_single_length, eval_rmse,
+                             learn_amed, learn_ld3, make_pairs, search_lengths, split, uniform_grid)
 
 GROUP = "schedules"
 
 
-def _setup(quick: bool):
+def _setup(quick: bool, smoke: bool = False):
     source = os.environ.get("ODELT_BENCH_DIGITS", "builtin:digits")
     model = load_checkpoint(source).eval()
     key = file_hash(resolve_source(source))
-    cfg = LearnConfig(iters=100 if quick else 300)
+    cfg = LearnConfig(iters=5, n_pairs=24, n_train=16) if smoke else LearnConfig(iters=100 if quick else 300)
     train, val = split(make_pairs(model, cfg.n_pairs, cfg.seed, key=key), cfg.n_train)
-    held = make_pairs(model, 128 if quick else 256, 0, held_out=True, key=key)
+    held = make_pairs(model, 16 if smoke else 128 if quick else 256, 0, held_out=True, key=key)
     return model, source, cfg, train, val, held
 
 
@@ -136,10 +133,10 @@ def length_figures(model, cfg, train, val, held, target: float, dt, quick: bool)
     return out
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, smoke: bool = False) -> dict:
     torch.set_num_threads(1)      # small models: threads only add contention on the 2-core CI box
     t0 = time.time()
-    model, source, cfg, train, val, held = _setup(quick)
+    model, source, cfg, train, val, held = _setup(quick, smoke)
     out: dict = {"schedules_model": source, "schedules_n_held_out": len(held),
                  "schedules_teacher_seconds": round(time.time() - t0, 1)}
     t1 = time.time()

@@ -5,8 +5,10 @@ only when complete, so a crash or a full disk never leaves a half-written file. 
 way (read-only folder, no space left, permission denied) becomes one `WriteError` naming the path
 and the reason, after what the failed write started has been removed.
 
-The three primitives `_make_dir`, `_make_temp` and `_commit` are the only places that touch the
-file system for writing; tests inject faults by replacing them.
+The three steps in `PRIMITIVES` (make a folder, make a temp file, rename it into place) are the
+only places that touch the file system for writing: they are the seam for fault injection (a test
+replaces one, `monkeypatch.setattr(fileio.PRIMITIVES, "commit", full_disk)`, to make a disk full or
+a folder read-only at that step).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 import shutil
 import tempfile
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -45,6 +48,18 @@ def _commit(tmp: Path, path: Path) -> None:
     os.replace(tmp, path)
 
 
+@dataclass
+class Primitives:
+    """The write layer's steps on the file system; an OSError from any of them becomes a WriteError."""
+
+    make_dir: Callable[[Path], None] = _make_dir                 # mkdir -p PATH
+    make_temp: Callable[[Path, str], Path] = _make_temp          # an empty temp file beside PATH, with SUFFIX
+    commit: Callable[[Path, Path], None] = _commit               # rename TMP onto PATH (atomic on one file system)
+
+
+PRIMITIVES = Primitives()      # the fault-injection seam (see the module docstring)
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
@@ -56,7 +71,7 @@ def make_dir(path: str | os.PathLike) -> Path:
     """mkdir -p, with a one-line WriteError when the folder cannot be created."""
     path = Path(path)
     try:
-        _make_dir(path)
+        PRIMITIVES.make_dir(path)
     except OSError as e:
         raise write_error(path, e) from None
     return path
@@ -87,11 +102,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]
     tmp: Path | None = None
     made = _missing_parents(path)
     try:
-        _make_dir(path.parent)
-        tmp = _make_temp(path, suffix)
+        PRIMITIVES.make_dir(path.parent)
+        tmp = PRIMITIVES.make_temp(path, suffix)
         yield tmp
         os.chmod(tmp, 0o644)                   # mkstemp files are 0600; artifacts are shared data
-        _commit(tmp, path)
+        PRIMITIVES.commit(tmp, path)
         made = []
     except OSError as e:
         raise write_error(path, e) from None
@@ -125,7 +140,7 @@ def partial_dir(parent: str | os.PathLike, name: str) -> Path:
     tmp = parent / f".{name}.partial-{os.getpid()}"
     _remove(tmp)
     try:
-        _make_dir(tmp)
+        PRIMITIVES.make_dir(tmp)
     except OSError as e:
         raise write_error(parent / name, e) from None
     return tmp
@@ -178,7 +193,7 @@ def remove_stale_partials(parent: str | os.PathLike) -> list[Path]:
 def rename(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Move a finished temporary file or folder into place (same file system)."""
     try:
-        _commit(Path(src), Path(dst))
+        PRIMITIVES.commit(Path(src), Path(dst))
     except OSError as e:
         raise write_error(dst, e) from None
 

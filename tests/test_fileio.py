@@ -13,7 +13,7 @@ from odelt.errors import WriteError
 def _full_disk(monkeypatch):
     def commit(tmp, path):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(fileio, "_commit", commit)
+    monkeypatch.setattr(fileio.PRIMITIVES, "commit", commit)
 
 
 def test_failed_write_removes_its_temp_file_and_new_folders(tmp_path, monkeypatch):
@@ -66,15 +66,15 @@ def test_swap_in_dir_replaces_a_folder_or_keeps_the_old_one(tmp_path, monkeypatc
     assert fileio.swap_in_dir(new, final) == final
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"] and sorted(os.listdir(final)) == ["new.txt"]
     again = fileio.partial_dir(tmp_path, "vae")
-    real_commit = fileio._commit
+    real_commit = fileio.PRIMITIVES.commit
 
     def commit(tmp, path):                       # moving the old folder aside and back works; the new one fails
         if tmp == again:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_commit(tmp, path)
-    monkeypatch.setattr(fileio, "_commit", commit)
+    monkeypatch.setattr(fileio.PRIMITIVES, "commit", commit)
     with pytest.raises(WriteError, match="vae: No space left on device"):
         fileio.swap_in_dir(again, final)
-    monkeypatch.setattr(fileio, "_commit", real_commit)
+    monkeypatch.setattr(fileio.PRIMITIVES, "commit", real_commit)
     assert sorted(os.listdir(final)) == ["new.txt"]
     assert not any(p.name.startswith(".vae.old") for p in tmp_path.iterdir())

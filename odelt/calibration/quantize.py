@@ -121,7 +121,7 @@ def quantize_bundle(bundle: str | os.PathLike, options: QuantizeOptions) -> dict
     try:
         with tempfile.TemporaryDirectory(prefix="odelt-calib-") as cache:
             report = _guarded_build(manifest, options, schedules, (feeds, held_out), (tmp, Path(cache)))
-        _install(manifest, options.precision, tmp, report)
+        install_variant(manifest, options.precision, tmp, report)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -218,7 +218,7 @@ def _report(options: QuantizeOptions, conv: _Converter, built: dict, outcome: tu
     }
 
 
-def _install(manifest: Bundle, precision: str, tmp: Path, report: dict) -> None:
+def install_variant(manifest: Bundle, precision: str, tmp: Path, report: dict) -> None:
     """Move the finished variant folder into the bundle and record it, under the bundle's lock (a
     second quantize of the same precision that finished meanwhile is refused, not overwritten)."""
     write_json_atomic(tmp / "report.json", json.loads(json.dumps(report, default=float)))

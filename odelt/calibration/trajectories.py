@@ -19,9 +19,9 @@ import numpy as np
 
 from odelt.errors import ConfigError
 from odelt.bundle.bundle import Bundle
-from odelt.bundle.chain import RunGraph, run_chain
+from odelt.bundle.chain import RunGraph
 from odelt.bundle.iospec import GraphSpec
-from odelt.runtime.backends.protocol import chain_length
+from odelt.runtime.backends.graphs import ChainBackend
 from odelt.runtime.sampler import Sampler
 from odelt.ode.schedule import Schedule
 
@@ -100,34 +100,12 @@ class Noise:
         return cls(x0, (np.arange(samples) % cfg.num_classes).astype(np.int32))
 
 
-class GraphBackend:
-    """A runtime backend over any run_graph (OrtGraphs, a Recorder), so that calibration samples
-    with the runtime's own Sampler. Sessions belong to the run_graph: entering opens nothing."""
-
-    name = "graphs"
-
-    def __init__(self, manifest: Bundle, run_graph: RunGraph, layout: str | None = None):
-        self.manifest, self.run_graph = manifest, run_graph
-        self.layout = layout or manifest.default_layout()
-        self.lengths = tuple(manifest.lengths)
-
-    def __enter__(self) -> GraphBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        length = chain_length(feeds, self.lengths)
-        return {"velocity": run_chain(self.manifest, length, feeds, self.run_graph, self.layout)}
-
-
 def sample(manifest: Bundle, run_graph: RunGraph, schedule: Schedule, noise: Noise,
            layout: str | None = None) -> np.ndarray:
     """Integrate one schedule (its per-step lengths) from `noise.x0` with the runtime's Sampler (no
     modulation tables: every graph is seen); final samples (B, C, H, W), non-finite ones kept."""
     scale = noise.guidance_scale if manifest.guidance else None      # guidance only where folded into the graphs
-    sampler = Sampler(GraphBackend(manifest, run_graph, layout), manifest, schedule, scale, use_tables=False,
+    sampler = Sampler(ChainBackend(manifest, run_graph, layout), manifest, schedule, scale, use_tables=False,
                       check_finite=False)
     return sampler.sample(noise.x0, noise.y)[0]
 

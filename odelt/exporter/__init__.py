@@ -4,17 +4,12 @@ hoisted conditioning; decoders of latent models), and their verification against
 The verbs import torch, so they load on first use: `odelt.exporter.onnx_utils` (used by engines and
 calibration) stays torch-free."""
 
-from typing import Any
+from odelt.lazy import face
 
-__all__ = ["ExportOptions", "export_source", "export_bundle", "VerifyOptions", "verify_bundle"]
-
-_LAZY = {"ExportOptions": "odelt.exporter.export", "export_source": "odelt.exporter.export",
-         "export_bundle": "odelt.exporter.export", "VerifyOptions": "odelt.exporter.verify",
-         "verify_bundle": "odelt.exporter.verify"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'odelt.exporter' has no attribute {name!r}")
+__all__, __getattr__, __dir__ = face(__name__, {
+    "odelt.exporter.export": ("ExportOptions", "export_source", "export_bundle"),
+    "odelt.exporter.verify": ("VerifyOptions", "verify_bundle", "model_for_bundle"),
+    "odelt.exporter.decoder": ("DecoderGraph", "export_decoders"),
+    "odelt.exporter.tables": ("add_table",),
+    "odelt.exporter.report": ("describe", "describe_verify"),
+})

@@ -156,7 +156,7 @@ class Sampler:
         return bound
 
     def _bind(self, b: int) -> _Bound:
-        rows = _StepRows(guidance_rows(self.manifest, b, self.guidance_scale), self.schedule.lengths,
+        rows = StepRows(guidance_rows(self.manifest, b, self.guidance_scale), self.schedule.lengths,
                          self.schedule.dt_base)
         feeds = {"t": rows.t(0.0), "dt_base": rows.levels[0], "l": rows.lengths[0],
                  "y": np.full(rows.count, self.null_class, np.int32)}
@@ -209,7 +209,7 @@ class Sampler:
 class _Bound:
     """One batch size's step inputs and velocity function, and the counters the function adds to."""
     feeds: dict[str, np.ndarray]
-    rows: _StepRows
+    rows: StepRows
     step_lengths: list[int]            # every step's length this batch (anytime control may shorten them)
     length_rows: list[np.ndarray]      # and its row array
     f: Callable[[np.ndarray, Any, int], np.ndarray] = lambda x, t, n: x
@@ -228,7 +228,7 @@ class _Bound:
         self.switched = False
 
 
-class _StepRows:
+class StepRows:
     """Read-only per-row inputs of one batch size: a row array per step's length and dt_base, and
     one per time value met so far (bounded: adaptive solvers meet new times without end)."""
 

@@ -11,3 +11,11 @@
 
 Nothing here imports torch; Triton's own modules are imported only inside the server.
 """
+
+from odelt.lazy import face
+
+__all__, __getattr__, __dir__ = face(__name__, {
+    "odelt.serving.repository": ("RepoOptions", "write_repository", "ENGINES"),
+    "odelt.serving.server": ("TritonServer", "find_env"),
+    "odelt.serving.client": ("Client", "ServingError"),
+})

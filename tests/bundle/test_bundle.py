@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from odelt.cli import main
-from odelt.errors import BundleError, ExportError
+from odelt.errors import BundleError
 from odelt.bundle import bundle as bundle_mod
 from odelt.bundle.bundle import open_bundle
 from tests.bundles import flip_last_byte, private_copy
@@ -114,20 +114,6 @@ def test_stale_work_folders_of_dead_processes_are_removed_by_the_next_write(bund
         p.mkdir(parents=True)
     open_bundle(bundle).update("tables", "t", None)
     assert mine.is_dir() and not any(p.exists() for p in stale)
-
-
-def test_a_stale_bundle_object_cannot_claim_a_taken_precision(bundle, tmp_path):
-    """Two quantize runs of int8 (say two flavours) at once: the second to finish is refused
-    under the lock instead of silently replacing the first one's entry."""
-    from odelt.calibration.quantize import _install
-
-    stale = open_bundle(bundle)
-    fresh = open_bundle(bundle)
-    (tmp_path / "v").mkdir()
-    fresh.update("precisions", "int8", {"graphs": {}, "flavour": "trt"})
-    with pytest.raises(ExportError, match="already has a int8 \\(trt flavour\\) variant"):
-        _install(stale, "int8", tmp_path / "v", {"graphs": {}, "metrics": {}, "fallback": []})
-    assert open_bundle(bundle).variant("int8") == {"graphs": {}, "flavour": "trt"}
 
 
 def test_manifest_from_before_file_records_still_opens(bundle):

@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from odelt.calibration import metrics
-from odelt.calibration.quantize import QuantizeOptions, quantize_bundle
+from odelt.calibration.quantize import QuantizeOptions, install_variant, quantize_bundle
 from odelt.cli import main
 from odelt.errors import AccuracyError, ConfigError, ExportError
 from odelt.bundle import open_bundle
@@ -136,3 +136,15 @@ def test_already_quantised_graphs_are_refused(segments_bundle):
     edit_by_hand(bundle, lambda data: data.pop("precisions"))
     with pytest.raises(ExportError, match="graph blocks_0-1 is already quantised"):
         quantize_bundle(bundle, QuantizeOptions("fp16", **FAST))
+
+
+def test_a_stale_bundle_object_cannot_claim_a_taken_precision(bundle, tmp_path):
+    """Two quantize runs of int8 (say two flavours) at once: the second to finish is refused
+    under the lock instead of silently replacing the first one's entry."""
+    stale = open_bundle(bundle)
+    fresh = open_bundle(bundle)
+    (tmp_path / "v").mkdir()
+    fresh.update("precisions", "int8", {"graphs": {}, "flavour": "trt"})
+    with pytest.raises(ExportError, match="already has a int8 \\(trt flavour\\) variant"):
+        install_variant(stale, "int8", tmp_path / "v", {"graphs": {}, "metrics": {}, "fallback": []})
+    assert open_bundle(bundle).variant("int8") == {"graphs": {}, "flavour": "trt"}

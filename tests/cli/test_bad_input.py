@@ -89,7 +89,7 @@ def _deny(code: int):
     def make_temp(path, suffix):
         raise OSError(code, os.strerror(code), str(path.parent))
 
-    return {"_make_dir": make_dir, "_make_temp": make_temp}
+    return {"make_dir": make_dir, "make_temp": make_temp}
 
 
 def _full_disk():
@@ -98,7 +98,7 @@ def _full_disk():
         assert Path(tmp).exists()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
-    return {"_commit": commit}
+    return {"commit": commit}
 
 
 FAULTS = {"read-only": lambda: _deny(errno.EROFS), "permission": lambda: _deny(errno.EACCES),
@@ -317,7 +317,7 @@ def test_bad_input_is_one_line_and_writes_nothing(case, world, tmp_path, run_cli
     before = _snapshot(world["root"], tmp_path)
     if isinstance(extra, str):
         for name, fake in FAULTS[extra]().items():
-            monkeypatch.setattr(fileio, name, fake)
+            monkeypatch.setattr(fileio.PRIMITIVES, name, fake)
     line = run_cli(argv).error_line()
     assert expected in line, line
     if isinstance(extra, str):

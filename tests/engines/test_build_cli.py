@@ -5,6 +5,7 @@ import pytest
 
 from odelt.cli import main
 from odelt.engines import ort as oe
+from odelt.onnxrt import ort_module
 from odelt.bundle.bundle import open_bundle
 from tests.bundles import edit_by_hand
 
@@ -32,7 +33,7 @@ def test_build_ort_records_engines_in_manifest(tiny_bundle, capsys, x_batch):
     assert entry["backend"] == "ort" and set(entry["graphs"]) == {"length_2", "length_4"}
     for name, rel in entry["graphs"].items():
         sess = oe.session_from_engine(tiny_bundle / rel)
-        raw = oe._ort().InferenceSession(str(m.graph_path(name)), providers=["CPUExecutionProvider"])
+        raw = ort_module().InferenceSession(str(m.graph_path(name)), providers=["CPUExecutionProvider"])
         np.testing.assert_array_equal(sess.run(None, {"x": x_batch})[0], raw.run(None, {"x": x_batch})[0])
     # a second build needs --force; with it the set is replaced, others kept
     err = _run(["build", str(tiny_bundle), "--backend", "ort"], capsys)
@@ -79,7 +80,7 @@ def test_failure_mid_build_leaves_nothing_half_written(tiny_bundle, capsys, monk
 
     from odelt import fileio
 
-    real, calls = fileio._commit, []
+    real, calls = fileio.PRIMITIVES.commit, []
 
     def full_disk_on_second_engine(tmp, path):       # a fault injected in the write layer
         if path.suffix == ".onnx":
@@ -88,7 +89,7 @@ def test_failure_mid_build_leaves_nothing_half_written(tiny_bundle, capsys, monk
                 raise OSError(errno.ENOSPC, "No space left on device")
         real(tmp, path)
 
-    monkeypatch.setattr(fileio, "_commit", full_disk_on_second_engine)
+    monkeypatch.setattr(fileio.PRIMITIVES, "commit", full_disk_on_second_engine)
     before = _snapshot(tiny_bundle)
     err = _run(["build", str(tiny_bundle), "--backend", "ort"], capsys)
     assert "cannot write" in err and "length_4.onnx: No space left on device" in err

@@ -116,7 +116,7 @@ def test_a_failed_engine_write_is_a_write_error_not_a_build_error(tmp_path, tiny
         link.symlink_to("/dev/full")
         return link
 
-    monkeypatch.setattr(fileio, "_make_temp", full_temp)
+    monkeypatch.setattr(fileio.PRIMITIVES, "make_temp", full_temp)
     out = tmp_path / "eng" / "tiny.onnx"
     out.parent.mkdir()
     with pytest.raises(WriteError, match=r"cannot write .*eng/tiny.onnx: .*Protobuf serialization failed"):

@@ -20,6 +20,7 @@ from .test_build_cli import _run, _snapshot
 
 trt = pytest.importorskip("tensorrt_rtx", reason="TensorRT-RTX (the `rtx` extra) is not installed")
 LEVEL = ["--opt-level", str(RTX_OPT_LEVEL)]
+pytestmark = pytest.mark.integration        # real TensorRT-RTX builds
 
 
 @pytest.fixture

@@ -1,9 +1,12 @@
-"""Needs a real TensorRT and an NVIDIA GPU; skipped cleanly elsewhere (always, on our CI)."""
+"""Needs a real TensorRT and an NVIDIA GPU (`pytest -m gpu` selects these); skipped cleanly elsewhere
+(always, on our CI)."""
 
 import pytest
 
 from odelt.engines import tensorrt as te
 from odelt.errors import BackendUnavailable
+
+pytestmark = pytest.mark.gpu
 
 
 def _real_tensorrt():

@@ -19,6 +19,8 @@ from odelt.models import DiTConfig, save_checkpoint
 from odelt.models.config import PRESETS
 from tests.models_zoo import random_model
 
+pytestmark = pytest.mark.integration        # export + verify over random configurations
+
 CONFIGS = 24
 ATOL = 1e-5
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from odelt.bundle.bundle import open_bundle
 from odelt.models import save_checkpoint
@@ -14,6 +15,8 @@ from odelt.ode.heuristics import resolve_schedule
 from odelt.runtime.reference import torch_sample
 from odelt.runtime.sampler import make_labels, make_noise
 from tests.models_zoo import TINY, random_model
+
+pytestmark = pytest.mark.integration        # export -> quantize -> build -> generate on the CLI
 
 # depth 6, groups of 4, depth_min 2: trained lengths 2 and 6, the one group end 4. Length 2 has no
 # live block (V = 0); length 6 ends mid-group (blocks 4 and 5 are dead).

@@ -1,8 +1,6 @@
-"""DiT-B/2 scale (random weights): export + verify. Minutes on CI's 2 cores, so opt-in:
-ODELT_SLOW_TESTS=1 .venv/bin/python -m pytest tests/exporter/test_scale.py
+"""DiT-B/2 scale (random weights): export + verify. Minutes on CI's 2 cores, so `slow` (opt-in):
+.venv/bin/python -m pytest -m slow tests/exporter/test_scale.py
 (bench/export_scale.py measures time and memory for B/2 and XL/2)."""
-
-import os
 
 import pytest
 import torch
@@ -12,8 +10,7 @@ from odelt.exporter.verify import VerifyOptions, verify_bundle
 from odelt.models import DiT, save_checkpoint
 from odelt.models.config import PRESETS
 
-pytestmark = pytest.mark.skipif(not os.environ.get("ODELT_SLOW_TESTS"),
-                                reason="DiT-B/2 export + verify takes minutes; set ODELT_SLOW_TESTS=1")
+pytestmark = pytest.mark.slow
 
 
 def test_dit_b2_segments_export_matches_pytorch(tmp_path):

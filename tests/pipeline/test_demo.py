@@ -12,6 +12,8 @@ from odelt.pipeline.demo import DemoOptions, run_demo
 
 from tests.models_zoo import TINY, random_model
 
+pytestmark = pytest.mark.integration        # the whole demo: every stage, real builds, streams under a hog
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
@@ -96,10 +98,10 @@ def test_profile_command_writes_device_profile(demo):
         stored.write_bytes(kept)
     assert set(prof["calls"]["fp32"]["1"]) == {"2", "4"}
     assert set(prof["graphs"]["fp32"]["1"]) >= {"cond", "head"}
-    # host work measured with the real sampler: per call and per batch, both non-negative, and a
-    # call's host share is a small part of a call (the chain runs 4 ONNX Runtime sessions)
-    assert prof["step_overhead_ms"] >= 0 and prof["sample_overhead_ms"] >= 0
-    assert prof["step_overhead_ms"] < prof["calls"]["fp32"]["1"]["2"]["median_ms"]
+    # host work measured with the real sampler: a step's host work takes time (the profile clamps a
+    # noisy difference at 0, so 0 would mean it was not measured), and it is a small part of a call
+    # (the chain runs 4 ONNX Runtime sessions)
+    assert 0 < prof["step_overhead_ms"] < prof["calls"]["fp32"]["1"]["2"]["median_ms"]
 
 
 def test_corrupt_quality_table_is_one_line_error(demo, capsys):

@@ -97,17 +97,17 @@ def test_chain_sessions_share_one_arena_and_agree_with_their_own(tiny_bundle):
     outs = []
     for shared in (True, False, True):                 # the process-wide arena is registered once, reused
         with open_backend("ort", tiny_bundle, shared_arena=shared) as be:
-            assert (be._config.get("session.use_env_allocators") == "1") is shared
+            assert be.shares_arena is shared
             outs.append(Sampler(be, tiny_bundle, schedule).sample(x0, y)[0])
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
 
 
 def test_step_rows_are_shared_read_only_and_bounded(monkeypatch):
-    from odelt.runtime.sampler import _StepRows
+    from odelt.runtime.sampler import StepRows
 
-    monkeypatch.setattr(_StepRows, "LIMIT", 2)
-    rows = _StepRows(3, lengths=[4, 2], levels=[0, 1])
+    monkeypatch.setattr(StepRows, "LIMIT", 2)
+    rows = StepRows(3, lengths=[4, 2], levels=[0, 1])
     a = rows.t(0.25)
     assert rows.t(np.float32(0.25)) is a and a.tolist() == [0.25] * 3 and a.dtype == np.float32
     assert not a.flags.writeable

@@ -79,3 +79,14 @@ def test_latent_bundle_decodes_without_torch(tmp_path):
         print("ok")
     """)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_every_name_on_the_runtime_face_loads_without_torch():
+    r = run_without_torch("""
+        import odelt.runtime as rt
+        for name in rt.__all__:            # torch_sample too: it imports torch when called, not before
+            assert getattr(rt, name) is not None, name
+        assert "torch" not in sys.modules
+        print("ok")
+    """)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -20,6 +20,7 @@ from odelt.runtime.generate import GenerateOptions, generate_from_bundle
 from odelt.serving.client import Client, ServingError
 from odelt.serving.wire import model_name
 
+pytestmark = pytest.mark.integration        # a real tritonserver
 SHAPE = (1, 8, 8)
 
 

@@ -26,9 +26,9 @@ import numpy as np
 
 from odelt.errors import BackendUnavailable, BundleError, RuntimeFailure
 from odelt.bundle.bundle import Bundle
-from odelt.bundle.chain import run_chain
 from odelt.bundle.iospec import GraphSpec
 from odelt.runtime.backends.buffers import BufferLayout, host_buffers
+from odelt.runtime.backends.graphs import ChainBackend
 from odelt.onnxrt import open_session, ort_module
 from odelt.runtime.backends.protocol import BackendOptions, chain_length, check_batch, skip_graph
 
@@ -86,6 +86,7 @@ class OrtBackend:
             self._config["session.use_env_allocators"] = "1"
         for name in sorted(graphs):
             self.sessions[name] = self._session(providers, name)
+        self._chain = ChainBackend(self.manifest, self._run_naive, self.layout)
         return self
 
     def _providers(self, ort: Any) -> list[str]:
@@ -115,7 +116,7 @@ class OrtBackend:
             raise RuntimeFailure("backend used outside its `with` block")
         length = chain_length(feeds, self.lengths)
         if self.naive:
-            return {"velocity": run_chain(self.manifest, length, feeds, self._run_naive, self.layout)}
+            return self._chain.infer(feeds)
         batch = int(np.shape(feeds["x"])[0])
         plan, bufs, bindings = self._bound(batch)
         self._write(bufs, feeds)
@@ -172,6 +173,11 @@ class OrtBackend:
                 else:
                     bind(name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
         return io
+
+    @property
+    def shares_arena(self) -> bool:
+        """Whether the sessions draw from the one CPU arena registered on ONNX Runtime's environment."""
+        return self._config.get("session.use_env_allocators") == "1"
 
     def buffer_bytes(self) -> int:
         """Bytes of the reused buffers over all batch sizes bound so far (host side)."""

@@ -93,7 +93,7 @@ class TrtBackend:
         from odelt.engines import rtx, tensorrt
         from odelt.engines.trt_caps import import_library
 
-        entry = self._engine_entry()
+        entry = self.engine_entry()
         library = str(entry.get("backend", "tensorrt"))
         trt_mod, _ = import_library(library)
         load = rtx.load_engine if library == "tensorrt-rtx" else tensorrt.load_engine
@@ -113,7 +113,8 @@ class TrtBackend:
             self.contexts[name] = ctx
         return self
 
-    def _engine_entry(self) -> dict:
+    def engine_entry(self) -> dict:
+        """The engine set this backend opens: the one named, else the bundle's for its precision."""
         sets = {k: v for k, v in self.manifest.engine_sets.items() if v.get("backend") in LIBRARIES
                 and (self.engine_set or self.precision is None or v.get("precision") == self.precision)}
         if not sets:

@@ -16,13 +16,13 @@ BUNDLE = SimpleNamespace(engine_sets=SETS, root=Path("bundle"), lengths=(2,), de
 
 def test_precision_picks_the_engine_set():
     # generate and profile pass the precision to every backend
-    assert open_backend("tensorrt", BUNDLE, precision="int8")._engine_entry()["precision"] == "int8"
-    assert open_backend("tensorrt", BUNDLE, precision="fp32")._engine_entry()["precision"] == "fp32"
+    assert open_backend("tensorrt", BUNDLE, precision="int8").engine_entry()["precision"] == "int8"
+    assert open_backend("tensorrt", BUNDLE, precision="fp32").engine_entry()["precision"] == "fp32"
 
 
 def test_precision_without_engines_is_one_line_error():
     with pytest.raises(BackendUnavailable, match="no fp16 TensorRT engines.*--precision fp16"):
-        open_backend("tensorrt", BUNDLE, precision="fp16")._engine_entry()
+        open_backend("tensorrt", BUNDLE, precision="fp16").engine_entry()
 
 
 def test_registry_and_options_replace_name_branches():
