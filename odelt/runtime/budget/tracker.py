@@ -46,6 +46,14 @@ to a big plan and missed. Held on one wait, a window of >= 10 ms of work (11-12 
 bridges those runs. Going back after the competitor stops takes as long as its last wait stays
 in the window (~12 batches of the cheap plan).
 
+The cause decides which reading holds the plans (`cause`): late batches with untouched ones
+between them are a competitor's time slices (`wait`: a plan fits when its own time + the wait
+does, so the best such plan runs, not the cheapest), every batch late for three or more in a row
+is a `slowdown` (the competitor spread over batches long against its slices: the ratio alone),
+one or two late in a row are either (`both`: the max of the two). The competitor is gone when
+`calm` (3) batches in a row ran untouched: the window then forgets its waits and the plans climb
+back at once; for a window's span after that one wait is enough to mean it is back.
+
 `Replanner` holds every candidate's median and quantile prediction at the profile's speed, sorted
 by quality once. Re-planning takes the best candidate with
 
@@ -69,17 +77,25 @@ from odelt.runtime.budget.predict import QuantilePredictor
 class SpeedTracker:
     """Robust online estimates of the speed and tail (measured / predicted) and the excess (ms)."""
 
-    def __init__(self, window: int = 10, horizon_ms: float = 10.0, wait_ms: float = 1.0, max_window: int = 64):
+    def __init__(self, window: int = 10, horizon_ms: float = 10.0, wait_ms: float = 1.0, max_window: int = 64,
+                 calm: int = 3):
         if window < 3:
             raise ValueError(f"window must be >= 3, found {window}")
-        self.window, self.horizon_ms, self.wait_ms = window, float(horizon_ms), float(wait_ms)
+        self.window, self.horizon_ms, self.wait_ms, self.calm = window, float(horizon_ms), float(wait_ms), calm
         self._batches: deque[tuple[float, float]] = deque(maxlen=max(window, max_window))
         self.speed, self.tail, self.excess_ms = 1.0, 1.0, 0.0
         self.waiting = False
+        self.cause = "none"            # what the window's late batches look like: none | wait | slowdown
+        self._alert = 0                # batches left in which one wait means the competitor is back
 
     def observe(self, measured_ms: float, predicted_ms: float) -> float:
         """Add one batch; returns the new speed (slowdown factor; > 1: slower than profiled)."""
         self._batches.append((measured_ms, max(predicted_ms, 1e-9)))
+        self._alert = max(0, self._alert - 1)
+        if self.waiting and self._calmed():
+            while len(self._batches) > self.calm:       # the competitor has gone: forget its waits
+                self._batches.popleft()
+            self.waiting, self._alert = False, self.window
         recent = self._recent()
         if len(recent) >= 3:
             self.speed = float(median(m / p for m, p in recent))
@@ -88,10 +104,38 @@ class SpeedTracker:
             ratios = sorted(m / p for m, p in recent)
             excess = sorted(m - pace * p for m, p in recent)
             waits = sum(e >= self.wait_ms for e in excess)
-            self.waiting = waits >= 2 or (self.waiting and waits >= 1)
+            self.waiting = waits >= 2 or (self.waiting and waits >= 1) or (self._alert > 0 and waits >= 1)
             worst = -1 if self.waiting else -2
             self.tail, self.excess_ms = ratios[worst], max(0.0, excess[worst])
+            self.cause = self._cause(recent, pace)
         return self.speed
+
+    def _calmed(self) -> bool:
+        """The last `calm` batches ran as profiled: none waited."""
+        last = list(self._batches)[-self.calm:]
+        return len(last) == self.calm and all(m - min(self.speed, 1.0) * p < self.wait_ms for m, p in last)
+
+    def _cause(self, recent: list[tuple[float, float]], pace: float) -> str:
+        """Read the window's late batches (>= wait_ms over the pace), from the oldest late one on:
+        some untouched in between -> a competitor's `wait` (time slices: a batch waits a whole
+        one or none, whatever its size): the tail is then the untouched batches' largest ratio
+        and only the excess holds plans (plan + wait <= budget); every one late for >= 3 batches
+        -> a `slowdown` (the competitor spreads over every batch: batches long against its
+        slices): only the ratio holds plans. Otherwise (1-2 late batches in a row: either) both
+        readings hold, the conservative max (module doc)."""
+        late = [m - pace * p >= self.wait_ms for m, p in recent]        # newest first
+        if not self.waiting or not any(late):
+            return "none"
+        span = late[:max(i for i, v in enumerate(late) if v) + 1]
+        if not all(span):
+            clean = [m / p for (m, p), v in zip(recent, late) if not v]
+            self.tail = max(clean)
+            self.speed = min(self.speed, float(median(clean)))
+            return "wait"
+        if len(span) >= 3:
+            self.excess_ms = 0.0
+            return "slowdown"
+        return "both"
 
     def _recent(self) -> list[tuple[float, float]]:
         """The last `window` batches, and older ones until their predicted work reaches `horizon_ms`."""

@@ -61,48 +61,57 @@ def test_quantile_composition_against_simulated_plans():
 def test_tracker_follows_a_scripted_slowdown_and_ignores_one_outlier():
     tr = SpeedTracker(window=10)
     script = [1.0] * 4 + [10.0] + [1.0] * 10 + [2.0] * 6 + [1.0] * 10
-    seen = [(tr.observe(r, 1.0), tr.tail, tr.excess_ms) for r in script]
-    assert seen[:16] == [(1.0, 1.0, 0.0)] * 16            # one batch at 10x moves no estimate
-    # tail: at the 2nd slow batch; the slow batches are also waits (below), so it is held like the
-    # excess until none is left in the window
-    assert [t for _, t, _ in seen[15:]] == [1.0] + [2.0] * 14 + [1.0]
-    assert [s for s, _, _ in seen[15:]] == [1.0] * 4 + [1.5] + [2.0] * 5 + [1.5] + [1.0] * 5   # the median
-    # the same batches read as waits: 1 ms over the prediction at the profile's pace (the speed is
-    # slower, so the pace stays 1); the outlier alone is no wait, two slow batches are, held until
-    # none is left in the window
-    assert [e for _, _, e in seen[:16]] == [0.0] * 16
-    assert [e for _, _, e in seen[15:]] == [0.0] + [1.0] * 14 + [0.0]
+    seen = [(tr.observe(r, 1.0), tr.tail, tr.excess_ms, tr.cause) for r in script]
+    assert seen[:16] == [(1.0, 1.0, 0.0, "none")] * 16      # one batch at 10x moves no estimate
+    # two slow batches in a row: either cause (the max of both readings); from the third on every
+    # batch since the first slow one is slow: a slowdown, held to the ratio alone (no excess)
+    assert [c for *_, c in seen[15:23]] == ["none", "both"] + ["slowdown"] * 4 + ["wait"] * 2
+    assert [t for _, t, _, _ in seen[15:21]] == [1.0] + [2.0] * 5
+    assert [e for _, _, e, _ in seen[15:21]] == [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert [s for s, *_ in seen[15:21]] == [1.0] * 4 + [1.5, 2.0]          # the median
+    # it ends: untouched batches after slow ones read as a wait (the untouched ratio, the largest
+    # excess) until three in a row ran untouched: the window forgets, everything is back at 1
+    assert [(s, t, e) for s, t, e, _ in seen[21:23]] == [(1.0, 1.0, 1.0)] * 2
+    assert seen[23:] == [(1.0, 1.0, 0.0, "none")] * 8
     fresh = SpeedTracker(window=10)
     assert [(fresh.observe(3.0, 1.0), fresh.tail) for _ in range(3)] == [(1.0, 1.0), (1.0, 3.0), (3.0, 3.0)]
 
 
-def test_tracker_reads_a_wait_on_every_batch_as_a_wait_too():
-    """A 4.5 ms plan that waits 4 ms for the core on every batch: the median ratio is 1.89, and
-    read as a ratio alone that predicts a 0.9 ms plan at 1.7 ms, where it takes 4.9. The excess
-    over the profile's pace keeps the 4 ms."""
-    tr = SpeedTracker()
-    for _ in range(3):
-        tr.observe(8.5, 4.5)
-    assert tr.speed == tr.tail == pytest.approx(8.5 / 4.5) and tr.excess_ms == pytest.approx(4.0)
+def test_tracker_tells_a_wait_from_a_slowdown():
+    """A 4.5 ms plan that waits 4 ms on two batches in a row: either cause, both readings hold
+    (a 0.9 ms plan at max(1.89 x 0.9, 0.9 + 4) = 4.9 ms). Untouched batches between waits: a
+    competitor's slices, the wait alone (0.9 + 4). Every batch slow for three: the ratio alone."""
     cheap = Planned(B, 0.9, 1.0)
+    tr = SpeedTracker()
+    for ms in (4.5, 8.5, 8.5):
+        tr.observe(ms, 4.5)
+    assert tr.cause == "both" and tr.tail == pytest.approx(8.5 / 4.5) and tr.excess_ms == pytest.approx(4.0)
     assert cheap.at(tr.speed, tr.tail, tr.excess_ms) == pytest.approx(4.9)
+    tr.observe(4.5, 4.5)                                    # untouched: the waits are time slices
+    assert tr.cause == "wait" and tr.tail == 1.0 and tr.excess_ms == pytest.approx(4.0)
+    assert cheap.at(tr.speed, tr.tail, tr.excess_ms) == pytest.approx(4.9)
+    slow = SpeedTracker()
+    for _ in range(3):
+        slow.observe(9.0, 4.5)                              # every batch 2x: a slowdown
+    assert slow.cause == "slowdown" and slow.excess_ms == 0.0
+    assert cheap.at(slow.speed, slow.tail, slow.excess_ms) == pytest.approx(2.0)   # 2 x 1.0 at the quantile
 
 
-def test_tracker_holds_a_competitor_across_long_runs_between_its_waits():
+def test_tracker_forgets_a_competitor_after_three_calm_batches_and_sees_it_back_at_once():
     """A competitor stalls the sampler 4 ms after every 8.25 ms of its work: a 0.75 ms plan waits
-    on every 11th batch (the long runs the hog sometimes gives the digits plan). Ten batches never
-    hold two of those waits; a window of >= 10 ms of work (14 batches) does, and it holds one wait
-    across the run to the next. After the last wait (batch 43) it forgets at 57."""
+    on every 11th batch (waits at 10, 21, 32, 43). The second wait (21) is a competitor; three
+    calm batches later (24) it is forgotten, and within a window after that one wait (32, 43)
+    means it is back. After the last wait it is forgotten at 46: three batches."""
     def excess(horizon):
         tr = SpeedTracker(window=10, horizon_ms=horizon)
         out = []
         for i in range(60):
-            wait = 4.0 if i % 11 == 10 and i < 45 else 0.0     # waits at batches 10, 21, 32, 43
+            wait = 4.0 if i % 11 == 10 and i < 45 else 0.0
             tr.observe(0.75 + wait, 0.75)
             out.append(tr.excess_ms)
         return out
     assert excess(0.0) == [0.0] * 60
-    assert excess(10.0) == [0.0] * 21 + [4.0] * 36 + [0.0] * 3
+    assert excess(10.0) == [0.0] * 21 + ([4.0] * 3 + [0.0] * 8) * 2 + [4.0] * 3 + [0.0] * 14
 
 
 def test_tracker_waiting_reads_the_largest_wait():
@@ -122,7 +131,7 @@ def test_a_recurring_competitor_holds_the_tail_at_the_largest_ratio():
     tr = SpeedTracker(window=10)
     for ratio in [2.0] * 9 + [2.4]:
         tr.observe(8.0 * ratio, 8.0)
-    assert tr.waiting and (tr.speed, tr.tail) == (2.0, 2.4) and tr.excess_ms == pytest.approx(11.2)
+    assert tr.waiting and (tr.speed, tr.tail) == (2.0, 2.4) and tr.cause == "slowdown" and tr.excess_ms == 0.0
     assert rp.choose(tr.speed, tr.tail, tr.excess_ms).candidate == B
     assert rp.choose(tr.speed, 2.0, tr.excess_ms).candidate == M              # the second-largest's choice
     # jitter under wait_ms is no competitor: one bad batch of ten still moves nothing
@@ -252,10 +261,10 @@ def test_stream_open_closed_anytime_on_a_scripted_slowdown():
     open_, closed, anytime = (_stream(c) for c in ("open", "closed", "anytime"))
     assert [r.index for r in open_.records if r.missed] == list(range(10, 20))
     assert open_.replans == 0
-    # closed loop: the tail follows at the second slow batch (B from batch 12 on); A again once
-    # no slow batch is left in the tracker's window of 10 (after batch 29)
+    # closed loop: the tail follows at the second slow batch (B from batch 12 on); A again three
+    # calm batches after the slowdown ends (20, 21, 22: A from batch 23 on)
     assert [r.index for r in closed.records if r.missed] == [10, 11]
-    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (29, "a-4xl8")]
+    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (22, "a-4xl8")]
     # anytime: the slow A batches shorten their last steps (8,2,2,2 = 28 ms at 2x) and none misses
     assert anytime.misses == 0
     assert [r.lengths for r in anytime.records[10:12]] == [(8, 2, 2, 2)] * 2
@@ -359,12 +368,14 @@ def test_stream_under_a_time_sliced_competitor():
     # A waits once or twice per batch; at the second wait the tracked excess is 25 ms and the
     # stream goes straight to B, which waits on 2 batches of 5 and still ends in 33 ms
     assert [r.index for r in closed.records if r.missed] == [10, 11]
-    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (32, "a-4xl8")]
+    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (25, "a-4xl8")]
     assert [r.excess_ms for r in closed.records[10:15]] == pytest.approx([25.0, 50.0, 25.0, 0.0, 0.0], abs=1e-9)
     assert max(r.latency_ms for r in closed.records[12:]) == pytest.approx(33.0)
-    # A again once no wait is left in the window (the competitor stopped at batch 25, its last
-    # wait was batch 22)
-    assert [r.tail_excess_ms for r in closed.records[30:33]] == pytest.approx([25.0, 25.0, 0.0], abs=1e-9)
+    # under the competitor B waits every 2-3 batches (the best plan whose own time + the wait
+    # fits); A again after three calm batches (its last wait was batch 22; 23, 24, 25 ran
+    # untouched; it stopped at batch 25): the first batch after it runs A
+    assert [r.tail_excess_ms for r in closed.records[22:26]] == pytest.approx([25.0, 25.0, 25.0, 0.0], abs=1e-9)
+    assert [r.cause for r in closed.records[13:25]] == ["wait"] * 12
     anytime = _hog_stream("anytime")
     assert [r.index for r in anytime.records if r.missed] == [10, 11]       # 25 ms waits: too late to save
     assert [r.lengths for r in anytime.records if r.switches] == [(8, 8, 8, 2), (8, 8, 2, 2)]
