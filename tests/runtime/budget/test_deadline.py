@@ -5,6 +5,8 @@ re-planner's choice flip, the anytime switch (a late step shrinks the remaining 
 batch ends by its deadline), no switch when on time, and a whole stream in each control mode.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -16,8 +18,8 @@ from odelt.runtime.budget.predict import QuantilePredictor, call_quantile
 from odelt.runtime.sampler import Sampler
 from odelt.runtime.budget.stream import Stream
 from odelt.runtime.budget.tracker import Planned, Replanner, SpeedTracker
-from tests.runtime.fake_clock import (FakeClock, FakeDecoder, FakeHog, FakeTimedBackend, decoder_timings, fake_bundle,
-                                     synthetic_profile)
+from tests.runtime.fake_clock import (FakeClock, FakeDecoder, FakeHog, FakeSegmentBackend, FakeTimedBackend,
+                                     decoder_timings, fake_bundle, synthetic_profile)
 
 A = Candidate("a-4xl8", "a", "euler", (8, 8, 8, 8), "fp32", error=0.1)
 B = Candidate("b-4xl2", "b", "euler", (2, 2, 2, 2), "fp32", error=0.2)
@@ -386,3 +388,118 @@ def test_stream_under_a_time_sliced_competitor():
     assert [r.tail for r in ratio.records[10:13]] == pytest.approx([1.0, 82 / 32, 4.125])
     assert [(r.index, r.replanned_to) for r in ratio.records if r.replanned_to][:2] == [(11, "b-4xl2"), (13, "a-4xl8")]
     assert [r.index for r in ratio.records if r.missed] == [10, 11] + list(range(14, 23)) + [24]
+
+
+# -- decision points inside a step (segments layout) -----------------------------------------------
+
+def _segment_run(stall, budget, control=True, steps=2, length=8):
+    """A plan of `steps` Euler steps at `length` on the FAKE segments backend (2 ms per chunk of
+    two blocks), exits at 2, 4, 6; stall(call, chunk ms) -> ms waited for the core in that chunk."""
+    clock = FakeClock()
+    be = FakeSegmentBackend(clock, stall=stall)
+    sched = heuristic_schedule("uniform", "euler", steps, length)
+    sampler = Sampler(be, fake_bundle(), sched, clock=clock)
+    prof = synthetic_profile((2, 4, 6, 8), exits=True)
+    ctrl = Deadline(sched, "fp32", QuantilePredictor(prof, 1, 0.95), budget, (2, 4, 6, 8), (), exits=sampler.exits)
+    x0 = np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    x, st = sampler.sample(x0, np.zeros(2, np.int32), ctrl if control else None)
+    return x, st, be, ctrl
+
+
+def test_segment_timeline_is_planned_from_the_profiles_exit_times():
+    # 2 steps at 8: 16 ms of median work over an 18 ms budget: x1.125; exits at 2, 4, 6 ms into a call
+    _, _, _, ctrl = _segment_run(lambda call, ms: 0.0, 18.0)
+    assert ctrl.timeline == pytest.approx([9.0, 18.0])
+    assert {k: v[0] for k, v in ctrl.points.items()} == pytest.approx(
+        {(0, 2): 2.25, (0, 4): 4.5, (0, 6): 6.75, (1, 2): 11.25, (1, 4): 13.5, (1, 6): 15.75})
+
+
+def test_a_late_segment_exits_at_the_next_head_and_the_rest_shrinks():
+    # the first chunk waits 3 ms (a competitor's slice): at exit 2 the batch is at 5 ms against
+    # 2.25 planned, speed 5 / 2 = 2.5, 13 ms left. Going on costs 2.5 x 6 ms for this call alone
+    # (15 > 13); stopping here (the head: no time on the fake) leaves room for step 1 at 4 (2.5 x
+    # 4.9 = 12.25 ms), not at 6 (17.25): stop at 2, then 4. Both rows of the batch stop together.
+    x, st, be, ctrl = _segment_run(stall_once(3.0), 18.0)
+    assert be.calls == [8, 4] and be.ran == [2, 4] and st.lengths == (2, 4)
+    (ex,) = st.exits
+    assert (ex.step, ex.length, ex.exit) == (0, 8, 2)
+    assert ex.elapsed_ms == pytest.approx(5.0) and ex.planned_ms == pytest.approx(2.25)
+    (sw,) = st.switches
+    assert (sw.step, sw.before, sw.after) == (1, (8,), (4,))
+    assert st.wall_s * 1e3 == pytest.approx(9.0) and st.wall_s * 1e3 <= 18.0
+    # without control the same batch runs 19 ms: a miss
+    _, st_open, be_open, _ = _segment_run(stall_once(3.0), 18.0, control=False)
+    assert st_open.wall_s * 1e3 == pytest.approx(19.0) and be_open.ran == [8, 8]
+
+
+def stall_once(ms_wait):
+    state = {"done": False}
+
+    def stall(call, ms):
+        if not state["done"]:
+            state["done"] = True
+            return ms_wait
+        return 0.0
+    return stall
+
+
+def test_an_exit_is_the_head_on_the_sum_so_far_not_a_call_at_the_exit():
+    # the exit keeps the blocks already run (modulated for length 8): the velocity of step 0
+    # differs from a plan that ran step 0 at length 2 (what a per-length layout could do instead)
+    x, st, _, _ = _segment_run(stall_once(3.0), 18.0)
+    clock = FakeClock()
+    be = FakeSegmentBackend(clock)
+    sched = dataclasses.replace(heuristic_schedule("uniform", "euler", 2, 8), lengths=(2, 4))
+    x_short, _ = Sampler(be, fake_bundle(), sched, clock=clock).sample(
+        np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32), np.zeros(2, np.int32))
+    assert st.lengths == (2, 4) and not np.array_equal(x, x_short)
+
+
+def test_on_time_no_exit_and_the_images_are_bit_identical():
+    x, st, be, _ = _segment_run(lambda call, ms: 0.0, 18.0)
+    x_plain, st_plain, be_plain, _ = _segment_run(lambda call, ms: 0.0, 18.0, control=False)
+    assert st.exits == () and st.switches == () and be.ran == be_plain.ran == [8, 8]
+    np.testing.assert_array_equal(x, x_plain)
+    assert x.tobytes() == x_plain.tobytes()
+
+
+def test_heun_steps_decide_between_steps_only():
+    clock = FakeClock()
+    be = FakeSegmentBackend(clock)
+    sampler = Sampler(be, fake_bundle(), heuristic_schedule("uniform", "heun", 2, 8), clock=clock)
+    assert set(sampler.exits.values()) == {()}
+    assert Sampler(be, fake_bundle(), heuristic_schedule("uniform", "euler", 2, 8), clock=clock).exits[8] == (2, 4, 6)
+
+
+# -- the controller: the best plan under the cause -------------------------------------------------
+
+def test_the_controller_keeps_the_best_plan_the_cause_allows():
+    """B (8 ms) runs; the budget is 40 ms. A competitor's 20 ms slices on every other batch: read
+    as a ratio (28 / 8 = 3.5x) nothing but B fits; read as a wait M (16 + 20 = 36 ms) fits and is
+    the choice. A slowdown of 2.0x on every batch: M fits (2 x 17.8 = 35.6 ms); of 2.3x it does
+    not (40.9 ms): B."""
+    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=40.0)
+    wait = SpeedTracker()
+    for ms in (8.0, 28.0, 8.0, 28.0, 8.0):
+        wait.observe(ms, 8.0)
+    assert wait.cause == "wait" and wait.excess_ms == pytest.approx(20.0) and wait.tail == 1.0
+    assert rp.choose(wait.speed, wait.tail, wait.excess_ms).candidate == M
+    assert rp.choose(wait.speed, 3.5, wait.excess_ms).candidate == B          # the ratio's reading
+    for ratio, plan in ((2.0, M), (2.3, B)):
+        slow = SpeedTracker()
+        for _ in range(4):
+            slow.observe(8.0 * ratio, 8.0)
+        assert slow.cause == "slowdown" and slow.excess_ms == 0.0
+        assert rp.choose(slow.speed, slow.tail, slow.excess_ms).candidate == plan
+
+
+def test_the_controller_climbs_back_within_three_batches_of_the_competitor_stopping():
+    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=40.0)
+    tr = SpeedTracker()
+    for ms in (8.0, 28.0, 8.0, 28.0, 8.0, 28.0):       # the competitor's last slice
+        tr.observe(ms, 8.0)
+    chosen = []
+    for _ in range(4):                                  # it has stopped
+        tr.observe(8.0, 8.0)
+        chosen.append(rp.choose(tr.speed, tr.tail, tr.excess_ms).candidate)
+    assert chosen == [M, M, A, A]                       # after the third calm batch: the best plan
