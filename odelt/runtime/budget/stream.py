@@ -95,7 +95,14 @@ class StreamStats:
         n = len(self.records)
         us = float(np.median([r.replan_us for r in self.records])) if n else 0.0
         return (f"deadline ({self.control}): {self.misses}/{n} batches missed the budget, {self.replans} re-plans, "
-                f"{self.switches} length switches, {self.exits} exits inside a step; tracker + re-planning {us:.1f} us per batch (median)")
+                f"{self.switches} length switches, {self.exits} exits inside a step; tracker + re-planning {us:.1f} us per batch (median)"
+                + self._exit_list())
+
+    def _exit_list(self, most: int = 5) -> str:
+        """Where steps stopped inside their call: 'batch 12 step 0 at exit 2 of 8', the first few."""
+        where = [f"batch {r.index} step {e.step} at exit {e.exit} of {e.length}" for r in self.records for e in r.exits]
+        more = f", +{len(where) - most} more" if len(where) > most else ""
+        return f"\n  exits inside a step: {', '.join(where[:most])}{more}" if where else ""
 
 
 class Stream:
