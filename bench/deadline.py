@@ -14,7 +14,7 @@ cheapest plan throughout (the floor under the hog).
     deadline_misses_<mode>                   the missed batches' indices
     deadline_rmse_{quiet,loaded}_<mode>      mean held-out RMSE to the teacher per phase
     deadline_quiet_quality_loss_<mode>       quiet RMSE / open loop q95's - 1, closed and anytime
-                                             (target <= 0.05): the open-loop plan that holds the
+                                             (target <= 0.02): the open-loop plan that holds the
                                              budget in quiet phases is the quality to match;
                                              _vs_median_plan: against the summed-medians plan,
                                              which may not hold the budget even when quiet
