@@ -67,7 +67,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from statistics import median
 from typing import Sequence
 
 from odelt.runtime.budget.planner import BudgetError, Candidate
@@ -97,42 +96,46 @@ class SpeedTracker:
                 self._batches.popleft()
             self.waiting, self._alert = False, self.window
         recent = self._recent()
+        ratios = [m / p for m, p in recent]                           # newest first
+        ordered = sorted(ratios)
         if len(recent) >= 3:
-            self.speed = float(median(m / p for m, p in recent))
+            self.speed = _middle(ordered)
         if len(recent) >= 2:
             pace = min(self.speed, 1.0)
-            ratios = sorted(m / p for m, p in recent)
-            excess = sorted(m - pace * p for m, p in recent)
+            over = [m - pace * p for m, p in recent]
+            excess = sorted(over)
             waits = sum(e >= self.wait_ms for e in excess)
             self.waiting = waits >= 2 or (self.waiting and waits >= 1) or (self._alert > 0 and waits >= 1)
             worst = -1 if self.waiting else -2
-            self.tail, self.excess_ms = ratios[worst], max(0.0, excess[worst])
-            self.cause = self._cause(recent, pace)
+            self.tail, self.excess_ms = ordered[worst], max(0.0, excess[worst])
+            self.cause = self._cause(ratios, over)
         return self.speed
 
     def _calmed(self) -> bool:
         """The last `calm` batches ran as profiled: none waited."""
-        last = list(self._batches)[-self.calm:]
-        return len(last) == self.calm and all(m - min(self.speed, 1.0) * p < self.wait_ms for m, p in last)
+        b, pace = self._batches, min(self.speed, 1.0)
+        return len(b) >= self.calm and all(b[-k][0] - pace * b[-k][1] < self.wait_ms for k in range(1, self.calm + 1))
 
-    def _cause(self, recent: list[tuple[float, float]], pace: float) -> str:
+    def _cause(self, ratios: list[float], over: list[float]) -> str:
         """Read the window's late batches (>= wait_ms over the pace), from the oldest late one on:
         some untouched in between -> a competitor's `wait` (time slices: a batch waits a whole
         one or none, whatever its size): the tail is then the untouched batches' largest ratio
         and only the excess holds plans (plan + wait <= budget); every one late for >= 3 batches
         -> a `slowdown` (the competitor spreads over every batch: batches long against its
         slices): only the ratio holds plans. Otherwise (1-2 late batches in a row: either) both
-        readings hold, the conservative max (module doc)."""
-        late = [m - pace * p >= self.wait_ms for m, p in recent]        # newest first
-        if not self.waiting or not any(late):
+        readings hold, the conservative max (module doc). Lists are newest first."""
+        if not self.waiting:
             return "none"
-        span = late[:max(i for i, v in enumerate(late) if v) + 1]
-        if not all(span):
-            clean = [m / p for (m, p), v in zip(recent, late) if not v]
-            self.tail = max(clean)
-            self.speed = min(self.speed, float(median(clean)))
+        late = [e >= self.wait_ms for e in over]
+        oldest = max((i for i, v in enumerate(late) if v), default=-1)
+        if oldest < 0:
+            return "none"
+        if not all(late[:oldest + 1]):
+            clean = sorted(r for r, v in zip(ratios, late) if not v)
+            self.tail = clean[-1]
+            self.speed = min(self.speed, _middle(clean))
             return "wait"
-        if len(span) >= 3:
+        if oldest >= 2:
             self.excess_ms = 0.0
             return "slowdown"
         return "both"
@@ -147,6 +150,12 @@ class SpeedTracker:
             out.append(b)
             work += b[1]
         return out
+
+
+def _middle(ordered: list[float]) -> float:
+    """The median of a sorted list (statistics.median sorts again)."""
+    n = len(ordered)
+    return float(ordered[n // 2] + ordered[(n - 1) // 2]) / 2
 
 
 @dataclass(frozen=True)
