@@ -32,7 +32,8 @@ hog instead of 5.5% (1,600 batches each way, measured).
 
 One stray batch moves none of the estimates. A competitor that recurs (two waits of >= `wait_ms`
 in the window) puts the tracker in `waiting`: the excess and the tail are then the largest in the
-window, held while one wait is left in it, and dropped to the second-largest (jitter) once none is.
+window, held while one wait is left in it or until `calm` batches in a row ran untouched (below),
+and dropped to the second-largest (jitter) then.
 The competitor's effect varies from batch to batch, and the second-largest of a few let plans
 through that the next batch pushed over: waits of 4-5 ms under the hog on batches of 8; on batches
 of 128 (each spanning several of the hog's slices) slowdowns of 1.8-2.35x, where a tail of 2.04
@@ -43,8 +44,10 @@ between two waits whatever the plan. The digits model's cheapest plan (0.9 ms) w
 4th-5th batch under the hog, but now and then ran 8-12 batches between waits (measured); ten
 batches (9 ms of work) held two waits only barely, and when they did not, the stream jumped back
 to a big plan and missed. Held on one wait, a window of >= 10 ms of work (11-12 such batches)
-bridges those runs. Going back after the competitor stops takes as long as its last wait stays
-in the window (~12 batches of the cheap plan).
+bridges those runs. That made going back after the competitor stopped take as long as its last
+wait stayed in the window (~12 batches, 8-11 in the bench); now three calm batches forget it, and a
+run that long under the competitor costs a climb and, for a window after it, one wait brings the
+competitor back (a closed-loop miss at most; anytime exits absorb what they can).
 
 The cause decides which reading holds the plans (`cause`): late batches with untouched ones
 between them are a competitor's time slices (`wait`: a plan fits when its own time + the wait
