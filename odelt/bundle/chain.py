@@ -77,7 +77,8 @@ def run_chain(bundle: Bundle, length: int, feeds: Mapping[str, np.ndarray], run_
             outputs = run_graph(graph, chain_feeds(graph, env))      # (else a modulation table gave them)
             for name, value in outputs.items():
                 env[name[:-4] if name.endswith("_out") else name] = value
-        pos = len(chain) - 1 if pos in exits and after_segment(exits[pos]) else pos + 1
+        stop = pos in exits and after_segment is not None and after_segment(exits[pos])
+        pos = len(chain) - 1 if stop else pos + 1
     return env["velocity"]
 
 

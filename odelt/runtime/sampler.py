@@ -167,6 +167,7 @@ class Sampler:
         bound = self._binds[b] = _Bound(feeds, rows, list(self.schedule.lengths), list(rows.lengths))
         lengths, levels = bound.step_lengths, self.schedule.dt_base       # lengths: anytime may switch them
         infer, clock, host_guidance, scale = self.backend.infer, self.clock, self.host_guidance, self.guidance_scale or 1.0
+        infer_exits: Callable[..., Any] = self.backend.infer     # infer(feeds, after_segment) where self.exits
         keep = SOLVER_INFO[self.schedule.solver].holds_velocity and not host_guidance   # guidance makes a new array
         level_rows, length_rows = rows.levels, bound.length_rows
         te = self._kwargs.get("t_eval", self._grid)
@@ -181,7 +182,7 @@ class Sampler:
             feeds["dt_base"], feeds["l"], feeds["x"] = level_rows[n], length_rows[n], x
             ask = bound.ask
             t0 = clock()
-            v = (infer(feeds) if ask is None else infer(feeds, lambda e: ask(n, e)))["velocity"]
+            v = (infer(feeds) if ask is None else infer_exits(feeds, lambda e: ask(n, e)))["velocity"]
             bound.backend_s += clock() - t0
             bound.calls += 1
             return v.copy() if keep else v          # v is a reused buffer: copy when the solver keeps it
