@@ -14,7 +14,7 @@ cheapest plan throughout (the floor under the hog).
     deadline_misses_<mode>                   the missed batches' indices
     deadline_rmse_{quiet,loaded}_<mode>      mean held-out RMSE to the teacher per phase
     deadline_quiet_quality_loss_<mode>       quiet RMSE / open loop q95's - 1, closed and anytime
-                                             (target <= 0.05): the open-loop plan that holds the
+                                             (target <= 0.02): the open-loop plan that holds the
                                              budget in quiet phases is the quality to match;
                                              _vs_median_plan: against the summed-medians plan,
                                              which may not hold the budget even when quiet
@@ -34,6 +34,23 @@ cheapest plan throughout (the floor under the hog).
     deadline_quiet_stalled_batches           quiet-phase batches (open loop q95) >= 1 ms over their
                                              prediction: other processes on the shared machine
     deadline_replan_us_median/_max           tracker + re-planning per batch
+    deadline_exits_<mode>                    steps stopped at an exit inside their call (anytime,
+                                             segments layout); _onset_: in the hog's first batch
+    deadline_hindsight_plan                  the best fixed plan in hindsight: every Pareto-front
+                                             plan that fits the budget run fixed through the hog
+                                             (10 quiet batches, then as many loaded ones as the
+                                             modes' third), the lowest loaded RMSE among those
+                                             that missed <= 1% of their loaded batches (None:
+                                             none did); _rmse_, _miss_rate_: its loaded figures
+    deadline_front_<plan>                    [loaded miss rate, loaded RMSE] of every front plan
+    deadline_loaded_regret_<mode>            the mode's loaded RMSE / the hindsight plan's - 1
+                                             (target <= 0.10 for anytime; < 0: better than any
+                                             fixed plan, by switching)
+    deadline_infeasible_loaded               the budget is below the cheapest plan's prediction +
+                                             one hog slice (deadline_hog_wait_ms): a batch that
+                                             waits a slice misses whatever the controller does,
+                                             so loaded misses are the budget's, not the
+                                             controller's; _reason_ says which numbers
 
 Why the batch size matters: the hog and the sampler share the core in scheduler slices of a few
 ms (4 ms ticks at HZ=250; a cheap plan's batch of 64 waited 11-24 ms under the hog). A batch of 8
@@ -59,7 +76,7 @@ from pathlib import Path
 import numpy as np
 
 from odelt import pipeline as demo
-from odelt.pipeline import pick_budget, run_modes
+from odelt.pipeline import pick_budget, prepare_held_out, run_front, run_modes
 from odelt.runtime import Predictor, load_candidates
 from planner import prepare  # bench/ is on the path (bench/run.py)
 
@@ -104,6 +121,8 @@ def figures(runs: dict, budget: float) -> dict:
         out[f"deadline_recover_batches_off_{name}"] = recover_off(r["plans"], on, off)
         out[f"deadline_replans_{name}"] = r["replans"]
         out[f"deadline_switches_{name}"] = int(sum(r["switches"]))
+        out[f"deadline_exits_{name}"] = int(sum(r.get("exits", [])))
+        out[f"deadline_exits_onset_{name}"] = int(r["exits"][on]) if r.get("exits") else 0
         out[f"deadline_first_plan_{name}"] = r["plans"][0]
         out[f"deadline_first_predicted_ms_{name}"] = round(r["first_predicted_ms"], 3)
         out[f"deadline_batches_{name}"] = len(lat)
@@ -128,6 +147,34 @@ def figures(runs: dict, budget: float) -> dict:
     us = [u for r in runs.values() if r["control"] != "open" for u in r["replan_us"]]
     out["deadline_replan_us_median"] = round(float(np.median(us)), 2) if us else None
     out["deadline_replan_us_max"] = round(float(np.max(us)), 2) if us else None
+    return out
+
+
+def regret(out: dict, runs: dict, front: dict) -> dict:
+    """The hindsight-best fixed plan and every mode's loaded regret against it (module doc)."""
+    from odelt.pipeline import hindsight_best, loaded_figures
+
+    for name, r in front.items():
+        out[f"deadline_front_{name}"] = [round(v, 5) for v in loaded_figures(r)]
+    best = hindsight_best(front)
+    out["deadline_hindsight_plan"] = best[0] if best else None
+    if best is not None:
+        out["deadline_hindsight_miss_rate"], out["deadline_hindsight_rmse"] = round(best[1], 4), round(best[2], 5)
+        for mode in runs:
+            out[f"deadline_loaded_regret_{NAMES[mode]}"] = round(out[f"deadline_rmse_loaded_{NAMES[mode]}"] / best[2] - 1, 4)
+    return out
+
+
+def feasibility(out: dict) -> dict:
+    """Below the cheapest plan + one hog slice, loaded misses are the budget's (module doc)."""
+    if out.get("deadline_hog_wait_ms") is None:
+        return out
+    need = out["deadline_cheapest_plan_ms"] + out["deadline_hog_wait_ms"]
+    out["deadline_infeasible_loaded"] = bool(out["deadline_budget_ms"] < need)
+    if out["deadline_infeasible_loaded"]:
+        out["deadline_infeasible_loaded_reason"] = (
+            f"budget {out['deadline_budget_ms']} ms < cheapest plan {out['deadline_cheapest_plan_ms']} ms + "
+            f"one hog slice {out['deadline_hog_wait_ms']} ms")
     return out
 
 
@@ -160,15 +207,20 @@ def run(quick: bool = False, batch: int = 8, modes: tuple[str, ...] | None = Non
         budget = pick_budget(manifest, prof, batch)
         load0 = list(os.getloadavg())
         # the held-out set: >= 128 images, >= 2 distinct batches to cycle through
-        runs = run_modes(manifest, prof, budget, batch, batches, distinct=2 if smoke else max(2, 128 // batch), modes=modes)
+        shared = prepare_held_out(manifest, prof, batch, 2 if smoke else max(2, 128 // batch))
+        runs = run_modes(manifest, prof, budget, batch, batches, modes=modes, shared=shared)
         out = figures(runs, budget)
+        on, off = runs["anytime"]["hog"]
+        front = run_front(manifest, prof, budget, batch, off - on, shared=shared)
+        out = regret(out, runs, front)
         if trace is not None:
             from odelt.fileio import write_json_atomic
 
-            write_json_atomic(trace, {"budget_ms": budget, "batch": batch, "runs": runs})
+            write_json_atomic(trace, {"budget_ms": budget, "batch": batch, "runs": runs, "front": front})
         out["deadline_batch"] = batch
         out["deadline_cheapest_plan_ms"] = round(cheapest_ms(manifest, prof, batch), 3)
         if out["deadline_hog_wait_ms"] is not None:
             out["deadline_cheapest_plus_wait_ms"] = round(out["deadline_cheapest_plan_ms"] + out["deadline_hog_wait_ms"], 3)
+        out = feasibility(out)
         out.update({"deadline_load_avg_start": load0, "deadline_load_avg_end": list(os.getloadavg())})
         return out

@@ -16,7 +16,7 @@ order: np.repeat(table[name][s], B, axis=0) -> (rows*B, width).
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from odelt.bundle.bundle import Bundle
 from odelt.bundle.iospec import GraphSpec
 
 RunGraph = Callable[[GraphSpec, dict[str, np.ndarray]], Mapping[str, np.ndarray]]
+# Called after each chunk of a segments chain with the length that chunk completes (an exit):
+# True ends the call there, the exit head reading the velocity sum so far.
+AfterSegment = Callable[[int], bool]
 
 
 def chain_feeds(graph: GraphSpec, env: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -34,22 +37,48 @@ def chain_feeds(graph: GraphSpec, env: Mapping[str, np.ndarray]) -> dict[str, np
     return {t.name: env[t.name] for t in graph.inputs}
 
 
+def chain_exits(bundle: Bundle, length: int, layout: str | None = None,
+                lengths: Sequence[int] | None = None) -> dict[int, int]:
+    """{position of a chunk in the chain of `length`: the exit length it completes}: the chunks after
+    which a call can stop. An exit is a served length whose own chain is this chain's graphs up to
+    that chunk plus the same head, so that stopping there runs exactly its graphs (only the blocks'
+    modulations differ: they stay those of `length`, whose length embedding they include). The last chunk is not an exit (the
+    call ends there anyway); the per-length layout has none."""
+    chain = bundle.chain(length, layout)
+    out: dict[int, int] = {}
+    for n in lengths if lengths is not None else bundle.lengths:
+        if n >= length:
+            continue
+        other = bundle.chain(n, layout)
+        pos = len(other) - 2
+        if pos >= 0 and other[-1].kind == "head" and other[pos].kind == "chunk" and chain[:pos + 1] == other[:-1] \
+                and chain[-1] == other[-1]:
+            out[pos] = n
+    return out
+
+
 def run_chain(bundle: Bundle, length: int, feeds: Mapping[str, np.ndarray], run_graph: RunGraph,
-              layout: str | None = None) -> np.ndarray:
+              layout: str | None = None, after_segment: AfterSegment | None = None) -> np.ndarray:
     """Compute the velocity at `length` by running the chain with `run_graph(spec, inputs) -> outputs`.
 
     `feeds` holds the caller's x, t, dt_base, y (and cfg_scale when the bundle has guidance); `l` is
     added here. Passing the conditioning outputs (mod*, final_mod) in `feeds` is how a modulation
-    table replaces the conditioning graph.
+    table replaces the conditioning graph. `after_segment(exit length)` is asked after every chunk
+    that completes an exit (chain_exits); True jumps to the head.
     """
     batch = int(np.asarray(feeds["x"]).shape[0])
     env: dict[str, np.ndarray] = {"l": np.full((batch,), length, dtype=np.int32), **feeds}
-    for graph in bundle.chain(length, layout):
-        if graph.kind == "conditioning" and all(t.name in feeds for t in graph.outputs):
-            continue                                         # a modulation table already gave them
-        outputs = run_graph(graph, chain_feeds(graph, env))
-        for name, value in outputs.items():
-            env[name[:-4] if name.endswith("_out") else name] = value
+    chain = bundle.chain(length, layout)
+    exits = chain_exits(bundle, length, layout) if after_segment is not None else {}
+    pos = 0
+    while pos < len(chain):
+        graph = chain[pos]
+        if not (graph.kind == "conditioning" and all(t.name in feeds for t in graph.outputs)):
+            outputs = run_graph(graph, chain_feeds(graph, env))      # (else a modulation table gave them)
+            for name, value in outputs.items():
+                env[name[:-4] if name.endswith("_out") else name] = value
+        stop = pos in exits and after_segment is not None and after_segment(exits[pos])
+        pos = len(chain) - 1 if stop else pos + 1
     return env["velocity"]
 
 

@@ -17,6 +17,13 @@ its share of that core. Every mode runs on the same schedule of interference:
 Each batch's images are compared with the teacher (128 Euler steps at full length, the runtime on
 the same backend) for the same noise: a stream cycles through `distinct` held-out noise batches.
 Used by bench/deadline.py (the figures) and the demo (one plot).
+
+The hindsight baseline (`run_front`, `hindsight_best`): every plan on the Pareto front (of the
+plans whose quantile prediction fits the budget) runs fixed through the same interference: a few
+quiet batches, then the hog for as many batches as the modes' loaded third. The best plan in
+hindsight is the one with the lowest loaded RMSE among those that missed <= 1% of their loaded
+batches: what a controller that knew the hog in advance would have run; a mode's regret is its
+loaded RMSE over that plan's - 1.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ import os
 import subprocess
 import sys
 from contextlib import ExitStack, contextmanager
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -107,10 +114,12 @@ def held_out(manifest: Any, batch: int, distinct: int, seed: int = 1234) -> tupl
 
 
 def run_mode(manifest: Any, profile: dict, mode: str, budget_ms: float, batch: int, batches: int,
-             x0: np.ndarray, y: np.ndarray, teacher: np.ndarray, core: int, threads: int = 1) -> dict[str, Any]:
-    """One stream of `batches` batches with the hog on for the middle third; per-batch records."""
+             x0: np.ndarray, y: np.ndarray, teacher: np.ndarray, core: int, threads: int = 1,
+             plan: str | None = None, hog_on: tuple[int, int] | None = None) -> dict[str, Any]:
+    """One stream of `batches` batches with the hog on for the middle third (or `hog_on`);
+    per-batch records. plan: hold this candidate throughout (open loop)."""
     quantile, control = MODES[mode]
-    on, off = batches // 3, 2 * batches // 3
+    on, off = hog_on or (batches // 3, 2 * batches // 3)
     hog, rmse = Hog(core), []
     with pinned(core), ExitStack() as stack:
         stream = stream_for_bundle(manifest, stack, budget_ms, batch, quantile, control, threads=threads,
@@ -119,7 +128,9 @@ def run_mode(manifest: Any, profile: dict, mode: str, budget_ms: float, batch: i
             stream.sampler(c)                              # open every backend before timing
         if mode == "cheapest":
             stream.current = stream.replanner.cheapest
-            stream.chosen_ms = stream.current.quantile_ms
+        if plan is not None:
+            stream.current = next(p for p in stream.replanner.by_quality if p.candidate.name == plan)
+        stream.chosen_ms = stream.current.quantile_ms
         stream.warm(batch)
         try:
             for i in range(batches):
@@ -136,18 +147,77 @@ def run_mode(manifest: Any, profile: dict, mode: str, budget_ms: float, batch: i
     recs = stream.stats.records
     return {"mode": mode, "control": control, "quantile": quantile, "budget_ms": budget_ms, "hog": [on, off],
             "latency_ms": [r.latency_ms for r in recs], "rmse": rmse, "plans": [r.plan for r in recs],
-            "switches": [len(r.switches) for r in recs], "replans": stream.stats.replans,
+            "switches": [len(r.switches) for r in recs], "exits": [len(r.exits) for r in recs],
+            "causes": [r.cause for r in recs], "replans": stream.stats.replans,
             "replan_us": [r.replan_us for r in recs], "speed": [r.speed for r in recs],
             "tail": [r.tail for r in recs], "tail_excess_ms": [r.tail_excess_ms for r in recs],
             "excess_ms": [r.excess_ms for r in recs],
             "lengths": [list(r.lengths) for r in recs], "first_predicted_ms": recs[0].predicted_ms}
 
 
-def run_modes(manifest: Any, profile: dict, budget_ms: float, batch: int, batches: int, distinct: int = 16,
-              modes: tuple[str, ...] = tuple(MODES)) -> dict[str, dict[str, Any]]:
-    """Every mode on the same schedule of interference, the sampler pinned to one core."""
+def prepare(manifest: Any, profile: dict, batch: int, distinct: int) -> dict[str, Any]:
+    """The held-out noise, its teacher images, the sampler's core and threads: what every run shares."""
     core, threads = sampler_core(), int(profile.get("threads", 1))
     x0, y = held_out(manifest, batch, distinct)
     with pinned(core):
         teacher = teacher_images(manifest, x0, batch, threads)
-    return {m: run_mode(manifest, profile, m, budget_ms, batch, batches, x0, y, teacher, core, threads) for m in modes}
+    return {"x0": x0, "y": y, "teacher": teacher, "core": core, "threads": threads}
+
+
+def run_modes(manifest: Any, profile: dict, budget_ms: float, batch: int, batches: int, distinct: int = 16,
+              modes: tuple[str, ...] = tuple(MODES), shared: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Every mode on the same schedule of interference, the sampler pinned to one core."""
+    h = shared or prepare(manifest, profile, batch, distinct)
+    return {m: run_mode(manifest, profile, m, budget_ms, batch, batches, h["x0"], h["y"], h["teacher"], h["core"],
+                        h["threads"]) for m in modes}
+
+
+def front_plans(manifest: Any, profile: dict, budget_ms: float, batch: int) -> list[str]:
+    """The Pareto front (quantile-0.95 prediction vs quality) of the plans predicted to fit."""
+    from odelt.runtime.budget.planner import pareto_front
+    from odelt.runtime.budget.plans import load_candidates
+    from odelt.runtime.budget.predict import QuantilePredictor
+
+    at = QuantilePredictor(profile, batch, 0.95)
+    points = [(c, at.candidate(c)) for c in load_candidates(manifest)]
+    return [c.name for c, ms in pareto_front(points) if ms <= budget_ms]
+
+
+def run_front(manifest: Any, profile: dict, budget_ms: float, batch: int, loaded: int, lead: int = 10,
+              distinct: int = 16, shared: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
+    """Every front plan fixed: `lead` quiet batches, then `loaded` batches under the hog."""
+    h = shared or prepare(manifest, profile, batch, distinct)
+    return {name: run_mode(manifest, profile, "open95", budget_ms, batch, lead + loaded, h["x0"], h["y"],
+                           h["teacher"], h["core"], h["threads"], plan=name, hog_on=(lead, lead + loaded))
+            for name in front_plans(manifest, profile, budget_ms, batch)}
+
+
+def loaded_figures(run: dict[str, Any]) -> tuple[float, float]:
+    """(miss rate, mean RMSE) of a run's batches under the hog."""
+    (on, off), budget = run["hog"], run["budget_ms"]
+    lat, q = run["latency_ms"][on:off], run["rmse"][on:off]
+    return float(np.mean([v > budget for v in lat])), float(np.mean(q))
+
+
+def hindsight_best(front: dict[str, dict[str, Any]], max_miss: float = 0.01) -> tuple[str, float, float] | None:
+    """(plan, its loaded miss rate, its loaded RMSE): the best fixed plan that missed <= max_miss
+    of its loaded batches; None when none did."""
+    ok = [(name, *loaded_figures(r)) for name, r in front.items()]
+    ok = [row for row in ok if row[1] <= max_miss]
+    return min(ok, key=lambda row: row[2]) if ok else None
+
+
+def hindsight_run(manifest: Any, profile: dict, budget_ms: float, batch: int, hog: Sequence[int],
+                  shared: dict[str, Any]) -> dict[str, Any] | None:
+    """The hindsight-best fixed plan under the hog (the demo's plot and table): {"plan",
+    "miss_rate", "rmse" (its loaded figures), "hog" (the modes' loaded batches), "latency_ms" (its
+    loaded batches, in order)}; None when no front plan held the hog."""
+    lead = 10
+    front = run_front(manifest, profile, budget_ms, batch, hog[1] - hog[0], lead, shared=shared)
+    best = hindsight_best(front)
+    if best is None:
+        return None
+    run = front[best[0]]
+    on, off = run["hog"]
+    return {"plan": best[0], "miss_rate": best[1], "rmse": best[2], "hog": list(hog),
+            "latency_ms": run["latency_ms"][on:off]}

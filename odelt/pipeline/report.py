@@ -90,9 +90,10 @@ DEADLINE_LABELS = {"open": "open loop (summed medians)", "open95": "open loop (p
                    "closed": "closed loop", "anytime": "closed loop + anytime"}
 
 
-def plot_deadline(runs: dict[str, dict], path: str | os.PathLike) -> Path:
+def plot_deadline(runs: dict[str, dict], path: str | os.PathLike, hindsight: dict | None = None) -> Path:
     """Latency of every batch against the budget, one line per mode, the hog's batches shaded
-    (runs: odelt.pipeline.interference.run_modes)."""
+    (runs: odelt.pipeline.interference.run_modes), and the hindsight-best fixed plan's batches
+    under the hog (odelt.pipeline.interference.hindsight_run)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,6 +109,11 @@ def plot_deadline(runs: dict[str, dict], path: str | os.PathLike) -> Path:
         misses = sum(v > budget for v in lat)
         ax.plot(range(len(lat)), lat, marker=".", ms=3, lw=0.5, alpha=0.85,
                 label=f"{DEADLINE_LABELS.get(mode, mode)}: {misses}/{len(lat)} late")
+    if hindsight is not None:
+        lat, (h_on, _) = hindsight["latency_ms"], hindsight["hog"]
+        ax.plot(range(h_on, h_on + len(lat)), lat, color="black", lw=0.8, ls=":",
+                label=f"best fixed plan in hindsight ({hindsight['plan']}): "
+                      f"{sum(v > budget for v in lat)}/{len(lat)} late")
     ax.set_xlabel("batch")
     ax.set_ylabel("latency per batch (ms)")
     ax.set_yscale("log")
@@ -225,9 +231,23 @@ def _deadline_lines(d: dict | None) -> list[str]:
         late = lambda idx: sum(lat[i] > d["budget_ms"] for i in idx)  # noqa: E731
         rows.append([DEADLINE_LABELS.get(mode, mode), f"{late(quiet)}/{len(quiet)}", f"{late(range(on, off))}/{off - on}",
                      f"{sum(q[i] for i in quiet) / len(quiet):.4f}", f"{sum(q[on:off]) / (off - on):.4f}",
-                     r["replans"], int(sum(r["switches"]))])
-    lines += md_table(["mode", "late (quiet)", "late (hog)", "RMSE quiet", "RMSE hog", "re-plans", "switches"], rows)
-    return lines + ["", "![deadline](deadline.png)"]
+                     r["replans"], int(sum(r["switches"])), int(sum(r.get("exits", []))),
+                     _regret(sum(q[on:off]) / (off - on), d.get("hindsight"))])
+    best = d.get("hindsight")
+    if best:
+        rows.append([f"best fixed plan in hindsight ({best['plan']})", "", f"{round(best['miss_rate'] * (off - on))}/{off - on}",
+                     "", f"{best['rmse']:.4f}", 0, 0, 0, ""])
+    lines += md_table(["mode", "late (quiet)", "late (hog)", "RMSE quiet", "RMSE hog", "re-plans", "switches",
+                       "exits inside a step", "regret (hog)"], rows)
+    if "hindsight" in d and not best:
+        lines += ["", "No fixed plan of the front held the hog (<= 1% late): no regret to report."]
+    return lines + ["", "Regret: the mode's RMSE under the hog over the best fixed plan's in hindsight (the "
+                    "lowest RMSE among the front's plans that ran late on <= 1% of the hog's batches) - 1.",
+                    "", "![deadline](deadline.png)"]
+
+
+def _regret(rmse: float, best: dict | None) -> str:
+    return f"{rmse / best['rmse'] - 1:+.1%}" if best else ""
 
 
 def latent_lines(latent: dict | None) -> list[str]:

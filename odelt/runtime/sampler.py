@@ -60,6 +60,7 @@ class Stats:
     images: int = 0
     switches: tuple[Any, ...] = ()     # anytime length switches (odelt.runtime.budget.anytime.Switch), in order
     lengths: tuple[int, ...] = ()      # the length every step ran at (one batch; () when summed)
+    exits: tuple[Any, ...] = ()        # anytime exits inside a step (odelt.runtime.budget.anytime.Exit)
 
     def add(self, other: Stats) -> None:
         self.calls += other.calls
@@ -67,6 +68,7 @@ class Stats:
         self.wall_s += other.wall_s
         self.images += other.images
         self.switches += other.switches
+        self.exits += other.exits
 
 
 class Tables:
@@ -108,23 +110,35 @@ class Sampler:
                 if key in self._kwargs:
                     self._kwargs[key] = _float32_times(self._kwargs[key])
         self._binds: dict[int, _Bound] = {}
+        # Decision points inside a step: the exits a call passes (segments layout, a backend that
+        # can stop there, one call per step); the per-length layout has none, so control stays
+        # between steps there.
+        can = hasattr(backend, "exits") and SOLVER_INFO[schedule.solver].calls_per_step == 1
+        self.exits: dict[int, tuple[int, ...]] = {n: tuple(backend.exits(n)) if can else ()  # type: ignore[attr-defined]
+                                                  for n in backend.lengths}
 
     def sample(self, x0: np.ndarray, y: np.ndarray, control: Any = None) -> tuple[np.ndarray, Stats]:
         """control: an anytime controller (odelt.runtime.budget.anytime.Deadline) that may shorten the
-        remaining steps after each step; None runs the schedule's lengths."""
+        remaining steps after each step, and stop a step at an exit inside its call (where
+        self.exits has any); None runs the schedule's lengths."""
         y = np.asarray(y, np.int32)
         bound = self._bound(y)
         kwargs = self._kwargs
         start = self.clock()
+        bound.ask = None
         if control is not None:
             control.begin(start, self.clock, bound.set_length)
             kwargs = {**kwargs, "callback": control.after_step}
+            if any(self.exits.values()):
+                bound.ask = control.at_exit
         x = SOLVERS[self.schedule.solver](bound.f, np.asarray(x0, np.float32), self._grid, **kwargs)
         wall = self.clock() - start                                  # solvers never write x0
+        bound.ask = None                                             # a replay runs the lengths as run
         if self.check_finite and not _all_finite(x):
             self._locate_non_finite(x0, y)          # replays the lengths this batch ran
         switches = tuple(control.switches) if control is not None else ()
-        return x, Stats(bound.calls, bound.backend_s, wall, int(y.shape[0]), switches, tuple(bound.step_lengths))
+        exits = tuple(control.exits) if control is not None else ()
+        return x, Stats(bound.calls, bound.backend_s, wall, int(y.shape[0]), switches, tuple(bound.step_lengths), exits)
 
     def _locate_non_finite(self, x0: np.ndarray, y: np.ndarray) -> None:
         """The result is not finite: replay with a check after every step to name the first bad one.
@@ -165,6 +179,7 @@ class Sampler:
         bound = self._binds[b] = _Bound(feeds, rows, list(self.schedule.lengths), list(rows.lengths))
         lengths, levels = bound.step_lengths, self.schedule.dt_base       # lengths: anytime may switch them
         infer, clock, host_guidance, scale = self.backend.infer, self.clock, self.host_guidance, self.guidance_scale or 1.0
+        infer_exits: Callable[..., Any] = self.backend.infer     # infer(feeds, after_segment) where self.exits
         keep = SOLVER_INFO[self.schedule.solver].holds_velocity and not host_guidance   # guidance makes a new array
         level_rows, length_rows = rows.levels, bound.length_rows
         te = self._kwargs.get("t_eval", self._grid)
@@ -177,8 +192,9 @@ class Sampler:
             # a step's own time is recognised by identity (hashing a numpy float costs more).
             feeds["t"] = step_rows[n] if t is step_t[n] else rows.t(t)
             feeds["dt_base"], feeds["l"], feeds["x"] = level_rows[n], length_rows[n], x
+            ask = bound.ask
             t0 = clock()
-            v = infer(feeds)["velocity"]
+            v = (infer(feeds) if ask is None else infer_exits(feeds, lambda e: ask(n, e)))["velocity"]
             bound.backend_s += clock() - t0
             bound.calls += 1
             return v.copy() if keep else v          # v is a reused buffer: copy when the solver keeps it
@@ -217,6 +233,7 @@ class _Bound:
     calls: int = 0
     backend_s: float = 0.0
     switched: bool = False
+    ask: Callable[[int, int], bool] | None = None   # (step, exit length) -> stop the call there
 
     def set_length(self, step: int, length: int) -> None:
         self.step_lengths[step], self.length_rows[step] = length, self.rows.length_row(length)

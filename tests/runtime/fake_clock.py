@@ -4,7 +4,11 @@
 takes ms_per_block * l * factor(call index) milliseconds of work and waits stall(call index, work)
 milliseconds for the core. `FakeHog` is such a wait: a competitor time-sliced with the sampler,
 as a CPU hog pinned to the sampler's core is by the kernel. The velocity it returns depends on the
-state and the length, so a switched length changes the images. `FakeBundle` carries only what the
+state and the length, so a switched length changes the images. `FakeSegmentBackend` is the
+segments layout: a call runs chunks of 2 blocks (ms_per_block each block, the stall asked per
+chunk) and may stop at an exit (every shorter served length), the velocity then being the head on
+the chunks' sum so far, each chunk modulated by the call's own length as in the real model (so an
+exit at e is not a call at e). `FakeBundle` carries only what the
 Sampler reads from a bundle. None of this tests ONNX Runtime; the real backend's timings are
 measured in bench/deadline.py.
 """
@@ -71,16 +75,45 @@ class FakeTimedBackend:
         return {"velocity": (0.1 * length) * np.tanh(feeds["x"]) + 0.01}
 
 
+class FakeSegmentBackend(FakeTimedBackend):
+    layout = "segments"
+
+    def __init__(self, clock: FakeClock, lengths=(2, 4, 6, 8), **kw):
+        super().__init__(clock, lengths, **kw)
+        self.ran: list[int] = []            # the blocks every call really ran, in order
+
+    def exits(self, length: int) -> tuple[int, ...]:
+        return tuple(e for e in sorted(self.lengths) if e < length)
+
+    def infer(self, feeds, after_segment=None):
+        length = int(feeds["l"][0])
+        call, exits = len(self.calls), set(self.exits(length))
+        v = np.zeros_like(feeds["x"])
+        done = 0
+        for done in range(2, length + 1, 2):
+            ms = self.ms_per_block * 2 * self.factor(call) * self.slow
+            self.clock.now += (ms + self.stall(call, ms)) / 1e3
+            v += (0.2 + 0.01 * length) * np.tanh(feeds["x"] + 0.1 * done)
+            if done in exits and after_segment is not None and after_segment(done):
+                break
+        self.calls.append(length)
+        self.ran.append(done)
+        return {"velocity": v + 0.01}
+
+
 def fake_bundle(num_classes: int = 10) -> SimpleNamespace:
     cfg = SimpleNamespace(in_channels=1, out_channels=1, input_size=4, num_classes=num_classes)
     return SimpleNamespace(model_hash=None, null_class=num_classes, tables={}, guidance=False, config=cfg)
 
 
-def synthetic_profile(lengths=(2, 4, 8), step_ms: float = 0.0, sample_ms: float = 0.0) -> dict:
+def synthetic_profile(lengths=(2, 4, 8), step_ms: float = 0.0, sample_ms: float = 0.0, exits: bool = False) -> dict:
     """Batch 1, fp32: a call at length l has 21 samples evenly spaced over [l - 1, l + 1] ms, so
-    its median is l and its 0.95-quantile exactly l + 0.9 (numpy's linear interpolation)."""
+    its median is l and its 0.95-quantile exactly l + 0.9 (numpy's linear interpolation).
+    exits: each call also reaches every shorter length's exit at e ms (FakeSegmentBackend)."""
     calls = {str(n): {"median_ms": float(n), "p90_ms": n + 0.8, "p99_ms": n + 0.98,
-                      "samples_ms": [n - 1 + 0.1 * i for i in range(21)]} for n in lengths}
+                      "samples_ms": [n - 1 + 0.1 * i for i in range(21)],
+                      **({"exits_ms": {str(e): float(e) for e in lengths if e < n}} if exits else {})}
+             for n in lengths}
     return {"calls": {"fp32": {"1": calls}}, "step_overhead_ms": step_ms, "sample_overhead_ms": sample_ms}
 
 

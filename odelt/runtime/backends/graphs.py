@@ -15,7 +15,7 @@ from typing import Mapping
 import numpy as np
 
 from odelt.bundle.bundle import Bundle
-from odelt.bundle.chain import RunGraph, run_chain
+from odelt.bundle.chain import AfterSegment, RunGraph, run_chain
 from odelt.runtime.backends.protocol import chain_length
 
 
@@ -37,6 +37,7 @@ class ChainBackend:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    def infer(self, feeds: Mapping[str, np.ndarray],
+              after_segment: AfterSegment | None = None) -> Mapping[str, np.ndarray]:
         length = chain_length(feeds, self.lengths)
-        return {"velocity": run_chain(self.bundle, length, feeds, self.run_graph, self.layout)}
+        return {"velocity": run_chain(self.bundle, length, feeds, self.run_graph, self.layout, after_segment)}

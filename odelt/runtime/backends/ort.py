@@ -26,6 +26,7 @@ import numpy as np
 
 from odelt.errors import BackendUnavailable, BundleError, RuntimeFailure
 from odelt.bundle.bundle import Bundle
+from odelt.bundle.chain import AfterSegment, chain_exits
 from odelt.bundle.iospec import GraphSpec
 from odelt.runtime.backends.buffers import BufferLayout, host_buffers
 from odelt.runtime.backends.graphs import ChainBackend
@@ -64,6 +65,7 @@ class OrtBackend:
         self._spinning = False
         self.sessions: dict[str, Any] = {}
         self._plans: dict[int, tuple[BufferLayout, dict[str, Any], dict[tuple[int, str], Any]]] = {}
+        self._exits: dict[int, dict[int, int]] = {}      # length -> {chain position: exit length}
         self.device = "cpu"
 
     @staticmethod
@@ -87,6 +89,7 @@ class OrtBackend:
         for name in sorted(graphs):
             self.sessions[name] = self._session(providers, name)
         self._chain = ChainBackend(self.manifest, self._run_naive, self.layout)
+        self._exits = {n: chain_exits(self.manifest, n, self.layout, self.lengths) for n in self.lengths}
         return self
 
     def _providers(self, ort: Any) -> list[str]:
@@ -111,19 +114,37 @@ class OrtBackend:
         self._plans.clear()
 
     # -- calls ---------------------------------------------------------------------------------
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    def infer(self, feeds: Mapping[str, np.ndarray],
+              after_segment: AfterSegment | None = None) -> Mapping[str, np.ndarray]:
+        """after_segment(exit length) is asked after each chunk that completes an exit; True runs
+        the head there (that exit length's own head binding reads the velocity sum so far)."""
         if not self.sessions:
             raise RuntimeFailure("backend used outside its `with` block")
         length = chain_length(feeds, self.lengths)
         if self.naive:
-            return self._chain.infer(feeds)
+            return self._chain.infer(feeds, after_segment)
         batch = int(np.shape(feeds["x"])[0])
         plan, bufs, bindings = self._bound(batch)
         self._write(bufs, feeds)
-        for graph in plan.chains[length]:
+        chain = plan.chains[length]
+        if after_segment is None:
+            for graph in chain:
+                if not skip_graph(graph, feeds):
+                    self.sessions[graph.name].run_with_iobinding(bindings[(length, graph.name)])
+            return {"velocity": self._read(bufs["velocity"])}
+        exits, head = self._exits[length], chain[-1]
+        for pos, graph in enumerate(chain[:-1]):
             if not skip_graph(graph, feeds):
                 self.sessions[graph.name].run_with_iobinding(bindings[(length, graph.name)])
+            if pos in exits and after_segment(exits[pos]):
+                self.sessions[head.name].run_with_iobinding(bindings[(exits[pos], head.name)])
+                return {"velocity": self._read(bufs["velocity"])}
+        self.sessions[head.name].run_with_iobinding(bindings[(length, head.name)])
         return {"velocity": self._read(bufs["velocity"])}
+
+    def exits(self, length: int) -> tuple[int, ...]:
+        """The exit lengths a call at `length` passes (ascending), where infer may stop it."""
+        return tuple(sorted(self._exits.get(length, {}).values()))
 
     def _run_naive(self, graph: GraphSpec, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         outs = self.sessions[graph.name].run(None, feeds)

@@ -10,6 +10,11 @@ A backend is opened once per bundle and used as a context manager::
 conditioning graph (skipped when feeds carry precomputed modulations from a table), the chunks up
 to the length's exit, the head; or the single per-length graph. The returned arrays are views of
 reused buffers, valid until the next call: copy what you keep.
+
+Exits inside a call (optional): a backend that can stop a segments chain early has
+`exits(length) -> (exit lengths, ascending)` and takes `infer(feeds, after_segment)`, asking
+`after_segment(exit length)` after each chunk that completes one; True runs the head there on the
+velocity sum so far (odelt.bundle.chain.chain_exits). Backends without `exits` are called as above.
 """
 
 from __future__ import annotations

@@ -17,6 +17,21 @@ callback) it reads the clock:
   taken (ties: a learned one); when none does, the cheapest. The current lengths fitting means no
   switch. Every switch is recorded (`Switch`) in the batch's stats.
 
+Decision points inside a step. With the segments layout a call passes exits: after each chunk that
+completes a shorter exported length the backend asks `at_exit(step, exit)`. The timeline has a
+point there too, T = (budget - host - decoding) * (C_{n-1} + reach(l_n, exit)) / C_N, reach being
+the profile's median time from a call's start to that chunk (QuantilePredictor.reach). On time:
+nothing (a clock read). Late: each way to finish is predicted at this batch's speed so far, as
+between steps: stop here (the head on the velocity sum so far, then the remaining steps' options)
+or go on (the rest of the call, then the same options); the one with the most block evaluations
+that ends by the deadline is taken, when none does the cheapest. A stop is recorded (`Exit`) and
+the step counts as run at the exit's length; the rest of the batch is shortened as a `Switch`.
+What a stop computes: the exit head on the velocity sum of the blocks run so far. Those blocks were
+modulated for the step's own length (the length embedding enters every block's modulation), so
+it is not the velocity a call at the exit's length would give, but that sum truncated: the price
+of keeping the work done (bench/deadline.py measures the images). Only one-call steps (Euler) stop
+inside; multi-call steps (Heun) and the per-length layout decide between steps only.
+
 Being early never lengthens a step, so for a fixed seed a batch that is never late gives exactly
 the plan's images: quality is reproducible whenever the deadline is not at risk.
 """
@@ -24,7 +39,7 @@ the plan's images: quality is reproducible whenever the deadline is not at risk.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from odelt.runtime.budget.predict import Predictor
 from odelt.ode.schedule import Schedule
@@ -43,6 +58,19 @@ class Switch:
     def to_dict(self) -> dict:
         return {"step": self.step, "elapsed_ms": round(self.elapsed_ms, 4), "planned_ms": round(self.planned_ms, 4),
                 "before": list(self.before), "after": list(self.after), "source": self.source}
+
+
+@dataclass(frozen=True)
+class Exit:
+    step: int                      # the step stopped inside its call
+    elapsed_ms: float              # clock when decided (ms since the batch started)
+    planned_ms: float              # where the timeline said the batch should be at that exit
+    length: int                    # the step's length before
+    exit: int                      # the exit it stopped at (the blocks it ran)
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "elapsed_ms": round(self.elapsed_ms, 4), "planned_ms": round(self.planned_ms, 4),
+                "length": self.length, "exit": self.exit}
 
 
 @dataclass(frozen=True)
@@ -80,14 +108,20 @@ class Deadline:
 
     def __init__(self, schedule: Schedule, precision: str, predictor: Predictor, budget_ms: float,
                  exported: Sequence[int], profiles: Sequence[LengthProfile] = (),
-                 after: tuple[float, float] = (0.0, 0.0)):
-        if not SOLVER_INFO[schedule.solver].calls_per_step:
+                 after: tuple[float, float] = (0.0, 0.0), exits: Mapping[int, Sequence[int]] | None = None):
+        """exits: {length: the exit lengths a call at it passes} (Sampler.exits); None or empty:
+        decision points between steps only."""
+        per = SOLVER_INFO[schedule.solver].calls_per_step
+        if not per:
             raise ValueError(f"anytime control needs a fixed-step solver, found {schedule.solver}")
         self.schedule, self.budget_ms = schedule, float(budget_ms)
         self.predictor, self.precision = predictor, precision
         self.lengths = tuple(schedule.lengths)
         self.starts = tuple(float(t) for t in schedule.t_grid[:-1])
-        self.cost = {n: predictor.call(precision, n) for n in sorted(set(exported) | set(self.lengths))}
+        exits = {n: tuple(es) for n, es in (exits or {}).items() if es} if per == 1 else {}
+        self.cost = {n: predictor.call(precision, n)
+                     for n in sorted(set(exported) | set(self.lengths) | {e for es in exits.values() for e in es})}
+        self._reach = {(n, e): predictor.reach(precision, n, e) for n, es in exits.items() for e in es}
         self.host_ms = predictor.sample_ms
         self.after = after                 # (median, excess at the quantile) of decoding the batch
         blocks = sum(self.lengths)
@@ -98,7 +132,16 @@ class Deadline:
             total += sum(self.cost[m][0] for m in schedule.call_lengths(self.lengths[k:k + 1]))
             cum.append(total)
         self.cum = cum
-        self.timeline = [(self.budget_ms - self.host_ms - after[0]) * c / total for c in cum]
+        scale = (self.budget_ms - self.host_ms - after[0]) / total
+        self.timeline = [scale * c for c in cum]
+        # (step, exit) -> (the timeline there, the median cost of the batch's work up to there)
+        self.points: dict[tuple[int, int], tuple[float, float]] = {}
+        for n, length in enumerate(self.lengths):
+            before = cum[n - 1] if n else 0.0
+            for e in exits.get(length, ()):
+                at = before + self._reach[(length, e)]
+                self.points[(n, e)] = (scale * at, at)
+        self.exits: list[Exit] = []
         self.switches: list[Switch] = []
         self.current: list[int] = list(self.lengths)
         self._start, self._clock, self._set = 0.0, (lambda: 0.0), (lambda n, length: None)
@@ -106,7 +149,7 @@ class Deadline:
     def begin(self, start: float, clock: Callable[[], float], set_length: SetLength) -> None:
         """A batch starts at clock() == start (seconds); the sampler's steps run the plan's lengths."""
         self._start, self._clock, self._set = start, clock, set_length
-        self.switches = []
+        self.switches, self.exits = [], []
         self.current = list(self.lengths)
 
     def after_step(self, n: int, t: object, x: object) -> None:
@@ -115,6 +158,51 @@ class Deadline:
         if elapsed <= self.timeline[n] or n + 1 >= len(self.lengths):
             return
         self._replan(n, elapsed)
+
+    def at_exit(self, n: int, e: int) -> bool:
+        """The backend's question inside step n's call, at the chunk that completes exit e: stop?"""
+        elapsed = (self._clock() - self._start) * 1e3
+        point = self.points.get((n, e))
+        if point is None or elapsed <= point[0] or e >= self.current[n]:
+            return False
+        return self._decide_inside(n, e, elapsed, *point)
+
+    def _decide_inside(self, n: int, e: int, elapsed: float, planned: float, done: float) -> bool:
+        """Stop at e or go on, each followed by the best option for the steps after n (module doc)."""
+        speed = elapsed / done
+        room = self.budget_ms - elapsed
+        length = self.current[n]
+        finish = {e: max(0.0, self.cost[e][0] - self.reach_of(length, e)),              # the head
+                  length: self.cost[length][0] - self.reach_of(length, e)}           # the rest of the call
+        rows = [(now + sum(ls), now == length, ls, src, speed * finish[now] + self._predict(ls, speed))
+                for now in (e, length) for ls, src in self.options(n)]
+        fits = [r for r in rows if r[4] <= room]
+        if fits:
+            best = max(fits, key=lambda r: (r[0], r[1], r[3].startswith("learned")))
+        else:
+            best = min(rows, key=lambda r: (r[4], -r[0]))
+        _, go_on, rest, source, _ = best
+        self._apply(n, rest, elapsed, planned, source if fits or source != "current" else "shortest")
+        if go_on:
+            return False
+        self._set(n, e)
+        self.current[n] = e
+        self.exits.append(Exit(n, elapsed, planned, length, e))
+        return True
+
+    def reach_of(self, length: int, e: int) -> float:
+        return self._reach[(length, e)]
+
+    def _apply(self, n: int, best: Sequence[int], elapsed: float, planned: float, source: str) -> None:
+        """Steps n+1.. run `best` from now on (recorded as a Switch when they change)."""
+        if list(best) == self.current[n + 1:]:
+            return
+        before = tuple(self.current[n + 1:])
+        for k, length in enumerate(best, start=n + 1):
+            if length != self.current[k]:
+                self._set(k, length)
+                self.current[k] = length
+        self.switches.append(Switch(n + 1, elapsed, planned, before, tuple(best), source))
 
     def _predict(self, lengths: Sequence[int], speed: float) -> float:
         """The latency model's prediction of steps at `lengths` (and the decode) at this batch's speed."""
@@ -142,11 +230,6 @@ class Deadline:
         else:
             best, source = min(opts, key=lambda o: (self._predict(o[0], speed), -sum(o[0])))
             source = "shortest" if source == "current" else source
-        if source == "current" or list(best) == self.current[n + 1:]:
+        if source == "current":
             return
-        before = tuple(self.current[n + 1:])
-        for k, length in enumerate(best, start=n + 1):
-            if length != self.current[k]:
-                self._set(k, length)
-                self.current[k] = length
-        self.switches.append(Switch(n + 1, elapsed, self.timeline[n], before, tuple(best), source))
+        self._apply(n, best, elapsed, self.timeline[n], source)

@@ -31,7 +31,7 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 
 from odelt.bundle.bundle import Bundle
-from odelt.runtime.budget.profile import call_cost, decode_cost, host_overheads, profile_bundle
+from odelt.runtime.budget.profile import call_cost, decode_cost, exit_cost, host_overheads, profile_bundle
 
 DEFAULT_QUANTILE = 0.95
 MEDIAN = 0.5                       # the median model: no spread term
@@ -112,6 +112,7 @@ class Predictor:
         self._median, self._excess = call_cost(profile), excess_cost(profile, self.quantile)
         self._decode_median, self._decode_excess = decode_cost(profile), decode_excess(profile, self.quantile)
         self.step_ms, self.sample_ms = host_overheads(profile)
+        self._reach = exit_cost(profile)
         self._memo: dict[tuple[str, int], tuple[float, float]] = {}
         self._decode_memo: dict[tuple[str, str], tuple[float, float]] = {}
 
@@ -122,6 +123,11 @@ class Predictor:
             self._memo[key] = (self._median(precision, length, self.batch) + self.step_ms,
                                self._excess(precision, length, self.batch))
         return self._memo[key]
+
+    def reach(self, precision: str, length: int, exit_length: int) -> float:
+        """Median ms from a call's start at `length` to the chunk that completes `exit_length` (an
+        exit inside the call: odelt.runtime.budget.anytime's decision points inside a step)."""
+        return self._reach(precision, length, exit_length, self.batch)
 
     def decoding(self, c: Plan) -> tuple[float, float]:
         """(median ms, excess ms at the quantile) of decoding one batch of c; (0, 0) without a decoder."""

@@ -4,7 +4,8 @@
 
     {"format": "odelt-profile/1", "device_id": str, "device": {...}, "backend": "ort",
      "repeats": int, "step_overhead_ms": float, "sample_overhead_ms": float,
-     "calls":  {precision: {str(batch): {str(length): {"median_ms", "p90_ms", "p99_ms", "samples_ms"}}}},
+     "calls":  {precision: {str(batch): {str(length): {"median_ms", "p90_ms", "p99_ms", "samples_ms",
+                                                        "exits_ms": {str(exit): median_ms}}}}},
      "graphs": {precision: {str(batch): {graph: {"median_ms", "p90_ms", "p99_ms", "samples_ms"}}}},
      "decoders": {precision: {str(batch): {kind: {"median_ms", "p90_ms", "p99_ms", "samples_ms"}}}}}
 
@@ -15,7 +16,10 @@ stage's graph on a whole batch of latents, at every precision the bundle has tha
 cost paid once per batch, after the last step. It is timed apart from `graphs` (and with fewer
 repeats: a full SD-VAE decode takes seconds on a CPU), and the decoder kinds take turns. `step_overhead_ms` and `sample_overhead_ms` are the
 runtime's host work per call and per batch (measured with the real sampler on this backend),
-which the planner adds to the calls.
+which the planner adds to the calls. `exits_ms` (segments layout, backends that can stop a call at
+an exit) is the median time from a call's start to the end of each chunk that completes a shorter
+length, timed inside the same calls: the timeline anytime control checks inside a step. Profiles
+without it are still read (exit_cost falls back on the exit's own call).
 """
 
 from __future__ import annotations
@@ -176,6 +180,19 @@ def profile_decoders(manifest: Bundle, precisions: Iterable[str], batches: Itera
     return out
 
 
+def _marked_call(backend: Any, feeds: dict[str, np.ndarray], marks: dict[int, list[float]]) -> Any:
+    """One call; where the backend can stop a call at an exit, the time each exit is reached."""
+    if not hasattr(backend, "exits") or not backend.exits(int(feeds["l"][0])):
+        return backend.infer(feeds)
+    start = time.perf_counter()
+
+    def mark(exit_length: int) -> bool:
+        marks.setdefault(exit_length, []).append((time.perf_counter() - start) * 1e3)
+        return False
+
+    return backend.infer(feeds, mark)
+
+
 def measure_host_overhead(backend: Any, manifest: Bundle, batch: int, repeats: int = 30) -> tuple[float, float]:
     """(per call, per batch) ms the runtime spends outside backend calls, measured with the real
     sampler on the open backend: Euler with 1 and with 8 steps at the shortest length, taking turns;
@@ -236,8 +253,13 @@ def profile_bundle(manifest: Bundle, backend: str = "ort", batches: Iterable[int
                 if progress:
                     progress(f"{precision} batch {batch}")
                 feeds = {n: step_feeds(manifest, n, batch) for n in manifest.lengths}
+                marks: dict[int, dict[int, list[float]]] = {n: {} for n in manifest.lengths}
                 calls[str(batch)] = _timed_round_robin(
-                    {str(n): (lambda n=n: be.infer(feeds[n])) for n in manifest.lengths}, repeats, burst=5)
+                    {str(n): (lambda n=n: _marked_call(be, feeds[n], marks[n])) for n in manifest.lengths},
+                    repeats, burst=5)
+                for n, at in marks.items():
+                    if at:
+                        calls[str(batch)][str(n)]["exits_ms"] = {str(e): float(np.median(v)) for e, v in at.items()}
             if "step_overhead_ms" not in result:
                 result["step_overhead_ms"], result["sample_overhead_ms"] = \
                     measure_host_overhead(be, manifest, max(batches))
@@ -343,6 +365,21 @@ def call_cost(profile: dict[str, Any]) -> Callable[[str, int, int], float]:
     Batches between profiled ones are interpolated linearly (CPU cost grows ~linearly in rows)."""
     median = median_cost(profile["calls"], "call", "length ")
     return lambda precision, length, batch: median(precision, str(length), batch)
+
+
+def exit_cost(profile: dict[str, Any]) -> Callable[[str, int, int, int], float]:
+    """(precision, length, exit, batch) -> median ms from the start of a call at `length` to the end
+    of the chunk that completes `exit`: the profile's `exits_ms` (interpolated over batches like
+    call_cost); without it, a whole call at `exit` (the same graphs and a head: a little late)."""
+    median = call_cost(profile)
+
+    def reach(precision: str, length: int, exit_length: int, batch: int) -> float:
+        by_batch = {int(b): v for b, v in profile["calls"].get(precision, {}).items()}
+        at = {b: v.get(str(length), {}).get("exits_ms", {}).get(str(exit_length)) for b, v in by_batch.items()}
+        at = {b: ms for b, ms in at.items() if ms is not None}
+        return interpolate_batches(at, batch) if at else median(precision, exit_length, batch)
+
+    return reach
 
 
 def decode_cost(profile: dict[str, Any]) -> Callable[[str, str, int], float]:

@@ -52,6 +52,8 @@ class BatchRecord:
     replan_us: float               # tracker + re-planning, microseconds
     lengths: tuple[int, ...]       # every step's length as run
     switches: tuple[Any, ...] = ()
+    exits: tuple[Any, ...] = ()    # steps stopped at an exit inside their call (anytime.Exit)
+    cause: str = "none"            # the tracker's reading after this batch: none | wait | slowdown | both
 
     @property
     def missed(self) -> bool:
@@ -64,7 +66,8 @@ class BatchRecord:
                 "tail_excess_ms": round(self.tail_excess_ms, 4), "excess_ms": round(self.excess_ms, 4),
                 "replanned_to": self.replanned_to,
                 "replan_us": round(self.replan_us, 2), "lengths": list(self.lengths),
-                "switches": [s.to_dict() for s in self.switches]}
+                "switches": [s.to_dict() for s in self.switches], "exits": [e.to_dict() for e in self.exits],
+                "cause": self.cause}
 
 
 @dataclass
@@ -84,11 +87,22 @@ class StreamStats:
     def switches(self) -> int:
         return sum(len(r.switches) for r in self.records)
 
+    @property
+    def exits(self) -> int:
+        return sum(len(r.exits) for r in self.records)
+
     def summary(self) -> str:
         n = len(self.records)
         us = float(np.median([r.replan_us for r in self.records])) if n else 0.0
         return (f"deadline ({self.control}): {self.misses}/{n} batches missed the budget, {self.replans} re-plans, "
-                f"{self.switches} length switches; tracker + re-planning {us:.1f} us per batch (median)")
+                f"{self.switches} length switches, {self.exits} exits inside a step; tracker + re-planning {us:.1f} us per batch (median)"
+                + self._exit_list())
+
+    def _exit_list(self, most: int = 5) -> str:
+        """Where steps stopped inside their call: 'batch 12 step 0 at exit 2 of 8', the first few."""
+        where = [f"batch {r.index} step {e.step} at exit {e.exit} of {e.length}" for r in self.records for e in r.exits]
+        more = f", +{len(where) - most} more" if len(where) > most else ""
+        return f"\n  exits inside a step: {', '.join(where[:most])}{more}" if where else ""
 
 
 class Stream:
@@ -124,12 +138,14 @@ class Stream:
         if self.control != "anytime":
             return None
         if c.name not in self._deadlines:
-            s = self.sampler(c).schedule
+            sampler = self.sampler(c)
+            s = sampler.schedule
             if not SOLVER_INFO[s.solver].calls_per_step:       # adaptive steps have no timeline
                 return None
             self._deadlines[c.name] = Deadline(s, c.precision, self.predictor, self.replanner.budget_ms,
                                                self.exported or s.lengths, self.profiles,
-                                               self.predictor.decoding(c) if self.decodes(c) else (0.0, 0.0))
+                                               self.predictor.decoding(c) if self.decodes(c) else (0.0, 0.0),
+                                               getattr(sampler, "exits", None))
         return self._deadlines[c.name]
 
     def decodes(self, c: Candidate) -> bool:
@@ -161,7 +177,8 @@ class Stream:
         cost_us = (self.clock() - start) * 1e6
         self.stats.records.append(BatchRecord(len(self.stats.records), c.name, latency, self.replanner.budget_ms,
                                               predicted, self.tracker.speed, self.tracker.tail, self.tracker.excess_ms,
-                                              latency - ran, replanned, cost_us, st.lengths, st.switches))
+                                              latency - ran, replanned, cost_us, st.lengths, st.switches,
+                                              st.exits, self.tracker.cause))
         if replanned is not None:
             self.warm(x0.shape[0])
         return samples, st

@@ -32,7 +32,8 @@ hog instead of 5.5% (1,600 batches each way, measured).
 
 One stray batch moves none of the estimates. A competitor that recurs (two waits of >= `wait_ms`
 in the window) puts the tracker in `waiting`: the excess and the tail are then the largest in the
-window, held while one wait is left in it, and dropped to the second-largest (jitter) once none is.
+window, held while one wait is left in it or until `calm` batches in a row ran untouched (below),
+and dropped to the second-largest (jitter) then.
 The competitor's effect varies from batch to batch, and the second-largest of a few let plans
 through that the next batch pushed over: waits of 4-5 ms under the hog on batches of 8; on batches
 of 128 (each spanning several of the hog's slices) slowdowns of 1.8-2.35x, where a tail of 2.04
@@ -43,8 +44,18 @@ between two waits whatever the plan. The digits model's cheapest plan (0.9 ms) w
 4th-5th batch under the hog, but now and then ran 8-12 batches between waits (measured); ten
 batches (9 ms of work) held two waits only barely, and when they did not, the stream jumped back
 to a big plan and missed. Held on one wait, a window of >= 10 ms of work (11-12 such batches)
-bridges those runs. Going back after the competitor stops takes as long as its last wait stays
-in the window (~12 batches of the cheap plan).
+bridges those runs. That made going back after the competitor stopped take as long as its last
+wait stayed in the window (~12 batches, 8-11 in the bench); now three calm batches forget it, and a
+run that long under the competitor costs a climb and, for a window after it, one wait brings the
+competitor back (a closed-loop miss at most; anytime exits absorb what they can).
+
+The cause decides which reading holds the plans (`cause`): late batches with untouched ones
+between them are a competitor's time slices (`wait`: a plan fits when its own time + the wait
+does, so the best such plan runs, not the cheapest), every batch late for three or more in a row
+is a `slowdown` (the competitor spread over batches long against its slices: the ratio alone),
+one or two late in a row are either (`both`: the max of the two). The competitor is gone when
+`calm` (3) batches in a row ran untouched: the window then forgets its waits and the plans climb
+back at once; for a window's span after that one wait is enough to mean it is back.
 
 `Replanner` holds every candidate's median and quantile prediction at the profile's speed, sorted
 by quality once. Re-planning takes the best candidate with
@@ -59,7 +70,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from statistics import median
 from typing import Sequence
 
 from odelt.runtime.budget.planner import NO_PLANS, BudgetError, Candidate, Choice, choose
@@ -69,29 +79,69 @@ from odelt.runtime.budget.predict import Predictor, tracked_ms
 class SpeedTracker:
     """Robust online estimates of the speed and tail (measured / predicted) and the excess (ms)."""
 
-    def __init__(self, window: int = 10, horizon_ms: float = 10.0, wait_ms: float = 1.0, max_window: int = 64):
+    def __init__(self, window: int = 10, horizon_ms: float = 10.0, wait_ms: float = 1.0, max_window: int = 64,
+                 calm: int = 3):
         if window < 3:
             raise ValueError(f"window must be >= 3, found {window}")
-        self.window, self.horizon_ms, self.wait_ms = window, float(horizon_ms), float(wait_ms)
+        self.window, self.horizon_ms, self.wait_ms, self.calm = window, float(horizon_ms), float(wait_ms), calm
         self._batches: deque[tuple[float, float]] = deque(maxlen=max(window, max_window))
         self.speed, self.tail, self.excess_ms = 1.0, 1.0, 0.0
         self.waiting = False
+        self.cause = "none"            # what the window's late batches look like: none | wait | slowdown
+        self._alert = 0                # batches left in which one wait means the competitor is back
 
     def observe(self, measured_ms: float, predicted_ms: float) -> float:
         """Add one batch; returns the new speed (slowdown factor; > 1: slower than profiled)."""
         self._batches.append((measured_ms, max(predicted_ms, 1e-9)))
+        self._alert = max(0, self._alert - 1)
+        if self.waiting and self._calmed():
+            while len(self._batches) > self.calm:       # the competitor has gone: forget its waits
+                self._batches.popleft()
+            self.waiting, self._alert = False, self.window
         recent = self._recent()
+        ratios = [m / p for m, p in recent]                           # newest first
+        ordered = sorted(ratios)
         if len(recent) >= 3:
-            self.speed = float(median(m / p for m, p in recent))
+            self.speed = _middle(ordered)
         if len(recent) >= 2:
             pace = min(self.speed, 1.0)
-            ratios = sorted(m / p for m, p in recent)
-            excess = sorted(m - pace * p for m, p in recent)
+            over = [m - pace * p for m, p in recent]
+            excess = sorted(over)
             waits = sum(e >= self.wait_ms for e in excess)
-            self.waiting = waits >= 2 or (self.waiting and waits >= 1)
+            self.waiting = waits >= 2 or (self.waiting and waits >= 1) or (self._alert > 0 and waits >= 1)
             worst = -1 if self.waiting else -2
-            self.tail, self.excess_ms = ratios[worst], max(0.0, excess[worst])
+            self.tail, self.excess_ms = ordered[worst], max(0.0, excess[worst])
+            self.cause = self._cause(ratios, over)
         return self.speed
+
+    def _calmed(self) -> bool:
+        """The last `calm` batches ran as profiled: none waited."""
+        b, pace = self._batches, min(self.speed, 1.0)
+        return len(b) >= self.calm and all(b[-k][0] - pace * b[-k][1] < self.wait_ms for k in range(1, self.calm + 1))
+
+    def _cause(self, ratios: list[float], over: list[float]) -> str:
+        """Read the window's late batches (>= wait_ms over the pace), from the oldest late one on:
+        some untouched in between -> a competitor's `wait` (time slices: a batch waits a whole
+        one or none, whatever its size): the tail is then the untouched batches' largest ratio
+        and only the excess holds plans (plan + wait <= budget); every one late for >= 3 batches
+        -> a `slowdown` (the competitor spreads over every batch: batches long against its
+        slices): only the ratio holds plans. Otherwise (1-2 late batches in a row: either) both
+        readings hold, the conservative max (module doc). Lists are newest first."""
+        if not self.waiting:
+            return "none"
+        late = [e >= self.wait_ms for e in over]
+        oldest = max((i for i, v in enumerate(late) if v), default=-1)
+        if oldest < 0:
+            return "none"
+        if not all(late[:oldest + 1]):
+            clean = sorted(r for r, v in zip(ratios, late) if not v)
+            self.tail = clean[-1]
+            self.speed = min(self.speed, _middle(clean))
+            return "wait"
+        if oldest >= 2:
+            self.excess_ms = 0.0
+            return "slowdown"
+        return "both"
 
     def _recent(self) -> list[tuple[float, float]]:
         """The last `window` batches, and older ones until their predicted work reaches `horizon_ms`."""
@@ -103,6 +153,12 @@ class SpeedTracker:
             out.append(b)
             work += b[1]
         return out
+
+
+def _middle(ordered: list[float]) -> float:
+    """The median of a sorted list (statistics.median sorts again)."""
+    n = len(ordered)
+    return float(ordered[n // 2] + ordered[(n - 1) // 2]) / 2
 
 
 @dataclass(frozen=True)

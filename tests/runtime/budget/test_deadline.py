@@ -5,6 +5,8 @@ re-planner's choice flip, the anytime switch (a late step shrinks the remaining 
 batch ends by its deadline), no switch when on time, and a whole stream in each control mode.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -16,8 +18,8 @@ from odelt.runtime.budget.predict import QuantilePredictor, call_quantile
 from odelt.runtime.sampler import Sampler
 from odelt.runtime.budget.stream import Stream
 from odelt.runtime.budget.tracker import Planned, Replanner, SpeedTracker
-from tests.runtime.fake_clock import (FakeClock, FakeDecoder, FakeHog, FakeTimedBackend, decoder_timings, fake_bundle,
-                                     synthetic_profile)
+from tests.runtime.fake_clock import (FakeClock, FakeDecoder, FakeHog, FakeSegmentBackend, FakeTimedBackend,
+                                     decoder_timings, fake_bundle, synthetic_profile)
 
 A = Candidate("a-4xl8", "a", "euler", (8, 8, 8, 8), "fp32", error=0.1)
 B = Candidate("b-4xl2", "b", "euler", (2, 2, 2, 2), "fp32", error=0.2)
@@ -61,48 +63,57 @@ def test_quantile_composition_against_simulated_plans():
 def test_tracker_follows_a_scripted_slowdown_and_ignores_one_outlier():
     tr = SpeedTracker(window=10)
     script = [1.0] * 4 + [10.0] + [1.0] * 10 + [2.0] * 6 + [1.0] * 10
-    seen = [(tr.observe(r, 1.0), tr.tail, tr.excess_ms) for r in script]
-    assert seen[:16] == [(1.0, 1.0, 0.0)] * 16            # one batch at 10x moves no estimate
-    # tail: at the 2nd slow batch; the slow batches are also waits (below), so it is held like the
-    # excess until none is left in the window
-    assert [t for _, t, _ in seen[15:]] == [1.0] + [2.0] * 14 + [1.0]
-    assert [s for s, _, _ in seen[15:]] == [1.0] * 4 + [1.5] + [2.0] * 5 + [1.5] + [1.0] * 5   # the median
-    # the same batches read as waits: 1 ms over the prediction at the profile's pace (the speed is
-    # slower, so the pace stays 1); the outlier alone is no wait, two slow batches are, held until
-    # none is left in the window
-    assert [e for _, _, e in seen[:16]] == [0.0] * 16
-    assert [e for _, _, e in seen[15:]] == [0.0] + [1.0] * 14 + [0.0]
+    seen = [(tr.observe(r, 1.0), tr.tail, tr.excess_ms, tr.cause) for r in script]
+    assert seen[:16] == [(1.0, 1.0, 0.0, "none")] * 16      # one batch at 10x moves no estimate
+    # two slow batches in a row: either cause (the max of both readings); from the third on every
+    # batch since the first slow one is slow: a slowdown, held to the ratio alone (no excess)
+    assert [c for *_, c in seen[15:23]] == ["none", "both"] + ["slowdown"] * 4 + ["wait"] * 2
+    assert [t for _, t, _, _ in seen[15:21]] == [1.0] + [2.0] * 5
+    assert [e for _, _, e, _ in seen[15:21]] == [0.0, 1.0, 0.0, 0.0, 0.0, 0.0]
+    assert [s for s, *_ in seen[15:21]] == [1.0] * 4 + [1.5, 2.0]          # the median
+    # it ends: untouched batches after slow ones read as a wait (the untouched ratio, the largest
+    # excess) until three in a row ran untouched: the window forgets, everything is back at 1
+    assert [(s, t, e) for s, t, e, _ in seen[21:23]] == [(1.0, 1.0, 1.0)] * 2
+    assert seen[23:] == [(1.0, 1.0, 0.0, "none")] * 8
     fresh = SpeedTracker(window=10)
     assert [(fresh.observe(3.0, 1.0), fresh.tail) for _ in range(3)] == [(1.0, 1.0), (1.0, 3.0), (3.0, 3.0)]
 
 
-def test_tracker_reads_a_wait_on_every_batch_as_a_wait_too():
-    """A 4.5 ms plan that waits 4 ms for the core on every batch: the median ratio is 1.89, and
-    read as a ratio alone that predicts a 0.9 ms plan at 1.7 ms, where it takes 4.9. The excess
-    over the profile's pace keeps the 4 ms."""
-    tr = SpeedTracker()
-    for _ in range(3):
-        tr.observe(8.5, 4.5)
-    assert tr.speed == tr.tail == pytest.approx(8.5 / 4.5) and tr.excess_ms == pytest.approx(4.0)
+def test_tracker_tells_a_wait_from_a_slowdown():
+    """A 4.5 ms plan that waits 4 ms on two batches in a row: either cause, both readings hold
+    (a 0.9 ms plan at max(1.89 x 0.9, 0.9 + 4) = 4.9 ms). Untouched batches between waits: a
+    competitor's slices, the wait alone (0.9 + 4). Every batch slow for three: the ratio alone."""
     cheap = Planned(B, 0.9, 1.0)
+    tr = SpeedTracker()
+    for ms in (4.5, 8.5, 8.5):
+        tr.observe(ms, 4.5)
+    assert tr.cause == "both" and tr.tail == pytest.approx(8.5 / 4.5) and tr.excess_ms == pytest.approx(4.0)
     assert cheap.at(tr.speed, tr.tail, tr.excess_ms) == pytest.approx(4.9)
+    tr.observe(4.5, 4.5)                                    # untouched: the waits are time slices
+    assert tr.cause == "wait" and tr.tail == 1.0 and tr.excess_ms == pytest.approx(4.0)
+    assert cheap.at(tr.speed, tr.tail, tr.excess_ms) == pytest.approx(4.9)
+    slow = SpeedTracker()
+    for _ in range(3):
+        slow.observe(9.0, 4.5)                              # every batch 2x: a slowdown
+    assert slow.cause == "slowdown" and slow.excess_ms == 0.0
+    assert cheap.at(slow.speed, slow.tail, slow.excess_ms) == pytest.approx(2.0)   # 2 x 1.0 at the quantile
 
 
-def test_tracker_holds_a_competitor_across_long_runs_between_its_waits():
+def test_tracker_forgets_a_competitor_after_three_calm_batches_and_sees_it_back_at_once():
     """A competitor stalls the sampler 4 ms after every 8.25 ms of its work: a 0.75 ms plan waits
-    on every 11th batch (the long runs the hog sometimes gives the digits plan). Ten batches never
-    hold two of those waits; a window of >= 10 ms of work (14 batches) does, and it holds one wait
-    across the run to the next. After the last wait (batch 43) it forgets at 57."""
+    on every 11th batch (waits at 10, 21, 32, 43). The second wait (21) is a competitor; three
+    calm batches later (24) it is forgotten, and within a window after that one wait (32, 43)
+    means it is back. After the last wait it is forgotten at 46: three batches."""
     def excess(horizon):
         tr = SpeedTracker(window=10, horizon_ms=horizon)
         out = []
         for i in range(60):
-            wait = 4.0 if i % 11 == 10 and i < 45 else 0.0     # waits at batches 10, 21, 32, 43
+            wait = 4.0 if i % 11 == 10 and i < 45 else 0.0
             tr.observe(0.75 + wait, 0.75)
             out.append(tr.excess_ms)
         return out
     assert excess(0.0) == [0.0] * 60
-    assert excess(10.0) == [0.0] * 21 + [4.0] * 36 + [0.0] * 3
+    assert excess(10.0) == [0.0] * 21 + ([4.0] * 3 + [0.0] * 8) * 2 + [4.0] * 3 + [0.0] * 14
 
 
 def test_tracker_waiting_reads_the_largest_wait():
@@ -122,7 +133,7 @@ def test_a_recurring_competitor_holds_the_tail_at_the_largest_ratio():
     tr = SpeedTracker(window=10)
     for ratio in [2.0] * 9 + [2.4]:
         tr.observe(8.0 * ratio, 8.0)
-    assert tr.waiting and (tr.speed, tr.tail) == (2.0, 2.4) and tr.excess_ms == pytest.approx(11.2)
+    assert tr.waiting and (tr.speed, tr.tail) == (2.0, 2.4) and tr.cause == "slowdown" and tr.excess_ms == 0.0
     assert rp.choose(tr.speed, tr.tail, tr.excess_ms).candidate == B
     assert rp.choose(tr.speed, 2.0, tr.excess_ms).candidate == M              # the second-largest's choice
     # jitter under wait_ms is no competitor: one bad batch of ten still moves nothing
@@ -254,14 +265,14 @@ def test_stream_open_closed_anytime_on_a_scripted_slowdown():
     open_, closed, anytime = (_stream(c) for c in ("open", "closed", "anytime"))
     assert [r.index for r in open_.records if r.missed] == list(range(10, 20))
     assert open_.replans == 0
-    # closed loop: the tail follows at the second slow batch (B from batch 12 on); A again once
-    # no slow batch is left in the tracker's window of 10 (after batch 29)
+    # closed loop: the tail follows at the second slow batch (B from batch 12 on); A again three
+    # calm batches after the slowdown ends (20, 21, 22: A from batch 23 on)
     assert [r.index for r in closed.records if r.missed] == [10, 11]
-    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (29, "a-4xl8")]
+    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (22, "a-4xl8")]
     # anytime: the slow A batches shorten their last steps (8,2,2,2 = 28 ms at 2x) and none misses
     assert anytime.misses == 0
     assert [r.lengths for r in anytime.records[10:12]] == [(8, 2, 2, 2)] * 2
-    assert anytime.switches == 2 and [r.plan for r in anytime.records[12:30]] == ["b-4xl2"] * 18
+    assert anytime.switches == 2 and [r.plan for r in anytime.records[12:30]] == ["b-4xl2"] * 11 + ["a-4xl8"] * 7
     assert anytime.records[11].tail == pytest.approx(2.0)    # ratio to the lengths really run
     # re-planning is timed on the stream's clock: the fake one does not move while it plans
     assert all(r.replan_us == 0 for r in anytime.records)
@@ -362,19 +373,178 @@ def test_stream_under_a_time_sliced_competitor():
     # A waits once or twice per batch; at the second wait the tracked excess is 25 ms and the
     # stream goes straight to B, which waits on 2 batches of 5 and still ends in 33 ms
     assert [r.index for r in closed.records if r.missed] == [10, 11]
-    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (32, "a-4xl8")]
+    assert [(r.index, r.replanned_to) for r in closed.records if r.replanned_to] == [(11, "b-4xl2"), (25, "a-4xl8")]
     assert [r.excess_ms for r in closed.records[10:15]] == pytest.approx([25.0, 50.0, 25.0, 0.0, 0.0], abs=1e-9)
     assert max(r.latency_ms for r in closed.records[12:]) == pytest.approx(33.0)
-    # A again once no wait is left in the window (the competitor stopped at batch 25, its last
-    # wait was batch 22)
-    assert [r.tail_excess_ms for r in closed.records[30:33]] == pytest.approx([25.0, 25.0, 0.0], abs=1e-9)
+    # under the competitor B waits every 2-3 batches (the best plan whose own time + the wait
+    # fits); A again after three calm batches (its last wait was batch 22; 23, 24, 25 ran
+    # untouched; it stopped at batch 25): the first batch after it runs A
+    assert [r.tail_excess_ms for r in closed.records[22:26]] == pytest.approx([25.0, 25.0, 25.0, 0.0], abs=1e-9)
+    assert [r.cause for r in closed.records[13:25]] == ["wait"] * 12
     anytime = _hog_stream("anytime")
     assert [r.index for r in anytime.records if r.missed] == [10, 11]       # 25 ms waits: too late to save
     assert [r.lengths for r in anytime.records if r.switches] == [(8, 8, 8, 2), (8, 8, 2, 2)]
-    # read as ratios only: the second-largest ratio (57/32) would predict M at 1.78 x 16 ms, and M
-    # (16 + 25 ms) would miss; held at the largest once the competitor recurs (82/32 after A's
-    # second wait) the ratio predicts M at 41 ms too, and the stream goes straight to B
+    # read as ratios only: once the waits are known as a competitor's (B's untouched batches in
+    # between), the ratio is the untouched batches' (1) and A looks as fast as profiled: back to
+    # A, which waits and misses on every batch. The wait is what keeps B.
     ratio = _hog_stream("closed", tail_only=True)
     assert [r.tail for r in ratio.records[10:13]] == pytest.approx([1.0, 82 / 32, 4.125])
-    assert [(r.index, r.replanned_to) for r in ratio.records if r.replanned_to][:1] == [(11, "b-4xl2")]
-    assert [r.index for r in ratio.records if r.missed] == [10, 11]
+    assert [(r.index, r.replanned_to) for r in ratio.records if r.replanned_to][:2] == [(11, "b-4xl2"), (13, "a-4xl8")]
+    assert [r.index for r in ratio.records if r.missed] == [10, 11] + list(range(14, 23)) + [24]
+
+
+# -- decision points inside a step (segments layout) -----------------------------------------------
+
+def _segment_run(stall, budget, control=True, steps=2, length=8):
+    """A plan of `steps` Euler steps at `length` on the FAKE segments backend (2 ms per chunk of
+    two blocks), exits at 2, 4, 6; stall(call, chunk ms) -> ms waited for the core in that chunk."""
+    clock = FakeClock()
+    be = FakeSegmentBackend(clock, stall=stall)
+    sched = heuristic_schedule("uniform", "euler", steps, length)
+    sampler = Sampler(be, fake_bundle(), sched, clock=clock)
+    prof = synthetic_profile((2, 4, 6, 8), exits=True)
+    ctrl = Deadline(sched, "fp32", QuantilePredictor(prof, 1, 0.95), budget, (2, 4, 6, 8), (), exits=sampler.exits)
+    x0 = np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32)
+    x, st = sampler.sample(x0, np.zeros(2, np.int32), ctrl if control else None)
+    return x, st, be, ctrl
+
+
+def test_segment_timeline_is_planned_from_the_profiles_exit_times():
+    # 2 steps at 8: 16 ms of median work over an 18 ms budget: x1.125; exits at 2, 4, 6 ms into a call
+    _, _, _, ctrl = _segment_run(lambda call, ms: 0.0, 18.0)
+    assert ctrl.timeline == pytest.approx([9.0, 18.0])
+    assert {k: v[0] for k, v in ctrl.points.items()} == pytest.approx(
+        {(0, 2): 2.25, (0, 4): 4.5, (0, 6): 6.75, (1, 2): 11.25, (1, 4): 13.5, (1, 6): 15.75})
+
+
+def test_a_late_segment_exits_at_the_next_head_and_the_rest_shrinks():
+    # the first chunk waits 3 ms (a competitor's slice): at exit 2 the batch is at 5 ms against
+    # 2.25 planned, speed 5 / 2 = 2.5, 13 ms left. Going on costs 2.5 x 6 ms for this call alone
+    # (15 > 13); stopping here (the head: no time on the fake) leaves room for step 1 at 4 (2.5 x
+    # 4.9 = 12.25 ms), not at 6 (17.25): stop at 2, then 4. Both rows of the batch stop together.
+    x, st, be, ctrl = _segment_run(stall_once(3.0), 18.0)
+    assert be.calls == [8, 4] and be.ran == [2, 4] and st.lengths == (2, 4)
+    (ex,) = st.exits
+    assert (ex.step, ex.length, ex.exit) == (0, 8, 2)
+    assert ex.elapsed_ms == pytest.approx(5.0) and ex.planned_ms == pytest.approx(2.25)
+    (sw,) = st.switches
+    assert (sw.step, sw.before, sw.after) == (1, (8,), (4,))
+    assert st.wall_s * 1e3 == pytest.approx(9.0) and st.wall_s * 1e3 <= 18.0
+    # without control the same batch runs 19 ms: a miss
+    _, st_open, be_open, _ = _segment_run(stall_once(3.0), 18.0, control=False)
+    assert st_open.wall_s * 1e3 == pytest.approx(19.0) and be_open.ran == [8, 8]
+
+
+def stall_once(ms_wait):
+    state = {"done": False}
+
+    def stall(call, ms):
+        if not state["done"]:
+            state["done"] = True
+            return ms_wait
+        return 0.0
+    return stall
+
+
+def test_an_exit_is_the_head_on_the_sum_so_far_not_a_call_at_the_exit():
+    # the exit keeps the blocks already run (modulated for length 8): the velocity of step 0
+    # differs from a plan that ran step 0 at length 2 (what a per-length layout could do instead)
+    x, st, _, _ = _segment_run(stall_once(3.0), 18.0)
+    clock = FakeClock()
+    be = FakeSegmentBackend(clock)
+    sched = dataclasses.replace(heuristic_schedule("uniform", "euler", 2, 8), lengths=(2, 4))
+    x_short, _ = Sampler(be, fake_bundle(), sched, clock=clock).sample(
+        np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32), np.zeros(2, np.int32))
+    assert st.lengths == (2, 4) and not np.array_equal(x, x_short)
+
+
+def test_on_time_no_exit_and_the_images_are_bit_identical():
+    x, st, be, _ = _segment_run(lambda call, ms: 0.0, 18.0)
+    x_plain, st_plain, be_plain, _ = _segment_run(lambda call, ms: 0.0, 18.0, control=False)
+    assert st.exits == () and st.switches == () and be.ran == be_plain.ran == [8, 8]
+    np.testing.assert_array_equal(x, x_plain)
+    assert x.tobytes() == x_plain.tobytes()
+
+
+def test_heun_steps_decide_between_steps_only():
+    clock = FakeClock()
+    be = FakeSegmentBackend(clock)
+    sampler = Sampler(be, fake_bundle(), heuristic_schedule("uniform", "heun", 2, 8), clock=clock)
+    assert set(sampler.exits.values()) == {()}
+    assert Sampler(be, fake_bundle(), heuristic_schedule("uniform", "euler", 2, 8), clock=clock).exits[8] == (2, 4, 6)
+
+
+# -- the controller: the best plan under the cause -------------------------------------------------
+
+def test_the_controller_keeps_the_best_plan_the_cause_allows():
+    """B (8 ms) runs; the budget is 40 ms. A competitor's 20 ms slices on every other batch: read
+    as a ratio (28 / 8 = 3.5x) nothing but B fits; read as a wait M (16 + 20 = 36 ms) fits and is
+    the choice. A slowdown of 2.0x on every batch: M fits (2 x 17.8 = 35.6 ms); of 2.3x it does
+    not (40.9 ms): B."""
+    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=40.0)
+    wait = SpeedTracker()
+    for ms in (8.0, 28.0, 8.0, 28.0, 8.0):
+        wait.observe(ms, 8.0)
+    assert wait.cause == "wait" and wait.excess_ms == pytest.approx(20.0) and wait.tail == 1.0
+    assert rp.choose(wait.speed, wait.tail, wait.excess_ms).candidate == M
+    assert rp.choose(wait.speed, 3.5, wait.excess_ms).candidate == B          # the ratio's reading
+    for ratio, plan in ((2.0, M), (2.3, B)):
+        slow = SpeedTracker()
+        for _ in range(4):
+            slow.observe(8.0 * ratio, 8.0)
+        assert slow.cause == "slowdown" and slow.excess_ms == 0.0
+        assert rp.choose(slow.speed, slow.tail, slow.excess_ms).candidate == plan
+
+
+def test_the_controller_climbs_back_within_three_batches_of_the_competitor_stopping():
+    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=40.0)
+    tr = SpeedTracker()
+    for ms in (8.0, 28.0, 8.0, 28.0, 8.0, 28.0):       # the competitor's last slice
+        tr.observe(ms, 8.0)
+    chosen = []
+    for _ in range(4):                                  # it has stopped
+        tr.observe(8.0, 8.0)
+        chosen.append(rp.choose(tr.speed, tr.tail, tr.excess_ms).candidate)
+    assert chosen == [M, M, A, A]                       # after the third calm batch: the best plan
+
+
+A2 = Candidate("a-2xl8", "a2", "euler", (8, 8), "fp32", error=0.1)
+B2 = Candidate("b-2xl2", "b2", "euler", (2, 2), "fp32", error=0.2)
+
+
+def _onset_stream(backend_class, budget=17.5):
+    """Two-step plans (A2: 16 ms, B2: 4 ms) under 17.5 ms; from batch 5 a competitor takes the core
+    for 8 ms after every 6 ms of the sampler's work: the onset batch waits inside its first step."""
+    clock = FakeClock()
+    hog = FakeHog(run_ms=6.0, slice_ms=8.0)
+    be = backend_class(clock, lengths=(2, 4, 6, 8), stall=hog)
+    schedules = {c.schedule: heuristic_schedule("uniform", "euler", 2, c.lengths[0]) for c in (A2, B2)}
+    prof = synthetic_profile((2, 4, 6, 8), exits=True)
+    rp = Replanner([A2, B2], QuantilePredictor(prof, 1, 0.95), budget_ms=budget)
+    stream = Stream(rp, lambda c: Sampler(be, fake_bundle(), schedules[c.schedule], clock=clock), "anytime",
+                    exported=(2, 4, 6, 8), clock=clock)
+    x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
+    for i in range(8):
+        if i == 5:
+            hog.start()
+        stream.run(x0, y)
+    return stream.stats
+
+
+def test_the_onset_batch_is_held_by_an_exit_inside_its_first_step():
+    # segments: 6 ms of work reach exit 6, then the 8 ms slice: 14 ms against 6.6 planned. Going
+    # on or any second step but the shortest is predicted over the 3.5 ms left: stop at 6, step 1
+    # at 2: 16 ms. Between steps only (per-length): step 0 ends at 16 ms, step 1 at 2: 18 > 17.5.
+    seg = _onset_stream(FakeSegmentBackend)
+    onset = seg.records[5]
+    assert not onset.missed and onset.latency_ms == pytest.approx(16.0) and onset.lengths == (6, 2)
+    assert [(e.step, e.length, e.exit) for e in onset.exits] == [(0, 8, 6)]
+    assert onset.to_json()["exits"] == [{"step": 0, "elapsed_ms": 14.0, "planned_ms": 6.5625, "length": 8, "exit": 6}]
+    # the next batch waits too (one wait is no pattern yet: still A2) and stops at 4; then B2, whose
+    # 4 ms + the 8 ms slice fit: nothing missed
+    assert seg.misses == 0 and [r.plan for r in seg.records[5:]] == ["a-2xl8"] * 2 + ["b-2xl2"]
+    assert "0/8 batches missed the budget, 1 re-plans, 2 length switches, 2 exits inside a step" in seg.summary()
+    assert "exits inside a step: batch 5 step 0 at exit 6 of 8, batch 6 step 0 at exit 4 of 8" in seg.summary()
+    per_length = _onset_stream(FakeTimedBackend)
+    assert per_length.records[5].missed and per_length.records[5].latency_ms == pytest.approx(18.0)
+    assert per_length.exits == 0
