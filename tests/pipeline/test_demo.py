@@ -265,13 +265,13 @@ def test_latent_demo_reuses_its_stages_and_refuses_another_vae(latent_demo, tmp_
 
 
 def test_shipped_schedules_for_another_model_are_skipped():
-    from odelt.pipeline.latent_stage import fitting
+    from odelt.schedules.quality import fitting
     from odelt.ode.heuristics import BUILTIN_DIR
     from odelt.ode.schedule import load_schedule
 
     shipped = load_schedule(BUILTIN_DIR / "ld3-euler-4.json")
     logs: list[str] = []
     assert fitting([shipped], shipped.model_hash, logs.append) == [shipped] and not logs
-    assert fitting([shipped], "0123456789abcdef", logs.append) == []
+    assert fitting([shipped], "0123456789abcdef", logs.append, "--relearn learns schedules for this model") == []
     assert logs == [f"schedules: {shipped.name} was learned for model {shipped.model_hash}, this bundle holds "
                     "0123456789abcdef; skipped (--relearn learns schedules for this model)"]
