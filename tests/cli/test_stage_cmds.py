@@ -58,7 +58,8 @@ def test_quality_defaults_the_bundles_schedules_plus_heuristics(bundle, run_cli)
     own = resolve_schedule("shifted:euler:3", 4)
     (bundle / "schedules").mkdir()
     save_schedule(own, bundle / "schedules" / "mine.json")
-    assert run_cli(["quality", bundle, "--held-out", "2"]).code == 0
+    ckpt = bundle.parent / "tiny.safetensors"
+    assert run_cli(["quality", bundle, "--held-out", "2", "--seed", "1", "--model", ckpt]).code == 0
     names = {r["schedule"] for r in json.loads((bundle / "quality.json").read_text())["rows"]}
     heuristics = {f"uniform-euler-{k}-l{n}" for k in (1, 2, 4, 8) for n in manifest.lengths}
     assert names == heuristics | {"shifted-euler-3-l4"}
