@@ -38,6 +38,11 @@ def usage(line: str) -> tuple[str, set[str]]:
     return words[1], {w.split("=")[0] for w in words[2:] if w.startswith("--")}
 
 
+def usage_value(line: str, option: str) -> str:
+    words = shlex.split(line)
+    return words[words.index(option) + 1]
+
+
 # Documented lines run by other tests: subcommand -> the test files that run it with those options.
 RUN_ELSEWHERE = {
     "quality": ["tests/cli/test_stage_cmds.py"],
@@ -86,10 +91,13 @@ def test_the_walkthrough_is_the_whole_chain():
 @pytest.mark.parametrize("model", ["builtin:digits", "builtin:digits-latent"])
 def test_the_readme_walkthrough_runs_and_ends_in_a_budgeted_generate(model, run_cli, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    outputs = {}
     for line in walkthrough():
         res = run_cli(shlex.split(line.replace("MODEL", model))[1:])
         assert res.code == 0, (line, res.err[-2000:])
-    assert "budget" in res.out + res.err or usage(line)[0] != "generate"
+        outputs[usage(line)[0]] = res.out
+    budget = usage_value(next(line for line in walkthrough() if usage(line)[0] == "generate"), "--budget-ms")
+    assert f"for budget {budget} ms: predicted" in outputs["generate"], outputs["generate"]
     assert (tmp_path / "grid.png").stat().st_size > 0
     assert (tmp_path / "b" / "quality.json").is_file() and (tmp_path / "repo").is_dir()
 
