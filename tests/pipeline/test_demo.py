@@ -275,3 +275,22 @@ def test_shipped_schedules_for_another_model_are_skipped():
     assert fitting([shipped], "0123456789abcdef", logs.append, "--relearn learns schedules for this model") == []
     assert logs == [f"schedules: {shipped.name} was learned for model {shipped.model_hash}, this bundle holds "
                     "0123456789abcdef; skipped (--relearn learns schedules for this model)"]
+
+
+def test_the_demos_quality_table_is_the_quality_commands(demo, tmp_path, run_cli):
+    """The demo's quality stage is `odelt-export quality` with the demo's schedules: on a copy of its
+    bundle the command rewrites the same rows."""
+    from tests.bundles import private_copy
+
+    opts, _ = demo
+    bundle = private_copy(opts.out / "bundle", tmp_path / "b")
+    before = json.loads((bundle / "quality.json").read_text())
+    res = run_cli(["quality", bundle, "--schedules", "uniform:euler:1", "--schedules", "uniform:euler:2",
+                   "--held-out", opts.quality_n, "--force"])
+    assert res.code == 0, res.err
+    after = json.loads((bundle / "quality.json").read_text())
+    assert after["held_out"] == before["held_out"]
+    key = lambda r: r["name"]                                                    # noqa: E731
+    assert [r["name"] for r in sorted(after["rows"], key=key)] == [r["name"] for r in sorted(before["rows"], key=key)]
+    for a, b in zip(sorted(after["rows"], key=key), sorted(before["rows"], key=key)):
+        assert a["error"] == pytest.approx(b["error"], rel=1e-5) and a["call_lengths"] == b["call_lengths"]
