@@ -244,8 +244,8 @@ def make_quality(manifest: Bundle, model, schedules: Sequence[Schedule], precisi
     None: all) and write quality.json atomically. Returns (its path, its rows)."""
     if not schedules:
         raise ConfigError("quality: expected at least one schedule, found none")
-    if decoders and not manifest.decoders:
-        manifest.decoder()                                 # its one-line error: no decoder stage
+    for kind in decoders or ():
+        manifest.decoder(kind)           # before any work: a pixel bundle or an unknown kind is one line
     import torch
 
     installed = install_schedules(manifest, schedules)
