@@ -303,6 +303,15 @@ class Bundle:
             change.set(section, key, entry, files)
         return self
 
+    def write_side(self, rel: str, data: Any) -> Path:
+        """Write a side file (quality.json, profile/, schedules/: rewritten by later stages, so not
+        hashed) as JSON, atomically and under the bundle's lock; rel must stay inside the bundle."""
+        parts = Path(rel).parts
+        if Path(rel).is_absolute() or ".." in parts or not parts or parts[0] in (MANIFEST, LOCK):
+            raise BundleError(f"{self.root}: side file {rel!r}: expected a path inside the bundle")
+        with self.edit():
+            return write_json_atomic(self.root / rel, data)
+
     def check_files(self, verify: bool = False) -> None:
         """Listed files exist with their recorded size; hash those whose mtime moved (all with verify)."""
         for rel, rec in self.files.items():

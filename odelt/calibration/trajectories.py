@@ -24,6 +24,7 @@ from odelt.bundle.iospec import GraphSpec
 from odelt.runtime.backends.graphs import ChainBackend
 from odelt.runtime.sampler import Sampler
 from odelt.ode.schedule import Schedule
+from odelt.ode.seeds import make_labels, make_noise
 
 GraphPath = Callable[[GraphSpec], Path]
 
@@ -95,9 +96,8 @@ class Noise:
         if samples < 1:
             raise ConfigError(f"calibration needs at least 1 sample, found {samples}")
         cfg = manifest.config
-        rng = np.random.default_rng(seed)
-        x0 = rng.standard_normal((samples, cfg.in_channels, cfg.input_size, cfg.input_size)).astype(np.float32)
-        return cls(x0, (np.arange(samples) % cfg.num_classes).astype(np.int32))
+        x0 = make_noise(seed, samples, (cfg.in_channels, cfg.input_size, cfg.input_size))
+        return cls(x0, make_labels(samples, cfg.num_classes))
 
 
 def sample(manifest: Bundle, run_graph: RunGraph, schedule: Schedule, noise: Noise,

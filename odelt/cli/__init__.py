@@ -29,6 +29,7 @@ def _register() -> None:
     from odelt.cli import plan_cmds  # noqa: F401
     from odelt.cli import demo_cmds  # noqa: F401
     from odelt.cli import serving_cmds  # noqa: F401
+    from odelt.cli import stage_cmds  # noqa: F401
 
 
 def _fail(message: str) -> None:

@@ -19,7 +19,7 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, QUANTILE, SAMPLES
 @click.option("--batch", type=COUNT, default=8, show_default=True,
               help="Images per backend call, within the bundle's exported batch range.")
 @click.option("--seed", type=NONNEG, default=0, show_default=True,
-              help="Noise = numpy default_rng(seed).standard_normal((n,C,H,W)); labels i %% classes.")
+              help="Noise = numpy default_rng(seed).standard_normal((n,C,H,W)); labels i %% classes, or the null class of an unconditional model (odelt.ode.seeds).")
 @click.option("--guidance-scale", "--cfg-scale", "guidance_scale", type=FINITE, default=None,
               help="Classifier-free guidance scale (--cfg-scale is the old name).")
 @click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="ort", show_default=True)

@@ -5,13 +5,15 @@ The format is documented in bundle.py (manifest "tables")."""
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from odelt.errors import ScheduleError
 from odelt.bundle.bundle import Bundle, open_bundle
 from odelt.fileio import save_with
+from odelt.ode.schedule import Schedule
+from odelt.ode.solvers import SOLVER_INFO, SOLVERS
 
 # (t (1,), dt_base (1,), y (1,), l (1,)) -> {output name: (rows, width)}
 Conditioner = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -88,3 +90,62 @@ def add_table(bundle: str | os.PathLike, name: str, t: Sequence[float], dt_base:
              "outputs": list(table)}
     manifest.update("tables", name, entry, files=[rel])
     return entry
+
+
+# -- the stage: what `odelt-export tables` runs ------------------------------------------------------
+
+def schedule_steps(schedule: Schedule) -> list[tuple[float, int, int]]:
+    """(t, length, dt_base) of every network call `schedule` makes, from a dry run of its solver on a
+    zero velocity, with the times in float32 as the runtime sampler feeds them (tables are looked up
+    by those float32 values)."""
+    info = SOLVER_INFO[schedule.solver]
+    if not info.calls_per_step:
+        raise ScheduleError(f"schedule {schedule.name or '?'}: solver {schedule.solver} is adaptive (its times "
+                            "depend on the sample); modulation tables need a fixed-grid solver")
+    kwargs = schedule.solver_kwargs()
+    for key in ("t_eval", "t_mid", "scale"):
+        if key in kwargs:
+            kwargs[key] = [np.float32(v) for v in kwargs[key]]
+    seen: list[tuple[float, int, int]] = []
+
+    def f(x: np.ndarray, t: Any, n: int) -> np.ndarray:
+        seen.append((float(np.float32(t)), int(schedule.lengths[n]), int(schedule.dt_base[n])))
+        return np.zeros_like(x)
+
+    SOLVERS[schedule.solver](f, np.zeros((1, 1), np.float32), [np.float32(v) for v in schedule.t_grid], **kwargs)
+    return seen
+
+
+def table_classes(manifest: Bundle, classes: Sequence[int] | None) -> list[int | None]:
+    """The classes to tabulate (None = the null class): given ones, else what generate samples (every
+    class of a conditional model, the null class of an unconditional one; odelt.ode.seeds)."""
+    if classes:
+        return [None if y == manifest.null_class else int(y) for y in dict.fromkeys(classes)]
+    k = manifest.config.num_classes
+    return [None] if k <= 1 else list(range(k))
+
+
+def add_schedule_tables(bundle: str | os.PathLike, schedule: Schedule, classes: Sequence[int] | None = None,
+                        guidance_scale: float | None = None, conditioner: Conditioner | None = None,
+                        progress: Callable[[str], None] | None = None) -> list[str]:
+    """Tables for every (length, class) `schedule` runs at: each holds the steps at that length, so
+    the sampler feeds them instead of running the conditioning graph. Returns the table names."""
+    manifest = open_bundle(bundle)
+    schedule.check_fits(manifest.model_hash, manifest.lengths, guidance_scale)
+    if guidance_scale not in (None, 1.0) and not manifest.guidance:
+        raise ScheduleError(f"--guidance-scale {guidance_scale:g}: this bundle has no cfg input, so guidance runs "
+                            "on the host with mixed class/null rows, which never use tables; export with "
+                            "--guidance or leave the scale at 1")
+    steps = schedule_steps(schedule)
+    conditioner = conditioner or onnx_conditioner(manifest)      # one session for every table
+    base = "".join(c if c.isalnum() or c in "-_" else "-" for c in (schedule.name or schedule.method))
+    names = []
+    for length in sorted({n for _, n, _ in steps}):
+        at = list(dict.fromkeys((t, d) for t, n, d in steps if n == length))
+        for y in table_classes(manifest, classes):
+            name = f"{base}-l{length}-{'null' if y is None else f'y{y}'}"
+            if progress:
+                progress(name)
+            add_table(manifest.root, name, [t for t, _ in at], [d for _, d in at], length, y, conditioner)
+            names.append(name)
+    return names

@@ -27,6 +27,7 @@ from torch import Tensor
 from odelt.errors import ConfigError
 from odelt.ode.schedule import FM_LEVEL, level_for_steps
 from odelt.ode import solvers as runtime_solvers
+from odelt.ode.seeds import make_labels, make_noise
 
 class TorchVelocity:
     """The velocity f(x, t, n) the runtime's solvers (odelt.ode.solvers) call, over a PyTorch
@@ -87,7 +88,6 @@ SOLVERS: dict[str, Callable] = {"euler": sample_euler, "dopri5": sample_dopri5}
 
 
 def sample_labels_noise(n: int, num_classes: int, shape: tuple[int, ...], seed: int) -> tuple[Tensor, Tensor]:
-    """Uniform labels (0..num_classes-1, cycling) and N(0, I) noise (n, *shape) from a fixed seed."""
-    gen = torch.Generator().manual_seed(seed)
-    y = torch.arange(n) % num_classes
-    return torch.randn((n, *shape), generator=gen), y
+    """N(0, I) noise (n, *shape) and labels from a fixed seed, as the runtime draws them (odelt.ode.seeds:
+    cycling classes, the null class for an unconditional model)."""
+    return torch.from_numpy(make_noise(seed, n, shape)), torch.from_numpy(make_labels(n, num_classes)).long()

@@ -27,8 +27,7 @@ from odelt.pipeline import latent_stage
 
 Log = Callable[[str], None]
 
-# Candidates beside the learned schedules: uniform Euler at every length and a few NFEs.
-HEURISTIC_NFES = (1, 2, 4, 8)
+# The shipped learned schedules the demo adds to the quality stage's heuristic set.
 LEARNED = ("ld3-euler-4", "ld3-ipndm-4", "ld3-euler-8", "amed-ipndm-4", "amed-euler-4", "ld3-euler-b16")
 
 
@@ -160,14 +159,12 @@ def stage_quantize(opts: DemoOptions, manifest, log: Log) -> dict[str, dict]:
 
 
 def stage_schedules(opts: DemoOptions, manifest, model, log: Log) -> list:
-    """Shipped learned schedules (or re-learned ones) plus uniform Euler heuristics."""
-    from odelt.ode.heuristics import BUILTIN_DIR, heuristic_schedule
+    """Shipped learned schedules (or re-learned ones) plus the quality stage's uniform Euler heuristics."""
+    from odelt.ode.heuristics import BUILTIN_DIR
     from odelt.ode.schedule import load_schedule
+    from odelt.schedules.quality import HEURISTIC_NFES, fitting, heuristic_set
 
-    out = []
-    for n in manifest.lengths:
-        for nfe in HEURISTIC_NFES[:2] if opts.quick else HEURISTIC_NFES:
-            out.append(heuristic_schedule("uniform", "euler", nfe, n))
+    out = heuristic_set(manifest, HEURISTIC_NFES[:2] if opts.quick else HEURISTIC_NFES)
     names = () if opts.quick else LEARNED
     if opts.relearn:
         out += _relearn(opts, manifest, model, names, log)
@@ -179,7 +176,7 @@ def stage_schedules(opts: DemoOptions, manifest, model, log: Log) -> list:
                 shipped.append(load_schedule(path))
             else:
                 log(f"schedules: {name} is not shipped; skipped")
-        out += latent_stage.fitting(shipped, manifest.model_hash, log)   # shipped ones fit builtin:digits
+        out += fitting(shipped, manifest.model_hash, log, "--relearn learns schedules for this model")
     return out
 
 
@@ -238,21 +235,17 @@ def stage_profile(opts: DemoOptions, manifest, log: Log, batches: tuple[int, ...
 
 
 def stage_quality(opts: DemoOptions, manifest, model, schedules: list, log: Log) -> list[dict]:
+    """`odelt-export quality` with the demo's schedules and precisions (reused when present)."""
     from odelt.bundle.bundle import open_bundle
-    from odelt.schedules.quality import install_schedules, quality_rows, write_quality
     from odelt.runtime.budget.plans import QUALITY
+    from odelt.schedules.quality import make_quality
 
     path = manifest.root / QUALITY
     if path.is_file():
         log(f"quality: reusing {path}")
         return json.loads(path.read_text())["rows"]
-    manifest = open_bundle(manifest.root)
-    installed = install_schedules(manifest, schedules)
-    log(f"quality: {len(installed)} schedules x {len(opts.precisions)} precisions on held-out noise ...")
-    samples: dict = {}
-    rows = quality_rows(manifest, model, installed, opts.precisions, n=opts.quality_n, samples=samples)
-    write_quality(manifest, rows, opts.quality_n, seed=0,
-                  decoders=latent_stage.quality_decoders(manifest, rows, samples))
+    log(f"quality: {len(schedules)} schedules x {len(opts.precisions)} precisions on held-out noise ...")
+    _, rows = make_quality(open_bundle(manifest.root), model, schedules, opts.precisions, n=opts.quality_n, seed=0)
     return rows
 
 

@@ -4,7 +4,8 @@
   KIND:PATH`), so every later stage (quantize, build, profile, plans) carries the decoder graph;
 * schedules: the shipped learned schedules were fit for builtin:digits; one made for another model
   is skipped with a log line (uniform heuristics run at every length);
-* the quality table's decoder section (decoder_quality), so the planner's errors are image-space;
+* the quality table's decoder section (odelt.schedules.quality.make_quality adds it), so the
+  planner's errors are image-space;
 * the latent quality stage: samples through the bundle (ONNX Runtime sampler at FP32, then the
   decoder graph, no PyTorch in the loop) at every exported length x Euler steps 1/4/16/64, decoded
   and scored by the digits classifier (FD-digits and the share classified right with confidence
@@ -64,34 +65,6 @@ def source_vaes(source: str, vaes: tuple[tuple[str, str], ...] | None) -> dict:
         digest = hashlib.sha256("".join(f"{f.name}:{file_hash(f)}" for f in files).encode()).hexdigest()[:16]
         ids.append(f"{kind}:{digest}")
     return {"vaes": ids} if ids else {}
-
-
-def fitting(schedules: Sequence[Any], model_hash: str, log: Log) -> list:
-    """The schedules made for this model (or for none); the others skipped, each with a log line."""
-    out = []
-    for s in schedules:
-        if s.model_hash is not None and s.model_hash != model_hash:
-            log(f"schedules: {s.name} was learned for model {s.model_hash}, this bundle holds {model_hash}; "
-                "skipped (--relearn learns schedules for this model)")
-        else:
-            out.append(s)
-    return out
-
-
-def typical_row(rows: list[dict]) -> dict:
-    """The FP32 row of median error: decoder_quality's gain is a local slope, measured at a typical error."""
-    fp32 = sorted((r for r in rows if r["precision"] == "fp32"), key=lambda r: r["error"]) or \
-        sorted(rows, key=lambda r: r["error"])
-    return fp32[len(fp32) // 2]
-
-
-def quality_decoders(manifest: Any, rows: list[dict], samples: dict[str, np.ndarray]) -> dict | None:
-    """The quality table's `decoders` section for a latent bundle (None for a pixel bundle)."""
-    if not manifest.decoders:
-        return None
-    from odelt.schedules.quality import decoder_quality
-
-    return decoder_quality(manifest, samples["teacher"], samples[typical_row(rows)["name"]])
 
 
 def view_upscale(images: np.ndarray) -> int:

@@ -1,9 +1,7 @@
 """Sampling: noise -> solver over a backend -> images, numpy only.
 
-Noise and labels are fixed by the seed so that the PyTorch reference and every backend see the
-same inputs:
-    x0 = np.random.default_rng(seed).standard_normal((n, C, H, W)).astype(np.float32)
-    y_i = i % num_classes (class-conditional models), or the null class (num_classes == 1)
+Noise and labels are fixed by the seed (odelt.ode.seeds, the one convention of every stage) so
+that the PyTorch reference and every backend see the same inputs.
 Batches are consecutive slices of these n samples.
 
 Per step n the schedule gives the length l_n and shortcut level dt_base_n; the solver's
@@ -28,11 +26,8 @@ from odelt.bundle.bundle import Bundle
 from odelt.bundle.chain import load_table
 from odelt.runtime.backends.protocol import Backend
 from odelt.ode.schedule import Schedule
+from odelt.ode.seeds import make_labels, make_noise  # noqa: F401  (callers import them from here too)
 from odelt.ode.solvers import SOLVER_INFO, SOLVERS
-
-
-def make_noise(seed: int, n: int, shape: tuple[int, int, int]) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
 
 
 def host_guidance(manifest: Bundle, guidance_scale: float | None) -> bool:
@@ -44,12 +39,6 @@ def host_guidance(manifest: Bundle, guidance_scale: float | None) -> bool:
 def guidance_rows(manifest: Bundle, batch: int, guidance_scale: float | None) -> int:
     """Rows of one step call for `batch` images: the one host-guidance rows rule."""
     return 2 * batch if host_guidance(manifest, guidance_scale) else batch
-
-
-def make_labels(n: int, num_classes: int) -> np.ndarray:
-    if num_classes <= 1:
-        return np.full((n,), num_classes, dtype=np.int32)        # the null class: unconditional
-    return (np.arange(n) % num_classes).astype(np.int32)
 
 
 @dataclass

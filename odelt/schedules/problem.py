@@ -25,7 +25,9 @@ from odelt.errors import ScheduleError
 from odelt.fileio import atomic_path
 from odelt.models.dit import DiT
 from odelt.models.sampling import TorchVelocity
+from odelt.ode.seeds import make_labels, make_noise
 
+NOISE_TAG = "np"           # teacher caches of the numpy noise (odelt.ode.seeds); older torch-noise ones are not reused
 TEACHER_STEPS = 128          # full-length Euler steps of the teacher
 HELD_OUT_SEED_OFFSET = 1_000_003   # held-out noise: a seed stream learning never draws from
 
@@ -61,12 +63,10 @@ def teacher_samples(model: DiT, z: Tensor, y: Tensor, steps: int = TEACHER_STEPS
 
 
 def draw_noise(model: DiT, n: int, seed: int) -> tuple[Tensor, Tensor]:
-    """n noise tensors and labels (cycling through the classes) from one seed."""
+    """n noise tensors and labels from one seed, as the runtime draws them (odelt.ode.seeds)."""
     cfg = model.config
-    gen = torch.Generator().manual_seed(seed)
-    z = torch.randn((n, cfg.in_channels, cfg.input_size, cfg.input_size), generator=gen)
-    y = torch.arange(n) % cfg.num_classes
-    return z, y
+    z = make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size))
+    return torch.from_numpy(z), torch.from_numpy(make_labels(n, cfg.num_classes)).long()
 
 
 _CACHE: dict[tuple, Pairs] = {}
@@ -83,7 +83,7 @@ def make_pairs(model: DiT, n: int, seed: int, held_out: bool = False, key: str |
     ck = (key, n, s, TEACHER_STEPS)
     if key is not None and ck in _CACHE:
         return _CACHE[ck]
-    path = Path(cache_dir) / f"{key}-n{n}-s{s}-e{TEACHER_STEPS}.pt" if key and cache_dir else None
+    path = Path(cache_dir) / f"{key}-n{n}-s{s}-e{TEACHER_STEPS}-{NOISE_TAG}.pt" if key and cache_dir else None
     if path is not None and path.is_file():
         pairs = _load_pairs(path, model, n)
     else:

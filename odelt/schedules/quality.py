@@ -14,13 +14,18 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from odelt.errors import ConfigError
+from odelt.errors import CheckpointError, ConfigError
 from odelt.bundle.bundle import Bundle
-from odelt.fileio import write_json_atomic
 from odelt.runtime.backends import open_backend
 from odelt.runtime.budget.plans import FORMAT, QUALITY, schedule_path
 from odelt.runtime.sampler import Sampler
-from odelt.ode.schedule import Schedule, save_schedule
+from odelt.ode.heuristics import heuristic_schedule, resolve_schedule
+from odelt.ode.schedule import Schedule, load_schedule, save_schedule
+
+Log = Callable[[str], None]
+# Candidates beside the learned schedules: uniform Euler at every exported length and these NFEs.
+HEURISTIC_NFES = (1, 2, 4, 8)
+HELD_OUT = 32          # the command's default: seconds on builtin:digits (the demo uses 128)
 
 
 def _safe(name: str) -> str:
@@ -104,7 +109,7 @@ def quality_rows(manifest: Bundle, model, schedules: dict[str, Schedule], precis
 
 
 def decoder_quality(manifest: Bundle, teacher: np.ndarray, sampled: np.ndarray, n: int = 4,
-                    threads: int = 1) -> dict:
+                    threads: int = 1, kinds: Sequence[str] | None = None) -> dict:
     """The quality table's `decoders` section (odelt.runtime.budget.plans) for a latent bundle, from its
     own decoder graphs on the first n held-out images:
 
@@ -112,11 +117,15 @@ def decoder_quality(manifest: Bundle, teacher: np.ndarray, sampled: np.ndarray, 
       teacher's latents against the reference decoder's (SD-VAE FP32; the only kind otherwise);
     * gain: the reference decoder's image RMSE per unit of latent RMSE, measured on real sampling
       errors: RMS(D(sampled) - D(teacher)) / RMS(sampled - teacher), `sampled` being one plan's
-      samples from the same noise (pick a typical one: the gain is a local slope of the decoder)."""
+      samples from the same noise (pick a typical one: the gain is a local slope of the decoder).
+
+    kinds: the decoder kinds to list (None: every one the bundle has)."""
     from odelt.runtime.budget.profile import decoder_precisions
 
     if not manifest.decoders:
         manifest.decoder()                                 # its one-line error: no decoder stage
+    for kind in kinds or ():
+        manifest.decoder(kind)                             # its one-line error: no such decoder
     ref = reference_decoder(manifest)
     teacher, sampled = teacher[:n].astype(np.float32), sampled[:n].astype(np.float32)
     latent_err = _rms(sampled - teacher)
@@ -124,7 +133,7 @@ def decoder_quality(manifest: Bundle, teacher: np.ndarray, sampled: np.ndarray, 
         raise ConfigError("decoder gain: expected samples that differ from the teacher's, found identical ones")
     reference = decode_latents(manifest, ref, "fp32", teacher, threads)
     rows = []
-    for kind in sorted(manifest.decoders):
+    for kind in sorted(set(kinds or manifest.decoders)):
         for precision in decoder_precisions(manifest, kind):
             image = reference if (kind, precision) == (ref, "fp32") else \
                 decode_latents(manifest, kind, precision, teacher, threads)
@@ -150,7 +159,105 @@ def _rms(a: np.ndarray) -> float:
 
 
 def write_quality(manifest: Bundle, rows: list[dict], n: int, seed: int, decoders: dict | None = None) -> Path:
-    """quality.json; `decoders`: the decoder section of a latent bundle (decoder_quality)."""
+    """quality.json, through the bundle's owner; `decoders`: the decoder section of a latent bundle
+    (decoder_quality)."""
     data = {"format": FORMAT, "held_out": {"n": n, "seed": seed, "teacher": "euler-128-full-length"},
             "rows": rows, **({"decoders": decoders} if decoders else {})}
-    return write_json_atomic(manifest.root / QUALITY, data)
+    return manifest.write_side(QUALITY, data)
+
+
+# -- the stage: what `odelt-export quality` and the demo run --------------------------------------
+
+def heuristic_set(manifest: Bundle, nfes: Sequence[int] = HEURISTIC_NFES) -> list[Schedule]:
+    """Uniform Euler at every exported length and each NFE."""
+    return [heuristic_schedule("uniform", "euler", nfe, n) for n in manifest.lengths for nfe in nfes]
+
+
+def fitting(schedules: Sequence[Schedule], model_hash: str | None, log: Log,
+            hint: str = "learn one for this model with `odelt-export schedule`") -> list[Schedule]:
+    """The schedules made for this model (or for none); the others skipped, each with a log line."""
+    out = []
+    for s in schedules:
+        if s.model_hash is not None and s.model_hash != model_hash:
+            log(f"schedules: {s.name} was learned for model {s.model_hash}, this bundle holds {model_hash}; "
+                f"skipped ({hint})")
+        else:
+            out.append(s)
+    return out
+
+
+def bundle_schedules(manifest: Bundle) -> list[Schedule]:
+    """Every schedule in BUNDLE/schedules/ (learned ones saved there, or those a quality run installed)."""
+    folder = manifest.root / "schedules"
+    return [load_schedule(p) for p in sorted(folder.glob("*.json"))] if folder.is_dir() else []
+
+
+def resolve_schedules(manifest: Bundle, specs: Sequence[str]) -> list[Schedule]:
+    """--schedules: files or builtin names as they are; a heuristic (KIND[:SOLVER[:STEPS]]) at every
+    exported length."""
+    out = []
+    for spec in specs:
+        first = resolve_schedule(spec, max(manifest.lengths))
+        out += [resolve_schedule(spec, n) for n in manifest.lengths] if first.method == "heuristic" else [first]
+    return out
+
+
+def default_schedules(manifest: Bundle, log: Log) -> list[Schedule]:
+    """The bundle's own schedules (those made for its model) plus the heuristic set."""
+    return fitting(bundle_schedules(manifest), manifest.model_hash, log) + heuristic_set(manifest)
+
+
+def check_precisions(manifest: Bundle, precisions: Sequence[str]) -> tuple[str, ...]:
+    """The precisions asked for (default: every one the bundle has), each one the bundle has."""
+    for p in precisions:
+        if p not in manifest.precisions:
+            raise ConfigError(f"--precision {p}: expected one of the bundle's {list(manifest.precisions)}; "
+                              f"make it with `odelt-export quantize {manifest.root} --precision {p}`")
+    return tuple(dict.fromkeys(precisions)) or manifest.precisions
+
+
+def quality_model(manifest: Bundle, source: str | None = None):
+    """The PyTorch model the teacher trajectories come from: `source`, else the manifest's record."""
+    from odelt.exporter.verify import model_for_bundle
+
+    if not (source or manifest.source):
+        raise ConfigError(f"{manifest.root}: the manifest records no source model; pass --model SOURCE "
+                          "(the checkpoint the bundle was exported from)")
+    try:
+        return model_for_bundle(manifest, source)
+    except CheckpointError as e:
+        raise ConfigError(f"{e} (the bundle's source model); pass --model SOURCE") from None
+
+
+def typical_row(rows: list[dict]) -> dict:
+    """The FP32 row of median error: decoder_quality's gain is a local slope, measured at a typical error."""
+    fp32 = sorted((r for r in rows if r["precision"] == "fp32"), key=lambda r: r["error"]) or \
+        sorted(rows, key=lambda r: r["error"])
+    return fp32[len(fp32) // 2]
+
+
+def make_quality(manifest: Bundle, model, schedules: Sequence[Schedule], precisions: Sequence[str],
+                 n: int = HELD_OUT, seed: int = 0, decoders: Sequence[str] | None = None,
+                 progress: Callable[[str], None] | None = None) -> tuple[Path, list[dict]]:
+    """The quality stage: install the schedules in BUNDLE/schedules/, score every (schedule,
+    precision) on n held-out samples, add a latent bundle's decoder section (kinds `decoders`,
+    None: all) and write quality.json atomically. Returns (its path, its rows)."""
+    if not schedules:
+        raise ConfigError("quality: expected at least one schedule, found none")
+    for kind in decoders or ():
+        manifest.decoder(kind)           # before any work: a pixel bundle or an unknown kind is one line
+    import torch
+
+    installed = install_schedules(manifest, schedules)
+    samples: dict[str, np.ndarray] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # torch's pool beside ONNX Runtime's on a 2-core CPU: the teacher ran 10x slower
+    try:
+        rows = quality_rows(manifest, model, installed, check_precisions(manifest, precisions), n, seed,
+                            progress, samples)
+    finally:
+        torch.set_num_threads(threads)
+    section = None
+    if manifest.decoders:
+        section = decoder_quality(manifest, samples["teacher"], samples[typical_row(rows)["name"]], kinds=decoders)
+    return write_quality(manifest, rows, n, seed, section), rows

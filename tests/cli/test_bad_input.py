@@ -68,7 +68,7 @@ def world(tmp_path_factory, jax_small):
     # learning's stream (4 pairs) and the held-out stream (6 samples; problem.HELD_OUT_SEED_OFFSET):
     # sizes no other case computes, so the process's own cache of teacher solves cannot answer first
     for n, seed in ((4, 0), (6, 1_000_003)):
-        (root / "cache" / f"{key}-n{n}-s{seed}-e128.pt").write_bytes(data[: len(data) // 2])
+        (root / "cache" / f"{key}-n{n}-s{seed}-e128-np.pt").write_bytes(data[: len(data) // 2])
     from tests.latent.vae_files import random_vae, save_folder
     save_folder(random_vae("sd"), root / "vae")                  # a tiny SD VAE (4 latent channels)
     (root / "demo").mkdir()

@@ -26,7 +26,7 @@ from odelt.cli import main
 from odelt.errors import BundleError, CheckpointError, ScheduleError
 from odelt.models import load_checkpoint
 from odelt.runtime.sampler import Tables
-from odelt.schedules.problem import TEACHER_STEPS, make_pairs
+from odelt.schedules.problem import NOISE_TAG, TEACHER_STEPS, make_pairs
 from tests.models.test_dit import tiny_model
 
 
@@ -270,7 +270,7 @@ def test_string_arrays_load_but_are_not_weights(tmp_path, jax_small):
 def test_teacher_cache_with_a_payload_is_refused(tmp_path):
     marker = tmp_path / "marker"
     n, seed, key = 4, 0, "k"
-    cache = tmp_path / f"{key}-n{n}-s{seed}-e{TEACHER_STEPS}.pt"
+    cache = tmp_path / f"{key}-n{n}-s{seed}-e{TEACHER_STEPS}-{NOISE_TAG}.pt"
     torch.save({"z": Call(os.system, f"touch {marker}"), "y": torch.zeros(n), "x": torch.zeros(n)}, cache)
     with pytest.raises(ScheduleError) as info:
         make_pairs(tiny_model(), n, seed, key=key, cache_dir=tmp_path)
@@ -292,7 +292,7 @@ def test_teacher_cache_round_trips_under_weights_only(tmp_path, monkeypatch):
 
 def test_teacher_cache_of_the_wrong_shape_is_refused(tmp_path):
     n, seed, key = 4, 0, "k"
-    torch.save({"z": torch.zeros(n)}, tmp_path / f"{key}-n{n}-s{seed}-e{TEACHER_STEPS}.pt")
+    torch.save({"z": torch.zeros(n)}, tmp_path / f"{key}-n{n}-s{seed}-e{TEACHER_STEPS}-{NOISE_TAG}.pt")
     with pytest.raises(ScheduleError, match=r"expected a teacher cache of tensors z, y, x, found \['z'\]"):
         make_pairs(tiny_model(), n, seed, key=key, cache_dir=tmp_path)
 

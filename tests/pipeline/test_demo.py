@@ -267,13 +267,32 @@ def test_latent_demo_reuses_its_stages_and_refuses_another_vae(latent_demo, tmp_
 
 
 def test_shipped_schedules_for_another_model_are_skipped():
-    from odelt.pipeline.latent_stage import fitting
+    from odelt.schedules.quality import fitting
     from odelt.ode.heuristics import BUILTIN_DIR
     from odelt.ode.schedule import load_schedule
 
     shipped = load_schedule(BUILTIN_DIR / "ld3-euler-4.json")
     logs: list[str] = []
     assert fitting([shipped], shipped.model_hash, logs.append) == [shipped] and not logs
-    assert fitting([shipped], "0123456789abcdef", logs.append) == []
+    assert fitting([shipped], "0123456789abcdef", logs.append, "--relearn learns schedules for this model") == []
     assert logs == [f"schedules: {shipped.name} was learned for model {shipped.model_hash}, this bundle holds "
                     "0123456789abcdef; skipped (--relearn learns schedules for this model)"]
+
+
+def test_the_demos_quality_table_is_the_quality_commands(demo, tmp_path, run_cli):
+    """The demo's quality stage is `odelt-export quality` with the demo's schedules: on a copy of its
+    bundle the command rewrites the same rows."""
+    from tests.bundles import private_copy
+
+    opts, _ = demo
+    bundle = private_copy(opts.out / "bundle", tmp_path / "b")
+    before = json.loads((bundle / "quality.json").read_text())
+    res = run_cli(["quality", bundle, "--schedules", "uniform:euler:1", "--schedules", "uniform:euler:2",
+                   "--held-out", opts.quality_n, "--force"])
+    assert res.code == 0, res.err
+    after = json.loads((bundle / "quality.json").read_text())
+    assert after["held_out"] == before["held_out"]
+    key = lambda r: r["name"]                                                    # noqa: E731
+    assert [r["name"] for r in sorted(after["rows"], key=key)] == [r["name"] for r in sorted(before["rows"], key=key)]
+    for a, b in zip(sorted(after["rows"], key=key), sorted(before["rows"], key=key)):
+        assert a["error"] == pytest.approx(b["error"], rel=1e-5) and a["call_lengths"] == b["call_lengths"]

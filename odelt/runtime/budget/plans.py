@@ -52,8 +52,8 @@ def load_candidates(manifest: Bundle, decode: bool | None = None,
     """The quality table's plans. decode: plans that decode (None: when the bundle has a decoder
     stage; False: latents only, `--latents`); decoders: the decoder kinds to choose from (None: all)."""
     path = manifest.root / QUALITY
-    data = read_json(path, ConfigError, f"{manifest.root}: no quality table ({QUALITY}); expected one from "
-                     "`odelt-export demo` or odelt.schedules.quality.write_quality")
+    data = read_json(path, ConfigError, f"{manifest.root}: no quality table ({QUALITY}); make it with "
+                     f"`odelt-export quality {manifest.root}`")
     if data.get("format") != FORMAT:
         raise ConfigError(f"{path}: expected format {FORMAT}, found {data.get('format')!r}")
     rows = [Candidate(r["name"], r["schedule"], r["solver"], tuple(r["call_lengths"]), r["precision"],
