@@ -44,6 +44,9 @@ from odelt.runtime.budget.plans import load_candidates, load_plan_schedule
 from odelt.runtime.budget.predict import DEFAULT_QUANTILE, QuantilePredictor
 from odelt.runtime.sampler import make_labels, make_noise
 
+# Passes between asking each request's alive(): a server's probe may be an IPC round trip.
+PROBE_EVERY = 8
+
 RunGraph = Callable[[GraphSpec, dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 
 
@@ -80,8 +83,9 @@ class Job:
 class Ticket:
     """The caller's handle on a submitted job: result(), cancel(), and its timings (perf_counter s)."""
 
-    def __init__(self, job: Job, submitted: float):
-        self.job, self.submitted = job, submitted
+    def __init__(self, job: Job, submitted: float, on_done: Callable[[Ticket], None] | None = None,
+                 alive: Callable[[], bool] | None = None):
+        self.job, self.submitted, self.on_done, self.alive = job, submitted, on_done, alive
         self.admitted = self.finished = 0.0
         self.images: np.ndarray | None = None
         self.error: OdeltError | None = None
@@ -117,6 +121,11 @@ class Ticket:
     def _finish(self, images: np.ndarray | None, error: OdeltError | None, now: float) -> None:
         self.images, self.error, self.finished = images, error, now
         self._done.set()
+        if self.on_done is not None:
+            try:
+                self.on_done(self)      # the caller's reply (a server's response sender), in the engine's thread
+            except Exception:  # noqa: BLE001 - a reply that cannot be sent must not stop the other requests
+                pass
 
 
 @dataclass
@@ -185,9 +194,12 @@ class Engine:
         self._stop = False
 
     # -- admission -------------------------------------------------------------------------------
-    def submit(self, job: Job) -> Ticket:
-        """Admit a job (any thread); a job the engine cannot run raises its one-line error here."""
-        ticket = Ticket(job, self.clock())
+    def submit(self, job: Job, on_done: Callable[[Ticket], None] | None = None,
+               alive: Callable[[], bool] | None = None) -> Ticket:
+        """Admit a job (any thread); a job the engine cannot run raises its one-line error here.
+        on_done(ticket) runs when it leaves (in the engine's thread: keep it short); alive() is asked
+        every PROBE_EVERY passes (a server's "has the client gone?"), False cancels the request."""
+        ticket = Ticket(job, self.clock(), on_done, alive)
         active = self._activate(ticket)
         with self._cond:
             self._incoming.append(active)
@@ -252,6 +264,10 @@ class Engine:
             self._active += self._incoming
             self._incoming = []
         now = self.clock()
+        if self.stats.passes % PROBE_EVERY == 0:
+            for a in self._active:
+                if a.ticket.alive is not None and not a.ticket.alive():
+                    a.ticket.cancel()
         for a in [a for a in self._active if a.ticket.cancelled]:
             self._leave(a, None, Cancelled("cancelled"), now)
         chosen = self._choose(now)
