@@ -43,4 +43,8 @@ def triton(bundle: str, out: str, engines: str, precision: str, max_batch: int |
                        threads=threads, window_ms=window_ms, force=force)
     repo = write_repository(bundle, out, opts)
     models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
-    click.echo(f"wrote {repo}: {len(models)} models ({', '.join(models)}), engines {engines}, precision {precision}")
+    import json
+
+    mode = json.loads((repo / "odelt_repository.json").read_text())["mode"]
+    via = "the in-process engine" if mode == "engine" else f"BLS to {engines} graph models"
+    click.echo(f"wrote {repo}: {len(models)} models ({', '.join(models)}), sampler via {via}, precision {precision}")

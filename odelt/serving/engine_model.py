@@ -25,15 +25,15 @@ from odelt.bundle.bundle import open_bundle
 from odelt.errors import ConfigError, OdeltError
 from odelt.runtime.backends import open_backend
 from odelt.runtime.engine import Engine, EngineOptions, Job, Ticket
-from odelt.serving.sampler_model import SamplerService
 
 Reply = Callable[[dict[str, Any] | None, BaseException | None], None]
 
 
 class EngineService:
-    """Checks and plans requests with `service`, runs them on `engine`, replies through a callback."""
+    """Checks and plans requests with `service` (sampler_model.SamplerService without a backend: its
+    `prepare`), runs them on `engine`, replies through a callback."""
 
-    def __init__(self, service: SamplerService, engine: Engine, backend: Any):
+    def __init__(self, service: Any, engine: Engine, backend: Any):
         self.service, self.engine, self.backend = service, engine, backend
 
     def submit(self, n: int, seed: int, labels: np.ndarray | None, guidance: float | None,
@@ -63,8 +63,10 @@ class EngineService:
         self.backend.__exit__(None, None, None)
 
 
-def open_engine_service(bundle: Path, params: Mapping[str, str]) -> EngineService:
-    """The engine the model config describes, its backend opened and its thread started."""
+def open_engine_service(bundle: Path, params: Mapping[str, str],
+                        make_service: Callable[[Any], Any]) -> EngineService:
+    """The engine the model config describes, its backend opened and its thread started;
+    make_service(manifest) -> the request checker and planner."""
     manifest = open_bundle(bundle, check_files=False)      # holds the layout's graphs, not every file listed
     try:
         threads, max_rows = int(params.get("threads", "1")), int(params["max_rows"])
@@ -79,5 +81,4 @@ def open_engine_service(bundle: Path, params: Mapping[str, str]) -> EngineServic
     except OdeltError:
         backend.__exit__(None, None, None)
         raise
-    service = SamplerService(manifest, None, params["precision"], int(params["max_images"]))
-    return EngineService(service, engine, backend)
+    return EngineService(make_service(manifest), engine, backend)

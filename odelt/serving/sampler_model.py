@@ -243,7 +243,8 @@ class TritonPythonModel:
         if params.get("mode", "bls") == "engine":
             from odelt.serving.engine_model import open_engine_service
 
-            self.engine = open_engine_service(here / "bundle", params)
+            self.engine = open_engine_service(here / "bundle", params, lambda manifest: SamplerService(
+                manifest, None, params["precision"], int(params["max_images"])))
             self.service = self.engine.service
         else:
             self.service = open_service(here / "bundle", params, bls_call)
