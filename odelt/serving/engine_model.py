@@ -55,7 +55,8 @@ class EngineService:
             reply({"images": t.images, "plan": t.job.plan, "predicted_ms": t.job.predicted_ms,
                    "measured_ms": t.latency_ms,
                    "stats": {"passes": stats.passes, "rows": stats.rows, "graph_calls": stats.graph_calls,
-                             "graph_rows": stats.graph_rows, "queue_ms": t.queue_ms}}, None)
+                             "graph_rows": stats.graph_rows, "cancelled": stats.cancelled, "failed": stats.failed,
+                             "queue_ms": t.queue_ms}}, None)
         return self.engine.submit(job, done, alive)
 
     def close(self) -> None:
