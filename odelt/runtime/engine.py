@@ -28,17 +28,16 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from odelt.bundle.bundle import Bundle
-from odelt.bundle.chain import chain_feeds
-from odelt.bundle.iospec import GraphSpec
 from odelt.errors import ConfigError, OdeltError, RuntimeFailure
 from odelt.ode.schedule import Schedule
 from odelt.ode.solvers import SOLVER_INFO
 from odelt.ode.steppers import STEPPERS
+from odelt.runtime.gather import Gatherer
 from odelt.runtime.budget.planner import Candidate, choose
 from odelt.runtime.budget.plans import load_candidates, load_plan_schedule
 from odelt.runtime.budget.predict import DEFAULT_QUANTILE, QuantilePredictor
@@ -46,8 +45,6 @@ from odelt.runtime.sampler import make_labels, make_noise
 
 # Passes between asking each request's alive(): a server's probe may be an IPC round trip.
 PROBE_EVERY = 8
-
-RunGraph = Callable[[GraphSpec, dict[str, np.ndarray]], Mapping[str, np.ndarray]]
 
 
 class Cancelled(RuntimeFailure):
@@ -180,10 +177,7 @@ class Engine:
                               "graphs (2 rows inside per image) must be served by the Sampler, not the engine")
         self.manifest, self.backend, self.options, self.clock = manifest, backend, options, clock
         self.layout, self.lengths = backend.layout, tuple(backend.lengths)
-        self.run_graph: RunGraph | None = graph_runner(backend)
-        self.chains = {n: [g.name for g in manifest.chain(n, self.layout)] for n in self.lengths}
-        self.graphs = {g.name: g for n in self.lengths for g in manifest.chain(n, self.layout)}
-        self.order = _graph_order(self.chains)
+        self.gather = Gatherer(manifest, backend)
         cfg = manifest.config
         self.shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
         self.stats = EngineStats()
@@ -339,7 +333,8 @@ class Engine:
     # -- one evaluation for many requests ---------------------------------------------------------
     def _evaluate(self, chosen: list[_Active]) -> list[np.ndarray]:
         """Every chosen request's velocity at its pending (x, t, step), in one gathered pass."""
-        order = sorted(range(len(chosen)), key=lambda i: (-len(self.chains[chosen[i].lengths[chosen[i].step]]),
+        chains = self.gather.chains
+        order = sorted(range(len(chosen)), key=lambda i: (-len(chains[chosen[i].lengths[chosen[i].step]]),
                                                           chosen[i].lengths[chosen[i].step]))
         parts = [chosen[i] for i in order]
         xs, ts, ds, ls, bounds, lo = [], [], [], [], [], 0
@@ -355,7 +350,8 @@ class Engine:
         env = {"x": np.concatenate(xs).astype(np.float32, copy=False), "t": np.concatenate(ts),
                "dt_base": np.concatenate(ds), "y": np.concatenate([a.y for a in parts]), "l": np.concatenate(ls)}
         keys = [a.lengths[a.step] for a in parts]
-        v = self._graphs(env, keys, bounds) if self.run_graph is not None else self._by_length(env, keys, bounds)
+        v = self.gather.velocity(env, keys, bounds)
+        self.stats.graph_calls, self.stats.graph_rows = self.gather.calls, self.gather.rows
         out: list[np.ndarray] = [np.empty(0)] * len(chosen)
         for i, a, (b0, b1) in zip(order, parts, bounds):
             va = v[b0:b1]
@@ -364,110 +360,6 @@ class Engine:
                 va = va[b:] + a.scale * (va[:b] - va[b:])
             out[i] = np.array(va, np.float32)
         return out
-
-    def _graphs(self, env: dict[str, np.ndarray], keys: list[int], bounds: list[tuple[int, int]]) -> np.ndarray:
-        """Each graph once, on the rows whose chain holds it (rows sorted by chain length, so a nested
-        chain's rows are a prefix: a slice, no gather)."""
-        assert self.run_graph is not None
-        total = bounds[-1][1]
-        for name in self.order:
-            spans = [b for b, k in zip(bounds, keys) if name in self.chains[k]]
-            if not spans:
-                continue
-            sel = _selection(spans, total)
-            graph = self.graphs[name]
-            inputs = chain_feeds(graph, _Rows(env, sel))
-            outputs = self.run_graph(graph, inputs)
-            rows = sum(b1 - b0 for b0, b1 in spans)
-            self.stats.graph_calls += 1
-            self.stats.graph_rows += rows
-            for out_name, value in outputs.items():
-                key = out_name[:-4] if out_name.endswith("_out") else out_name
-                if sel is None:
-                    env[key] = value
-                else:
-                    if key not in env or env[key].shape[1:] != value.shape[1:]:
-                        env[key] = np.zeros((total, *value.shape[1:]), value.dtype)
-                    env[key][sel] = value
-        return env["velocity"]
-
-    def _by_length(self, env: dict[str, np.ndarray], keys: list[int], bounds: list[tuple[int, int]]) -> np.ndarray:
-        """A backend that runs whole chains: one call per length, on that length's rows."""
-        v = np.empty_like(env["x"])
-        for length in dict.fromkeys(keys):
-            sel = _selection([b for b, k in zip(bounds, keys) if k == length], int(v.shape[0]))
-            feeds = {k: (a if sel is None else a[sel]) for k, a in env.items()}
-            out = self.backend.infer(feeds)["velocity"]
-            self.stats.graph_calls += 1
-            self.stats.graph_rows += int(out.shape[0])
-            v[sel if sel is not None else slice(None)] = out
-        return v
-
-
-class _Rows(Mapping[str, np.ndarray]):
-    """The selected rows of the pass's tensors, cut only for the names a graph reads."""
-
-    def __init__(self, env: dict[str, np.ndarray], sel: Any):
-        self.env, self.sel = env, sel
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        a = self.env[key]
-        return a if self.sel is None else a[self.sel]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.env
-
-    def __iter__(self) -> Any:
-        return iter(self.env)
-
-    def __len__(self) -> int:
-        return len(self.env)
-
-
-def _selection(spans: list[tuple[int, int]], total: int) -> Any:
-    """Rows of these (start, end) spans: None for all `total` rows, a slice when contiguous, else indices."""
-    spans = sorted(spans)
-    if all(a[1] == b[0] for a, b in zip(spans, spans[1:])):
-        lo, hi = spans[0][0], spans[-1][1]
-        return None if (lo, hi) == (0, total) else slice(lo, hi)
-    return np.concatenate([np.arange(b0, b1) for b0, b1 in spans])
-
-
-def _graph_order(chains: Mapping[int, list[str]]) -> list[str]:
-    """One run order of every graph that respects each chain's order (a topological sort)."""
-    after: dict[str, set[str]] = {}
-    for chain in chains.values():
-        for a, b in zip(chain, chain[1:]):
-            after.setdefault(b, set()).add(a)
-        for g in chain:
-            after.setdefault(g, set())
-    order: list[str] = []
-    while after:
-        ready = sorted(g for g, deps in after.items() if not deps - set(order))
-        if not ready:
-            raise ConfigError(f"the bundle's chains order their graphs in a circle: {sorted(after)}")
-        order += ready
-        for g in ready:
-            del after[g]
-    return order
-
-
-def graph_runner(backend: Any) -> RunGraph | None:
-    """How the engine runs one graph on a backend: its `run_graph` when it has one, ONNX Runtime's
-    sessions; None for a backend that only runs whole chains (rows then share calls per length)."""
-    run = getattr(backend, "run_graph", None)
-    if callable(run):
-        return run
-    sessions = getattr(backend, "sessions", None)
-    if isinstance(sessions, dict) and sessions and getattr(backend, "device", "cpu") == "cpu":
-        names: dict[str, list[str]] = {}
-
-        def run_session(graph: GraphSpec, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            out = names.get(graph.name) or names.setdefault(graph.name, [t.name for t in graph.outputs])
-            return dict(zip(out, sessions[graph.name].run(out, feeds)))
-        return run_session
-    return None
-
 
 def stepper_grid(schedule: Schedule) -> tuple[list[Any], dict[str, Any]]:
     """The time grid and solver keywords exactly as the Sampler passes them (fixed-step solvers get
