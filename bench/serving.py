@@ -1,10 +1,11 @@
 """Serving many budgeted requests: the per-request loop, request-level batching, the batching engine
 in process, and Triton end to end, on the same requests, side by side.
 
-Workload: the digits bundle exported with batch range 1:8:32 (segments layout), its shipped schedules and quality table (fp32), its profile at batches 1-4. 400 requests
-(200 with --quick) of n = 1 + i % 4 images, each with a budget just above one plan of the Pareto
-front at its n (the front cycles, so budgets span the whole range; every budget is feasible with the
-predictor the server plans with: QuantilePredictor at its n, quantile 0.95). 8 client threads each
+Workload: the digits bundle exported with batch range 1:8:32 (segments layout), its shipped
+schedules and quality table (fp32), its profile at batches 1-4. 400 requests (200 with --quick)
+of n = 1 + i % 4 images, each with a budget just above one plan of the Pareto front at its n (the
+front cycles, so budgets span the whole range; every budget is feasible with the predictor the
+server plans with: QuantilePredictor at its n, quantile 0.95). 8 client threads each
 send a request, wait for it, send the next (closed loop); every request is counted, and any error
 fails the group (raised at the end, with the errors). One ORT thread per backend session.
 
