@@ -26,7 +26,7 @@ FLOORS = [
     {"pipeline"},
     {"cli"},
 ]
-RUNTIME_FLOORS = [{"images", "reference"}, {"backends"}, {"sampler"}, {"budget"}, {"generate"}]
+RUNTIME_FLOORS = [{"images", "reference"}, {"backends"}, {"sampler", "gather"}, {"budget"}, {"generate", "engine"}]
 
 
 def _module_name(path: Path) -> str:

@@ -140,11 +140,11 @@ def amed(f: Velocity, x: Any, ts: Any, *, t_mid: Any = None, scale: Any = None, 
 # -- Adams-Bashforth (iPNDM) -----------------------------------------------------------------------
 
 # Classic equal-step coefficients, newest first (diff-sampler's iPNDM).
-_AB_FIXED = ([1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24])
+AB_FIXED = ([1.0], [1.5, -0.5], [23 / 12, -16 / 12, 5 / 12], [55 / 24, -59 / 24, 37 / 24, -9 / 24])
 _GAUSS = 1 / math.sqrt(3)   # 2-point Gauss-Legendre integrates the cubic Lagrange basis exactly
 
 
-def _ab_weights(nodes: list[Any], t: Any, t_next: Any) -> list[Any]:
+def ab_weights(nodes: list[Any], t: Any, t_next: Any) -> list[Any]:
     """Variable-step Adams-Bashforth weights: w_j = integral over [t, t_next] of the Lagrange basis
     polynomial of nodes[j] (degree <= 3). Plain arithmetic, so differentiable in the time points."""
     half, mid = (t_next - t) / 2, (t + t_next) / 2
@@ -174,9 +174,9 @@ def _adams_bashforth(f: Velocity, x: Any, ts: Any, order: int, fixed: bool, t_ev
         hist_v = [f(x, te[n], n)] + hist_v[: order - 1]  # the order ramps up as history accumulates
         h = ts[n + 1] - ts[n]
         if fixed:
-            weights = [h * b for b in _AB_FIXED[len(hist_v) - 1]]
+            weights = [h * b for b in AB_FIXED[len(hist_v) - 1]]
         else:
-            weights = _ab_weights(hist_t, ts[n], ts[n + 1])
+            weights = ab_weights(hist_t, ts[n], ts[n + 1])
         if scale is not None:                            # AMED-Plugin: scale this step's increment
             weights = [scale[n] * w for w in weights]
         for w, v in zip(weights, hist_v):

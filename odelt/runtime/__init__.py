@@ -30,5 +30,6 @@ __all__, __getattr__, __dir__ = face(__name__, {
     "odelt.runtime.budget.tracker": ("SpeedTracker", "Replanner"),
     "odelt.runtime.budget.anytime": ("Deadline",),
     "odelt.runtime.budget.stream": ("Stream", "StreamStats", "stream_for_bundle", "generate_stream"),
+    "odelt.runtime.engine": ("Engine", "EngineOptions", "Job", "PlanBook"),
     "odelt.runtime.generate": ("GenerateOptions", "GenerateResult", "generate_from_bundle", "log_records"),
 })

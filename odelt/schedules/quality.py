@@ -158,10 +158,11 @@ def _rms(a: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))
 
 
-def write_quality(manifest: Bundle, rows: list[dict], n: int, seed: int, decoders: dict | None = None) -> Path:
+def write_quality(manifest: Bundle, rows: list[dict], n: int, seed: int, decoders: dict | None = None,
+                  teacher: str = "euler-128-full-length") -> Path:
     """quality.json, through the bundle's owner; `decoders`: the decoder section of a latent bundle
-    (decoder_quality)."""
-    data = {"format": FORMAT, "held_out": {"n": n, "seed": seed, "teacher": "euler-128-full-length"},
+    (decoder_quality); `teacher`: what the rows' errors were measured against."""
+    data = {"format": FORMAT, "held_out": {"n": n, "seed": seed, "teacher": teacher},
             "rows": rows, **({"decoders": decoders} if decoders else {})}
     return manifest.write_side(QUALITY, data)
 

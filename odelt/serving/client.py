@@ -1,4 +1,4 @@
-"""A small client for the sampler model: KServe v2 inference protocol, HTTP + JSON, stdlib only.
+"""A small client for the sampler model: Triton's HTTP/JSON endpoints (generate, config, stats), stdlib only.
 
 One `Client` holds one keep-alive connection (use one per thread)::
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -33,6 +33,7 @@ class Generation:
     plan: str
     predicted_ms: float
     measured_ms: float
+    stats: dict = field(default_factory=dict)   # engine mode: the engine's counters when it replied
 
 
 class Client:
@@ -40,6 +41,7 @@ class Client:
         u = urlparse(url)
         self.host, self.port, self.timeout = u.hostname or "127.0.0.1", u.port or 8000, timeout_s
         self._conn: http.client.HTTPConnection | None = None
+        self._shape: tuple[int, ...] | None = None
 
     def _request(self, method: str, path: str, body: dict | None = None) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
@@ -64,21 +66,29 @@ class Client:
 
     def generate(self, n: int, seed: int = 0, labels: list[int] | None = None, guidance: float | None = None,
                  budget_ms: float | None = None, schedule: str | None = None) -> Generation:
-        inputs = [_tensor("n", "INT32", [n]), _tensor("seed", "INT64", [seed])]
+        """Through Triton's generate endpoint (JSON inputs by name): it serves both sampler modes, the
+        decoupled engine model included, which the plain infer endpoint refuses over HTTP."""
+        body: dict[str, Any] = {"n": [n], "seed": [seed]}
         if labels is not None:
-            inputs.append(_tensor("labels", "INT32", list(labels)))
+            body["labels"] = list(labels)
         if guidance is not None:
-            inputs.append(_tensor("guidance", "FP32", [guidance]))
-        params = {k: v for k, v in (("budget_ms", budget_ms), ("schedule", schedule)) if v is not None}
-        status, body = self._request("POST", f"/v2/models/{SAMPLER}/infer",
-                                     {"inputs": inputs, "parameters": params})
+            body["guidance"] = [guidance]
+        body["parameters"] = {k: v for k, v in (("budget_ms", budget_ms), ("schedule", schedule)) if v is not None}
+        status, out = self._request("POST", f"/v2/models/{SAMPLER}/generate", body)
         if status != 200:
-            raise ServingError((body or {}).get("error", f"HTTP {status}"))
-        out = {o["name"]: o for o in body["outputs"]}
-        images = np.asarray(out["images"]["data"], np.float32).reshape(out["images"]["shape"])
-        predicted = out["predicted_ms"]["data"][0]
-        return Generation(images, str(out["plan"]["data"][0]),
-                          math.nan if predicted is None else float(predicted), float(out["measured_ms"]["data"][0]))
+            raise ServingError((out or {}).get("error", f"HTTP {status}"))
+        images = np.asarray(out["images"], np.float32).reshape(n, *self._image_shape())
+        return Generation(images, str(_first(out["plan"])), _number(out["predicted_ms"]),
+                          float(_number(out["measured_ms"])), json.loads(_first(out.get("stats", "{}")) or "{}"))
+
+    def _image_shape(self) -> tuple[int, ...]:
+        if self._shape is None:
+            status, config = self._request("GET", f"/v2/models/{SAMPLER}/config")
+            if status != 200:
+                raise ServingError((config or {}).get("error", f"HTTP {status}"))
+            dims = next(o["dims"] for o in config["output"] if o["name"] == "images")
+            self._shape = tuple(int(d) for d in dims[1:])
+        return self._shape
 
     def model_stats(self, model: str) -> dict[str, Any]:
         status, body = self._request("GET", f"/v2/models/{model}/stats")
@@ -93,5 +103,10 @@ class Client:
             return False
 
 
-def _tensor(name: str, datatype: str, data: list) -> dict[str, Any]:
-    return {"name": name, "datatype": datatype, "shape": [len(data)], "data": data}
+def _first(value: Any) -> Any:
+    return value[0] if isinstance(value, list) else value
+
+
+def _number(value: Any) -> float:
+    v = _first(value)
+    return math.nan if v is None else float(v)

@@ -10,7 +10,15 @@
                                          odelt_decoder_sd; the sampler decodes through it)
       odelt_sampler/config.pbtxt         Python backend; inputs n, seed, labels, guidance
       odelt_sampler/1/model.py           odelt/serving/sampler_model.py
-      odelt_sampler/1/bundle/            manifest, schedules, quality table, profiles, tables (no graphs)
+      odelt_sampler/1/bundle/            manifest, schedules, quality table, profiles, tables (no graphs;
+                                         the engine mode: plus the layout's graphs at the precision)
+
+Two sampler modes (--sampler). `engine` (the default for a pixel-space bundle served on CPU): the
+sampler model is decoupled and runs every request in flight through one in-process batching engine
+(odelt.serving.engine_model) over a backend it opens itself; no graph models are written. `bls`:
+one graph model per graph (--engines picks their flavour) and every step of every request is a BLS
+request to them; the choice where Triton itself must host the graphs (TensorRT plans on a GPU
+fleet, several GPUs, graph models shared by other pipelines) and for latent bundles (the decoder).
 
 The repository is written into a hidden folder beside REPO and renamed into place when complete
 (with --force the old one is swapped out only then), so an interrupted write leaves REPO as it was.
@@ -35,8 +43,9 @@ from odelt.serving.pbtxt import parameters, render
 from odelt.serving.wire import SAMPLER, TRITON_DTYPES, batched, dims, model_name
 
 ENGINES = ("tensorrt", "onnxruntime", "cpu")
-# the runtime backend whose profile the sampler plans from: what runs the graph models
+# the runtime backend whose profile a BLS sampler plans from: what runs the graph models
 PROFILE_BACKEND = {"tensorrt": "tensorrt", "onnxruntime": "ort", "cpu": "ort"}
+SAMPLERS = ("engine", "bls")
 FORMAT = "odelt-triton-repository/1"
 SAMPLER_FILES = ("manifest.json", "quality.json", "schedules", "profile", "tables")
 
@@ -52,12 +61,20 @@ class RepoOptions:
     engine_set: str | None = None      # tensorrt: which engine set, when the bundle has several
     queue_delay_us: int = 500          # dynamic batcher's wait for more step calls
     force: bool = False
+    sampler: str | None = None         # engine | bls; None: engine for a pixel-space bundle with cpu engines
+    backend: str = "ort"               # engine mode: the runtime backend the sampler opens in process
+    threads: int = 1                   # engine mode: intra-op threads of its sessions
+    window_ms: float = 0.0             # engine mode: gathering window before a pass below max rows
 
     def check(self) -> None:
         if self.engines not in ENGINES:
             raise ConfigError(f"--engines must be one of {list(ENGINES)}, found {self.engines!r}")
+        if self.sampler not in (None, *SAMPLERS):
+            raise ConfigError(f"--sampler must be one of {list(SAMPLERS)}, found {self.sampler!r}")
+        if self.window_ms < 0:
+            raise ConfigError(f"--window-ms must be >= 0, found {self.window_ms}")
         for name, value in (("--instances", self.instances), ("--sampler-instances", self.sampler_instances),
-                            ("--max-batch", self.max_batch or 1)):
+                            ("--max-batch", self.max_batch or 1), ("--threads", self.threads)):
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, found {value}")
 
@@ -72,25 +89,60 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
     if opts.engines == "tensorrt" and opts.max_batch and opts.max_batch > manifest.batch.max:
         raise ConfigError(f"--max-batch {opts.max_batch} exceeds the TensorRT profile's batch max "
                           f"{manifest.batch.max} (export with --batch MIN:OPT:MAX to change it)")
+    mode = sampler_mode(manifest, opts)
     graphs = _layout_graphs(manifest, layout) + [manifest.graph(d.graph) for d in manifest.decoders.values()]
-    files = _graph_files(manifest, graphs, opts)
+    files = _graph_files(manifest, graphs, opts) if mode == "bls" else {}
     final = Path(out)
     if final.exists() and not opts.force:
         raise ExportError(f"{final} already exists; pass --force to replace it")
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        for graph in graphs:
-            _write_graph_model(tmp, manifest, graph, files[graph.name], opts)
-        _write_sampler(tmp, manifest, layout, graphs, opts)
+        if mode == "bls":
+            for graph in graphs:
+                _write_graph_model(tmp, manifest, graph, files[graph.name], opts)
+        else:
+            _copy_graphs(manifest, _layout_graphs(manifest, layout), opts.precision, tmp / SAMPLER / "1" / "bundle")
+        _write_sampler(tmp, manifest, layout, graphs, opts, mode)
         write_json_atomic(tmp / "odelt_repository.json", {
-            "format": FORMAT, "bundle": str(manifest.root.resolve()), "model_hash": manifest.model_hash, "engines": opts.engines, "precision": opts.precision, "layout": layout,
-            "models": {g.name: model_name(g.name) for g in graphs}, "sampler": SAMPLER,
+            "format": FORMAT, "bundle": str(manifest.root.resolve()), "model_hash": manifest.model_hash,
+            "engines": opts.engines if mode == "bls" else None, "precision": opts.precision, "layout": layout,
+            "mode": mode, "models": {g.name: model_name(g.name) for g in graphs} if mode == "bls" else {},
+            "sampler": SAMPLER,
             "decoder": manifest.decoder().kind if manifest.decoders else None})
         swap_in_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def sampler_mode(manifest: Bundle, opts: RepoOptions) -> str:
+    """engine or bls (module doc): the engine runs pixel-space bundles in process; graphs Triton must
+    host itself (tensorrt, onnxruntime) and decoder stages go through BLS."""
+    if opts.sampler == "engine":
+        if manifest.decoders:
+            raise ConfigError("--sampler engine serves pixel-space bundles; this bundle has a decoder stage "
+                              "(use --sampler bls)")
+        if manifest.guidance:
+            raise ConfigError("--sampler engine: this bundle has guidance folded into its graphs (2 rows per image "
+                              "inside); use --sampler bls")
+        return "engine"
+    if opts.sampler == "bls":
+        return "bls"
+    return "engine" if opts.engines == "cpu" and not manifest.decoders and not manifest.guidance else "bls"
+
+
+def _copy_graphs(manifest: Bundle, graphs: list[GraphSpec], precision: str, bundle: Path) -> None:
+    """The engine mode's graphs, at their paths in the bundle (external weights beside them)."""
+    for g in graphs:
+        src = manifest.graph_path(g.name, precision)
+        if not src.is_file():
+            raise ExportError(f"{manifest.root}: graph file {src} is missing")
+        for path in (src, src.with_name(src.name + ".data")):
+            if path.is_file():
+                dst = bundle / path.relative_to(manifest.root)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, dst)
 
 
 def _layout_graphs(manifest: Bundle, layout: str) -> list[GraphSpec]:
@@ -194,7 +246,8 @@ def _write_graph_model(repo: Path, manifest: Bundle, graph: GraphSpec, src: Path
 
 # -- the sampler model -------------------------------------------------------------------------
 
-def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions) -> str:
+def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions,
+                   mode: str = "bls") -> str:
     cfg = manifest.config
     decoder = manifest.decoder() if manifest.decoders else None   # latent bundles return decoded images
     image = [-1, *decoder.image] if decoder else [-1, cfg.out_channels, cfg.input_size, cfg.input_size]
@@ -207,14 +260,20 @@ def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts:
         "output": [{"name": "images", "data_type": "TYPE_FP32", "dims": image},
                    {"name": "plan", "data_type": "TYPE_STRING", "dims": [1]},
                    {"name": "predicted_ms", "data_type": "TYPE_FP32", "dims": [1]},
-                   {"name": "measured_ms", "data_type": "TYPE_FP32", "dims": [1]}],
-        "instance_group": [{"count": opts.sampler_instances, "kind": "KIND_CPU"}],
-        "parameters": parameters({"layout": layout, "precision": opts.precision,
-                                  "max_images": opts.max_batch or manifest.batch.max,
-                                  "graph_models": {g.name: model_name(g.name) for g in graphs},
-                                  "decoder": decoder.kind if decoder else "",
-                                  "profile_backend": PROFILE_BACKEND[opts.engines]}),
+                   {"name": "measured_ms", "data_type": "TYPE_FP32", "dims": [1]},
+                   {"name": "stats", "data_type": "TYPE_STRING", "dims": [1]}],
+        "instance_group": [{"count": opts.sampler_instances if mode == "bls" else 1, "kind": "KIND_CPU"}],
     }
+    rows = opts.max_batch or manifest.batch.max
+    params: dict[str, Any] = {"mode": mode, "layout": layout, "precision": opts.precision, "max_images": rows}
+    if mode == "bls":
+        params.update(graph_models={g.name: model_name(g.name) for g in graphs}, decoder=decoder.kind if decoder else "",
+                      profile_backend=PROFILE_BACKEND[opts.engines])
+    else:   # one instance, decoupled: execute hands requests to the engine and returns at once
+        config["model_transaction_policy"] = {"decoupled": True}
+        params.update(backend=opts.backend, threads=opts.threads, max_rows=rows, window_ms=opts.window_ms,
+                      profile_backend=opts.backend)
+    config["parameters"] = parameters(params)
     return render(config, ("odelt sampler: request parameters budget_ms (float) or schedule (NAME); "
                            "plan, predicted and measured milliseconds come back with the images",
                            *(("latent bundle: images are decoded by the decoder stage's model "
@@ -222,10 +281,11 @@ def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts:
                               f"{' or '.join(sorted(manifest.decoders))})",) if decoder else ())))
 
 
-def _write_sampler(repo: Path, manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions) -> None:
+def _write_sampler(repo: Path, manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions,
+                   mode: str) -> None:
     folder = repo / SAMPLER
     bundle = folder / "1" / "bundle"
-    bundle.mkdir(parents=True)
+    bundle.mkdir(parents=True, exist_ok=True)
     shutil.copy2(sampler_model.__file__, folder / "1" / "model.py")
     for rel in SAMPLER_FILES:
         src = manifest.root / rel
@@ -233,4 +293,4 @@ def _write_sampler(repo: Path, manifest: Bundle, layout: str, graphs: list[Graph
             shutil.copytree(src, bundle / rel)
         elif src.is_file():
             shutil.copy2(src, bundle / rel)
-    (folder / "config.pbtxt").write_text(sampler_config(manifest, layout, graphs, opts))
+    (folder / "config.pbtxt").write_text(sampler_config(manifest, layout, graphs, opts, mode))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -43,7 +44,7 @@ from odelt.ode.heuristics import resolve_schedule
 from odelt.runtime.budget.planner import choose
 from odelt.runtime.budget.predict import DEFAULT_QUANTILE, Predictor
 from odelt.runtime.budget.plans import load_candidates, load_plan_schedule, schedule_path
-from odelt.runtime.sampler import Sampler, make_labels, make_noise, guidance_rows
+from odelt.runtime.sampler import Sampler, guidance_rows, make_labels, make_noise
 from odelt.ode.schedule import Schedule, load_schedule
 from odelt.serving.wire import batched, wire_shape
 
@@ -80,10 +81,21 @@ class BlsBackend:
         return self.call(self.models[graph.name], wire, [t.name for t in graph.outputs])
 
 
-class SamplerService:
-    """Requests -> images with one backend; keeps one Sampler per (schedule, guidance)."""
+@dataclass(frozen=True)
+class Prepared:
+    """A checked request: its labels, decoder (latent bundles), plan (name, schedule key) and schedule."""
+    y: np.ndarray
+    decoder: Any
+    key: tuple[str, str]
+    schedule: Schedule
+    predicted_ms: float
 
-    def __init__(self, manifest: Bundle, backend: BlsBackend, precision: str, max_images: int,
+
+class SamplerService:
+    """Requests -> images with one backend; keeps one Sampler per (schedule, guidance). With
+    backend None (the engine mode) it only checks and plans requests (`prepare`)."""
+
+    def __init__(self, manifest: Bundle, backend: BlsBackend | None, precision: str, max_images: int,
                  decoder: str | None = None, profile_backend: str = "ort"):
         self.manifest, self.backend, self.precision, self.max_images = manifest, backend, precision, max_images
         self.decoder = decoder or None            # the default decoder kind of a latent bundle
@@ -93,6 +105,20 @@ class SamplerService:
 
     def handle(self, n: int, seed: int, labels: np.ndarray | None, guidance: float | None,
                params: Mapping[str, Any]) -> dict[str, Any]:
+        req = self.prepare(n, seed, labels, guidance, params)
+        assert self.backend is not None, "the engine mode submits prepared requests to its engine instead"
+        sampler = self._sampler(req.key, req.schedule, guidance)
+        cfg = self.manifest.config
+        start = time.perf_counter()
+        images, _ = sampler.sample(make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size)), req.y)
+        if req.decoder is not None:
+            images = self.backend.call(self.backend.models[req.decoder.graph], {"latent": images}, ["image"])["image"]
+        return {"images": images, "plan": req.key[0], "predicted_ms": req.predicted_ms,
+                "measured_ms": 1e3 * (time.perf_counter() - start)}
+
+    def prepare(self, n: int, seed: int, labels: np.ndarray | None, guidance: float | None,
+                params: Mapping[str, Any]) -> Prepared:
+        """A request checked and planned (its one-line error otherwise): labels, decoder, plan."""
         cfg = self.manifest.config
         if not 1 <= n <= self.max_images:
             raise ConfigError(f"n must be in 1..{self.max_images} images per request, found {n}")
@@ -102,13 +128,7 @@ class SamplerService:
         y = make_labels(n, cfg.num_classes) if labels is None else self._labels(labels, n)
         decoder = self._decoder(params)
         key, schedule, predicted = self._plan(params, n, decoder)
-        sampler = self._sampler(key, schedule, guidance)
-        start = time.perf_counter()
-        images, _ = sampler.sample(make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size)), y)
-        if decoder is not None:
-            images = self.backend.call(self.backend.models[decoder.graph], {"latent": images}, ["image"])["image"]
-        return {"images": images, "plan": key[0], "predicted_ms": predicted,
-                "measured_ms": 1e3 * (time.perf_counter() - start)}
+        return Prepared(y, decoder, key, schedule, predicted)
 
     def _decoder(self, params: Mapping[str, Any]) -> Any:
         """The decoder stage a request runs (None for a pixel-space bundle)."""
@@ -210,35 +230,91 @@ def bls_call(model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> d
 
 
 class TritonPythonModel:
+    """mode "bls" (default): one request per execute, its steps through the graph models; mode
+    "engine" (a decoupled model): execute hands requests to the in-process engine and returns at
+    once, the engine's thread sends each response when its request leaves."""
+
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         here = Path(args["model_repository"]) / args["model_version"]
-        self.service = open_service(here / "bundle", params, bls_call)
+        self.engine = None
+        if params.get("mode", "bls") == "engine":
+            from odelt.serving.engine_model import open_engine_service
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        return [self._one(r) for r in requests]
+            self.engine = open_engine_service(here / "bundle", params, lambda manifest: SamplerService(
+                manifest, None, params["precision"], int(params["max_images"]),
+                profile_backend=params.get("profile_backend") or params.get("backend") or "ort"))
+            self.service = self.engine.service
+        else:
+            self.service = open_service(here / "bundle", params, bls_call)
+
+    def finalize(self) -> None:
+        if self.engine is not None:
+            self.engine.close()
+
+    def execute(self, requests: list[Any]) -> list[Any] | None:
+        if self.engine is None:
+            return [self._one(r) for r in requests]
+        for r in requests:
+            self._submit(r)
+        return None
 
     def _one(self, request: Any) -> Any:
         import triton_python_backend_utils as pb_utils
 
-        def value(name: str) -> np.ndarray | None:
-            t = pb_utils.get_input_tensor_by_name(request, name)
-            return None if t is None else t.as_numpy()
-
-        def scalar(name: str) -> Any:
-            a = value(name)
-            return None if a is None else a.reshape(-1)[0].item()     # exact: int64 seeds stay ints
-
         try:
-            params = json.loads(request.parameters() or "{}")
-            n, seed = int(scalar("n") or 0), int(scalar("seed") or 0)      # required inputs: Triton checks them
-            guidance = scalar("guidance")
-            out = self.service.handle(n, seed, value("labels"), None if guidance is None else float(guidance), params)
+            out = self.service.handle(*_request_args(request))
         except Exception as e:  # noqa: BLE001 - one line back to the client; the model keeps serving
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(e)))
-        tensors = [pb_utils.Tensor("images", np.ascontiguousarray(out["images"], np.float32)),
-                   pb_utils.Tensor("plan", np.array([out["plan"].encode()], dtype=np.object_)),
-                   pb_utils.Tensor("predicted_ms", np.array([out["predicted_ms"]], np.float32)),
-                   pb_utils.Tensor("measured_ms", np.array([out["measured_ms"]], np.float32))]
-        return pb_utils.InferenceResponse(output_tensors=tensors)
+        return _response(out)
+
+    def _submit(self, request: Any) -> None:
+        import triton_python_backend_utils as pb_utils
+
+        sender = request.get_response_sender()
+        final = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+
+        def reply(out: dict[str, Any] | None, error: BaseException | None) -> None:
+            if error is not None:
+                sender.send(pb_utils.InferenceResponse(error=pb_utils.TritonError(one_line(error))), flags=final)
+            else:
+                sender.send(_response(out), flags=final)
+
+        probe = getattr(sender, "is_cancelled", None)        # the client went away (Triton >= 23.10)
+        try:
+            assert self.engine is not None
+            self.engine.submit(*_request_args(request), reply, (lambda: not probe()) if probe else None)
+        except Exception as e:  # noqa: BLE001 - a bad request gets its line; the others go on
+            reply(None, e)
+
+
+def _request_args(request: Any) -> tuple[int, int, np.ndarray | None, float | None, dict[str, Any]]:
+    """(n, seed, labels, guidance, parameters) of a Triton request."""
+    import triton_python_backend_utils as pb_utils
+
+    def value(name: str) -> np.ndarray | None:
+        t = pb_utils.get_input_tensor_by_name(request, name)
+        return None if t is None else t.as_numpy()
+
+    def scalar(name: str) -> Any:
+        a = value(name)
+        return None if a is None else a.reshape(-1)[0].item()     # exact: int64 seeds stay ints
+
+    params = json.loads(request.parameters() or "{}")
+    n, seed = int(scalar("n") or 0), int(scalar("seed") or 0)      # required inputs: Triton checks them
+    guidance = scalar("guidance")
+    labels = value("labels")
+    return n, seed, None if labels is None else np.array(labels), None if guidance is None else float(guidance), params
+
+
+def _response(out: dict[str, Any]) -> Any:
+    import triton_python_backend_utils as pb_utils
+
+    tensors = [pb_utils.Tensor("images", np.ascontiguousarray(out["images"], np.float32)),
+               pb_utils.Tensor("plan", np.array([out["plan"].encode()], dtype=np.object_)),
+               pb_utils.Tensor("predicted_ms", np.array([out["predicted_ms"]], np.float32)),
+               pb_utils.Tensor("measured_ms", np.array([out["measured_ms"]], np.float32)),
+               pb_utils.Tensor("stats", np.array([json.dumps(out.get("stats", {})).encode()], dtype=np.object_))]
+    return pb_utils.InferenceResponse(output_tensors=tensors)
+

@@ -114,8 +114,12 @@ def free_ports(count: int) -> list[int]:
 class TritonServer:
     """One tritonserver process on `repo`: start(), wait_ready(), stop() (by PID)."""
 
-    def __init__(self, env: ServingEnv, repo: str | os.PathLike, work: str | os.PathLike):
+    def __init__(self, env: ServingEnv, repo: str | os.PathLike, work: str | os.PathLike,
+                 code: str | os.PathLike | None = None):
+        """code: a source checkout whose odelt the models import instead of the environment's own
+        (tests and benchmarks run the checkout they were started from)."""
         self.env, self.repo, self.work = env, Path(repo).resolve(), Path(work)
+        self.code = None if code is None else Path(code).resolve()
         self.proc: subprocess.Popen | None = None
         self.http_port = self.grpc_port = self.metrics_port = 0
         self.log = self.work / "tritonserver.log"
@@ -133,6 +137,8 @@ class TritonServer:
                "PATH": f"{self.env.venv / 'bin'}:{os.environ.get('PATH', '')}", "PYTHONNOUSERSITE": "1",
                "OMP_NUM_THREADS": "1"}
         env.pop("PYTHONPATH", None)
+        if self.code is not None:
+            env["PYTHONPATH"] = str(self.code)
         args = [str(self.env.binary), f"--model-repository={self.repo}", f"--backend-directory={backends}",
                 f"--cache-directory={self.env.server_root / 'caches'}", "--http-address=127.0.0.1",
                 f"--http-port={self.http_port}", "--grpc-address=127.0.0.1", f"--grpc-port={self.grpc_port}",

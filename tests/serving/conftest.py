@@ -34,7 +34,21 @@ def serving_env():
 def cpu_repo(serve_bundle, tmp_path_factory):
     from odelt.serving.repository import RepoOptions, write_repository
 
-    return write_repository(serve_bundle, tmp_path_factory.mktemp("repo") / "cpu", RepoOptions(engines="cpu"))
+    return write_repository(serve_bundle, tmp_path_factory.mktemp("repo") / "cpu", RepoOptions(engines="cpu", sampler="bls"))
+
+
+@pytest.fixture(scope="session")
+def engine_repo(serve_bundle, tmp_path_factory):
+    from odelt.serving.repository import RepoOptions, write_repository
+
+    return write_repository(serve_bundle, tmp_path_factory.mktemp("repo") / "engine", RepoOptions(sampler="engine"))
+
+
+def checkout():
+    """This checkout: the server's models import its odelt (the serving environment may hold another)."""
+    from pathlib import Path
+
+    return Path(__file__).resolve().parents[2]
 
 
 def validate(env, repo) -> subprocess.CompletedProcess:
@@ -47,7 +61,7 @@ def validate(env, repo) -> subprocess.CompletedProcess:
 def server(serving_env, cpu_repo, tmp_path_factory):
     from odelt.serving.server import TritonServer
 
-    s = TritonServer(serving_env, cpu_repo, tmp_path_factory.mktemp("triton"))
+    s = TritonServer(serving_env, cpu_repo, tmp_path_factory.mktemp("triton"), code=checkout())
     try:
         s.start().wait_ready(180)
         yield s

@@ -8,6 +8,7 @@ import shutil
 import pytest
 
 from odelt.cli import main
+from odelt.errors import ConfigError
 from odelt.bundle.bundle import open_bundle
 from odelt.bundle.iospec import segments_spec
 from odelt.serving.repository import RepoOptions, write_repository
@@ -50,7 +51,8 @@ def _with_fake_tensorrt_set(bundle, tmp_path):
 @pytest.mark.parametrize("engines", ["cpu", "onnxruntime", "tensorrt"])
 def test_every_config_passes_tritons_schema(engines, serve_bundle, serving_env, tmp_path):
     bundle = _with_fake_tensorrt_set(serve_bundle, tmp_path) if engines == "tensorrt" else serve_bundle
-    repo = write_repository(bundle, tmp_path / "repo", RepoOptions(engines=engines, instances=2, max_batch=4))
+    repo = write_repository(bundle, tmp_path / "repo", RepoOptions(engines=engines, instances=2, max_batch=4,
+                                                                   sampler="bls"))
     r = validate(serving_env, repo)
     assert r.returncode == 0, r.stderr
     kind = {"cpu": "python", "onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[engines]
@@ -61,6 +63,21 @@ def test_every_config_passes_tritons_schema(engines, serve_bundle, serving_env, 
     if engines == "tensorrt":
         assert "KIND_GPU" in cond and 'profile: ["0"]' in cond and (repo / "odelt_cond/1/model.plan").is_file()
         assert "batch min/opt/max 1/4/8" in cond
+
+
+def test_the_engine_mode_writes_one_decoupled_sampler_and_passes_the_schema(serve_bundle, serving_env, tmp_path):
+    repo = write_repository(serve_bundle, tmp_path / "repo", RepoOptions(max_batch=4, window_ms=1.5))   # the default
+    r = validate(serving_env, repo)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["odelt_sampler: python, max_batch_size 0"]
+    config = (repo / "odelt_sampler" / "config.pbtxt").read_text()
+    for line in ("decoupled: true", '"engine"', '"ort"', '"1.5"', "count: 1"):
+        assert line in config
+    bundle = repo / "odelt_sampler" / "1" / "bundle"
+    assert sorted(p.name for p in (bundle / "segments").iterdir()) == ["blocks_0-1.onnx", "blocks_2-3.onnx",
+                                                                        "cond.onnx", "head.onnx"]
+    with pytest.raises(ConfigError, match="--sampler must be one of"):
+        write_repository(serve_bundle, tmp_path / "x", RepoOptions(sampler="fast"))
 
 
 def test_schema_check_rejects_a_misspelt_field(cpu_repo, serving_env, tmp_path):
@@ -91,7 +108,7 @@ def _error(argv, capsys) -> str:
 
 def test_cli_writes_once_and_refuses_to_overwrite(serve_bundle, tmp_path, capsys):
     out = tmp_path / "repo"
-    main(["triton", str(serve_bundle), "--out", str(out)])
+    main(["triton", str(serve_bundle), "--out", str(out), "--sampler", "bls"])
     assert "5 models" in capsys.readouterr().out
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     assert "already exists; pass --force" in _error(["triton", str(serve_bundle), "--out", str(out)], capsys)
@@ -101,6 +118,6 @@ def test_cli_writes_once_and_refuses_to_overwrite(serve_bundle, tmp_path, capsys
         ["triton", str(serve_bundle), "--out", str(tmp_path / "i"), "--instances", "0"], capsys)
     assert "--max-batch 16 exceeds the TensorRT profile's batch max 8" in _error(
         ["triton", str(serve_bundle), "--out", str(tmp_path / "m"), "--engines", "tensorrt", "--max-batch", "16"], capsys)
-    main(["triton", str(serve_bundle), "--out", str(out), "--force", "--layout", "segments"])
+    main(["triton", str(serve_bundle), "--out", str(out), "--force", "--layout", "segments", "--sampler", "bls"])
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]     # no temporary folder left

@@ -160,7 +160,7 @@ def test_kill_mid_load_leaves_the_repository_intact_and_a_restart_serves(server,
     stop.set()
     assert len(ended) == 4                                  # every client saw the server die, none hung
     assert _digest(cpu_repo) == before
-    again = TritonServer(server.env, cpu_repo, tmp_path / "work")
+    again = TritonServer(server.env, cpu_repo, tmp_path / "work", code=server.code)
     try:
         again.start().wait_ready(180)
         client = Client(again.url)
