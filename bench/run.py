@@ -34,6 +34,7 @@ GROUPS: dict[str, str] = {
     "serving": "serving",
     "deadline": "deadline",
     "latent": "latent",
+    "cpu": "cpu",
 }
 
 
