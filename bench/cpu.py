@@ -20,8 +20,8 @@ load changes hit all of them), median. Accuracy: the final sample of a 4-step Eu
 relative to that sample's RMS. The guard: relative RMSE <= the project's quantize limit for the
 path's precision class (odelt.calibration.quantize.MAX_RMSE: 0.05 for int8 paths, 0.01 for every
 other path). GFLOP/s: the forward's flops (PyTorch's flop counter on the same model) / time, and
-that over the same library's GEMM peak at that precision (cpu_paths.gemm_peaks, 1024^3, measured
-in this run before the workloads).
+that over the same library's GEMM peak at that precision (cpu_paths.gemm_calls: 1024^3, timed in
+the same round-robin as the paths, so load hits both alike).
 
     PYTHONPATH=$PWD .venv/bin/python bench/run.py --only cpu [--quick] --out FILE.json
 """
@@ -43,7 +43,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cpu_paths import TimedPath, forward_flops, gemm_peaks, ort_path, ov_path, torch_path  # noqa: E402
+from cpu_paths import (
+    GEMM_N,
+    TimedPath,
+    forward_flops,
+    gemm_calls,
+    ort_path,
+    ov_path,
+    torch_path,
+)
 
 ISA_FLAGS = ("avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16",
              "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
@@ -53,8 +61,7 @@ MAIN_BATCH = 8
 
 @dataclass(frozen=True)
 class Setting:
-    repeats: int                         # timed rounds (every path once per round)
-    gemm_repeats: int
+    repeats: int                         # timed rounds (every path and every GEMM probe once per round)
     calib_samples: int                   # quantize_bundle: calibration noise samples
     eval_samples: int                    # quantize_bundle: held-out samples of its guard
     schedule: str                        # quantize_bundle: the calibration / guard schedule
@@ -64,11 +71,10 @@ class Setting:
 
 def setting(quick: bool, smoke: bool) -> Setting:
     if smoke:      # seconds: a tiny DiT instead of DiT-S/2, no torch.compile
-        return Setting(3, 2, 2, 2, "uniform:euler:2", (("tiny", MAIN_BATCH),), False)
+        return Setting(3, 2, 2, "uniform:euler:2", (("tiny", MAIN_BATCH),), False)
     if quick:      # the CI setting, < ~5 minutes on the 2-core machine
-        return Setting(5, 3, 4, 4, "uniform:euler:2", (("dits2", MAIN_BATCH), ("dits2", 1)), True)
-    return Setting(15, 5, 8, 8, "uniform:euler:4", (("dits2", MAIN_BATCH), ("dits2", 1), ("digits", MAIN_BATCH)),
-                   True)
+        return Setting(5, 4, 4, "uniform:euler:2", (("dits2", MAIN_BATCH),), True)
+    return Setting(9, 4, 4, "uniform:euler:4", (("dits2", MAIN_BATCH), ("dits2", 1), ("digits", MAIN_BATCH)), True)
 
 
 # -- the machine ------------------------------------------------------------------------------------
@@ -97,6 +103,7 @@ def unsupported(precision: str, isa: tuple[str, ...]) -> str | None:
 def load_model(key: str):
     """(DiT in eval mode, its full length, what its weights are)."""
     import torch
+
     from odelt.models import DiT
     from odelt.models.config import PRESETS, DiTConfig
 
@@ -201,7 +208,7 @@ def guard_limit(precision: str) -> float:
 
 # -- one workload -----------------------------------------------------------------------------------
 def bench_workload(model, length: int, graphs: dict[str, Path], batch: int, isa: tuple[str, ...], s: Setting,
-                   peaks: dict) -> dict:
+                   gemms: dict) -> dict:
     cfg = model.config
     rng = np.random.default_rng(0)
     noise = rng.standard_normal((batch, cfg.in_channels, cfg.input_size, cfg.input_size)).astype(np.float32)
@@ -217,6 +224,7 @@ def bench_workload(model, length: int, graphs: dict[str, Path], batch: int, isa:
                 path = make_path(name, graphs, model, length, extras, noise)
                 path.call(noise, np.full((batch,), 0.5, np.float32))         # compiles / prepacks here
                 out[f"{name}_first_call_s"] = round(time.perf_counter() - t0, 1)
+                out.update({f"{name}_{k}": v for k, v in path.info.items()})
                 paths[name] = path
             except Exception as e:  # noqa: BLE001
                 status = f"error: {type(e).__name__}: {e}".splitlines()[0][:300]
@@ -228,14 +236,18 @@ def bench_workload(model, length: int, graphs: dict[str, Path], batch: int, isa:
     ref_rms = float(np.sqrt(np.mean(ref ** 2)))
     out["ref_sample_rms"] = round(ref_rms, 4)
     t_mid = np.full((batch,), 0.5, np.float32)
-    times: dict[str, list[float]] = {name: [] for name in paths}
+    calls = {**{name: lambda p=path: p.call(noise, t_mid) for name, path in paths.items()},
+             **{("gemm", *key): call for key, call in gemms.items()}}
+    times: dict = {name: [] for name in calls}
     load = os.getloadavg()[0]
     for _ in range(s.repeats):
-        for name, path in paths.items():
+        for name, call in calls.items():
             t0 = time.perf_counter()
-            path.call(noise, t_mid)
+            call()
             times[name].append(time.perf_counter() - t0)
     out["load_avg_before_after"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+    peaks = {key: 2.0 * GEMM_N ** 3 / statistics.median(times[("gemm", *key)]) / 1e9 for key in gemms}
+    out.update({f"peak_gflops_{lib}_{prec}": round(v, 1) for (lib, prec), v in peaks.items()})
     base = statistics.median(times["ort_fp32"])
     for name, path in paths.items():
         med = statistics.median(times[name])
@@ -303,8 +315,8 @@ def _measure(s: Setting, isa: tuple[str, ...], tmp: Path) -> dict:
     for n in PATHS:
         if path_status(n, isa, s) is None:
             needed.setdefault(PATHS[n][0], set()).add(PATHS[n][1])
-    peaks = gemm_peaks({k: tuple(sorted(v)) for k, v in needed.items()}, s.gemm_repeats, tmp)
-    out = {f"cpu_peak_gflops_{lib}_{prec}": round(v, 1) for (lib, prec), v in peaks.items()}
+    gemms = gemm_calls({k: tuple(sorted(v)) for k, v in needed.items()}, tmp)
+    out: dict = {}
     models: dict = {}
     for key, batch in s.workloads:
         if key not in models:
@@ -317,7 +329,7 @@ def _measure(s: Setting, isa: tuple[str, ...], tmp: Path) -> dict:
         model, length, graphs = models[key]
         print(f"cpu: {key} b{batch}: paths", file=sys.stderr, flush=True)
         prefix = f"cpu_{key}_b{batch}_"
-        out.update({prefix + k: v for k, v in bench_workload(model, length, graphs, batch, isa, s, peaks).items()})
+        out.update({prefix + k: v for k, v in bench_workload(model, length, graphs, batch, isa, s, gemms).items()})
     head = f"{s.workloads[0][0]}_b{MAIN_BATCH}"
     found = best(out, f"cpu_{head}_")
     out.update({f"cpu_{k}_{head}": v for k, v in found.items()})

@@ -10,11 +10,9 @@ torch.set_num_threads(1). Heavy libraries are imported inside the functions that
 
 from __future__ import annotations
 
-import statistics
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -27,6 +25,7 @@ class TimedPath:
     library: str                   # "ort" | "openvino" | "torch": whose GEMM peak it is compared with
     precision: str                 # "fp32" | "fp16" | "bf16" | "int8"
     call: Call
+    info: dict = field(default_factory=dict)   # what the library made of the graph (figures)
 
 
 # -- ONNX Runtime -----------------------------------------------------------------------------------
@@ -59,13 +58,26 @@ def ov_path(graph: Path, precision: str, hint: str, extras: dict[str, np.ndarray
     model = core.read_model(str(graph))
     model.reshape({"x": ov.PartialShape([batch, *shape]), "t": ov.PartialShape([batch]),
                    "dt_base": ov.PartialShape([batch]), "y": ov.PartialShape([batch])})
-    request = core.compile_model(model, "CPU", ov_config(hint)).create_infer_request()
+    compiled = core.compile_model(model, "CPU", ov_config(hint))
+    request = compiled.create_infer_request()
 
     def call(x: np.ndarray, t: np.ndarray) -> np.ndarray:
         request.infer({"x": x, "t": t, **extras})
         return np.array(request.get_output_tensor(0).data, np.float32)
 
-    return TimedPath("openvino", precision, call)
+    return TimedPath("openvino", precision, call, {"products_by_precision": product_precisions(compiled)})
+
+
+def product_precisions(compiled) -> str:
+    """How many of the compiled model's products (FullyConnected, MatMul, Convolution) run at each
+    precision, e.g. "f32:27 i8:48": whether OpenVINO really ran our Q/DQ layers as INT8."""
+    counts: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if rt["layerType"].astype(str) in ("FullyConnected", "MatMul", "Convolution"):
+            key = rt["runtimePrecision"].astype(str)
+            counts[key] = counts.get(key, 0) + 1
+    return " ".join(f"{k}:{v}" for k, v in sorted(counts.items()))
 
 
 # -- PyTorch ----------------------------------------------------------------------------------------
@@ -132,46 +144,40 @@ def _gemm_graph(precision: str, zero_point: str = "int8"):
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _time(fn: Callable[[], object], repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def gemm_peaks(precisions: dict[str, tuple[str, ...]], repeats: int, tmp: Path) -> dict[tuple[str, str], float]:
-    """{(library, precision): GFLOP/s of the N x N GEMM}, one thread. `precisions`: library -> the
-    precisions its paths use (only those are probed). OpenVINO reads the graphs from files in `tmp`."""
+def gemm_calls(precisions: dict[str, tuple[str, ...]], tmp: Path) -> dict[tuple[str, str], Callable[[], object]]:
+    """{(library, precision): one call of the N x N GEMM (2 N^3 flops)}, one thread, to be timed beside
+    the paths (so that load changes hit both). `precisions`: library -> the precisions its paths use
+    (only those are probed). OpenVINO reads the graphs from files in `tmp`."""
     import onnx
 
-    flops, out = 2.0 * GEMM_N ** 3, {}
+    out: dict = {}
     x = np.random.default_rng(1).standard_normal((GEMM_N, GEMM_N)).astype(np.float32)
     for precision in precisions.get("ort", ()):
         from odelt.onnxrt import open_session
 
-        model = _gemm_graph(precision, zero_point="uint8")        # uint8 activations: ORT's fast kernel
-        session = open_session(model, threads=1)
+        session = open_session(_gemm_graph(precision, zero_point="uint8"), threads=1)  # u8 acts: ORT's fast kernel
         xi = x.astype(np.float16) if precision == "fp16" else x
-        out["ort", precision] = flops / _time(lambda s=session, v=xi: s.run(None, {"x": v}), repeats) / 1e9
+        out["ort", precision] = lambda s=session, v=xi: s.run(None, {"x": v})
     for precision in precisions.get("openvino", ()):
         import openvino as ov
 
-        core = ov.Core()
-        hint = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f16"}[precision]
         path = tmp / f"gemm-{precision}.onnx"
         onnx.save(_gemm_graph("int8" if precision == "int8" else "fp32"), str(path))
-        model = core.read_model(str(path))
-        request = core.compile_model(model, "CPU", ov_config(hint)).create_infer_request()
-        out["openvino", precision] = flops / _time(lambda r=request: r.infer({"x": x}), repeats) / 1e9
+        hint = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f16"}[precision]
+        request = ov.Core().compile_model(str(path), "CPU", ov_config(hint)).create_infer_request()
+        out["openvino", precision] = lambda r=request: r.infer({"x": x})
     for precision in precisions.get("torch", ()):
         import torch
 
         dtype = torch.bfloat16 if precision == "bf16" else torch.float32
         a = torch.from_numpy(x).to(dtype)
         b = a.t().contiguous()
-        with torch.inference_mode():
-            out["torch", precision] = flops / _time(lambda: torch.mm(a, b), repeats) / 1e9
+
+        def mm(a=a, b=b):
+            with torch.inference_mode():
+                return torch.mm(a, b)
+
+        out["torch", precision] = mm
+    for call in out.values():
+        call()                                     # warm-up: prepacked weights, compiled kernels
     return out
