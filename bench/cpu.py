@@ -337,6 +337,21 @@ def _measure(s: Setting, isa: tuple[str, ...], tmp: Path) -> dict:
     return out
 
 
+def table(fig: dict, workload: str) -> str:
+    """A markdown table of one workload's paths from a run's figures (docs/cpu.md is made with this)."""
+    prefix = f"cpu_{workload}_"
+    rows = ["| path | ms | vs ORT FP32 | rel. RMSE, 4-step sample | guard | GFLOP/s | of library peak |",
+            "|---|---|---|---|---|---|---|"]
+    for name in PATHS:
+        if f"{prefix}{name}_ms" in fig:
+            g = lambda k: fig[f"{prefix}{name}_{k}"]
+            rows.append(f"| {name} | {g('ms'):.1f} | {g('speedup'):.2f} | {g('rmse_rel'):.3g} | {g('guard')} | "
+                        f"{g('gflops'):.1f} | {g('peak_frac'):.0%} |")
+        else:
+            rows.append(f"| {name} | {fig.get(f'{prefix}{name}_status', 'not run')} | | | | | |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
@@ -345,7 +360,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="CI setting: under ~5 minutes")
     parser.add_argument("--smoke", action="store_true", help="a tiny DiT, few repeats, no torch.compile: seconds")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table", type=Path, metavar="FILE.json", help="print the markdown tables of a run's JSON")
     args = parser.parse_args(argv)
+    if args.table:
+        fig = json.loads(args.table.read_text())
+        for w in sorted({k.split("_ort_fp32_ms")[0][4:] for k in fig if k.endswith("_ort_fp32_ms")}):
+            print(f"\n{w}:\n\n{table(fig, w)}")
+        return
     figures = run(args.quick, args.smoke)
     text = json.dumps(figures, indent=1)
     if args.out:
