@@ -344,9 +344,9 @@ def table(fig: dict, workload: str) -> str:
             "|---|---|---|---|---|---|---|"]
     for name in PATHS:
         if f"{prefix}{name}_ms" in fig:
-            g = lambda k: fig[f"{prefix}{name}_{k}"]
-            rows.append(f"| {name} | {g('ms'):.1f} | {g('speedup'):.2f} | {g('rmse_rel'):.3g} | {g('guard')} | "
-                        f"{g('gflops'):.1f} | {g('peak_frac'):.0%} |")
+            ms, up, rmse, guard, gflops, frac = (fig[f"{prefix}{name}_{k}"] for k in
+                                                 ("ms", "speedup", "rmse_rel", "guard", "gflops", "peak_frac"))
+            rows.append(f"| {name} | {ms:.1f} | {up:.2f} | {rmse:.3g} | {guard} | {gflops:.1f} | {frac:.0%} |")
         else:
             rows.append(f"| {name} | {fig.get(f'{prefix}{name}_status', 'not run')} | | | | | |")
     return "\n".join(rows)
