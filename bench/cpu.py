@@ -28,6 +28,7 @@ the same round-robin as the paths, so load hits both alike).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import statistics
@@ -176,6 +177,8 @@ def path_status(name: str, isa: tuple[str, ...], s: Setting) -> str | None:
     computes in: ort_fp16 runs anywhere (ONNX Runtime's own kernels), OpenVINO and torch need BF16 / FP16."""
     library, precision, _, extra = PATHS[name]
     if library == "openvino":
+        if importlib.util.find_spec("openvino") is None:
+            return "unsupported: openvino is not installed (pip install openvino)"
         return unsupported(HINT_PRECISION[extra], isa)
     if library == "torch":
         if extra[0] and not s.compile:
@@ -293,12 +296,13 @@ def run(quick: bool = False, smoke: bool = False, **_) -> dict:
 
     s = setting(quick, smoke)
     name, isa = cpu_info()
-    import openvino as ov
-
     figures: dict = {"cpu_model_name": name, "cpu_isa": " ".join(isa),
-                     "cpu_openvino_capabilities": " ".join(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
                      "cpu_guard_limit_int8": guard_limit("int8"), "cpu_guard_limit_other": guard_limit("fp32"),
                      "cpu_repeats": s.repeats, "cpu_load_avg_start": round(os.getloadavg()[0], 2)}
+    if importlib.util.find_spec("openvino") is not None:
+        import openvino as ov
+
+        figures["cpu_openvino_capabilities"] = " ".join(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
