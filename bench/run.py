@@ -43,6 +43,7 @@ GROUPS: dict[str, str] = {
     "serving": "serving",
     "deadline": "deadline",
     "latent": "latent",
+    "cpu": "cpu",
 }
 
 
