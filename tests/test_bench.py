@@ -71,7 +71,7 @@ def test_a_group_without_a_smoke_setting_is_an_error(monkeypatch):
 def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "smoke.json"
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=1500)
+                       capture_output=True, text=True, timeout=3600)
     return r, (json.loads(out.read_text()) if out.is_file() else {})
 
 
