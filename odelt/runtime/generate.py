@@ -94,7 +94,7 @@ def decode_result(manifest: Bundle, res: GenerateResult, opts: GenerateOptions) 
         return res
     from odelt.runtime.backends.decoder import decoder_dtype, open_decoder
 
-    with open_decoder(manifest, opts.decoder, opts.precision, opts.threads) as dec:
+    with open_decoder(manifest, opts.decoder, opts.precision, opts.threads, backend=opts.backend) as dec:
         images = dec.decode(res.images, opts.batch)
     res.latents, res.images = res.images, images
     # the decoder's own precision: an int8 run decodes in FP16 or FP32, never INT8
