@@ -42,6 +42,11 @@ def engine_entry(manifest: Bundle, precision: str, engine_set: str | None = None
     return (found[0][1], sets[found[0][1]]) if found else None
 
 
+def openvino_precisions(manifest: Bundle) -> tuple[str, ...]:
+    """Precisions of the bundle's OpenVINO sets (what `profile --backend openvino` times by default)."""
+    return tuple(sorted({str(v["precision"]) for v in manifest.engine_sets.values() if v.get("backend") == NAME}))
+
+
 def _missing(manifest: Bundle, precision: str) -> BackendUnavailable:
     return BackendUnavailable(f"{manifest.root} has no {precision} OpenVINO engines; run `odelt-export build "
                               f"BUNDLE --backend openvino --precision {precision}` first")

@@ -26,11 +26,12 @@ class Candidate:
     schedule: str                  # schedule artifact name or file
     solver: str
     lengths: tuple[int, ...]       # the length of every network call, in order (len = NFE)
-    precision: str                 # "fp32" | "fp16" | "int8"
+    precision: str                 # "fp32" | "fp16" | "int8" (| "bf16": OpenVINO)
     error: float                   # held-out RMSE to the teacher (lower is better; image space with a decoder)
     fd: float | None = None        # FD-digits, when measured
     decoder: str | None = None     # decoder kind ("sd" | "taesd") of a latent plan; None: latents only
     decoder_precision: str = "fp32"
+    backend: str = "ort"           # the runtime backend that runs it (odelt.runtime.budget.axes)
 
     @property
     def nfe(self) -> int:
