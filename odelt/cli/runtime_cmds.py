@@ -88,9 +88,10 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, g
         per_batch = 1e3 * (st.wall_s + decode_s) / max(1, -(-n // batch))
         share = res.plan.decode_share()
         decoding = f" (decoder {share[0]:.2f} ms, {share[1]:.1%} of the end-to-end median)" if share else ""
-        click.echo(f"first plan {res.plan.candidate.name} ({res.plan.candidate.backend}) for budget {budget_ms:g} ms: predicted "
+        click.echo(f"first plan {res.plan.candidate.name} for budget {budget_ms:g} ms: predicted "
                    f"{res.plan.predicted_ms:.2f} ms at quantile {quantile:g} per batch of {batch}{decoding}; "
-                   f"measured {per_batch:.2f} ms per batch (mean{', decoding included' if share else ''})")
+                   f"measured {per_batch:.2f} ms per batch (mean{', decoding included' if share else ''}); "
+                   f"backend {res.plan.candidate.backend}")
         click.echo(res.stream.summary())
         if log:
             from odelt.fileio import write_text_atomic

@@ -21,26 +21,26 @@ from odelt.bundle.bundle import Bundle
 from odelt.errors import ConfigError, OdeltError
 from odelt.runtime.backends import BACKENDS
 from odelt.runtime.budget.planner import Candidate
-from odelt.runtime.budget.profile import load_profile
+from odelt.runtime.budget.profile import device_description, device_id, load_profile
 
 HINTED = ("bf16", "fp16")          # OpenVINO precisions lowered from the FP32 graphs
 
 
 def load_profiles(manifest: Bundle, backends: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
     """{backend: this device's profile}: the named backends (each must have one), or every backend
-    with a profile here (at least one)."""
+    with a profile here (at least one; without any, ONNX Runtime's one-line error). A profile that
+    is there but broken is refused, not skipped."""
     if backends is not None:
         return {b: load_profile(manifest, backend=b) for b in backends}
     out: dict[str, dict[str, Any]] = {}
     for b in sorted(BACKENDS):
         try:
-            out[b] = load_profile(manifest, backend=b)
-        except OdeltError:           # no profile of it here, or its library is not installed
+            want = device_id(device_description(b))
+        except OdeltError:           # its library is not installed here
             continue
-    if not out:
-        raise ConfigError(f"{manifest.root}: no profile for this device; run `odelt-export profile "
-                          f"{manifest.root} --backend ort` (or another backend) on this device first")
-    return out
+        if (manifest.root / "profile" / f"{want}.json").is_file():
+            out[b] = load_profile(manifest, backend=b)
+    return out or {"ort": load_profile(manifest, backend="ort")}
 
 
 def hinted_error(manifest: Bundle, precision: str) -> float | None:

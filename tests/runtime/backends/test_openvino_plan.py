@@ -100,3 +100,10 @@ def test_generate_runs_the_backend_the_plan_names(planned, monkeypatch):
     res = generate_from_bundle(planned.root, GenerateOptions(n=2, batch=1, budget_ms=1e6, threads=1,
                                                              plan_backends=("ort",), control="open"))
     assert res.plan.candidate.backend == "ort" and opened == []
+
+
+def test_generate_cli_reports_the_backend(planned, run_cli, tmp_path):
+    r = run_cli(["generate", planned.root, "-n", "1", "--batch", "1", "--threads", "1", "--budget-ms", "1e6",
+                 "--backend", "openvino", "--out", tmp_path / "g.png"])
+    assert r.code == 0, r.err
+    assert "@openvino for budget" in r.out and "backend openvino" in r.out
