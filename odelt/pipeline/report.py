@@ -183,16 +183,27 @@ def write_report(path: Path, facts: dict) -> Path:
     lines += ["Predicted from the stored profile (which chose the plan), and from a profile of the plan's",
               "calls taken just before it ran (the difference is the machine's speed drifting).", ""]
     decoding = any("decoder" in r for r in facts["runs"])
-    lines += md_table(["budget ms", "plan", "precision", "NFE", "RMSE", "predicted ms", "measured ms", "error",
-                        "re-profiled ms", "error"] + (["decoder", "decode ms", "decoder share"] if decoding else []),
-                       [[r["budget_ms"], r["plan"], r["precision"], r["nfe"], f"{r['error']:.4f}",
+    lines += md_table(["budget ms", "plan", "backend", "precision", "NFE", "RMSE", "predicted ms", "measured ms",
+                        "error", "re-profiled ms", "error"] + (["decoder", "decode ms", "decoder share"] if decoding else []),
+                       [[r["budget_ms"], r["plan"], r.get("backend", "ort"), r["precision"], r["nfe"], f"{r['error']:.4f}",
                          f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}",
                          f"{abs(r['measured_ms'] - r['predicted_ms']) / r['measured_ms']:.1%}"]
                         + _now(r) + (_decoding(r) if decoding else []) for r in facts["runs"]])
+    lines += _backend_lines(facts)
     lines += ["", "![pareto](pareto.png)", ""] + [f"![{r['plan']}]({r['grid']})" for r in facts["runs"]]
     lines += _deadline_lines(facts.get("deadline"))
     lines += latent_lines(facts.get("latent_quality"))
     return write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _backend_lines(facts: dict) -> list[str]:
+    """Which backend won each budget, when the plans were chosen across several."""
+    profiles = facts.get("profiles") or {}
+    if len(profiles) < 2:
+        return []
+    won = ", ".join(f"{r['budget_ms']:g} ms: {r.get('backend', 'ort')} ({r['precision']})" for r in facts["runs"])
+    return ["", f"Plans were chosen across backends {', '.join(sorted(profiles))} (each predicted from its own "
+                f"profile on this device); the backend that won each budget: {won}."]
 
 
 def _rtx_lines(rtx: dict) -> list[str]:

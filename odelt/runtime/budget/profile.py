@@ -266,7 +266,8 @@ def predict_now(manifest: Bundle, candidate: Any, batch: int, threads: int = 1,
     that decodes adds `decode_ms` (the stored profile's: re-timing a decoder takes seconds)."""
     from odelt.runtime.budget.planner import predict_ms
 
-    now = profile_bundle(manifest, "ort", (batch,), (candidate.precision,), repeats=20, threads=threads,
+    now = profile_bundle(manifest, getattr(candidate, "backend", "ort"), (batch,), (candidate.precision,), repeats=20,
+                         threads=threads,
                          time_graphs=False, decoder_repeats=None)
     return predict_ms(candidate, call_cost(now), batch, *host_overheads(now), decode_ms)
 
