@@ -56,6 +56,7 @@ def run(quick: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         results = [bench_model(n, "segments", 5 if quick else 11, Path(tmp)) for n in models]
         out = _rtx(Path(tmp), quick)
+        out.update(_openvino(Path(tmp), quick))
     for r in results:
         key = "" if r["model"] == "digits" else "_" + r["model"].replace("/", "").replace("-", "").lower()
         out[f"ort_engine_startup_speedup{key}"] = round(r["ort_engine_startup_speedup"], 3)
@@ -72,6 +73,16 @@ def _rtx(work: Path, quick: bool) -> dict:
     import rtx_engines  # bench/ is on the path (bench/run.py)
 
     return rtx_engines.run(work, quick)
+
+
+def _openvino(work: Path, quick: bool) -> dict:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return {"openvino_skipped": "openvino not installed (the `openvino` extra)"}
+    import openvino_load  # bench/ is on the path (bench/run.py)
+
+    return openvino_load.run(work, quick)
 
 
 def main(argv: list[str] | None = None) -> None:

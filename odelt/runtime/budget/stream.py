@@ -207,7 +207,7 @@ def stream_for_bundle(manifest: Bundle, stack: ExitStack, budget_ms: float, batc
     def make(c: Candidate) -> Sampler:
         key = (c.backend, c.precision)
         if key not in backends:
-            options = {"layout": layout, "lengths": tuple(manifest.lengths), "precision": c.precision,
+            options: dict[str, Any] = {"layout": layout, "lengths": tuple(manifest.lengths), "precision": c.precision,
                        **({"threads": threads} if c.backend in ("ort", "openvino") else {})}
             backends[key] = stack.enter_context(open_backend(c.backend, manifest, **options))
         return Sampler(backends[key], manifest, schedules[c.schedule], guidance_scale, use_tables=tables)
