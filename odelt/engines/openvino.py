@@ -3,12 +3,13 @@ saved as OpenVINO's compiled-model blob (`CompiledModel.export_model`) with a JS
 
 Loading. Two ways skip compilation at load: importing the exported blob (`Core.import_model`, here
 from a memory map of the file), or compiling from the ONNX file with a model cache (`CACHE_DIR`),
-which hashes the graph and then imports its own cached blob. Measured side by side with
-engines.openvino.measure_load (bench/openvino_load.py; 2-core AMD EPYC, AVX2, one thread, a shared
-machine): DiT-S/2 per-length l=12 import 1755 ms vs cache 1778 ms (compile ~3-4 s); import from
-bytes read into Python first was 2739 ms, slower than the cache, so the blob is memory-mapped. The
-two mapped ways cost the same; the blob wins on being a plain file inside the set, hashed and
-recorded by the bundle like every engine, with nothing outside the bundle to go stale.
+which hashes the graph and then loads its own cached blob. Measured side by side
+(bench/openvino_load.py: every segments graph, fresh Core each, median of 7, summed; 2-core AMD EPYC,
+AVX2, shared machine): DiT-S/2 import 493 ms, cache 555 ms, compile 1791 ms; digits 460 / 456 / 2105 ms.
+Import from bytes read into Python first was slower than the cache (DiT-S/2 l=12 graph: 2739 vs
+1778 ms; mapped: 1755 ms), so the blob is memory-mapped. Import is as fast or faster, and the blob
+is a plain file inside the set, hashed and recorded by the bundle like every engine, with nothing
+outside the bundle to go stale: engines are blobs.
 
 Precision. fp32 / bf16 / fp16 set OpenVINO's INFERENCE_PRECISION_HINT (f32 / bf16 / f16) on the
 bundle's FP32 graphs; int8 compiles the bundle's Q/DQ variant (trt flavour: symmetric signed, or the
