@@ -107,3 +107,13 @@ def test_generate_cli_reports_the_backend(planned, run_cli, tmp_path):
                  "--backend", "openvino", "--out", tmp_path / "g.png"])
     assert r.code == 0, r.err
     assert "@openvino for budget" in r.out and "backend openvino" in r.out
+
+
+def test_profile_cli_times_the_openvino_sets(ov_src, run_cli, tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(ov_src, root)
+    r = run_cli(["profile", root, "--backend", "openvino", "--batch", "1", "--repeats", "2"])
+    assert r.code == 0, r.err
+    timed = sorted(line.split()[0] for line in r.out.splitlines() if "one call" in line)
+    assert timed == ["bf16", "fp32", "int8"]                 # the precisions of its sets, not the bundle's variants
+    assert load_profiles(open_bundle(root), ("openvino",))["openvino"]["device"]["openvino"]
