@@ -9,7 +9,7 @@ $(BIN)/odelt-export: pyproject.toml constraints.txt
 	$(BIN)/pip install -q --upgrade pip
 	# `rtx`: TensorRT-RTX, whose builder makes real engines without a GPU (the test suite builds some).
 	# `trt` (TensorRT) cannot install here and `gpu` (onnxruntime-gpu) would replace onnxruntime: not installed.
-	$(BIN)/pip install -q -c constraints.txt -e '.[test,rtx]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,rtx,openvino]'
 	# TensorRT type stubs for tools/make_trt_stubs.py. --no-deps: the wheel depends on `tensorrt`,
 	# which cannot install here (so it cannot sit in the `test` extra); --target: installed into
 	# site-packages it would leave an empty `tensorrt` namespace package that imports fine.

@@ -54,6 +54,7 @@ def run(quick: bool = False, smoke: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         results = [bench_model(n, "segments", 2 if smoke else 5 if quick else 11, Path(tmp)) for n in models]
         out = _rtx(Path(tmp), quick, smoke)
+        out.update(_openvino(Path(tmp), quick, smoke))
     for r in results:
         key = "" if r["model"] == "digits" else "_" + r["model"].replace("/", "").replace("-", "").lower()
         out[f"ort_engine_startup_speedup{key}"] = round(r["ort_engine_startup_speedup"], 3)
@@ -70,6 +71,16 @@ def _rtx(work: Path, quick: bool, smoke: bool = False) -> dict:
     import rtx_engines  # bench/ is on the path (bench/run.py)
 
     return rtx_engines.run(work, quick, smoke)
+
+
+def _openvino(work: Path, quick: bool, smoke: bool = False) -> dict:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return {"openvino_skipped": "openvino not installed (the `openvino` extra)"}
+    import openvino_load  # bench/ is on the path (bench/run.py)
+
+    return openvino_load.run(work, quick or smoke)
 
 
 def main(argv: list[str] | None = None) -> None:

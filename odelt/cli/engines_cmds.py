@@ -8,7 +8,7 @@ import click
 
 from odelt.cli import cli
 from odelt.cli.options import Count
-from odelt.engines.build import BACKENDS, BUILD_PRECISIONS
+from odelt.engines.build import BACKENDS, BUILD_PRECISIONS, OV_HINTED
 from odelt.engines.rtx_targets import RTX_TARGETS
 from odelt.engines.targets import TARGETS
 
@@ -28,10 +28,14 @@ from odelt.engines.targets import TARGETS
 @click.option("--dla", is_flag=True, help="TensorRT: put convolutions on the DLA (targets that have one)")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="TensorRT engine and timing cache (default $ODELT_ENGINE_CACHE or ~/.cache/odelt/trt)")
+@click.option("--device", default="CPU", show_default=True,
+              help="OpenVINO: CPU | GPU | NPU | AUTO (GPU and NPU are untested code paths)")
+@click.option("--max-rmse", type=float, default=None,
+              help="OpenVINO bf16/fp16: the accuracy guard's limit on final samples vs FP32 (default 0.01)")
 @click.option("--force", is_flag=True, help="rebuild an engine set that already exists")
 def build(bundle: str, backend: str, targets: tuple[str, ...], precision: str, ort_format: str, opt_level: int,
-          dla: bool, cache_dir: str | None, force: bool) -> None:
-    """Build ONNX Runtime, TensorRT or TensorRT-RTX engines for every graph of BUNDLE."""
+          dla: bool, cache_dir: str | None, device: str, max_rmse: float | None, force: bool) -> None:
+    """Build ONNX Runtime, TensorRT, TensorRT-RTX or OpenVINO engines for every graph of BUNDLE."""
     from odelt.engines.build import BuildRequest, build_bundle, describe
     from odelt.errors import ConfigError
 
@@ -41,5 +45,10 @@ def build(bundle: str, backend: str, targets: tuple[str, ...], precision: str, o
     req = BuildRequest(backend=backend, target=targets[0] if targets and not rtx else "desktop",
                        rtx_targets=(targets or ("portable",)) if rtx else ("portable",), precision=precision, force=force,
                        ort_format=ort_format, optimization_level=opt_level, use_dla=dla,
-                       cache_dir=Path(cache_dir) if cache_dir else None)
-    click.echo(f"{bundle}: {describe(req, build_bundle(bundle, req))}")
+                       cache_dir=Path(cache_dir) if cache_dir else None, device=device)
+    guard = None
+    if backend == "openvino" and precision in OV_HINTED:     # lowered by OpenVINO: checked on real samples
+        from odelt.calibration.ov_guard import OvGuard
+
+        guard = OvGuard.for_bundle(bundle, req, max_rmse)
+    click.echo(f"{bundle}: {describe(req, build_bundle(bundle, req, guard))}")

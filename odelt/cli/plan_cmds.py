@@ -24,10 +24,11 @@ def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple
             decoder_repeats: int) -> None:
     """Time every graph and every length's chain of BUNDLE on this device (and its decoders)."""
     from odelt.bundle.bundle import open_bundle
+    from odelt.runtime.backends.openvino import openvino_precisions
     from odelt.runtime.budget.profile import profile_bundle, save_profile
 
     manifest = open_bundle(bundle)
-    precs = precisions or manifest.precisions
+    precs = precisions or (openvino_precisions(manifest) if backend == "openvino" else manifest.precisions)
     shown = click.get_text_stream("stderr").isatty()     # progress on a terminal only, like the bars
     prof = profile_bundle(manifest, backend, batch, precs, repeats,
                           progress=(lambda what: click.echo(f"profiling {what} ...", err=True)) if shown else None,
@@ -51,8 +52,8 @@ def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple
               help="Images per batch: within the bundle's exported range and the profiled batches.")
 @click.option("--extrapolate", is_flag=True, help="Allow a batch outside the profiled batches (linear extrapolation).")
 @click.option("--device", default=None, help="Profile id to use (default: this device's).")
-@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="ort", show_default=True,
-              help="The backend the plan runs on: its profile is the one planned from.")
+@click.option("--backend", "backends", multiple=True, type=click.Choice(sorted(BACKENDS)),
+              help="Backends to plan across (default: every backend with a profile on this device).")
 @click.option("--quantile", type=QUANTILE, default=0.95, show_default=True,
               help="A plan fits when its predicted latency at this quantile is within the budget.")
 @click.option("--latents", is_flag=True, help="Latent bundles: plan for latents only (no decoder cost).")
@@ -61,8 +62,9 @@ def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple
 @click.option("--pareto", type=click.Path(dir_okay=False), default=None, help="Write a quality/latency plot.")
 @click.option("--json", "as_json", is_flag=True,
               help="Print the chosen plan and its prediction as one JSON object (the keys of `generate --log`).")
-def plan(bundle: str, budget_ms: float, batch: int, extrapolate: bool, device: str | None, backend: str,
-         quantile: float, latents: bool, decoders: tuple[str, ...], pareto: str | None, as_json: bool) -> None:
+def plan(bundle: str, budget_ms: float, batch: int, extrapolate: bool, device: str | None,
+         backends: tuple[str, ...], quantile: float, latents: bool, decoders: tuple[str, ...], pareto: str | None,
+         as_json: bool) -> None:
     """Choose the best-quality plan whose predicted latency fits --budget-ms (end to end: a latent
     bundle's plans include decoding the batch)."""
     from odelt.errors import ConfigError
@@ -72,20 +74,27 @@ def plan(bundle: str, budget_ms: float, batch: int, extrapolate: bool, device: s
     from odelt.runtime.budget.plans import load_candidates
     from odelt.runtime.budget.predict import Predictor
     from odelt.runtime.budget.profile import check_plan_batch, load_profile
+    from odelt.runtime.budget.axes import ByBackend, across_backends, load_profiles
 
     if latents and decoders:
         raise ConfigError(f"--latents plans without a decoder: expected --latents or --decoder, found both "
                           f"(--decoder {' '.join(decoders)})")
     manifest = open_bundle(bundle)
-    prof = load_profile(manifest, device, backend)
-    check_plan_batch(manifest, prof, batch, extrapolate)
-    candidates = load_candidates(manifest, decode=False if latents else None, decoders=decoders or None)
-    predictor = Predictor(prof, batch, quantile)
+    if device is not None:
+        prof = load_profile(manifest, device, backends[0] if len(backends) == 1 else "ort")
+        profiles = {str(prof.get("backend", "ort")): prof}
+    else:
+        profiles = load_profiles(manifest, backends or None)
+    for prof in profiles.values():
+        check_plan_batch(manifest, prof, batch, extrapolate)
+    candidates = across_backends(load_candidates(manifest, decode=False if latents else None,
+                                                 decoders=decoders or None), profiles, manifest)
+    predictor = ByBackend({b: Predictor(p, batch, quantile) for b, p in profiles.items()})
     choice = choose(candidates, budget_ms, predictor)
     if as_json:
         import json
 
-        click.echo(json.dumps({**prediction_record(choice.candidate, choice.predicted_ms, predictor),
+        click.echo(json.dumps({**prediction_record(choice.candidate, choice.predicted_ms, predictor.of(choice.candidate)),
                                "budget_ms": budget_ms}))
     else:
         click.echo(plan_table(choice))

@@ -22,7 +22,9 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, QUANTILE, SAMPLES
               help="Noise = numpy default_rng(seed).standard_normal((n,C,H,W)); labels i %% classes, or the null class of an unconditional model (odelt.ode.seeds).")
 @click.option("--guidance-scale", "--cfg-scale", "guidance_scale", type=FINITE, default=None,
               help="Classifier-free guidance scale (--cfg-scale is the old name).")
-@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default="ort", show_default=True)
+@click.option("--backend", type=click.Choice(sorted(BACKENDS)), default=None,
+              help="Runtime backend (default ort). With --budget-ms: plan on this backend only (default: "
+                   "every backend with a profile on this device).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default=None,
               help="Graph layout to run (default: segments when the bundle has it).")
 @click.option("--length", type=COUNT, default=None, help="Length for heuristic schedules (default: the longest).")
@@ -49,7 +51,7 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, QUANTILE, SAMPLES
 @click.option("--save-array", is_flag=True,
               help="Also write the samples (decoded images, not clamped; latents with --latents) as OUT with .npy suffix.")
 def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, guidance_scale: float | None,
-             backend: str, layout: str | None, length: int | None, threads: int, no_tables: bool,
+             backend: str | None, layout: str | None, length: int | None, threads: int, no_tables: bool,
              precision: str, budget_ms: float | None, extrapolate: bool, quantile: float, control: str,
              latents: bool, decoder: str | None, log: str | None, out: str, save_array: bool) -> None:
     """Sample images from an exported BUNDLE with the numpy runtime."""
@@ -61,7 +63,8 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, g
     from odelt.runtime.images import grid_image, save_npy, save_png
     from odelt.runtime.generate import GenerateOptions, generate_from_bundle
 
-    opts = GenerateOptions(schedule=schedule, n=n, batch=batch, seed=seed, guidance_scale=guidance_scale, backend=backend,
+    opts = GenerateOptions(schedule=schedule, n=n, batch=batch, seed=seed, guidance_scale=guidance_scale,
+                           backend=backend or "ort", plan_backends=(backend,) if backend else None,
                            layout=layout, length=length, threads=threads, tables=not no_tables,
                            precision=precision, budget_ms=budget_ms, extrapolate=extrapolate, quantile=quantile,
                            control=control, decode=not latents, decoder=decoder)
@@ -87,7 +90,8 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, g
         decoding = f" (decoder {share[0]:.2f} ms, {share[1]:.1%} of the end-to-end median)" if share else ""
         click.echo(f"first plan {res.plan.candidate.name} for budget {budget_ms:g} ms: predicted "
                    f"{res.plan.predicted_ms:.2f} ms at quantile {quantile:g} per batch of {batch}{decoding}; "
-                   f"measured {per_batch:.2f} ms per batch (mean{', decoding included' if share else ''})")
+                   f"measured {per_batch:.2f} ms per batch (mean{', decoding included' if share else ''}); "
+                   f"backend {res.plan.candidate.backend}")
         click.echo(res.stream.summary())
         if log:
             from odelt.fileio import write_text_atomic

@@ -5,6 +5,7 @@ Layout inside the bundle (one folder per engine set; a set is backend x target x
     BUNDLE/engines/ort-fp32/<graph>.onnx (+ .json record)            --backend ort
     BUNDLE/engines/tensorrt-orin-nano-fp16/<graph>.plan (+ .json)    --backend tensorrt
     BUNDLE/engines/tensorrt-rtx-portable-int8/<graph>.plan (+ .json) --backend tensorrt-rtx
+    BUNDLE/engines/openvino-cpu-bf16/<graph>.blob (+ .json)          --backend openvino --device CPU
 
 manifest.json gains `engines`: {set name: {"backend", "target", "precision", "dir",
 "graphs": {graph name: engine file relative to the bundle}, "built": backend facts}}.
@@ -20,6 +21,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from tqdm import tqdm
 
@@ -29,9 +31,10 @@ from odelt.errors import BuildError, BundleError, ConfigError
 from odelt.bundle.bundle import MANIFEST, Bundle, open_bundle
 from odelt.fileio import make_dir, partial_dir, swap_in_dir
 
-BACKENDS = ("ort", "tensorrt", "tensorrt-rtx")
+BACKENDS = ("ort", "tensorrt", "tensorrt-rtx", "openvino")
 TYPED_ONLY = ("ort", "tensorrt-rtx")   # run the graph's own precision: need the bundle's variant
-BUILD_PRECISIONS = ("fp32", "fp16", "int8")
+BUILD_PRECISIONS = ("fp32", "fp16", "int8", "bf16")   # bf16: OpenVINO only (an inference precision hint)
+OV_HINTED = ("bf16", "fp16")           # OpenVINO lowers the FP32 graphs itself (accuracy-guarded)
 
 
 @dataclass(frozen=True)
@@ -45,13 +48,20 @@ class BuildRequest:
     use_dla: bool = False               # TensorRT only
     cache_dir: Path | None = None       # TensorRT engine + timing cache
     rtx_targets: tuple[str, ...] = ("portable",)   # TensorRT-RTX only (odelt/engines/rtx_targets.py)
+    device: str = "CPU"                 # OpenVINO only: CPU | GPU | NPU | AUTO (GPU/NPU untested)
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.precision not in BUILD_PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: expected one of {', '.join(BUILD_PRECISIONS)}")
-        if self.backend == "tensorrt-rtx":
+        if self.precision == "bf16" and self.backend != "openvino":
+            raise ConfigError(f"precision bf16 is built by --backend openvino only, found --backend {self.backend}")
+        if self.backend == "openvino":
+            from odelt.engines.openvino import OvEngineOptions
+
+            OvEngineOptions(self.device, self.precision)      # its one-line error for a bad device
+        elif self.backend == "tensorrt-rtx":
             get_rtx_targets(self.rtx_targets)
         else:
             get_target(self.target)
@@ -60,7 +70,8 @@ class BuildRequest:
     def set_name(self) -> str:
         if self.backend == "tensorrt-rtx":
             return f"{self.backend}-{set_label(get_rtx_targets(self.rtx_targets))}-{self.precision}"
-        middle = f"-{self.target}" if self.backend == "tensorrt" else ""
+        middle = (f"-{self.target}" if self.backend == "tensorrt" else
+                  f"-{self.device.lower()}" if self.backend == "openvino" else "")
         return f"{self.backend}{middle}-{self.precision}"
 
 
@@ -78,16 +89,30 @@ def graph_source(manifest: Bundle, name: str, precision: str) -> tuple[Path, boo
 BuildOne = Callable[[str, Path, bool, Path], dict]
 
 
-def build_bundle(bundle: str | os.PathLike, req: BuildRequest) -> dict:
+class Guard(Protocol):
+    """An accuracy guard for an OpenVINO bf16/fp16 set (odelt/calibration/ov_guard.py): `check` gets the
+    set's folder and {graph: engine file} once every graph built; it returns None when the set passes,
+    else {graph: node names} to keep in FP32 on the next round (it raises AccuracyError when none are left)."""
+
+    def check(self, graphs: dict[str, Path]) -> dict[str, tuple[str, ...]] | None: ...
+
+    def report(self) -> dict: ...
+
+
+def build_bundle(bundle: str | os.PathLike, req: BuildRequest, guard: Guard | None = None) -> dict:
     """Build the engine set `req` describes for every graph; returns its manifest entry (with
-    "up_to_date": True, and nothing written, when a TensorRT-RTX set already matches its inputs)."""
+    "up_to_date": True, and nothing written, when a TensorRT-RTX set already matches its inputs).
+    `guard` checks an OpenVINO bf16/fp16 set along real trajectories and sends layers back to FP32."""
     manifest = open_bundle(bundle)
     root = manifest.root
     final = root / "engines" / req.set_name
     _check_flavour(manifest, req)
-    sources = {name: graph_source(manifest, name, req.precision) for name in sorted(manifest.graphs)}
-    if req.backend in TYPED_ONLY and not all(typed for _, typed in sources.values()):
-        runs = "ONNX Runtime runs" if req.backend == "ort" else "TensorRT-RTX builds strongly typed from"
+    hinted = req.backend == "openvino" and req.precision in OV_HINTED      # lowered from the FP32 graphs
+    sources = {name: graph_source(manifest, name, "fp32" if hinted else req.precision) for name in sorted(manifest.graphs)}
+    typed_only = req.backend in TYPED_ONLY or (req.backend == "openvino" and req.precision == "int8")
+    if typed_only and not all(typed for _, typed in sources.values()):
+        runs = ("ONNX Runtime runs" if req.backend == "ort" else "OpenVINO compiles the Q/DQ graph of" if
+                req.backend == "openvino" else "TensorRT-RTX builds strongly typed from")
         raise BundleError(f"the bundle has no {req.precision} graphs ({runs} the graph as "
                           f"written): run `odelt-export quantize BUNDLE --precision {req.precision}` first")
     if req.backend == "tensorrt-rtx":
@@ -99,20 +124,25 @@ def build_bundle(bundle: str | os.PathLike, req: BuildRequest) -> dict:
     else:
         if final.exists() and not req.force:
             raise BuildError(f"{final} already exists; pass --force to rebuild it")
-        builder = _ort_builder(req) if req.backend == "ort" else _trt_builder(req, manifest)
+        builder = (_ort_builder(req) if req.backend == "ort" else _ov_builder(req, {}) if req.backend == "openvino"
+                   else _trt_builder(req, manifest))
         finish = _last_facts
     tmp = partial_dir(root / "engines", req.set_name)
     graphs: dict[str, str] = {}
     per_graph: dict[str, dict] = {}
     try:
-        bar = tqdm(sources.items(), desc=f"build {req.set_name}", unit="graph", disable=None, leave=False)
-        for name, (src, typed) in bar:
-            bar.set_postfix_str(name)
-            facts = builder(name, src, typed, tmp)
-            graphs[name] = f"engines/{req.set_name}/{facts.pop('file')}"
-            per_graph[name] = facts
+        guarded = guard is not None and req.backend == "openvino" and req.precision in OV_HINTED
+        while True:
+            _build_all(req, sources, builder, tmp, graphs, per_graph)
+            keep = guard.check({n: tmp / Path(f).name for n, f in graphs.items()}) if guard and guarded else None
+            if keep is None:
+                break
+            builder = _ov_builder(req, keep)
+        if req.backend == "openvino":
+            per_graph = {"": _ov_summary(per_graph, guard.report() if guard and guarded else None)}
         target = (req.target if req.backend == "tensorrt" else
-                  set_label(get_rtx_targets(req.rtx_targets)) if req.backend == "tensorrt-rtx" else None)
+                  set_label(get_rtx_targets(req.rtx_targets)) if req.backend == "tensorrt-rtx" else
+                  req.device if req.backend == "openvino" else None)
         entry = {"backend": req.backend, "target": target, "precision": req.precision,
                  "dir": f"engines/{req.set_name}", "graphs": graphs, "built": finish(per_graph)}
         with manifest.edit() as change:                   # swap and record under the bundle's lock
@@ -123,6 +153,17 @@ def build_bundle(bundle: str | os.PathLike, req: BuildRequest) -> dict:
         if tmp.parent.is_dir() and not any(tmp.parent.iterdir()):
             tmp.parent.rmdir()  # leave no empty engines/ behind a failed first build
     return entry
+
+
+def _build_all(req: BuildRequest, sources: dict[str, tuple[Path, bool]], builder: BuildOne, tmp: Path,
+               graphs: dict[str, str], per_graph: dict[str, dict]) -> None:
+    """One engine per graph into `tmp`, a progress bar over the graphs."""
+    bar = tqdm(sources.items(), desc=f"build {req.set_name}", unit="graph", disable=None, leave=False)
+    for name, (src, typed) in bar:
+        bar.set_postfix_str(name)
+        facts = builder(name, src, typed, tmp)
+        graphs[name] = f"engines/{req.set_name}/{facts.pop('file')}"
+        per_graph[name] = facts
 
 
 def _set_files(folder: Path, root: Path) -> list[str]:
@@ -153,7 +194,7 @@ def _rtx_builder(req: BuildRequest, manifest: Bundle, sources: dict[str, tuple[P
 def _check_flavour(manifest: Bundle, req: BuildRequest) -> None:
     """TensorRT's and TensorRT-RTX's Q/DQ layers take signed INT8 with zero point 0 only: the CPU
     flavour cannot build."""
-    if req.backend != "ort" and req.precision == "int8" and manifest.int8_flavour == "cpu":
+    if req.backend in ("tensorrt", "tensorrt-rtx") and req.precision == "int8" and manifest.int8_flavour == "cpu":
         lib = "TensorRT-RTX" if req.backend == "tensorrt-rtx" else "TensorRT"
         raise BuildError(f"{manifest.root}: the int8 variant is the ONNX Runtime CPU flavour (uint8 activations, "
                           f"non-zero zero points), which {lib} cannot build; expected the trt flavour: re-quantize "
@@ -172,6 +213,35 @@ def _ort_builder(req: BuildRequest) -> BuildOne:
                 "machine": eng.record["machine"], "providers": list(options.providers)}
 
     return build
+
+
+def _ov_builder(req: BuildRequest, keep: dict[str, tuple[str, ...]]) -> BuildOne:
+    from odelt.engines import openvino as ov_engines
+
+    ov_core = ov_engines.core()
+    ov_engines.check_device(ov_core, req.device)     # BackendUnavailable here, before any work
+
+    def build(name: str, src: Path, typed: bool, out_dir: Path) -> dict:
+        options = ov_engines.OvEngineOptions(req.device, req.precision, tuple(keep.get(name, ())))
+        out = out_dir / f"{name}{ov_engines.BLOB_SUFFIX}"
+        rec = ov_engines.engine_from_onnx(src, out, options, name, ov_core)
+        return {"file": out.name, **rec}
+
+    return build
+
+
+def _ov_summary(per_graph: dict[str, dict], guard: dict | None) -> dict:
+    """The set's facts: what every graph shares, what it runs in, FP32 islands, the guard's verdict."""
+    first = next(iter(per_graph.values()), {})
+    runs: dict[str, int] = {}
+    for rec in per_graph.values():
+        for p, n in rec.get("runtime_precisions", {}).items():
+            runs[p] = runs.get(p, 0) + n
+    shared = ("openvino_version", "device", "device_name", "capabilities", "cpu_isa", "hint", "inference_precision")
+    return {**{k: first.get(k) for k in shared}, "runtime_precisions": dict(sorted(runs.items())),
+            "keep_fp32": {n: r["keep_fp32"] for n, r in per_graph.items() if r.get("keep_fp32")},
+            "compile_s_total": round(sum(r.get("compile_s", 0.0) for r in per_graph.values()), 3),
+            **({"guard": guard} if guard is not None else {})}
 
 
 def _trt_builder(req: BuildRequest, manifest: Bundle) -> BuildOne:
@@ -206,7 +276,15 @@ def describe(req: BuildRequest, entry: dict) -> str:
     if entry.get("up_to_date"):
         return f"{n} {req.set_name} engines in {entry['dir']} are up to date (same inputs; --force rebuilds)"
     built = entry["built"]
-    if req.backend == "tensorrt-rtx":
+    if req.backend == "openvino":
+        runs = ", ".join(f"{p} {k}" for p, k in built["runtime_precisions"].items())
+        facts = (f"OpenVINO {built['openvino_version'].split('-')[0]} on {built['device_name']}, inference precision "
+                 f"{built['inference_precision']}, kernels {runs}, {built['compile_s_total']:.1f} s")
+        if req.precision in OV_HINTED and built["inference_precision"] != {"bf16": "bf16", "fp16": "f16"}[req.precision]:
+            facts += f"; this device has no {req.precision} path ({'/'.join(built['capabilities'])}): it runs f32"
+        if "guard" in built:
+            facts += f"; guard: {built['guard']['summary']}"
+    elif req.backend == "tensorrt-rtx":
         facts = (f"TensorRT-RTX {built['library_version']}, sm {'/'.join(built['compute_capabilities'])}, "
                  f"{built['plan_bytes_total']} plan bytes, {built['build_s_total']:.1f} s")
     else:

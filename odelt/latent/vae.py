@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from odelt.errors import CheckpointError, ConfigError
 from odelt.fileio import file_hash, read_json

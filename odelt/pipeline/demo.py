@@ -211,10 +211,36 @@ def stage_build(opts: DemoOptions, manifest, log: Log) -> None:
             continue
         log(f"build: ort {precision} engines (graphs optimised offline) ...")
         build_bundle(manifest.root, req)
+    if has_openvino():
+        stage_build_openvino(opts, manifest, log)
 
 
-def stage_profile(opts: DemoOptions, manifest, log: Log, batches: tuple[int, ...] | None = None) -> dict:
-    """The profile at batches (default (1, opts.batch)), reused when the bundle has one."""
+def has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def stage_build_openvino(opts: DemoOptions, manifest, log: Log) -> None:
+    """OpenVINO CPU sets beside the ORT ones: the demo's precisions it compiles (fp32, int8 from the
+    Q/DQ variant) and bf16 through its accuracy guard (f32 where the CPU has no BF16 path)."""
+    from odelt.bundle.bundle import open_bundle
+    from odelt.calibration.ov_guard import OvGuard
+    from odelt.engines.build import BuildRequest, build_bundle, describe
+
+    for precision in [p for p in opts.precisions if p in ("fp32", "int8")] + ["bf16"]:
+        req = BuildRequest(backend="openvino", precision=precision)
+        if req.set_name in open_bundle(manifest.root).engine_sets:
+            log(f"build: reusing openvino {precision} engines")
+            continue
+        log(f"build: openvino {precision} engines (compiled ahead of time) ...")
+        guard = OvGuard.for_bundle(manifest.root, req) if precision == "bf16" else None
+        log(f"build: {describe(req, build_bundle(manifest.root, req, guard))}")
+
+
+def stage_profile(opts: DemoOptions, manifest, log: Log, batches: tuple[int, ...] | None = None,
+                  backend: str = "ort") -> dict:
+    """The profile of `backend` at batches (default (1, opts.batch)), reused when the bundle has one."""
     from odelt.bundle.bundle import open_bundle
     from odelt.runtime.budget.profile import (
         device_description,
@@ -224,12 +250,18 @@ def stage_profile(opts: DemoOptions, manifest, log: Log, batches: tuple[int, ...
     )
 
     manifest = open_bundle(manifest.root)
-    path = manifest.root / "profile" / f"{device_id(device_description('ort'))}.json"
+    path = manifest.root / "profile" / f"{device_id(device_description(backend))}.json"
     if path.is_file():
         log(f"profile: reusing {path}")
         return json.loads(path.read_text())
-    log("profile: timing every graph and length on this device ...")
-    prof = profile_bundle(manifest, "ort", batches or (1, opts.batch), opts.precisions, repeats=40)  # 8 bursts of 5 per length: a noisy burst cannot move the median
+    log(f"profile: timing every graph and length on this device ({backend}) ...")
+    if backend == "openvino":
+        from odelt.runtime.backends.openvino import openvino_precisions
+
+        precisions = openvino_precisions(manifest)
+    else:
+        precisions = opts.precisions
+    prof = profile_bundle(manifest, backend, batches or (1, opts.batch), precisions, repeats=40)  # 8 bursts of 5 per length: a noisy burst cannot move the median
     save_profile(manifest, prof)
     return prof
 
@@ -273,11 +305,11 @@ def measure_plan(manifest, candidate, batch: int, n: int, threads: int = 1, seed
         stamps.append(time.perf_counter())
         sizes.append(images)
     with ExitStack() as stack:
-        be = stack.enter_context(open_backend("ort", manifest, precision=candidate.precision, threads=threads,
-                                              lengths=tuple(sorted(set(schedule.lengths)))))
+        be = stack.enter_context(open_backend(candidate.backend, manifest, precision=candidate.precision,
+                                              threads=threads, lengths=tuple(sorted(set(schedule.lengths)))))
         sampler = Sampler(be, manifest, schedule)
         decoder = stack.enter_context(open_decoder(manifest, candidate.decoder, candidate.decoder_precision,
-                                                   threads)) if candidate.decoder else None
+                                                   threads, backend=candidate.backend)) if candidate.decoder else None
 
         def run(x0: np.ndarray, y: np.ndarray):
             x, stats = sampler.sample(x0, y)
@@ -292,16 +324,21 @@ def measure_plan(manifest, candidate, batch: int, n: int, threads: int = 1, seed
     return (np.concatenate(decoded) if decoded else out), float(np.median(times or [(stamps[-1] - stamps[0]) * 1e3]))
 
 
-def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]:
-    """Choose a plan for each budget, run it, and record predicted vs measured latency."""
+def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log, profiles: dict | None = None) -> list[dict]:
+    """Choose a plan for each budget, run it, and record predicted vs measured latency. `profiles`
+    ({backend: profile}): plan across those backends (default: prof's only)."""
     from odelt.pipeline.report import plot_pareto
     from odelt.runtime.images import grid_image, save_png
     from odelt.runtime.budget.planner import choose
     from odelt.runtime.budget.plans import load_candidates
     from odelt.runtime.budget.predict import MEDIAN, Predictor, predict_now
 
-    candidates = load_candidates(manifest)
-    at = Predictor(prof, opts.batch, MEDIAN)      # the demo plans at the median: the one model at q = 0.5
+    from odelt.runtime.budget.axes import ByBackend, across_backends
+
+    profiles = profiles or {str(prof.get("backend", "ort")): prof}
+    candidates = across_backends(load_candidates(manifest), profiles, manifest)
+    # the demo plans at the median: the one model at q = 0.5, each plan by its backend's profile
+    at = ByBackend({b: Predictor(p, opts.batch, MEDIAN) for b, p in profiles.items()})
     table = choose(candidates, float("inf"), at).table
     budgets = opts.budgets_ms or default_budgets(list(table))
     runs, marks = [], []
@@ -312,11 +349,12 @@ def stage_plans(opts: DemoOptions, manifest, prof: dict, log: Log) -> list[dict]
         log(f"plan: budget {budget:g} ms -> {c.name}; generating {opts.n} images ...")
         # The stored profile chose the plan; a profile of just its calls, taken now, shows how much
         # of any miss is the machine's speed drifting since (a shared CPU drifts within seconds).
-        predicted_now = predict_now(manifest, c, opts.batch, prof, MEDIAN)
+        predicted_now = predict_now(manifest, c, opts.batch, profiles[c.backend], MEDIAN)
         images, measured = measure_plan(manifest, c, opts.batch, opts.n, prof.get("threads", 1))
         grid = opts.out / f"samples_{budget:g}ms.png"
         save_png(grid_image(images, upscale=latent_stage.view_upscale(images)), grid)
-        runs.append({"budget_ms": budget, "plan": c.name, "precision": c.precision, "solver": c.solver,
+        runs.append({"budget_ms": budget, "plan": c.name, "backend": c.backend, "precision": c.precision,
+                     "solver": c.solver,
                      "nfe": c.nfe, "lengths": list(c.lengths), "error": c.error, "fd": c.fd,
                      "predicted_ms": choice.predicted_ms, "predicted_now_ms": predicted_now,
                      "measured_ms": measured, "grid": grid.name,
@@ -367,10 +405,14 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
                     vaes=latent_stage.demo_vaes(opts.source, opts.vaes))
     rows = stage_quality(opts, manifest, model, schedules, log)
     prof = stage_profile(opts, manifest, log)     # last before the plans run: a shared machine drifts
-    runs = stage_plans(opts, open_bundle(manifest.root), prof, log)
+    profiles = {"ort": prof}
+    if has_openvino():                            # the backend as an axis of the plan
+        profiles["openvino"] = stage_profile(opts, manifest, log, backend="openvino")
+    runs = stage_plans(opts, open_bundle(manifest.root), prof, log, profiles)
     latent = latent_stage.stage_latent_quality(opts.out, open_bundle(manifest.root), opts.quick, log)
     deadline = stage_deadline(opts, open_bundle(manifest.root), prof, log)
     facts = {"verify": verify, "quantize": quant, "profile": prof, "quality": rows, "runs": runs, "rtx": rtx,
+             "profiles": {b: {"device": p["device"], "calls": p["calls"]} for b, p in profiles.items()},
              "deadline": deadline, "seconds": round(time.perf_counter() - start, 1), "source": opts.source,
              **({"latent_quality": latent} if latent else {})}
     write_json_atomic(opts.out / "demo.json", facts)

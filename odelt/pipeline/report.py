@@ -15,8 +15,10 @@ def plan_table(choice: Choice) -> str:
     """Every candidate with its prediction, the chosen one marked with '*'; plans that decode also
     show their decoder's median ms per batch and its share of the end-to-end median."""
     decoding = any(c.decoder for c, _ in choice.table)
+    several = len({c.backend for c, _ in choice.table}) > 1           # the backend as an axis: name it
     head = f"  {'plan':<34} {'prec':<5} {'NFE':>3} {'blocks':>6} {'pred ms':>9} {'RMSE':>8} {'FD':>8}"
-    lines = [head + (f" {'decoder':<12} {'decode ms':>10} {'share':>6}" if decoding else "")]
+    lines = [head + (f" {'decoder':<12} {'decode ms':>10} {'share':>6}" if decoding else "")
+             + (f" {'backend':<9}" if several else "")]
     for c, ms in sorted(choice.table, key=lambda cm: cm[1]):
         mark = "*" if c == choice.candidate else " "
         fd = f"{c.fd:8.3f}" if c.fd is not None else f"{'-':>8}"
@@ -25,7 +27,7 @@ def plan_table(choice: Choice) -> str:
             share = choice.decode_share(c)
             line += (f" {decoder_label(c):<12} {share[0]:10.3f} {share[1]:6.1%}" if share
                      else f" {'-':<12} {'-':>10} {'-':>6}")
-        lines.append(line)
+        lines.append(line + (f" {c.backend:<9}" if several else ""))
     return "\n".join(lines)
 
 
@@ -40,7 +42,7 @@ def chosen_line(choice: Choice, budget_ms: float, quantile: float, batch: int) -
     share = choice.decode_share()
     decode = (f"; decoder {decoder_label(c)} {share[0]:.2f} ms per batch, {share[1]:.1%} of the end-to-end median"
               if share else "")
-    return (f"chosen: {c.name} ({c.solver}, NFE {c.nfe}, lengths {list(c.lengths)}, {c.precision}): "
+    return (f"chosen: {c.name} ({c.solver}, NFE {c.nfe}, lengths {list(c.lengths)}, {c.precision}, backend {c.backend}): "
             f"predicted {choice.predicted_ms:.2f} ms (quantile {quantile:g}) <= budget {budget_ms:g} ms at batch "
             f"{batch}, held-out RMSE {c.error:.4f}{decode}")
 
@@ -187,16 +189,27 @@ def write_report(path: Path, facts: dict) -> Path:
     lines += ["Predicted from the stored profile (which chose the plan), and from a profile of the plan's",
               "calls taken just before it ran (the difference is the machine's speed drifting).", ""]
     decoding = any("decoder" in r for r in facts["runs"])
-    lines += md_table(["budget ms", "plan", "precision", "NFE", "RMSE", "predicted ms", "measured ms", "error",
-                        "re-profiled ms", "error"] + (["decoder", "decode ms", "decoder share"] if decoding else []),
-                       [[r["budget_ms"], r["plan"], r["precision"], r["nfe"], f"{r['error']:.4f}",
+    lines += md_table(["budget ms", "plan", "backend", "precision", "NFE", "RMSE", "predicted ms", "measured ms",
+                        "error", "re-profiled ms", "error"] + (["decoder", "decode ms", "decoder share"] if decoding else []),
+                       [[r["budget_ms"], r["plan"], r.get("backend", "ort"), r["precision"], r["nfe"], f"{r['error']:.4f}",
                          f"{r['predicted_ms']:.2f}", f"{r['measured_ms']:.2f}",
                          f"{abs(r['measured_ms'] - r['predicted_ms']) / r['measured_ms']:.1%}"]
                         + _now(r) + (_decoding(r) if decoding else []) for r in facts["runs"]])
+    lines += _backend_lines(facts)
     lines += ["", "![pareto](pareto.png)", ""] + [f"![{r['plan']}]({r['grid']})" for r in facts["runs"]]
     lines += _deadline_lines(facts.get("deadline"))
     lines += latent_lines(facts.get("latent_quality"))
     return write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def _backend_lines(facts: dict) -> list[str]:
+    """Which backend won each budget, when the plans were chosen across several."""
+    profiles = facts.get("profiles") or {}
+    if len(profiles) < 2:
+        return []
+    won = ", ".join(f"{r['budget_ms']:g} ms: {r.get('backend', 'ort')} ({r['precision']})" for r in facts["runs"])
+    return ["", f"Plans were chosen across backends {', '.join(sorted(profiles))} (each predicted from its own "
+                f"profile on this device); the backend that won each budget: {won}."]
 
 
 def _rtx_lines(rtx: dict) -> list[str]:

@@ -15,7 +15,8 @@ from odelt.bundle.bundle import Bundle, open_bundle
 from odelt.runtime.backends import backend_class, check_batch, open_backend
 from odelt.ode.heuristics import resolve_schedule
 from odelt.runtime.budget.planner import Choice, prediction_record
-from odelt.runtime.budget.profile import check_plan_batch, load_profile
+from odelt.runtime.budget.axes import load_profiles
+from odelt.runtime.budget.profile import check_plan_batch
 from odelt.runtime.sampler import Sampler, Stats, generate, guidance_rows
 from odelt.ode.schedule import Schedule
 from odelt.runtime.budget.stream import StreamStats
@@ -40,6 +41,8 @@ class GenerateOptions:
     control: str = "anytime"           # with a budget: open | closed | anytime (odelt.runtime.budget.stream)
     decode: bool = True                # latent bundles: run the decoder stage (False: keep the latents)
     decoder: str | None = None         # decoder kind when the bundle has several; None: Bundle.decoder()
+    plan_backends: tuple[str, ...] | None = None   # with a budget: backends to plan across; None: every
+                                                   # backend with a profile on this device
 
     def __post_init__(self) -> None:
         validate.count("-n", self.n, 1, validate.MAX_SAMPLES)
@@ -94,7 +97,7 @@ def decode_result(manifest: Bundle, res: GenerateResult, opts: GenerateOptions) 
         return res
     from odelt.runtime.backends.decoder import open_decoder
 
-    with open_decoder(manifest, opts.decoder, opts.precision, opts.threads) as dec:
+    with open_decoder(manifest, opts.decoder, opts.precision, opts.threads, backend=opts.backend) as dec:
         images = dec.decode(res.images, opts.batch)
     res.latents, res.images = res.images, images
     # the decoder's own precision: an int8 run decodes in FP16 or FP32, never INT8
@@ -131,15 +134,17 @@ def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
 
     from odelt.runtime.budget.stream import generate_stream, stream_for_bundle
 
-    check_batch(manifest, guidance_rows(manifest, opts.batch, opts.guidance_scale),
-                profile_bound=backend_class(opts.backend).batch_bound)
-    prof = load_profile(manifest, backend=opts.backend)
-    check_plan_batch(manifest, prof, opts.batch, opts.extrapolate)
+    rows = guidance_rows(manifest, opts.batch, opts.guidance_scale)
+    profiles = load_profiles(manifest, opts.plan_backends)
+    for name, prof in profiles.items():
+        check_batch(manifest, rows, profile_bound=backend_class(name).batch_bound)
+        check_plan_batch(manifest, prof, opts.batch, opts.extrapolate)
+    threads = opts.threads or next(iter(profiles.values())).get("threads", 1)
     with ExitStack() as stack:
         stream = stream_for_bundle(manifest, stack, float(opts.budget_ms or 0), opts.batch, opts.quantile,
-                                   opts.control, opts.backend, opts.threads or prof.get("threads", 1), opts.layout,
-                                   opts.guidance_scale, opts.tables, prof, decode=opts.decode,
-                                   decoders=None if opts.decoder is None else (opts.decoder,))
+                                   opts.control, opts.backend, threads, opts.layout,
+                                   opts.guidance_scale, opts.tables, decode=opts.decode,
+                                   decoders=None if opts.decoder is None else (opts.decoder,), profiles=profiles)
         first = stream.current
         latents, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
         schedule = stream.sampler(first.candidate).schedule

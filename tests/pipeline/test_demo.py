@@ -36,6 +36,9 @@ def test_demo_writes_report_and_runs_three_budgets(demo):
         assert (opts.out / run["grid"]).is_file()
     assert res.facts["verify"]["max_abs_err"] < 1e-4
     assert {r["precision"] for r in res.facts["quality"]} == {"fp32", "int8"}
+    if "openvino" in res.facts["profiles"]:                  # the backend as an axis of the plan
+        assert "the backend that won each budget" in report
+        assert all(r["backend"] in ("ort", "openvino") for r in res.facts["runs"])
 
 
 def test_demo_plots_deadlines_under_a_hog(demo):
@@ -87,11 +90,11 @@ def test_plan_command_and_budget_error(demo, capsys):
 def test_profile_command_writes_device_profile(demo):
     opts, _ = demo
     bundle = opts.out / "bundle"
-    (stored,) = (bundle / "profile").glob("*.json")
+    (stored,) = (bundle / "profile").glob("*-ort.json")        # the demo also profiles its OpenVINO sets
     kept = stored.read_bytes()                          # the other tests plan from the demo's profile
     try:
         main(["profile", str(bundle), "--batch", "1", "--precision", "fp32", "--repeats", "3"])
-        files = list((bundle / "profile").glob("*.json"))
+        files = list((bundle / "profile").glob("*-ort.json"))
         assert len(files) == 1
         prof = json.loads(files[0].read_text())
     finally:

@@ -3,7 +3,7 @@
 Every backend class takes (bundle, BackendOptions) and says what callers would otherwise ask of
 its name: `batch_bound` (its engines serve only the bundle's exported batch range),
 `describe()` (what a profile records about the software it runs on). Heavy libraries (ONNX
-Runtime, TensorRT, CUDA) are imported when a backend is opened, not here.
+Runtime, TensorRT, CUDA, OpenVINO) are imported when a backend is opened, not here.
 """
 
 from __future__ import annotations
@@ -13,11 +13,12 @@ from typing import Any
 
 from odelt.errors import ConfigError
 from odelt.bundle.bundle import Bundle
+from odelt.runtime.backends.openvino import OvBackend
 from odelt.runtime.backends.ort import OrtBackend
 from odelt.runtime.backends.protocol import Backend, BackendOptions, check_batch
 from odelt.runtime.backends.tensorrt import TrtBackend
 
-BACKENDS: dict[str, Any] = {"ort": OrtBackend, "tensorrt": TrtBackend}
+BACKENDS: dict[str, Any] = {"ort": OrtBackend, "tensorrt": TrtBackend, "openvino": OvBackend}
 
 
 def backend_class(name: str) -> Any:

@@ -91,7 +91,13 @@ class OrtDecoder:
 
 
 def open_decoder(manifest: Bundle, kind: str | None = None, precision: str = "fp32", threads: int = 0,
-                 use_engines: bool = True) -> OrtDecoder:
+                 use_engines: bool = True, backend: str = "ort") -> Any:
     """The decoder of `kind` (default: the bundle's `decoder()`) in ONNX Runtime, to enter with
-    `with`. The sampler's TensorRT backend decodes through it too (the CUDA provider when installed)."""
+    `with`. The sampler's TensorRT backend decodes through it too (the CUDA provider when installed).
+    backend "openvino": the OpenVINO set at `precision` when it holds the decoder graph (else ORT)."""
+    if backend == "openvino" and use_engines:
+        from odelt.runtime.backends.openvino import OvDecoder, engine_entry
+
+        if engine_entry(manifest, precision, graph=manifest.decoder(kind).graph) is not None:
+            return OvDecoder(manifest, kind, precision, threads)
     return OrtDecoder(manifest, kind, precision, threads, use_engines)

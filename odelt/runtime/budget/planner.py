@@ -27,11 +27,12 @@ class Candidate:
     schedule: str                  # schedule artifact name or file
     solver: str
     lengths: tuple[int, ...]       # the length of every network call, in order (len = NFE)
-    precision: str                 # "fp32" | "fp16" | "int8"
+    precision: str                 # "fp32" | "fp16" | "int8" (| "bf16": OpenVINO)
     error: float                   # held-out RMSE to the teacher (lower is better; image space with a decoder)
     fd: float | None = None        # FD-digits, when measured
     decoder: str | None = None     # decoder kind ("sd" | "taesd") of a latent plan; None: latents only
     decoder_precision: str = "fp32"
+    backend: str = "ort"           # the runtime backend that runs it (odelt.runtime.budget.axes)
 
     @property
     def nfe(self) -> int:
@@ -86,7 +87,7 @@ def choose(candidates: Sequence[Candidate], budget_ms: float, predictor: Predict
 def prediction_record(c: Candidate, predicted_ms: float, predictor: Predictor) -> dict[str, Any]:
     """A plan and its prediction as JSON: what `plan --json` prints and every `generate --log` line
     carries (the same keys, the same rounding)."""
-    return {"plan": c.name, "precision": c.precision, "backend": predictor.backend, "solver": c.solver,
+    return {"plan": c.name, "precision": c.precision, "backend": c.backend, "solver": c.solver,
             "schedule": c.schedule, "call_lengths": list(c.lengths), "batch_size": predictor.batch,
             "predicted_ms": round(predicted_ms, 4), "quantile": predictor.quantile, "rmse": c.error,
             "decoder": f"{c.decoder}-{c.decoder_precision}" if c.decoder else None}

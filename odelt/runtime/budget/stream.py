@@ -26,6 +26,7 @@ from odelt.errors import ConfigError
 from odelt.bundle.bundle import Bundle
 from odelt.runtime.budget.anytime import Deadline, LengthProfile, learned_profiles
 from odelt.runtime.backends import open_backend
+from odelt.runtime.budget.axes import ByBackend, across_backends, predictor_of
 from odelt.runtime.budget.planner import Candidate
 from odelt.runtime.budget.plans import load_candidates, load_plan_schedule
 from odelt.runtime.budget.profile import load_profile
@@ -142,7 +143,7 @@ class Stream:
             s = sampler.schedule
             if not SOLVER_INFO[s.solver].calls_per_step:       # adaptive steps have no timeline
                 return None
-            self._deadlines[c.name] = Deadline(s, c.precision, self.predictor, self.replanner.budget_ms,
+            self._deadlines[c.name] = Deadline(s, c.precision, predictor_of(self.predictor, c), self.replanner.budget_ms,
                                                self.exported or s.lengths, self.profiles,
                                                self.predictor.decoding(c) if self.decodes(c) else (0.0, 0.0),
                                                getattr(sampler, "exits", None))
@@ -164,8 +165,9 @@ class Stream:
             self.decode_s += self.clock() - began
         start = self.clock()
         latency = (start - taken) * 1e3
-        decoding = self.predictor.decoding(c) if self.decodes(c) else (0.0, 0.0)
-        ran = self.predictor.batch_ms(c.precision, sampler.schedule.call_lengths(st.lengths), decoding)[0]
+        at = predictor_of(self.predictor, c)
+        decoding = at.decoding(c) if self.decodes(c) else (0.0, 0.0)
+        ran = at.batch_ms(c.precision, sampler.schedule.call_lengths(st.lengths), decoding)[0]
         replanned = None
         if self.control != "open":
             speed = self.tracker.observe(latency, ran)
@@ -202,31 +204,38 @@ def stream_for_bundle(manifest: Bundle, stack: ExitStack, budget_ms: float, batc
                       quantile: float = DEFAULT_QUANTILE, control: str = "anytime", backend: str = "ort",
                       threads: int = 1, layout: str | None = None, guidance_scale: float | None = None,
                       tables: bool = True, profile: dict[str, Any] | None = None, decode: bool = True,
-                      decoders: Sequence[str] | None = None) -> Stream:
+                      decoders: Sequence[str] | None = None,
+                      profiles: dict[str, dict[str, Any]] | None = None) -> Stream:
     """A Stream over the bundle's quality table and this device's profile; backends (one per
     precision, every exported length) and decoders (one per kind and precision) are opened on
     `stack` when a plan first needs them. A latent bundle's plans decode unless `decode` is False;
-    `decoders` limits the decoder kinds the planner may choose."""
-    prof = profile if profile is not None else load_profile(manifest, backend=backend)
-    candidates = load_candidates(manifest, decode=None if decode else False, decoders=decoders)
-    replanner = Replanner(candidates, Predictor(prof, batch, quantile), budget_ms)
+    `decoders` limits the decoder kinds the planner may choose. `profiles` ({backend: profile}, several
+    backends: odelt.runtime.budget.axes) plans across backends; each plan runs on the backend it names."""
+    if profiles is None:
+        profiles = {backend: profile if profile is not None else load_profile(manifest, backend=backend)}
+    candidates = across_backends(load_candidates(manifest, decode=None if decode else False, decoders=decoders),
+                                 profiles, manifest)
+    predictor = ByBackend({b: Predictor(p, batch, quantile) for b, p in profiles.items()})
+    replanner = Replanner(candidates, predictor, budget_ms)  # type: ignore[arg-type]
     schedules = {c.schedule: load_plan_schedule(manifest, c) for c in candidates}
-    backends: dict[str, Any] = {}
-    opened: dict[tuple[str, str], Any] = {}
+    backends: dict[tuple[str, str], Any] = {}
+    opened: dict[tuple[str, str, str], Any] = {}
 
     def make(c: Candidate) -> Sampler:
-        if c.precision not in backends:
-            options = {"layout": layout, "lengths": tuple(manifest.lengths), "precision": c.precision,
-                       **({"threads": threads} if backend == "ort" else {})}
-            backends[c.precision] = stack.enter_context(open_backend(backend, manifest, **options))
-        return Sampler(backends[c.precision], manifest, schedules[c.schedule], guidance_scale, use_tables=tables)
+        key = (c.backend, c.precision)
+        if key not in backends:
+            options: dict[str, Any] = {"layout": layout, "lengths": tuple(manifest.lengths), "precision": c.precision,
+                       **({"threads": threads} if c.backend in ("ort", "openvino") else {})}
+            backends[key] = stack.enter_context(open_backend(c.backend, manifest, **options))
+        return Sampler(backends[key], manifest, schedules[c.schedule], guidance_scale, use_tables=tables)
 
     def decoder(c: Candidate) -> Any:
         from odelt.runtime.backends.decoder import open_decoder
 
-        key = (str(c.decoder), c.decoder_precision)
+        key = (str(c.decoder), c.decoder_precision, c.backend)
         if key not in opened:
-            opened[key] = stack.enter_context(open_decoder(manifest, c.decoder, c.decoder_precision, threads))
+            opened[key] = stack.enter_context(open_decoder(manifest, c.decoder, c.decoder_precision, threads,
+                                                           backend=c.backend))
         return opened[key]
 
     return Stream(replanner, make, control, manifest.lengths, learned_profiles(list(schedules.values())),

@@ -29,11 +29,11 @@ def test_registry_and_options_replace_name_branches():
     from odelt.runtime.backends import BACKENDS, BackendOptions, backend_class
     from odelt.errors import ConfigError
 
-    assert sorted(BACKENDS) == ["ort", "tensorrt"]
+    assert sorted(BACKENDS) == ["openvino", "ort", "tensorrt"]
     assert backend_class("tensorrt").batch_bound and not backend_class("ort").batch_bound
     be = open_backend("tensorrt", BUNDLE, BackendOptions(precision="int8"), lengths=[2])
     assert be.lengths == (2,) and be.precision == "int8"
-    with pytest.raises(ConfigError, match="unknown backend 'trt'; expected one of ort, tensorrt"):
+    with pytest.raises(ConfigError, match="unknown backend 'trt'; expected one of openvino, ort, tensorrt"):
         backend_class("trt")
     with pytest.raises(ConfigError, match="threads must be >= 0"):
         BackendOptions(threads=-2)

@@ -1,0 +1,119 @@
+"""The backend as an axis of the plan: ONNX Runtime and OpenVINO sets both profiled here; `plan`
+and `generate --budget-ms` choose schedule x precision x backend and run the backend they name."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pytest.importorskip("openvino", reason="OpenVINO (the `openvino` extra) is not installed")
+
+from odelt.bundle.bundle import open_bundle  # noqa: E402
+from odelt.runtime.backends.openvino import OvBackend  # noqa: E402
+from odelt.runtime.budget.axes import ByBackend, across_backends, load_profiles  # noqa: E402
+from odelt.runtime.budget.planner import choose  # noqa: E402
+from odelt.runtime.budget.plans import load_candidates  # noqa: E402
+from odelt.runtime.budget.predict import QuantilePredictor  # noqa: E402
+from odelt.runtime.generate import GenerateOptions, generate_from_bundle  # noqa: E402
+from tests.openvino_bundle import built_bundle  # noqa: E402
+
+# quality-table errors (inputs of the planner: the table is measured on the host elsewhere)
+ERRORS = {("euler2", "fp32"): 0.20, ("euler2", "int8"): 0.21, ("euler4", "fp32"): 0.10, ("euler4", "int8"): 0.11}
+
+
+@pytest.fixture(scope="module")
+def planned(ov_src, tmp_path_factory):
+    from odelt.ode.heuristics import heuristic_schedule
+    from odelt.runtime.budget.plans import call_lengths
+    from odelt.runtime.budget.profile import profile_bundle, save_profile
+    from odelt.schedules.quality import install_schedules, write_quality
+
+    root = tmp_path_factory.mktemp("ov-plan") / "bundle"
+    shutil.copytree(ov_src, root)
+    m = open_bundle(root)
+    save_profile(m, profile_bundle(m, "ort", (1,), ("fp32", "int8"), repeats=3, time_graphs=False))
+    save_profile(m, profile_bundle(m, "openvino", (1,), ("fp32", "bf16", "int8"), repeats=3))
+    schedules = install_schedules(m, [heuristic_schedule("uniform", "euler", k, 4) for k in (2, 4)])
+    rows = []
+    for name, s in schedules.items():
+        for p in ("fp32", "int8"):
+            rows.append({"name": f"{name}-{p}", "schedule": name, "solver": s.solver, "precision": p,
+                         "error": ERRORS[(f"euler{s.nfe}", p)], "fd": None, "call_lengths": list(call_lengths(s))})
+    write_quality(m, rows, 4, 0)
+    return open_bundle(root)
+
+
+@pytest.fixture(scope="module")
+def ov_src(tmp_path_factory):
+    return built_bundle(tmp_path_factory)
+
+
+def _choice(m, budget):
+    profiles = load_profiles(m)
+    cands = across_backends(load_candidates(m), profiles, m)
+    return choose(cands, budget, predictor=ByBackend({b: QuantilePredictor(p, 1) for b, p in profiles.items()})), cands
+
+
+def test_candidates_span_backends_and_the_faster_equal_plan_wins(planned):
+    choice, cands = _choice(planned, 1e6)
+    backends = {(c.backend, c.precision) for c in cands}
+    assert backends == {("ort", "fp32"), ("ort", "int8"), ("openvino", "fp32"), ("openvino", "bf16"),
+                        ("openvino", "int8")}
+    bf16 = [c for c in cands if c.precision == "bf16"]
+    fp32 = {c.schedule: c.error for c in cands if c.precision == "fp32"}
+    # bf16 plans: the FP32 rows with the set's guard error composed (>= the FP32 error)
+    assert bf16 and all(c.error >= fp32[c.schedule] and c.name.endswith("@openvino") for c in bf16)
+    best = min(c.error for c in cands)
+    tied = {c.backend: ms for c, ms in choice.table if c.error == best}
+    assert set(tied) == {"ort", "openvino"}                   # the same plan on both backends
+    assert choice.candidate.error == best and choice.candidate.backend == min(tied, key=tied.get)
+    # each row predicted from its own backend's profile
+    for c, ms in choice.table:
+        prof = load_profiles(planned)[c.backend]
+        assert ms == pytest.approx(QuantilePredictor(prof, 1).candidate(c))
+
+
+def test_plan_cli_names_the_backend(planned, run_cli):
+    r = run_cli(["plan", planned.root, "--budget-ms", "100000"])
+    assert r.code == 0, r.err
+    assert "backend" in r.out.splitlines()[0] and "@openvino" in r.out
+    chosen = next(line for line in r.out.splitlines() if line.startswith("chosen: "))
+    assert "backend ort)" in chosen or "backend openvino)" in chosen
+    only = run_cli(["plan", planned.root, "--budget-ms", "100000", "--backend", "openvino"])
+    assert only.code == 0 and "backend openvino)" in only.out and "backend ort)" not in only.out
+
+
+def test_generate_runs_the_backend_the_plan_names(planned, monkeypatch):
+    opened = []
+    enter = OvBackend.__enter__
+
+    def spy(self):
+        opened.append(self.precision)
+        return enter(self)
+
+    monkeypatch.setattr(OvBackend, "__enter__", spy)
+    res = generate_from_bundle(planned.root, GenerateOptions(n=2, batch=1, budget_ms=1e6, threads=1,
+                                                             plan_backends=("openvino",), control="open"))
+    assert res.plan.candidate.backend == "openvino" and opened == [res.plan.candidate.precision]
+    opened.clear()
+    res = generate_from_bundle(planned.root, GenerateOptions(n=2, batch=1, budget_ms=1e6, threads=1,
+                                                             plan_backends=("ort",), control="open"))
+    assert res.plan.candidate.backend == "ort" and opened == []
+
+
+def test_generate_cli_reports_the_backend(planned, run_cli, tmp_path):
+    r = run_cli(["generate", planned.root, "-n", "1", "--batch", "1", "--threads", "1", "--budget-ms", "1e6",
+                 "--backend", "openvino", "--out", tmp_path / "g.png"])
+    assert r.code == 0, r.err
+    assert "@openvino for budget" in r.out and "backend openvino" in r.out
+
+
+def test_profile_cli_times_the_openvino_sets(ov_src, run_cli, tmp_path):
+    root = tmp_path / "b"
+    shutil.copytree(ov_src, root)
+    r = run_cli(["profile", root, "--backend", "openvino", "--batch", "1", "--repeats", "2"])
+    assert r.code == 0, r.err
+    timed = sorted(line.split()[0] for line in r.out.splitlines() if "one call" in line)
+    assert timed == ["bf16", "fp32", "int8"]                 # the precisions of its sets, not the bundle's variants
+    assert load_profiles(open_bundle(root), ("openvino",))["openvino"]["device"]["openvino"]
