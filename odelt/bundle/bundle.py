@@ -68,6 +68,7 @@ from typing import Any, Iterable, Iterator
 
 from odelt.errors import BundleError
 from odelt.bundle.iospec import BatchRange, GraphSpec
+from odelt.bundle.schema import check_graph_io, check_manifest
 from odelt.fileio import file_hash, read_json, remove_stale_partials, write_error, write_json_atomic
 from odelt.models.config import DiTConfig
 
@@ -307,6 +308,8 @@ class Bundle:
                                       f"manifest says {rec['sha256']}")
         if verify:
             self._check_unlisted()
+            for name, spec in self.graphs.items():
+                check_graph_io(self.root, name, spec, self.graph_path(name))
 
     def _check_unlisted(self) -> None:
         listed = set(self._data.get("files", {}))
@@ -376,6 +379,7 @@ def _read(root: Path) -> Bundle:
     missing = [k for k in ("model", "layouts", "lengths", "graphs", "chains", "batch", "opset", "cfg") if k not in data]
     if missing:
         raise BundleError(f"{path}: manifest lacks {missing}; expected a complete {FORMAT} manifest")
+    check_manifest(root, data)                  # hostile input: every key and path, once, here
     return Bundle(root, data)
 
 
