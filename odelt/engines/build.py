@@ -51,6 +51,8 @@ class BuildRequest:
             raise ConfigError(f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.precision not in BUILD_PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: expected one of {', '.join(BUILD_PRECISIONS)}")
+        if self.use_dla and self.backend != "tensorrt":       # an option that cannot apply is an error
+            raise ConfigError(f"--dla applies only to --backend tensorrt, found --backend {self.backend}")
         if self.backend == "tensorrt-rtx":
             get_rtx_targets(self.rtx_targets)
         else:

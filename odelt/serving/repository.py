@@ -29,13 +29,14 @@ from typing import Any
 from odelt.errors import ConfigError, ExportError
 from odelt.bundle.bundle import Bundle, open_bundle
 from odelt.bundle.iospec import GraphSpec, TensorSpec
-from odelt.fileio import swap_in_dir, write_json_atomic
+from odelt.fileio import check_out, mark_output, swap_in_dir, write_json_atomic
 from odelt.serving import graph_model, sampler_model
 from odelt.serving.pbtxt import parameters, render
 from odelt.serving.wire import SAMPLER, TRITON_DTYPES, batched, dims, model_name
 
 ENGINES = ("tensorrt", "onnxruntime", "cpu")
 FORMAT = "odelt-triton-repository/1"
+REPO_KIND = "triton-repository"     # the output marker (odelt.fileio.check_out)
 SAMPLER_FILES = ("manifest.json", "quality.json", "schedules", "profile", "tables")
 
 
@@ -55,7 +56,7 @@ class RepoOptions:
         if self.engines not in ENGINES:
             raise ConfigError(f"--engines must be one of {list(ENGINES)}, found {self.engines!r}")
         for name, value in (("--instances", self.instances), ("--sampler-instances", self.sampler_instances),
-                            ("--max-batch", self.max_batch or 1)):
+                            ("--max-batch", 1 if self.max_batch is None else self.max_batch)):
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, found {value}")
 
@@ -73,8 +74,8 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
     graphs = _layout_graphs(manifest, layout) + [manifest.graph(d.graph) for d in manifest.decoders.values()]
     files = _graph_files(manifest, graphs, opts)
     final = Path(out)
-    if final.exists() and not opts.force:
-        raise ExportError(f"{final} already exists; pass --force to replace it")
+    check_out(final, REPO_KIND, (manifest.root,), opts.force, legacy=lambda p: (p / "odelt_repository.json").is_file(),
+              error=ExportError)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -85,6 +86,7 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
             "format": FORMAT, "bundle": str(manifest.root.resolve()), "model_hash": manifest.model_hash, "engines": opts.engines, "precision": opts.precision, "layout": layout,
             "models": {g.name: model_name(g.name) for g in graphs}, "sampler": SAMPLER,
             "decoder": manifest.decoder().kind if manifest.decoders else None})
+        mark_output(tmp, REPO_KIND)
         swap_in_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -350,15 +350,17 @@ def test_demo_force_rebuilds_stages_of_another_model(world, tmp_path):
     """With --force, the stages another model left are removed (the demo then rebuilds them) and
     the folder records the model now asked for; files that are not stages stay."""
     from odelt.fileio import file_hash
-    from odelt.pipeline.demo import DemoOptions, check_source
+    from odelt.pipeline.demo import DemoOptions, check_source, record_source
 
     out = tmp_path / "demo"
     shutil.copytree(world["demo"], out)
     for name in ("verify.json", "report.md", "samples_5ms.png", "notes.txt"):
         (out / name).write_text("x")
     (out / "bundle").mkdir()
-    check_source(DemoOptions(out=out, source=str(world["ck"]), force=True), log=lambda m: None)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "source.json"]
+    opts = DemoOptions(out=out, source=str(world["ck"]), force=True)
+    want = check_source(opts, log=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    record_source(opts, want)
     recorded = json.loads((out / "source.json").read_text())
     assert recorded == {"source": str(world["ck"]), "source_hash": file_hash(world["ck"])}
     check_source(DemoOptions(out=out, source=str(world["ck"])), log=lambda m: None)   # same model: reused
