@@ -257,8 +257,12 @@ OUTPUT_MARK = ".odelt-output"
 
 
 def mark_output(folder: str | os.PathLike, kind: str) -> None:
-    """Record that `folder` is an output of kind `kind` made by this tool."""
-    write_text_atomic(Path(folder) / OUTPUT_MARK, kind + "\n")
+    """Record that `folder` (a work folder not yet in place) is an output of kind `kind` made by
+    this tool; a failure names the folder."""
+    try:
+        (Path(folder) / OUTPUT_MARK).write_text(kind + "\n")
+    except OSError as e:
+        raise write_error(folder, e) from None
 
 
 def output_kind(folder: str | os.PathLike) -> str | None:
@@ -284,7 +288,7 @@ def check_out(out: str | os.PathLike, kind: str, inputs: tuple = (), force: bool
     """The one rule for every command's output, checked before any work starts.
 
     The output may not be an input, lie inside one, or hold one (writing or replacing it would
-    destroy what the command reads). A folder output (`folder`) that exists and is not empty is
+    destroy what the command reads); a file output may be a new file inside an input folder. A folder output (`folder`) that exists and is not empty is
     replaced only with `force` and only when it is an output of the same `kind` made by this tool
     (its marker, or `legacy(path)` for outputs from before markers); anything else is refused."""
     from odelt.errors import ConfigError
@@ -296,6 +300,8 @@ def check_out(out: str | os.PathLike, kind: str, inputs: tuple = (), force: bool
         if inp is None or not Path(inp).exists():
             continue
         how = _relation(real, os.path.realpath(inp))
+        if how == "a path inside the input" and not folder and not out.exists():
+            how = None                           # a new file beside the input's files replaces none of them
         if how:
             raise error(f"--out {out}: expected a path outside the input {inp}, found {how}; "
                               "refusing to write there")

@@ -375,8 +375,8 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
 
     check_out_folder(opts)
     make_dir(opts.out)
-    mark_output(opts.out, DEMO_KIND)
     want = check_source(opts, log)
+    mark_output(opts.out, DEMO_KIND)
     start = time.perf_counter()
     manifest = stage_export(opts, log)
     record_source(opts, want)
