@@ -311,6 +311,20 @@ class Bundle:
             for name, spec in self.graphs.items():
                 check_graph_io(self.root, name, spec, self.graph_path(name))
 
+    def changed_file(self) -> str | None:
+        """The first listed file whose bytes no longer match its record (hashed now, whatever its
+        time says), as one phrase; None when every file is as recorded. Asked before a failure is
+        blamed on the model: weights that rotted with their size and time kept show up only here."""
+        for rel, rec in self.files.items():
+            p = self.root / rel
+            try:
+                digest = file_hash(p)
+            except OSError:
+                return f"bundle file {rel} is missing or unreadable"
+            if digest != rec["sha256"]:
+                return f"bundle file {rel} was modified (hash {digest}, manifest says {rec['sha256']})"
+        return None
+
     def _check_unlisted(self) -> None:
         listed = set(self._data.get("files", {}))
         for p in sorted(self.root.rglob("*")):
