@@ -292,6 +292,29 @@ CASES = [
     ("demo-vae-kind", ["demo", "--out", "{out}/d", "--vae", "vq:{vae}"], "unknown VAE kind 'vq'", None),
     ("demo-vae-missing", ["demo", "--out", "{out}/d", "--model", "{ck}", "--vae", "sd:{out}/none"],
      "none not found; expected a diffusers folder or a weights file", None),
+    # --out/--force: never an input, never a folder this tool did not make (issue 21)
+    ("triton-onto-bundle", ["triton", "{b}", "--out", "{b}", "--force"], "found the input itself", None),
+    ("triton-into-bundle", ["triton", "{b}", "--out", "{b}/repo", "--force"], "found a path inside the input", None),
+    ("triton-onto-user-folder", ["triton", "{b}", "--out", "{demo}", "--force"], "not an odelt triton-repository",
+     None),
+    ("triton-max-batch-0", ["triton", "{b}", "--out", "{out}/r", "--max-batch", "0"], "--max-batch must be >= 1, found 0",
+     None),
+    ("export-onto-user-folder", ["export", "{ck}", "--out", "{cache}", "--force"], "not an odelt bundle", None),
+    ("export-onto-demo", ["export", "{ck}", "--out", "{root}", "--force"], "a folder holding the input", None),
+    ("vae-onto-user-folder", TV[:-1] + ["{cache}"], "not an odelt autoencoder", None),
+    ("demo-onto-user-folder", ["demo", "--out", "{cache}"], "not an odelt demo", None),
+    ("gen-out-onto-manifest", ["generate", "{b}", "--out", "{b}/manifest.json"], "found a path inside the input", None),
+    ("gen-log-no-folder", G + ["--budget-ms", "1e3", "-n", "1", "--log", "{out}/no/l.jsonl"], "does not exist", None),
+    ("gen-log-read-only", G + ["--budget-ms", "1e3", "-n", "1", "--log", "{out}/l.jsonl"], "Read-only file system",
+     "read-only"),
+    # options that cannot apply are errors, not no-ops
+    ("gen-latents-pixel", G + ["--latents"], "--latents: expected a latent bundle", None),
+    ("plan-latents-pixel", P + ["--budget-ms", "5", "--latents"], "--latents: expected a latent bundle", None),
+    ("gen-log-no-budget", G + ["--log", "{out}/l.jsonl"], "--log applies only with --budget-ms", None),
+    ("gen-quantile-no-budget", G + ["--quantile", "0.5"], "--quantile applies only with --budget-ms", None),
+    ("gen-precision-budget", G + ["--budget-ms", "1e3", "--precision", "fp16"], "no fp16 variant", None),
+    ("build-dla-rtx", ["build", "{b}", "--backend", "tensorrt-rtx", "--dla"], "--dla applies only to --backend tensorrt",
+     None),
     # the command line itself
     ("unknown-option", ["plan", "{b}", "--budget-ms", "5", "--bogus"], "No such option '--bogus'", None),
     ("unknown-command", ["nocmd"], "No such command 'nocmd'", None),
@@ -330,7 +353,7 @@ def test_table_is_large_and_covers_every_command():
     commands = {c[1][0] for c in CASES}
     assert len(CASES) >= 60
     assert commands >= {"generate", "plan", "profile", "verify", "quantize", "build", "export", "info",
-                        "inspect", "train", "train-vae", "train-classifier", "schedule", "evaluate", "demo"}
+                        "inspect", "train", "train-vae", "train-classifier", "schedule", "evaluate", "demo", "triton"}
     assert {c[3] for c in CASES if isinstance(c[3], str)} == set(FAULTS)
 
 
