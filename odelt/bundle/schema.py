@@ -252,8 +252,8 @@ def _files(w: Where, data: dict) -> None:
         if not isinstance(r.get("sha256"), str) or not _HEX16.match(r["sha256"]):
             raise w.fail(f"{key}.sha256", "16 hex digits", r.get("sha256"))
         for k, hi in (("size", MAX_BYTES), ("mtime_ns", None)):
-            if r.get(k) is not None:
-                _int(w, f"{key}.{k}", r[k], 0, hi)
+            if not isinstance(files[rel], str):          # a record (not a bare hash) has both
+                _int(w, f"{key}.{k}", r.get(k), 0, hi)
         _str(w, f"{key}.owner", r.get("owner"))
 
 
