@@ -180,6 +180,23 @@ def _chains(w: Where, data: dict, layouts: list, lengths: list) -> None:
                     raise w.fail(f"chains.{layout}.{n}.{i}", f"a {layout} graph listed under graphs", gname)
             if not names:
                 raise w.fail(f"chains.{layout}.{n}", "at least one graph", names)
+            _dataflow(w, f"chains.{layout}.{n}", [data["graphs"][g] for g in names], bool(data.get("cfg")))
+
+
+CALLER = ("x", "t", "dt_base", "y", "l")      # what a sampler step feeds a chain (odelt.bundle.chain)
+
+
+def _dataflow(w: Where, key: str, graphs: list[dict], guided: bool) -> None:
+    """Each graph's inputs come from the caller or an earlier graph; the last one gives the velocity."""
+    have = {*CALLER, *(("cfg_scale",) if guided else ())}
+    for g in graphs:
+        missing = [t["name"] for t in g["inputs"] if t["name"] not in have]
+        if missing:
+            raise w.fail(key, f"graphs whose inputs an earlier graph or the caller provides ({g['name']} needs "
+                         f"{missing})", [x["name"] for x in graphs])
+        have |= {t["name"][:-4] if t["name"].endswith("_out") else t["name"] for t in g["outputs"]}
+    if "velocity" not in {t["name"] for t in graphs[-1]["outputs"]}:
+        raise w.fail(key, "a last graph that outputs the velocity", [x["name"] for x in graphs])
 
 
 def _decoders(w: Where, data: dict) -> None:

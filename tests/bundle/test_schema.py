@@ -80,6 +80,9 @@ def test_file_records_and_engine_paths_are_contained(bundle):
     ("chain-ref", lambda d: d["chains"]["segments"]["2"].append("nosuch"),
      "chains.segments.2.3: expected a segments graph listed under graphs, found 'nosuch'"),
     ("chain-lengths", lambda d: d["chains"]["per-length"].pop("4"), "chains.per-length: expected one chain per length"),
+    ("chain-flow", lambda d: d["chains"]["segments"]["4"].pop(1), "(blocks_2-3 needs ['h', 'V'])"),
+    ("chain-end", lambda d: d["chains"]["segments"]["4"].pop(), "chains.segments.4: expected a last graph that outputs"),
+    ("chain-input", lambda d: d["graphs"]["cond"]["inputs"][0].update(name="time"), "cond needs ['time']"),
     ("shape", lambda d: d["graphs"]["cond"]["inputs"][0].update(shape=["batch", -1]), "graphs.cond.inputs.0.shape.1"),
     ("dtype", lambda d: d["graphs"]["cond"]["inputs"][0].update(dtype="object"), "graphs.cond.inputs.0.dtype"),
     ("config", lambda d: d["model"]["config"].update(hidden_size="32"), "model.config: invalid model config"),
@@ -109,12 +112,12 @@ def test_a_manifest_without_file_records_is_refused_by_every_opener(bundle, run_
 
 def test_io_specs_that_contradict_the_graph_are_refused_on_verify(bundle, run_cli):
     def change(d):
-        d["graphs"]["cond"]["inputs"][0]["name"] = "time"
-    _refused(bundle, change, "graphs.cond.inputs", "'time'", verify=True)
+        d["graphs"]["cond"]["outputs"][0]["shape"] = ["batch", 191]
+    _refused(bundle, change, "graphs.cond.outputs: mod0 is float32 ['batch', 191] in the manifest", verify=True)
     line = run_cli(["inspect", bundle]).error_line()
-    assert "graphs.cond.inputs" in line
+    assert "graphs.cond.outputs" in line
 
     def dtype(d):
-        d["graphs"]["cond"]["inputs"][0]["name"] = "t"
+        d["graphs"]["cond"]["outputs"][0]["shape"] = ["batch", 192]
         d["graphs"]["cond"]["inputs"][0]["dtype"] = "int32"
     _refused(bundle, dtype, "t is int32", "float32", verify=True)
