@@ -72,7 +72,7 @@ def load_candidates(manifest: Bundle, decode: bool | None = None,
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise ConfigError(f"{path}: expected an object of format {FORMAT}, found {found!r}")
-    rows = [_candidate(manifest, path, i, r) for i, r in enumerate(_rows(path, data))]
+    rows = [_candidate(path, i, r) for i, r in enumerate(_rows(path, data))]
     if decode is False or (decode is None and not manifest.decoders and decoders is None):
         return rows
     options, gain = decoder_options(manifest, path, data.get("decoders"), decoders)
@@ -86,7 +86,7 @@ def _rows(path: Path, data: dict) -> list:
     return rows
 
 
-def _candidate(manifest: Bundle, path: Path, i: int, r: object) -> Candidate:
+def _candidate(path: Path, i: int, r: object) -> Candidate:
     """One row of the quality table, every field checked (the file is as untrusted as the bundle)."""
     def bad(key: str, expected: str, found: object) -> ConfigError:
         return ConfigError(f"{path}: rows.{i}.{key}: expected {expected}, found {found!r}")
@@ -97,9 +97,9 @@ def _candidate(manifest: Bundle, path: Path, i: int, r: object) -> Candidate:
         if not isinstance(r.get(key), str):
             raise bad(key, "a string", r.get(key))
     lengths = r.get("call_lengths")
-    if not isinstance(lengths, list) or not lengths or any(n not in manifest.lengths or isinstance(n, bool)
+    if not isinstance(lengths, list) or not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
                                                            for n in lengths):
-        raise bad("call_lengths", f"a non-empty list of the bundle's lengths {list(manifest.lengths)}", lengths)
+        raise bad("call_lengths", "a non-empty list of lengths (integers >= 1)", lengths)
     if r.get("precision") not in ("fp32", "fp16", "int8"):
         raise bad("precision", "fp32, fp16 or int8", r.get("precision"))
     for key in ("error", "fd"):
