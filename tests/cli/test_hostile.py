@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from odelt.errors import BundleError, CheckpointError, ConfigError, EngineMismatch, RuntimeFailure, ScheduleError
+from odelt.errors import BundleError, CheckpointError, ConfigError, EngineMismatch, ScheduleError
 from odelt.models import save_checkpoint
-from tests.bundles import edit_by_hand, flip_last_byte, private_copy
-from tests.exporter.conftest import TINY, random_model, tiny_bundle, tiny_ckpt  # noqa: F401  (fixtures)
+from tests.bundles import edit_by_hand, private_copy
+from tests.exporter.conftest import random_model
 
 
 @pytest.fixture
