@@ -262,3 +262,91 @@ def read_json(path: str | os.PathLike, error: type[Exception], missing: str | No
         raise error(f"{path}: expected JSON, found invalid content ({e})") from None
     except OSError as e:
         raise error(f"{path}: cannot read it ({e.strerror or e})") from None
+
+
+# -- where a command may write ------------------------------------------------------------------
+# A folder this tool writes (a bundle, a serving repository, an autoencoder, a demo) carries a small
+# marker naming its kind. `--force` replaces only a folder with the same marker: never a bundle by a
+# repository, never a user's folder, never the input the command reads.
+OUTPUT_MARK = ".odelt-output"
+
+
+def mark_output(folder: str | os.PathLike, kind: str) -> None:
+    """Record that `folder` (a work folder not yet in place) is an output of kind `kind` made by
+    this tool; a failure names the folder."""
+    try:
+        (Path(folder) / OUTPUT_MARK).write_text(kind + "\n")
+    except OSError as e:
+        raise write_error(folder, e) from None
+
+
+def output_kind(folder: str | os.PathLike) -> str | None:
+    """The kind a folder's marker names (None when it has none or it cannot be read)."""
+    try:
+        return (Path(folder) / OUTPUT_MARK).read_text(errors="replace").strip()[:64] or None
+    except OSError:
+        return None
+
+
+def _relation(out: str, inp: str) -> str | None:
+    if out == inp:
+        return "the input itself"
+    if os.path.commonpath([out, inp]) == inp:
+        return "a path inside the input"
+    if os.path.commonpath([out, inp]) == out:
+        return "a folder holding the input"
+    return None
+
+
+def check_out(out: str | os.PathLike, kind: str, inputs: tuple = (), force: bool = False, folder: bool = True,
+              legacy: Callable[[Path], bool] | None = None, error: type[Exception] | None = None) -> Path:
+    """The one rule for every command's output, checked before any work starts.
+
+    The output may not be an input, lie inside one, or hold one (writing or replacing it would
+    destroy what the command reads); a file output may be a new file inside an input folder. A folder output (`folder`) that exists and is not empty is
+    replaced only with `force` and only when it is an output of the same `kind` made by this tool
+    (its marker, or `legacy(path)` for outputs from before markers); anything else is refused."""
+    from odelt.errors import ConfigError
+
+    error = error or ConfigError
+    out = Path(out)
+    real = os.path.realpath(out)
+    for inp in inputs:
+        if inp is None or not Path(inp).exists():
+            continue
+        how = _relation(real, os.path.realpath(inp))
+        if how == "a path inside the input" and not folder and not out.exists():
+            how = None                           # a new file beside the input's files replaces none of them
+        if how:
+            raise error(f"--out {out}: expected a path outside the input {inp}, found {how}; "
+                              "refusing to write there")
+    if not folder or not out.exists():
+        return out
+    if not out.is_dir():
+        raise error(f"--out {out} exists and is a file; expected a folder path")
+    if not any(out.iterdir()):
+        return out
+    ours = output_kind(out) == kind or (output_kind(out) is None and legacy is not None and legacy(out))
+    if not ours:
+        found = f"an odelt {output_kind(out)}" if output_kind(out) else "a folder holding other files"
+        raise error(f"--out {out}: expected a new or empty folder or an odelt {kind} made by this tool, found "
+                    f"{found} (not an odelt {kind}); refusing to replace it, even with --force")
+    if not force:
+        raise error(f"--out {out} already exists; pass --force to replace it (an odelt {kind} made by this tool)")
+    return out
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """Before the work: a file can be made beside `path` (its folder exists and takes writes), so a
+    bad output path fails before anything else is written or computed."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise WriteError(f"cannot write {path}: its folder {path.parent} does not exist")
+    if path.is_dir():
+        raise WriteError(f"cannot write {path}: expected a file path, found a folder")
+    try:
+        tmp = _make_temp(path, ".probe")
+    except OSError as e:
+        raise write_error(path, e) from None
+    tmp.unlink(missing_ok=True)
+    return path

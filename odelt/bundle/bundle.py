@@ -69,6 +69,7 @@ from typing import Any, Iterable, Iterator
 
 from odelt.errors import BundleError
 from odelt.bundle.iospec import BatchRange, GraphSpec
+from odelt.bundle.schema import check_graph_io, check_manifest
 from odelt.fileio import file_hash, read_json, remove_stale_partials, write_error, write_json_atomic
 from odelt.models.config import DiTConfig
 
@@ -330,6 +331,22 @@ class Bundle:
                                       f"manifest says {rec['sha256']}")
         if verify:
             self._check_unlisted()
+            for name, spec in self.graphs.items():
+                check_graph_io(self.root, name, spec, self.graph_path(name))
+
+    def changed_file(self) -> str | None:
+        """The first listed file whose bytes no longer match its record (hashed now, whatever its
+        time says), as one phrase; None when every file is as recorded. Asked before a failure is
+        blamed on the model: weights that rotted with their size and time kept show up only here."""
+        for rel, rec in self.files.items():
+            p = self.root / rel
+            try:
+                digest = file_hash(p)
+            except OSError:
+                return f"bundle file {rel} is missing or unreadable"
+            if digest != rec["sha256"]:
+                return f"bundle file {rel} was modified (hash {digest}, manifest says {rec['sha256']})"
+        return None
 
     def _check_unlisted(self) -> None:
         listed = set(self._data.get("files", {}))
@@ -399,6 +416,7 @@ def _read(root: Path) -> Bundle:
     missing = [k for k in ("model", "layouts", "lengths", "graphs", "chains", "batch", "opset", "cfg") if k not in data]
     if missing:
         raise BundleError(f"{path}: manifest lacks {missing}; expected a complete {FORMAT} manifest")
+    check_manifest(root, data)                  # hostile input: every key and path, once, here
     return Bundle(root, data)
 
 

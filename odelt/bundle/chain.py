@@ -16,6 +16,7 @@ order: np.repeat(table[name][s], B, axis=0) -> (rows*B, width).
 
 from __future__ import annotations
 
+import zipfile
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -83,22 +84,66 @@ def run_chain(bundle: Bundle, length: int, feeds: Mapping[str, np.ndarray], run_
 
 
 def load_table(bundle: Bundle, name: str) -> dict[str, np.ndarray]:
-    """A stored modulation table: {output name: (S, rows, width) float32}. Never unpickles."""
+    """A stored modulation table: {output name: (S, rows, width) float32}. Never unpickles; every
+    member's header is checked against the manifest's entry before any array is read."""
     tables = bundle.tables
     if name not in tables:
         raise BundleError(f"{bundle.root}: no modulation table {name!r}; expected one of {sorted(tables)}")
     path = bundle.root / tables[name]["file"]
+    expected = _table_shapes(bundle, tables[name])
     try:
+        _check_members(path, expected)
         with np.load(path, allow_pickle=False) as z:
             out = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
         raise BundleError(f"{path}: expected a modulation table (npz of float32 arrays), found unreadable "
                           f"content ({e})") from None
-    bad = [k for k, v in out.items() if v.dtype != np.float32 or v.ndim != 3]
+    bad = [k for k, v in out.items() if not np.isfinite(v).all()]
     if bad:
-        raise BundleError(f"{path}: expected float32 arrays (steps, rows, width), found {bad[0]!r} "
-                          f"{out[bad[0]].dtype} with {out[bad[0]].ndim} dims")
+        raise BundleError(f"{path}: expected finite numbers, found NaN or Inf in {bad[0]!r}")
     return out
+
+
+def _table_shapes(bundle: Bundle, entry: dict) -> dict[str, tuple[int, ...]]:
+    """{output: (steps, rows, width)} a table entry implies: its steps, rows and the conditioning
+    graph's output widths."""
+    cond = next((g for g in bundle.graphs.values() if g.kind == "conditioning"), None)
+    if cond is None:
+        raise BundleError(f"{bundle.root}: modulation tables need the segments layout's conditioning graph; "
+                          "this bundle has none")
+    widths = {t.name: t.shape[-1] for t in cond.outputs}
+    steps, rows = len(entry.get("t", ())), 2 if bundle.guidance else 1
+    outputs = entry.get("outputs", list(widths))
+    unknown = [o for o in outputs if o not in widths]
+    if unknown or not isinstance(entry.get("t"), list):
+        raise BundleError(f"{bundle.root}/manifest.json: tables: expected times t and outputs of the conditioning "
+                          f"graph {sorted(widths)}, found {unknown or entry.get('t')!r}")
+    return {o: (steps, rows, int(widths[o])) for o in outputs}
+
+
+def _check_members(path, expected: dict[str, tuple[int, ...]]) -> None:
+    """Each npz member's npy header (dtype, shape) matches `expected` and its size fits the member,
+    read from the headers alone (a member claiming petabytes is refused before numpy allocates)."""
+    from numpy.lib import format as npy
+
+    with zipfile.ZipFile(path) as z:
+        members = {i.filename[:-4] if i.filename.endswith(".npy") else i.filename: i for i in z.infolist()}
+        if sorted(members) != sorted(expected):
+            raise BundleError(f"{path}: expected arrays {sorted(expected)} (the manifest's entry), "
+                              f"found {sorted(members)[:8]}")
+        for name, info in members.items():
+            with z.open(info) as f:
+                version = npy.read_magic(f)
+                read = {(1, 0): npy.read_array_header_1_0, (2, 0): npy.read_array_header_2_0}.get(version)
+                if read is None:
+                    raise BundleError(f"{path}: {name}: expected an npy header of version 1.0 or 2.0, found {version}")
+                shape, _, dtype = read(f)
+            if dtype != np.float32 or tuple(shape) != expected[name]:
+                raise BundleError(f"{path}: {name}: expected float32 {expected[name]} (the manifest's entry), "
+                                  f"found {dtype} {tuple(shape)}")
+            if int(np.prod(shape, dtype=np.float64)) * 4 > info.file_size:
+                raise BundleError(f"{path}: {name}: header claims {shape} floats, the member holds "
+                                  f"{info.file_size} bytes")
 
 
 def table_feeds(table: Mapping[str, np.ndarray], step: int, batch: int) -> dict[str, np.ndarray]:

@@ -55,7 +55,10 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as e:
         _fail(e.format_message())
     except OSError as e:   # last resort: a write or read outside odelt.fileio
-        where = f"{e.filename}: " if e.filename else ""
+        # a copy (shutil) that fails on a full disk names its source first and its target second:
+        # the target is the file that could not be written
+        target = e.filename2 or e.filename
+        where = f"{target}: " if target else ""
         _fail(f"{where}{e.strerror or e}")
 
 

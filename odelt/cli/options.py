@@ -86,3 +86,16 @@ POSITIVE = Positive()           # finite and > 0
 FINITE = Finite()
 SAMPLES = Count(1, validate.MAX_SAMPLES)
 QUANTILE = Quantile()
+
+
+def only_with(flag: str, given: bool, names: dict[str, str]) -> None:
+    """Options that apply only together with `flag`: typing one without it is an error, not a no-op
+    (`names`: parameter name -> its option as typed)."""
+    from click.core import ParameterSource
+
+    if given:
+        return
+    ctx = click.get_current_context()
+    typed = [opt for name, opt in names.items() if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+    if typed:
+        raise click.UsageError(f"{typed[0]} applies only with {flag}: expected {flag} too, found {typed[0]} alone")

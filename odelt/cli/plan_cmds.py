@@ -79,7 +79,15 @@ def plan(bundle: str, budget_ms: float, batch: int, extrapolate: bool, device: s
     if latents and decoders:
         raise ConfigError(f"--latents plans without a decoder: expected --latents or --decoder, found both "
                           f"(--decoder {' '.join(decoders)})")
+    if pareto:
+        from odelt.fileio import check_out, check_writable
+
+        check_out(pareto, "file", (bundle,), folder=False)
+        check_writable(pareto)
     manifest = open_bundle(bundle)
+    if latents and not manifest.decoders:
+        raise ConfigError(f"--latents: expected a latent bundle (with a decoder stage), found the pixel-space "
+                          f"bundle {manifest.root}")
     if device is not None:
         prof = load_profile(manifest, device, backends[0] if len(backends) == 1 else "ort")
         profiles = {str(prof.get("backend", "ort")): prof}

@@ -8,7 +8,7 @@ from odelt.cli import cli
 from odelt.bundle.iospec import LAYOUTS
 from odelt.runtime.backends import BACKENDS
 from odelt.runtime.budget.stream import CONTROLS
-from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, QUANTILE, SAMPLES, THREADS
+from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, QUANTILE, SAMPLES, THREADS, only_with
 
 
 @cli.command()
@@ -61,8 +61,15 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, g
     from tqdm import tqdm
 
     from odelt.runtime.images import grid_image, save_npy, save_png
+    from odelt.fileio import check_out, check_writable
     from odelt.runtime.generate import GenerateOptions, generate_from_bundle
 
+    only_with("--budget-ms", budget_ms is not None, {"log": "--log", "quantile": "--quantile",
+                                                     "extrapolate": "--extrapolate", "control": "--control"})
+    outputs = [out, *([Path(out).with_suffix(".npy")] if save_array else []), *([log] if log else [])]
+    for path in outputs:                        # every output checked before the work, not after
+        check_out(path, "file", (bundle,), folder=False)
+        check_writable(path)
     opts = GenerateOptions(schedule=schedule, n=n, batch=batch, seed=seed, guidance_scale=guidance_scale,
                            backend=backend or "ort", plan_backends=(backend,) if backend else None,
                            layout=layout, length=length, threads=threads, tables=not no_tables,

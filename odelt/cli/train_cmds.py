@@ -76,6 +76,7 @@ def train_vae(steps: int, batch_size: int, lr: float, warmup: int, kl_weight: fl
     from odelt.data import load_digits_nchw, split_digits
     from odelt.latent import train as lt
 
+    lt.check_vae_out(out_dir)                  # before the work: never train into someone else's folder
     torch.set_num_threads(threads)
     cfg = lt.VAEConfig(steps=steps, batch_size=batch_size, lr=lr, warmup=min(warmup, steps), kl_weight=kl_weight,
                        seed=seed)

@@ -55,6 +55,8 @@ class BuildRequest:
             raise ConfigError(f"backend {self.backend!r}: expected one of {', '.join(BACKENDS)}")
         if self.precision not in BUILD_PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: expected one of {', '.join(BUILD_PRECISIONS)}")
+        if self.use_dla and self.backend != "tensorrt":       # an option that cannot apply is an error
+            raise ConfigError(f"--dla applies only to --backend tensorrt, found --backend {self.backend}")
         if self.precision == "bf16" and self.backend != "openvino":
             raise ConfigError(f"precision bf16 is built by --backend openvino only, found --backend {self.backend}")
         if self.backend == "openvino":

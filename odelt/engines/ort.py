@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import shutil
 import statistics
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from odelt.engines.graph import graph_digest, load_graph
+from odelt.engines.platform import read_record_json
 from odelt.exporter.onnx_utils import restore_inputs
 from odelt.errors import BuildError, ConfigError, EngineMismatch, OdeltError
 from odelt.fileio import atomic_path, building, write_error, write_json_atomic
@@ -162,12 +162,7 @@ def record_path(engine_path: Path) -> Path:
 
 def read_record(engine_path: Path) -> dict[str, Any]:
     p = record_path(Path(engine_path))
-    try:
-        return dict(json.loads(p.read_text()))
-    except FileNotFoundError:
-        raise EngineMismatch(f"ORT engine {engine_path} has no record {p.name}; rebuild it") from None
-    except ValueError as e:
-        raise EngineMismatch(f"ORT engine record {p} is unreadable ({e}); rebuild it") from None
+    return read_record_json(p, f"ORT engine {engine_path} has no record {p.name}; rebuild it")
 
 
 def session_from_engine(engine_path: Path, threads: int = 0, spinning: bool = False,

@@ -124,13 +124,35 @@ def manifest_path(engine_path: Path) -> Path:
     return engine_path.with_name(engine_path.name + MANIFEST_SUFFIX)
 
 
+def read_record_json(p: Path, missing: str) -> dict[str, Any]:
+    """An engine's JSON record (every engine backend's one reader): an object of finite numbers,
+    strings, lists and objects; anything else is one EngineMismatch line (`missing`: when absent)."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"non-finite number {constant}")
+
+    try:
+        data = json.loads(p.read_text(), parse_constant=refuse)
+    except FileNotFoundError:
+        raise EngineMismatch(missing) from None
+    except (ValueError, UnicodeDecodeError, OSError, RecursionError) as e:
+        raise EngineMismatch(f"engine record {p} is unreadable ({str(e)[:120]}); rebuild the engine") from None
+    if not isinstance(data, dict):
+        raise EngineMismatch(f"engine record {p}: expected a JSON object, found {type(data).__name__}; rebuild the engine")
+    return data
+
+
 def read_manifest(engine_path: Path) -> EngineManifest:
     p = manifest_path(engine_path)
+    d = read_record_json(p, f"engine {engine_path} has no manifest {p.name}: cannot tell which "
+                            "TensorRT and GPU it was built for; rebuild it")
+    plat = d.get("platform")
+    fields = ("trt_version", "gpu_name", "compute_capability")
+    if not isinstance(plat, dict) or any(not isinstance(plat.get(k), str) for k in fields) or \
+            any(plat.get(k) is not None and not isinstance(plat.get(k), str) for k in ("l4t", "jetpack")):
+        raise EngineMismatch(f"engine manifest {p}: platform: expected strings {list(fields)}, found "
+                             f"{plat!r:.120}; rebuild the engine")
     try:
-        return EngineManifest.from_dict(json.loads(p.read_text()))
-    except FileNotFoundError:
-        raise EngineMismatch(f"engine {engine_path} has no manifest {p.name}: cannot tell which "
-                             "TensorRT and GPU it was built for; rebuild it") from None
+        return EngineManifest.from_dict(d)
     except (ValueError, KeyError, TypeError) as e:
         raise EngineMismatch(f"engine manifest {p} is unreadable ({e}); rebuild the engine") from None
 
@@ -143,6 +165,10 @@ def check_compatible(manifest: EngineManifest, here: Platform, engine_path: Path
         problems.append("TensorRT version")
     if built.compute_capability != here.compute_capability or built.gpu_name != here.gpu_name:
         problems.append("GPU")
+    if problems and built.describe() == here.describe():       # same text, different values: show them
+        problems = [f"{' and '.join(problems)}: recorded {built.trt_version!r}/{built.gpu_name!r}/"
+                    f"{built.compute_capability!r}, found {here.trt_version!r}/{here.gpu_name!r}/"
+                    f"{here.compute_capability!r}"]
     if problems:
         raise EngineMismatch(
             f"engine {engine_path.name} was built for {built.describe()}, this machine has "

@@ -30,7 +30,7 @@ from typing import Any
 import onnx
 
 from odelt.engines.graph import graph_digest, graph_precision, load_graph
-from odelt.engines.platform import manifest_path, query_gpu
+from odelt.engines.platform import manifest_path, query_gpu, read_record_json
 from odelt.engines.rtx_targets import COMPUTE, expected_mask
 from odelt.engines.tensorrt import BuildConfig, build, make_logger
 from odelt.engines.trt_caps import import_library
@@ -85,12 +85,10 @@ class RtxRecord:
     @classmethod
     def read(cls, plan_path: Path) -> RtxRecord:
         p = manifest_path(plan_path)
+        d = read_record_json(p, f"engine {plan_path.name} has no record {p.name}: rebuild it")
         try:
-            d = json.loads(p.read_text())
             d["compute_capabilities"] = tuple(d["compute_capabilities"])
             return cls(**d)
-        except FileNotFoundError:
-            raise EngineMismatch(f"engine {plan_path.name} has no record {p.name}: rebuild it") from None
         except (ValueError, KeyError, TypeError) as e:
             raise EngineMismatch(f"engine record {p} is unreadable ({e}); rebuild the engine") from None
 

@@ -17,9 +17,10 @@ from odelt.bundle.bundle import FORMAT, MANIFEST, Bundle, open_bundle, write_new
 from odelt.bundle.iospec import LAYOUTS, BatchRange, GraphSpec, TensorSpec, check_lengths, layout_spec
 from odelt.exporter.trace import EXTERNAL_DATA_BYTES, TRACE_BATCH, onnx_from_model
 from odelt.exporter.wrappers import ChunkGraph, ConditioningGraph, HeadGraph, LengthGraph
-from odelt.fileio import building, remove_stale_partials, swap_in_dir
+from odelt.fileio import building, check_out, mark_output, remove_stale_partials, swap_in_dir
 from odelt.models.dit import DiT
 
+BUNDLE_KIND = "bundle"                    # the output marker of a bundle folder (odelt.fileio.check_out)
 SUPPORTED_OPSETS = tuple(range(14, 21))   # TorchScript exporter range we test; 16 = TensorRT 8.5
 
 
@@ -107,6 +108,7 @@ def export_bundle(dit: DiT, out: str | os.PathLike, options: ExportOptions, sour
         if decoders:
             data["decoders"] = decoders
         write_new_bundle(tmp, data, files)
+        mark_output(tmp, BUNDLE_KIND)
         _move_into_place(tmp, out)
     return open_bundle(out)
 
@@ -157,16 +159,10 @@ def _manifest_data(dit: DiT, options: ExportOptions, lengths: tuple[int, ...], p
     }
 
 
-def _check_target(out: Path, force: bool) -> None:
-    """`out` may be absent or empty; a bundle only with force; anything else is refused."""
+def _check_target(out: Path, force: bool, inputs: tuple = ()) -> None:
+    """`out` may be absent or empty; a bundle this tool made only with force; anything else is refused."""
     remove_stale_partials(out.parent)
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"output {out} exists and is a file; expected a folder path")
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise ExportError(f"output folder {out} is not empty; pass --force to overwrite it")
-        if not (out / MANIFEST).is_file():
-            raise ExportError(f"refusing to overwrite {out}: it is not empty and not an odelt bundle (no {MANIFEST})")
+    check_out(out, BUNDLE_KIND, inputs, force, legacy=lambda p: (p / MANIFEST).is_file(), error=ExportError)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:
@@ -181,7 +177,8 @@ def export_source(source: str, out: str | os.PathLike, options: ExportOptions, c
     from odelt.fileio import file_hash
     from odelt.models.checkpoint import BUILTIN_PREFIX, load_checkpoint, resolve_source
 
-    dit = load_checkpoint(source, config)
     path = resolve_source(source)
+    _check_target(Path(out), options.force, (path, *(p for _, p in options.vaes or ())))
+    dit = load_checkpoint(source, config)
     recorded = source if str(source).startswith(BUILTIN_PREFIX) else str(path.resolve())
     return export_bundle(dit, out, options, recorded, file_hash(path))

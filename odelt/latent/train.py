@@ -31,7 +31,7 @@ from torch import Tensor
 from odelt import validate
 from odelt.data import SIDE, upsample_digits
 from odelt.errors import CheckpointError, ConfigError
-from odelt.fileio import building, swap_in_dir
+from odelt.fileio import building, check_out, mark_output, swap_in_dir
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
 CONFIG_FILE = "config.json"
@@ -164,13 +164,25 @@ def decode_scaled(vae, z: Tensor, batch: int = 256) -> Tensor:
     return torch.cat([vae.decode(z[i:i + batch]).sample for i in range(0, len(z), batch)])
 
 
+VAE_KIND = "autoencoder"                     # the output marker of a saved autoencoder folder
+_VAE_FILES = {"config.json", "diffusion_pytorch_model.safetensors"}
+
+
+def check_vae_out(path: str | os.PathLike) -> Path:
+    """Before training: `path` is new, empty, or an autoencoder folder this tool wrote (replaced);
+    a folder holding anything else is refused."""
+    return check_out(path, VAE_KIND, force=True,
+                     legacy=lambda p: {q.name for q in p.iterdir()} <= _VAE_FILES)
+
+
 def save_vae(vae, path: str | os.PathLike) -> Path:
     """Write the autoencoder as a diffusers folder (config.json + safetensors), replacing `path` whole."""
-    final = Path(path)
+    final = check_vae_out(path)
     with building(final.parent, final.name) as tmp:
         vae.save_pretrained(str(tmp), safe_serialization=True)
         for f in tmp.iterdir():
             f.chmod(0o644)                       # diffusers leaves the weights 0600; artifacts are shared data
+        mark_output(tmp, VAE_KIND)
         return swap_in_dir(tmp, final)
 
 

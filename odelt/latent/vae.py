@@ -161,7 +161,37 @@ def _config(k: Kind, file: Path | None) -> dict:
     if unknown:
         raise CheckpointError(f"{file}: unknown {k.class_name} config key {unknown[0]!r}; expected some of "
                               f"{sorted(known)}")
+    defaults = {n: p.default for n, p in inspect.signature(cls).parameters.items()}
+    for key, value in config.items():
+        expected = _config_type_error(defaults.get(key), value)
+        if expected:
+            raise CheckpointError(f"{file}: {key}: expected {expected}, found {value!r:.80}")
     return config
+
+
+MAX_VAE_DIM = 1 << 16        # channels, sizes, layer counts: a config past this is not a real VAE
+
+
+def _config_type_error(default: Any, value: Any) -> str | None:
+    """What a config value should be, judged by the constructor's default (None when it fits)."""
+    def number(v: Any, whole: bool) -> bool:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or (whole and not isinstance(v, int)):
+            return False
+        return math.isfinite(v) and abs(v) <= MAX_VAE_DIM
+    if isinstance(default, bool):
+        return None if isinstance(value, bool) else "true or false"
+    if isinstance(default, int):
+        return None if number(value, True) else f"an integer of at most {MAX_VAE_DIM}"
+    if isinstance(default, float):
+        return None if number(value, False) else f"a finite number of at most {MAX_VAE_DIM}"
+    if isinstance(default, (tuple, list)):
+        inner = (lambda v: number(v, True)) if all(isinstance(d, int) for d in default) else \
+            (lambda v: isinstance(v, type(default[0]))) if default else (lambda v: True)
+        ok = isinstance(value, (list, tuple)) and len(value) <= 64 and all(inner(v) for v in value)
+        return None if ok else f"a list like {list(default)}"
+    if isinstance(default, str):
+        return None if isinstance(value, str) else "a string"
+    return None
 
 
 def _class(k: Kind) -> type:

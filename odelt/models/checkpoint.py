@@ -117,7 +117,12 @@ def _load_safetensors(path: Path, config: DiTConfig | dict | None) -> DiT:
         raise CheckpointError(f"{path}: not a readable safetensors checkpoint ({e})") from None
     if meta.get("format") != _FORMAT or "config" not in meta:
         raise CheckpointError(f"{path}: expected an odelt checkpoint (format {_FORMAT}), found metadata {sorted(meta)}")
-    stored = DiTConfig.from_dict(json.loads(meta["config"]))
+    try:
+        stored_dict = json.loads(meta["config"])
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CheckpointError(f"{path}: metadata 'config': expected a JSON object of model config fields, found "
+                              f"invalid JSON ({e.msg if hasattr(e, 'msg') else e})") from None
+    stored = DiTConfig.from_dict(stored_dict)
     if config is not None and _as_config(config) != stored:
         raise ConfigError(f"{path}: the given config {_as_config(config)} differs from the stored one {stored}")
     return _build(stored, {k: v.float() for k, v in state.items()}, str(path))
@@ -133,6 +138,9 @@ def _build(config: DiTConfig, state: dict[str, torch.Tensor], where: str) -> DiT
             raise CheckpointError(
                 f"{where}: weight {name!r} has shape {tuple(state[name].shape)}, expected {tuple(ref.shape)}; "
                 "does the config match the checkpoint?")
+        if not bool(torch.isfinite(state[name]).all()):
+            raise CheckpointError(f"{where}: weight {name!r} has NaN or Inf values; expected finite weights "
+                                  "(the checkpoint is damaged or from a diverged training run)")
     extra = sorted(set(state) - set(expected))
     if extra:
         raise CheckpointError(f"{where}: unexpected weights {extra[:3]}{'...' if len(extra) > 3 else ''} "
@@ -212,6 +220,9 @@ _LAYOUT = {
 }
 
 
+_RANK = {"dense": 2, "conv": 4, "bias": 1, "embed": 2}
+
+
 def _load_upstream_pickle(path: Path, config: DiTConfig | dict | None) -> DiT:
     if config is None:
         raise CheckpointError(f"{path}: an upstream pickle needs its model config (num_heads and depth_group "
@@ -225,6 +236,9 @@ def _load_upstream_pickle(path: Path, config: DiTConfig | dict | None) -> DiT:
         array = flat[flax_name]
         if array.dtype.kind not in "fiu":
             raise CheckpointError(f"{path}: params/{flax_name} has dtype {array.dtype}, expected a numeric array")
+        if array.ndim != _RANK[kind]:                    # before the layout change, which needs the rank
+            raise CheckpointError(f"{path}: params/{flax_name} has {array.ndim} dimensions {array.shape}, expected "
+                                  f"{_RANK[kind]} (a {kind} {'kernel' if kind in ('dense', 'conv') else 'array'})")
         state[torch_name] = torch.from_numpy(np.ascontiguousarray(_LAYOUT[kind](array), dtype=np.float32))
     blocks = {k.split("/")[0] for k in flat if k.startswith("DiTBlock_")}
     if len(blocks) > cfg.depth:

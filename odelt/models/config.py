@@ -8,6 +8,14 @@ from dataclasses import dataclass
 
 from odelt.errors import ConfigError
 
+# Field bounds checked before anything is allocated (DiT-XL is hidden 1152, depth 28, 32x32 latents):
+# generous for real models, and a config asking for more fails in one line naming the field.
+MAX_FIELD = {"input_size": 4096, "in_channels": 1024, "out_channels": 1024, "patch_size": 64,
+             "hidden_size": 65536, "depth": 1024, "num_heads": 4096, "mlp_ratio": 64.0, "depth_group": 1024,
+             "depth_min": 1024, "num_classes": 1_000_000, "frequency_embedding_size": 65536}
+MAX_PARAMS = 2e10           # 80 GB of FP32 weights
+
+
 @dataclass(frozen=True)
 class DiTConfig:
     input_size: int = 32          # latent side; images are NCHW (B, in_channels, input_size, input_size)
@@ -39,6 +47,17 @@ class DiTConfig:
         for ok, what in checks:
             if not ok:
                 raise ConfigError(f"invalid model config: expected {what}, found {self}")
+        if self.param_estimate() > MAX_PARAMS:
+            raise ConfigError(f"invalid model config: hidden_size {self.hidden_size}, depth {self.depth} and "
+                              f"mlp_ratio {self.mlp_ratio} make about {self.param_estimate():.3g} parameters; expected "
+                              f"at most {MAX_PARAMS:.0e} (bounded before anything is allocated)")
+
+    def param_estimate(self) -> float:
+        """About how many parameters the model has (attention + MLP + adaLN per block): a bound
+        checked before anything is built, so a config file cannot ask for terabytes."""
+        d = float(self.hidden_size)
+        return self.depth * (4 * d * d + 2 * self.mlp_ratio * d * d + 6 * d * d) + \
+            (self.num_classes + 1 + self.depth) * d
 
     def _check_types(self) -> None:
         """Every field has its type (no bools for numbers, no strings) and a usable value, so that a
@@ -53,8 +72,11 @@ class DiTConfig:
                 ok, expected = _is_number(v) and v > 0, "a finite number > 0"
             else:
                 ok, expected = isinstance(v, bool), "true or false"
+            if ok and f.name in MAX_FIELD and v > MAX_FIELD[f.name]:
+                ok, expected = False, f"an integer in 1..{MAX_FIELD[f.name]}" if f.type == "int" else \
+                    f"{expected} and at most {MAX_FIELD[f.name]}"
             if not ok:
-                raise ConfigError(f"invalid model config: {f.name}: expected {expected}, found {v!r}")
+                raise ConfigError(f"invalid model config: {f.name}: expected {expected}, found {v!r:.80}")
 
     @property
     def head_dim(self) -> int:

@@ -138,6 +138,15 @@ class Schedule:
                f"dt_base must be integers in 0..{MAX_DT_BASE}, found {list(self.dt_base)}")
         if self.t_eval is not None:
             _check(all(0 <= t <= 1 for t in self.t_eval), f"t_eval must lie in [0, 1], found {list(self.t_eval)}")
+        g = self.guidance_scale
+        _check(g is None or (isinstance(g, (int, float)) and not isinstance(g, bool) and math.isfinite(g)),
+               f"cfg_scale: expected a finite number or null, found {g!r}")
+        _check(not any(isinstance(v, bool) for v in (*self.lengths, *self.dt_base)),
+               f"lengths and dt_base must be integers, found {list(self.lengths)} / {list(self.dt_base)}")
+        _check(self.model_hash is None or isinstance(self.model_hash, str),
+               f"model.hash: expected a string, found {self.model_hash!r}")
+        for what, tree in (("solver.params", self.params), ("provenance", self.provenance)):
+            _check(_all_finite(tree), f"{what}: expected finite numbers, found {tree!r:.120}")
         self._validate_solver()
         return self
 
@@ -220,6 +229,18 @@ class Schedule:
 def _check(ok: bool, message: str) -> None:
     if not ok:
         raise ScheduleError(message)
+
+
+def _all_finite(v: Any, depth: int = 0) -> bool:
+    if depth > 32:
+        return False
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, dict):
+        return all(_all_finite(x, depth + 1) for x in v.values())
+    if isinstance(v, (list, tuple)):
+        return all(_all_finite(x, depth + 1) for x in v)
+    return True
 
 
 def _check_grid(what: str, grid: Sequence[float]) -> None:

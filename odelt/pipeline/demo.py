@@ -22,7 +22,7 @@ import numpy as np
 
 from odelt import validate
 from odelt.errors import ConfigError
-from odelt.fileio import make_dir, read_json, write_json_atomic
+from odelt.fileio import check_out, make_dir, mark_output, read_json, write_json_atomic
 from odelt.pipeline import latent_stage
 
 Log = Callable[[str], None]
@@ -66,10 +66,20 @@ class DemoResult:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
+DEMO_KIND = "demo"        # the output marker of a demo folder (odelt.fileio.check_out)
 SOURCE = "source.json"    # the model every stage in `out` was built from: {"source", "source_hash"}
 
 
-def check_source(opts: DemoOptions, log: Log) -> None:
+def check_out_folder(opts: DemoOptions) -> None:
+    """OUT is new, empty, or a demo folder (this tool's marker, or a record from before markers)."""
+    from odelt.bundle.bundle import MANIFEST
+    from odelt.models.checkpoint import resolve_source
+
+    check_out(opts.out, DEMO_KIND, (resolve_source(opts.source),), force=True,
+              legacy=lambda p: (p / SOURCE).is_file() or (p / "bundle" / MANIFEST).is_file())
+
+
+def check_source(opts: DemoOptions, log: Log) -> dict:
     """Stages are reused only for the model they were built from: another model is refused, or with
     `force` every stage is removed and rebuilt. Records the model in out/source.json."""
     from odelt.fileio import file_hash
@@ -86,6 +96,11 @@ def check_source(opts: DemoOptions, log: Log) -> None:
         for p in sorted(opts.out.iterdir()):
             if p.name in _STAGES or p.name.startswith("samples_"):
                 shutil.rmtree(p) if p.is_dir() else p.unlink()
+    return want
+
+
+def record_source(opts: DemoOptions, want: dict) -> None:
+    """Record the model once its bundle exists: a refused model leaves no record behind."""
     write_json_atomic(opts.out / SOURCE, want)
 
 
@@ -392,10 +407,13 @@ def run_demo(opts: DemoOptions, log: Log = print) -> DemoResult:
     from odelt.pipeline.report import write_report
     from odelt.pipeline.rtx_stage import stage_rtx
 
+    check_out_folder(opts)
     make_dir(opts.out)
-    check_source(opts, log)
+    want = check_source(opts, log)
+    mark_output(opts.out, DEMO_KIND)
     start = time.perf_counter()
     manifest = stage_export(opts, log)
+    record_source(opts, want)
     verify = stage_verify(opts, manifest, log)
     quant = stage_quantize(opts, manifest, log)
     model = model_for_bundle(open_bundle(manifest.root))

@@ -91,6 +91,17 @@ def check_decoder(manifest: Bundle, opts: GenerateOptions) -> None:
         manifest.decoder(opts.decoder)
 
 
+def check_applies(manifest: Bundle, opts: GenerateOptions) -> None:
+    """Options that cannot apply to this bundle are errors, not no-ops."""
+    if not opts.decode and not manifest.decoders:
+        raise ConfigError(f"--latents: expected a latent bundle (with a decoder stage), found the pixel-space "
+                          f"bundle {manifest.root}")
+    if opts.budget_ms is not None and opts.precision != "fp32":
+        have = "" if opts.precision in manifest.precisions else f"; this bundle has no {opts.precision} variant"
+        raise ConfigError(f"--precision {opts.precision}: the plan under --budget-ms chooses the precision "
+                          f"(from {list(manifest.precisions)}); expected no --precision with --budget-ms{have}")
+
+
 def decode_result(manifest: Bundle, res: GenerateResult, opts: GenerateOptions) -> GenerateResult:
     """Decode a latent bundle's samples (its decoder graph at the run's precision) unless --latents."""
     if not manifest.decoders or not opts.decode:
@@ -111,6 +122,7 @@ def generate_from_bundle(bundle: str | os.PathLike, opts: GenerateOptions,
     manifest = open_bundle(bundle)
     validate.bundle_batch("--batch", opts.batch, manifest.batch)
     check_decoder(manifest, opts)
+    check_applies(manifest, opts)
     if opts.budget_ms is not None:           # the plans decode each batch themselves (within the budget)
         return generate_budgeted(manifest, opts, progress)
     schedule = resolve_schedule(opts.schedule, opts.length or max(manifest.lengths))

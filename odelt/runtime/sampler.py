@@ -136,8 +136,14 @@ class Sampler:
         at the same step."""
         s = self.schedule
         bound = self._binds[int(y.shape[0])]          # as bound for the batch: its labels and lengths
-        SOLVERS[s.solver](bound.f, np.array(x0, np.float32), self._grid, callback=_check_finite,
-                          **self._kwargs)
+        try:
+            SOLVERS[s.solver](bound.f, np.array(x0, np.float32), self._grid, callback=_check_finite,
+                              **self._kwargs)
+        except RuntimeFailure as e:
+            changed = self.manifest.changed_file()      # a changed file, not the model, is to blame
+            if changed:
+                raise RuntimeFailure(f"{str(e).split(';')[0]}: {changed}; re-export or restore the bundle") from None
+            raise
         raise RuntimeFailure("the final state is non-finite, but a replay of the same inputs stayed finite at "
                              "every step: the backend is not deterministic")
 

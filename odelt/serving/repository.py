@@ -37,7 +37,7 @@ from typing import Any
 from odelt.errors import ConfigError, ExportError
 from odelt.bundle.bundle import Bundle, open_bundle
 from odelt.bundle.iospec import GraphSpec, TensorSpec
-from odelt.fileio import swap_in_dir, write_json_atomic
+from odelt.fileio import check_out, mark_output, swap_in_dir, write_json_atomic
 from odelt.serving import graph_model, sampler_model
 from odelt.serving.pbtxt import parameters, render
 from odelt.serving.wire import SAMPLER, TRITON_DTYPES, batched, dims, model_name
@@ -47,6 +47,7 @@ ENGINES = ("tensorrt", "onnxruntime", "cpu")
 PROFILE_BACKEND = {"tensorrt": "tensorrt", "onnxruntime": "ort", "cpu": "ort"}
 SAMPLERS = ("engine", "bls")
 FORMAT = "odelt-triton-repository/1"
+REPO_KIND = "triton-repository"     # the output marker (odelt.fileio.check_out)
 SAMPLER_FILES = ("manifest.json", "quality.json", "schedules", "profile", "tables")
 
 
@@ -74,7 +75,7 @@ class RepoOptions:
         if self.window_ms < 0:
             raise ConfigError(f"--window-ms must be >= 0, found {self.window_ms}")
         for name, value in (("--instances", self.instances), ("--sampler-instances", self.sampler_instances),
-                            ("--max-batch", self.max_batch or 1), ("--threads", self.threads)):
+                            ("--max-batch", 1 if self.max_batch is None else self.max_batch), ("--threads", self.threads)):
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, found {value}")
 
@@ -93,8 +94,8 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
     graphs = _layout_graphs(manifest, layout) + [manifest.graph(d.graph) for d in manifest.decoders.values()]
     files = _graph_files(manifest, graphs, opts) if mode == "bls" else {}
     final = Path(out)
-    if final.exists() and not opts.force:
-        raise ExportError(f"{final} already exists; pass --force to replace it")
+    check_out(final, REPO_KIND, (manifest.root,), opts.force, legacy=lambda p: (p / "odelt_repository.json").is_file(),
+              error=ExportError)
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -110,6 +111,7 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
             "mode": mode, "models": {g.name: model_name(g.name) for g in graphs} if mode == "bls" else {},
             "sampler": SAMPLER,
             "decoder": manifest.decoder().kind if manifest.decoders else None})
+        mark_output(tmp, REPO_KIND)
         swap_in_dir(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -231,7 +231,8 @@ CASES = [
     ("export-batch", E + ["--batch", "0:1:2"], "batch range", None),
     ("export-opset", E + ["--opset", "11"], "unsupported opset 11", None),
     ("export-lengths", E + ["--lengths", "2,x"], "--lengths must be comma-separated", None),
-    ("export-onto-file", ["export", "{ck}", "--out", "{ck}"], "exists and is a file", None),
+    ("export-onto-input", ["export", "{ck}", "--out", "{ck}"], "found the input itself", None),
+    ("export-onto-file", ["export", "{ck}", "--out", "{heads0}"], "exists and is a file", None),
     ("export-disk-full", E, "No space left on device", "disk-full"),
     ("export-read-only", E, "b: Read-only file system", "read-only"),
     ("export-vae-kind", E + ["--vae", "vq:{vae}"], "unknown VAE kind 'vq'", None),
@@ -291,6 +292,29 @@ CASES = [
     ("demo-vae-kind", ["demo", "--out", "{out}/d", "--vae", "vq:{vae}"], "unknown VAE kind 'vq'", None),
     ("demo-vae-missing", ["demo", "--out", "{out}/d", "--model", "{ck}", "--vae", "sd:{out}/none"],
      "none not found; expected a diffusers folder or a weights file", None),
+    # --out/--force: never an input, never a folder this tool did not make (issue 21)
+    ("triton-onto-bundle", ["triton", "{b}", "--out", "{b}", "--force"], "found the input itself", None),
+    ("triton-into-bundle", ["triton", "{b}", "--out", "{b}/repo", "--force"], "found a path inside the input", None),
+    ("triton-onto-user-folder", ["triton", "{b}", "--out", "{demo}", "--force"], "not an odelt triton-repository",
+     None),
+    ("triton-max-batch-0", ["triton", "{b}", "--out", "{out}/r", "--max-batch", "0"], "--max-batch must be >= 1, found 0",
+     None),
+    ("export-onto-user-folder", ["export", "{ck}", "--out", "{cache}", "--force"], "not an odelt bundle", None),
+    ("export-onto-demo", ["export", "{ck}", "--out", "{root}", "--force"], "a folder holding the input", None),
+    ("vae-onto-user-folder", TV[:-1] + ["{cache}"], "not an odelt autoencoder", None),
+    ("demo-onto-user-folder", ["demo", "--out", "{cache}"], "not an odelt demo", None),
+    ("gen-out-onto-manifest", ["generate", "{b}", "--out", "{b}/manifest.json"], "found a path inside the input", None),
+    ("gen-log-no-folder", G + ["--budget-ms", "1e3", "-n", "1", "--log", "{out}/no/l.jsonl"], "does not exist", None),
+    ("gen-log-read-only", G + ["--budget-ms", "1e3", "-n", "1", "--log", "{out}/l.jsonl"], "Read-only file system",
+     "read-only"),
+    # options that cannot apply are errors, not no-ops
+    ("gen-latents-pixel", G + ["--latents"], "--latents: expected a latent bundle", None),
+    ("plan-latents-pixel", P + ["--budget-ms", "5", "--latents"], "--latents: expected a latent bundle", None),
+    ("gen-log-no-budget", G + ["--log", "{out}/l.jsonl"], "--log applies only with --budget-ms", None),
+    ("gen-quantile-no-budget", G + ["--quantile", "0.5"], "--quantile applies only with --budget-ms", None),
+    ("gen-precision-budget", G + ["--budget-ms", "1e3", "--precision", "fp16"], "no fp16 variant", None),
+    ("build-dla-rtx", ["build", "{b}", "--backend", "tensorrt-rtx", "--dla"], "--dla applies only to --backend tensorrt",
+     None),
     # the command line itself
     ("unknown-option", ["plan", "{b}", "--budget-ms", "5", "--bogus"], "No such option '--bogus'", None),
     ("unknown-command", ["nocmd"], "No such command 'nocmd'", None),
@@ -329,7 +353,7 @@ def test_table_is_large_and_covers_every_command():
     commands = {c[1][0] for c in CASES}
     assert len(CASES) >= 60
     assert commands >= {"generate", "plan", "profile", "verify", "quantize", "build", "export", "info",
-                        "inspect", "train", "train-vae", "train-classifier", "schedule", "evaluate", "demo"}
+                        "inspect", "train", "train-vae", "train-classifier", "schedule", "evaluate", "demo", "triton"}
     assert {c[3] for c in CASES if isinstance(c[3], str)} == set(FAULTS)
 
 
@@ -350,15 +374,17 @@ def test_demo_force_rebuilds_stages_of_another_model(world, tmp_path):
     """With --force, the stages another model left are removed (the demo then rebuilds them) and
     the folder records the model now asked for; files that are not stages stay."""
     from odelt.fileio import file_hash
-    from odelt.pipeline.demo import DemoOptions, check_source
+    from odelt.pipeline.demo import DemoOptions, check_source, record_source
 
     out = tmp_path / "demo"
     shutil.copytree(world["demo"], out)
     for name in ("verify.json", "report.md", "samples_5ms.png", "notes.txt"):
         (out / name).write_text("x")
     (out / "bundle").mkdir()
-    check_source(DemoOptions(out=out, source=str(world["ck"]), force=True), log=lambda m: None)
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "source.json"]
+    opts = DemoOptions(out=out, source=str(world["ck"]), force=True)
+    want = check_source(opts, log=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    record_source(opts, want)
     recorded = json.loads((out / "source.json").read_text())
     assert recorded == {"source": str(world["ck"]), "source_hash": file_hash(world["ck"])}
     check_source(DemoOptions(out=out, source=str(world["ck"])), log=lambda m: None)   # same model: reused

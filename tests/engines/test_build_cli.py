@@ -1,3 +1,4 @@
+import shutil
 import sys
 
 import numpy as np
@@ -7,7 +8,7 @@ from odelt.cli import main
 from odelt.engines import ort as oe
 from odelt.onnxrt import ort_module
 from odelt.bundle.bundle import open_bundle
-from tests.bundles import edit_by_hand
+from tests.bundles import edit_by_hand, private_copy
 
 
 def _run(argv, capsys):
@@ -101,11 +102,17 @@ def test_not_a_bundle(tmp_path, capsys):
     assert "not a bundle" in _run(["build", str(tmp_path), "--backend", "ort"], capsys)
 
 
-def test_quantized_graphs_are_picked_when_listed(tiny_bundle):
+def test_quantized_graphs_are_picked_when_listed(tiny_bundle, tmp_path):
     from odelt.engines.build import graph_source
-    m = open_bundle(tiny_bundle)
+    root = private_copy(tiny_bundle, tmp_path / "b")
+    m = open_bundle(root)
     assert graph_source(m, "length_2", "fp16") == (m.graph_path("length_2"), False)
-    edit_by_hand(tiny_bundle, lambda d: d.update(
-        precisions={"fp16": {"graphs": {"length_2": {"file": "fp16/length_2.onnx"}}}}))
-    m2 = open_bundle(tiny_bundle)
-    assert graph_source(m2, "length_2", "fp16") == (tiny_bundle / "fp16/length_2.onnx", True)
+    (root / "fp16").mkdir()
+    shutil.copy(root / "per-length" / "length_2.onnx", root / "fp16" / "length_2.onnx")
+
+    def variant(d):                     # a variant's file is recorded with its hash, as quantize does
+        d["precisions"] = {"fp16": {"graphs": {"length_2": {"file": "fp16/length_2.onnx"}}}}
+        d["files"]["fp16/length_2.onnx"] = {"owner": "precisions/fp16"}
+    edit_by_hand(root, variant)
+    m2 = open_bundle(root)
+    assert graph_source(m2, "length_2", "fp16") == (root / "fp16/length_2.onnx", True)

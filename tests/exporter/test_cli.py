@@ -65,7 +65,7 @@ def test_existing_bundle_and_tampering(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "b"
     main(["export", str(tiny_ckpt), "--out", str(out), "--lengths", "2"])
     capsys.readouterr()
-    assert "not empty; pass --force" in run_err(capsys, ["export", str(tiny_ckpt), "--out", str(out)])
+    assert "already exists; pass --force" in run_err(capsys, ["export", str(tiny_ckpt), "--out", str(out)])
     main(["export", str(tiny_ckpt), "--out", str(out), "--lengths", "4", "--force"])
     capsys.readouterr()
     (out / "segments" / "cond.onnx").write_bytes(b"garbage")

@@ -10,6 +10,7 @@ import torch
 
 from odelt.data import load_digits_nchw, pool_to_digits, split_digits, upsample_digits
 from odelt.errors import CheckpointError, ConfigError
+from odelt.fileio import OUTPUT_MARK
 from odelt.latent import train as lt
 from odelt.models.config import PRESETS, DiTConfig
 from odelt.models.train import TrainConfig, train
@@ -88,9 +89,14 @@ def test_saved_folder_is_diffusers_format_and_replaces_the_old(tiny_vae, tmp_pat
     vae, _ = tiny_vae
     out = tmp_path / "vae"
     out.mkdir()
-    (out / "stale.txt").write_text("from an earlier run")
+    (out / "notes.txt").write_text("a user's file")
+    with pytest.raises(ConfigError, match="not an odelt autoencoder"):   # never someone else's folder
+        lt.save_vae(vae, out)
+    (out / "notes.txt").unlink()
     lt.save_vae(vae, out)
-    assert sorted(p.name for p in out.iterdir()) == [lt.CONFIG_FILE, lt.WEIGHTS_FILE]
+    (out / "stale.txt").write_text("from an earlier run")             # our own output: replaced whole
+    lt.save_vae(vae, out)
+    assert sorted(p.name for p in out.iterdir()) == [OUTPUT_MARK, lt.CONFIG_FILE, lt.WEIGHTS_FILE]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["vae"]            # no partial / old folder left
     assert {oct(p.stat().st_mode & 0o777) for p in out.iterdir()} == {"0o644"}
     config = json.loads((out / lt.CONFIG_FILE).read_text())

@@ -300,10 +300,11 @@ def test_teacher_cache_of_the_wrong_shape_is_refused(tmp_path):
 def test_table_with_object_arrays_is_refused(tmp_path):
     marker = tmp_path / "marker"
     np.savez(tmp_path / "t.npz", scale=np.array([Call(os.system, f"touch {marker}")], dtype=object))
-    # Only what Tables reads of a manifest: its root and table entries.
-    manifest = types.SimpleNamespace(root=tmp_path, tables={"t": {
+    # Only what Tables reads of a manifest: its root, table entries and the conditioning graph's outputs.
+    cond = types.SimpleNamespace(kind="conditioning", outputs=(types.SimpleNamespace(name="scale", shape=("batch", 1)),))
+    manifest = types.SimpleNamespace(root=tmp_path, guidance=False, graphs={"cond": cond}, tables={"t": {
         "file": "t.npz", "outputs": ["scale"], "length": 4, "y": None, "t": [0.0], "dt_base": [2]}})
-    with pytest.raises(BundleError, match="Object arrays cannot be loaded when allow_pickle=False") as info:
+    with pytest.raises(BundleError, match=r"scale: expected float32 \(1, 1, 1\).*found object") as info:
         Tables(manifest)
     assert "\n" not in str(info.value) and not marker.exists()
     np.load(tmp_path / "t.npz", allow_pickle=True)["scale"]   # live when pickles are allowed

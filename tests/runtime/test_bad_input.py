@@ -90,7 +90,7 @@ def test_tampered_manifest(bundle_copy):
     path.write_text(json.dumps(data))
     with pytest.raises(BundleError) as e:
         generate_from_bundle(bundle_copy, GenerateOptions(n=1))
-    assert "no graph 'blocks_9-9'" in _one_line(e)
+    assert "chains.segments.4.2: expected a segments graph listed under graphs, found 'blocks_9-9'" in _one_line(e)
     path.write_text("{ truncated")
     with pytest.raises(BundleError) as e:
         generate_from_bundle(bundle_copy, GenerateOptions(n=1))

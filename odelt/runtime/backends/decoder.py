@@ -85,8 +85,13 @@ class OrtDecoder:
         self.seconds += time.perf_counter() - start
         images = np.concatenate(out) if out else np.zeros((0, *self.info.image), np.float32)
         if not np.isfinite(images).all():
+            changed = self.manifest.changed_file()      # a modified graph, not FP16, is to blame
+            if changed:
+                raise RuntimeFailure(f"decoder {self.kind} ({self.precision}) produced non-finite pixels: {changed}; "
+                                     "re-export or restore the bundle")
+            hint = " (an FP16 overflow? try --precision fp32)" if self.precision != "fp32" else ""
             raise RuntimeFailure(f"decoder {self.kind} ({self.precision}) produced non-finite pixels; expected "
-                                 "finite images (an FP16 overflow? try --precision fp32)")
+                                 f"finite images{hint}")
         return images
 
 

@@ -106,8 +106,10 @@ class OrtBackend:
 
     def _session(self, providers: list[str], name: str) -> Any:
         path, engine = graph_file(self.manifest, name, self.precision, self.use_engines and self.device == "cpu")
-        return graph_session(self.manifest, path, engine, threads=self.threads, spinning=self._spinning,
-                             config=self._config, providers=providers)
+        session = graph_session(self.manifest, path, engine, threads=self.threads, spinning=self._spinning,
+                                config=self._config, providers=providers)
+        check_session_io(self.manifest, name, session, path)
+        return session
 
     def __exit__(self, *exc: object) -> None:
         self.sessions.clear()
@@ -219,6 +221,23 @@ def graph_file(manifest: Bundle, name: str, precision: str, use_engines: bool) -
     at `precision`: its engine when there is one and `use_engines`, else the bundle's ONNX file."""
     engine = engine_path(manifest, name, precision) if use_engines else None
     return (engine, True) if engine is not None else (manifest.graph_path(name, precision), False)
+
+
+def check_session_io(manifest: Bundle, name: str, session: Any, path: Path) -> None:
+    """At first use: the graph's inputs and outputs (names, ranks, static sizes) are those its
+    manifest spec promises, so a spec that contradicts the file is one line, not an ORT failure."""
+    spec = manifest.graph(name)
+    for side, values, want in (("inputs", session.get_inputs(), spec.inputs),
+                               ("outputs", session.get_outputs(), spec.outputs)):
+        have = {v.name: list(v.shape) for v in values}
+        for t in want:
+            dims = have.get(t.name)
+            fits = dims is not None and len(dims) == len(t.shape) and all(
+                not (isinstance(a, int) and isinstance(b, int)) or a == b for a, b in zip(t.shape, dims))
+            if not fits or set(have) != {x.name for x in want}:
+                raise BundleError(f"{manifest.root}/manifest.json: graphs.{name}.{side}: the manifest says "
+                                  f"{t.name} {list(t.shape)} (of {[x.name for x in want]}), the graph file "
+                                  f"{path.name} has {have}")
 
 
 def graph_session(manifest: Bundle, path: Path, engine: bool, *, threads: int, spinning: bool,

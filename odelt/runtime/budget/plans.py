@@ -54,14 +54,46 @@ def load_candidates(manifest: Bundle, decode: bool | None = None,
     path = manifest.root / QUALITY
     data = read_json(path, ConfigError, f"{manifest.root}: no quality table ({QUALITY}); make it with "
                      f"`odelt-export quality {manifest.root}`")
-    if data.get("format") != FORMAT:
-        raise ConfigError(f"{path}: expected format {FORMAT}, found {data.get('format')!r}")
-    rows = [Candidate(r["name"], r["schedule"], r["solver"], tuple(r["call_lengths"]), r["precision"],
-                      float(r["error"]), r.get("fd")) for r in data["rows"]]
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"{path}: expected an object of format {FORMAT}, found {found!r}")
+    rows = [_candidate(path, i, r) for i, r in enumerate(_rows(path, data))]
     if decode is False or (decode is None and not manifest.decoders and decoders is None):
         return rows
     options, gain = decoder_options(manifest, path, data.get("decoders"), decoders)
     return [with_decoder(c, kind, precision, gain, error) for c in rows for kind, precision, error in options]
+
+
+def _rows(path: Path, data: dict) -> list:
+    rows = data.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError(f"{path}: rows: expected a non-empty list of plans, found {type(rows).__name__}")
+    return rows
+
+
+def _candidate(path: Path, i: int, r: object) -> Candidate:
+    """One row of the quality table, every field checked (the file is as untrusted as the bundle)."""
+    def bad(key: str, expected: str, found: object) -> ConfigError:
+        return ConfigError(f"{path}: rows.{i}.{key}: expected {expected}, found {found!r}")
+
+    if not isinstance(r, dict):
+        raise bad("(row)", "an object", r)
+    for key in ("name", "schedule", "solver"):
+        if not isinstance(r.get(key), str):
+            raise bad(key, "a string", r.get(key))
+    lengths = r.get("call_lengths")
+    if not isinstance(lengths, list) or not lengths or any(isinstance(n, bool) or not isinstance(n, int) or n < 1
+                                                           for n in lengths):
+        raise bad("call_lengths", "a non-empty list of lengths (integers >= 1)", lengths)
+    if r.get("precision") not in ("fp32", "fp16", "int8"):
+        raise bad("precision", "fp32, fp16 or int8", r.get("precision"))
+    for key in ("error", "fd"):
+        v = r.get(key)
+        if (key == "error" or v is not None) and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      and math.isfinite(v) and v >= 0):
+            raise bad(key, "a finite number >= 0", v)
+    return Candidate(r["name"], r["schedule"], r["solver"], tuple(r["call_lengths"]), r["precision"],
+                     float(r["error"]), r.get("fd"))
 
 
 def decoder_options(manifest: Bundle, path: Path, quality: dict | None,
