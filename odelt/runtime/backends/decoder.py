@@ -14,13 +14,13 @@ decoder: fp16 as fp16, int8 as fp16 or fp32, see odelt.calibration.quantize), el
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
 
 from odelt.errors import RuntimeFailure
 from odelt.bundle.bundle import Bundle
+from odelt.runtime.backends.protocol import decode_batches
 
 
 def latent_from_nhwc(latent: np.ndarray, channels: int | None = None) -> np.ndarray:
@@ -70,29 +70,7 @@ class OrtDecoder:
         """(N, C, h, w) latents -> (N, C_img, H, W) float32 images (not clamped)."""
         if self.session is None:
             raise RuntimeFailure("decoder used outside its `with` block")
-        x = np.asarray(latents)
-        want = tuple(self.info.latent)
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise RuntimeFailure(f"decoder {self.kind}: expected NCHW latents (N, {', '.join(map(str, want))}), "
-                                 f"found shape {x.shape} (NHWC latents enter through latent_from_nhwc)")
-        step = batch or len(x) or 1
-        out = []
-        start = time.perf_counter()
-        for i in range(0, len(x), step):
-            chunk = np.ascontiguousarray(x[i:i + step], dtype=np.float32)
-            (image,) = self.session.run(["image"], {"latent": chunk})
-            out.append(np.asarray(image, dtype=np.float32))
-        self.seconds += time.perf_counter() - start
-        images = np.concatenate(out) if out else np.zeros((0, *self.info.image), np.float32)
-        if not np.isfinite(images).all():
-            changed = self.manifest.changed_file()      # a modified graph, not FP16, is to blame
-            if changed:
-                raise RuntimeFailure(f"decoder {self.kind} ({self.precision}) produced non-finite pixels: {changed}; "
-                                     "re-export or restore the bundle")
-            hint = " (an FP16 overflow? try --precision fp32)" if self.precision != "fp32" else ""
-            raise RuntimeFailure(f"decoder {self.kind} ({self.precision}) produced non-finite pixels; expected "
-                                 f"finite images{hint}")
-        return images
+        return decode_batches(self, latents, batch, lambda chunk: self.session.run(["image"], {"latent": chunk})[0])
 
 
 def open_decoder(manifest: Bundle, kind: str | None = None, precision: str = "fp32", threads: int = 0,

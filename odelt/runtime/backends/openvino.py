@@ -15,7 +15,6 @@ runtime.backends.decoder.OrtDecoder).
 
 from __future__ import annotations
 
-import time
 from typing import Any, Mapping
 
 import numpy as np
@@ -23,7 +22,7 @@ import numpy as np
 from odelt.bundle.bundle import Bundle
 from odelt.errors import BackendUnavailable, BundleError, RuntimeFailure
 from odelt.runtime.backends.buffers import BufferLayout, host_buffers
-from odelt.runtime.backends.protocol import BackendOptions, chain_length, check_batch, skip_graph
+from odelt.runtime.backends.protocol import BackendOptions, chain_length, check_batch, decode_batches, skip_graph
 
 NAME = "openvino"
 
@@ -182,19 +181,4 @@ class OvDecoder:
         """(N, C, h, w) latents -> (N, C_img, H, W) float32 images (not clamped)."""
         if self.model is None:
             raise RuntimeFailure("decoder used outside its `with` block")
-        x = np.asarray(latents)
-        want = tuple(self.info.latent)
-        if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise RuntimeFailure(f"decoder {self.kind}: expected NCHW latents (N, {', '.join(map(str, want))}), "
-                                 f"found shape {x.shape} (NHWC latents enter through latent_from_nhwc)")
-        step = batch or len(x) or 1
-        out = []
-        start = time.perf_counter()
-        for i in range(0, len(x), step):
-            res = self._request.infer({"latent": np.ascontiguousarray(x[i:i + step], dtype=np.float32)})
-            out.append(np.array(res["image"], dtype=np.float32))
-        self.seconds += time.perf_counter() - start
-        images = np.concatenate(out) if out else np.zeros((0, *self.info.image), np.float32)
-        if not np.isfinite(images).all():
-            raise RuntimeFailure(f"decoder {self.kind} (OpenVINO {self.precision}) produced non-finite pixels")
-        return images
+        return decode_batches(self, latents, batch, lambda chunk: self._request.infer({"latent": chunk})["image"])

@@ -19,8 +19,9 @@ velocity sum so far (odelt.bundle.chain.chain_exits). Backends without `exits` a
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 
@@ -91,3 +92,29 @@ def check_batch(manifest: Bundle, batch: int, profile_bound: bool) -> None:
     if profile_bound and not rng.min <= batch <= rng.max:
         raise ConfigError(f"batch {batch} is outside the engines' profile {rng.min}..{rng.max} "
                           f"(export with --batch MIN:OPT:MAX to change it)")
+
+
+def decode_batches(decoder: Any, latents: np.ndarray, batch: int | None,
+                   run: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Every decoder's `decode`: (N, C, h, w) latents -> (N, C_img, H, W) float32 images (not
+    clamped), `run` called on chunks of `batch`; the time is added to `decoder.seconds`. Non-finite
+    pixels name a bundle file that changed since export before suspecting a reduced precision."""
+    x = np.asarray(latents)
+    want = tuple(decoder.info.latent)
+    if x.ndim != 4 or tuple(x.shape[1:]) != want:
+        raise RuntimeFailure(f"decoder {decoder.kind}: expected NCHW latents (N, {', '.join(map(str, want))}), "
+                             f"found shape {x.shape} (NHWC latents enter through latent_from_nhwc)")
+    step = batch or len(x) or 1
+    start = time.perf_counter()
+    out = [np.asarray(run(np.ascontiguousarray(x[i:i + step], dtype=np.float32)), dtype=np.float32)
+           for i in range(0, len(x), step)]
+    decoder.seconds += time.perf_counter() - start
+    images = np.concatenate(out) if out else np.zeros((0, *decoder.info.image), np.float32)
+    if not np.isfinite(images).all():
+        what = f"decoder {decoder.kind} ({decoder.precision}) produced non-finite pixels"
+        changed = decoder.manifest.changed_file()      # a modified graph, not FP16, is to blame
+        if changed:
+            raise RuntimeFailure(f"{what}: {changed}; re-export or restore the bundle")
+        hint = " (an FP16 overflow? try --precision fp32)" if decoder.precision != "fp32" else ""
+        raise RuntimeFailure(f"{what}; expected finite images{hint}")
+    return images
