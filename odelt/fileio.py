@@ -345,7 +345,7 @@ def check_writable(path: str | os.PathLike) -> Path:
     if path.is_dir():
         raise WriteError(f"cannot write {path}: expected a file path, found a folder")
     try:
-        tmp = _make_temp(path, ".probe")
+        tmp = PRIMITIVES.make_temp(path, ".probe")
     except OSError as e:
         raise write_error(path, e) from None
     tmp.unlink(missing_ok=True)

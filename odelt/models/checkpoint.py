@@ -171,7 +171,7 @@ def _flatten(tree, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def _read_pickle(path: Path) -> dict[str, np.ndarray]:
+def read_pickle(path: Path) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         ckpt = flax_pickle.load(f, str(path))
     ckpt = _unwrap(ckpt)
@@ -228,7 +228,7 @@ def _load_upstream_pickle(path: Path, config: DiTConfig | dict | None) -> DiT:
         raise CheckpointError(f"{path}: an upstream pickle needs its model config (num_heads and depth_group "
                               "cannot be read from the weights); pass config= or --config FILE")
     cfg = _as_config(config)
-    flat = _read_pickle(path)
+    flat = read_pickle(path)
     state = {}
     for torch_name, (flax_name, kind) in _flax_to_torch_names(cfg.depth).items():
         if flax_name not in flat:

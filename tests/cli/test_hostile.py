@@ -25,10 +25,10 @@ def bundle(tiny_bundle, tmp_path):
 
 
 def _upstream_tree(jax_small) -> dict:
-    from odelt.models.checkpoint import _read_pickle   # test-only: the flat arrays a real pickle holds
+    from odelt.models.checkpoint import read_pickle   # the flat arrays a real pickle holds
 
     tree: dict = {}
-    for key, array in _read_pickle(jax_small[0]).items():
+    for key, array in read_pickle(jax_small[0]).items():
         node = tree
         *parents, leaf = key.split("/")
         for p in parents:

@@ -169,4 +169,4 @@ def test_a_bad_request_among_good_ones_gets_its_line_and_the_others_go_on(engine
     assert any("below the cheapest plan" in m for m in messages)
     assert any("n must be in 1..8" in m for m in messages)
     assert any("cannot be stepped" in m for m in messages)
-    assert any("budget_ms must be a number" in m for m in messages)
+    assert any("budget_ms: expected a finite number > 0" in m for m in messages)

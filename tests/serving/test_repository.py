@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -121,3 +122,17 @@ def test_cli_writes_once_and_refuses_to_overwrite(serve_bundle, tmp_path, capsys
     main(["triton", str(serve_bundle), "--out", str(out), "--force", "--layout", "segments", "--sampler", "bls"])
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]     # no temporary folder left
+
+
+def test_cli_engine_mode_takes_threads_and_window(serve_bundle, tmp_path, capsys):
+    """The documented engine-mode options reach the sampler's config (one decoupled instance)."""
+    out = tmp_path / "repo"
+    main(["triton", str(serve_bundle), "--out", str(out), "--sampler", "engine", "--threads", "2",
+          "--window-ms", "1.5"])
+    capsys.readouterr()
+    config = (out / "odelt_sampler" / "config.pbtxt").read_text()
+    assert "decoupled: true" in config
+    for key, value in (("mode", "engine"), ("threads", "2"), ("window_ms", "1.5")):
+        assert re.search(rf'key: "{key}"\s*value\s*{{\s*string_value: "{re.escape(value)}"', config), (key, config)
+    assert "--window-ms must be >= 0" in _error(
+        ["triton", str(serve_bundle), "--out", str(tmp_path / "w"), "--window-ms", "-1"], capsys)

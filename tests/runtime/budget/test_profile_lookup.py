@@ -78,7 +78,7 @@ def test_the_stream_plans_from_its_own_backends_profile(two_profiles):
     for backend in ("ort", "tensorrt"):
         with ExitStack() as stack:               # nothing is opened before a batch runs
             stream = stream_for_bundle(two_profiles, stack, 9.0, 1, quantile=0.5, control="open", backend=backend)
-            chosen[backend] = (stream.current.candidate.name, stream.current.quantile_ms, stream.predictor.backend)
+            chosen[backend] = (stream.current.candidate.name, stream.current.quantile_ms, stream.current.candidate.backend)
     assert chosen == {"ort": (names[3], 8.0, "ort"), "tensorrt": (names[0], 1.0, "tensorrt")}
 
 
