@@ -208,9 +208,37 @@ def ipndm_v(f: Velocity, x: Any, ts: Any, *, order: int = 4, t_eval: Any = None,
 # log() is only needed for the step-size ratios of the higher orders. lambda is infinite at t=0 and
 # t=1, so history at t=0 is never used and a step landing on t=1 is first order (schedules.md §4.3).
 
+def dpmpp_update(x: Any, hist_t: list[Any], hist_d: list[Any], tc: Any, tn: Any, steps_left: int) -> Any:
+    """One DPM-Solver++ multistep update from t_c to t_n, given the history of times and data
+    predictions (newest first); the order falls to what the history and `steps_left` allow."""
+    lam = lambda t: _log(t / (1 - t))                   # noqa: E731
+    usable = next((k for k, t in enumerate(hist_t) if _value(t) <= 0), len(hist_t))
+    k = min(usable, steps_left)                         # lower_order_final, as diff-sampler
+    k = 1 if _value(tn) >= 1 else max(k, 1)
+    keep = (1 - tn) / (1 - tc)                          # sigma_n / sigma_c
+    coef = (tn - tc) / (1 - tc)                         # -alpha_n * expm1(-h)
+    if k == 1:
+        return keep * x + coef * hist_d[0]
+    h = lam(tn) - lam(tc)
+    r0 = (lam(tc) - lam(hist_t[1])) / h
+    d1_0 = (hist_d[0] - hist_d[1]) / r0
+    if k == 2:
+        return keep * x + coef * (hist_d[0] + d1_0 / 2)
+    r1 = (lam(hist_t[1]) - lam(hist_t[2])) / h
+    d1_1 = (hist_d[1] - hist_d[2]) / r1
+    d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    phi1 = -coef / tn                                   # expm1(-h), without exp/log
+    phi2 = phi1 / h + 1
+    phi3 = phi2 / h - 0.5
+    # d2 ~ h^2 D''/2 and the exact D'' weight is -alpha_n h^2 phi3, hence 2*phi3. The DPM-Solver
+    # reference code weights d2 by phi3 alone; that leaves a local O(h^3) error (measured: global
+    # order 2), this form measures order 3.
+    return keep * x - tn * (phi1 * hist_d[0] - phi2 * d1 + 2 * phi3 * d2)
+
+
 def _dpmpp(f: Velocity, x: Any, ts: Any, order: int, t_eval: Any, callback: Callback | None) -> Any:
     te = ts if t_eval is None else t_eval
-    lam = lambda t: _log(t / (1 - t))                   # noqa: E731
     hist_t: list[Any] = []
     hist_d: list[Any] = []                              # data predictions, newest first
     n_steps = len(ts) - 1
@@ -218,31 +246,7 @@ def _dpmpp(f: Velocity, x: Any, ts: Any, order: int, t_eval: Any, callback: Call
         tc, tn = ts[n], ts[n + 1]
         d = x + (1 - te[n]) * f(x, te[n], n)
         hist_t, hist_d = [tc] + hist_t[: order - 1], [d] + hist_d[: order - 1]
-        usable = next((k for k, t in enumerate(hist_t) if _value(t) <= 0), len(hist_t))
-        k = min(usable, n_steps - n)                    # lower_order_final, as diff-sampler
-        k = 1 if _value(tn) >= 1 else max(k, 1)
-        keep = (1 - tn) / (1 - tc)                      # sigma_n / sigma_c
-        coef = (tn - tc) / (1 - tc)                     # -alpha_n * expm1(-h)
-        if k == 1:
-            x = keep * x + coef * hist_d[0]
-        else:
-            h = lam(tn) - lam(tc)
-            r0 = (lam(tc) - lam(hist_t[1])) / h
-            d1_0 = (hist_d[0] - hist_d[1]) / r0
-            if k == 2:
-                x = keep * x + coef * (hist_d[0] + d1_0 / 2)
-            else:
-                r1 = (lam(hist_t[1]) - lam(hist_t[2])) / h
-                d1_1 = (hist_d[1] - hist_d[2]) / r1
-                d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi1 = -coef / tn                        # expm1(-h), without exp/log
-                phi2 = phi1 / h + 1
-                phi3 = phi2 / h - 0.5
-                # d2 ~ h^2 D''/2 and the exact D'' weight is -alpha_n h^2 phi3, hence 2*phi3. The
-                # DPM-Solver reference code weights d2 by phi3 alone; that leaves a local O(h^3)
-                # error (measured: global order 2), this form measures order 3.
-                x = keep * x - tn * (phi1 * hist_d[0] - phi2 * d1 + 2 * phi3 * d2)
+        x = dpmpp_update(x, hist_t, hist_d, tc, tn, n_steps - n)
         _done(callback, n, tn, x)
     return x
 

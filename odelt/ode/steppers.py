@@ -22,7 +22,7 @@ import math
 from typing import Any, Callable, Generator
 
 from odelt.errors import ScheduleError
-from odelt.ode.solvers import AB_FIXED, ab_weights
+from odelt.ode.solvers import AB_FIXED, ab_weights, dpmpp_update
 
 Stepper = Generator[tuple[Any, Any, int], Any, Any]
 
@@ -104,7 +104,6 @@ def ipndm_v(x: Any, ts: Any, *, order: int = 4, t_eval: Any = None, scale: Any =
 
 def _dpmpp(x: Any, ts: Any, order: int, t_eval: Any) -> Stepper:
     te = ts if t_eval is None else t_eval
-    lam = lambda t: _log(t / (1 - t))                   # noqa: E731
     hist_t: list[Any] = []
     hist_d: list[Any] = []
     n_steps = len(ts) - 1
@@ -112,28 +111,7 @@ def _dpmpp(x: Any, ts: Any, order: int, t_eval: Any) -> Stepper:
         tc, tn = ts[n], ts[n + 1]
         d = x + (1 - te[n]) * (yield x, te[n], n)
         hist_t, hist_d = [tc] + hist_t[: order - 1], [d] + hist_d[: order - 1]
-        usable = next((k for k, t in enumerate(hist_t) if _value(t) <= 0), len(hist_t))
-        k = min(usable, n_steps - n)
-        k = 1 if _value(tn) >= 1 else max(k, 1)
-        keep = (1 - tn) / (1 - tc)
-        coef = (tn - tc) / (1 - tc)
-        if k == 1:
-            x = keep * x + coef * hist_d[0]
-        else:
-            h = lam(tn) - lam(tc)
-            r0 = (lam(tc) - lam(hist_t[1])) / h
-            d1_0 = (hist_d[0] - hist_d[1]) / r0
-            if k == 2:
-                x = keep * x + coef * (hist_d[0] + d1_0 / 2)
-            else:
-                r1 = (lam(hist_t[1]) - lam(hist_t[2])) / h
-                d1_1 = (hist_d[1] - hist_d[2]) / r1
-                d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-                d2 = (d1_0 - d1_1) / (r0 + r1)
-                phi1 = -coef / tn
-                phi2 = phi1 / h + 1
-                phi3 = phi2 / h - 0.5
-                x = keep * x - tn * (phi1 * hist_d[0] - phi2 * d1 + 2 * phi3 * d2)
+        x = dpmpp_update(x, hist_t, hist_d, tc, tn, n_steps - n)
     return x
 
 

@@ -100,26 +100,6 @@ class _Rows(Mapping[str, np.ndarray]):
         return len(self.env)
 
 
-class _Rows(Mapping[str, np.ndarray]):
-    """The selected rows of the pass's tensors, cut only for the names a graph reads."""
-
-    def __init__(self, env: dict[str, np.ndarray], sel: Any):
-        self.env, self.sel = env, sel
-
-    def __getitem__(self, key: str) -> np.ndarray:
-        a = self.env[key]
-        return a if self.sel is None else a[self.sel]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.env
-
-    def __iter__(self) -> Any:
-        return iter(self.env)
-
-    def __len__(self) -> int:
-        return len(self.env)
-
-
 def _selection(spans: list[tuple[int, int]], total: int) -> Any:
     """Rows of these (start, end) spans: None for all `total` rows, a slice when contiguous, else indices."""
     spans = sorted(spans)
