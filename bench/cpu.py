@@ -359,6 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
     import json
 
+    from odelt.fileio import write_json_atomic
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="CI setting: under ~5 minutes")
     parser.add_argument("--smoke", action="store_true", help="a tiny DiT, few repeats, no torch.compile: seconds")
@@ -371,13 +373,9 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\n{w}:\n\n{table(fig, w)}")
         return
     figures = run(args.quick, args.smoke)
-    text = json.dumps(figures, indent=1)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(f".{args.out.name}.partial")
-        tmp.write_text(text)
-        os.replace(tmp, args.out)
-    print(text)
+        write_json_atomic(args.out, figures)
+    print(json.dumps(figures, indent=1))
 
 
 if __name__ == "__main__":

@@ -52,3 +52,10 @@ class AccuracyError(OdeltError):
 
 class BackendUnavailable(OdeltError):
     """An optional backend (TensorRT, CUDA) is not installed on this machine."""
+
+
+def first_line(e: BaseException) -> str:
+    """The first non-empty line of an exception's message ("" when it has none): what a one-line
+    error quotes of a foreign library's exception."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""

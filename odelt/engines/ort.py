@@ -32,7 +32,7 @@ import numpy as np
 from odelt.engines.graph import graph_digest, load_graph
 from odelt.engines.platform import read_record_json
 from odelt.exporter.onnx_utils import restore_inputs
-from odelt.errors import BuildError, ConfigError, EngineMismatch, OdeltError
+from odelt.errors import BuildError, ConfigError, EngineMismatch, OdeltError, first_line
 from odelt.fileio import atomic_path, building, write_error, write_json_atomic
 from odelt.onnxrt import open_session, ort_module
 
@@ -105,7 +105,7 @@ def engine_from_onnx(onnx_path: Path, out_path: Path, options: OrtEngineOptions 
 def _ort_failure(e: Exception, onnx_path: Path, out_path: Path, tmp: Path) -> OdeltError:
     """ONNX Runtime saves the optimised graph itself and reports a failed write (a full disk) only as
     "Protobuf serialization failed": that is a WriteError for the engine, not a build error."""
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    first = first_line(e) or type(e).__name__
     if "serializ" in first.lower():
         full = shutil.disk_usage(tmp.parent).free < max(1 << 20, onnx_path.stat().st_size)
         reason = os.strerror(errno.ENOSPC) if full else f"ONNX Runtime could not save it ({first})"

@@ -33,7 +33,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from odelt.bundle.bundle import Bundle
-from odelt.errors import ConfigError, OdeltError, RuntimeFailure
+from odelt.errors import ConfigError, OdeltError, RuntimeFailure, first_line
 from odelt.ode.schedule import Schedule
 from odelt.ode.solvers import SOLVER_INFO
 from odelt.ode.steppers import STEPPERS
@@ -377,8 +377,7 @@ def stepper_grid(schedule: Schedule) -> tuple[list[Any], dict[str, Any]]:
 def _as_odelt(e: BaseException) -> OdeltError:
     if isinstance(e, OdeltError):
         return e
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return RuntimeFailure(f"the backend failed on this request's rows: {type(e).__name__}: {text[:200]}")
+    return RuntimeFailure(f"the backend failed on this request's rows: {type(e).__name__}: {first_line(e)[:200]}")
 
 
 # -- plans: one chooser, one predictor ---------------------------------------------------------------

@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from odelt import validate
-from odelt.errors import ConfigError, OdeltError, RuntimeFailure
+from odelt.errors import ConfigError, OdeltError, RuntimeFailure, first_line
 from odelt.bundle.bundle import Bundle, open_bundle
 from odelt.bundle.chain import run_chain
 from odelt.bundle.iospec import GraphSpec
@@ -212,8 +212,7 @@ def open_service(bundle: Path, params: Mapping[str, str], call: Call) -> Sampler
 def one_line(e: BaseException) -> str:
     if isinstance(e, OdeltError):
         return str(e)
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"internal error in odelt_sampler: {type(e).__name__}: {text}"
+    return f"internal error in odelt_sampler: {type(e).__name__}: {first_line(e)}"
 
 
 # -- inside Triton -----------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from odelt.errors import BackendUnavailable, BundleError, RuntimeFailure
+from odelt.errors import BackendUnavailable, BundleError, RuntimeFailure, first_line
 from odelt.bundle.bundle import Bundle
 from odelt.bundle.chain import AfterSegment, chain_exits
 from odelt.bundle.iospec import GraphSpec
@@ -251,5 +251,5 @@ def graph_session(manifest: Bundle, path: Path, engine: bool, *, threads: int, s
             return session_from_engine(path, threads, spinning, dict(config or {}))
         return open_session(path, threads=threads, spinning=spinning, config=config, providers=list(providers))
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e) or type(e).__name__
         raise BundleError(f"{path}: ONNX Runtime cannot load this graph ({first[:200]})") from None
