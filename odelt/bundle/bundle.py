@@ -117,11 +117,15 @@ class Bundle:
     def __init__(self, root: Path, data: dict):
         self.root = Path(root)
         self._data = data
+        self._config: DiTConfig | None = None
 
     # -- the model and its export -------------------------------------------------------------
     @property
     def config(self) -> DiTConfig:
-        return DiTConfig.from_dict(self._data["model"]["config"])
+        # parsed once: a server asks for it per request, and parsing checks every field (~0.1 ms)
+        if self._config is None:
+            self._config = DiTConfig.from_dict(self._data["model"]["config"])
+        return self._config
 
     @property
     def source(self) -> str:

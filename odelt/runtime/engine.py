@@ -55,13 +55,15 @@ class Cancelled(RuntimeFailure):
 class EngineOptions:
     max_rows: int = 32             # rows per pass: the bundle's batch max, or an engine profile's
     window_ms: float = 0.0         # before a pass below max_rows: wait this long for more requests
+    refill_ms: float = 0.0         # after a pass that k requests left: wait up to this long for k new ones
     check_finite: bool = True      # a request whose result holds NaN/Inf fails (the others go on)
 
     def __post_init__(self) -> None:
         if self.max_rows < 1:
             raise ConfigError(f"max_rows must be >= 1, found {self.max_rows}")
-        if not self.window_ms >= 0:
-            raise ConfigError(f"window_ms must be >= 0, found {self.window_ms}")
+        for name in ("window_ms", "refill_ms"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, found {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -125,7 +127,7 @@ class Ticket:
                 pass
 
 
-@dataclass
+@dataclass(eq=False)                       # identity: the engine removes requests from lists
 class _Active:
     """A request in flight: its stepper and the evaluation it waits for."""
     ticket: Ticket
@@ -186,6 +188,7 @@ class Engine:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stop = False
+        self._left = 0                  # requests that left in the last pass (refill_ms waits for as many)
 
     # -- admission -------------------------------------------------------------------------------
     def submit(self, job: Job, on_done: Callable[[Ticket], None] | None = None,
@@ -236,18 +239,28 @@ class Engine:
             a.ticket._finish(None, Cancelled("the engine stopped before this request finished"), self.clock())
 
     def _loop(self) -> None:
-        window = self.options.window_ms / 1e3
         while True:
             with self._cond:
                 while not self._stop and not self._incoming and not self._active:
                     self._cond.wait()
                 if self._stop:
                     return
-                if window > 0:
-                    end = time.monotonic() + window
-                    while self._rows_waiting() < self.options.max_rows and (left := end - time.monotonic()) > 0:
-                        self._cond.wait(left)
+                self._gather_wait()
             self.tick()
+
+    def _gather_wait(self) -> None:
+        """Before a pass below max_rows (holding the lock): wait `window_ms` for more requests, and
+        after a pass that k requests left, up to `refill_ms` for k new ones (clients that send their
+        next request as soon as one returns then join this pass instead of the next)."""
+        opts, now = self.options, time.monotonic()
+        end = now + opts.window_ms / 1e3
+        refill = self._left if opts.refill_ms > 0 else 0
+        if refill:
+            end = max(end, now + opts.refill_ms / 1e3)
+        while self._rows_waiting() < opts.max_rows and (left := end - time.monotonic()) > 0:
+            if refill and len(self._incoming) >= refill and time.monotonic() >= now + opts.window_ms / 1e3:
+                return
+            self._cond.wait(left)
 
     def _rows_waiting(self) -> int:
         return sum(a.rows for a in self._incoming) + sum(a.rows for a in self._active)
@@ -265,6 +278,7 @@ class Engine:
         for a in [a for a in self._active if a.ticket.cancelled]:
             self._leave(a, None, Cancelled("cancelled"), now)
         chosen = self._choose(now)
+        self._left = 0
         if not chosen:
             return 0
         try:
@@ -317,6 +331,7 @@ class Engine:
 
     def _leave(self, a: _Active, images: np.ndarray | None, error: OdeltError | None, now: float) -> None:
         self._active.remove(a)
+        self._left += 1
         st, t = self.stats, a.ticket
         if isinstance(error, Cancelled):
             st.cancelled += 1

@@ -233,6 +233,38 @@ def test_the_engine_thread_serves_concurrent_submitters(manifest):
     assert s["finished"] == 80 and s["rows_per_pass"] > 2.0 and s["queue_p50_ms"] >= 0
 
 
+def test_refill_holds_the_next_pass_for_a_client_that_sends_again(manifest):
+    """After a pass that one request left, the engine waits (up to refill_ms) for one new request:
+    a client that sends its next request when the first returns joins the very next pass."""
+    be = FakeGraphs(manifest)
+    engine = Engine(manifest, be, EngineOptions(max_rows=16, refill_ms=5000.0))
+    short, long = job(1, 1, steps=1), job(2, 2, steps=3)
+    first, other = engine.submit(short), engine.submit(long)
+    engine.start()
+    first.result(timeout=30)
+    again = engine.submit(job(3, 3, steps=1))
+    np.testing.assert_array_equal(again.result(timeout=30), expected(job(3, 3, steps=1)))
+    other.result(timeout=30)
+    engine.stop()
+    conds = [rows for name, rows in be.calls if name == "cond"]
+    assert conds[:2] == [1 + 2, 2 + 3]          # pass 2: the long request and the new one together
+
+
+def test_refill_waits_at_most_its_time_when_nobody_comes(manifest):
+    import time
+    be = FakeGraphs(manifest)
+    engine = Engine(manifest, be, EngineOptions(max_rows=16, refill_ms=300.0))
+    tickets = [engine.submit(job(1, 1, steps=1)), engine.submit(job(2, 2, steps=3))]
+    start = time.monotonic()
+    engine.start()
+    tickets[1].result(timeout=30)
+    engine.stop()
+    assert time.monotonic() - start >= 0.3      # one wait, after the short request left
+    assert [rows for name, rows in be.calls if name == "cond"] == [3, 2, 2]
+    with pytest.raises(ConfigError, match="refill_ms must be >= 0"):
+        EngineOptions(refill_ms=-1.0)
+
+
 @pytest.mark.parametrize("layout", ["segments", "per-length"])
 def test_same_images_as_generate_whatever_else_is_in_flight(tiny_bundle, layout):
     """The real graphs in ONNX Runtime: each request's images equal the Sampler's for its seed and

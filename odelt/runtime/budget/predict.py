@@ -115,6 +115,7 @@ class Predictor:
         self._reach = exit_cost(profile)
         self._memo: dict[tuple[str, int], tuple[float, float]] = {}
         self._decode_memo: dict[tuple[str, str], tuple[float, float]] = {}
+        self._plan_memo: dict[tuple[Any, ...], tuple[float, float]] = {}
 
     def call(self, precision: str, length: int) -> tuple[float, float]:
         """(median ms, excess ms at the quantile) of one call, host work per call included."""
@@ -159,11 +160,19 @@ class Predictor:
 
     def median(self, c: Plan) -> float:
         """End to end: sampling, then decoding the batch once."""
-        return self.batch_ms(c.precision, c.lengths, self.decoding(c))[0]
+        return self._as_profiled(c)[0]
 
     def candidate(self, c: Plan) -> float:
         """End to end at the quantile: the decode's excess joins the calls' root-sum-square."""
-        return self.batch_ms(c.precision, c.lengths, self.decoding(c))[1]
+        return self._as_profiled(c)[1]
+
+    def _as_profiled(self, c: Plan) -> tuple[float, float]:
+        """batch_ms of c at the profile's speed, once per plan: a server chooses per request (a scan
+        of the memo, not a root-sum-square per candidate)."""
+        key = (c.precision, tuple(c.lengths), c.decoder, c.decoder_precision)
+        if key not in self._plan_memo:
+            self._plan_memo[key] = self.batch_ms(c.precision, c.lengths, self.decoding(c))
+        return self._plan_memo[key]
 
     def at(self, c: Plan, speed: float = 1.0, tail: float = 0.0, excess_ms: float = 0.0) -> float:
         """c's prediction at the tracked speed, tail and excess."""
