@@ -20,6 +20,48 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 FIXTURES = Path(__file__).parent / "fixtures"
+SMOKE_TEST = "test_bench.py::test_every_group_runs_in_the_smoke_setting"
+
+
+def pytest_collection_finish(session):
+    """`bench/run.py --smoke` takes minutes on one core: when its test is selected, start it now in a
+    process of its own, beside the rest of the suite (CI's second core is otherwise idle); the
+    test's fixture (tests/test_bench.py) waits for it."""
+    if any(item.nodeid.endswith(SMOKE_TEST) for item in session.items):
+        import tempfile
+
+        work = Path(tempfile.mkdtemp(prefix="odelt-bench-smoke-"))
+        session.config.stash[SMOKE_KEY] = start_smoke(work)
+
+
+def start_smoke(work: Path) -> tuple:
+    """`bench/run.py --smoke` in the background: (process, figures path, log path); output to a
+    file (a pipe nobody reads until the test would stall the run once it fills)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out, log = work / "smoke.json", work / "smoke.log"
+    with log.open("w") as f:
+        proc = subprocess.Popen([sys.executable, str(root / "bench" / "run.py"), "--smoke", "--out", str(out)],
+                                cwd=root, stdout=f, stderr=subprocess.STDOUT)
+    return proc, out, log
+
+
+SMOKE_KEY = pytest.StashKey[tuple]()
+
+
+def pytest_sessionfinish(session):
+    """The background smoke run does not outlive the session, nor its folder."""
+    started = session.config.stash.get(SMOKE_KEY, None)
+    if started is not None:
+        import shutil
+
+        proc, out, _ = started
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        shutil.rmtree(out.parent, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -24,7 +23,7 @@ def documented_keys(text: str) -> list[re.Pattern]:
     """The key patterns of bench/README.md: the first word of each line in its ```keys blocks.
     `<name>` stands for any run of characters, `{a,b}` for either word; the rest is literal."""
     patterns = []
-    for block in re.findall(r"```keys\n(.*?)```", text, re.S):
+    for block in re.findall(r"```keys\n(.*?)```", text, re.DOTALL):
         for line in block.splitlines():
             if line.strip():
                 patterns.append(_pattern(line.split()[0]))
@@ -68,18 +67,26 @@ def test_a_group_without_a_smoke_setting_is_an_error(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "smoke.json"
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--out", str(out)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=3600)
-    return r, (json.loads(out.read_text()) if out.is_file() else {})
+def smoke(request, tmp_path_factory):
+    """The smoke run's (returncode, its output) and figures: the run tests/conftest.py started at
+    collection, or one started here (a test selected after collection)."""
+    from tests.conftest import SMOKE_KEY, start_smoke
+
+    started = request.config.stash.get(SMOKE_KEY, None)
+    proc, out, log = started if started is not None else start_smoke(tmp_path_factory.mktemp("bench"))
+    try:
+        proc.wait(timeout=3600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return (proc.returncode, log.read_text()), (json.loads(out.read_text()) if out.is_file() else {})
 
 
 @pytest.mark.integration
 def test_every_group_runs_in_the_smoke_setting(smoke):
-    r, figures = smoke
+    (returncode, stderr), figures = smoke
     errors = {k: v for k, v in figures.items() if k.startswith("bench_error_")}
-    assert r.returncode == 0 and errors == {}, errors or r.stderr[-3000:]
+    assert returncode == 0 and errors == {}, errors or stderr[-3000:]
     assert {f"bench_seconds_{g}" for g in bench_run.GROUPS} <= set(figures) and figures["bench_smoke"] is True
     assert figures["bench_cpu_isa"], "the CPU's instruction sets are recorded"
 

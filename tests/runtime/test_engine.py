@@ -238,7 +238,7 @@ def test_refill_holds_the_next_pass_for_a_client_that_sends_again(manifest):
     a client that sends its next request when the first returns joins the very next pass."""
     be = FakeGraphs(manifest)
     engine = Engine(manifest, be, EngineOptions(max_rows=16, refill_ms=5000.0))
-    short, long = job(1, 1, steps=1), job(2, 2, steps=3)
+    short, long = job(1, 1, steps=1), job(2, 2, steps=2)
     first, other = engine.submit(short), engine.submit(long)
     engine.start()
     first.result(timeout=30)
