@@ -9,13 +9,16 @@ server plans with: QuantilePredictor at its n, quantile 0.95). 8 client threads 
 send a request, wait for it, send the next (closed loop); every request is counted, and any error
 fails the group (raised at the end, with the errors). One ORT thread per backend session.
 
-Modes (each first warmed on 16 other requests):
+Modes (each first warmed on 16 other requests; the in-process ones and the clients in serving_modes.py):
   loop              one worker serves requests one at a time (the runtime's Sampler): today's baseline
   request_batching  one worker takes everything queued and runs requests with the same plan as one
                     Sampler batch (up to 32 rows): only identical plans share a call
   engine            odelt.runtime.engine in this process (max 32 rows a pass, no gathering window);
                     engine_window2 the same with a 2 ms window
-  triton            the engine-mode repository on a real tritonserver, clients over HTTP (generate endpoint)
+  triton            the engine-mode repository on a real tritonserver, clients over HTTP (generate
+                    endpoint); serving_triton_model_p50_ms is the part of a request spent inside the model.
+serving_lone_{engine,triton,triton_model}_ms: a lone request (n=1, cheapest plan), one at a time, at the
+client of the engine in process and of Triton, and inside Triton's model: each mode's fixed cost.
 Keys, for mode in those: serving_<mode>_rps, _p50_ms, _p99_ms (client-side latency, queueing included),
 _rows_per_call (rows per velocity evaluation: a Sampler call, an engine pass); serving_errors (all
 modes); serving_engine_rps_ratio (engine / loop), serving_engine_vs_request_batching,
@@ -45,7 +48,7 @@ from odelt.runtime import PlanBook, make_labels, make_noise
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serving_modes import CLIENTS, MAX_ROWS, drive, figures, in_process, max_diff, requests_for
+from serving_modes import CLIENTS, MAX_ROWS, drive, figures, in_process, lone, max_diff, requests_for
 
 WARM = 16
 DITS_SIZE = 16
@@ -54,11 +57,14 @@ DITS_SIZE = 16
 # -- Triton ------------------------------------------------------------------------------------------
 
 def triton_mode(bundle: Path, book: PlanBook, reqs: list, warm: list, work: Path) -> tuple[dict, dict]:
+    """The engine-mode repository on a real tritonserver; clients over HTTP, Triton's generate
+    endpoint (odelt.serving.Client: the path docs/serving.md gives users)."""
     from odelt.serving import Client, RepoOptions, TritonServer, find_env, write_repository
 
     repo = write_repository(bundle, work / "repo-engine", RepoOptions(sampler="engine", max_batch=MAX_ROWS))
     server = TritonServer(find_env(), repo, work / "triton", code=ROOT)
     clients: dict[int, Client] = {}
+    inside: list[float] = []            # ms from submit to reply inside the model (measured_ms)
     t0 = time.perf_counter()
     server.start()
     try:
@@ -71,17 +77,25 @@ def triton_mode(bundle: Path, book: PlanBook, reqs: list, warm: list, work: Path
             if out.plan != plan.name:
                 raise RuntimeError(f"the server chose {out.plan}, the client's planner {plan.name}")
             call.stats = out.stats
+            inside.append(out.measured_ms)
             return lambda: out.images
         drive(call, book, warm)
         before = dict(call.stats)
+        inside.clear()
         run = drive(call, book, reqs)
         after = call.stats
+        model_p50 = float(np.median(inside))
+        inside.clear()
+        lone_ms = lone(call, book)
+        lone_model = float(np.median(inside))
     finally:
         for c in clients.values():
             c.close()
         server.stop()
     rows = (after["rows"] - before["rows"]) / max(1, after["passes"] - before["passes"])
-    return {**figures("serving_triton", run, rows), "serving_triton_ready_s": round(ready_s, 1)}, run
+    return {**figures("serving_triton", run, rows), "serving_triton_ready_s": round(ready_s, 1),
+            "serving_triton_model_p50_ms": round(model_p50, 2), "serving_lone_triton_ms": round(lone_ms, 3),
+            "serving_lone_triton_model_ms": round(lone_model, 3)}, run
 
 
 # -- bundles -------------------------------------------------------------------------------------------

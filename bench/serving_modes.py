@@ -200,11 +200,29 @@ def in_process(manifest: Any, book: PlanBook, reqs: list, warm: list, prefix: st
             drive(call, book, warm)
             before = (engine.stats.rows, engine.stats.passes, engine.stats.over_budget)
             runs[name] = drive(call, book, reqs)
-            engine.stop()
             rows = (engine.stats.rows - before[0]) / max(1, engine.stats.passes - before[1])
             out.update(figures(f"{prefix}_{name}", runs[name], rows))
             out[f"{prefix}_{name}_over_budget"] = engine.stats.over_budget - before[2]
+            if w == 0:
+                out[f"{prefix}_lone_engine_ms"] = round(lone(call, book), 3)
+            engine.stop()
     return out, runs
+
+
+LONE = 50
+
+
+def lone(submit: Callable, book: PlanBook) -> float:
+    """Median ms of a lone request (n=1, the cheapest plan), one after another: the fixed cost of a
+    request in a mode, next to its work (`submit` as `drive` takes it)."""
+    fastest = min(book.predictor(1).candidate(c) for c in book.candidates)
+    plan = book.plan(1, fastest * 1.001)
+    times = []
+    for i in range(LONE + 2):
+        t0 = time.perf_counter()
+        submit(plan, 1, 20_000 + i, fastest * 1.001)()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times[2:]))
 
 
 def max_diff(runs: dict[str, dict], ref: str, others: tuple[str, ...]) -> float:
