@@ -34,7 +34,9 @@ from odelt.runtime.engine import Engine, EngineOptions, Job, Ticket
 Reply = Callable[[dict[str, Any] | None, BaseException | None], None]
 
 
-PROBE_S = 0.02     # how often the clients of requests in flight are asked whether they are still there
+# How often the clients of requests in flight are asked whether they are still there: each ask is an
+# IPC round trip per request, and a request worth cancelling runs far longer than this.
+PROBE_S = 0.05
 
 
 class Outbox:
