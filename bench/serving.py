@@ -9,13 +9,16 @@ server plans with: QuantilePredictor at its n, quantile 0.95). 8 client threads 
 send a request, wait for it, send the next (closed loop); every request is counted, and any error
 fails the group (raised at the end, with the errors). One ORT thread per backend session.
 
-Modes (each first warmed on 16 other requests):
+Modes (each first warmed on 16 other requests; the in-process ones and the clients in serving_modes.py):
   loop              one worker serves requests one at a time (the runtime's Sampler): today's baseline
   request_batching  one worker takes everything queued and runs requests with the same plan as one
                     Sampler batch (up to 32 rows): only identical plans share a call
   engine            odelt.runtime.engine in this process (max 32 rows a pass, no gathering window);
                     engine_window2 the same with a 2 ms window
-  triton            the engine-mode repository on a real tritonserver, clients over HTTP (generate endpoint)
+  triton            the engine-mode repository on a real tritonserver, clients over HTTP (generate
+                    endpoint); serving_triton_model_p50_ms is the part of a request spent inside the model.
+serving_lone_{engine,triton,triton_model}_ms: a lone request (n=1, cheapest plan), one at a time, at the
+client of the engine in process and of Triton, and inside Triton's model: each mode's fixed cost.
 Keys, for mode in those: serving_<mode>_rps, _p50_ms, _p99_ms (client-side latency, queueing included),
 _rows_per_call (rows per velocity evaluation: a Sampler call, an engine pass); serving_errors (all
 modes); serving_engine_rps_ratio (engine / loop), serving_engine_vs_request_batching,
@@ -30,7 +33,6 @@ smoke=True: tiny sizes in seconds (no Triton, no DiT-S/2).
 from __future__ import annotations
 
 import os
-import queue
 import sys
 import tempfile
 import threading
@@ -41,205 +43,28 @@ from typing import Any, Callable
 
 import numpy as np
 
-from odelt.runtime import Engine, EngineOptions, Job, PlanBook, Sampler, make_labels, make_noise, pareto_front
+from odelt.runtime import PlanBook, make_labels, make_noise
 
 ROOT = Path(__file__).resolve().parents[1]
-CLIENTS = 8
-MAX_ROWS = 32
+sys.path.insert(0, str(ROOT / "bench"))
+
+from serving_modes import CLIENTS, MAX_ROWS, drive, figures, in_process, lone, max_diff, requests_for
+
 WARM = 16
 DITS_SIZE = 16
 
 
-# -- workload ----------------------------------------------------------------------------------------
-
-def requests_for(book: PlanBook, count: int, seed0: int = 0) -> list[tuple[int, int, float]]:
-    """(n, seed, budget_ms): budgets 2% above the k-th plan of the Pareto front at n, k cycling."""
-    fronts = {n: pareto_front((c, book.predictor(n).candidate(c)) for c in book.candidates) for n in (1, 2, 3, 4)}
-    out = []
-    for i in range(count):
-        n = 1 + i % 4
-        front = fronts[n]
-        out.append((n, seed0 + i, 1.02 * front[(i * 7 + i // 4) % len(front)][1]))
-    return out
-
-
-class Modes:
-    """The in-process servers over one open backend; each mode: (submit(request) -> wait() -> images, rows/call)."""
-
-    def __init__(self, manifest: Any, backend: Any, book: PlanBook):
-        self.manifest, self.backend, self.book = manifest, backend, book
-        cfg = manifest.config
-        self.shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-        self.samplers: dict[str, Sampler] = {}
-        self.rows = self.calls = 0
-
-    def sampler(self, plan: Any) -> Sampler:
-        s = self.samplers.get(plan.name)
-        if s is None:
-            s = self.samplers[plan.name] = Sampler(self.backend, self.manifest, plan.schedule)
-        return s
-
-    def run_group(self, items: list[tuple[Any, int, int]]) -> list[np.ndarray]:
-        """Requests with one plan as one Sampler batch: [(plan, n, seed)] -> their images."""
-        plan = items[0][0]
-        x0 = np.concatenate([make_noise(seed, n, self.shape) for _, n, seed in items])
-        y = np.concatenate([make_labels(n, self.manifest.config.num_classes) for _, n, _ in items])
-        images, stats = self.sampler(plan).sample(x0, y)
-        self.rows += int(x0.shape[0]) * stats.calls
-        self.calls += stats.calls
-        cuts = np.cumsum([n for _, n, _ in items])[:-1]
-        return np.split(images, cuts)
-
-
-class Reply:
-    """One request's answer from a worker server."""
-
-    def __init__(self) -> None:
-        self.images: np.ndarray | None = None
-        self.error: BaseException | None = None
-        self.done = threading.Event()
-
-    def wait(self) -> np.ndarray:
-        if not self.done.wait(120):
-            raise RuntimeError("no answer in 120 s")
-        if self.error is not None:
-            raise self.error
-        assert self.images is not None
-        return self.images
-
-
-def worker_server(modes: Modes, batching: bool) -> tuple[Callable, Callable[[], None]]:
-    """A one-thread server: FIFO one request at a time, or (batching) all queued, grouped by plan."""
-    inbox: queue.Queue = queue.Queue()
-
-    def serve() -> None:
-        while (first := inbox.get()) is not None:
-            batch = [first]
-            while batching and not inbox.empty():
-                batch.append(inbox.get())
-            if batch[-1] is None:
-                batch.pop()
-                inbox.put(None)
-            groups: dict[str, list] = {}
-            for item in batch:
-                groups.setdefault(item[0].name, []).append(item)
-            for items in groups.values():
-                for lo, hi in _row_chunks([it[1] for it in items]):
-                    part = items[lo:hi]
-                    try:
-                        for it, images in zip(part, modes.run_group([it[:3] for it in part])):
-                            it[3].images = images
-                    except Exception as e:  # noqa: BLE001 - handed to the waiting clients
-                        for it in part:
-                            it[3].error = e
-                    for it in part:
-                        it[3].done.set()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-
-    def submit(plan: Any, n: int, seed: int) -> Callable[[], np.ndarray]:
-        reply = Reply()
-        inbox.put((plan, n, seed, reply))
-        return reply.wait
-
-    def close() -> None:
-        inbox.put(None)
-        thread.join(30)
-    return submit, close
-
-
-def _row_chunks(ns: list[int]) -> list[tuple[int, int]]:
-    """Consecutive index ranges whose rows fit MAX_ROWS."""
-    out, lo, rows = [], 0, 0
-    for i, n in enumerate(ns):
-        if rows + n > MAX_ROWS and i > lo:
-            out.append((lo, i))
-            lo, rows = i, 0
-        rows += n
-    out.append((lo, len(ns)))
-    return out
-
-
-def drive(submit: Callable, book: PlanBook, reqs: list[tuple[int, int, float]]) -> dict[str, Any]:
-    """8 closed-loop clients over `reqs`: latencies (s), wall time, errors, images by request index."""
-    lock, cursor = threading.Lock(), [0]
-    lat: list[float] = []
-    errors: list[str] = []
-    images: dict[int, np.ndarray] = {}
-
-    def client() -> None:
-        while True:
-            with lock:
-                i = cursor[0]
-                cursor[0] += 1
-            if i >= len(reqs):
-                return
-            n, seed, budget = reqs[i]
-            t0 = time.perf_counter()
-            try:
-                wait = submit(book.plan(n, budget), n, seed, budget)
-                images[i] = wait()
-                lat.append(time.perf_counter() - t0)
-            except Exception as e:  # noqa: BLE001 - counted, and the group fails
-                errors.append(f"request {i}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"lat": lat, "wall": time.perf_counter() - start, "errors": errors, "images": images}
-
-
-def figures(prefix: str, run: dict[str, Any], rows_per_call: float) -> dict[str, Any]:
-    ms = np.array(run["lat"] or [float("nan")]) * 1e3
-    return {f"{prefix}_rps": round(len(run["lat"]) / run["wall"], 1),
-            f"{prefix}_p50_ms": round(float(np.percentile(ms, 50)), 2),
-            f"{prefix}_p99_ms": round(float(np.percentile(ms, 99)), 2),
-            f"{prefix}_rows_per_call": round(rows_per_call, 2), f"{prefix}_errors": len(run["errors"])}
-
-
-def in_process(manifest: Any, book: PlanBook, reqs: list, warm: list, prefix: str,
-               windows: tuple[float, ...] = (0.0,)) -> tuple[dict[str, Any], dict[str, dict]]:
-    """loop, request_batching and the engine (one per window) on one open ORT backend."""
-    from odelt.runtime import open_backend
-
-    out: dict[str, Any] = {}
-    runs: dict[str, dict] = {}
-    with open_backend("ort", manifest, threads=1, use_engines=False) as be:
-        for mode, batching in (("loop", False), ("request_batching", True)):
-            modes = Modes(manifest, be, book)
-            submit, close = worker_server(modes, batching)
-            call = lambda plan, n, seed, budget: submit(plan, n, seed)  # noqa: E731
-            drive(call, book, warm)
-            modes.rows = modes.calls = 0
-            runs[mode] = drive(call, book, reqs)
-            close()
-            out.update(figures(f"{prefix}_{mode}", runs[mode], modes.rows / max(1, modes.calls)))
-        for w in windows:
-            name = "engine" if w == 0 else f"engine_window{w:g}"
-            engine = Engine(manifest, be, EngineOptions(max_rows=MAX_ROWS, window_ms=w)).start()
-
-            def call(plan: Any, n: int, seed: int, budget: float, engine: Engine = engine) -> Callable:
-                ticket = engine.submit(Job(n=n, seed=seed, schedule=plan.schedule, plan=plan.name, budget_ms=budget))
-                return lambda: ticket.result(120)
-            drive(call, book, warm)
-            before = (engine.stats.rows, engine.stats.passes, engine.stats.over_budget)
-            runs[name] = drive(call, book, reqs)
-            engine.stop()
-            rows = (engine.stats.rows - before[0]) / max(1, engine.stats.passes - before[1])
-            out.update(figures(f"{prefix}_{name}", runs[name], rows))
-            out[f"{prefix}_{name}_over_budget"] = engine.stats.over_budget - before[2]
-    return out, runs
-
+# -- Triton ------------------------------------------------------------------------------------------
 
 def triton_mode(bundle: Path, book: PlanBook, reqs: list, warm: list, work: Path) -> tuple[dict, dict]:
+    """The engine-mode repository on a real tritonserver; clients over HTTP, Triton's generate
+    endpoint (odelt.serving.Client: the path docs/serving.md gives users)."""
     from odelt.serving import Client, RepoOptions, TritonServer, find_env, write_repository
 
     repo = write_repository(bundle, work / "repo-engine", RepoOptions(sampler="engine", max_batch=MAX_ROWS))
     server = TritonServer(find_env(), repo, work / "triton", code=ROOT)
     clients: dict[int, Client] = {}
+    inside: list[float] = []            # ms from submit to reply inside the model (measured_ms)
     t0 = time.perf_counter()
     server.start()
     try:
@@ -252,26 +77,25 @@ def triton_mode(bundle: Path, book: PlanBook, reqs: list, warm: list, work: Path
             if out.plan != plan.name:
                 raise RuntimeError(f"the server chose {out.plan}, the client's planner {plan.name}")
             call.stats = out.stats
+            inside.append(out.measured_ms)
             return lambda: out.images
         drive(call, book, warm)
         before = dict(call.stats)
+        inside.clear()
         run = drive(call, book, reqs)
         after = call.stats
+        model_p50 = float(np.median(inside))
+        inside.clear()
+        lone_ms = lone(call, book)
+        lone_model = float(np.median(inside))
     finally:
         for c in clients.values():
             c.close()
         server.stop()
     rows = (after["rows"] - before["rows"]) / max(1, after["passes"] - before["passes"])
-    return {**figures("serving_triton", run, rows), "serving_triton_ready_s": round(ready_s, 1)}, run
-
-
-def max_diff(runs: dict[str, dict], ref: str, others: tuple[str, ...]) -> float:
-    worst = 0.0
-    for name in others:
-        for i, img in runs[name]["images"].items():
-            if i % 10 == 0 and i in runs[ref]["images"]:
-                worst = max(worst, float(np.abs(img - runs[ref]["images"][i]).max()))
-    return worst
+    return {**figures("serving_triton", run, rows), "serving_triton_ready_s": round(ready_s, 1),
+            "serving_triton_model_p50_ms": round(model_p50, 2), "serving_lone_triton_ms": round(lone_ms, 3),
+            "serving_lone_triton_model_ms": round(lone_model, 3)}, run
 
 
 # -- bundles -------------------------------------------------------------------------------------------

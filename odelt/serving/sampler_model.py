@@ -17,9 +17,10 @@ bundle's default decoder, or request parameter `decoder` = sd | taesd), so image
 
 Noise and labels follow the runtime's convention (odelt.runtime.sampler), so a request returns the
 images `odelt-export generate -n N --batch N --seed S` makes with the same plan. The runtime's own
-Sampler and solvers step; `BlsBackend` is the backend they call: each graph of a step's chain is a
-BLS request to that graph's model, so Triton's dynamic batcher merges the step calls of all
-requests in flight (one sampler instance runs one request; instances run side by side).
+Sampler and solvers step over `bls_backend`: the runtime's ChainBackend (the one chain runner)
+whose run_graph, `BlsGraphs`, sends each graph of a step's chain as a BLS request to that graph's
+model, so Triton's dynamic batcher merges the step calls of all requests in flight (one sampler
+instance runs one request; instances run side by side). The decoder stage goes the same way.
 Bad requests come back as a Triton error carrying the one-line OdeltError message.
 """
 
@@ -37,9 +38,8 @@ import numpy as np
 from odelt import validate
 from odelt.errors import ConfigError, OdeltError, RuntimeFailure, first_line
 from odelt.bundle.bundle import Bundle, open_bundle
-from odelt.bundle.chain import run_chain
 from odelt.bundle.iospec import GraphSpec
-from odelt.runtime.backends.protocol import chain_length
+from odelt.runtime.backends.graphs import ChainBackend
 from odelt.ode.heuristics import resolve_schedule
 from odelt.runtime.budget.planner import choose
 from odelt.runtime.budget.predict import DEFAULT_QUANTILE, Predictor
@@ -52,33 +52,50 @@ from odelt.serving.wire import batched, wire_shape
 Call = Callable[[str, dict[str, np.ndarray], list[str]], Mapping[str, np.ndarray]]
 
 
-class BlsBackend:
-    """The runtime's Backend protocol over graph models: `infer` runs the length's chain, each graph
-    one `call` (a BLS request inside Triton)."""
+class BlsGraphs:
+    """A `run_graph` over graph models (odelt.runtime.backends.graphs.ChainBackend runs the chain):
+    each graph one `call`, a BLS request inside Triton, its tensors in the shapes the graph model
+    takes (a per-row scalar travels as (rows, 1) to a batched model)."""
 
-    name = "triton-bls"
-
-    def __init__(self, manifest: Bundle, layout: str, models: dict[str, str], call: Call):
-        self.manifest, self.layout, self.models, self.call = manifest, layout, models, call
-        self.lengths = tuple(manifest.lengths)
+    def __init__(self, manifest: Bundle, models: dict[str, str], call: Call):
+        self.manifest, self.models, self.call = manifest, models, call
         self._batched = {name: batched(manifest.graph(name)) for name in models}
 
-    def __enter__(self) -> BlsBackend:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def infer(self, feeds: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        length = chain_length(feeds, self.lengths)
-        return {"velocity": run_chain(self.manifest, length, feeds, self._run_graph, self.layout)}
-
-    def _run_graph(self, graph: GraphSpec, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
+    def __call__(self, graph: GraphSpec, inputs: Mapping[str, np.ndarray]) -> Mapping[str, np.ndarray]:
         is_batched = self._batched[graph.name]
         rows = int(inputs[graph.inputs[0].name].shape[0])
         wire = {t.name: np.array(inputs[t.name], dtype=t.dtype).reshape(wire_shape(t, rows, is_batched))
                 for t in graph.inputs}
         return self.call(self.models[graph.name], wire, [t.name for t in graph.outputs])
+
+
+def bls_backend(manifest: Bundle, layout: str, models: dict[str, str], call: Call) -> ChainBackend:
+    """The runtime's Backend protocol over graph models: the one chain runner with a BLS run_graph."""
+    return ChainBackend(manifest, BlsGraphs(manifest, models, call), layout)
+
+
+class MemoPredictor(Predictor):
+    """The one latency model, each plan's figures kept: a served bundle's profile does not change,
+    so a request's choice reads them instead of summing its calls again."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._plans: dict[tuple[str, Any], float] = {}
+
+    def _kept(self, what: str, c: Any, value: Callable[[Any], float]) -> float:
+        key = (what, c)
+        if key not in self._plans:
+            self._plans[key] = value(c)
+        return self._plans[key]
+
+    def candidate(self, c: Any) -> float:
+        return self._kept("candidate", c, super().candidate)
+
+    def median(self, c: Any) -> float:
+        return self._kept("median", c, super().median)
+
+    def decode(self, c: Any) -> float:
+        return self._kept("decode", c, super().decode)
 
 
 @dataclass(frozen=True)
@@ -95,31 +112,38 @@ class SamplerService:
     """Requests -> images with one backend; keeps one Sampler per (schedule, guidance). With
     backend None (the engine mode) it only checks and plans requests (`prepare`)."""
 
-    def __init__(self, manifest: Bundle, backend: BlsBackend | None, precision: str, max_images: int,
+    def __init__(self, manifest: Bundle, backend: ChainBackend | None, precision: str, max_images: int,
                  decoder: str | None = None, profile_backend: str = "ort"):
         self.manifest, self.backend, self.precision, self.max_images = manifest, backend, precision, max_images
+        self.config = manifest.config             # parsed once (the manifest builds it on every read)
         self.decoder = decoder or None            # the default decoder kind of a latent bundle
         self.profile_backend = profile_backend    # the runtime backend whose profile the plans come from
         self._samplers: dict[tuple[str, float | None], Sampler] = {}
         self._planning: dict[str | None, tuple[Any, ...]] = {}
+        # Built once, not per request: a Predictor memoizes its per-call costs (quantiles over the
+        # profile's samples) and a plan's schedule is a file read; both cost more than the engine's
+        # share of a small request.
+        self._predictors: dict[tuple[Any, ...], MemoPredictor] = {}
+        self._schedules: dict[tuple[str, str], Schedule] = {}
 
     def handle(self, n: int, seed: int, labels: np.ndarray | None, guidance: float | None,
                params: Mapping[str, Any]) -> dict[str, Any]:
         req = self.prepare(n, seed, labels, guidance, params)
         assert self.backend is not None, "the engine mode submits prepared requests to its engine instead"
         sampler = self._sampler(req.key, req.schedule, guidance)
-        cfg = self.manifest.config
+        cfg = self.config
         start = time.perf_counter()
         images, _ = sampler.sample(make_noise(seed, n, (cfg.in_channels, cfg.input_size, cfg.input_size)), req.y)
         if req.decoder is not None:
-            images = self.backend.call(self.backend.models[req.decoder.graph], {"latent": images}, ["image"])["image"]
+            decode = self.manifest.graph(req.decoder.graph)
+            images = self.backend.run_graph(decode, {"latent": images})["image"]
         return {"images": images, "plan": req.key[0], "predicted_ms": req.predicted_ms,
                 "measured_ms": 1e3 * (time.perf_counter() - start)}
 
     def prepare(self, n: int, seed: int, labels: np.ndarray | None, guidance: float | None,
                 params: Mapping[str, Any]) -> Prepared:
         """A request checked and planned (its one-line error otherwise): labels, decoder, plan."""
-        cfg = self.manifest.config
+        cfg = self.config
         if not 1 <= n <= self.max_images:
             raise ConfigError(f"n must be in 1..{self.max_images} images per request, found {n}")
         if guidance_rows(self.manifest, n, guidance) > self.max_images:
@@ -149,9 +173,9 @@ class SamplerService:
         null = self.manifest.null_class
         if y.shape[0] != n:
             raise ConfigError(f"labels must have n={n} entries, found {y.shape[0]}")
-        bad = [int(v) for v in y if not (0 <= v < self.manifest.config.num_classes or v == null)]
+        bad = [int(v) for v in y if not (0 <= v < self.config.num_classes or v == null)]
         if bad:
-            raise ConfigError(f"unknown class {bad[0]}: expected 0..{self.manifest.config.num_classes - 1} "
+            raise ConfigError(f"unknown class {bad[0]}: expected 0..{self.config.num_classes - 1} "
                               f"or {null} (unconditional)")
         return y.astype(np.int32)
 
@@ -160,17 +184,22 @@ class SamplerService:
             budget = validate.positive("budget_ms", params["budget_ms"])
             candidates, profile = self._planner(decoder)
             quantile = validate.quantile("quantile", params.get("quantile", DEFAULT_QUANTILE))
-            choice = choose(candidates, budget, Predictor(profile, n, quantile))
+            predictor = _memo(self._predictors, (decoder and decoder.kind, n, quantile),
+                              lambda: MemoPredictor(profile, n, quantile))
+            choice = choose(candidates, budget, predictor)
             c = choice.candidate
-            return (c.name, c.schedule), load_plan_schedule(self.manifest, c), choice.predicted_ms
+            schedule = _memo(self._schedules, ("plan", c.schedule), lambda: load_plan_schedule(self.manifest, c))
+            return (c.name, c.schedule), schedule, choice.predicted_ms
         spec = params.get("schedule")
         if not isinstance(spec, str) or not spec:
             raise ConfigError("expected request parameter budget_ms (milliseconds) or schedule (NAME), found neither")
         if "/" in spec or spec.endswith(".json"):
             raise ConfigError(f"schedule must be a name (KIND[:SOLVER[:STEPS]], built-in or the bundle's), found {spec!r}")
+        return (spec, spec), _memo(self._schedules, ("spec", spec), lambda: self._named(spec)), math.nan
+
+    def _named(self, spec: str) -> Schedule:
         own = schedule_path(self.manifest, spec)
-        schedule = load_schedule(own) if own.is_file() else resolve_schedule(spec, max(self.manifest.lengths))
-        return (spec, spec), schedule, math.nan
+        return load_schedule(own) if own.is_file() else resolve_schedule(spec, max(self.manifest.lengths))
 
     def _planner(self, decoder: Any = None) -> tuple[Any, ...]:
         """(candidates, profile) of the service's precision, read once per decoder kind: a latent
@@ -200,11 +229,23 @@ class SamplerService:
         return self._samplers[k]
 
 
+MEMO_MAX = 256      # entries per cache: keys come from requests (n, quantile, schedule names)
+
+
+def _memo(store: dict, key: Any, make: Callable[[], Any]) -> Any:
+    """store[key], made on first use; a full store starts over (clients choose the keys)."""
+    if key not in store:
+        if len(store) >= MEMO_MAX:
+            store.clear()
+        store[key] = make()
+    return store[key]
+
+
 def open_service(bundle: Path, params: Mapping[str, str], call: Call) -> SamplerService:
     """The service the model config describes (`parameters` of odelt_sampler/config.pbtxt)."""
     # The graph files its records list live in their own models, not beside this copy.
     manifest = open_bundle(bundle, check_files=False)
-    backend = BlsBackend(manifest, params["layout"], json.loads(params["graph_models"]), call)
+    backend = bls_backend(manifest, params["layout"], json.loads(params["graph_models"]), call)
     return SamplerService(manifest, backend, params["precision"], int(params["max_images"]),
                           params.get("decoder") or None, params.get("profile_backend") or "ort")
 

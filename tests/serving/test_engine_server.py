@@ -128,9 +128,11 @@ def test_eight_clients_two_hundred_requests_each_none_lost(engine_server, serve_
 
 
 def test_a_client_that_disconnects_mid_request_does_not_disturb_the_others(engine_server):
-    """tritonserver 2.51 does not cancel an HTTP request whose client went away (measured:
-    no request was cancelled), so the engine finishes the orphans and their replies go nowhere; the
-    requests in flight beside them, and after them, are served."""
+    """tritonserver 2.51 does not cancel an HTTP request whose client went away: its HTTP front end
+    stops reading the socket while a request runs, so it sees the close only after writing the
+    response (server issue #7077), and is_cancelled() stays False (measured: no request was
+    cancelled). The engine finishes the orphans and their replies go nowhere; the requests in
+    flight beside them, and after them, are served."""
     import time
 
     u = urlparse(engine_server.url)
@@ -152,6 +154,29 @@ def test_a_client_that_disconnects_mid_request_does_not_disturb_the_others(engin
         time.sleep(0.25)
     assert now["rows"] - start["rows"] >= 3 * 4 * 200          # the orphans ran to their end ...
     assert now["failed"] == start["failed"]                    # ... and their lost replies failed nothing
+
+
+def test_a_grpc_client_that_cancels_its_stream_cancels_its_requests(engine_server, serving_env):
+    """A gRPC stream cancelled mid-request is seen (is_cancelled(), asked by the outbox): the
+    engine drops those rows instead of running them to the end, and the server keeps serving."""
+    import subprocess
+    import time
+
+    from tests.serving.conftest import checkout
+
+    start = Client(engine_server.url).generate(n=1, seed=0, budget_ms=1e6).stats
+    script = checkout() / "tests" / "serving" / "grpc_cancel.py"
+    run = subprocess.run([str(serving_env.venv / "bin" / "python"), str(script), f"127.0.0.1:{engine_server.grpc_port}",
+                          "3", "1000", "0.5"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for _ in range(120):
+        now = Client(engine_server.url).generate(n=1, seed=0, budget_ms=1e6).stats
+        if now["cancelled"] - start["cancelled"] >= 3:
+            break
+        time.sleep(0.25)
+    assert now["cancelled"] - start["cancelled"] == 3 and now["failed"] == start["failed"]
+    assert now["rows"] - start["rows"] < 3 * 4 * 1000                    # stopped early, not run to the end
+    assert Client(engine_server.url).generate(n=2, seed=1, budget_ms=1e6).images.shape == (2, *SHAPE)
 
 
 def test_a_bad_request_among_good_ones_gets_its_line_and_the_others_go_on(engine_server, serve_bundle):

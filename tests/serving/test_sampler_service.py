@@ -1,4 +1,5 @@
-"""The sampler model's logic outside Triton: BlsBackend + SamplerService over a stand-in transport.
+"""The sampler model's logic outside Triton: bls_backend (the runtime's ChainBackend over BlsGraphs)
+and SamplerService over a stand-in transport.
 
 The transport here is a FAKE of Triton's BLS hop (it runs each graph model's ONNX file with ONNX
 Runtime in this process, taking and giving the shapes a graph model takes and gives); the real
