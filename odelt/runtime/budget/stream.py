@@ -167,11 +167,11 @@ class Stream:
         latency = (start - taken) * 1e3
         at = predictor_of(self.predictor, c)
         decoding = at.decoding(c) if self.decodes(c) else (0.0, 0.0)
-        ran = at.batch_ms(c.precision, sampler.schedule.call_lengths(st.lengths), decoding)[0]
+        ran, ran_q = at.batch_ms(c.precision, sampler.schedule.call_lengths(st.lengths), decoding)
         replanned = None
         if self.control != "open":
-            speed = self.tracker.observe(latency, ran)
-            tracked = (speed, self.tracker.tail, self.tracker.excess_ms)
+            speed = self.tracker.observe(latency, ran, ran_q - ran)
+            tracked = (speed, self.tracker.tail, self.tracker.excess_ms, self.tracker.run_ms)
             nxt = self.replanner.choose(*tracked)
             if nxt.candidate != c:
                 self.current, replanned = nxt, nxt.candidate.name

@@ -68,6 +68,7 @@ microseconds. Pure Python, runs next to the sampler.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Sequence
@@ -84,42 +85,47 @@ class SpeedTracker:
         if window < 3:
             raise ValueError(f"window must be >= 3, found {window}")
         self.window, self.horizon_ms, self.wait_ms, self.calm = window, float(horizon_ms), float(wait_ms), calm
-        self._batches: deque[tuple[float, float]] = deque(maxlen=max(window, max_window))
+        # (measured, predicted median, lateness threshold) per batch, oldest first
+        self._batches: deque[tuple[float, float, float]] = deque(maxlen=max(window, max_window))
         self.speed, self.tail, self.excess_ms = 1.0, 1.0, 0.0
+        self.run_ms = math.inf         # the sampler's work between two of a competitor's waits (inf: none seen)
         self.waiting = False
-        self.cause = "none"            # what the window's late batches look like: none | wait | slowdown
-        self._alert = 0                # batches left in which one wait means the competitor is back
+        self.cause = "none"            # what the window's late batches look like: none | wait | slowdown | both
 
-    def observe(self, measured_ms: float, predicted_ms: float) -> float:
-        """Add one batch; returns the new speed (slowdown factor; > 1: slower than profiled)."""
-        self._batches.append((measured_ms, max(predicted_ms, 1e-9)))
-        self._alert = max(0, self._alert - 1)
+    def observe(self, measured_ms: float, predicted_ms: float, spread_ms: float = 0.0) -> float:
+        """Add one batch (its wall time, the median prediction of what it ran, and that
+        prediction's spread at the quantile: jitter the profile prices is no wait); returns the
+        new speed (slowdown factor; > 1: slower than profiled)."""
+        self._batches.append((measured_ms, max(predicted_ms, 1e-9), max(self.wait_ms, spread_ms)))
         if self.waiting and self._calmed():
             while len(self._batches) > self.calm:       # the competitor has gone: forget its waits
                 self._batches.popleft()
-            self.waiting, self._alert = False, self.window
+            self.waiting = False
         recent = self._recent()
-        ratios = [m / p for m, p in recent]                           # newest first
+        ratios = [m / p for m, p, _ in recent]                        # newest first
         ordered = sorted(ratios)
         if len(recent) >= 3:
             self.speed = _middle(ordered)
+        self.run_ms = math.inf
         if len(recent) >= 2:
             pace = min(self.speed, 1.0)
-            over = [m - pace * p for m, p in recent]
+            over = [m - pace * p for m, p, _ in recent]
+            late = [o >= t for o, (_, _, t) in zip(over, recent)]
             excess = sorted(over)
-            waits = sum(e >= self.wait_ms for e in excess)
-            self.waiting = waits >= 2 or (self.waiting and waits >= 1) or (self._alert > 0 and waits >= 1)
+            self.waiting = sum(late) >= 2 or (self.waiting and any(late))
             worst = -1 if self.waiting else -2
             self.tail, self.excess_ms = ordered[worst], max(0.0, excess[worst])
-            self.cause = self._cause(ratios, over)
+            self.cause = self._cause(ratios, over, late)
+            if self.cause in ("wait", "both"):
+                self.run_ms = _run_ms(recent, over, late, self.excess_ms)
         return self.speed
 
     def _calmed(self) -> bool:
         """The last `calm` batches ran as profiled: none waited."""
         b, pace = self._batches, min(self.speed, 1.0)
-        return len(b) >= self.calm and all(b[-k][0] - pace * b[-k][1] < self.wait_ms for k in range(1, self.calm + 1))
+        return len(b) >= self.calm and all(b[-k][0] - pace * b[-k][1] < b[-k][2] for k in range(1, self.calm + 1))
 
-    def _cause(self, ratios: list[float], over: list[float]) -> str:
+    def _cause(self, ratios: list[float], over: list[float], late: list[bool]) -> str:
         """Read the window's late batches (>= wait_ms over the pace), from the oldest late one on:
         some untouched in between -> a competitor's `wait` (time slices: a batch waits a whole
         one or none, whatever its size): the tail is then the untouched batches' largest ratio
@@ -129,7 +135,6 @@ class SpeedTracker:
         readings hold, the conservative max (module doc). Lists are newest first."""
         if not self.waiting:
             return "none"
-        late = [e >= self.wait_ms for e in over]
         oldest = max((i for i, v in enumerate(late) if v), default=-1)
         if oldest < 0:
             return "none"
@@ -145,7 +150,7 @@ class SpeedTracker:
 
     def _recent(self) -> list[tuple[float, float]]:
         """The last `window` batches, and older ones until their predicted work reaches `horizon_ms`."""
-        out: list[tuple[float, float]] = []
+        out: list[tuple[float, float, float]] = []
         work = 0.0
         for b in reversed(self._batches):
             if len(out) >= self.window and work >= self.horizon_ms:
@@ -153,6 +158,15 @@ class SpeedTracker:
             out.append(b)
             work += b[1]
         return out
+
+
+def _run_ms(recent: list[tuple[float, float, float]], over: list[float], late: list[bool], wait_ms: float) -> float:
+    """The sampler's work between two of a competitor's waits: the window's work over the number
+    of waits in it, counting the late batches' excess in units of the held wait (a batch that
+    waited twice counts twice): wait_ms / (waited ms per ms of work)."""
+    waited = sum(o for o, v in zip(over, late) if v)
+    work = sum(p for _, p, _ in recent)
+    return wait_ms * work / waited if waited > 0 and wait_ms > 0 else math.inf
 
 
 def _middle(ordered: list[float]) -> float:
@@ -167,10 +181,11 @@ class Planned:
     median_ms: float           # at the profile's speed
     quantile_ms: float
 
-    def at(self, speed: float = 1.0, tail: float = 0.0, excess_ms: float = 0.0) -> float:
-        """Predicted ms at the tracked speed, tail and excess (what choose() holds to the budget):
-        the latency model's tracked prediction (predict.tracked_ms) of the stored median and quantile."""
-        return tracked_ms(self.median_ms, self.quantile_ms, speed, tail, excess_ms)
+    def at(self, speed: float = 1.0, tail: float = 0.0, excess_ms: float = 0.0, run_ms: float = math.inf) -> float:
+        """Predicted ms at the tracked speed, tail, excess and competitor's run (what choose() holds
+        to the budget): the latency model's tracked prediction (predict.tracked_ms) of the stored
+        median and quantile."""
+        return tracked_ms(self.median_ms, self.quantile_ms, speed, tail, excess_ms, run_ms)
 
 
 class Replanner:
@@ -185,11 +200,13 @@ class Replanner:
         self.by_quality = sorted(rows, key=lambda p: (p.candidate.error, p.quantile_ms))
         self.cheapest = min(rows, key=lambda p: p.quantile_ms)
 
-    def choose(self, speed: float = 1.0, tail: float = 0.0, excess_ms: float = 0.0) -> Planned:
-        """Best fit at `speed`, observed `tail` and `excess_ms` (0: none observed yet); when
-        nothing fits, the cheapest plan (anytime control then has the most room to shorten it)."""
+    def choose(self, speed: float = 1.0, tail: float = 0.0, excess_ms: float = 0.0,
+               run_ms: float = math.inf) -> Planned:
+        """Best fit at `speed`, observed `tail` and `excess_ms` (0: none observed yet), a wait
+        recurring every `run_ms` of work; when nothing fits, the cheapest plan (anytime control
+        then has the most room to shorten it)."""
         for p in self.by_quality:
-            if p.at(speed, tail, excess_ms) <= self.budget_ms:
+            if p.at(speed, tail, excess_ms, run_ms) <= self.budget_ms:
                 return p
         return self.cheapest
 
