@@ -30,8 +30,10 @@ system call, where the kernel hands the core to a due competitor mid-tick; the h
 spread from ~4.0 ms to 2-6 ms and the cheapest digits plan missed 8% of its batches under the
 hog instead of 5.5% (1,600 batches each way, measured).
 
-One stray batch moves none of the estimates. A competitor that recurs (two waits of >= `wait_ms`
-in the window) puts the tracker in `waiting`: the excess and the tail are then the largest in the
+A batch waited when its excess is >= `wait_ms` and >= its own spread at the quantile (what
+observe() is given: the profile's jitter for that batch is no wait; batches of 64 jitter 1-2 ms).
+One stray batch moves none of the estimates. A competitor that recurs (two waits in the window)
+puts the tracker in `waiting`: the excess and the tail are then the largest in the
 window, held while one wait is left in it or until `calm` batches in a row ran untouched (below),
 and dropped to the second-largest (jitter) then.
 The competitor's effect varies from batch to batch, and the second-largest of a few let plans
@@ -46,8 +48,15 @@ batches (9 ms of work) held two waits only barely, and when they did not, the st
 to a big plan and missed. Held on one wait, a window of >= 10 ms of work (11-12 such batches)
 bridges those runs. That made going back after the competitor stopped take as long as its last
 wait stayed in the window (~12 batches, 8-11 in the bench); now three calm batches forget it, and a
-run that long under the competitor costs a climb and, for a window after it, one wait brings the
-competitor back (a closed-loop miss at most; anytime exits absorb what they can).
+run that long under the competitor costs a climb. After that one wait is a stray like any other
+(re-arming on one let a stray stall pull the plan down right after the climb); a competitor back
+is seen at its second wait (its first waited batch: a closed-loop miss at most; anytime exits
+absorb what they can).
+
+A time-sliced competitor stalls a plan once per run of the sampler's work (`run_ms`: the window's
+predicted work over its waited ms, times the held wait), so a plan of median m meets up to
+1 + floor(m / run_ms) waits: under the hog at batch 8 a 10.6 ms plan waited twice (8.6-8.9 ms)
+where one 4.7 ms wait had let it in, and missed.
 
 The cause decides which reading holds the plans (`cause`): late batches with untouched ones
 between them are a competitor's time slices (`wait`: a plan fits when its own time + the wait
@@ -60,7 +69,7 @@ back at once; for a window's span after that one wait is enough to mean it is ba
 `Replanner` holds every candidate's median and quantile prediction at the profile's speed, sorted
 by quality once. Re-planning takes the best candidate with
 
-    speed * quantile_ms <= budget   and   max(tail * median_ms, pace * median_ms + excess_ms) <= budget
+    speed * quantile_ms <= budget   and   max(tail * median_ms, pace * median_ms + waits * excess_ms) <= budget
 
 (the profile's jitter at the current speed, and the bad batch observed now): a scan of a list,
 microseconds. Pure Python, runs next to the sampler.
@@ -77,10 +86,13 @@ from odelt.runtime.budget.planner import NO_PLANS, BudgetError, Candidate, Choic
 from odelt.runtime.budget.predict import Predictor, tracked_ms
 
 
+WAIT_MS = 1.0           # a batch this much over its prediction (and over its own jitter) waited
+
+
 class SpeedTracker:
     """Robust online estimates of the speed and tail (measured / predicted) and the excess (ms)."""
 
-    def __init__(self, window: int = 10, horizon_ms: float = 10.0, wait_ms: float = 1.0, max_window: int = 64,
+    def __init__(self, window: int = 10, horizon_ms: float = 10.0, wait_ms: float = WAIT_MS, max_window: int = 64,
                  calm: int = 3):
         if window < 3:
             raise ValueError(f"window must be >= 3, found {window}")
