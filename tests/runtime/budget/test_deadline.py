@@ -604,3 +604,35 @@ def test_quiet_jitter_within_the_profiles_spread_is_no_wait():
     assert not jitter.waiting and jitter.excess_ms == pytest.approx(1.7)
     assert fixed.waiting and fixed.excess_ms == pytest.approx(2.5)
     assert rp.choose(fixed.speed, fixed.tail, fixed.excess_ms, fixed.run_ms).candidate == M
+
+
+def test_a_stream_climbs_back_when_the_competitor_stops_and_a_stray_stall_after_moves_nothing():
+    """The time-sliced competitor of _hog_stream (batches 10-24), then one stray 10 ms stall of
+    another process on batch 28 (A's 32 ms + 10: that batch misses, whatever the plan was). The
+    competitor's last slice hit batch 22; after three calm batches (23-25) the best plan runs from
+    batch 26 on, and stays through the stray (one wait re-armed the competitor before: 3 batches of B)."""
+    clock = FakeClock()
+    hog, stray = FakeHog(run_ms=20.0, slice_ms=25.0), {"ms": 0.0}
+
+    def stall(call, ms):
+        extra, stray["ms"] = stray["ms"], 0.0
+        return hog(call, ms) + extra
+    be = FakeTimedBackend(clock, stall=stall)
+    schedules = {c.schedule: heuristic_schedule("uniform", "euler", 4, c.lengths[0]) for c in (A, M, B)}
+    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=40.0)
+    stream = Stream(rp, lambda c: Sampler(be, fake_bundle(), schedules[c.schedule], clock=clock), "closed",
+                    exported=(2, 4, 8), clock=clock)
+    x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
+    for i in range(40):
+        if i == 10:
+            hog.start()
+        if i == 25:
+            hog.stop()
+        if i == 28:
+            stray["ms"] = 10.0
+        stream.run(x0, y)
+    recs = stream.stats.records
+    assert [r.index for r in recs if r.missed] == [10, 11, 28]
+    assert [r.plan for r in recs[22:26]] == ["b-4xl2"] * 4 and recs[25].replanned_to == "a-4xl8"
+    assert [r.plan for r in recs[26:]] == ["a-4xl8"] * 14
+    assert recs[28].latency_ms == pytest.approx(42.0) and recs[28].cause == "none"
