@@ -31,7 +31,8 @@ spread from ~4.0 ms to 2-6 ms and the cheapest digits plan missed 8% of its batc
 hog instead of 5.5% (1,600 batches each way, measured).
 
 A batch waited when its excess is >= `wait_ms` and >= its own spread at the quantile (what
-observe() is given: the profile's jitter for that batch is no wait; batches of 64 jitter 1-2 ms).
+observe() is given, up to JITTER_FRAC of its median: the profile's jitter for that batch is no
+wait; batches of 64 jitter 1-2 ms).
 One stray batch moves none of the estimates. A competitor that recurs (two waits in the window)
 puts the tracker in `waiting`: the excess and the tail are then the largest in the
 window, held while one wait is left in it or until `calm` batches in a row ran untouched (below),
@@ -87,6 +88,10 @@ from odelt.runtime.budget.predict import Predictor, tracked_ms
 
 
 WAIT_MS = 1.0           # a batch this much over its prediction (and over its own jitter) waited
+# the most of a batch's median its profiled jitter may forgive: a spread above it comes from a
+# profile taken on a busy machine (a loaded run profiled 2-l4 at 11 ms +- 10 ms), and forgiving
+# it hid the hog's 4-9 ms waits from the tracker (a miss and a 12-batch climb, measured)
+JITTER_FRAC = 0.1
 
 
 class SpeedTracker:
@@ -108,7 +113,8 @@ class SpeedTracker:
         """Add one batch (its wall time, the median prediction of what it ran, and that
         prediction's spread at the quantile: jitter the profile prices is no wait); returns the
         new speed (slowdown factor; > 1: slower than profiled)."""
-        self._batches.append((measured_ms, max(predicted_ms, 1e-9), max(self.wait_ms, spread_ms)))
+        self._batches.append((measured_ms, max(predicted_ms, 1e-9),
+                              max(self.wait_ms, min(spread_ms, JITTER_FRAC * predicted_ms))))
         if self.waiting and self._calmed():
             while len(self._batches) > self.calm:       # the competitor has gone: forget its waits
                 self._batches.popleft()

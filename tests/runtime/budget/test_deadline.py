@@ -636,3 +636,13 @@ def test_a_stream_climbs_back_when_the_competitor_stops_and_a_stray_stall_after_
     assert [r.plan for r in recs[22:26]] == ["b-4xl2"] * 4 and recs[25].replanned_to == "a-4xl8"
     assert [r.plan for r in recs[26:]] == ["a-4xl8"] * 14
     assert recs[28].latency_ms == pytest.approx(42.0) and recs[28].cause == "none"
+
+
+def test_a_busy_profiles_spread_does_not_hide_a_competitor():
+    """A profile taken on a busy machine priced 10 ms of jitter on an 11 ms plan: forgiving it all
+    would hide a competitor's 4-9 ms waits. The spread counts up to 10% of the median (1.1 ms):
+    two waits of 4 ms are a competitor."""
+    tr = SpeedTracker()
+    for ms in (11.0, 15.0, 11.0, 15.0):
+        tr.observe(ms, 11.0, 10.0)
+    assert tr.waiting and tr.cause == "wait" and tr.excess_ms == pytest.approx(4.0)
