@@ -646,3 +646,41 @@ def test_a_busy_profiles_spread_does_not_hide_a_competitor():
     for ms in (11.0, 15.0, 11.0, 15.0):
         tr.observe(ms, 11.0, 10.0)
     assert tr.waiting and tr.cause == "wait" and tr.excess_ms == pytest.approx(4.0)
+
+
+def _recurring_stream(one_wait_per_batch=False):
+    """M (16 ms) and B (8 ms) under 30 ms (A's quantile, 33.8, is over); from batch 5 to 29 a
+    competitor takes the core for 10 ms after every 12 ms of the sampler's work. one_wait_per_batch:
+    the re-planner ignores the measured run (the rule before)."""
+    clock = FakeClock()
+    hog = FakeHog(run_ms=12.0, slice_ms=10.0)
+    be = FakeTimedBackend(clock, stall=hog)
+    schedules = {c.schedule: heuristic_schedule("uniform", "euler", 4, c.lengths[0]) for c in (A, M, B)}
+    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=30.0)
+    if one_wait_per_batch:
+        choose = rp.choose
+        rp.choose = lambda speed=1.0, tail=0.0, excess_ms=0.0, run_ms=0.0: choose(speed, tail, excess_ms)  # type: ignore[method-assign]
+    stream = Stream(rp, lambda c: Sampler(be, fake_bundle(), schedules[c.schedule], clock=clock), "closed",
+                    exported=(2, 4, 8), clock=clock)
+    x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
+    for i in range(40):
+        if i == 5:
+            hog.start()
+        if i == 30:
+            hog.stop()
+        stream.run(x0, y)
+    return stream.stats.records
+
+
+def test_a_stream_under_a_competitor_that_recurs_within_a_plan_holds_the_plan_that_absorbs_it():
+    """M waits once or twice per batch (26 or 36 ms), B once in two of three batches (18 ms). Read
+    as one wait per batch, M fitted (16 + 10) whenever the window's waits thinned, and missed (18,
+    29); held to 1 + floor(16 / run) = 2 waits it does not fit while the competitor is there, and
+    only the competitor's second slice into M at its start (7) misses."""
+    recs = _recurring_stream()
+    assert [r.index for r in recs if r.missed] == [7]
+    assert "".join(r.plan[0] for r in recs) == "m" * 8 + "b" * 24 + "m" * 8
+    # 10 batches of B (80 ms of work) waited 7 slices of 10 ms: a run of 80 / 70 x 10 ms
+    assert recs[20].cause == "wait" and recs[20].run_ms == pytest.approx(80 / 7)
+    before = _recurring_stream(one_wait_per_batch=True)
+    assert [r.index for r in before if r.missed] == [7, 18, 29]
