@@ -65,7 +65,7 @@ does, so the best such plan runs, not the cheapest), every batch late for three 
 is a `slowdown` (the competitor spread over batches long against its slices: the ratio alone),
 one or two late in a row are either (`both`: the max of the two). The competitor is gone when
 `calm` (3) batches in a row ran untouched: the window then forgets its waits and the plans climb
-back at once; for a window's span after that one wait is enough to mean it is back.
+back at once; after that one wait is a stray again, and two within the window a competitor.
 
 `Replanner` holds every candidate's median and quantile prediction at the profile's speed, sorted
 by quality once. Re-planning takes the best candidate with
@@ -144,7 +144,8 @@ class SpeedTracker:
         return len(b) >= self.calm and all(b[-k][0] - pace * b[-k][1] < b[-k][2] for k in range(1, self.calm + 1))
 
     def _cause(self, ratios: list[float], over: list[float], late: list[bool]) -> str:
-        """Read the window's late batches (>= wait_ms over the pace), from the oldest late one on:
+        """Read the window's late batches (`late`: over the pace by >= wait_ms and the batch's own
+        jitter), from the oldest late one on:
         some untouched in between -> a competitor's `wait` (time slices: a batch waits a whole
         one or none, whatever its size): the tail is then the untouched batches' largest ratio
         and only the excess holds plans (plan + wait <= budget); every one late for >= 3 batches
@@ -166,7 +167,7 @@ class SpeedTracker:
             return "slowdown"
         return "both"
 
-    def _recent(self) -> list[tuple[float, float]]:
+    def _recent(self) -> list[tuple[float, float, float]]:
         """The last `window` batches, and older ones until their predicted work reaches `horizon_ms`."""
         out: list[tuple[float, float, float]] = []
         work = 0.0
