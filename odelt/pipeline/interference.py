@@ -145,10 +145,14 @@ def run_mode(manifest: Any, profile: dict, mode: str, budget_ms: float, batch: i
         finally:
             hog.stop()
     recs = stream.stats.records
+    error = {p.candidate.name: p.candidate.error for p in stream.replanner.by_quality}
     return {"mode": mode, "control": control, "quantile": quantile, "budget_ms": budget_ms, "hog": [on, off],
             "latency_ms": [r.latency_ms for r in recs], "rmse": rmse, "plans": [r.plan for r in recs],
+            "plan_errors": [error[r.plan] for r in recs], "predicted_ms": [r.predicted_ms for r in recs],
             "switches": [len(r.switches) for r in recs], "exits": [len(r.exits) for r in recs],
-            "causes": [r.cause for r in recs], "replans": stream.stats.replans,
+            "exit_points": [[e.to_dict() for e in r.exits] for r in recs],
+            "switch_points": [[w.to_dict() for w in r.switches] for r in recs],
+            "causes": [r.cause for r in recs], "run_ms": [r.run_ms for r in recs], "replans": stream.stats.replans,
             "replan_us": [r.replan_us for r in recs], "speed": [r.speed for r in recs],
             "tail": [r.tail for r in recs], "tail_excess_ms": [r.tail_excess_ms for r in recs],
             "excess_ms": [r.excess_ms for r in recs],

@@ -93,12 +93,15 @@ def _excess(table: dict[str, Any], median: Callable[[str, Any, int], float], q: 
 
 
 def tracked_ms(median_ms: float, quantile_ms: float, speed: float = 1.0, tail: float = 0.0,
-               excess_ms: float = 0.0) -> float:
+               excess_ms: float = 0.0, run_ms: float = math.inf) -> float:
     """A prediction under what the closed loop observed (odelt.runtime.budget.tracker): the
     quantile at the tracked `speed`, and a bad batch read both as a slowdown (`tail` x the median)
-    and as a wait (the median at the pace plus `excess_ms`); the largest of the three. With nothing
-    observed (1, 0, 0) it is the quantile prediction itself (quantile_ms >= median_ms)."""
-    bad = max(median_ms * tail, median_ms * min(speed, 1.0) + excess_ms)
+    and as waits (the median at the pace plus `excess_ms` for every wait it may meet: a
+    competitor that takes the core after every `run_ms` of the sampler's work stalls a batch of
+    that median 1 + floor(median / run_ms) times at worst); the largest of the three. With
+    nothing observed (1, 0, 0, inf) it is the quantile prediction itself (quantile_ms >= median_ms)."""
+    waits = 1 + (math.floor(median_ms / run_ms) if run_ms > 0 and math.isfinite(run_ms) else 0)
+    bad = max(median_ms * tail, median_ms * min(speed, 1.0) + excess_ms * waits)
     return max(quantile_ms * speed, bad)
 
 

@@ -15,6 +15,7 @@ cost (tracker + choice) is timed on every batch. Everything a batch did is one `
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ class BatchRecord:
     switches: tuple[Any, ...] = ()
     exits: tuple[Any, ...] = ()    # steps stopped at an exit inside their call (anytime.Exit)
     cause: str = "none"            # the tracker's reading after this batch: none | wait | slowdown | both
+    run_ms: float | None = None    # and the competitor's run between waits (None: no waits being read)
 
     @property
     def missed(self) -> bool:
@@ -68,7 +70,7 @@ class BatchRecord:
                 "replanned_to": self.replanned_to,
                 "replan_us": round(self.replan_us, 2), "lengths": list(self.lengths),
                 "switches": [s.to_dict() for s in self.switches], "exits": [e.to_dict() for e in self.exits],
-                "cause": self.cause}
+                "cause": self.cause, "run_ms": None if self.run_ms is None else round(self.run_ms, 4)}
 
 
 @dataclass
@@ -167,11 +169,11 @@ class Stream:
         latency = (start - taken) * 1e3
         at = predictor_of(self.predictor, c)
         decoding = at.decoding(c) if self.decodes(c) else (0.0, 0.0)
-        ran = at.batch_ms(c.precision, sampler.schedule.call_lengths(st.lengths), decoding)[0]
+        ran, ran_q = at.batch_ms(c.precision, sampler.schedule.call_lengths(st.lengths), decoding)
         replanned = None
         if self.control != "open":
-            speed = self.tracker.observe(latency, ran)
-            tracked = (speed, self.tracker.tail, self.tracker.excess_ms)
+            speed = self.tracker.observe(latency, ran, ran_q - ran)
+            tracked = (speed, self.tracker.tail, self.tracker.excess_ms, self.tracker.run_ms)
             nxt = self.replanner.choose(*tracked)
             if nxt.candidate != c:
                 self.current, replanned = nxt, nxt.candidate.name
@@ -180,7 +182,8 @@ class Stream:
         self.stats.records.append(BatchRecord(len(self.stats.records), c.name, latency, self.replanner.budget_ms,
                                               predicted, self.tracker.speed, self.tracker.tail, self.tracker.excess_ms,
                                               latency - ran, replanned, cost_us, st.lengths, st.switches,
-                                              st.exits, self.tracker.cause))
+                                              st.exits, self.tracker.cause,
+                                              self.tracker.run_ms if math.isfinite(self.tracker.run_ms) else None))
         if replanned is not None:
             self.warm(x0.shape[0])
         return samples, st
