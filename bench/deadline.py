@@ -85,7 +85,7 @@ from odelt.runtime import Predictor, load_candidates
 from planner import prepare  # bench/ is on the path (bench/run.py)
 
 NAMES = {"open": "open_loop", "open95": "open_loop_q95", "closed": "closed_loop", "anytime": "anytime",
-         "cheapest": "cheapest_plan"}
+         "cheapest": "cheapest_plan", "nofinish": "anytime_no_finish"}
 STALLED_MS = 1.0          # a batch this much over its prediction waited for the core (jitter: ~0.3 ms)
 
 
@@ -144,17 +144,19 @@ def figures(runs: dict, budget: float) -> dict:
         out[f"deadline_switches_{name}"] = int(sum(r["switches"]))
         out[f"deadline_exits_{name}"] = int(sum(r.get("exits", [])))
         out[f"deadline_exits_onset_{name}"] = int(r["exits"][on]) if r.get("exits") else 0
+        out[f"deadline_finishes_{name}"] = int(sum(r.get("finishes", [])))
+        out[f"deadline_finishes_onset_{name}"] = int(r["finishes"][on]) if r.get("finishes") else 0
         out[f"deadline_first_plan_{name}"] = r["plans"][0]
         out[f"deadline_first_predicted_ms_{name}"] = round(r["first_predicted_ms"], 3)
         out[f"deadline_batches_{name}"] = len(lat)
-    for mode in ("closed", "anytime"):
+    for mode in ("closed", "anytime", "nofinish"):
         for base, suffix in (("open95", ""), ("open", "_vs_median_plan")):
             if mode in runs and base in runs:
                 out[f"deadline_quiet_quality_loss_{NAMES[mode]}{suffix}"] = round(
                     out[f"deadline_rmse_quiet_{NAMES[mode]}"] / out[f"deadline_rmse_quiet_{NAMES[base]}"] - 1, 4)
     if "cheapest" in runs:
         floor = out["deadline_miss_rate_loaded_cheapest_plan"]
-        for mode in ("closed", "anytime"):
+        for mode in ("closed", "anytime", "nofinish"):
             if mode in runs:
                 out[f"deadline_miss_rate_loaded_over_floor_{NAMES[mode]}"] = round(
                     out[f"deadline_miss_rate_loaded_{NAMES[mode]}"] - floor, 4)

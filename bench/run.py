@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deadline-batch", type=int, default=8, metavar="N",
                         help="deadline group: images per batch (profiled at that size; default 8)")
     parser.add_argument("--deadline-modes", nargs="+", metavar="MODE",
-                        choices=["open", "open95", "closed", "anytime", "cheapest"],
+                        choices=["open", "open95", "closed", "anytime", "cheapest", "nofinish"],
                         help="deadline group: modes to run (default all; open95, closed, anytime required)")
     parser.add_argument("--deadline-trace", type=Path, metavar="FILE",
                         help="deadline group: write every mode's per-batch records to FILE (JSON)")

@@ -42,7 +42,7 @@ from odelt.runtime.sampler import Sampler, make_labels, make_noise
 from odelt.runtime.budget.stream import stream_for_bundle
 
 MODES = {"open": (0.5, "open"), "open95": (0.95, "open"), "closed": (0.95, "closed"), "anytime": (0.95, "anytime"),
-         "cheapest": (0.95, "open")}
+         "cheapest": (0.95, "open"), "nofinish": (0.95, "anytime")}   # nofinish: anytime without early finishes
 HOG = "import os, sys\nos.sched_setaffinity(0, {int(sys.argv[1])})\nx = 1\nwhile True:\n    x = (x * 1103515245 + 12345) % 2147483648\n"
 
 
@@ -123,7 +123,7 @@ def run_mode(manifest: Any, profile: dict, mode: str, budget_ms: float, batch: i
     hog, rmse = Hog(core), []
     with pinned(core), ExitStack() as stack:
         stream = stream_for_bundle(manifest, stack, budget_ms, batch, quantile, control, threads=threads,
-                                   profile=profile)
+                                   profile=profile, finish=mode != "nofinish")
         for c in {p.candidate.name: p.candidate for p in stream.replanner.by_quality}.values():
             stream.sampler(c)                              # open every backend before timing
         if mode == "cheapest":
@@ -150,6 +150,7 @@ def run_mode(manifest: Any, profile: dict, mode: str, budget_ms: float, batch: i
             "latency_ms": [r.latency_ms for r in recs], "rmse": rmse, "plans": [r.plan for r in recs],
             "plan_errors": [error[r.plan] for r in recs], "predicted_ms": [r.predicted_ms for r in recs],
             "switches": [len(r.switches) for r in recs], "exits": [len(r.exits) for r in recs],
+            "finishes": [len(r.finishes) for r in recs],
             "exit_points": [[e.to_dict() for e in r.exits] for r in recs],
             "switch_points": [[w.to_dict() for w in r.switches] for r in recs],
             "causes": [r.cause for r in recs], "run_ms": [r.run_ms for r in recs], "replans": stream.stats.replans,

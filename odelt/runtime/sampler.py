@@ -25,7 +25,7 @@ from odelt.errors import RuntimeFailure
 from odelt.bundle.bundle import Bundle
 from odelt.bundle.chain import load_table
 from odelt.runtime.backends.protocol import Backend
-from odelt.ode.schedule import Schedule
+from odelt.ode.schedule import Schedule, level_for_step
 from odelt.ode.seeds import make_labels, make_noise  # noqa: F401  (callers import them from here too)
 from odelt.ode.solvers import SOLVER_INFO, SOLVERS
 
@@ -50,6 +50,7 @@ class Stats:
     switches: tuple[Any, ...] = ()     # anytime length switches (odelt.runtime.budget.anytime.Switch), in order
     lengths: tuple[int, ...] = ()      # the length every step ran at (one batch; () when summed)
     exits: tuple[Any, ...] = ()        # anytime exits inside a step (odelt.runtime.budget.anytime.Exit)
+    finishes: tuple[Any, ...] = ()     # anytime merges / early finishes (odelt.runtime.budget.anytime.Finish)
 
     def add(self, other: Stats) -> None:
         self.calls += other.calls
@@ -58,6 +59,7 @@ class Stats:
         self.images += other.images
         self.switches += other.switches
         self.exits += other.exits
+        self.finishes += other.finishes
 
 
 class Tables:
@@ -115,19 +117,62 @@ class Sampler:
         kwargs = self._kwargs
         start = self.clock()
         bound.ask = None
-        if control is not None:
+        if control is None:
+            x = SOLVERS[self.schedule.solver](bound.f, np.asarray(x0, np.float32), self._grid, **kwargs)
+            lengths = tuple(bound.step_lengths)
+        else:
             control.begin(start, self.clock, bound.set_length)
-            kwargs = {**kwargs, "callback": control.after_step}
             if any(self.exits.values()):
                 bound.ask = control.at_exit
-        x = SOLVERS[self.schedule.solver](bound.f, np.asarray(x0, np.float32), self._grid, **kwargs)
+            x, lengths = self._controlled(bound, control, np.asarray(x0, np.float32), kwargs)
         wall = self.clock() - start                                  # solvers never write x0
         bound.ask = None                                             # a replay runs the lengths as run
         if self.check_finite and not _all_finite(x):
             self._locate_non_finite(x0, y)          # replays the lengths this batch ran
         switches = tuple(control.switches) if control is not None else ()
         exits = tuple(control.exits) if control is not None else ()
-        return x, Stats(bound.calls, bound.backend_s, wall, int(y.shape[0]), switches, tuple(bound.step_lengths), exits)
+        finishes = tuple(getattr(control, "finishes", ())) if control is not None else ()
+        return x, Stats(bound.calls, bound.backend_s, wall, int(y.shape[0]), switches, lengths, exits, finishes)
+
+    def _controlled(self, bound: _Bound, control: Any, x0: np.ndarray, kwargs: dict[str, Any]
+                    ) -> tuple[np.ndarray, tuple[int, ...]]:
+        """The solver under an anytime controller; a merge or early finish it decides (control.cut,
+        odelt.runtime.budget.anytime.Finish) stops the solver and is carried out here. Returns the
+        result and the lengths of the steps that ran."""
+        grid, last = self._grid, [None]
+
+        def f(x: np.ndarray, t: Any, n: int) -> np.ndarray:
+            v = last[0] = bound.f(x, t, n)
+            cut = control.cut
+            if cut is not None and cut.inside and cut.step == n and not cut.starts:
+                raise _Cut(n, x, grid[n], v)             # finish inside step n: its state and this velocity
+            return v
+
+        def after(n: int, t: Any, x: np.ndarray) -> None:
+            control.after_step(n, t, x)
+            if control.cut is not None and n + 1 < len(grid) - 1:
+                raise _Cut(n, x, grid[n + 1], last[0])    # step n has landed: merge or finish from here
+
+        try:
+            x = SOLVERS[self.schedule.solver](f, x0, grid, **{**kwargs, "callback": after})
+            return x, tuple(bound.step_lengths)
+        except _Cut as at:
+            ran = tuple(bound.step_lengths[:at.step + 1])
+            starts = control.cut.starts
+            if not starts:                  # one Euler step straight to t = 1 with the velocity at hand
+                return at.x + (1 - at.t) * at.v, ran
+            return self._merged(bound, at.x, starts), ran + tuple(bound.step_lengths[k] for k in starts)
+
+    def _merged(self, bound: _Bound, x: np.ndarray, starts: Sequence[int]) -> np.ndarray:
+        """The solver from the plan's step starts[0] to t = 1 over the merged steps (fresh history,
+        no further control; an Euler step takes the shortcut level of its merged size)."""
+        ts, te = self._grid, self._kwargs.get("t_eval", self._grid)
+        sub = [ts[k] for k in starts] + [ts[-1]]
+        if self.schedule.solver == "euler":
+            for i, k in enumerate(starts):
+                bound.set_level(k, level_for_step(float(sub[i + 1] - sub[i])))
+        kwargs = {"t_eval": [te[k] for k in starts] + [te[-1]]} if "t_eval" in self._kwargs else {}
+        return SOLVERS[self.schedule.solver](lambda x, t, i: bound.f(x, t, starts[i]), x, sub, **kwargs)
 
     def _locate_non_finite(self, x0: np.ndarray, y: np.ndarray) -> None:
         """The result is not finite: replay with a check after every step to name the first bad one.
@@ -155,7 +200,7 @@ class Sampler:
         bound = self._binds.get(b) or self._bind(b)
         bound.calls, bound.backend_s = 0, 0.0
         if bound.switched:
-            bound.reset(self.schedule.lengths)
+            bound.reset(self.schedule.lengths, self.schedule.dt_base)
         if self.host_guidance:
             bound.feeds["y"][:b] = y                  # the second half stays the null class
         else:
@@ -171,12 +216,13 @@ class Sampler:
                  "y": np.full(rows.count, self.null_class, np.int32)}
         if self.manifest.guidance:
             feeds["cfg_scale"] = np.full(rows.count, 1.0 if self.guidance_scale is None else self.guidance_scale, np.float32)
-        bound = self._binds[b] = _Bound(feeds, rows, list(self.schedule.lengths), list(rows.lengths))
-        lengths, levels = bound.step_lengths, self.schedule.dt_base       # lengths: anytime may switch them
+        bound = self._binds[b] = _Bound(feeds, rows, list(self.schedule.lengths), list(rows.lengths), list(rows.levels),
+                                        list(self.schedule.dt_base))
+        lengths, levels = bound.step_lengths, bound.step_levels           # anytime may switch them
         infer, clock, host_guidance, scale = self.backend.infer, self.clock, self.host_guidance, self.guidance_scale or 1.0
         infer_exits: Callable[..., Any] = self.backend.infer     # infer(feeds, after_segment) where self.exits
         keep = SOLVER_INFO[self.schedule.solver].holds_velocity and not host_guidance   # guidance makes a new array
-        level_rows, length_rows = rows.levels, bound.length_rows
+        level_rows, length_rows = bound.level_rows, bound.length_rows
         te = self._kwargs.get("t_eval", self._grid)
         step_t, step_rows = te[:-1], [rows.t(t) for t in te[:-1]]
 
@@ -223,6 +269,8 @@ class _Bound:
     rows: StepRows
     step_lengths: list[int]            # every step's length this batch (anytime control may shorten them)
     length_rows: list[np.ndarray]      # and its row array
+    level_rows: list[np.ndarray]       # every step's shortcut level row (a merged step takes its own)
+    step_levels: list[int]             # and the level
     f: Callable[[np.ndarray, Any, int], np.ndarray] = lambda x, t, n: x
     label: int | None = None           # the modulation-table key of the batch's labels
     calls: int = 0
@@ -234,9 +282,14 @@ class _Bound:
         self.step_lengths[step], self.length_rows[step] = length, self.rows.length_row(length)
         self.switched = True
 
-    def reset(self, lengths: Sequence[int]) -> None:
-        for n, length in enumerate(lengths):
+    def set_level(self, step: int, level: int) -> None:
+        self.level_rows[step], self.step_levels[step] = self.rows.level_row(level), level
+        self.switched = True
+
+    def reset(self, lengths: Sequence[int], levels: Sequence[int]) -> None:
+        for n, (length, level) in enumerate(zip(lengths, levels)):
             self.set_length(n, length)
+            self.level_rows[n], self.step_levels[n] = self.rows.levels[n], level
         self.switched = False
 
 
@@ -253,6 +306,9 @@ class StepRows:
         self.levels = [_row(count, v, np.int32) for v in levels]
         self.times: dict[float, np.ndarray] = {}        # numpy and Python floats hash alike
 
+    def level_row(self, level: int) -> np.ndarray:
+        return _row(self.count, level, np.int32)
+
     def length_row(self, length: int) -> np.ndarray:
         row = self._by_length.get(length)
         if row is None:
@@ -267,6 +323,15 @@ class StepRows:
             if len(self.times) < self.LIMIT:
                 self.times[key] = row
         return row
+
+
+class _Cut(Exception):
+    """Raised out of the solver when the controller merges the remaining steps or finishes early:
+    step n's state x at time t and the velocity v at hand."""
+
+    def __init__(self, step: int, x: np.ndarray, t: Any, v: np.ndarray):
+        super().__init__(step)
+        self.step, self.x, self.t, self.v = step, x, t, v
 
 
 def _float32_times(values: Sequence[float]) -> list[np.float32]:

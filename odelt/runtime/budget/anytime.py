@@ -32,6 +32,27 @@ it is not the velocity a call at the exit's length would give, but that sum trun
 of keeping the work done (bench/deadline.py measures the images). Only one-call steps (Euler) stop
 inside; multi-call steps (Heun) and the per-length layout decide between steps only.
 
+Early finish in time (merging steps). Shortening lengths cannot absorb a wait longer than the
+remaining steps at the shortest length take. So at every decision point, when the best option for
+the remaining steps does not fit (the cheapest is every step at the shortest length), the remaining
+grid is merged into fewer, larger steps at the shortest exported length: r remaining steps -> r-1 ..
+1, keeping the grid points at evenly spaced indices, and the continuation with the most steps that
+is predicted to fit is taken (inside a step: stop at the exit or go on, then that; most steps first,
+then most block evaluations). Dropping a step costs far more quality than shortening it, and a batch
+that is late is often late by one wait (a competitor's time slice) that the rest of the batch will
+not meet again, so this rule predicts at the profiled speed, not at the batch's speed so far: steps
+are dropped only when even the profiled speed cannot end the remaining ones by the budget (the
+batch's speed so far, 7x after one 25 ms wait on 4 ms of work, would drop the steps of batches that
+the shortest lengths still end in time). With no step left (0 steps: when none fits, the cheapest) the batch
+finishes now with the flow-matching estimate of the data from the velocity at hand, one Euler step
+to t = 1: x1 = x_t + (1 - t) v (inside a step: the step's own state and the velocity at the exit or
+of the whole call; between steps: the landed state and the last velocity). The sampler carries it
+out (`Finish`, read through `cut`). A merge restarts the solver on the merged grid from the landed
+state: multistep history (iPNDM's velocities, DPM-Solver++'s data predictions) is dropped and the
+order ramps up again as on a fresh start, so no update mixes velocities of grids it did not run; a
+finish uses no history at all. After a merge or a finish the batch takes no further decisions.
+`finish=False` keeps the controller as it was (all steps, the cheapest when none fits).
+
 Being early never lengthens a step, so for a fixed seed a batch that is never late gives exactly
 the plan's images: quality is reproducible whenever the deadline is not at risk.
 """
@@ -74,6 +95,28 @@ class Exit:
 
 
 @dataclass(frozen=True)
+class Finish:
+    step: int                      # the step decided in (inside) or just landed (between steps)
+    elapsed_ms: float              # clock when decided (ms since the batch started)
+    planned_ms: float              # where the timeline said the batch should be
+    inside: bool                   # decided at an exit inside step `step`'s call
+    dropped: int                   # steps of the plan that no longer run
+    starts: tuple[int, ...]        # the plan's steps where the merged steps start (empty: finish now)
+    length: int                    # the merged steps' length
+
+    def to_dict(self) -> dict:
+        return {"step": self.step, "elapsed_ms": round(self.elapsed_ms, 4), "planned_ms": round(self.planned_ms, 4),
+                "inside": self.inside, "dropped": self.dropped, "starts": list(self.starts), "length": self.length}
+
+
+def merged_starts(first: int, last: int, steps: int) -> tuple[int, ...]:
+    """The plan's steps first..last-1 merged into `steps`: the kept start indices, evenly spaced
+    (first is always kept; the merged steps end where the next kept one starts, the last at t = 1)."""
+    r = last - first
+    return tuple(first + (i * r) // steps for i in range(steps))
+
+
+@dataclass(frozen=True)
 class LengthProfile:
     """A learned per-step-length schedule, as lengths over time: where short steps hurt least."""
     name: str
@@ -108,9 +151,10 @@ class Deadline:
 
     def __init__(self, schedule: Schedule, precision: str, predictor: Predictor, budget_ms: float,
                  exported: Sequence[int], profiles: Sequence[LengthProfile] = (),
-                 after: tuple[float, float] = (0.0, 0.0), exits: Mapping[int, Sequence[int]] | None = None):
+                 after: tuple[float, float] = (0.0, 0.0), exits: Mapping[int, Sequence[int]] | None = None,
+                 finish: bool = True):
         """exits: {length: the exit lengths a call at it passes} (Sampler.exits); None or empty:
-        decision points between steps only."""
+        decision points between steps only. finish: merge steps / finish early when no option fits."""
         per = SOLVER_INFO[schedule.solver].calls_per_step
         if not per:
             raise ValueError(f"anytime control needs a fixed-step solver, found {schedule.solver}")
@@ -127,6 +171,7 @@ class Deadline:
         blocks = sum(self.lengths)
         self.profiles = [p for p in profiles if p.blocks < blocks]
         self.exported = sorted(set(exported), reverse=True)
+        self.finish, self.shortest = finish, min(self.exported or self.lengths)
         cum, total = [], 0.0
         for k in range(len(self.lengths)):             # the medians of each step's calls (Heun: two)
             total += sum(self.cost[m][0] for m in schedule.call_lengths(self.lengths[k:k + 1]))
@@ -143,19 +188,21 @@ class Deadline:
                 self.points[(n, e)] = (scale * at, at)
         self.exits: list[Exit] = []
         self.switches: list[Switch] = []
+        self.finishes: list[Finish] = []
+        self.cut: Finish | None = None     # the batch's merge or finish, for the sampler to carry out
         self.current: list[int] = list(self.lengths)
         self._start, self._clock, self._set = 0.0, (lambda: 0.0), (lambda n, length: None)
 
     def begin(self, start: float, clock: Callable[[], float], set_length: SetLength) -> None:
         """A batch starts at clock() == start (seconds); the sampler's steps run the plan's lengths."""
         self._start, self._clock, self._set = start, clock, set_length
-        self.switches, self.exits = [], []
+        self.switches, self.exits, self.finishes, self.cut = [], [], [], None
         self.current = list(self.lengths)
 
     def after_step(self, n: int, t: object, x: object) -> None:
         """The solver's callback: step n has landed."""
         elapsed = (self._clock() - self._start) * 1e3
-        if elapsed <= self.timeline[n] or n + 1 >= len(self.lengths):
+        if elapsed <= self.timeline[n] or n + 1 >= len(self.lengths) or self.cut is not None:
             return
         self._replan(n, elapsed)
 
@@ -163,7 +210,7 @@ class Deadline:
         """The backend's question inside step n's call, at the chunk that completes exit e: stop?"""
         elapsed = (self._clock() - self._start) * 1e3
         point = self.points.get((n, e))
-        if point is None or elapsed <= point[0] or e >= self.current[n]:
+        if point is None or elapsed <= point[0] or e >= self.current[n] or self.cut is not None:
             return False
         return self._decide_inside(n, e, elapsed, *point)
 
@@ -172,17 +219,26 @@ class Deadline:
         speed = elapsed / done
         room = self.budget_ms - elapsed
         length = self.current[n]
-        finish = {e: max(0.0, self.cost[e][0] - self.reach_of(length, e)),              # the head
+        rest_of = {e: max(0.0, self.cost[e][0] - self.reach_of(length, e)),             # the head
                   length: self.cost[length][0] - self.reach_of(length, e)}           # the rest of the call
-        rows = [(now + sum(ls), now == length, ls, src, speed * finish[now] + self._predict(ls, speed))
+        rows = [(len(ls), now + sum(ls), now == length, ls, src, speed * rest_of[now] + self._predict(ls, speed))
                 for now in (e, length) for ls, src in self.options(n)]
-        fits = [r for r in rows if r[4] <= room]
-        if fits:
-            best = max(fits, key=lambda r: (r[0], r[1], r[3].startswith("learned")))
+        fits = [r for r in rows if r[5] <= room]
+        if not fits and self.finish and not any(rest_of[now] + self._predict(ls, 1.0) <= room for now in (e, length)
+                                                for ls, _ in self.options(n)):
+            # steps are dropped only when even the profiled speed cannot fit them (module doc)
+            rows = [(len(ls), now + sum(ls), now == length, ls, src, rest_of[now] + self._predict(ls, 1.0))
+                    for now in (e, length) for ls, src in self.merges(n)]
+            fits = [r for r in rows if r[5] <= room]
+        if fits:     # the most steps, then the most block evaluations
+            best = max(fits, key=lambda r: (r[0], r[1], r[2], r[4].startswith("learned")))
         else:
-            best = min(rows, key=lambda r: (r[4], -r[0]))
-        _, go_on, rest, source, _ = best
-        self._apply(n, rest, elapsed, planned, source if fits or source != "current" else "shortest")
+            best = min(rows, key=lambda r: (r[5], -r[1]))
+        _, _, go_on, rest, source, _ = best
+        if source.startswith("merge"):
+            self._cut(n, rest, elapsed, planned, True)
+        else:
+            self._apply(n, rest, elapsed, planned, source if fits or source != "current" else "shortest")
         if go_on:
             return False
         self._set(n, e)
@@ -203,6 +259,23 @@ class Deadline:
                 self._set(k, length)
                 self.current[k] = length
         self.switches.append(Switch(n + 1, elapsed, planned, before, tuple(best), source))
+
+    def merges(self, n: int) -> list[tuple[tuple[int, ...], str]]:
+        """Fewer, larger steps after step n at the shortest length: r - 1 .. 0 of the r left (0: finish
+        now). None when finishing early is off or the cut is already made."""
+        r = len(self.lengths) - n - 1
+        if not self.finish or r <= 0:
+            return []
+        return [((self.shortest,) * j, f"merge:{j}") for j in range(r - 1, -1, -1)]
+
+    def _cut(self, n: int, rest: Sequence[int], elapsed: float, planned: float, inside: bool) -> None:
+        """From step n on the batch runs `rest` merged steps (none: it finishes now)."""
+        starts = merged_starts(n + 1, len(self.lengths), len(rest)) if rest else ()
+        for k in starts:
+            self._set(k, self.shortest)
+            self.current[k] = self.shortest
+        self.cut = Finish(n, elapsed, planned, inside, len(self.lengths) - n - 1 - len(rest), starts, self.shortest)
+        self.finishes.append(self.cut)
 
     def _predict(self, lengths: Sequence[int], speed: float) -> float:
         """The latency model's prediction of steps at `lengths` (and the decode) at this batch's speed."""
@@ -227,6 +300,11 @@ class Deadline:
         fits = [(sum(ls), src.startswith("learned"), ls, src) for ls, src in opts if self._predict(ls, speed) <= room]
         if fits:
             _, _, best, source = max(fits, key=lambda f: (f[0], f[1]))
+        elif self.finish and not any(self._predict(ls, 1.0) <= room for ls, _ in opts):
+            # not even at the profiled speed: the most merged steps that fit at it, else finish now
+            rest = next((ls for ls, _ in self.merges(n) if self._predict(ls, 1.0) <= room), ())
+            self._cut(n, rest, elapsed, self.timeline[n], False)
+            return
         else:
             best, source = min(opts, key=lambda o: (self._predict(o[0], speed), -sum(o[0])))
             source = "shortest" if source == "current" else source

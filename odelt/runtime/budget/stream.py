@@ -57,6 +57,7 @@ class BatchRecord:
     exits: tuple[Any, ...] = ()    # steps stopped at an exit inside their call (anytime.Exit)
     cause: str = "none"            # the tracker's reading after this batch: none | wait | slowdown | both
     run_ms: float | None = None    # and the competitor's run between waits (None: no waits being read)
+    finishes: tuple[Any, ...] = () # steps merged / the batch finished early (anytime.Finish)
 
     @property
     def missed(self) -> bool:
@@ -70,7 +71,8 @@ class BatchRecord:
                 "replanned_to": self.replanned_to,
                 "replan_us": round(self.replan_us, 2), "lengths": list(self.lengths),
                 "switches": [s.to_dict() for s in self.switches], "exits": [e.to_dict() for e in self.exits],
-                "cause": self.cause, "run_ms": None if self.run_ms is None else round(self.run_ms, 4)}
+                "cause": self.cause, "run_ms": None if self.run_ms is None else round(self.run_ms, 4),
+                "finishes": [f.to_dict() for f in self.finishes]}
 
 
 @dataclass
@@ -94,12 +96,17 @@ class StreamStats:
     def exits(self) -> int:
         return sum(len(r.exits) for r in self.records)
 
+    @property
+    def finishes(self) -> int:
+        return sum(len(r.finishes) for r in self.records)
+
     def summary(self) -> str:
         n = len(self.records)
         us = float(np.median([r.replan_us for r in self.records])) if n else 0.0
         return (f"deadline ({self.control}): {self.misses}/{n} batches missed the budget, {self.replans} re-plans, "
-                f"{self.switches} length switches, {self.exits} exits inside a step; tracker + re-planning {us:.1f} us per batch (median)"
-                + self._exit_list())
+                f"{self.switches} length switches, {self.exits} exits inside a step, "
+                f"{self.finishes} early finishes; tracker + re-planning {us:.1f} us per batch (median)"
+                + self._exit_list() + self._finish_list())
 
     def _exit_list(self, most: int = 5) -> str:
         """Where steps stopped inside their call: 'batch 12 step 0 at exit 2 of 8', the first few."""
@@ -108,17 +115,27 @@ class StreamStats:
         return f"\n  exits inside a step: {', '.join(where[:most])}{more}" if where else ""
 
 
+    def _finish_list(self, most: int = 5) -> str:
+        """Where batches merged steps or finished: 'batch 5 step 0: finished (1 step dropped)'."""
+        where = [f"batch {r.index} step {f.step}: " + (f"merged into {len(f.starts)}" if f.starts else "finished")
+                 + f" ({f.dropped} step{'s' if f.dropped != 1 else ''} dropped)" for r in self.records for f in r.finishes]
+        more = f", +{len(where) - most} more" if len(where) > most else ""
+        return f"\n  early finishes: {', '.join(where[:most])}{more}" if where else ""
+
+
 class Stream:
     """Runs batch after batch; `make_sampler(candidate)` opens (or reuses) a plan's sampler."""
 
     def __init__(self, replanner: Replanner, make_sampler: Callable[[Candidate], Sampler], control: str = "anytime",
                  exported: Sequence[int] = (), profiles: Sequence[LengthProfile] = (), window: int = 10,
                  clock: Callable[[], float] = time.perf_counter, horizon_ms: float = 10.0,
-                 decoder: Callable[[Candidate], Any] | None = None):
+                 decoder: Callable[[Candidate], Any] | None = None, finish: bool = True):
+        """finish: anytime control may merge the remaining steps or finish a batch early when even
+        the shortest lengths cannot end it by the budget (odelt.runtime.budget.anytime)."""
         if control not in CONTROLS:
             raise ConfigError(f"--control must be one of {list(CONTROLS)}, found {control!r}")
         self.replanner, self.predictor = replanner, replanner.predictor
-        self.control, self.clock = control, clock
+        self.control, self.clock, self.finish = control, clock, finish
         self.tracker = SpeedTracker(window, horizon_ms)
         self.exported, self.profiles = tuple(exported), tuple(profiles)
         self._make = make_sampler
@@ -148,7 +165,7 @@ class Stream:
             self._deadlines[c.name] = Deadline(s, c.precision, predictor_of(self.predictor, c), self.replanner.budget_ms,
                                                self.exported or s.lengths, self.profiles,
                                                self.predictor.decoding(c) if self.decodes(c) else (0.0, 0.0),
-                                               getattr(sampler, "exits", None))
+                                               getattr(sampler, "exits", None), self.finish)
         return self._deadlines[c.name]
 
     def decodes(self, c: Candidate) -> bool:
@@ -183,7 +200,8 @@ class Stream:
                                               predicted, self.tracker.speed, self.tracker.tail, self.tracker.excess_ms,
                                               latency - ran, replanned, cost_us, st.lengths, st.switches,
                                               st.exits, self.tracker.cause,
-                                              self.tracker.run_ms if math.isfinite(self.tracker.run_ms) else None))
+                                              self.tracker.run_ms if math.isfinite(self.tracker.run_ms) else None,
+                                              st.finishes))
         if replanned is not None:
             self.warm(x0.shape[0])
         return samples, st
@@ -208,7 +226,7 @@ def stream_for_bundle(manifest: Bundle, stack: ExitStack, budget_ms: float, batc
                       threads: int = 1, layout: str | None = None, guidance_scale: float | None = None,
                       tables: bool = True, profile: dict[str, Any] | None = None, decode: bool = True,
                       decoders: Sequence[str] | None = None,
-                      profiles: dict[str, dict[str, Any]] | None = None) -> Stream:
+                      profiles: dict[str, dict[str, Any]] | None = None, finish: bool = True) -> Stream:
     """A Stream over the bundle's quality table and this device's profile; backends (one per
     precision, every exported length) and decoders (one per kind and precision) are opened on
     `stack` when a plan first needs them. A latent bundle's plans decode unless `decode` is False;
@@ -242,7 +260,7 @@ def stream_for_bundle(manifest: Bundle, stack: ExitStack, budget_ms: float, batc
         return opened[key]
 
     return Stream(replanner, make, control, manifest.lengths, learned_profiles(list(schedules.values())),
-                  decoder=decoder if any(c.decoder for c in candidates) else None)
+                  decoder=decoder if any(c.decoder for c in candidates) else None, finish=finish)
 
 
 def generate_stream(stream: Stream, manifest: Bundle, n: int, batch: int, seed: int = 0,

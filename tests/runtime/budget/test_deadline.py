@@ -179,12 +179,13 @@ def test_a_wait_is_absorbed_where_it_fits_not_scaled_as_a_ratio():
 
 # -- anytime inside a batch ------------------------------------------------------------------------
 
-def _run(factor, budget=40.0, profiles=(LEARNED,), control=True):
+def _run(factor, budget=40.0, profiles=(LEARNED,), control=True, finish=True):
     clock = FakeClock()
     be = FakeTimedBackend(clock, factor=factor)
     sched = heuristic_schedule("uniform", "euler", 4, 8)
     sampler = Sampler(be, fake_bundle(), sched, clock=clock)
-    ctrl = Deadline(sched, "fp32", QuantilePredictor(synthetic_profile(), 1, 0.95), budget, (2, 4, 8), profiles)
+    ctrl = Deadline(sched, "fp32", QuantilePredictor(synthetic_profile(), 1, 0.95), budget, (2, 4, 8), profiles,
+                    finish=finish)
     x0 = np.random.default_rng(0).standard_normal((1, 1, 4, 4)).astype(np.float32)
     x, st = sampler.sample(x0, np.zeros(1, np.int32), ctrl if control else None)
     return x, st, be, ctrl
@@ -220,7 +221,8 @@ def test_a_batch_slow_throughout_still_ends_by_the_deadline():
 
 def test_nothing_fits_takes_the_shortest_lengths():
     # call 0 takes 24 ms: speed 3, 16 ms left; even (2,2,2) needs 22.7 ms at 3x -> the cheapest
-    _, st, be, _ = _run(lambda call: 3.0 if call == 0 else 1.0)
+    # (early finishes off; with them the steps merge: tests/runtime/budget/test_finish.py)
+    _, st, be, _ = _run(lambda call: 3.0 if call == 0 else 1.0, finish=False)
     assert be.calls == [8, 2, 2, 2] and st.switches[0].source == "cap:2"
     assert st.wall_s * 1e3 == pytest.approx(30.0)
 
@@ -336,12 +338,13 @@ def test_anytime_reserves_the_decode_after_the_last_step():
     # A+sd at 70 ms: the steps get (70 - 30) ms; every call 1.6x slow: late at step 0 (12.8 > 10),
     # nothing fits with the decode reserved -> the cheapest, cap 2: 12.8 + 3 x 3.2 + 30 = 52.4 ms.
     # (With no reserve the timeline would be 17.5, 35, 52.5: never late, and 51.2 + 30 = 81.2 ms.)
+    # At the profiled speed cap 2 fits (36.9 of 57.2 ms left): no step is dropped.
     stream, decoders = _decoding_stream("anytime", 70.0, factor=lambda call: 1.6)
     assert stream.current.candidate == A_SD
     assert stream.deadline(A_SD).timeline == pytest.approx([10.0, 20.0, 30.0, 40.0])
     stream.run(np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32))
     (r,) = stream.stats.records
-    assert r.lengths == (8, 2, 2, 2) and [s.source for s in r.switches] == ["cap:2"]
+    assert r.lengths == (8, 2, 2, 2) and [s.source for s in r.switches] == ["cap:2"] and r.finishes == ()
     assert r.latency_ms == pytest.approx(52.4) and not r.missed
 
 
@@ -384,7 +387,9 @@ def test_stream_under_a_time_sliced_competitor():
     assert [r.cause for r in closed.records[13:25]] == ["wait"] * 12
     anytime = _hog_stream("anytime")
     assert [r.index for r in anytime.records if r.missed] == [10, 11]       # 25 ms waits: too late to save
-    assert [r.lengths for r in anytime.records if r.switches] == [(8, 8, 8, 2), (8, 8, 2, 2)]
+    # past the budget before their last steps, they finish early (the least lateness): 49 and 41 ms
+    assert [r.lengths for r in anytime.records if r.finishes] == [(8, 8, 8), (8, 8)]
+    assert [r.latency_ms for r in anytime.records[10:12]] == pytest.approx([49.0, 41.0])
     # read as ratios only: once the waits are known as a competitor's (B's untouched batches in
     # between), the ratio is the untouched batches' (1) and A looks as fast as profiled: back to
     # A, which waits and misses on every batch. The wait is what keeps B.
@@ -513,7 +518,7 @@ A2 = Candidate("a-2xl8", "a2", "euler", (8, 8), "fp32", error=0.1)
 B2 = Candidate("b-2xl2", "b2", "euler", (2, 2), "fp32", error=0.2)
 
 
-def _onset_stream(backend_class, budget=17.5):
+def _onset_stream(backend_class, budget=17.5, finish=True):
     """Two-step plans (A2: 16 ms, B2: 4 ms) under 17.5 ms; from batch 5 a competitor takes the core
     for 8 ms after every 6 ms of the sampler's work: the onset batch waits inside its first step."""
     clock = FakeClock()
@@ -523,7 +528,7 @@ def _onset_stream(backend_class, budget=17.5):
     prof = synthetic_profile((2, 4, 6, 8), exits=True)
     rp = Replanner([A2, B2], QuantilePredictor(prof, 1, 0.95), budget_ms=budget)
     stream = Stream(rp, lambda c: Sampler(be, fake_bundle(), schedules[c.schedule], clock=clock), "anytime",
-                    exported=(2, 4, 6, 8), clock=clock)
+                    exported=(2, 4, 6, 8), clock=clock, finish=finish)
     x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
     for i in range(8):
         if i == 5:
@@ -546,7 +551,12 @@ def test_the_onset_batch_is_held_by_an_exit_inside_its_first_step():
     assert seg.misses == 0 and [r.plan for r in seg.records[5:]] == ["a-2xl8"] * 2 + ["b-2xl2"]
     assert "0/8 batches missed the budget, 1 re-plans, 2 length switches, 2 exits inside a step" in seg.summary()
     assert "exits inside a step: batch 5 step 0 at exit 6 of 8, batch 6 step 0 at exit 4 of 8" in seg.summary()
+    # between steps only (per-length): without early finishes step 1 at 2 ends at 18 > 17.5 ms;
+    # with them the batch finishes after step 0, at 16 ms (tests/runtime/budget/test_finish.py)
+    old = _onset_stream(FakeTimedBackend, finish=False)
+    assert old.records[5].missed and old.records[5].latency_ms == pytest.approx(18.0) and old.exits == 0
     per_length = _onset_stream(FakeTimedBackend)
-    assert per_length.records[5].missed and per_length.records[5].latency_ms == pytest.approx(18.0)
-    assert per_length.exits == 0
+    assert not per_length.records[5].missed and per_length.records[5].latency_ms == pytest.approx(16.0)
+    assert per_length.exits == 0 and [len(r.finishes) for r in per_length.records[5:]] == [1, 1, 0]
+    assert (old.misses, per_length.misses) == (2, 0)            # batch 6 waits too: 26 ms before, 16 now
 
