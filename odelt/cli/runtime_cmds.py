@@ -41,6 +41,8 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, QUANTILE, SAMPLES
 @click.option("--control", type=click.Choice(CONTROLS), default=CONTROLS[-1], show_default=True,
               help="With --budget-ms: open = one plan; closed = re-plan between batches as the device's speed "
                    "moves; anytime = closed + shorter lengths inside a batch that runs late.")
+@click.option("--no-early-finish", is_flag=True,
+              help="With --control anytime: never merge steps or finish a late batch early (only shorten lengths).")
 @click.option("--log", "log", type=click.Path(dir_okay=False), default=None,
               help="With --budget-ms: write every batch's latency, plan and switches as JSON lines.")
 @click.option("--latents", is_flag=True,
@@ -53,7 +55,7 @@ from odelt.cli.options import COUNT, FINITE, NONNEG, POSITIVE, QUANTILE, SAMPLES
 def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, guidance_scale: float | None,
              backend: str | None, layout: str | None, length: int | None, threads: int, no_tables: bool,
              precision: str, budget_ms: float | None, extrapolate: bool, quantile: float, control: str,
-             latents: bool, decoder: str | None, log: str | None, out: str, save_array: bool) -> None:
+             no_early_finish: bool, latents: bool, decoder: str | None, log: str | None, out: str, save_array: bool) -> None:
     """Sample images from an exported BUNDLE with the numpy runtime."""
     import json
     from pathlib import Path
@@ -65,7 +67,8 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, g
     from odelt.runtime.generate import GenerateOptions, generate_from_bundle
 
     only_with("--budget-ms", budget_ms is not None, {"log": "--log", "quantile": "--quantile",
-                                                     "extrapolate": "--extrapolate", "control": "--control"})
+                                                     "extrapolate": "--extrapolate", "control": "--control",
+                                                     "no_early_finish": "--no-early-finish"})
     outputs = [out, *([Path(out).with_suffix(".npy")] if save_array else []), *([log] if log else [])]
     for path in outputs:                        # every output checked before the work, not after
         check_out(path, "file", (bundle,), folder=False)
@@ -74,7 +77,7 @@ def generate(bundle: str, schedule: str | None, n: int, batch: int, seed: int, g
                            backend=backend or "ort", plan_backends=(backend,) if backend else None,
                            layout=layout, length=length, threads=threads, tables=not no_tables,
                            precision=precision, budget_ms=budget_ms, extrapolate=extrapolate, quantile=quantile,
-                           control=control, decode=not latents, decoder=decoder)
+                           control=control, decode=not latents, decoder=decoder, early_finish=not no_early_finish)
     with tqdm(total=n, desc="generate", unit="img", disable=None, leave=False) as bar:
         res = generate_from_bundle(bundle, opts, progress=bar.update)
     upscale = max(1, 64 // res.images.shape[-1])

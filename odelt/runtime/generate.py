@@ -39,6 +39,7 @@ class GenerateOptions:
     extrapolate: bool = False          # with budget_ms: allow a batch outside the profiled ones
     quantile: float = 0.95             # with a budget: plans must fit at this latency quantile
     control: str = "anytime"           # with a budget: open | closed | anytime (odelt.runtime.budget.stream)
+    early_finish: bool = True          # anytime: merge steps / finish early when even the shortest lengths are late
     decode: bool = True                # latent bundles: run the decoder stage (False: keep the latents)
     decoder: str | None = None         # decoder kind when the bundle has several; None: Bundle.decoder()
     plan_backends: tuple[str, ...] | None = None   # with a budget: backends to plan across; None: every
@@ -156,7 +157,8 @@ def generate_budgeted(manifest: Bundle, opts: GenerateOptions,
         stream = stream_for_bundle(manifest, stack, float(opts.budget_ms or 0), opts.batch, opts.quantile,
                                    opts.control, opts.backend, threads, opts.layout,
                                    opts.guidance_scale, opts.tables, decode=opts.decode,
-                                   decoders=None if opts.decoder is None else (opts.decoder,), profiles=profiles)
+                                   decoders=None if opts.decoder is None else (opts.decoder,), profiles=profiles,
+                                   finish=opts.early_finish)
         first = stream.current
         latents, stats = generate_stream(stream, manifest, opts.n, opts.batch, opts.seed, progress)
         schedule = stream.sampler(first.candidate).schedule
