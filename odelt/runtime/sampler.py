@@ -110,8 +110,9 @@ class Sampler:
 
     def sample(self, x0: np.ndarray, y: np.ndarray, control: Any = None) -> tuple[np.ndarray, Stats]:
         """control: an anytime controller (odelt.runtime.budget.anytime.Deadline) that may shorten the
-        remaining steps after each step, and stop a step at an exit inside its call (where
-        self.exits has any); None runs the schedule's lengths."""
+        remaining steps after each step, stop a step at an exit inside its call (where self.exits
+        has any), and merge the remaining steps or finish the batch early (control.cut); None runs
+        the schedule's lengths."""
         y = np.asarray(y, np.int32)
         bound = self._bound(y)
         kwargs = self._kwargs
@@ -128,6 +129,9 @@ class Sampler:
         wall = self.clock() - start                                  # solvers never write x0
         bound.ask = None                                             # a replay runs the lengths as run
         if self.check_finite and not _all_finite(x):
+            if getattr(control, "cut", None) is not None:    # a replay of the full grid would not be this batch
+                raise RuntimeFailure(f"the final state is non-finite after an early finish at step {control.cut.step}; "
+                                     "the model or schedule diverged")
             self._locate_non_finite(x0, y)          # replays the lengths this batch ran
         switches = tuple(control.switches) if control is not None else ()
         exits = tuple(control.exits) if control is not None else ()

@@ -312,6 +312,8 @@ CASES = [
     ("plan-latents-pixel", P + ["--budget-ms", "5", "--latents"], "--latents: expected a latent bundle", None),
     ("gen-log-no-budget", G + ["--log", "{out}/l.jsonl"], "--log applies only with --budget-ms", None),
     ("gen-quantile-no-budget", G + ["--quantile", "0.5"], "--quantile applies only with --budget-ms", None),
+    ("gen-no-early-finish-no-budget", G + ["--no-early-finish"], "--no-early-finish applies only with --budget-ms",
+     None),
     ("gen-precision-budget", G + ["--budget-ms", "1e3", "--precision", "fp16"], "no fp16 variant", None),
     ("build-dla-rtx", ["build", "{b}", "--backend", "tensorrt-rtx", "--dla"], "--dla applies only to --backend tensorrt",
      None),
