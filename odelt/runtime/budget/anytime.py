@@ -224,11 +224,12 @@ class Deadline:
         rows = [(len(ls), now + sum(ls), now == length, ls, src, speed * rest_of[now] + self._predict(ls, speed))
                 for now in (e, length) for ls, src in self.options(n)]
         fits = [r for r in rows if r[5] <= room]
-        if not fits and self.finish and not any(rest_of[now] + self._predict(ls, 1.0) <= room for now in (e, length)
+        merges = self.merges(n)              # none in the last step: an exit there is already its finish
+        if not fits and merges and not any(rest_of[now] + self._predict(ls, 1.0) <= room for now in (e, length)
                                                 for ls, _ in self.options(n)):
             # steps are dropped only when even the profiled speed cannot fit them (module doc)
             rows = [(len(ls), now + sum(ls), now == length, ls, src, rest_of[now] + self._predict(ls, 1.0))
-                    for now in (e, length) for ls, src in self.merges(n)]
+                    for now in (e, length) for ls, src in merges]
             fits = [r for r in rows if r[5] <= room]
         if fits:     # the most steps, then the most block evaluations
             best = max(fits, key=lambda r: (r[0], r[1], r[2], r[4].startswith("learned")))

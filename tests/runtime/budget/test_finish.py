@@ -155,3 +155,12 @@ def test_a_dpm_solver_merge_restarts_its_history_on_the_merged_grid():
     assert be.calls == [8, 2, 2] and [f.starts for f in st.finishes] == [(1, 2)]
     x1 = SOLVERS["dpmpp_2m"](lambda x, t, n: timed_v(x, 8), x0, ts[:2])
     np.testing.assert_array_equal(x, SOLVERS["dpmpp_2m"](lambda x, t, n: timed_v(x, 2), x1, [ts[1], ts[2], ts[4]]))
+
+
+def test_a_wait_in_the_last_step_stops_at_its_exit_and_drops_nothing():
+    # the last step (t = 2/3 -> 1) waits 15.5 ms in its first chunk: nothing is left to drop, its
+    # exit is already a finish at t = 1; the cheapest (stop at exit 2) as before: 33.5 ms, over 27
+    _, x, st, be, _ = _segments(stall_at(2, 15.5), 27.0)
+    _, x_old, _, be_old, _ = _segments(stall_at(2, 15.5), 27.0, finish=False)
+    assert st.finishes == () and be.ran == be_old.ran == [8, 8, 2] and st.wall_s * 1e3 == pytest.approx(33.5)
+    assert x.tobytes() == x_old.tobytes()
