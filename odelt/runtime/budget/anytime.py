@@ -38,12 +38,14 @@ the remaining steps does not fit (the cheapest is every step at the shortest len
 grid is merged into fewer, larger steps at the shortest exported length: r remaining steps -> r-1 ..
 1, keeping the grid points at evenly spaced indices, and the continuation with the most steps that
 is predicted to fit is taken (inside a step: stop at the exit or go on, then that; most steps first,
-then most block evaluations). Dropping a step costs far more quality than shortening it, and a batch
-that is late is often late by one wait (a competitor's time slice) that the rest of the batch will
-not meet again, so this rule predicts at the profiled speed, not at the batch's speed so far: steps
-are dropped only when even the profiled speed cannot end the remaining ones by the budget (the
-batch's speed so far, 7x after one 25 ms wait on 4 ms of work, would drop the steps of batches that
-the shortest lengths still end in time). With no step left (0 steps: when none fits, the cheapest) the batch
+then most block evaluations). Like the lengths, this is predicted at the batch's speed so far: a
+competitor that made the batch wait once takes the core again after its next run of the sampler's
+work, and the batch's speed prices that in (on the fake clock's onset sweep, 864 batches, the
+profiled speed instead, `drop_at_profile=True`, held 829 against 858 in the segments layout and
+652 against 789 per length, dropping 14 steps against 358: cautious with quality, it let the
+competitor's second slice land in the step it kept; a real onset batch at batch 8 missed that way).
+The price: one wait early in a batch reads as a large slowdown and can finish a batch that the
+shortest lengths would still have ended in time. With no step left (0 steps: when none fits, the cheapest) the batch
 finishes now with the flow-matching estimate of the data from the velocity at hand, one Euler step
 to t = 1: x1 = x_t + (1 - t) v (inside a step: the step's own state and the velocity at the exit or
 of the whole call; between steps: the landed state and the last velocity). The sampler carries it
@@ -152,9 +154,10 @@ class Deadline:
     def __init__(self, schedule: Schedule, precision: str, predictor: Predictor, budget_ms: float,
                  exported: Sequence[int], profiles: Sequence[LengthProfile] = (),
                  after: tuple[float, float] = (0.0, 0.0), exits: Mapping[int, Sequence[int]] | None = None,
-                 finish: bool = True):
+                 finish: bool = True, drop_at_profile: bool = False):
         """exits: {length: the exit lengths a call at it passes} (Sampler.exits); None or empty:
-        decision points between steps only. finish: merge steps / finish early when no option fits."""
+        decision points between steps only. finish: merge steps / finish early when no option fits;
+        drop_at_profile: decide that at the profiled speed instead of the batch's (module doc)."""
         per = SOLVER_INFO[schedule.solver].calls_per_step
         if not per:
             raise ValueError(f"anytime control needs a fixed-step solver, found {schedule.solver}")
@@ -172,6 +175,7 @@ class Deadline:
         self.profiles = [p for p in profiles if p.blocks < blocks]
         self.exported = sorted(set(exported), reverse=True)
         self.finish, self.shortest = finish, min(self.exported or self.lengths)
+        self.drop_at_profile = drop_at_profile
         cum, total = [], 0.0
         for k in range(len(self.lengths)):             # the medians of each step's calls (Heun: two)
             total += sum(self.cost[m][0] for m in schedule.call_lengths(self.lengths[k:k + 1]))
@@ -225,10 +229,10 @@ class Deadline:
                 for now in (e, length) for ls, src in self.options(n)]
         fits = [r for r in rows if r[5] <= room]
         merges = self.merges(n)              # none in the last step: an exit there is already its finish
-        if not fits and merges and not any(rest_of[now] + self._predict(ls, 1.0) <= room for now in (e, length)
-                                                for ls, _ in self.options(n)):
-            # steps are dropped only when even the profiled speed cannot fit them (module doc)
-            rows = [(len(ls), now + sum(ls), now == length, ls, src, rest_of[now] + self._predict(ls, 1.0))
+        drop = 1.0 if self.drop_at_profile else speed          # the speed steps are dropped at (module doc)
+        if not fits and merges and not any(drop * rest_of[now] + self._predict(ls, drop) <= room
+                                           for now in (e, length) for ls, _ in self.options(n)):
+            rows = [(len(ls), now + sum(ls), now == length, ls, src, drop * rest_of[now] + self._predict(ls, drop))
                     for now in (e, length) for ls, src in merges]
             fits = [r for r in rows if r[5] <= room]
         if fits:     # the most steps, then the most block evaluations
@@ -298,12 +302,13 @@ class Deadline:
         speed = elapsed / self.cum[n]                  # how slowly this batch has run so far
         room = self.budget_ms - elapsed
         opts = self.options(n)
+        drop = 1.0 if self.drop_at_profile else speed  # the speed steps are dropped at (module doc)
         fits = [(sum(ls), src.startswith("learned"), ls, src) for ls, src in opts if self._predict(ls, speed) <= room]
         if fits:
             _, _, best, source = max(fits, key=lambda f: (f[0], f[1]))
-        elif self.finish and not any(self._predict(ls, 1.0) <= room for ls, _ in opts):
-            # not even at the profiled speed: the most merged steps that fit at it, else finish now
-            rest = next((ls for ls, _ in self.merges(n) if self._predict(ls, 1.0) <= room), ())
+        elif self.finish and not any(self._predict(ls, drop) <= room for ls, _ in opts):
+            # the most merged steps that fit (at the drop speed), else finish now
+            rest = next((ls for ls, _ in self.merges(n) if self._predict(ls, drop) <= room), ())
             self._cut(n, rest, elapsed, self.timeline[n], False)
             return
         else:

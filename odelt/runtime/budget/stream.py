@@ -177,7 +177,12 @@ class Stream:
         taken = self.clock()
         c, predicted = self.current.candidate, self.chosen_ms
         sampler = self.sampler(c)
-        samples, st = sampler.sample(x0, y, self.deadline(c))
+        control = self.deadline(c)
+        if control is not None:
+            # a competitor's waits the plan already absorbs are expected lateness: steps are then
+            # dropped only when even the profiled speed cannot end them (odelt.runtime.budget.anytime)
+            control.drop_at_profile = self.tracker.waiting and self.tracker.cause in ("wait", "both")
+        samples, st = sampler.sample(x0, y, control)
         if self._decoder is not None and self.decodes(c):
             began = self.clock()
             self.images.append(self._decoder(c).decode(samples, x0.shape[0]))

@@ -336,16 +336,18 @@ def test_a_decoded_batch_counts_its_decode_in_the_budget_and_the_tracker():
 
 def test_anytime_reserves_the_decode_after_the_last_step():
     # A+sd at 70 ms: the steps get (70 - 30) ms; every call 1.6x slow: late at step 0 (12.8 > 10),
-    # nothing fits with the decode reserved -> the cheapest, cap 2: 12.8 + 3 x 3.2 + 30 = 52.4 ms.
+    # no option for the 3 steps left fits with the decode reserved (cap 2 at 1.6x: 59.0 > 57.2 ms
+    # left), so they merge into 2 steps at length 2 (56.1 ms): 12.8 + 2 x 3.2 + 30 = 49.2 ms
+    # (without early finishes: the cheapest, cap 2, 52.4 ms).
     # (With no reserve the timeline would be 17.5, 35, 52.5: never late, and 51.2 + 30 = 81.2 ms.)
-    # At the profiled speed cap 2 fits (36.9 of 57.2 ms left): no step is dropped.
     stream, decoders = _decoding_stream("anytime", 70.0, factor=lambda call: 1.6)
     assert stream.current.candidate == A_SD
     assert stream.deadline(A_SD).timeline == pytest.approx([10.0, 20.0, 30.0, 40.0])
     stream.run(np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32))
     (r,) = stream.stats.records
-    assert r.lengths == (8, 2, 2, 2) and [s.source for s in r.switches] == ["cap:2"] and r.finishes == ()
-    assert r.latency_ms == pytest.approx(52.4) and not r.missed
+    assert r.lengths == (8, 2, 2) and r.switches == ()
+    assert [(f.step, f.starts, f.dropped) for f in r.finishes] == [(0, (1, 2), 1)]
+    assert r.latency_ms == pytest.approx(49.2) and not r.missed
 
 
 def _hog_stream(control, tail_only=False):
@@ -539,18 +541,25 @@ def _onset_stream(backend_class, budget=17.5, finish=True):
 
 def test_the_onset_batch_is_held_by_an_exit_inside_its_first_step():
     # segments: 6 ms of work reach exit 6, then the 8 ms slice: 14 ms against 6.6 planned. Going
-    # on or any second step but the shortest is predicted over the 3.5 ms left: stop at 6, step 1
-    # at 2: 16 ms. Between steps only (per-length): step 0 ends at 16 ms, step 1 at 2: 18 > 17.5.
+    # on or a second step is predicted over the 3.5 ms left at the batch's speed (14 / 6): stop at
+    # 6 and finish there (x + (1 - t) v): 14 ms (without early finishes: step 1 at 2, 16 ms).
+    # Between steps only (per-length): step 0 ends at 16 ms, step 1 at 2: 18 > 17.5.
     seg = _onset_stream(FakeSegmentBackend)
     onset = seg.records[5]
-    assert not onset.missed and onset.latency_ms == pytest.approx(16.0) and onset.lengths == (6, 2)
+    assert not onset.missed and onset.latency_ms == pytest.approx(14.0) and onset.lengths == (6,)
+    assert [(f.step, f.inside, f.dropped) for f in onset.finishes] == [(0, True, 1)]
+    assert onset.to_json()["finishes"] == [{"step": 0, "elapsed_ms": 14.0, "planned_ms": 6.5625, "inside": True,
+                                            "dropped": 1, "starts": [], "length": 2}]
     assert [(e.step, e.length, e.exit) for e in onset.exits] == [(0, 8, 6)]
     assert onset.to_json()["exits"] == [{"step": 0, "elapsed_ms": 14.0, "planned_ms": 6.5625, "length": 8, "exit": 6}]
-    # the next batch waits too (one wait is no pattern yet: still A2) and stops at 4; then B2, whose
-    # 4 ms + the 8 ms slice fit: nothing missed
+    # the next batch waits too (one wait is no pattern yet: still A2) and finishes at 6 again; then
+    # B2, whose 4 ms + the 8 ms slice fit (an expected wait: no step dropped): nothing missed
     assert seg.misses == 0 and [r.plan for r in seg.records[5:]] == ["a-2xl8"] * 2 + ["b-2xl2"]
-    assert "0/8 batches missed the budget, 1 re-plans, 2 length switches, 2 exits inside a step" in seg.summary()
-    assert "exits inside a step: batch 5 step 0 at exit 6 of 8, batch 6 step 0 at exit 4 of 8" in seg.summary()
+    assert seg.records[7].lengths == (2, 2) and seg.records[7].finishes == ()
+    assert ("0/8 batches missed the budget, 1 re-plans, 0 length switches, 2 exits inside a step, 2 early finishes"
+            in seg.summary())
+    assert "exits inside a step: batch 5 step 0 at exit 6 of 8, batch 6 step 0 at exit 6 of 8" in seg.summary()
+    assert "early finishes: batch 5 step 0: finished (1 step dropped), batch 6 step 0" in seg.summary()
     # between steps only (per-length): without early finishes step 1 at 2 ends at 18 > 17.5 ms;
     # with them the batch finishes after step 0, at 16 ms (tests/runtime/budget/test_finish.py)
     old = _onset_stream(FakeTimedBackend, finish=False)
