@@ -45,7 +45,9 @@ profiled speed instead, `drop_at_profile=True`, held 829 against 858 in the segm
 652 against 789 per length, dropping 14 steps against 358: cautious with quality, it let the
 competitor's second slice land in the step it kept; a real onset batch at batch 8 missed that way).
 The price: one wait early in a batch reads as a large slowdown and can finish a batch that the
-shortest lengths would still have ended in time. With no step left (0 steps: when none fits, the cheapest) the batch
+shortest lengths would still have ended in time; so while the tracker absorbs a competitor's waits
+(its plan already has room for them: an expected wait), the stream sets `drop_at_profile` and
+steps are dropped only when even the profiled speed cannot end them. With no step left (0 steps: when none fits, the cheapest) the batch
 finishes now with the flow-matching estimate of the data from the velocity at hand, one Euler step
 to t = 1: x1 = x_t + (1 - t) v (inside a step: the step's own state and the velocity at the exit or
 of the whole call; between steps: the landed state and the last velocity). The sampler carries it
