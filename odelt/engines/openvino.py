@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from odelt.engines.graph import graph_digest, load_graph
 from odelt.errors import BackendUnavailable, BuildError, ConfigError, EngineMismatch, OdeltError
 from odelt.fileio import atomic_path, write_json_atomic
 
@@ -155,6 +154,8 @@ def rejection(e: Exception, name: str, onnx_path: Path) -> BuildError:
     lines = [s.strip(" -") for s in str(e).splitlines() if s.strip(" -")]
     useful = [s for s in lines if not s.startswith(("Exception from", "Check ", "FrontEnd API failed"))]
     reason = (useful or lines or [type(e).__name__])[-1]
+    from odelt.engines.graph import load_graph      # onnx: not in the serving environment, which only loads
+
     nodes: list[str] = []
     try:
         for n in load_graph(onnx_path).graph.node:
@@ -186,6 +187,8 @@ def runtime_precisions(compiled: Any) -> dict[str, int]:
 def engine_from_onnx(onnx_path: Path, out_path: Path, options: OvEngineOptions, name: str = "",
                      ov_core: Any = None) -> dict[str, Any]:
     """Compile `onnx_path`, export the compiled model to `out_path`, write its record beside it."""
+    from odelt.engines.graph import graph_digest
+
     ov_core = ov_core or core()
     start = time.perf_counter()
     compiled = compile_graph(onnx_path, options, name, ov_core=ov_core)

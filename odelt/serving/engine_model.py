@@ -9,8 +9,8 @@ this process (ONNX Runtime by default; the backend is a model parameter), and re
 The engine gathers the rows of every request at every step into one pass and, when a request
 leaves, sends its response from the engine's thread.
 
-Model parameters (config.pbtxt): mode "engine", backend (ort | a name runtime.backends knows),
-threads (intra-op threads of the backend's sessions), max_rows (rows per pass), window_ms (the
+Model parameters (config.pbtxt): mode "engine", backend (ort | openvino: the repository's engine set
+`engine_set`, copied into the sampler's bundle), threads (intra-op threads of the backend's sessions), max_rows (rows per pass), window_ms (the
 engine's gathering window), layout, precision, max_images.
 """
 
@@ -76,7 +76,8 @@ def open_engine_service(bundle: Path, params: Mapping[str, str],
         raise ConfigError(f"odelt_sampler engine parameters: expected integers threads, max_rows and a number "
                           f"window_ms, found {dict(params)} ({e})") from None
     backend = open_backend(params.get("backend", "ort"), manifest, layout=params["layout"],
-                           precision=params["precision"], threads=threads, use_engines=False).__enter__()
+                           precision=params["precision"], threads=threads, use_engines=False,
+                           engine_set=params.get("engine_set") or None).__enter__()
     try:
         engine = Engine(manifest, backend, EngineOptions(max_rows=max_rows, window_ms=window_ms)).start()
     except OdeltError:
