@@ -52,6 +52,7 @@ CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}    # OPTIMIZATION_CAPABILITIES ent
 BLOB_SUFFIX = ".blob"
 RECORD_SUFFIX = ".json"
 KEEP_FP32 = "disable_fp16_compression_0"         # rt_info key: the node keeps its own precision
+WHOLE_GRAPH = "*"                                # a keep-list of just this: the whole graph compiled at FP32
 # The x86 instruction sets OpenVINO's CPU kernels are chosen by (from /proc/cpuinfo flags).
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni",
              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
