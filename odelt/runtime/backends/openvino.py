@@ -155,6 +155,8 @@ class OvBackend:
 class OvDecoder:
     """A bundle's decoder graph from an OpenVINO engine set; `decode` as OrtDecoder's."""
 
+    backend = NAME
+
     def __init__(self, manifest: Bundle, kind: str | None = None, precision: str = "fp32", threads: int = 0):
         self.manifest, self.info = manifest, manifest.decoder(kind)
         self.kind, self.precision, self.threads = self.info.kind, precision, threads or 1
