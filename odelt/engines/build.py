@@ -287,7 +287,8 @@ def describe(req: BuildRequest, entry: dict) -> str:
         facts = (f"OpenVINO {built['openvino_version'].split('-')[0]} on {built['device_name']}, inference precision "
                  f"{built['inference_precision']}, kernels {runs}, {built['compile_s_total']:.1f} s")
         if req.precision in OV_HINTED and built["inference_precision"] != {"bf16": "bf16", "fp16": "f16"}[req.precision]:
-            facts += f"; this device has no {req.precision} path ({'/'.join(built['capabilities'])}): it runs f32"
+            facts += (f"; this device has no {req.precision} path ({'/'.join(built['capabilities'])}): it runs f32, "
+                      "so plans do not offer it (build --precision fp32 for OpenVINO FP32 plans)")
         if "guard" in built:
             facts += f"; guard: {built['guard']['summary']}"
     elif req.backend == "tensorrt-rtx":

@@ -81,6 +81,18 @@ def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
     return tuple(f for f in ISA_FLAGS if f in flags)
 
 
+# The instruction sets that give OpenVINO's CPU plugin a real kernel path for a hinted precision:
+# without one it runs the hint as f32 (measured on an AVX2-only EPYC: inference precision f32).
+NATIVE_ISA = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+
+
+def native_precisions(isa: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The OpenVINO CPU precisions this CPU (cpu_isa(), or `isa`) runs as asked: fp32 and int8
+    always, bf16 / fp16 only with their instructions (NATIVE_ISA)."""
+    have = set(cpu_isa() if isa is None else isa)
+    return ("fp32", "int8", *(p for p, flags in NATIVE_ISA.items() if have & set(flags)))
+
+
 def core() -> Any:
     return ov_module().Core()
 

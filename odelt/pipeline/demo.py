@@ -238,12 +238,18 @@ def has_openvino() -> bool:
 
 def stage_build_openvino(opts: DemoOptions, manifest, log: Log) -> None:
     """OpenVINO CPU sets beside the ORT ones: the demo's precisions it compiles (fp32, int8 from the
-    Q/DQ variant) and bf16 through its accuracy guard (f32 where the CPU has no BF16 path)."""
+    Q/DQ variant) and bf16 through its accuracy guard only where the CPU runs BF16 (AVX512-BF16 or
+    AMX): elsewhere OpenVINO would run it as f32, a second FP32 set under a bf16 name."""
     from odelt.bundle.bundle import open_bundle
     from odelt.calibration.ov_guard import OvGuard
     from odelt.engines.build import BuildRequest, build_bundle, describe
+    from odelt.engines.openvino import NATIVE_ISA, native_precisions
 
-    for precision in [p for p in opts.precisions if p in ("fp32", "int8")] + ["bf16"]:
+    native = native_precisions()
+    if "bf16" not in native:
+        log(f"build: no openvino bf16 set: this CPU has none of {', '.join(NATIVE_ISA['bf16'])} (OpenVINO would "
+            "run it as f32)")
+    for precision in [p for p in opts.precisions if p in ("fp32", "int8")] + [p for p in ("bf16",) if p in native]:
         req = BuildRequest(backend="openvino", precision=precision)
         if req.set_name in open_bundle(manifest.root).engine_sets:
             log(f"build: reusing openvino {precision} engines")

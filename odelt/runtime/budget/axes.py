@@ -9,6 +9,11 @@ on final samples; int8 runs the same Q/DQ graph), so its row's error is kept. Op
 sets lower the FP32 graphs themselves and have no quality row: their plans are the FP32 rows with
 the set's guard error (final samples vs FP32, worst run) composed root-sum-square, as a decoder's
 error is (plans.with_decoder).
+
+What runs, not what was asked. A bf16/fp16 set whose device has no path for the hint runs f32
+(its record says so: backends.openvino.runs_as). Such a set is not offered: under its asked name it
+would claim a precision that does not run, and as f32 it would be the FP32 plans again (the same
+kernels as the openvino fp32 set). Build `--precision fp32` for OpenVINO FP32 plans.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Mapping, Sequence
 from odelt.bundle.bundle import Bundle
 from odelt.errors import ConfigError, OdeltError
 from odelt.runtime.backends import BACKENDS
+from odelt.runtime.backends.openvino import runs_as
 from odelt.runtime.budget.planner import Candidate
 from odelt.runtime.budget.predict import Predictor
 from odelt.runtime.budget.profile import device_description, device_id, load_profile
@@ -46,10 +52,11 @@ def load_profiles(manifest: Bundle, backends: Sequence[str] | None = None) -> di
 
 def hinted_error(manifest: Bundle, precision: str) -> float | None:
     """The guard's worst final-sample RMSE of the OpenVINO set at a hinted precision (None: no
-    guarded set)."""
+    guarded set, or one that runs another precision than it was asked for: module doc)."""
     for entry in manifest.engine_sets.values():
         guard = entry.get("built", {}).get("guard")
-        if entry.get("backend") == "openvino" and entry.get("precision") == precision and guard:
+        if (entry.get("backend") == "openvino" and entry.get("precision") == precision and guard
+                and runs_as(entry) == precision):
             return float(guard["rounds"][-1]["rmse_worst"])
     return None
 
@@ -65,8 +72,8 @@ def across_backends(candidates: Sequence[Candidate], profiles: Mapping[str, dict
     for b, prof in profiles.items():
         timed = set(prof.get("calls", {}))
         rows = list(candidates)
-        if b == "openvino":
-            rows += _hinted_rows(candidates, manifest, timed)
+        if b == "openvino":   # its bf16/fp16 sets lower the FP32 graphs: their rows are the guarded ones only
+            rows = [c for c in rows if c.precision not in HINTED] + _hinted_rows(candidates, manifest, timed)
         for c in rows:
             if c.precision in timed:
                 out.append(replace(c, backend=b, name=c.name if b == "ort" else f"{c.name}@{b}"))
