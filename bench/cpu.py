@@ -95,7 +95,7 @@ def cpu_info() -> tuple[str, tuple[str, ...]]:
 def unsupported(precision: str, isa: tuple[str, ...]) -> str | None:
     """Why a bf16/fp16 path has no number on this CPU (the instruction sets the runtime's own rule
     asks for: odelt.engines.openvino.native_precisions), else None."""
-    from odelt.engines.openvino import NATIVE_ISA, native_precisions
+    from odelt.engines import NATIVE_ISA, native_precisions
 
     if precision in NATIVE_ISA and precision not in native_precisions(isa):
         return f"unsupported: no {' or '.join(NATIVE_ISA[precision])} on this CPU"

@@ -21,9 +21,27 @@ from odelt.runtime.budget.predict import QuantilePredictor  # noqa: E402
 from odelt.runtime.budget.profile import load_profile, profile_bundle, save_profile  # noqa: E402
 from odelt.runtime.generate import GenerateOptions, generate_from_bundle  # noqa: E402
 from tests.serving.conftest import checkout  # noqa: E402
-from tests.serving.test_engine_server import SHAPE, _concurrently  # noqa: E402
 
 FP32_ATOL = 1e-4          # OpenVINO fp32 vs itself at other batch sizes: kernel order only
+SHAPE = (1, 8, 8)
+
+
+def _concurrently(url: str, jobs: list[dict], clients: int) -> list:
+    """Each job's Generation (or the exception it raised), `clients` requests in flight at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from odelt.serving.client import Client
+
+    def one(job: dict):
+        c = Client(url)
+        try:
+            return c.generate(**job)
+        except Exception as e:  # noqa: BLE001 - the test looks at it
+            return e
+        finally:
+            c.close()
+    with ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(one, jobs))
 
 
 @pytest.fixture(scope="module")
