@@ -32,7 +32,7 @@ SERVE := .venv-serve
 PYTRITON := nvidia-pytriton==0.7.0
 OPENVINO := openvino==2026.4.1
 
-$(SERVE)/.ready: pyproject.toml constraints.txt
+$(SERVE)/.ready: pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(SERVE)
 	$(SERVE)/bin/pip install -q -c constraints.txt "numpy<2" $(PYTRITON) onnxruntime $(OPENVINO)
 	$(SERVE)/bin/pip install -q --no-deps -e .
