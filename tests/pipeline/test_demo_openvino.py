@@ -12,7 +12,7 @@ pytest.importorskip("openvino", reason="OpenVINO (the `openvino` extra) is not i
 
 from odelt.bundle.bundle import open_bundle  # noqa: E402
 from odelt.engines import openvino as ove  # noqa: E402
-from odelt.pipeline.demo import DemoOptions, stage_build_openvino  # noqa: E402
+from odelt.pipeline.ov_stage import stage_build_openvino  # noqa: E402
 from tests.openvino_bundle import exported_bundle  # noqa: E402
 
 FAKE_AVX2 = ("sse4_2", "avx", "avx2", "fma", "f16c")                     # an AMD EPYC of these machines
@@ -32,7 +32,7 @@ def test_the_demo_builds_bf16_only_on_a_cpu_with_bf16(tmp_path_factory, tmp_path
     root = tmp_path / "b"
     shutil.copytree(exported_bundle(tmp_path_factory), root)
     lines: list[str] = []
-    stage_build_openvino(DemoOptions(out=tmp_path / "out", precisions=("fp32",)), open_bundle(root), lines.append)
+    stage_build_openvino(("fp32",), open_bundle(root), lines.append)
     sets = open_bundle(root).engine_sets
     if "amx_bf16" in isa:
         assert sorted(sets) == ["openvino-cpu-bf16", "openvino-cpu-fp32"]
