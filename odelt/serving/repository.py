@@ -161,12 +161,17 @@ def _copy_graphs(manifest: Bundle, graphs: list[GraphSpec], precision: str, bund
 def _openvino_set(manifest: Bundle, precision: str, name: str | None) -> tuple[str, dict[str, Any]]:
     """(name, entry) of the OpenVINO set the engine mode serves: `name`, else the one at `precision`
     (a CPU set first)."""
-    from odelt.runtime.backends.openvino import engine_entry
+    from odelt.runtime.backends.openvino import engine_entry, runs_as
 
     found = engine_entry(manifest, precision, name)
     if found is None:
         raise ExportError(f"{manifest.root}: --backend openvino serves an OpenVINO engine set, found no {precision} one; "
                           f"build it with `odelt-export build BUNDLE --backend openvino --precision {precision}`")
+    runs = runs_as(found[1])
+    if runs != found[1].get("precision"):   # a bf16/fp16 hint the building CPU ran as f32: no plan offers it
+        raise ExportError(f"{manifest.root}: OpenVINO set {found[0]} runs {runs}, not {found[1].get('precision')} (the CPU "
+                          f"that built it has no {found[1].get('precision')} path); serve --precision {runs} (built with "
+                          f"`odelt-export build BUNDLE --backend openvino --precision {runs}`)")
     return found
 
 

@@ -125,3 +125,23 @@ def test_cli_writes_the_openvino_repository_and_refuses_a_missing_set_in_one_lin
     with pytest.raises(SystemExit):
         main(["triton", str(ov_bundle), "--out", str(tmp_path / "b"), "--sampler", "bls", "--backend", "openvino"])
     assert "expected --sampler engine" in capsys.readouterr().err
+
+
+def test_a_bf16_set_that_runs_f32_is_not_served_as_bf16(ov_bundle, tmp_path, capsys):
+    from odelt.engines.build import BuildRequest, build_bundle
+    from odelt.runtime.backends.openvino import runs_as
+
+    root = tmp_path / "b"
+    shutil.copytree(ov_bundle, root)
+    entry = build_bundle(root, BuildRequest(backend="openvino", precision="bf16"))
+    argv = ["triton", str(root), "--out", str(tmp_path / "r"), "--sampler", "engine", "--backend", "openvino",
+            "--precision", "bf16"]
+    if runs_as(entry) == "bf16":            # a CPU with BF16: served as asked
+        main(argv)
+        assert "precision bf16" in capsys.readouterr().out
+        return
+    with pytest.raises(SystemExit):         # this CPU ran the hint as f32: refused, naming what runs
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "runs fp32, not bf16" in err and "--precision fp32" in err
+    assert not (tmp_path / "r").exists()
