@@ -35,12 +35,17 @@ def _copy(src, tmp_path):
     return root
 
 
-def test_the_decoder_is_guarded_and_reported(latent_bundle, tmp_path):
-    root = _copy(latent_bundle, tmp_path)
-    manifest = open_bundle(root)
-    graph = manifest.decoder().graph
-    guard = OvGuard(manifest, "bf16", **FAST)
-    entry = build_bundle(root, BF16, guard)
+@pytest.fixture(scope="module")
+def guarded(latent_bundle, tmp_path_factory):
+    """(root, guard, set entry): the latent bundle with a bf16 set built through the guard."""
+    root = _copy(latent_bundle, tmp_path_factory.mktemp("guarded"))
+    guard = OvGuard(open_bundle(root), "bf16", **FAST)
+    return root, guard, build_bundle(root, BF16, guard)
+
+
+def test_the_decoder_is_guarded_and_reported(guarded):
+    root, guard, entry = guarded
+    graph = open_bundle(root).decoder().graph
     verdict = entry["built"]["guard"]["decoders"][graph]
     acc = verdict["accuracy"]
     assert verdict["passed"] and not verdict["kept_fp32"] and acc["finite"] and acc["samples"] >= 2
@@ -75,3 +80,33 @@ def test_a_decoder_over_the_limit_is_rebuilt_whole_at_fp32(latent_bundle, tmp_pa
         assert type(dec).__name__ == "OvDecoder" and dec.engine_set == "openvino-cpu-bf16"
         latents = np.zeros((1, *dec.info.latent), np.float32)
         assert np.isfinite(dec.decode(latents)).all()
+
+
+def test_bf16_plans_compose_the_decoders_guard_error(guarded, tmp_path):
+    """The planner's bf16 rows of decoding plans: the FP32-decoder rows only (the set decodes with its
+    own decoder), errors composed with the guard's DiT and decoder errors. The set's record is a FAKE
+    saying it runs bf16 with a decoder RMSE of 0.005 (this CPU may run bf16 as f32, and the planner
+    offers such a set under no name)."""
+    import json
+    import math
+    from dataclasses import replace
+
+    from odelt.runtime.budget.axes import across_backends
+    from odelt.runtime.budget.planner import Candidate
+
+    root = _copy(guarded[0], tmp_path)
+    data = json.loads((root / "manifest.json").read_text())
+    built = data["engines"]["openvino-cpu-bf16"]["built"]
+    graph = open_bundle(root).decoder().graph
+    built["inference_precision"] = "bf16"
+    built["guard"]["decoders"][graph]["accuracy"]["rmse"] = 0.005
+    (root / "manifest.json").write_text(json.dumps(data))
+    m = open_bundle(root)
+    base = Candidate("e2-fp32", "e2", "euler", (8, 8), "fp32", 0.1)
+    cands = [replace(base, name="e2-fp32+sd", decoder="sd"),
+             replace(base, name="e2-fp32+sd-fp16", decoder="sd", decoder_precision="fp16")]
+    out = across_backends(cands, {"openvino": {"calls": {"fp32": {}, "bf16": {}}}}, m)
+    bf16 = [c for c in out if c.precision == "bf16"]
+    assert [c.name for c in bf16] == ["e2-bf16+sd@openvino"]
+    dit = built["guard"]["rounds"][-1]["rmse_worst"]
+    assert bf16[0].error == pytest.approx(math.sqrt(0.1 ** 2 + dit ** 2 + 0.005 ** 2))

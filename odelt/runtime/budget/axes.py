@@ -8,7 +8,7 @@ on another backend is the same arithmetic up to kernel order (OpenVINO fp32 vs O
 on final samples; int8 runs the same Q/DQ graph), so its row's error is kept. OpenVINO's bf16/fp16
 sets lower the FP32 graphs themselves and have no quality row: their plans are the FP32 rows with
 the set's guard error (final samples vs FP32, worst run) composed root-sum-square, as a decoder's
-error is (plans.with_decoder).
+error is (plans.with_decoder), and for a decoding plan its lowered decoder's guard error too.
 
 What runs, not what was asked. A bf16/fp16 set whose device has no path for the hint runs f32
 (its record says so: backends.openvino.runs_as). Such a set is not offered: under its asked name it
@@ -83,16 +83,33 @@ def across_backends(candidates: Sequence[Candidate], profiles: Mapping[str, dict
     return out
 
 
+def hinted_decoder_error(manifest: Bundle, precision: str, kind: str) -> float:
+    """The guard's image RMSE of the hinted set's decoder `kind` against the FP32 decoder (0 where
+    it was kept FP32 or not guarded)."""
+    graph = manifest.decoder(kind).graph
+    for entry in manifest.engine_sets.values():
+        if entry.get("backend") == "openvino" and entry.get("precision") == precision:
+            verdict = entry.get("built", {}).get("guard", {}).get("decoders", {}).get(graph)
+            if verdict and not verdict.get("kept_fp32"):
+                return float(verdict["accuracy"]["rmse"])
+    return 0.0
+
+
 def _hinted_rows(candidates: Sequence[Candidate], manifest: Bundle, timed: set[str]) -> list[Candidate]:
+    """The FP32 rows at each guarded hinted precision, the guard's errors composed root-sum-square:
+    the DiT's, and a decoding plan's decoder's (the set decodes with its own lowered decoder, so only
+    the rows with the FP32 decoder stand for it)."""
     rows = []
     for p in HINTED:
         err = hinted_error(manifest, p) if p in timed else None
         if err is None:
             continue
         for c in candidates:
-            if c.precision == "fp32":
-                name = c.name.replace("fp32", p, 1) if "fp32" in c.name else f"{c.name}-{p}"
-                rows.append(replace(c, name=name, precision=p, error=math.sqrt(c.error ** 2 + err ** 2)))
+            if c.precision != "fp32" or (c.decoder is not None and c.decoder_precision != "fp32"):
+                continue
+            dec = hinted_decoder_error(manifest, p, c.decoder) if c.decoder is not None else 0.0
+            name = c.name.replace("fp32", p, 1) if "fp32" in c.name else f"{c.name}-{p}"
+            rows.append(replace(c, name=name, precision=p, error=math.sqrt(c.error ** 2 + err ** 2 + dec ** 2)))
     return rows
 
 
