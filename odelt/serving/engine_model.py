@@ -11,9 +11,10 @@ talks to Triton for it: it sends each response when its request leaves, and asks
 flight whether their clients are still there (a gRPC client that cancels its stream is seen; an HTTP
 client that goes away is not, in tritonserver 2.51: docs/serving.md).
 
-Model parameters (config.pbtxt): mode "engine", backend (ort | a name runtime.backends knows),
-threads (intra-op threads of the backend's sessions), max_rows (rows per pass), window_ms and
-refill_ms (the engine's gathering windows), layout, precision, max_images.
+Model parameters (config.pbtxt): mode "engine", backend (ort | openvino: the repository's engine set
+`engine_set`, copied into the sampler's bundle), threads (intra-op threads of the backend's sessions),
+max_rows (rows per pass), window_ms and refill_ms (the engine's gathering windows), layout, precision,
+max_images.
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ def open_engine_service(bundle: Path, params: Mapping[str, str],
         raise ConfigError(f"odelt_sampler engine parameters: expected integers threads, max_rows and a number "
                           f"window_ms and refill_ms, found {dict(params)} ({e})") from None
     backend = open_backend(params.get("backend", "ort"), manifest, layout=params["layout"],
-                           precision=params["precision"], threads=threads, use_engines=False).__enter__()
+                           precision=params["precision"], threads=threads, use_engines=False,
+                           engine_set=params.get("engine_set") or None).__enter__()
     try:
         engine = Engine(manifest, backend, EngineOptions(max_rows=max_rows, window_ms=window_ms, refill_ms=refill_ms)).start()
     except OdeltError:

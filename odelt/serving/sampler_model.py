@@ -207,6 +207,7 @@ class SamplerService:
         repository's decoder model), so the budget bounds the whole request."""
         key = decoder.kind if decoder is not None else None
         if key not in self._planning:
+            from odelt.runtime.budget.axes import across_backends
             from odelt.runtime.budget.profile import decoder_precision_for, load_profile
 
             if decoder is None:
@@ -215,11 +216,14 @@ class SamplerService:
                 wanted = decoder_precision_for(self.manifest, decoder.kind, self.precision)
                 candidates = [c for c in load_candidates(self.manifest, decode=True, decoders=(decoder.kind,))
                               if c.decoder_precision == wanted]
-            candidates = [c for c in candidates if c.precision == self.precision]
+            profile = load_profile(self.manifest, backend=self.profile_backend)
+            # the plans as `generate` names them on this backend (OpenVINO's: "@openvino", and its guarded bf16 rows)
+            candidates = [c for c in across_backends(candidates, {self.profile_backend: profile}, self.manifest)
+                          if c.precision == self.precision]
             if not candidates:
                 raise ConfigError(f"the bundle's quality table has no {self.precision} plans"
                                   + (f" decoding with {decoder.kind}" if decoder is not None else ""))
-            self._planning[key] = (candidates, load_profile(self.manifest, backend=self.profile_backend))
+            self._planning[key] = (candidates, profile)
         return self._planning[key]
 
     def _sampler(self, key: tuple[str, str], schedule: Schedule, guidance: float | None) -> Sampler:
