@@ -103,7 +103,10 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
             for graph in graphs:
                 _write_graph_model(tmp, manifest, graph, files[graph.name], opts)
         else:
-            _copy_graphs(manifest, _layout_graphs(manifest, layout), opts.precision, tmp / SAMPLER / "1" / "bundle")
+            inside = tmp / SAMPLER / "1" / "bundle"
+            _copy_graphs(manifest, _layout_graphs(manifest, layout), opts.precision, inside)
+            for graph, precision in _decoder_graphs(manifest, opts.precision):
+                _copy_graphs(manifest, [graph], precision, inside)
         _write_sampler(tmp, manifest, layout, graphs, opts, mode)
         write_json_atomic(tmp / "odelt_repository.json", {
             "format": FORMAT, "bundle": str(manifest.root.resolve()), "model_hash": manifest.model_hash,
@@ -119,19 +122,26 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
 
 
 def sampler_mode(manifest: Bundle, opts: RepoOptions) -> str:
-    """engine or bls (module doc): the engine runs pixel-space bundles in process; graphs Triton must
-    host itself (tensorrt, onnxruntime) and decoder stages go through BLS."""
+    """engine or bls (module doc): the engine runs the bundle in process (a latent bundle's decoder
+    too, after sampling); graphs Triton must host itself (tensorrt, onnxruntime) go through BLS. A
+    bundle with guidance folded into its graphs stays with BLS: the engine gathers one row per image
+    per call, those graphs take two rows per image inside."""
     if opts.sampler == "engine":
-        if manifest.decoders:
-            raise ConfigError("--sampler engine serves pixel-space bundles; this bundle has a decoder stage "
-                              "(use --sampler bls)")
         if manifest.guidance:
             raise ConfigError("--sampler engine: this bundle has guidance folded into its graphs (2 rows per image "
                               "inside); use --sampler bls")
         return "engine"
     if opts.sampler == "bls":
         return "bls"
-    return "engine" if opts.engines == "cpu" and not manifest.decoders and not manifest.guidance else "bls"
+    return "engine" if opts.engines == "cpu" and not manifest.guidance else "bls"
+
+
+def _decoder_graphs(manifest: Bundle, precision: str) -> list[tuple[GraphSpec, str]]:
+    """The engine mode's decoder graphs with the precision each is opened at (the one its plans count)."""
+    from odelt.runtime.budget.profile import decoder_precision_for
+
+    return [(manifest.graph(d.graph), decoder_precision_for(manifest, kind, precision))
+            for kind, d in manifest.decoders.items()]
 
 
 def _copy_graphs(manifest: Bundle, graphs: list[GraphSpec], precision: str, bundle: Path) -> None:
@@ -274,13 +284,14 @@ def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts:
     else:   # one instance, decoupled: execute hands requests to the engine and returns at once
         config["model_transaction_policy"] = {"decoupled": True}
         params.update(backend=opts.backend, threads=opts.threads, max_rows=rows, window_ms=opts.window_ms,
-                      profile_backend=opts.backend)
+                      profile_backend=opts.backend, decoder=decoder.kind if decoder else "")
     config["parameters"] = parameters(params)
     return render(config, ("odelt sampler: request parameters budget_ms (float) or schedule (NAME); "
                            "plan, predicted and measured milliseconds come back with the images",
-                           *(("latent bundle: images are decoded by the decoder stage's model "
-                              f"{model_name(decoder.graph)} (request parameter decoder: "
-                              f"{' or '.join(sorted(manifest.decoders))})",) if decoder else ())))
+                           *(("latent bundle: images are decoded by the decoder stage"
+                              + (f"'s model {model_name(decoder.graph)}" if mode == "bls" else " in this process")
+                              + f" (request parameter decoder: {' or '.join(sorted(manifest.decoders))})",)
+                             if decoder else ())))
 
 
 def _write_sampler(repo: Path, manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions,
