@@ -69,8 +69,7 @@ def _drive(service: Any, reqs: list[tuple[int, int, str]]) -> dict[str, Any]:
 
 
 def _serve(bundle: Path, reqs: list, batched: bool) -> dict[str, Any]:
-    from odelt.serving.engine_model import open_engine_service
-    from odelt.serving.sampler_model import SamplerService
+    from odelt.serving import SamplerService, open_engine_service
 
     params = {**PARAMS, "decode_batched": "1" if batched else "0"}
     svc = open_engine_service(bundle, params, lambda m: SamplerService(m, None, "fp32", 32, "sd"))
@@ -85,7 +84,7 @@ def _serve(bundle: Path, reqs: list, batched: bool) -> dict[str, Any]:
 
 
 def _decoder_ms_per_image(bundle: Any, batch: int, repeats: int) -> float:
-    from odelt.runtime.backends.decoder import open_decoder
+    from odelt.runtime import open_decoder
 
     x = np.random.default_rng(0).standard_normal((batch, *bundle.decoder().latent)).astype(np.float32)
     with open_decoder(bundle, threads=1) as dec:
@@ -101,7 +100,7 @@ def _decoder_ms_per_image(bundle: Any, batch: int, repeats: int) -> float:
 def run(quick: bool = False, smoke: bool = False) -> dict:
     from odelt.bundle import BatchRange
     from odelt.exporter import ExportOptions, export_source
-    from odelt.models.checkpoint import vae_for_source
+    from odelt.models import builtin_vae_path
 
     count = 24 if smoke else 200 if quick else 400
     rounds = 1 if smoke else 2
@@ -111,7 +110,7 @@ def run(quick: bool = False, smoke: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         manifest = export_source("builtin:digits-latent", Path(tmp) / "b",
                                  ExportOptions(layouts=("segments",), batch=BatchRange(1, 8, 32),
-                                               vaes=(vae_for_source("builtin:digits-latent"),)))
+                                               vaes=(("sd", str(builtin_vae_path("digits-latent"))),)))
         for b in (1, 8):
             out[f"serving_decode_ms_per_image_b{b}"] = round(_decoder_ms_per_image(manifest, b, 5 if smoke else 30), 3)
         runs: dict[str, list[dict]] = {"alone": [], "batched": []}
