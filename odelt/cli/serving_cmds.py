@@ -26,8 +26,8 @@ from odelt.serving.repository import ENGINES, SAMPLERS
 @click.option("--engine-set", default=None, help="tensorrt: the engine set to serve, when there are several.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
               help="engine: one in-process batching engine serves every request (no graph models); bls: every "
-                   "step is a BLS call to the graph models (default: engine for a pixel-space bundle with "
-                   "--engines cpu, else bls; see docs/serving.md).")
+                   "step is a BLS call to the graph models (default: engine with --engines cpu, latent bundles "
+                   "included, unless guidance is folded into the graphs; else bls; see docs/serving.md).")
 @click.option("--threads", type=int, default=1, show_default=True, help="engine: intra-op threads of its sessions.")
 @click.option("--window-ms", type=float, default=0.0, show_default=True,
               help="engine: wait this long for more requests before a pass below the row cap.")

@@ -2,14 +2,18 @@
 decoded here, in a thread of their own, so that no pass of the engine waits on a decode.
 
 A request that leaves the engine is queued with its decoder kind (the bundle's default, or the
-request's `decoder` parameter). The decode thread takes everything queued at that moment and
-decodes the latents of each kind in one call (chunks of `max_rows`): requests that finish in the
-same pass share a decode, as their steps shared the passes. Rows of a decoder graph do not depend
-on each other, so a request's pixels are those `generate` decodes from its latents alone (up to
-float rounding of batched kernels). If a batched decode fails, each request is decoded alone: the
-one whose rows fail gets its one-line error, the others their images.
+request's `decoder` parameter) and decoded alone, in the order requests left. With `batched`, the
+decode thread instead takes everything queued when it wakes and decodes the latents of each kind in
+one call (chunks of `max_rows`). Measured on the 2-core CPU (bench/serving_decode.py, digits-latent)
+that did not pay: a decode per image costs about the same at batch 8 as at 1 there, and every
+request of a batch waits for the whole batch, so its client sends its next request later (0.81x and
+0.97x the requests per second of decoding alone). It stays an option for devices where a batched
+decode is cheaper per image. Rows of a decoder graph do not depend on each other, so a request's
+pixels are those `generate` decodes from its latents either way (up to float rounding of batched
+kernels). If a batched decode fails, each request is decoded alone: the one whose rows fail gets
+its one-line error, the others their images.
 
-    stage = DecodeStage(lambda kind: open_decoder(manifest, kind).__enter__(), max_rows=8)
+    stage = DecodeStage(lambda kind: open_decoder(manifest, kind).__enter__(), max_rows=8, batched=True)
     stage.put(latents, "sd", send)       # send(images, None, finished_at) or send(None, error, at)
     stage.close()
 """
@@ -39,10 +43,10 @@ class _Item:
 
 class DecodeStage:
     """One decode thread over decoders opened on first use by `open_one(kind)` (an entered decoder
-    of odelt.runtime.backends.decoder). `batched=False` decodes each request alone (the bench's
-    comparison). `calls` and `rows` count the decodes run and the latents they took."""
+    of odelt.runtime.backends.decoder). `batched=True` decodes the requests queued together in one
+    call per kind (module doc: on a CPU it did not pay). `calls` and `rows` count the decodes run and the latents they took."""
 
-    def __init__(self, open_one: Callable[[str], Any], max_rows: int, batched: bool = True,
+    def __init__(self, open_one: Callable[[str], Any], max_rows: int, batched: bool = False,
                  clock: Callable[[], float] = time.perf_counter):
         self.open_one, self.max_rows, self.batched, self.clock = open_one, max_rows, batched, clock
         self.calls = self.rows = 0

@@ -8,8 +8,7 @@ one-line errors), submits it to an odelt.runtime.engine.Engine running over a ba
 this process (ONNX Runtime by default; the backend is a model parameter), and returns at once.
 The engine gathers the rows of every request at every step into one pass. A latent bundle's
 request leaves the engine as latents and is decoded in the decode thread (odelt.serving.decoding:
-the request's decoder, opened in this process over the same backend kind; requests that leave
-together share a decode), so the reply carries pixels and its measured_ms counts the decode; the
+the request's decoder, opened in this process over the same backend kind), so the reply carries pixels and its measured_ms counts the decode; the
 plan was chosen with that decode counted (SamplerService.prepare). The outbox thread talks to
 Triton for it: it sends each response when its request leaves, and asks the requests in
 flight whether their clients are still there (a gRPC client that cancels its stream is seen; an HTTP
@@ -18,7 +17,8 @@ client that goes away is not, in tritonserver 2.51: docs/serving.md).
 Model parameters (config.pbtxt): mode "engine", backend (ort | a name runtime.backends knows),
 threads (intra-op threads of the backend's sessions), max_rows (rows per pass), window_ms (the
 engine's gathering window), layout, precision, max_images, decoder (a latent bundle's default
-decoder kind), decode_batched ("0": decode each request alone).
+decoder kind), decode_batched ("1": decode the requests that left together in one call; default
+"0", each alone: odelt.serving.decoding says why).
 """
 
 from __future__ import annotations
@@ -202,7 +202,7 @@ def open_decode_stage(manifest: Any, params: Mapping[str, str], threads: int, ma
     def open_one(kind: str) -> Any:
         return open_decoder(manifest, kind, decoder_precision_for(manifest, kind, precision), threads,
                             use_engines=False, backend=backend).__enter__()
-    stage = DecodeStage(open_one, max_rows, batched=params.get("decode_batched", "1") != "0")
+    stage = DecodeStage(open_one, max_rows, batched=params.get("decode_batched", "0") == "1")
     try:
         stage.decoder(params.get("decoder") or manifest.decoder().kind)
     except BaseException:

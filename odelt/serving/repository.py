@@ -11,14 +11,16 @@
       odelt_sampler/config.pbtxt         Python backend; inputs n, seed, labels, guidance
       odelt_sampler/1/model.py           odelt/serving/sampler_model.py
       odelt_sampler/1/bundle/            manifest, schedules, quality table, profiles, tables (no graphs;
-                                         the engine mode: plus the layout's graphs at the precision)
+                                         the engine mode: plus the layout's graphs at the precision
+                                         and a latent bundle's decoder graphs)
 
-Two sampler modes (--sampler). `engine` (the default for a pixel-space bundle served on CPU): the
-sampler model is decoupled and runs every request in flight through one in-process batching engine
-(odelt.serving.engine_model) over a backend it opens itself; no graph models are written. `bls`:
-one graph model per graph (--engines picks their flavour) and every step of every request is a BLS
-request to them; the choice where Triton itself must host the graphs (TensorRT plans on a GPU
-fleet, several GPUs, graph models shared by other pipelines) and for latent bundles (the decoder).
+Two sampler modes (--sampler). `engine` (the default for a bundle served on CPU): the sampler
+model is decoupled and runs every request in flight through one in-process batching engine
+(odelt.serving.engine_model) over a backend it opens itself, a latent bundle's decode in a thread
+of the same process; no graph models are written. `bls`: one graph model per graph (--engines picks
+their flavour) and every step of every request is a BLS request to them; the choice where Triton
+itself must host the graphs (TensorRT plans on a GPU fleet, several GPUs, graph models shared by
+other pipelines) and for bundles with guidance folded into their graphs.
 
 The repository is written into a hidden folder beside REPO and renamed into place when complete
 (with --force the old one is swapped out only then), so an interrupted write leaves REPO as it was.
@@ -62,7 +64,7 @@ class RepoOptions:
     engine_set: str | None = None      # tensorrt: which engine set, when the bundle has several
     queue_delay_us: int = 500          # dynamic batcher's wait for more step calls
     force: bool = False
-    sampler: str | None = None         # engine | bls; None: engine for a pixel-space bundle with cpu engines
+    sampler: str | None = None         # engine | bls; None: engine with cpu engines (not in-graph guidance)
     backend: str = "ort"               # engine mode: the runtime backend the sampler opens in process
     threads: int = 1                   # engine mode: intra-op threads of its sessions
     window_ms: float = 0.0             # engine mode: gathering window before a pass below max rows

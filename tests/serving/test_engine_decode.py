@@ -75,7 +75,7 @@ def test_requests_decode_like_generate_with_mixed_plans_and_decoders(service, la
         np.testing.assert_allclose(box.out["images"], ref.images, rtol=0, atol=1e-5)
         assert box.out["measured_ms"] >= ticket.latency_ms          # submit to decoded, not to the latents
     assert len({b.out["plan"] for b in boxes}) >= 4
-    assert service.decoding.rows == sum(n for n, *_ in jobs)
+    assert service.decoding.rows == sum(n for n, *_ in jobs) and service.decoding.calls == len(jobs)   # each alone
 
 
 def test_decoding_runs_in_the_decode_thread_not_the_engines(service):
@@ -108,7 +108,7 @@ def test_a_bad_decoder_name_is_one_line_and_the_others_go_on(service):
 
 
 def test_requests_that_finish_together_share_a_decode_and_a_failing_one_fails_alone(latent_bundle):
-    """The stage takes everything queued when it wakes: three requests queued behind a held reply
+    """Batched, the stage takes everything queued when it wakes: three requests queued behind a held reply
     are decoded in one call (the same pixels as alone, within float rounding); latents of the
     wrong shape among them fail alone with their one-line error."""
     held, results = threading.Event(), {}
@@ -119,7 +119,8 @@ def test_requests_that_finish_together_share_a_decode_and_a_failing_one_fails_al
                 held.wait(30)
             results[name] = (images, error)
         return out
-    stage = DecodeStage(lambda kind: open_decoder(latent_bundle, kind, threads=1).__enter__(), max_rows=8)
+    stage = DecodeStage(lambda kind: open_decoder(latent_bundle, kind, threads=1).__enter__(), max_rows=8,
+                        batched=True)
     try:
         rng = np.random.default_rng(0)
         lat = {k: rng.standard_normal((n, 4, 8, 8)).astype(np.float32) for k, n in (("a", 1), ("b", 2), ("c", 3))}
@@ -136,7 +137,8 @@ def test_requests_that_finish_together_share_a_decode_and_a_failing_one_fails_al
                 np.testing.assert_allclose(results[k][0], dec.decode(lat[k]), rtol=0, atol=1e-5)
     finally:
         stage.close()
-    stage = DecodeStage(lambda kind: open_decoder(latent_bundle, kind, threads=1).__enter__(), max_rows=8)
+    stage = DecodeStage(lambda kind: open_decoder(latent_bundle, kind, threads=1).__enter__(), max_rows=8,
+                        batched=True)
     held.clear()
     stage.put(lat["a"], "sd", send("first", block=True))
     while stage.calls < 1:
@@ -149,3 +151,25 @@ def test_requests_that_finish_together_share_a_decode_and_a_failing_one_fails_al
     assert results["bad"][0] is None and "expected NCHW latents" in str(results["bad"][1])
     assert "\n" not in str(results["bad"][1])
     assert results["b"][1] is None and results["c"][1] is None and results["c"][0].shape == (3, *IMAGE)
+
+
+def test_the_engine_mode_is_the_default_for_latent_bundles_and_refuses_in_graph_guidance(latent_bundle, tmp_path):
+    """A latent bundle on cpu engines gets the engine; a bundle whose graphs hold guidance (2 rows
+    per image inside) is refused in one line when the engine is asked for, and gets BLS by default."""
+    import torch
+
+    from odelt.exporter.export import ExportOptions, export_bundle
+    from odelt.models import DiT
+    from odelt.serving.repository import RepoOptions, sampler_mode
+    from tests.models_zoo import TINY
+
+    assert sampler_mode(latent_bundle, RepoOptions()) == "engine"
+    assert sampler_mode(latent_bundle, RepoOptions(sampler="engine")) == "engine"
+    torch.manual_seed(0)
+    folded = export_bundle(DiT(TINY).eval(), tmp_path / "cfg", ExportOptions(layouts=("segments",), lengths=(4,),
+                                                                               guidance=True),
+                           source="test:tiny", source_hash="tinyhash")
+    assert sampler_mode(folded, RepoOptions()) == "bls"
+    with pytest.raises(OdeltError, match="guidance folded into its graphs .* use --sampler bls") as e:
+        sampler_mode(folded, RepoOptions(sampler="engine"))
+    assert "\n" not in str(e.value)
