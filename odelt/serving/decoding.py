@@ -6,9 +6,9 @@ request's `decoder` parameter) and decoded alone, in the order requests left. Wi
 decode thread instead takes everything queued when it wakes and decodes the latents of each kind in
 one call (chunks of `max_rows`). Measured on the 2-core CPU (bench/serving_decode.py, digits-latent)
 that did not pay: a decode per image costs about the same at batch 8 as at 1 there, and every
-request of a batch waits for the whole batch, so its client sends its next request later (0.81x and
-0.97x the requests per second of decoding alone). It stays an option for devices where a batched
-decode is cheaper per image. Rows of a decoder graph do not depend on each other, so a request's
+request of a batch waits for the whole batch, so its client sends its next request later (three runs:
+0.97x, 0.81x and 1.03x the requests per second of decoding alone, within the noise of a shared
+machine). It stays an option for devices where a batched decode is cheaper per image. Rows of a decoder graph do not depend on each other, so a request's
 pixels are those `generate` decodes from its latents either way (up to float rounding of batched
 kernels). If a batched decode fails, each request is decoded alone: the one whose rows fail gets
 its one-line error, the others their images.
