@@ -31,16 +31,18 @@ from odelt.serving.repository import ENGINES, SAMPLERS
 @click.option("--threads", type=int, default=1, show_default=True, help="engine: intra-op threads of its sessions.")
 @click.option("--window-ms", type=float, default=0.0, show_default=True,
               help="engine: wait this long for more requests before a pass below the row cap.")
+@click.option("--refill-ms", type=float, default=1.0, show_default=True,
+              help="engine: after a pass that k requests left, wait up to this long for k new ones.")
 @click.option("--force", is_flag=True, help="Replace an existing repository.")
 def triton(bundle: str, out: str, engines: str, precision: str, max_batch: int | None, instances: int,
            sampler_instances: int, layout: str | None, engine_set: str | None, sampler: str | None, threads: int,
-           window_ms: float, force: bool) -> None:
+           window_ms: float, refill_ms: float, force: bool) -> None:
     """Write a Triton Inference Server model repository for BUNDLE."""
     from odelt.serving.repository import RepoOptions, write_repository
 
     opts = RepoOptions(engines=engines, precision=precision, max_batch=max_batch, instances=instances,
                        sampler_instances=sampler_instances, layout=layout, engine_set=engine_set, sampler=sampler,
-                       threads=threads, window_ms=window_ms, force=force)
+                       threads=threads, window_ms=window_ms, refill_ms=refill_ms, force=force)
     repo = write_repository(bundle, out, opts)
     models = sorted(p.parent.name for p in repo.glob("*/config.pbtxt"))
     import json

@@ -55,7 +55,7 @@ class Cancelled(RuntimeFailure):
 class EngineOptions:
     max_rows: int = 32             # rows per pass: the bundle's batch max, or an engine profile's
     window_ms: float = 0.0         # before a pass below max_rows: wait this long for more requests
-    refill_ms: float = 0.0         # after a pass that k requests left: wait up to this long for k new ones
+    refill_ms: float = 1.0         # after a pass that k requests left: wait up to this long for k new ones
     check_finite: bool = True      # a request whose result holds NaN/Inf fails (the others go on)
 
     def __post_init__(self) -> None:

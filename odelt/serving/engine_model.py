@@ -15,10 +15,10 @@ flight whether their clients are still there (a gRPC client that cancels its str
 client that goes away is not, in tritonserver 2.51: docs/serving.md).
 
 Model parameters (config.pbtxt): mode "engine", backend (ort | a name runtime.backends knows),
-threads (intra-op threads of the backend's sessions), max_rows (rows per pass), window_ms (the
-engine's gathering window), layout, precision, max_images, decoder (a latent bundle's default
-decoder kind), decode_batched ("1": decode the requests that left together in one call; default
-"0", each alone: odelt.serving.decoding says why).
+threads (intra-op threads of the backend's sessions), max_rows (rows per pass), window_ms and
+refill_ms (the engine's gathering windows), layout, precision, max_images, decoder (a latent
+bundle's default decoder kind), decode_batched ("1": decode the requests that left together in one
+call; default "0", each alone: odelt.serving.decoding says why).
 """
 
 from __future__ import annotations
@@ -173,15 +173,15 @@ def open_engine_service(bundle: Path, params: Mapping[str, str],
     manifest = open_bundle(bundle, check_files=False)      # holds the layout's graphs, not every file listed
     try:
         threads, max_rows = int(params.get("threads", "1")), int(params["max_rows"])
-        window_ms = float(params.get("window_ms", "0"))
+        window_ms, refill_ms = float(params.get("window_ms", "0")), float(params.get("refill_ms", "0"))
     except (KeyError, ValueError) as e:
         raise ConfigError(f"odelt_sampler engine parameters: expected integers threads, max_rows and a number "
-                          f"window_ms, found {dict(params)} ({e})") from None
+                          f"window_ms and refill_ms, found {dict(params)} ({e})") from None
     backend = open_backend(params.get("backend", "ort"), manifest, layout=params["layout"],
                            precision=params["precision"], threads=threads, use_engines=False).__enter__()
     decoding = None
     try:
-        engine = Engine(manifest, backend, EngineOptions(max_rows=max_rows, window_ms=window_ms))
+        engine = Engine(manifest, backend, EngineOptions(max_rows=max_rows, window_ms=window_ms, refill_ms=refill_ms))
         if manifest.decoders:
             decoding = open_decode_stage(manifest, params, threads, max_rows)
     except BaseException:

@@ -68,14 +68,16 @@ class RepoOptions:
     backend: str = "ort"               # engine mode: the runtime backend the sampler opens in process
     threads: int = 1                   # engine mode: intra-op threads of its sessions
     window_ms: float = 0.0             # engine mode: gathering window before a pass below max rows
+    refill_ms: float = 1.0             # engine mode: after k requests left, wait this long for k new ones
 
     def check(self) -> None:
         if self.engines not in ENGINES:
             raise ConfigError(f"--engines must be one of {list(ENGINES)}, found {self.engines!r}")
         if self.sampler not in (None, *SAMPLERS):
             raise ConfigError(f"--sampler must be one of {list(SAMPLERS)}, found {self.sampler!r}")
-        if self.window_ms < 0:
-            raise ConfigError(f"--window-ms must be >= 0, found {self.window_ms}")
+        for name, ms in (("--window-ms", self.window_ms), ("--refill-ms", self.refill_ms)):
+            if not ms >= 0:
+                raise ConfigError(f"{name} must be >= 0, found {ms}")
         for name, value in (("--instances", self.instances), ("--sampler-instances", self.sampler_instances),
                             ("--max-batch", 1 if self.max_batch is None else self.max_batch), ("--threads", self.threads)):
             if value < 1:
@@ -285,7 +287,7 @@ def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts:
                       profile_backend=PROFILE_BACKEND[opts.engines])
     else:   # one instance, decoupled: execute hands requests to the engine and returns at once
         config["model_transaction_policy"] = {"decoupled": True}
-        params.update(backend=opts.backend, threads=opts.threads, max_rows=rows, window_ms=opts.window_ms,
+        params.update(backend=opts.backend, threads=opts.threads, max_rows=rows, window_ms=opts.window_ms, refill_ms=opts.refill_ms,
                       profile_backend=opts.backend, decoder=decoder.kind if decoder else "")
     config["parameters"] = parameters(params)
     return render(config, ("odelt sampler: request parameters budget_ms (float) or schedule (NAME); "
