@@ -27,8 +27,8 @@ from odelt.serving.repository import ENGINE_BACKENDS, ENGINES, SAMPLERS
               help="tensorrt, or the engine mode over openvino: the engine set to serve, when there are several.")
 @click.option("--sampler", type=click.Choice(SAMPLERS), default=None,
               help="engine: one in-process batching engine serves every request (no graph models); bls: every "
-                   "step is a BLS call to the graph models (default: engine for a pixel-space bundle with "
-                   "--engines cpu, else bls; see docs/serving.md).")
+                   "step is a BLS call to the graph models (default: engine with --engines cpu, latent bundles "
+                   "included, unless guidance is folded into the graphs; else bls; see docs/serving.md).")
 @click.option("--backend", type=click.Choice(ENGINE_BACKENDS), default="ort", show_default=True,
               help="engine: the runtime backend the sampler runs in process (openvino: the bundle's OpenVINO "
                    "engine set at --precision, built with `odelt-export build --backend openvino`).")

@@ -11,15 +11,17 @@
       odelt_sampler/config.pbtxt         Python backend; inputs n, seed, labels, guidance
       odelt_sampler/1/model.py           odelt/serving/sampler_model.py
       odelt_sampler/1/bundle/            manifest, schedules, quality table, profiles, tables (no graphs;
-                                         the engine mode: plus the layout's graphs at the precision,
-                                         or with --backend openvino the OpenVINO set's compiled graphs)
+                                         the engine mode: plus the layout's graphs at the precision
+                                         and a latent bundle's decoder graphs, or with --backend
+                                         openvino the OpenVINO set's compiled graphs)
 
-Two sampler modes (--sampler). `engine` (the default for a pixel-space bundle served on CPU): the
-sampler model is decoupled and runs every request in flight through one in-process batching engine
-(odelt.serving.engine_model) over a backend it opens itself; no graph models are written. `bls`:
-one graph model per graph (--engines picks their flavour) and every step of every request is a BLS
-request to them; the choice where Triton itself must host the graphs (TensorRT plans on a GPU
-fleet, several GPUs, graph models shared by other pipelines) and for latent bundles (the decoder).
+Two sampler modes (--sampler). `engine` (the default for a bundle served on CPU): the sampler
+model is decoupled and runs every request in flight through one in-process batching engine
+(odelt.serving.engine_model) over a backend it opens itself, a latent bundle's decode in a thread
+of the same process; no graph models are written. `bls`: one graph model per graph (--engines picks
+their flavour) and every step of every request is a BLS request to them; the choice where Triton
+itself must host the graphs (TensorRT plans on a GPU fleet, several GPUs, graph models shared by
+other pipelines) and for bundles with guidance folded into their graphs.
 
 The repository is written into a hidden folder beside REPO and renamed into place when complete
 (with --force the old one is swapped out only then), so an interrupted write leaves REPO as it was.
@@ -64,7 +66,7 @@ class RepoOptions:
     engine_set: str | None = None      # tensorrt: which engine set, when the bundle has several
     queue_delay_us: int = 500          # dynamic batcher's wait for more step calls
     force: bool = False
-    sampler: str | None = None         # engine | bls; None: engine for a pixel-space bundle with cpu engines
+    sampler: str | None = None         # engine | bls; None: engine with cpu engines (not in-graph guidance)
     backend: str = "ort"               # engine mode: the runtime backend the sampler opens in process (ENGINE_BACKENDS)
     threads: int = 1                   # engine mode: intra-op threads of its sessions
     window_ms: float = 0.0             # engine mode: gathering window before a pass below max rows
@@ -103,6 +105,9 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
     graphs = _layout_graphs(manifest, layout) + [manifest.graph(d.graph) for d in manifest.decoders.values()]
     files = _graph_files(manifest, graphs, opts) if mode == "bls" else {}
     ov_set = _openvino_set(manifest, opts.precision, opts.engine_set) if mode == "engine" and opts.backend == "openvino" else None
+    if ov_set is not None and manifest.decoders:
+        raise ConfigError("--backend openvino serves pixel-space bundles in the engine mode (its decoder stage is "
+                          "not copied with the OpenVINO set); serve this latent bundle with --backend ort")
     final = Path(out)
     check_out(final, REPO_KIND, (manifest.root,), opts.force, legacy=lambda p: (p / "odelt_repository.json").is_file(),
               error=ExportError)
@@ -115,7 +120,10 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
         elif ov_set is not None:
             _copy_engines(manifest, _layout_graphs(manifest, layout), ov_set[1], tmp / SAMPLER / "1" / "bundle")
         else:
-            _copy_graphs(manifest, _layout_graphs(manifest, layout), opts.precision, tmp / SAMPLER / "1" / "bundle")
+            inside = tmp / SAMPLER / "1" / "bundle"
+            _copy_graphs(manifest, _layout_graphs(manifest, layout), opts.precision, inside)
+            for graph, precision in _decoder_graphs(manifest, opts.precision):
+                _copy_graphs(manifest, [graph], precision, inside)
         _write_sampler(tmp, manifest, layout, graphs, opts, mode, ov_set[0] if ov_set else None)
         write_json_atomic(tmp / "odelt_repository.json", {
             "format": FORMAT, "bundle": str(manifest.root.resolve()), "model_hash": manifest.model_hash,
@@ -132,19 +140,26 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
 
 
 def sampler_mode(manifest: Bundle, opts: RepoOptions) -> str:
-    """engine or bls (module doc): the engine runs pixel-space bundles in process; graphs Triton must
-    host itself (tensorrt, onnxruntime) and decoder stages go through BLS."""
+    """engine or bls (module doc): the engine runs the bundle in process (a latent bundle's decoder
+    too, after sampling); graphs Triton must host itself (tensorrt, onnxruntime) go through BLS. A
+    bundle with guidance folded into its graphs stays with BLS: the engine gathers one row per image
+    per call, those graphs take two rows per image inside."""
     if opts.sampler == "engine":
-        if manifest.decoders:
-            raise ConfigError("--sampler engine serves pixel-space bundles; this bundle has a decoder stage "
-                              "(use --sampler bls)")
         if manifest.guidance:
             raise ConfigError("--sampler engine: this bundle has guidance folded into its graphs (2 rows per image "
                               "inside); use --sampler bls")
         return "engine"
     if opts.sampler == "bls":
         return "bls"
-    return "engine" if opts.engines == "cpu" and not manifest.decoders and not manifest.guidance else "bls"
+    return "engine" if opts.engines == "cpu" and not manifest.guidance else "bls"
+
+
+def _decoder_graphs(manifest: Bundle, precision: str) -> list[tuple[GraphSpec, str]]:
+    """The engine mode's decoder graphs with the precision each is opened at (the one its plans count)."""
+    from odelt.runtime.budget.profile import decoder_precision_for
+
+    return [(manifest.graph(d.graph), decoder_precision_for(manifest, kind, precision))
+            for kind, d in manifest.decoders.items()]
 
 
 def _copy_graphs(manifest: Bundle, graphs: list[GraphSpec], precision: str, bundle: Path) -> None:
@@ -323,14 +338,15 @@ def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts:
     else:   # one instance, decoupled: execute hands requests to the engine and returns at once
         config["model_transaction_policy"] = {"decoupled": True}
         params.update(backend=opts.backend, threads=opts.threads, max_rows=rows, window_ms=opts.window_ms,
-                      refill_ms=opts.refill_ms, profile_backend=opts.backend,
+                      refill_ms=opts.refill_ms, profile_backend=opts.backend, decoder=decoder.kind if decoder else "",
                       **({"engine_set": engine_set} if engine_set else {}))
     config["parameters"] = parameters(params)
     return render(config, ("odelt sampler: request parameters budget_ms (float) or schedule (NAME); "
                            "plan, predicted and measured milliseconds come back with the images",
-                           *(("latent bundle: images are decoded by the decoder stage's model "
-                              f"{model_name(decoder.graph)} (request parameter decoder: "
-                              f"{' or '.join(sorted(manifest.decoders))})",) if decoder else ())))
+                           *(("latent bundle: images are decoded by the decoder stage"
+                              + (f"'s model {model_name(decoder.graph)}" if mode == "bls" else " in this process")
+                              + f" (request parameter decoder: {' or '.join(sorted(manifest.decoders))})",)
+                             if decoder else ())))
 
 
 def _write_sampler(repo: Path, manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions,

@@ -11,9 +11,10 @@ needs `odelt-export` installed (no torch: the runtime is numpy-only). One reques
     outputs     images (FP32 [n, C, H, W]), plan (the plan's or schedule's name), predicted_ms
                 (NaN without a budget), measured_ms (the sampling wall time in this model)
 
-A latent bundle's sampler decodes its samples through the decoder stage's graph model (the
-bundle's default decoder, or request parameter `decoder` = sd | taesd), so images are pixels
-(not clamped) and measured_ms includes the decode.
+A latent bundle's sampler decodes its samples with the request's decoder (the bundle's default,
+or request parameter `decoder` = sd | taesd): through the decoder stage's graph model in the BLS
+mode, in this process after the engine in the engine mode (odelt.serving.decoding). Images are
+pixels (not clamped), measured_ms includes the decode, and a budget's plan counts it.
 
 Noise and labels follow the runtime's convention (odelt.runtime.sampler), so a request returns the
 images `odelt-export generate -n N --batch N --seed S` makes with the same plan. The runtime's own
@@ -287,7 +288,7 @@ class TritonPythonModel:
             from odelt.serving.engine_model import open_engine_service
 
             self.engine = open_engine_service(here / "bundle", params, lambda manifest: SamplerService(
-                manifest, None, params["precision"], int(params["max_images"]),
+                manifest, None, params["precision"], int(params["max_images"]), params.get("decoder") or None,
                 profile_backend=params.get("profile_backend") or params.get("backend") or "ort"))
             self.service = self.engine.service
         else:
