@@ -104,10 +104,10 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
                           f"what --engines says); expected --sampler engine, found the {mode} mode")
     graphs = _layout_graphs(manifest, layout) + [manifest.graph(d.graph) for d in manifest.decoders.values()]
     files = _graph_files(manifest, graphs, opts) if mode == "bls" else {}
-    ov_set = _openvino_set(manifest, opts.precision, opts.engine_set) if mode == "engine" and opts.backend == "openvino" else None
-    if ov_set is not None and manifest.decoders:
+    if mode == "engine" and opts.backend == "openvino" and manifest.decoders:
         raise ConfigError("--backend openvino serves pixel-space bundles in the engine mode (its decoder stage is "
                           "not copied with the OpenVINO set); serve this latent bundle with --backend ort")
+    ov_set = _openvino_set(manifest, opts.precision, opts.engine_set) if mode == "engine" and opts.backend == "openvino" else None
     final = Path(out)
     check_out(final, REPO_KIND, (manifest.root,), opts.force, legacy=lambda p: (p / "odelt_repository.json").is_file(),
               error=ExportError)

@@ -173,3 +173,12 @@ def test_the_engine_mode_is_the_default_for_latent_bundles_and_refuses_in_graph_
     with pytest.raises(OdeltError, match="guidance folded into its graphs .* use --sampler bls") as e:
         sampler_mode(folded, RepoOptions(sampler="engine"))
     assert "\n" not in str(e.value)
+
+
+def test_openvino_engine_mode_refuses_a_latent_bundle_in_one_line(latent_bundle, tmp_path):
+    """The OpenVINO set holds no decoder stage for the sampler's bundle: refused before anything is written."""
+    from odelt.serving.repository import RepoOptions, write_repository
+
+    with pytest.raises(OdeltError, match="--backend openvino serves pixel-space bundles .* --backend ort") as e:
+        write_repository(latent_bundle.root, tmp_path / "repo", RepoOptions(sampler="engine", backend="openvino"))
+    assert "\n" not in str(e.value) and not (tmp_path / "repo").exists()
