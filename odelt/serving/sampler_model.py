@@ -75,30 +75,6 @@ def bls_backend(manifest: Bundle, layout: str, models: dict[str, str], call: Cal
     return ChainBackend(manifest, BlsGraphs(manifest, models, call), layout)
 
 
-class MemoPredictor(Predictor):
-    """The one latency model, each plan's figures kept: a served bundle's profile does not change,
-    so a request's choice reads them instead of summing its calls again."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._plans: dict[tuple[str, Any], float] = {}
-
-    def _kept(self, what: str, c: Any, value: Callable[[Any], float]) -> float:
-        key = (what, c)
-        if key not in self._plans:
-            self._plans[key] = value(c)
-        return self._plans[key]
-
-    def candidate(self, c: Any) -> float:
-        return self._kept("candidate", c, super().candidate)
-
-    def median(self, c: Any) -> float:
-        return self._kept("median", c, super().median)
-
-    def decode(self, c: Any) -> float:
-        return self._kept("decode", c, super().decode)
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A checked request: its labels, decoder (latent bundles), plan (name, schedule key) and schedule."""
@@ -124,7 +100,7 @@ class SamplerService:
         # Built once, not per request: a Predictor memoizes its per-call costs (quantiles over the
         # profile's samples) and a plan's schedule is a file read; both cost more than the engine's
         # share of a small request.
-        self._predictors: dict[tuple[Any, ...], MemoPredictor] = {}
+        self._predictors: dict[tuple[Any, ...], Predictor] = {}
         self._schedules: dict[tuple[str, str], Schedule] = {}
 
     def handle(self, n: int, seed: int, labels: np.ndarray | None, guidance: float | None,
@@ -186,7 +162,7 @@ class SamplerService:
             candidates, profile = self._planner(decoder)
             quantile = validate.quantile("quantile", params.get("quantile", DEFAULT_QUANTILE))
             predictor = _memo(self._predictors, (decoder and decoder.kind, n, quantile),
-                              lambda: MemoPredictor(profile, n, quantile))
+                              lambda: Predictor(profile, n, quantile))
             choice = choose(candidates, budget, predictor)
             c = choice.candidate
             schedule = _memo(self._schedules, ("plan", c.schedule), lambda: load_plan_schedule(self.manifest, c))
