@@ -26,12 +26,15 @@ trt-stubs: $(BIN)/odelt-export
 # The serving environment (odelt/serving/server.py): the tritonserver inside nvidia-pytriton, whose
 # Python-backend stub needs numpy < 2, and odelt-export without torch (the sampler model runs the
 # numpy runtime). Optional ("-" in `test`): offline, the serving tests skip and the rest still runs.
+# OpenVINO for the engine mode over `--backend openvino`: the same pin as pyproject's `openvino` extra
+# (tests/test_packaging.py checks they agree); it needs only numpy, so numpy stays < 2 and torch stays out.
 SERVE := .venv-serve
 PYTRITON := nvidia-pytriton==0.7.0
+OPENVINO := openvino==2026.4.1
 
-$(SERVE)/.ready: pyproject.toml constraints.txt
+$(SERVE)/.ready: pyproject.toml constraints.txt Makefile
 	$(PY) -m venv $(SERVE)
-	$(SERVE)/bin/pip install -q -c constraints.txt "numpy<2" $(PYTRITON) onnxruntime
+	$(SERVE)/bin/pip install -q -c constraints.txt "numpy<2" $(PYTRITON) onnxruntime $(OPENVINO)
 	$(SERVE)/bin/pip install -q --no-deps -e .
 	touch $@
 

@@ -93,10 +93,12 @@ def cpu_info() -> tuple[str, tuple[str, ...]]:
 
 
 def unsupported(precision: str, isa: tuple[str, ...]) -> str | None:
-    if precision == "bf16" and not {"avx512_bf16", "amx_bf16"} & set(isa):
-        return "unsupported: no avx512_bf16 or amx_bf16 on this CPU"
-    if precision == "fp16" and not {"avx512_fp16", "amx_fp16"} & set(isa):
-        return "unsupported: no avx512_fp16 or amx_fp16 on this CPU"
+    """Why a bf16/fp16 path has no number on this CPU (the instruction sets the runtime's own rule
+    asks for: odelt.engines.openvino.native_precisions), else None."""
+    from odelt.engines import NATIVE_ISA, native_precisions
+
+    if precision in NATIVE_ISA and precision not in native_precisions(isa):
+        return f"unsupported: no {' or '.join(NATIVE_ISA[precision])} on this CPU"
     return None
 
 

@@ -41,6 +41,7 @@ GROUPS: dict[str, str] = {
     "engines": "engines",
     "planner": "planner",
     "serving": "serving",
+    "serving_decode": "serving_decode",
     "deadline": "deadline",
     "latent": "latent",
     "cpu": "cpu",

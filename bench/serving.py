@@ -13,8 +13,8 @@ Modes (each first warmed on 16 other requests; the in-process ones and the clien
   loop              one worker serves requests one at a time (the runtime's Sampler): today's baseline
   request_batching  one worker takes everything queued and runs requests with the same plan as one
                     Sampler batch (up to 32 rows): only identical plans share a call
-  engine            odelt.runtime.engine in this process (max 32 rows a pass, no gathering window);
-                    engine_window2 the same with a 2 ms window
+  engine            odelt.runtime.engine in this process (max 32 rows a pass, EngineOptions' defaults);
+                    engine_norefill without the 1 ms refill, engine_window2 with a 2 ms window
   triton            the engine-mode repository on a real tritonserver, clients over HTTP (generate
                     endpoint); serving_triton_model_p50_ms is the part of a request spent inside the model.
 serving_lone_{engine,triton,triton_model}_ms: a lone request (n=1, cheapest plan), one at a time, at the
@@ -48,7 +48,7 @@ from odelt.runtime import PlanBook, make_labels, make_noise
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serving_modes import CLIENTS, MAX_ROWS, drive, figures, in_process, lone, max_diff, requests_for
+from serving_modes import CLIENTS, ENGINES, MAX_ROWS, drive, figures, in_process, lone, max_diff, requests_for
 
 WARM = 16
 DITS_SIZE = 16
@@ -222,7 +222,7 @@ def run(quick: bool = False, smoke: bool = False) -> dict:
         reqs, warm = requests_for(book, count), requests_for(book, WARM, seed0=10_000)
         out["serving_plans_used"] = len({book.plan(n, b).name for n, _, b in reqs})
         out["serving_rows_per_request"] = round(float(np.mean([n for n, _, _ in reqs])), 2)
-        figs, runs = in_process(manifest, book, reqs, warm, "serving", (0.0, 2.0))
+        figs, runs = in_process(manifest, book, reqs, warm, "serving", tuple(ENGINES))
         out.update(figs)
         if not smoke:
             tri, runs["triton"] = triton_mode(manifest.root, book, reqs, warm, work)

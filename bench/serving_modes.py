@@ -3,7 +3,9 @@
   loop              one worker serves requests one at a time (the runtime's Sampler): today's baseline
   request_batching  one worker takes everything queued and runs requests with the same plan as one
                     Sampler batch (up to MAX_ROWS rows): only identical plans share a call
-  engine            odelt.runtime.engine in this process (MAX_ROWS rows a pass), one per gathering window
+  engine            odelt.runtime.engine in this process (MAX_ROWS rows a pass, EngineOptions' defaults:
+                    no window, a 1 ms refill); engine_norefill without the refill, engine_window2 with a
+                    2 ms gathering window as well (the trade-offs, measured on the same requests)
 
 `drive` is the workload's clients for every mode, Triton's included: CLIENTS closed-loop threads,
 every request counted, errors collected (the group fails on any).
@@ -173,9 +175,12 @@ def figures(prefix: str, run: dict[str, Any], rows_per_call: float) -> dict[str,
             f"{prefix}_rows_per_call": round(rows_per_call, 2), f"{prefix}_errors": len(run["errors"])}
 
 
+ENGINES = {"engine": {}, "engine_norefill": {"refill_ms": 0.0}, "engine_window2": {"window_ms": 2.0}}
+
+
 def in_process(manifest: Any, book: PlanBook, reqs: list, warm: list, prefix: str,
-               windows: tuple[float, ...] = (0.0,)) -> tuple[dict[str, Any], dict[str, dict]]:
-    """loop, request_batching and the engine (one per window) on one open ORT backend."""
+               engines: tuple[str, ...] = ("engine",)) -> tuple[dict[str, Any], dict[str, dict]]:
+    """loop, request_batching and the engine (each configuration of ENGINES named) on one open ORT backend."""
     from odelt.runtime import open_backend
 
     out: dict[str, Any] = {}
@@ -190,9 +195,8 @@ def in_process(manifest: Any, book: PlanBook, reqs: list, warm: list, prefix: st
             runs[mode] = drive(call, book, reqs)
             close()
             out.update(figures(f"{prefix}_{mode}", runs[mode], modes.rows / max(1, modes.calls)))
-        for w in windows:
-            name = "engine" if w == 0 else f"engine_window{w:g}"
-            engine = Engine(manifest, be, EngineOptions(max_rows=MAX_ROWS, window_ms=w)).start()
+        for name in engines:
+            engine = Engine(manifest, be, EngineOptions(max_rows=MAX_ROWS, **ENGINES[name])).start()
 
             def call(plan: Any, n: int, seed: int, budget: float, engine: Engine = engine) -> Callable:
                 ticket = engine.submit(Job(n=n, seed=seed, schedule=plan.schedule, plan=plan.name, budget_ms=budget))
@@ -203,7 +207,7 @@ def in_process(manifest: Any, book: PlanBook, reqs: list, warm: list, prefix: st
             rows = (engine.stats.rows - before[0]) / max(1, engine.stats.passes - before[1])
             out.update(figures(f"{prefix}_{name}", runs[name], rows))
             out[f"{prefix}_{name}_over_budget"] = engine.stats.over_budget - before[2]
-            if w == 0:
+            if name == "engine":
                 out[f"{prefix}_lone_engine_ms"] = round(lone(call, book), 3)
             engine.stop()
     return out, runs

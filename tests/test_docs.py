@@ -46,9 +46,9 @@ def usage_value(line: str, option: str) -> str:
 # Documented lines run by other tests: subcommand -> the test files that run it with those options.
 RUN_ELSEWHERE = {
     "quality": ["tests/cli/test_stage_cmds.py"],
-    "profile": ["tests/runtime/backends/test_openvino_plan.py"],
+    "profile": ["tests/runtime/backends/test_openvino_plan.py", "tests/runtime/budget/test_decoder_profile_openvino.py"],
     "plan": ["tests/runtime/budget/test_profile_lookup.py"],
-    "triton": ["tests/serving/test_repository.py"],
+    "triton": ["tests/serving/test_repository.py", "tests/serving/test_openvino_server.py"],
     "tables": ["tests/cli/test_stage_cmds.py"],
     "build": ["tests/engines/test_build_cli.py"],
     "export": ["tests/exporter/test_cli.py", "tests/latent/test_train.py"],

@@ -91,13 +91,23 @@ def activation_maxima(model: onnx.ModelProto, latents: np.ndarray) -> dict[str, 
 
 def decoder_accuracy(fp32: onnx.ModelProto, fp16: onnx.ModelProto, latents: np.ndarray) -> dict:
     """FP16 against FP32 on the same latents (images compared raw and clamped to [-1, 1])."""
-    ref, got = _images(fp32, latents), _images(fp16, latents)
+    return image_accuracy(_images(fp32, latents), _images(fp16, latents))
+
+
+def fp32_images(model: onnx.ModelProto, latents: np.ndarray) -> np.ndarray:
+    """The FP32 decoder graph's images of `latents` (ONNX Runtime, CPU): the reference every
+    reduced-precision decoder is held to."""
+    return _images(model, latents)
+
+
+def image_accuracy(ref: np.ndarray, got: np.ndarray) -> dict:
+    """A decoder's images against the FP32 decoder's of the same latents (raw and clamped to [-1, 1])."""
     diff = got.astype(np.float64) - ref
     clamped = np.clip(got, -1, 1).astype(np.float64) - np.clip(ref, -1, 1)
     mse = float(np.mean(clamped ** 2))
     return {"rmse": float(np.sqrt(np.mean(diff ** 2))), "max_abs_err": float(np.abs(diff).max()),
             "psnr_db": float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse)),  # peak-to-peak 2
-            "finite": bool(np.isfinite(got).all()), "samples": int(len(latents)),
+            "finite": bool(np.isfinite(got).all()), "samples": int(len(ref)),
             "image_absmax_fp32": float(np.abs(ref).max())}
 
 

@@ -9,6 +9,13 @@ fallback: the block linears ranked by their own reduced-precision error (sensiti
 FP16 rounding as the measure: BF16 keeps fewer mantissa bits, so the ranking is a proxy, not its
 error), 1, 2, 4, ... worst first, until the samples pass or none is left (AccuracyError).
 The engine builder (odelt.engines.build.build_bundle) runs the rounds; this module decides them.
+
+Decoders (latent bundles). OpenVINO lowers the decoder graph too, so it is held to the FP16
+decoder's test (odelt.calibration.decoder): the FP32 final latents of the same real trajectories,
+decoded by the set's compiled decoder and by the FP32 decoder graph (ONNX Runtime), image RMSE
+within the same limit. A decoder over it is rebuilt whole at FP32 (engines.openvino.WHOLE_GRAPH),
+not node by node: a VAE decoder has no block linears to rank, and its error is spread over its
+convolutions and normalisations. The report names each decoder's verdict and what it runs in.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import onnx
 from odelt.bundle.bundle import Bundle, open_bundle
 from odelt.bundle.iospec import DECODER_LAYOUT, GraphSpec
 from odelt.calibration import metrics, trajectories as traj
+from odelt.calibration.decoder import DECODE_SAMPLES, fp32_images, image_accuracy, spread
 from odelt.calibration.quantize import DEFAULT_SCHEDULES, MAX_RMSE
 from odelt.errors import AccuracyError
 
@@ -44,9 +52,12 @@ class OvGraphs:
 
 class OvGuard:
     def __init__(self, manifest: Bundle, precision: str, max_rmse: float | None = None,
-                 schedules: tuple[str, ...] = DEFAULT_SCHEDULES, eval_samples: int = 64, seed: int = 0):
+                 schedules: tuple[str, ...] = DEFAULT_SCHEDULES, eval_samples: int = 64, seed: int = 0,
+                 decoder_max_rmse: float | None = None):
         self.manifest, self.precision = manifest, precision
         self.max_rmse = MAX_RMSE["fp16"] if max_rmse is None else float(max_rmse)
+        # images in [-1, 1]: the FP16 decoder's limit (odelt.calibration.quantize._add_decoders)
+        self.decoder_max_rmse = MAX_RMSE["fp16"] if decoder_max_rmse is None else float(decoder_max_rmse)
         self.seed = seed
         self.schedules = traj.per_length([traj.resolve_schedule(s, manifest) for s in schedules], manifest)
         self.noise = traj.Noise.draw(manifest, eval_samples, seed + 1)
@@ -55,6 +66,9 @@ class OvGuard:
         self.keep: dict[str, set[str]] = {}
         self._ranking: list[tuple[float, str, str]] | None = None
         self._last: dict[str, Any] = {}
+        self.decoders: dict[str, dict] = {}            # decoder graph -> its latest verdict
+        self.decoder_fp32: set[str] = set()            # decoder graphs rebuilt whole at FP32
+        self._decoded: dict[str, tuple[np.ndarray, np.ndarray]] = {}   # graph -> (latents, FP32 images)
 
     @classmethod
     def for_bundle(cls, bundle: str | os.PathLike, req: Any, max_rmse: float | None = None) -> OvGuard:
@@ -63,27 +77,73 @@ class OvGuard:
     def check(self, graphs: dict[str, Path]) -> dict[str, tuple[str, ...]] | None:
         result = self._compare(OvGraphs({n: p for n, p in graphs.items() if self._dit(n)}))
         passed = metrics.passes(result, self.max_rmse, MAX_FD_REL)
+        decoders_ok = self._check_decoders({n: p for n, p in graphs.items() if not self._dit(n)})
         kept = sum(map(len, self.keep.values()))
-        self.rounds.append({"fallback_layers": kept, **metrics.summary(result), "passed": passed})
+        self.rounds.append({"fallback_layers": kept, **metrics.summary(result), "passed": passed,
+                            **({"decoders": {n: {"rmse": d["accuracy"]["rmse"], "passed": d["passed"]}
+                                             for n, d in self.decoders.items()}} if self.decoders else {})})
         self._last = result
-        if passed:
+        if passed and decoders_ok:
             return None
+        if passed:
+            return self._keep()
         ranking = self._rank()
         if kept >= len(ranking):
             raise AccuracyError(f"OpenVINO {self.precision} misses the accuracy limit even with every block linear "
                                 f"in FP32: {metrics.describe(result, self.max_rmse, MAX_FD_REL)}")
         for _, graph, node in ranking[:max(1, 2 * kept)]:
             self.keep.setdefault(graph, set()).add(node)
-        return {g: tuple(sorted(n)) for g, n in self.keep.items()}
+        return self._keep()
+
+    def _keep(self) -> dict[str, tuple[str, ...]]:
+        """What the next round keeps FP32: block linears per DiT graph, whole decoder graphs."""
+        from odelt.engines.openvino import WHOLE_GRAPH
+
+        return {**{g: tuple(sorted(n)) for g, n in self.keep.items()},
+                **{g: (WHOLE_GRAPH,) for g in sorted(self.decoder_fp32)}}
 
     def report(self) -> dict:
         kept = sum(map(len, self.keep.values()))
         text = (f"worst RMSE {self._last.get('rmse_worst', float('nan')):.3g} vs limit {self.max_rmse:g}, "
                 f"{kept} layer(s) kept FP32, {len(self.rounds)} round(s)")
+        for name, d in sorted(self.decoders.items()):
+            text += (f"; {name}: image RMSE {d['accuracy']['rmse']:.3g} vs limit {self.decoder_max_rmse:g}, "
+                     + ("kept FP32 (whole decoder)" if d["kept_fp32"] else f"runs {d['runs']}"))
         return {"max_rmse": self.max_rmse, "rounds": self.rounds, "fp32_layers": kept, "summary": text,
                 "schedules": [traj.schedule_key(s) for s in self.schedules], "eval_samples": len(self.noise.x0),
                 "how": "OpenVINO per-node precision (rt_info disable_fp16_compression_0)",
-                "decoder": "not guarded (the DiT's samples only)"}
+                "decoders": self.decoders, "decoder_max_rmse": self.decoder_max_rmse,
+                "decoder_how": "decoded FP32 final latents vs the FP32 decoder's images; over the limit: the whole "
+                               "decoder graph rebuilt at FP32"}
+
+    def _check_decoders(self, graphs: dict[str, Path]) -> bool:
+        """Each built decoder graph against the FP32 decoder on the same latents; False when one
+        fell back to FP32 this round (a decoder already at FP32 passes: it is the reference's graph)."""
+        from odelt.engines.openvino import load_engine, read_record
+
+        fell_back = False
+        for name, path in sorted(graphs.items()):
+            latents, ref = self._decoder_reference(name)
+            request = load_engine(path).create_infer_request()
+            got = np.concatenate([np.array(request.infer({"latent": latents[i:i + 1]})["image"])
+                                  for i in range(len(latents))])
+            acc = image_accuracy(ref, got)
+            whole = name in self.decoder_fp32
+            ok = whole or (acc["finite"] and acc["rmse"] <= self.decoder_max_rmse)
+            self.decoders[name] = {"accuracy": acc, "limit_rmse": self.decoder_max_rmse, "passed": ok,
+                                   "kept_fp32": whole, "runs": read_record(path).get("inference_precision")}
+            if not ok:
+                self.decoder_fp32.add(name)
+                fell_back = True
+        return not fell_back
+
+    def _decoder_reference(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(latents, FP32 images): FP32 final samples of the guard's trajectories, spread over its runs."""
+        if name not in self._decoded:
+            pooled = np.concatenate([x for runs in self.reference.values() for x in runs.values()])
+            latents = spread(pooled, DECODE_SAMPLES)
+            self._decoded[name] = (latents, fp32_images(onnx.load(str(self.manifest.graph_path(name))), latents))
+        return self._decoded[name]
 
     def _dit(self, name: str) -> bool:
         return self.manifest.graph(name).layout != DECODER_LAYOUT

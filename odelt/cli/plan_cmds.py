@@ -24,7 +24,7 @@ def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple
             decoder_repeats: int) -> None:
     """Time every graph and every length's chain of BUNDLE on this device (and its decoders)."""
     from odelt.bundle.bundle import open_bundle
-    from odelt.runtime.backends.openvino import openvino_precisions
+    from odelt.runtime.backends.openvino import openvino_precisions, runs_label
     from odelt.runtime.budget.profile import profile_bundle, save_profile
 
     manifest = open_bundle(bundle)
@@ -35,9 +35,10 @@ def profile(bundle: str, backend: str, batch: tuple[int, ...], precisions: tuple
                           decoder_repeats=decoder_repeats)
     path = save_profile(manifest, prof)
     for prec, by_batch in prof["calls"].items():
+        label = runs_label(manifest, prec) if backend == "openvino" else prec
         for b, by_len in by_batch.items():
             cells = ", ".join(f"l={n}: {v['median_ms']:.3f}" for n, v in by_len.items())
-            click.echo(f"{prec} batch {b}: one call (ms, median) {cells}")
+            click.echo(f"{label} batch {b}: one call (ms, median) {cells}")
     for prec, by_batch in prof.get("decoders", {}).items():
         for b, by_kind in by_batch.items():
             cells = ", ".join(f"{k}: {v['median_ms']:.3f}" for k, v in by_kind.items())

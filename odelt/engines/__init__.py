@@ -10,7 +10,7 @@ from odelt.lazy import face
 __all__, __getattr__, __dir__ = face(__name__, {
     "odelt.engines.build": ("BuildRequest", "build_bundle", "describe", "BUILD_PRECISIONS"),
     "odelt.engines.ort": ("OrtEngineOptions", "engine_from_onnx", "session_from_engine", "measure_startup"),
-    "odelt.engines.openvino": ("cpu_isa", "measure_load", "ov_version"),
+    "odelt.engines.openvino": ("cpu_isa", "measure_load", "ov_version", "NATIVE_ISA", "native_precisions"),
     "odelt.engines.targets": ("TARGETS",),
     "odelt.engines.rtx_targets": ("RTX_TARGETS",),
 })

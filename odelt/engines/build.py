@@ -141,7 +141,7 @@ def build_bundle(bundle: str | os.PathLike, req: BuildRequest, guard: Guard | No
                 break
             builder = _ov_builder(req, keep)
         if req.backend == "openvino":
-            per_graph = {"": _ov_summary(per_graph, guard.report() if guard and guarded else None)}
+            per_graph = {"": _ov_summary(per_graph, guard.report() if guard and guarded else None, req.precision)}
         target = (req.target if req.backend == "tensorrt" else
                   set_label(get_rtx_targets(req.rtx_targets)) if req.backend == "tensorrt-rtx" else
                   req.device if req.backend == "openvino" else None)
@@ -224,7 +224,9 @@ def _ov_builder(req: BuildRequest, keep: dict[str, tuple[str, ...]]) -> BuildOne
     ov_engines.check_device(ov_core, req.device)     # BackendUnavailable here, before any work
 
     def build(name: str, src: Path, typed: bool, out_dir: Path) -> dict:
-        options = ov_engines.OvEngineOptions(req.device, req.precision, tuple(keep.get(name, ())))
+        nodes = tuple(keep.get(name, ()))
+        options = (ov_engines.OvEngineOptions(req.device, "fp32") if nodes == (ov_engines.WHOLE_GRAPH,)  # the guard's
+                   else ov_engines.OvEngineOptions(req.device, req.precision, nodes))       # whole-decoder fallback
         out = out_dir / f"{name}{ov_engines.BLOB_SUFFIX}"
         rec = ov_engines.engine_from_onnx(src, out, options, name, ov_core)
         return {"file": out.name, **rec}
@@ -232,9 +234,10 @@ def _ov_builder(req: BuildRequest, keep: dict[str, tuple[str, ...]]) -> BuildOne
     return build
 
 
-def _ov_summary(per_graph: dict[str, dict], guard: dict | None) -> dict:
-    """The set's facts: what every graph shares, what it runs in, FP32 islands, the guard's verdict."""
-    first = next(iter(per_graph.values()), {})
+def _ov_summary(per_graph: dict[str, dict], guard: dict | None, precision: str) -> dict:
+    """The set's facts: what every graph shares, what it runs in, FP32 islands (nodes, and whole
+    graphs the guard rebuilt at FP32: a decoder), the guard's verdict."""
+    first = next((r for r in per_graph.values() if r.get("precision") == precision), {})
     runs: dict[str, int] = {}
     for rec in per_graph.values():
         for p, n in rec.get("runtime_precisions", {}).items():
@@ -242,6 +245,7 @@ def _ov_summary(per_graph: dict[str, dict], guard: dict | None) -> dict:
     shared = ("openvino_version", "device", "device_name", "capabilities", "cpu_isa", "hint", "inference_precision")
     return {**{k: first.get(k) for k in shared}, "runtime_precisions": dict(sorted(runs.items())),
             "keep_fp32": {n: r["keep_fp32"] for n, r in per_graph.items() if r.get("keep_fp32")},
+            "fp32_graphs": sorted(n for n, r in per_graph.items() if r.get("precision") != precision),
             "compile_s_total": round(sum(r.get("compile_s", 0.0) for r in per_graph.values()), 3),
             **({"guard": guard} if guard is not None else {})}
 
@@ -283,7 +287,8 @@ def describe(req: BuildRequest, entry: dict) -> str:
         facts = (f"OpenVINO {built['openvino_version'].split('-')[0]} on {built['device_name']}, inference precision "
                  f"{built['inference_precision']}, kernels {runs}, {built['compile_s_total']:.1f} s")
         if req.precision in OV_HINTED and built["inference_precision"] != {"bf16": "bf16", "fp16": "f16"}[req.precision]:
-            facts += f"; this device has no {req.precision} path ({'/'.join(built['capabilities'])}): it runs f32"
+            facts += (f"; this device has no {req.precision} path ({'/'.join(built['capabilities'])}): it runs f32, "
+                      "so plans do not offer it (build --precision fp32 for OpenVINO FP32 plans)")
         if "guard" in built:
             facts += f"; guard: {built['guard']['summary']}"
     elif req.backend == "tensorrt-rtx":

@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-from odelt.engines.graph import graph_digest, load_graph
 from odelt.errors import BackendUnavailable, BuildError, ConfigError, EngineMismatch, OdeltError
 from odelt.fileio import atomic_path, write_json_atomic
 
@@ -53,6 +52,7 @@ CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}    # OPTIMIZATION_CAPABILITIES ent
 BLOB_SUFFIX = ".blob"
 RECORD_SUFFIX = ".json"
 KEEP_FP32 = "disable_fp16_compression_0"         # rt_info key: the node keeps its own precision
+WHOLE_GRAPH = "*"                                # a keep-list of just this: the whole graph compiled at FP32
 # The x86 instruction sets OpenVINO's CPU kernels are chosen by (from /proc/cpuinfo flags).
 ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512_vnni",
              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16")
@@ -79,6 +79,18 @@ def cpu_isa(cpuinfo: Path = Path("/proc/cpuinfo")) -> tuple[str, ...]:
         return ()
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
     return tuple(f for f in ISA_FLAGS if f in flags)
+
+
+# The instruction sets that give OpenVINO's CPU plugin a real kernel path for a hinted precision:
+# without one it runs the hint as f32 (measured on an AVX2-only EPYC: inference precision f32).
+NATIVE_ISA = {"bf16": ("avx512_bf16", "amx_bf16"), "fp16": ("avx512_fp16", "amx_fp16")}
+
+
+def native_precisions(isa: Iterable[str] | None = None) -> tuple[str, ...]:
+    """The OpenVINO CPU precisions this CPU (cpu_isa(), or `isa`) runs as asked: fp32 and int8
+    always, bf16 / fp16 only with their instructions (NATIVE_ISA)."""
+    have = set(cpu_isa() if isa is None else isa)
+    return ("fp32", "int8", *(p for p, flags in NATIVE_ISA.items() if have & set(flags)))
 
 
 def core() -> Any:
@@ -155,6 +167,8 @@ def rejection(e: Exception, name: str, onnx_path: Path) -> BuildError:
     lines = [s.strip(" -") for s in str(e).splitlines() if s.strip(" -")]
     useful = [s for s in lines if not s.startswith(("Exception from", "Check ", "FrontEnd API failed"))]
     reason = (useful or lines or [type(e).__name__])[-1]
+    from odelt.engines.graph import load_graph      # onnx: not in the serving environment, which only loads
+
     nodes: list[str] = []
     try:
         for n in load_graph(onnx_path).graph.node:
@@ -186,6 +200,8 @@ def runtime_precisions(compiled: Any) -> dict[str, int]:
 def engine_from_onnx(onnx_path: Path, out_path: Path, options: OvEngineOptions, name: str = "",
                      ov_core: Any = None) -> dict[str, Any]:
     """Compile `onnx_path`, export the compiled model to `out_path`, write its record beside it."""
+    from odelt.engines.graph import graph_digest
+
     ov_core = ov_core or core()
     start = time.perf_counter()
     compiled = compile_graph(onnx_path, options, name, ov_core=ov_core)

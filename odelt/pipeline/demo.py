@@ -24,6 +24,7 @@ from odelt import validate
 from odelt.errors import ConfigError
 from odelt.fileio import check_out, make_dir, mark_output, read_json, write_json_atomic
 from odelt.pipeline import latent_stage
+from odelt.pipeline.ov_stage import has_openvino, stage_build_openvino
 
 Log = Callable[[str], None]
 
@@ -227,30 +228,7 @@ def stage_build(opts: DemoOptions, manifest, log: Log) -> None:
         log(f"build: ort {precision} engines (graphs optimised offline) ...")
         build_bundle(manifest.root, req)
     if has_openvino():
-        stage_build_openvino(opts, manifest, log)
-
-
-def has_openvino() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("openvino") is not None
-
-
-def stage_build_openvino(opts: DemoOptions, manifest, log: Log) -> None:
-    """OpenVINO CPU sets beside the ORT ones: the demo's precisions it compiles (fp32, int8 from the
-    Q/DQ variant) and bf16 through its accuracy guard (f32 where the CPU has no BF16 path)."""
-    from odelt.bundle.bundle import open_bundle
-    from odelt.calibration.ov_guard import OvGuard
-    from odelt.engines.build import BuildRequest, build_bundle, describe
-
-    for precision in [p for p in opts.precisions if p in ("fp32", "int8")] + ["bf16"]:
-        req = BuildRequest(backend="openvino", precision=precision)
-        if req.set_name in open_bundle(manifest.root).engine_sets:
-            log(f"build: reusing openvino {precision} engines")
-            continue
-        log(f"build: openvino {precision} engines (compiled ahead of time) ...")
-        guard = OvGuard.for_bundle(manifest.root, req) if precision == "bf16" else None
-        log(f"build: {describe(req, build_bundle(manifest.root, req, guard))}")
+        stage_build_openvino(opts.precisions, manifest, log)
 
 
 def stage_profile(opts: DemoOptions, manifest, log: Log, batches: tuple[int, ...] | None = None,

@@ -26,10 +26,10 @@ __all__, __getattr__, __dir__ = face(__name__, {
                                      "device_description"),
     "odelt.runtime.budget.predict": ("Predictor", "QuantilePredictor", "DEFAULT_QUANTILE", "MEDIAN", "predict_now"),
     "odelt.runtime.budget.planner": ("Candidate", "Choice", "choose", "pareto_front", "prediction_record"),
-    "odelt.runtime.budget.plans": ("load_candidates", "load_plan_schedule"),
+    "odelt.runtime.budget.plans": ("load_candidates", "load_plan_schedule", "PlanBook"),
     "odelt.runtime.budget.tracker": ("SpeedTracker", "Replanner"),
     "odelt.runtime.budget.anytime": ("Deadline",),
     "odelt.runtime.budget.stream": ("Stream", "StreamStats", "stream_for_bundle", "generate_stream"),
-    "odelt.runtime.engine": ("Engine", "EngineOptions", "Job", "PlanBook"),
+    "odelt.runtime.engine": ("Engine", "EngineOptions", "Job"),
     "odelt.runtime.generate": ("GenerateOptions", "GenerateResult", "generate_from_bundle", "log_records"),
 })

@@ -38,9 +38,6 @@ from odelt.ode.schedule import Schedule
 from odelt.ode.solvers import SOLVER_INFO
 from odelt.ode.steppers import STEPPERS
 from odelt.runtime.gather import Gatherer
-from odelt.runtime.budget.planner import Candidate, choose
-from odelt.runtime.budget.plans import load_candidates, load_plan_schedule
-from odelt.runtime.budget.predict import DEFAULT_QUANTILE, QuantilePredictor
 from odelt.runtime.sampler import make_labels, make_noise
 
 # Passes between asking each request's alive(): a server's probe may be an IPC round trip.
@@ -55,7 +52,7 @@ class Cancelled(RuntimeFailure):
 class EngineOptions:
     max_rows: int = 32             # rows per pass: the bundle's batch max, or an engine profile's
     window_ms: float = 0.0         # before a pass below max_rows: wait this long for more requests
-    refill_ms: float = 0.0         # after a pass that k requests left: wait up to this long for k new ones
+    refill_ms: float = 1.0         # after a pass that k requests left: wait up to this long for k new ones
     check_finite: bool = True      # a request whose result holds NaN/Inf fails (the others go on)
 
     def __post_init__(self) -> None:
@@ -393,39 +390,3 @@ def _as_odelt(e: BaseException) -> OdeltError:
     if isinstance(e, OdeltError):
         return e
     return RuntimeFailure(f"the backend failed on this request's rows: {type(e).__name__}: {first_line(e)[:200]}")
-
-
-# -- plans: one chooser, one predictor ---------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Plan:
-    name: str
-    schedule: Schedule
-    predicted_ms: float
-
-
-class PlanBook:
-    """A budget -> the plan `generate --budget-ms` picks: the quality table's plans at one precision,
-    planner.choose with the profile's QuantilePredictor at the request's n and quantile."""
-
-    def __init__(self, manifest: Bundle, profile: dict[str, Any], precision: str = "fp32"):
-        self.manifest, self.profile = manifest, profile
-        self.candidates: list[Candidate] = [c for c in load_candidates(manifest, decode=False)
-                                            if c.precision == precision]
-        if not self.candidates:
-            raise ConfigError(f"{manifest.root}: the quality table has no {precision} plans")
-        self._predictors: dict[tuple[int, float], QuantilePredictor] = {}
-        self._schedules: dict[str, Schedule] = {}
-
-    def predictor(self, n: int, quantile: float = DEFAULT_QUANTILE) -> QuantilePredictor:
-        key = (n, quantile)
-        if key not in self._predictors:
-            self._predictors[key] = QuantilePredictor(self.profile, n, quantile)
-        return self._predictors[key]
-
-    def plan(self, n: int, budget_ms: float, quantile: float = DEFAULT_QUANTILE) -> Plan:
-        choice = choose(self.candidates, budget_ms, predictor=self.predictor(n, quantile))
-        c = choice.candidate
-        if c.schedule not in self._schedules:
-            self._schedules[c.schedule] = load_plan_schedule(self.manifest, c)
-        return Plan(c.name, self._schedules[c.schedule], choice.predicted_ms)

@@ -5,6 +5,8 @@
     pbtxt.py          protobuf text rendering of a config dict
     graph_model.py    the `cpu` flavour's graph model: Python backend running one graph with ORT
     sampler_model.py  the `odelt_sampler` model: the numpy runtime and planner, steps via BLS
+    engine_model.py   its engine mode: every request in one in-process batching engine, an outbox
+    decoding.py       the engine mode's decode thread (latent bundles)
     server.py         start/stop a real `tritonserver` (the one inside the nvidia-pytriton wheel)
     client.py         a small KServe-v2 HTTP/JSON client (no tritonclient needed)
     validate.py       check config.pbtxt files against Triton's schema (needs tritonclient)
@@ -18,4 +20,6 @@ __all__, __getattr__, __dir__ = face(__name__, {
     "odelt.serving.repository": ("RepoOptions", "write_repository", "ENGINES"),
     "odelt.serving.server": ("TritonServer", "find_env"),
     "odelt.serving.client": ("Client", "ServingError"),
+    "odelt.serving.engine_model": ("EngineService", "open_engine_service"),
+    "odelt.serving.sampler_model": ("SamplerService",),
 })

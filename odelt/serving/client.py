@@ -65,15 +65,18 @@ class Client:
             self._conn = None
 
     def generate(self, n: int, seed: int = 0, labels: list[int] | None = None, guidance: float | None = None,
-                 budget_ms: float | None = None, schedule: str | None = None) -> Generation:
+                 budget_ms: float | None = None, schedule: str | None = None,
+                 decoder: str | None = None) -> Generation:
         """Through Triton's generate endpoint (JSON inputs by name): it serves both sampler modes, the
-        decoupled engine model included, which the plain infer endpoint refuses over HTTP."""
+        decoupled engine model included, which the plain infer endpoint refuses over HTTP. `decoder`:
+        a latent bundle's decoder kind (default: the bundle's)."""
         body: dict[str, Any] = {"n": [n], "seed": [seed]}
         if labels is not None:
             body["labels"] = list(labels)
         if guidance is not None:
             body["guidance"] = [guidance]
-        body["parameters"] = {k: v for k, v in (("budget_ms", budget_ms), ("schedule", schedule)) if v is not None}
+        body["parameters"] = {k: v for k, v in (("budget_ms", budget_ms), ("schedule", schedule),
+                                                     ("decoder", decoder)) if v is not None}
         status, out = self._request("POST", f"/v2/models/{SAMPLER}/generate", body)
         if status != 200:
             raise ServingError((out or {}).get("error", f"HTTP {status}"))

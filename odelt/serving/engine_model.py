@@ -6,14 +6,19 @@ happens to arrive together). Here the `odelt_sampler` model is decoupled: `execu
 plans each request (the same SamplerService.prepare as the BLS mode: same labels, same plan, same
 one-line errors), submits it to an odelt.runtime.engine.Engine running over a backend opened in
 this process (ONNX Runtime by default; the backend is a model parameter), and returns at once.
-The engine gathers the rows of every request at every step into one pass. The outbox thread
-talks to Triton for it: it sends each response when its request leaves, and asks the requests in
+The engine gathers the rows of every request at every step into one pass. A latent bundle's
+request leaves the engine as latents and is decoded in the decode thread (odelt.serving.decoding:
+the request's decoder, opened in this process over the same backend kind), so the reply carries pixels and its measured_ms counts the decode; the
+plan was chosen with that decode counted (SamplerService.prepare). The outbox thread talks to
+Triton for it: it sends each response when its request leaves, and asks the requests in
 flight whether their clients are still there (a gRPC client that cancels its stream is seen; an HTTP
 client that goes away is not, in tritonserver 2.51: docs/serving.md).
 
-Model parameters (config.pbtxt): mode "engine", backend (ort | a name runtime.backends knows),
-threads (intra-op threads of the backend's sessions), max_rows (rows per pass), window_ms (the
-engine's gathering window), layout, precision, max_images.
+Model parameters (config.pbtxt): mode "engine", backend (ort | openvino: the repository's engine set
+`engine_set`, copied into the sampler's bundle), threads (intra-op threads of the backend's sessions),
+max_rows (rows per pass), window_ms and refill_ms (the engine's gathering windows), layout, precision,
+max_images, decoder (a latent bundle's default decoder kind), decode_batched ("1": decode the
+requests that left together in one call; default "0", each alone: odelt.serving.decoding says why).
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from odelt.bundle.bundle import open_bundle
-from odelt.errors import ConfigError, OdeltError
+from odelt.errors import ConfigError
 from odelt.runtime.backends import open_backend
 from odelt.runtime.engine import Engine, EngineOptions, Job, Ticket
+from odelt.serving.decoding import DecodeStage
 
 Reply = Callable[[dict[str, Any] | None, BaseException | None], None]
 
@@ -108,40 +114,54 @@ class Outbox:
 class EngineService:
     """Checks and plans requests with `service` (sampler_model.SamplerService without a backend: its
     `prepare`), runs them on `engine`, replies through a callback sent by the outbox; `alive()`
-    (is the client still there?) is asked by the outbox every PROBE_S, False cancels the request."""
+    (is the client still there?) is asked by the outbox every PROBE_S, False cancels the request.
+    A latent bundle's requests go through `decoding` (a DecodeStage) between the engine and the outbox."""
 
-    def __init__(self, service: Any, engine: Engine, backend: Any):
-        self.service, self.engine, self.backend = service, engine, backend
+    def __init__(self, service: Any, engine: Engine, backend: Any, decoding: DecodeStage | None = None):
+        self.service, self.engine, self.backend, self.decoding = service, engine, backend, decoding
         self.outbox = Outbox()
 
     def submit(self, n: int, seed: int, labels: np.ndarray | None, guidance: float | None,
                params: Mapping[str, Any], reply: Reply, alive: Callable[[], bool] | None = None) -> Ticket:
         req = self.service.prepare(n, seed, labels, guidance, params)
-        if req.decoder is not None:
-            raise ConfigError("the engine mode returns samples of pixel-space bundles; a latent bundle's decoder "
-                              "stage runs in the BLS mode (write the repository with --sampler bls)")
+        if req.decoder is not None and self.decoding is None:
+            raise ConfigError("this engine service has no decoder stage; expected a service opened on the latent "
+                              "bundle's folder with its decoder graphs")
         budget = params.get("budget_ms")
         job = Job(n=n, seed=seed, schedule=req.schedule, labels=None if labels is None else req.y[:n],
                   guidance=guidance, plan=req.key[0], budget_ms=None if budget is None else float(budget),
                   predicted_ms=req.predicted_ms)
-        stats = self.engine.stats
+        kind = None if req.decoder is None else req.decoder.kind
 
-        def done(t: Ticket) -> None:
+        def decoded(images: np.ndarray | None, error: BaseException | None, at: float, t: Ticket) -> None:
+            out = None if error is not None else self._reply(t, images, 1e3 * (at - t.submitted))
+            self.outbox.put(reply, out, error)
+
+        def done(t: Ticket) -> None:          # in the engine's thread: hand on, never decode or send here
             if t.error is not None:
                 self.outbox.put(reply, None, t.error)
-                return
-            counters = {"passes": stats.passes, "rows": stats.rows, "graph_calls": stats.graph_calls,
-                        "graph_rows": stats.graph_rows, "cancelled": stats.cancelled, "failed": stats.failed,
-                        "queue_ms": t.queue_ms}
-            self.outbox.put(reply, {"images": t.images, "plan": t.job.plan, "predicted_ms": t.job.predicted_ms,
-                                     "measured_ms": t.latency_ms, "stats": counters}, None)
+            elif kind is None:
+                self.outbox.put(reply, self._reply(t, t.images, t.latency_ms), None)
+            else:
+                assert self.decoding is not None and t.images is not None
+                self.decoding.put(t.images, kind, lambda images, error, at: decoded(images, error, at, t))
         ticket = self.engine.submit(job, done)
         if alive is not None:
             self.outbox.watch(ticket, alive)
         return ticket
 
+    def _reply(self, t: Ticket, images: np.ndarray | None, measured_ms: float) -> dict[str, Any]:
+        stats, dec = self.engine.stats, self.decoding
+        counters = {"passes": stats.passes, "rows": stats.rows, "graph_calls": stats.graph_calls,
+                    "graph_rows": stats.graph_rows, "cancelled": stats.cancelled, "failed": stats.failed,
+                    "queue_ms": t.queue_ms, "decode_calls": dec.calls if dec else 0, "decode_rows": dec.rows if dec else 0}
+        return {"images": images, "plan": t.job.plan, "predicted_ms": t.job.predicted_ms,
+                "measured_ms": measured_ms, "stats": counters}
+
     def close(self) -> None:
         self.engine.stop()
+        if self.decoding is not None:
+            self.decoding.close()
         self.outbox.close()
         self.backend.__exit__(None, None, None)
 
@@ -153,15 +173,40 @@ def open_engine_service(bundle: Path, params: Mapping[str, str],
     manifest = open_bundle(bundle, check_files=False)      # holds the layout's graphs, not every file listed
     try:
         threads, max_rows = int(params.get("threads", "1")), int(params["max_rows"])
-        window_ms = float(params.get("window_ms", "0"))
+        window_ms, refill_ms = float(params.get("window_ms", "0")), float(params.get("refill_ms", "0"))
     except (KeyError, ValueError) as e:
         raise ConfigError(f"odelt_sampler engine parameters: expected integers threads, max_rows and a number "
-                          f"window_ms, found {dict(params)} ({e})") from None
+                          f"window_ms and refill_ms, found {dict(params)} ({e})") from None
     backend = open_backend(params.get("backend", "ort"), manifest, layout=params["layout"],
-                           precision=params["precision"], threads=threads, use_engines=False).__enter__()
+                           precision=params["precision"], threads=threads, use_engines=False,
+                           engine_set=params.get("engine_set") or None).__enter__()
+    decoding = None
     try:
-        engine = Engine(manifest, backend, EngineOptions(max_rows=max_rows, window_ms=window_ms)).start()
-    except OdeltError:
+        engine = Engine(manifest, backend, EngineOptions(max_rows=max_rows, window_ms=window_ms, refill_ms=refill_ms))
+        if manifest.decoders:
+            decoding = open_decode_stage(manifest, params, threads, max_rows)
+    except BaseException:
         backend.__exit__(None, None, None)
         raise
-    return EngineService(make_service(manifest), engine, backend)
+    return EngineService(make_service(manifest), engine.start(), backend, decoding)
+
+
+def open_decode_stage(manifest: Any, params: Mapping[str, str], threads: int, max_rows: int) -> DecodeStage:
+    """The decode thread of a latent bundle, its default decoder opened now (the first request
+    should not wait for a session). Each kind opens at the precision its plans count
+    (profile.decoder_precision_for), over the backend kind the engine runs on."""
+    from odelt.runtime.backends.decoder import open_decoder
+    from odelt.runtime.budget.profile import decoder_precision_for
+
+    precision, backend = params["precision"], params.get("backend", "ort")
+
+    def open_one(kind: str) -> Any:
+        return open_decoder(manifest, kind, decoder_precision_for(manifest, kind, precision), threads,
+                            use_engines=False, backend=backend).__enter__()
+    stage = DecodeStage(open_one, max_rows, batched=params.get("decode_batched", "0") == "1")
+    try:
+        stage.decoder(params.get("decoder") or manifest.decoder().kind)
+    except BaseException:
+        stage.close()
+        raise
+    return stage

@@ -11,14 +11,17 @@
       odelt_sampler/config.pbtxt         Python backend; inputs n, seed, labels, guidance
       odelt_sampler/1/model.py           odelt/serving/sampler_model.py
       odelt_sampler/1/bundle/            manifest, schedules, quality table, profiles, tables (no graphs;
-                                         the engine mode: plus the layout's graphs at the precision)
+                                         the engine mode: plus the layout's graphs at the precision
+                                         and a latent bundle's decoder graphs, or with --backend
+                                         openvino the OpenVINO set's compiled graphs)
 
-Two sampler modes (--sampler). `engine` (the default for a pixel-space bundle served on CPU): the
-sampler model is decoupled and runs every request in flight through one in-process batching engine
-(odelt.serving.engine_model) over a backend it opens itself; no graph models are written. `bls`:
-one graph model per graph (--engines picks their flavour) and every step of every request is a BLS
-request to them; the choice where Triton itself must host the graphs (TensorRT plans on a GPU
-fleet, several GPUs, graph models shared by other pipelines) and for latent bundles (the decoder).
+Two sampler modes (--sampler). `engine` (the default for a bundle served on CPU): the sampler
+model is decoupled and runs every request in flight through one in-process batching engine
+(odelt.serving.engine_model) over a backend it opens itself, a latent bundle's decode in a thread
+of the same process; no graph models are written. `bls`: one graph model per graph (--engines picks
+their flavour) and every step of every request is a BLS request to them; the choice where Triton
+itself must host the graphs (TensorRT plans on a GPU fleet, several GPUs, graph models shared by
+other pipelines) and for bundles with guidance folded into their graphs.
 
 The repository is written into a hidden folder beside REPO and renamed into place when complete
 (with --force the old one is swapped out only then), so an interrupted write leaves REPO as it was.
@@ -46,6 +49,7 @@ ENGINES = ("tensorrt", "onnxruntime", "cpu")
 # the runtime backend whose profile a BLS sampler plans from: what runs the graph models
 PROFILE_BACKEND = {"tensorrt": "tensorrt", "onnxruntime": "ort", "cpu": "ort"}
 SAMPLERS = ("engine", "bls")
+ENGINE_BACKENDS = ("ort", "openvino")    # runtime backends the engine mode opens in the sampler's process
 FORMAT = "odelt-triton-repository/1"
 REPO_KIND = "triton-repository"     # the output marker (odelt.fileio.check_out)
 SAMPLER_FILES = ("manifest.json", "quality.json", "schedules", "profile", "tables")
@@ -62,18 +66,22 @@ class RepoOptions:
     engine_set: str | None = None      # tensorrt: which engine set, when the bundle has several
     queue_delay_us: int = 500          # dynamic batcher's wait for more step calls
     force: bool = False
-    sampler: str | None = None         # engine | bls; None: engine for a pixel-space bundle with cpu engines
-    backend: str = "ort"               # engine mode: the runtime backend the sampler opens in process
+    sampler: str | None = None         # engine | bls; None: engine with cpu engines (not in-graph guidance)
+    backend: str = "ort"               # engine mode: the runtime backend the sampler opens in process (ENGINE_BACKENDS)
     threads: int = 1                   # engine mode: intra-op threads of its sessions
     window_ms: float = 0.0             # engine mode: gathering window before a pass below max rows
+    refill_ms: float = 1.0             # engine mode: after k requests left, wait this long for k new ones
 
     def check(self) -> None:
         if self.engines not in ENGINES:
             raise ConfigError(f"--engines must be one of {list(ENGINES)}, found {self.engines!r}")
         if self.sampler not in (None, *SAMPLERS):
             raise ConfigError(f"--sampler must be one of {list(SAMPLERS)}, found {self.sampler!r}")
-        if self.window_ms < 0:
-            raise ConfigError(f"--window-ms must be >= 0, found {self.window_ms}")
+        if self.backend not in ENGINE_BACKENDS:
+            raise ConfigError(f"--backend must be one of {list(ENGINE_BACKENDS)}, found {self.backend!r}")
+        for name, ms in (("--window-ms", self.window_ms), ("--refill-ms", self.refill_ms)):
+            if not ms >= 0:
+                raise ConfigError(f"{name} must be >= 0, found {ms}")
         for name, value in (("--instances", self.instances), ("--sampler-instances", self.sampler_instances),
                             ("--max-batch", 1 if self.max_batch is None else self.max_batch), ("--threads", self.threads)):
             if value < 1:
@@ -91,8 +99,15 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
         raise ConfigError(f"--max-batch {opts.max_batch} exceeds the TensorRT profile's batch max "
                           f"{manifest.batch.max} (export with --batch MIN:OPT:MAX to change it)")
     mode = sampler_mode(manifest, opts)
+    if mode == "bls" and opts.backend != "ort":
+        raise ConfigError(f"--backend {opts.backend} is the engine mode's backend (the BLS mode's graph models run "
+                          f"what --engines says); expected --sampler engine, found the {mode} mode")
     graphs = _layout_graphs(manifest, layout) + [manifest.graph(d.graph) for d in manifest.decoders.values()]
     files = _graph_files(manifest, graphs, opts) if mode == "bls" else {}
+    if mode == "engine" and opts.backend == "openvino" and manifest.decoders:
+        raise ConfigError("--backend openvino serves pixel-space bundles in the engine mode (its decoder stage is "
+                          "not copied with the OpenVINO set); serve this latent bundle with --backend ort")
+    ov_set = _openvino_set(manifest, opts.precision, opts.engine_set) if mode == "engine" and opts.backend == "openvino" else None
     final = Path(out)
     check_out(final, REPO_KIND, (manifest.root,), opts.force, legacy=lambda p: (p / "odelt_repository.json").is_file(),
               error=ExportError)
@@ -102,13 +117,19 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
         if mode == "bls":
             for graph in graphs:
                 _write_graph_model(tmp, manifest, graph, files[graph.name], opts)
+        elif ov_set is not None:
+            _copy_engines(manifest, _layout_graphs(manifest, layout), ov_set[1], tmp / SAMPLER / "1" / "bundle")
         else:
-            _copy_graphs(manifest, _layout_graphs(manifest, layout), opts.precision, tmp / SAMPLER / "1" / "bundle")
-        _write_sampler(tmp, manifest, layout, graphs, opts, mode)
+            inside = tmp / SAMPLER / "1" / "bundle"
+            _copy_graphs(manifest, _layout_graphs(manifest, layout), opts.precision, inside)
+            for graph, precision in _decoder_graphs(manifest, opts.precision):
+                _copy_graphs(manifest, [graph], precision, inside)
+        _write_sampler(tmp, manifest, layout, graphs, opts, mode, ov_set[0] if ov_set else None)
         write_json_atomic(tmp / "odelt_repository.json", {
             "format": FORMAT, "bundle": str(manifest.root.resolve()), "model_hash": manifest.model_hash,
             "engines": opts.engines if mode == "bls" else None, "precision": opts.precision, "layout": layout,
             "mode": mode, "models": {g.name: model_name(g.name) for g in graphs} if mode == "bls" else {},
+            "backend": opts.backend if mode == "engine" else None, "engine_set": ov_set[0] if ov_set else None,
             "sampler": SAMPLER,
             "decoder": manifest.decoder().kind if manifest.decoders else None})
         mark_output(tmp, REPO_KIND)
@@ -119,19 +140,26 @@ def write_repository(bundle: str | os.PathLike, out: str | os.PathLike, opts: Re
 
 
 def sampler_mode(manifest: Bundle, opts: RepoOptions) -> str:
-    """engine or bls (module doc): the engine runs pixel-space bundles in process; graphs Triton must
-    host itself (tensorrt, onnxruntime) and decoder stages go through BLS."""
+    """engine or bls (module doc): the engine runs the bundle in process (a latent bundle's decoder
+    too, after sampling); graphs Triton must host itself (tensorrt, onnxruntime) go through BLS. A
+    bundle with guidance folded into its graphs stays with BLS: the engine gathers one row per image
+    per call, those graphs take two rows per image inside."""
     if opts.sampler == "engine":
-        if manifest.decoders:
-            raise ConfigError("--sampler engine serves pixel-space bundles; this bundle has a decoder stage "
-                              "(use --sampler bls)")
         if manifest.guidance:
             raise ConfigError("--sampler engine: this bundle has guidance folded into its graphs (2 rows per image "
                               "inside); use --sampler bls")
         return "engine"
     if opts.sampler == "bls":
         return "bls"
-    return "engine" if opts.engines == "cpu" and not manifest.decoders and not manifest.guidance else "bls"
+    return "engine" if opts.engines == "cpu" and not manifest.guidance else "bls"
+
+
+def _decoder_graphs(manifest: Bundle, precision: str) -> list[tuple[GraphSpec, str]]:
+    """The engine mode's decoder graphs with the precision each is opened at (the one its plans count)."""
+    from odelt.runtime.budget.profile import decoder_precision_for
+
+    return [(manifest.graph(d.graph), decoder_precision_for(manifest, kind, precision))
+            for kind, d in manifest.decoders.items()]
 
 
 def _copy_graphs(manifest: Bundle, graphs: list[GraphSpec], precision: str, bundle: Path) -> None:
@@ -145,6 +173,42 @@ def _copy_graphs(manifest: Bundle, graphs: list[GraphSpec], precision: str, bund
                 dst = bundle / path.relative_to(manifest.root)
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(path, dst)
+
+
+def _openvino_set(manifest: Bundle, precision: str, name: str | None) -> tuple[str, dict[str, Any]]:
+    """(name, entry) of the OpenVINO set the engine mode serves: `name`, else the one at `precision`
+    (a CPU set first)."""
+    from odelt.runtime.backends.openvino import engine_entry, runs_as
+
+    found = engine_entry(manifest, precision, name)
+    if found is None:
+        raise ExportError(f"{manifest.root}: --backend openvino serves an OpenVINO engine set, found no {precision} one; "
+                          f"build it with `odelt-export build BUNDLE --backend openvino --precision {precision}`")
+    runs = runs_as(found[1])
+    if runs != found[1].get("precision"):   # a bf16/fp16 hint the building CPU ran as f32: no plan offers it
+        raise ExportError(f"{manifest.root}: OpenVINO set {found[0]} runs {runs}, not {found[1].get('precision')} (the CPU "
+                          f"that built it has no {found[1].get('precision')} path); serve --precision {runs} (built with "
+                          f"`odelt-export build BUNDLE --backend openvino --precision {runs}`)")
+    return found
+
+
+def _copy_engines(manifest: Bundle, graphs: list[GraphSpec], entry: dict[str, Any], bundle: Path) -> None:
+    """The engine mode over OpenVINO: the set's compiled graphs of the layout and their records, at
+    their paths in the bundle (the sampler imports them; no ONNX file is needed)."""
+    from odelt.engines.openvino import record_path
+
+    for g in graphs:
+        if g.name not in entry["graphs"]:
+            raise ExportError(f"{manifest.root}: OpenVINO set {entry.get('dir')} has no engine for graph {g.name}; "
+                              f"rebuild it with `odelt-export build BUNDLE --backend openvino --precision "
+                              f"{entry.get('precision')} --force`")
+        src = manifest.root / entry["graphs"][g.name]
+        for path in (src, record_path(src)):
+            if not path.is_file():
+                raise ExportError(f"{manifest.root}: engine file {path} is missing; rebuild the set")
+            dst = bundle / path.relative_to(manifest.root)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, dst)
 
 
 def _layout_graphs(manifest: Bundle, layout: str) -> list[GraphSpec]:
@@ -249,7 +313,7 @@ def _write_graph_model(repo: Path, manifest: Bundle, graph: GraphSpec, src: Path
 # -- the sampler model -------------------------------------------------------------------------
 
 def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions,
-                   mode: str = "bls") -> str:
+                   mode: str = "bls", engine_set: str | None = None) -> str:
     cfg = manifest.config
     decoder = manifest.decoder() if manifest.decoders else None   # latent bundles return decoded images
     image = [-1, *decoder.image] if decoder else [-1, cfg.out_channels, cfg.input_size, cfg.input_size]
@@ -274,17 +338,19 @@ def sampler_config(manifest: Bundle, layout: str, graphs: list[GraphSpec], opts:
     else:   # one instance, decoupled: execute hands requests to the engine and returns at once
         config["model_transaction_policy"] = {"decoupled": True}
         params.update(backend=opts.backend, threads=opts.threads, max_rows=rows, window_ms=opts.window_ms,
-                      profile_backend=opts.backend)
+                      refill_ms=opts.refill_ms, profile_backend=opts.backend, decoder=decoder.kind if decoder else "",
+                      **({"engine_set": engine_set} if engine_set else {}))
     config["parameters"] = parameters(params)
     return render(config, ("odelt sampler: request parameters budget_ms (float) or schedule (NAME); "
                            "plan, predicted and measured milliseconds come back with the images",
-                           *(("latent bundle: images are decoded by the decoder stage's model "
-                              f"{model_name(decoder.graph)} (request parameter decoder: "
-                              f"{' or '.join(sorted(manifest.decoders))})",) if decoder else ())))
+                           *(("latent bundle: images are decoded by the decoder stage"
+                              + (f"'s model {model_name(decoder.graph)}" if mode == "bls" else " in this process")
+                              + f" (request parameter decoder: {' or '.join(sorted(manifest.decoders))})",)
+                             if decoder else ())))
 
 
 def _write_sampler(repo: Path, manifest: Bundle, layout: str, graphs: list[GraphSpec], opts: RepoOptions,
-                   mode: str) -> None:
+                   mode: str, engine_set: str | None = None) -> None:
     folder = repo / SAMPLER
     bundle = folder / "1" / "bundle"
     bundle.mkdir(parents=True, exist_ok=True)
@@ -295,4 +361,4 @@ def _write_sampler(repo: Path, manifest: Bundle, layout: str, graphs: list[Graph
             shutil.copytree(src, bundle / rel)
         elif src.is_file():
             shutil.copy2(src, bundle / rel)
-    (folder / "config.pbtxt").write_text(sampler_config(manifest, layout, graphs, opts, mode))
+    (folder / "config.pbtxt").write_text(sampler_config(manifest, layout, graphs, opts, mode, engine_set))

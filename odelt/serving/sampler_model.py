@@ -11,9 +11,10 @@ needs `odelt-export` installed (no torch: the runtime is numpy-only). One reques
     outputs     images (FP32 [n, C, H, W]), plan (the plan's or schedule's name), predicted_ms
                 (NaN without a budget), measured_ms (the sampling wall time in this model)
 
-A latent bundle's sampler decodes its samples through the decoder stage's graph model (the
-bundle's default decoder, or request parameter `decoder` = sd | taesd), so images are pixels
-(not clamped) and measured_ms includes the decode.
+A latent bundle's sampler decodes its samples with the request's decoder (the bundle's default,
+or request parameter `decoder` = sd | taesd): through the decoder stage's graph model in the BLS
+mode, in this process after the engine in the engine mode (odelt.serving.decoding). Images are
+pixels (not clamped), measured_ms includes the decode, and a budget's plan counts it.
 
 Noise and labels follow the runtime's convention (odelt.runtime.sampler), so a request returns the
 images `odelt-export generate -n N --batch N --seed S` makes with the same plan. The runtime's own
@@ -74,30 +75,6 @@ def bls_backend(manifest: Bundle, layout: str, models: dict[str, str], call: Cal
     return ChainBackend(manifest, BlsGraphs(manifest, models, call), layout)
 
 
-class MemoPredictor(Predictor):
-    """The one latency model, each plan's figures kept: a served bundle's profile does not change,
-    so a request's choice reads them instead of summing its calls again."""
-
-    def __init__(self, *args: Any, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self._plans: dict[tuple[str, Any], float] = {}
-
-    def _kept(self, what: str, c: Any, value: Callable[[Any], float]) -> float:
-        key = (what, c)
-        if key not in self._plans:
-            self._plans[key] = value(c)
-        return self._plans[key]
-
-    def candidate(self, c: Any) -> float:
-        return self._kept("candidate", c, super().candidate)
-
-    def median(self, c: Any) -> float:
-        return self._kept("median", c, super().median)
-
-    def decode(self, c: Any) -> float:
-        return self._kept("decode", c, super().decode)
-
-
 @dataclass(frozen=True)
 class Prepared:
     """A checked request: its labels, decoder (latent bundles), plan (name, schedule key) and schedule."""
@@ -123,7 +100,7 @@ class SamplerService:
         # Built once, not per request: a Predictor memoizes its per-call costs (quantiles over the
         # profile's samples) and a plan's schedule is a file read; both cost more than the engine's
         # share of a small request.
-        self._predictors: dict[tuple[Any, ...], MemoPredictor] = {}
+        self._predictors: dict[tuple[Any, ...], Predictor] = {}
         self._schedules: dict[tuple[str, str], Schedule] = {}
 
     def handle(self, n: int, seed: int, labels: np.ndarray | None, guidance: float | None,
@@ -185,7 +162,7 @@ class SamplerService:
             candidates, profile = self._planner(decoder)
             quantile = validate.quantile("quantile", params.get("quantile", DEFAULT_QUANTILE))
             predictor = _memo(self._predictors, (decoder and decoder.kind, n, quantile),
-                              lambda: MemoPredictor(profile, n, quantile))
+                              lambda: Predictor(profile, n, quantile))
             choice = choose(candidates, budget, predictor)
             c = choice.candidate
             schedule = _memo(self._schedules, ("plan", c.schedule), lambda: load_plan_schedule(self.manifest, c))
@@ -207,6 +184,7 @@ class SamplerService:
         repository's decoder model), so the budget bounds the whole request."""
         key = decoder.kind if decoder is not None else None
         if key not in self._planning:
+            from odelt.runtime.budget.axes import across_backends
             from odelt.runtime.budget.profile import decoder_precision_for, load_profile
 
             if decoder is None:
@@ -215,11 +193,14 @@ class SamplerService:
                 wanted = decoder_precision_for(self.manifest, decoder.kind, self.precision)
                 candidates = [c for c in load_candidates(self.manifest, decode=True, decoders=(decoder.kind,))
                               if c.decoder_precision == wanted]
-            candidates = [c for c in candidates if c.precision == self.precision]
+            profile = load_profile(self.manifest, backend=self.profile_backend)
+            # the plans as `generate` names them on this backend (OpenVINO's: "@openvino", and its guarded bf16 rows)
+            candidates = [c for c in across_backends(candidates, {self.profile_backend: profile}, self.manifest)
+                          if c.precision == self.precision]
             if not candidates:
                 raise ConfigError(f"the bundle's quality table has no {self.precision} plans"
                                   + (f" decoding with {decoder.kind}" if decoder is not None else ""))
-            self._planning[key] = (candidates, load_profile(self.manifest, backend=self.profile_backend))
+            self._planning[key] = (candidates, profile)
         return self._planning[key]
 
     def _sampler(self, key: tuple[str, str], schedule: Schedule, guidance: float | None) -> Sampler:
@@ -283,7 +264,7 @@ class TritonPythonModel:
             from odelt.serving.engine_model import open_engine_service
 
             self.engine = open_engine_service(here / "bundle", params, lambda manifest: SamplerService(
-                manifest, None, params["precision"], int(params["max_images"]),
+                manifest, None, params["precision"], int(params["max_images"]), params.get("decoder") or None,
                 profile_backend=params.get("profile_backend") or params.get("backend") or "ort"))
             self.service = self.engine.service
         else:

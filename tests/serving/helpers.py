@@ -72,3 +72,28 @@ def fake_service(repo: Path):
     svc = open_service(repo / "odelt_sampler" / "1" / "bundle", params, fake_bls)
     svc.calls = calls
     return svc
+
+
+# (solver, steps, length): the latent bundle's plans, mixed steps, solvers and lengths
+LATENT_PLANS = (("euler", 1, 4), ("euler", 2, 2), ("euler", 2, 4), ("heun", 2, 4))
+
+
+def make_latent_serving_bundle(root: Path):
+    """A tiny latent bundle (4x8x8 latents, sd and taesd decoders of 3x16x16 images) with what a
+    budget needs: this device's profile with both decoders timed, and a quality table of the
+    LATENT_PLANS measured against the teacher (decoder errors included). Returns the Bundle."""
+    from odelt.exporter.verify import model_for_bundle
+    from odelt.ode.heuristics import heuristic_schedule
+    from odelt.runtime.budget.profile import profile_bundle, save_profile
+    from odelt.schedules.quality import decoder_quality, install_schedules, quality_rows, write_quality
+    from tests.latent.vae_files import export_latent_bundle
+
+    bundle = export_latent_bundle(root)
+    save_profile(bundle, profile_bundle(bundle, "ort", (1, 2, 3, 4), ("fp32",), repeats=3, time_graphs=False,
+                                        decoder_repeats=3))
+    schedules = install_schedules(bundle, [heuristic_schedule("uniform", solver, k, length)
+                                           for solver, k, length in LATENT_PLANS])
+    samples: dict = {}
+    rows = quality_rows(bundle, model_for_bundle(bundle), schedules, ("fp32",), n=4, samples=samples)
+    write_quality(bundle, rows, 4, 0, decoder_quality(bundle, samples["teacher"], samples[rows[0]["name"]]))
+    return bundle

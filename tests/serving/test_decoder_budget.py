@@ -27,7 +27,7 @@ def budget_repo(tmp_path_factory):
     samples: dict = {}
     rows = quality_rows(bundle, model_for_bundle(bundle), schedules, ("fp32",), n=4, samples=samples)
     write_quality(bundle, rows, 4, 0, decoder_quality(bundle, samples["teacher"], samples[rows[0]["name"]]))
-    return bundle, prof, rows, write_repository(bundle.root, root / "repo", RepoOptions(engines="cpu"))
+    return bundle, prof, rows, write_repository(bundle.root, root / "repo", RepoOptions(engines="cpu", sampler="bls"))
 
 
 @pytest.mark.parametrize("kind", ["sd", "taesd"])

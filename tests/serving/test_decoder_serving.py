@@ -20,7 +20,7 @@ from tests.serving.helpers import fake_service
 def latent_repo(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-latent")
     bundle = export_latent_bundle(root)
-    return bundle, write_repository(bundle.root, root / "repo", RepoOptions(engines="cpu"))
+    return bundle, write_repository(bundle.root, root / "repo", RepoOptions(engines="cpu", sampler="bls"))
 
 
 def test_repository_serves_the_decoders(latent_repo):

@@ -127,12 +127,13 @@ def test_cli_writes_once_and_refuses_to_overwrite(serve_bundle, tmp_path, capsys
 def test_cli_engine_mode_takes_threads_and_window(serve_bundle, tmp_path, capsys):
     """The documented engine-mode options reach the sampler's config (one decoupled instance)."""
     out = tmp_path / "repo"
-    main(["triton", str(serve_bundle), "--out", str(out), "--sampler", "engine", "--threads", "2",
-          "--window-ms", "1.5"])
+    main(["triton", str(serve_bundle), "--out", str(out), "--sampler", "engine", "--backend", "ort", "--threads", "2",
+          "--window-ms", "1.5", "--refill-ms", "0.5"])
     capsys.readouterr()
     config = (out / "odelt_sampler" / "config.pbtxt").read_text()
     assert "decoupled: true" in config
-    for key, value in (("mode", "engine"), ("threads", "2"), ("window_ms", "1.5")):
+    for key, value in (("mode", "engine"), ("threads", "2"), ("window_ms", "1.5"), ("refill_ms", "0.5"),
+                       ("backend", "ort")):
         assert re.search(rf'key: "{key}"\s*value\s*{{\s*string_value: "{re.escape(value)}"', config), (key, config)
     assert "--window-ms must be >= 0" in _error(
         ["triton", str(serve_bundle), "--out", str(tmp_path / "w"), "--window-ms", "-1"], capsys)

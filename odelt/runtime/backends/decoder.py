@@ -46,6 +46,8 @@ def _providers() -> tuple[str, ...]:
 class OrtDecoder:
     """One decoder graph in one ONNX Runtime session; `decode` runs latents in chunks of `batch`."""
 
+    backend = "ort"                          # the runtime that decodes (a profile records it)
+
     def __init__(self, manifest: Bundle, kind: str | None = None, precision: str = "fp32", threads: int = 0,
                  use_engines: bool = True):
         self.manifest, self.info = manifest, manifest.decoder(kind)

@@ -46,6 +46,25 @@ def openvino_precisions(manifest: Bundle) -> tuple[str, ...]:
     return tuple(sorted({str(v["precision"]) for v in manifest.engine_sets.values() if v.get("backend") == NAME}))
 
 
+RUNS = {"bf16": "bf16", "f16": "fp16", "f32": "fp32"}     # compiled inference precision -> our precision name
+
+
+def runs_as(entry: Mapping[str, Any]) -> str:
+    """The precision an OpenVINO set runs in, from its record: a bf16/fp16 hint the device has no
+    path for runs f32 (its `built.inference_precision`, read back from the compiled model)."""
+    asked = str(entry.get("precision"))
+    if asked not in ("bf16", "fp16"):
+        return asked
+    return RUNS.get(str(entry.get("built", {}).get("inference_precision")), asked)
+
+
+def runs_label(manifest: Bundle, precision: str) -> str:
+    """The OpenVINO set's precision as asked, and what runs where that differs, for reports."""
+    found = engine_entry(manifest, precision)
+    runs = runs_as(found[1]) if found else precision
+    return precision if runs == precision else f"{precision} (runs {runs}; plans skip it)"
+
+
 def _missing(manifest: Bundle, precision: str) -> BackendUnavailable:
     return BackendUnavailable(f"{manifest.root} has no {precision} OpenVINO engines; run `odelt-export build "
                               f"BUNDLE --backend openvino --precision {precision}` first")
@@ -154,6 +173,8 @@ class OvBackend:
 
 class OvDecoder:
     """A bundle's decoder graph from an OpenVINO engine set; `decode` as OrtDecoder's."""
+
+    backend = NAME
 
     def __init__(self, manifest: Bundle, kind: str | None = None, precision: str = "fp32", threads: int = 0):
         self.manifest, self.info = manifest, manifest.decoder(kind)

@@ -8,7 +8,12 @@ on another backend is the same arithmetic up to kernel order (OpenVINO fp32 vs O
 on final samples; int8 runs the same Q/DQ graph), so its row's error is kept. OpenVINO's bf16/fp16
 sets lower the FP32 graphs themselves and have no quality row: their plans are the FP32 rows with
 the set's guard error (final samples vs FP32, worst run) composed root-sum-square, as a decoder's
-error is (plans.with_decoder).
+error is (plans.with_decoder), and for a decoding plan its lowered decoder's guard error too.
+
+What runs, not what was asked. A bf16/fp16 set whose device has no path for the hint runs f32
+(its record says so: backends.openvino.runs_as). Such a set is not offered: under its asked name it
+would claim a precision that does not run, and as f32 it would be the FP32 plans again (the same
+kernels as the openvino fp32 set). Build `--precision fp32` for OpenVINO FP32 plans.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Mapping, Sequence
 from odelt.bundle.bundle import Bundle
 from odelt.errors import ConfigError, OdeltError
 from odelt.runtime.backends import BACKENDS
+from odelt.runtime.backends.openvino import runs_as
 from odelt.runtime.budget.planner import Candidate
 from odelt.runtime.budget.predict import Predictor
 from odelt.runtime.budget.profile import device_description, device_id, load_profile
@@ -46,10 +52,11 @@ def load_profiles(manifest: Bundle, backends: Sequence[str] | None = None) -> di
 
 def hinted_error(manifest: Bundle, precision: str) -> float | None:
     """The guard's worst final-sample RMSE of the OpenVINO set at a hinted precision (None: no
-    guarded set)."""
+    guarded set, or one that runs another precision than it was asked for: module doc)."""
     for entry in manifest.engine_sets.values():
         guard = entry.get("built", {}).get("guard")
-        if entry.get("backend") == "openvino" and entry.get("precision") == precision and guard:
+        if (entry.get("backend") == "openvino" and entry.get("precision") == precision and guard
+                and runs_as(entry) == precision):
             return float(guard["rounds"][-1]["rmse_worst"])
     return None
 
@@ -65,8 +72,8 @@ def across_backends(candidates: Sequence[Candidate], profiles: Mapping[str, dict
     for b, prof in profiles.items():
         timed = set(prof.get("calls", {}))
         rows = list(candidates)
-        if b == "openvino":
-            rows += _hinted_rows(candidates, manifest, timed)
+        if b == "openvino":   # its bf16/fp16 sets lower the FP32 graphs: their rows are the guarded ones only
+            rows = [c for c in rows if c.precision not in HINTED] + _hinted_rows(candidates, manifest, timed)
         for c in rows:
             if c.precision in timed:
                 out.append(replace(c, backend=b, name=c.name if b == "ort" else f"{c.name}@{b}"))
@@ -76,16 +83,33 @@ def across_backends(candidates: Sequence[Candidate], profiles: Mapping[str, dict
     return out
 
 
+def hinted_decoder_error(manifest: Bundle, precision: str, kind: str) -> float:
+    """The guard's image RMSE of the hinted set's decoder `kind` against the FP32 decoder (0 where
+    it was kept FP32 or not guarded)."""
+    graph = manifest.decoder(kind).graph
+    for entry in manifest.engine_sets.values():
+        if entry.get("backend") == "openvino" and entry.get("precision") == precision:
+            verdict = entry.get("built", {}).get("guard", {}).get("decoders", {}).get(graph)
+            if verdict and not verdict.get("kept_fp32"):
+                return float(verdict["accuracy"]["rmse"])
+    return 0.0
+
+
 def _hinted_rows(candidates: Sequence[Candidate], manifest: Bundle, timed: set[str]) -> list[Candidate]:
+    """The FP32 rows at each guarded hinted precision, the guard's errors composed root-sum-square:
+    the DiT's, and a decoding plan's decoder's (the set decodes with its own lowered decoder, so only
+    the rows with the FP32 decoder stand for it)."""
     rows = []
     for p in HINTED:
         err = hinted_error(manifest, p) if p in timed else None
         if err is None:
             continue
         for c in candidates:
-            if c.precision == "fp32":
-                name = c.name.replace("fp32", p, 1) if "fp32" in c.name else f"{c.name}-{p}"
-                rows.append(replace(c, name=name, precision=p, error=math.sqrt(c.error ** 2 + err ** 2)))
+            if c.precision != "fp32" or (c.decoder is not None and c.decoder_precision != "fp32"):
+                continue
+            dec = hinted_decoder_error(manifest, p, c.decoder) if c.decoder is not None else 0.0
+            name = c.name.replace("fp32", p, 1) if "fp32" in c.name else f"{c.name}-{p}"
+            rows.append(replace(c, name=name, precision=p, error=math.sqrt(c.error ** 2 + err ** 2 + dec ** 2)))
     return rows
 
 

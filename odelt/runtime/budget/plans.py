@@ -28,14 +28,15 @@ added; with two options the table must have their quality.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from odelt.errors import ConfigError
 from odelt.bundle.bundle import Bundle
 from odelt.fileio import read_json
-from odelt.runtime.budget.planner import Candidate
+from odelt.runtime.budget.planner import Candidate, choose
+from odelt.runtime.budget.predict import DEFAULT_QUANTILE, Predictor
 from odelt.runtime.budget.profile import decoder_precisions
 from odelt.ode.schedule import Schedule, load_schedule
 
@@ -145,3 +146,38 @@ def load_plan_schedule(manifest: Bundle, candidate: Candidate) -> Schedule:
     if not path.is_file():
         raise ConfigError(f"{manifest.root}: plan {candidate.name} needs schedules/{path.name}, which is missing")
     return load_schedule(path)
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    schedule: Schedule
+    predicted_ms: float
+
+
+class PlanBook:
+    """A budget -> the plan `generate --budget-ms` picks, per request (a server's, the batching
+    engine's): the quality table's plans at one precision, planner.choose with the profile's
+    Predictor at the request's n and quantile (each kept: a server asks once per request)."""
+
+    def __init__(self, manifest: Bundle, profile: dict[str, Any], precision: str = "fp32"):
+        self.manifest, self.profile = manifest, profile
+        self.candidates: list[Candidate] = [c for c in load_candidates(manifest, decode=False)
+                                            if c.precision == precision]
+        if not self.candidates:
+            raise ConfigError(f"{manifest.root}: the quality table has no {precision} plans")
+        self._predictors: dict[tuple[int, float], Predictor] = {}
+        self._schedules: dict[str, Schedule] = {}
+
+    def predictor(self, n: int, quantile: float = DEFAULT_QUANTILE) -> Predictor:
+        key = (n, quantile)
+        if key not in self._predictors:
+            self._predictors[key] = Predictor(self.profile, n, quantile)
+        return self._predictors[key]
+
+    def plan(self, n: int, budget_ms: float, quantile: float = DEFAULT_QUANTILE) -> Plan:
+        choice = choose(self.candidates, budget_ms, predictor=self.predictor(n, quantile))
+        c = choice.candidate
+        if c.schedule not in self._schedules:
+            self._schedules[c.schedule] = load_plan_schedule(self.manifest, c)
+        return Plan(c.name, self._schedules[c.schedule], choice.predicted_ms)

@@ -156,10 +156,12 @@ def decoder_precision_for(manifest: Bundle, kind: str, precision: str) -> str:
 
 
 def profile_decoders(manifest: Bundle, precisions: Iterable[str], batches: Iterable[int], repeats: int,
-                     threads: int = 1) -> dict[str, dict]:
+                     threads: int = 1, backend: str = "ort") -> dict[str, dict]:
     """{precision: {str(batch): {kind: timing}}}: one decode of a whole batch per sample, through
-    the runtime's decoder (odelt.runtime.backends.decoder: an ORT engine when built), the kinds of one
-    (precision, batch) taking turns; {} for a pixel-space bundle."""
+    the decoder generation opens on `backend` (odelt.runtime.backends.decoder.open_decoder: an ORT
+    engine when built; OpenVINO's compiled decoder when its set at that precision holds one), the
+    kinds of one (precision, batch) taking turns; {} for a pixel-space bundle. Each timing names
+    the runtime that decoded ("decoder_backend", and the OpenVINO "engine_set")."""
     from contextlib import ExitStack
 
     from odelt.runtime.backends.decoder import open_decoder
@@ -171,12 +173,18 @@ def profile_decoders(manifest: Bundle, precisions: Iterable[str], batches: Itera
         if not kinds:
             continue
         with ExitStack() as stack:
-            decoders = {k: stack.enter_context(open_decoder(manifest, k, precision, threads)) for k in kinds}
+            decoders = {k: stack.enter_context(open_decoder(manifest, k, precision, threads, backend=backend))
+                        for k in kinds}
             for batch in batches:
                 latents = {k: rng.standard_normal((batch, *manifest.decoder(k).latent)).astype(np.float32)
                            for k in kinds}
-                out.setdefault(precision, {})[str(batch)] = _timed_round_robin(
-                    {k: (lambda k=k: decoders[k].decode(latents[k])) for k in kinds}, repeats, warmup=1)
+                timed = _timed_round_robin({k: (lambda k=k: decoders[k].decode(latents[k])) for k in kinds},
+                                           repeats, warmup=1)
+                for k, cell in timed.items():
+                    cell["decoder_backend"] = decoders[k].backend
+                    if getattr(decoders[k], "engine_set", None):
+                        cell["engine_set"] = decoders[k].engine_set
+                out.setdefault(precision, {})[str(batch)] = timed
     return out
 
 
@@ -271,7 +279,8 @@ def profile_bundle(manifest: Bundle, backend: str = "ort", batches: Iterable[int
             progress(f"decoders {sorted(manifest.decoders)}")
         # every precision the bundle has a decoder in: a plan's decoder precision is an axis of its
         # own (an FP32 DiT plan may decode in FP16), whichever DiT precisions were asked for
-        result["decoders"] = profile_decoders(manifest, manifest.precisions, batches, decoder_repeats, threads)
+        result["decoders"] = profile_decoders(manifest, manifest.precisions, batches, decoder_repeats, threads,
+                                              backend)
     return result
 
 

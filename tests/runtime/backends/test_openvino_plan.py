@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("openvino", reason="OpenVINO (the `openvino` extra) is not installed")
 
 from odelt.bundle.bundle import open_bundle  # noqa: E402
-from odelt.runtime.backends.openvino import OvBackend  # noqa: E402
+from odelt.runtime.backends.openvino import OvBackend, runs_as  # noqa: E402
 from odelt.runtime.budget.axes import ByBackend, across_backends, load_profiles  # noqa: E402
 from odelt.runtime.budget.planner import choose  # noqa: E402
 from odelt.runtime.budget.plans import load_candidates  # noqa: E402
@@ -54,24 +54,56 @@ def _choice(m, budget):
     return choose(cands, budget, predictor=ByBackend({b: QuantilePredictor(p, 1) for b, p in profiles.items()})), cands
 
 
+def _bf16_runs(m) -> bool:
+    return runs_as(m.engine_set("openvino-cpu-bf16")) == "bf16"
+
+
 def test_candidates_span_backends_and_the_faster_equal_plan_wins(planned):
     choice, cands = _choice(planned, 1e6)
     backends = {(c.backend, c.precision) for c in cands}
-    assert backends == {("ort", "fp32"), ("ort", "int8"), ("openvino", "fp32"), ("openvino", "bf16"),
-                        ("openvino", "int8")}
+    # the bf16 set is offered only where it runs bf16 (a CPU with BF16); here or not, never under a false name
+    assert backends == {("ort", "fp32"), ("ort", "int8"), ("openvino", "fp32"), ("openvino", "int8"),
+                        *([("openvino", "bf16")] if _bf16_runs(planned) else [])}
     bf16 = [c for c in cands if c.precision == "bf16"]
     fp32 = {c.schedule: c.error for c in cands if c.precision == "fp32"}
     # bf16 plans: the FP32 rows with the set's guard error composed (>= the FP32 error)
-    assert bf16 and all(c.error >= fp32[c.schedule] and c.name.endswith("@openvino") for c in bf16)
+    assert all(c.error >= fp32[c.schedule] and c.name.endswith("@openvino") for c in bf16)
     best = min(c.error for c in cands)
     tied = [(c, ms) for c, ms in choice.table if c.error == best]
     assert {c.backend for c, _ in tied} == {"ort", "openvino"}   # the same plan on both backends
-    # (a bf16 row ties too where the guard measured no error: bf16 runs as f32 on a CPU without BF16)
     assert choice.candidate == min(tied, key=lambda cm: cm[1])[0]    # the faster of the tied plans
     # each row predicted from its own backend's profile
     for c, ms in choice.table:
         prof = load_profiles(planned)[c.backend]
         assert ms == pytest.approx(QuantilePredictor(prof, 1).candidate(c))
+
+
+def _with_bf16_record(m, tmp_path, inference_precision: str):
+    """A copy of the bundle whose bf16 set's record says OpenVINO compiled it to `inference_precision`:
+    a FAKE record standing in for a build on a CPU with BF16 ("bf16") or without ("f32"), which
+    this machine may not be."""
+    import json
+
+    root = tmp_path / inference_precision
+    shutil.copytree(m.root, root)
+    data = json.loads((root / "manifest.json").read_text())
+    data["engines"]["openvino-cpu-bf16"]["built"]["inference_precision"] = inference_precision
+    (root / "manifest.json").write_text(json.dumps(data))
+    return open_bundle(root)
+
+
+@pytest.mark.parametrize("runs", ["bf16", "f32"])
+def test_a_bf16_set_is_offered_only_where_it_runs_bf16(planned, tmp_path, runs):
+    m = _with_bf16_record(planned, tmp_path, runs)
+    _, cands = _choice(m, 1e6)
+    names = [c.name for c in cands]
+    assert len(names) == len(set(names))                           # no plan offered twice
+    offered = [c for c in cands if c.precision == "bf16"]
+    if runs == "bf16":
+        assert offered and all("bf16" in c.name and c.backend == "openvino" for c in offered)
+    else:   # runs f32: the same kernels as the openvino fp32 set, not offered again under any name
+        assert not offered and not [n for n in names if "bf16" in n]
+        assert {c.precision for c in cands if c.backend == "openvino"} == {"fp32", "int8"}
 
 
 def test_plan_cli_names_the_backend(planned, run_cli):
@@ -116,4 +148,6 @@ def test_profile_cli_times_the_openvino_sets(ov_src, run_cli, tmp_path):
     assert r.code == 0, r.err
     timed = sorted(line.split()[0] for line in r.out.splitlines() if "one call" in line)
     assert timed == ["bf16", "fp32", "int8"]                 # the precisions of its sets, not the bundle's variants
+    bf16 = next(line for line in r.out.splitlines() if line.startswith("bf16"))
+    assert ("runs fp32; plans skip it" in bf16) == (not _bf16_runs(open_bundle(root)))
     assert load_profiles(open_bundle(root), ("openvino",))["openvino"]["device"]["openvino"]
