@@ -22,50 +22,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from serving_modes import CLIENTS, clients  # bench/ is on the path (bench/run.py)
 
-CLIENTS = 8
 SCHEDULES = ("uniform:euler:1", "uniform:euler:2", "uniform:heun:2", "uniform:euler:4")
 PARAMS = {"threads": "1", "max_rows": "32", "window_ms": "0", "layout": "segments", "precision": "fp32",
           "decoder": "sd"}
 
 
 def _drive(service: Any, reqs: list[tuple[int, int, str]]) -> dict[str, Any]:
-    lock, cursor = threading.Lock(), [0]
-    lat: list[float] = []
-    errors: list[str] = []
-    images: dict[int, np.ndarray] = {}
+    """The serving bench's closed-loop clients, each request through the engine service's callback."""
+    def one(i: int) -> np.ndarray:
+        n, seed, schedule = reqs[i]
+        done, box = threading.Event(), {}
 
-    def client() -> None:
-        while True:
-            with lock:
-                i = cursor[0]
-                cursor[0] += 1
-            if i >= len(reqs):
-                return
-            n, seed, schedule = reqs[i]
-            done, box = threading.Event(), {}
-
-            def reply(out: Any, error: Any) -> None:
-                box.update(out=out, error=error)
-                done.set()
-            t0 = time.perf_counter()
-            try:
-                service.submit(n, seed, None, None, {"schedule": schedule}, reply)
-                if not done.wait(60):
-                    raise TimeoutError("no reply in 60 s")
-                if box["error"] is not None:
-                    raise box["error"]
-                images[i] = box["out"]["images"]
-                lat.append(time.perf_counter() - t0)
-            except Exception as e:  # noqa: BLE001 - counted, and the group fails
-                errors.append(f"request {i}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-    threads = [threading.Thread(target=client) for _ in range(CLIENTS)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return {"lat": lat, "wall": time.perf_counter() - start, "errors": errors, "images": images}
+        def reply(out: Any, error: Any) -> None:
+            box.update(out=out, error=error)
+            done.set()
+        service.submit(n, seed, None, None, {"schedule": schedule}, reply)
+        if not done.wait(60):
+            raise TimeoutError("no reply in 60 s")
+        if box["error"] is not None:
+            raise box["error"]
+        return box["out"]["images"]
+    return clients(one, len(reqs))
 
 
 def _serve(bundle: Path, reqs: list, batched: bool) -> dict[str, Any]:

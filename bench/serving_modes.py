@@ -138,6 +138,15 @@ def _row_chunks(ns: list[int]) -> list[tuple[int, int]]:
 
 def drive(submit: Callable, book: PlanBook, reqs: list[tuple[int, int, float]]) -> dict[str, Any]:
     """8 closed-loop clients over `reqs`: latencies (s), wall time, errors, images by request index."""
+    def one(i: int) -> np.ndarray:
+        n, seed, budget = reqs[i]
+        return submit(book.plan(n, budget), n, seed, budget)()
+    return clients(one, len(reqs))
+
+
+def clients(request: Callable[[int], np.ndarray], count: int) -> dict[str, Any]:
+    """CLIENTS closed-loop threads taking requests 0..count-1 in turn; request(i) returns its images
+    (or raises: counted as that request's error)."""
     lock, cursor = threading.Lock(), [0]
     lat: list[float] = []
     errors: list[str] = []
@@ -148,13 +157,11 @@ def drive(submit: Callable, book: PlanBook, reqs: list[tuple[int, int, float]]) 
             with lock:
                 i = cursor[0]
                 cursor[0] += 1
-            if i >= len(reqs):
+            if i >= count:
                 return
-            n, seed, budget = reqs[i]
             t0 = time.perf_counter()
             try:
-                wait = submit(book.plan(n, budget), n, seed, budget)
-                images[i] = wait()
+                images[i] = request(i)
                 lat.append(time.perf_counter() - t0)
             except Exception as e:  # noqa: BLE001 - counted, and the group fails
                 errors.append(f"request {i}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
