@@ -135,3 +135,27 @@ def decoder_timings(**median_ms: float) -> dict:
     """A profile's `decoders` section at batch 1, fp32: 21 samples evenly over median +- 1 ms."""
     return {"fp32": {"1": {k: {"median_ms": m, "p90_ms": m + 0.8, "p99_ms": m + 0.98,
                                "samples_ms": [m - 1 + 0.1 * i for i in range(21)]} for k, m in median_ms.items()}}}
+
+
+def amb_stream(clock, backend, budget_ms: float, control: str = "closed", reads: int | None = None):
+    """A Stream over the stream tests' plans A, M, B (4 Euler steps at l8, l4, l2: 32, 16 and 8 ms
+    median on the synthetic profile) on a FAKE timed backend. reads: the re-planner reads only the
+    first `reads` of (speed, tail, excess_ms) - an older rule replayed beside the current one."""
+    from odelt.ode.heuristics import heuristic_schedule
+    from odelt.runtime.budget.planner import Candidate
+    from odelt.runtime.budget.predict import Predictor
+    from odelt.runtime.budget.stream import Stream
+    from odelt.runtime.budget.tracker import Replanner
+    from odelt.runtime.sampler import Sampler
+
+    plans = [Candidate("a-4xl8", "a", "euler", (8, 8, 8, 8), "fp32", error=0.1),
+             Candidate("m-4xl4", "m", "euler", (4, 4, 4, 4), "fp32", error=0.15),
+             Candidate("b-4xl2", "b", "euler", (2, 2, 2, 2), "fp32", error=0.2)]
+    schedules = {c.schedule: heuristic_schedule("uniform", "euler", 4, c.lengths[0]) for c in plans}
+    rp = Replanner(plans, Predictor(synthetic_profile(), 1, 0.95), budget_ms=budget_ms)
+    if reads is not None:
+        choose = rp.choose
+        rp.choose = lambda speed=1.0, tail=0.0, excess_ms=0.0, run_ms=0.0: choose(*(speed, tail, excess_ms)[:reads])
+    return Stream(rp, lambda c: Sampler(backend, fake_bundle(), schedules[c.schedule], clock=clock), control,
+                  exported=(2, 4, 8), clock=clock)
+

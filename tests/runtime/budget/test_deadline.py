@@ -18,7 +18,7 @@ from odelt.runtime.budget.predict import QuantilePredictor, call_quantile
 from odelt.runtime.sampler import Sampler
 from odelt.runtime.budget.stream import Stream
 from odelt.runtime.budget.tracker import Planned, Replanner, SpeedTracker
-from tests.runtime.fake_clock import (FakeClock, FakeDecoder, FakeHog, FakeSegmentBackend, FakeTimedBackend,
+from tests.runtime.fake_clock import (FakeClock, amb_stream, FakeDecoder, FakeHog, FakeSegmentBackend, FakeTimedBackend,
                                      decoder_timings, fake_bundle, synthetic_profile)
 
 A = Candidate("a-4xl8", "a", "euler", (8, 8, 8, 8), "fp32", error=0.1)
@@ -357,13 +357,7 @@ def _hog_stream(control, tail_only=False):
     clock = FakeClock()
     hog = FakeHog(run_ms=20.0, slice_ms=25.0)
     be = FakeTimedBackend(clock, stall=hog)
-    schedules = {c.schedule: heuristic_schedule("uniform", "euler", 4, c.lengths[0]) for c in (A, M, B)}
-    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=40.0)
-    if tail_only:
-        choose = rp.choose
-        rp.choose = lambda speed=1.0, tail=0.0, excess_ms=0.0, run_ms=0.0: choose(speed, tail)  # type: ignore[method-assign]
-    stream = Stream(rp, lambda c: Sampler(be, fake_bundle(), schedules[c.schedule], clock=clock), control,
-                    exported=(2, 4, 8), clock=clock)
+    stream = amb_stream(clock, be, 40.0, control, reads=2 if tail_only else None)
     x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
     for i in range(40):
         if i == 10:

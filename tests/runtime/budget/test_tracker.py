@@ -7,13 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from odelt.ode.heuristics import heuristic_schedule
 from odelt.runtime.budget.planner import Candidate
 from odelt.runtime.budget.predict import QuantilePredictor
-from odelt.runtime.budget.stream import Stream
 from odelt.runtime.budget.tracker import Replanner, SpeedTracker
-from odelt.runtime.sampler import Sampler
-from tests.runtime.fake_clock import FakeClock, FakeHog, FakeTimedBackend, fake_bundle, synthetic_profile
+from tests.runtime.fake_clock import FakeClock, FakeHog, FakeTimedBackend, amb_stream, synthetic_profile
 
 
 # the plans of test_deadline.py: 4 Euler steps at l8, l4, l2 (32, 16, 8 ms median on the synthetic profile)
@@ -86,10 +83,7 @@ def test_a_stream_climbs_back_when_the_competitor_stops_and_a_stray_stall_after_
         extra, stray["ms"] = stray["ms"], 0.0
         return hog(call, ms) + extra
     be = FakeTimedBackend(clock, stall=stall)
-    schedules = {c.schedule: heuristic_schedule("uniform", "euler", 4, c.lengths[0]) for c in (A, M, B)}
-    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=40.0)
-    stream = Stream(rp, lambda c: Sampler(be, fake_bundle(), schedules[c.schedule], clock=clock), "closed",
-                    exported=(2, 4, 8), clock=clock)
+    stream = amb_stream(clock, be, 40.0)
     x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
     for i in range(40):
         if i == 10:
@@ -123,13 +117,7 @@ def _recurring_stream(one_wait_per_batch=False):
     clock = FakeClock()
     hog = FakeHog(run_ms=12.0, slice_ms=10.0)
     be = FakeTimedBackend(clock, stall=hog)
-    schedules = {c.schedule: heuristic_schedule("uniform", "euler", 4, c.lengths[0]) for c in (A, M, B)}
-    rp = Replanner([A, M, B], QuantilePredictor(synthetic_profile(), 1, 0.95), budget_ms=30.0)
-    if one_wait_per_batch:
-        choose = rp.choose
-        rp.choose = lambda speed=1.0, tail=0.0, excess_ms=0.0, run_ms=0.0: choose(speed, tail, excess_ms)  # type: ignore[method-assign]
-    stream = Stream(rp, lambda c: Sampler(be, fake_bundle(), schedules[c.schedule], clock=clock), "closed",
-                    exported=(2, 4, 8), clock=clock)
+    stream = amb_stream(clock, be, 30.0, reads=3 if one_wait_per_batch else None)
     x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
     for i in range(40):
         if i == 5:
