@@ -14,8 +14,7 @@ Modes (each first warmed on 16 other requests; the in-process ones and the clien
   request_batching  one worker takes everything queued and runs requests with the same plan as one
                     Sampler batch (up to 32 rows): only identical plans share a call
   engine            odelt.runtime.engine in this process (max 32 rows a pass, EngineOptions' defaults);
-                    engine_norefill without the 1 ms refill, engine_nomemo without the
-                    conditioning memo, engine_window2 with a 2 ms window
+                    engine_norefill without the 1 ms refill, engine_window2 with a 2 ms window
   triton            the engine-mode repository on a real tritonserver, clients over HTTP (generate
                     endpoint); serving_triton_model_p50_ms is the part of a request spent inside the model.
 serving_lone_{engine,triton,triton_model}_ms: a lone request (n=1, cheapest plan), one at a time, at the

@@ -4,9 +4,8 @@
   request_batching  one worker takes everything queued and runs requests with the same plan as one
                     Sampler batch (up to MAX_ROWS rows): only identical plans share a call
   engine            odelt.runtime.engine in this process (MAX_ROWS rows a pass, EngineOptions' defaults:
-                    no window, a 1 ms refill, the conditioning memo); engine_norefill without the
-                    refill, engine_nomemo without the memo, engine_window2 with a 2 ms gathering
-                    window as well (the trade-offs, measured on the same requests)
+                    no window, a 1 ms refill); engine_norefill without the refill, engine_window2 with a
+                    2 ms gathering window as well (the trade-offs, measured on the same requests)
 
 `drive` is the workload's clients for every mode, Triton's included: CLIENTS closed-loop threads,
 every request counted, errors collected (the group fails on any).
@@ -183,8 +182,7 @@ def figures(prefix: str, run: dict[str, Any], rows_per_call: float) -> dict[str,
             f"{prefix}_rows_per_call": round(rows_per_call, 2), f"{prefix}_errors": len(run["errors"])}
 
 
-ENGINES = {"engine": {}, "engine_norefill": {"refill_ms": 0.0}, "engine_nomemo": {"memo_mb": 0.0},
-           "engine_window2": {"window_ms": 2.0}}
+ENGINES = {"engine": {}, "engine_norefill": {"refill_ms": 0.0}, "engine_window2": {"window_ms": 2.0}}
 
 
 def in_process(manifest: Any, book: PlanBook, reqs: list, warm: list, prefix: str,
