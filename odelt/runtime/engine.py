@@ -7,8 +7,7 @@ advances each request it takes by one velocity evaluation. Rows are gathered by 
 next: with the segments layout a chunk runs once on every row whose length passes through it
 (modulation, t, dt_base, class and length are per-row inputs), and each row leaves at its length's
 exit head; with per-length graphs (or a backend that only runs whole chains) rows of the same length
-share a call. The conditioning graph runs only on rows whose (t, dt_base, class, length) it has not
-seen (runtime.gather.CondMemo). A pass takes at most `max_rows` rows (the bundle's batch range, an engine's profile);
+share a call. A pass takes at most `max_rows` rows (the bundle's batch range, an engine's profile);
 requests that did not fit go first next time.
 
 A request's images are those `generate` makes with the same seed and schedule: the same noise and
@@ -55,12 +54,11 @@ class EngineOptions:
     window_ms: float = 0.0         # before a pass below max_rows: wait this long for more requests
     refill_ms: float = 1.0         # after a pass that k requests left: wait up to this long for k new ones
     check_finite: bool = True      # a request whose result holds NaN/Inf fails (the others go on)
-    memo_mb: float = 64.0          # conditioning rows kept by (t, dt_base, class, length); 0: off
 
     def __post_init__(self) -> None:
         if self.max_rows < 1:
             raise ConfigError(f"max_rows must be >= 1, found {self.max_rows}")
-        for name in ("window_ms", "refill_ms", "memo_mb"):
+        for name in ("window_ms", "refill_ms"):
             if not getattr(self, name) >= 0:
                 raise ConfigError(f"{name} must be >= 0, found {getattr(self, name)}")
 
@@ -178,7 +176,7 @@ class Engine:
                               "graphs (2 rows inside per image) must be served by the Sampler, not the engine")
         self.manifest, self.backend, self.options, self.clock = manifest, backend, options, clock
         self.layout, self.lengths = backend.layout, tuple(backend.lengths)
-        self.gather = Gatherer(manifest, backend, options.memo_mb)
+        self.gather = Gatherer(manifest, backend)
         cfg = manifest.config
         self.shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
         self.stats = EngineStats()

@@ -24,11 +24,9 @@ RunGraph = Callable[[GraphSpec, dict[str, np.ndarray]], Mapping[str, np.ndarray]
 
 
 class Gatherer:
-    """Runs one pass's rows through a backend; counts graph calls and the rows they took.
-    memo_mb > 0: the conditioning graph's rows are kept by their inputs, in at most that many MB
-    (CondMemo)."""
+    """Runs one pass's rows through a backend; counts graph calls and the rows they took."""
 
-    def __init__(self, manifest: Bundle, backend: Any, memo_mb: float = 0.0):
+    def __init__(self, manifest: Bundle, backend: Any):
         self.backend = backend
         self.run_graph: RunGraph | None = graph_runner(backend)
         lengths = tuple(backend.lengths)
@@ -36,8 +34,6 @@ class Gatherer:
         self.graphs = {g.name: g for n in lengths for g in manifest.chain(n, backend.layout)}
         self.order = _graph_order(self.chains)
         self.calls = self.rows = 0
-        self.memos = {name: CondMemo(g, memo_mb) for name, g in self.graphs.items()
-                      if memo_mb > 0 and CondMemo.fits(g)}
 
     def velocity(self, env: dict[str, np.ndarray], keys: list[int], bounds: list[tuple[int, int]]) -> np.ndarray:
         """env: the pass's x, t, dt_base, y, l (rows); keys: each request's length; bounds: its rows."""
@@ -57,8 +53,10 @@ class Gatherer:
             sel = _selection(spans, total)
             graph = self.graphs[name]
             inputs = chain_feeds(graph, _Rows(env, sel))
-            memo = self.memos.get(name)
-            outputs = memo(self._counted, inputs) if memo else self._counted(graph, inputs)
+            outputs = self.run_graph(graph, inputs)
+            rows = sum(b1 - b0 for b0, b1 in spans)
+            self.calls += 1
+            self.rows += rows
             for out_name, value in outputs.items():
                 key = out_name[:-4] if out_name.endswith("_out") else out_name
                 if sel is None:
@@ -68,12 +66,6 @@ class Gatherer:
                         env[key] = np.zeros((total, *value.shape[1:]), value.dtype)
                     env[key][sel] = value
         return env["velocity"]
-
-    def _counted(self, graph: GraphSpec, inputs: dict[str, np.ndarray]) -> Mapping[str, np.ndarray]:
-        assert self.run_graph is not None
-        self.calls += 1
-        self.rows += int(next(iter(inputs.values())).shape[0])
-        return self.run_graph(graph, inputs)
 
     def _by_length(self, env: dict[str, np.ndarray], keys: list[int], bounds: list[tuple[int, int]]) -> np.ndarray:
         """A backend that runs whole chains: one call per length, on that length's rows."""
@@ -86,49 +78,6 @@ class Gatherer:
             self.rows += int(out.shape[0])
             v[sel if sel is not None else slice(None)] = out
         return v
-
-
-class CondMemo:
-    """A conditioning graph's output rows kept by their inputs (t, dt_base, class, length: the
-    exact values), so a pass runs the graph only on rows it has not seen. Served requests reuse a
-    few plans, so a few hundred distinct rows recur; each output row depends on its own inputs only,
-    so a kept row is the row a fresh call computes (up to batched kernels' float rounding). Holds at
-    most `memo_mb` of rows, forgotten all at once when full."""
-
-    def __init__(self, graph: GraphSpec, memo_mb: float):
-        row_bytes = sum(int(np.prod(t.resolve(1))) * np.dtype(t.dtype).itemsize for t in graph.outputs)
-        self.graph, self.capacity = graph, max(1, int(memo_mb * 2**20) // max(1, row_bytes))
-        self.keys = [t.name for t in graph.inputs]
-        self.names = [t.name for t in graph.outputs]
-        self.kept: dict[tuple[Any, ...], np.ndarray] = {}      # one row: every output, flattened
-        self.widths: list[tuple[int, ...]] = []
-
-    @staticmethod
-    def fits(graph: GraphSpec) -> bool:
-        """A conditioning graph whose inputs are one value per row and whose outputs share a dtype."""
-        return (graph.kind == "conditioning" and len({np.dtype(t.dtype) for t in graph.outputs}) == 1
-                and all(len(t.resolve(1)) == 1 for t in graph.inputs))
-
-    def __call__(self, run: RunGraph, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        keys = list(zip(*(inputs[k].tolist() for k in self.keys)))
-        missing = [i for i, k in enumerate(keys) if k not in self.kept]
-        if len(self.kept) + len(missing) > self.capacity:
-            self.kept.clear()
-            missing = list(range(len(keys)))
-        if missing:
-            idx = np.asarray(missing)
-            out = run(self.graph, {k: a[idx] for k, a in inputs.items()})
-            self.widths = [tuple(out[n].shape[1:]) for n in self.names]
-            flat = np.concatenate([np.asarray(out[n]).reshape(len(missing), -1) for n in self.names], axis=1)
-            for j, i in enumerate(missing):
-                self.kept[keys[i]] = flat[j].copy()
-        block = np.stack([self.kept[k] for k in keys])
-        result, lo = {}, 0
-        for name, shape in zip(self.names, self.widths):
-            hi = lo + int(np.prod(shape, dtype=np.int64))
-            result[name] = np.ascontiguousarray(block[:, lo:hi]).reshape(len(keys), *shape)
-            lo = hi
-        return result
 
 
 class _Rows(Mapping[str, np.ndarray]):

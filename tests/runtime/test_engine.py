@@ -20,7 +20,6 @@ from odelt.errors import ConfigError, RuntimeFailure
 from odelt.ode.heuristics import heuristic_schedule
 from odelt.ode.steppers import drive
 from odelt.runtime.engine import Cancelled, Engine, EngineOptions, Job, stepper_grid
-from odelt.runtime.gather import Gatherer
 from odelt.runtime.sampler import make_noise
 
 SHAPE = (1, 8, 8)
@@ -238,7 +237,7 @@ def test_refill_holds_the_next_pass_for_a_client_that_sends_again(manifest):
     """After a pass that one request left, the engine waits (up to refill_ms) for one new request:
     a client that sends its next request when the first returns joins the very next pass."""
     be = FakeGraphs(manifest)
-    engine = Engine(manifest, be, EngineOptions(max_rows=16, refill_ms=5000.0, memo_mb=0))
+    engine = Engine(manifest, be, EngineOptions(max_rows=16, refill_ms=5000.0))
     short, long = job(1, 1, steps=1), job(2, 2, steps=2)
     first, other = engine.submit(short), engine.submit(long)
     engine.start()
@@ -254,7 +253,7 @@ def test_refill_holds_the_next_pass_for_a_client_that_sends_again(manifest):
 def test_refill_waits_at_most_its_time_when_nobody_comes(manifest):
     import time
     be = FakeGraphs(manifest)
-    engine = Engine(manifest, be, EngineOptions(max_rows=16, refill_ms=300.0, memo_mb=0))
+    engine = Engine(manifest, be, EngineOptions(max_rows=16, refill_ms=300.0))
     tickets = [engine.submit(job(1, 1, steps=1)), engine.submit(job(2, 2, steps=3))]
     start = time.monotonic()
     engine.start()
@@ -264,42 +263,6 @@ def test_refill_waits_at_most_its_time_when_nobody_comes(manifest):
     assert [rows for name, rows in be.calls if name == "cond"] == [3, 2, 2]
     with pytest.raises(ConfigError, match="refill_ms must be >= 0"):
         EngineOptions(refill_ms=-1.0)
-
-
-def test_the_conditioning_memo_runs_only_rows_it_has_not_seen(manifest):
-    """Conditioning rows are kept by (t, dt_base, class, length): the second request of the same
-    plan and labels runs no conditioning call at all, a third with one new label one row; every
-    image stays exact (the FAKE graphs' arithmetic)."""
-    be = FakeGraphs(manifest)
-    engine = Engine(manifest, be, EngineOptions(max_rows=32))
-    jobs = [job(2, 0, steps=2), job(2, 1, steps=2), job(3, 2, steps=2)]
-    for j in jobs:
-        t = engine.submit(j)
-        run_all(engine, [t])
-        np.testing.assert_array_equal(t.result(), expected(j))
-    assert [rows for name, rows in be.calls if name == "cond"] == [2, 2, 1, 1]
-
-
-def test_the_conditioning_memo_forgets_everything_when_full(manifest):
-    from odelt.runtime.gather import CondMemo
-
-    cond = next(g for g in Gatherer(manifest, FakeGraphs(manifest)).graphs.values() if g.kind == "conditioning")
-    memo = CondMemo(cond, memo_mb=1e-9)                  # room for one row
-    calls = []
-
-    def run(graph, feeds):
-        calls.append(len(feeds["t"]))
-        return FakeGraphs(manifest).run_graph(graph, feeds)
-    feeds = {"t": np.array([0.0, 0.5], np.float32), "dt_base": np.zeros(2, np.int32),
-             "y": np.array([1, 2], np.int32), "l": np.array([4, 2], np.int32)}
-    first = memo(run, feeds)
-    again = memo(run, feeds)
-    assert calls == [2, 2] and memo.capacity == 1       # two rows never fit: recomputed, not half-kept
-    for name in first:
-        np.testing.assert_array_equal(first[name], again[name])
-    np.testing.assert_array_equal(first["final_mod"][:, 0], [-0.5, -0.25])
-    with pytest.raises(ConfigError, match="memo_mb must be >= 0"):
-        EngineOptions(memo_mb=-1.0)
 
 
 @pytest.mark.parametrize("layout", ["segments", "per-length"])
