@@ -48,7 +48,7 @@ from odelt.runtime import PlanBook, make_labels, make_noise
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serving_modes import CLIENTS, ENGINES, MAX_ROWS, drive, figures, in_process, lone, max_diff, requests_for
+from serving_modes import CLIENTS, ENGINES, MAX_ROWS, drive, figures, in_process, lone, max_diff, median_ms, requests_for
 
 WARM = 16
 DITS_SIZE = 16
@@ -178,14 +178,7 @@ def ms_per_row(manifest: Any, batches: tuple[int, ...], repeats: int) -> dict[in
             feeds = {"x": make_noise(0, b, (cfg.in_channels, cfg.input_size, cfg.input_size)),
                      "t": np.full(b, 0.5, np.float32), "dt_base": np.zeros(b, np.int32),
                      "y": make_labels(b, cfg.num_classes), "l": np.full(b, length, np.int32)}
-            for _ in range(2):
-                be.infer(feeds)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                be.infer(feeds)
-                times.append(time.perf_counter() - t0)
-            out[b] = 1e3 * float(np.median(times)) / b
+            out[b] = median_ms(lambda: be.infer(feeds), repeats, warm=2) / b
     return out
 
 

@@ -17,12 +17,11 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from serving_modes import CLIENTS, clients  # bench/ is on the path (bench/run.py)
+from serving_modes import CLIENTS, clients, median_ms  # bench/ is on the path (bench/run.py)
 
 SCHEDULES = ("uniform:euler:1", "uniform:euler:2", "uniform:heun:2", "uniform:euler:4")
 PARAMS = {"threads": "1", "max_rows": "32", "window_ms": "0", "layout": "segments", "precision": "fp32",
@@ -67,13 +66,7 @@ def _decoder_ms_per_image(bundle: Any, batch: int, repeats: int) -> float:
 
     x = np.random.default_rng(0).standard_normal((batch, *bundle.decoder().latent)).astype(np.float32)
     with open_decoder(bundle, threads=1) as dec:
-        dec.decode(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            dec.decode(x)
-            times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times)) / batch
+        return median_ms(lambda: dec.decode(x), repeats) / batch
 
 
 def run(quick: bool = False, smoke: bool = False) -> dict:

@@ -144,6 +144,18 @@ def drive(submit: Callable, book: PlanBook, reqs: list[tuple[int, int, float]]) 
     return clients(one, len(reqs))
 
 
+def median_ms(call: Callable[[], Any], repeats: int, warm: int = 1) -> float:
+    """Median ms of `call` over `repeats` timed runs, after `warm` untimed ones."""
+    for _ in range(warm):
+        call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
 def clients(request: Callable[[int], np.ndarray], count: int) -> dict[str, Any]:
     """CLIENTS closed-loop threads taking requests 0..count-1 in turn; request(i) returns its images
     (or raises: counted as that request's error)."""

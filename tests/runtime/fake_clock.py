@@ -159,3 +159,20 @@ def amb_stream(clock, backend, budget_ms: float, control: str = "closed", reads:
     return Stream(rp, lambda c: Sampler(backend, fake_bundle(), schedules[c.schedule], clock=clock), control,
                   exported=(2, 4, 8), clock=clock)
 
+
+def run_batches(stream, hog, on: int, off: int, batches: int = 40, at=None):
+    """`batches` batches of one 4x4 image through `stream`, the FAKE hog running from batch `on` up
+    to `off`; at: {batch: callable} run just before that batch (a stray stall, say)."""
+    import numpy as np
+
+    x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
+    for i in range(batches):
+        if i == on:
+            hog.start()
+        if i == off:
+            hog.stop()
+        if at and i in at:
+            at[i]()
+        stream.run(x0, y)
+    return stream.stats
+

@@ -51,6 +51,19 @@ def checkout():
     return Path(__file__).resolve().parents[2]
 
 
+def running_server(env, repo, work):
+    """A tritonserver on `repo`, ready, stopped when the generator is closed (a module fixture's body:
+    `yield from running_server(...)`)."""
+    from odelt.serving.server import TritonServer
+
+    s = TritonServer(env, repo, work, code=checkout())
+    try:
+        s.start().wait_ready(180)
+        yield s
+    finally:
+        s.stop()
+
+
 def validate(env, repo) -> subprocess.CompletedProcess:
     """Triton's schema check, run in the serving environment (it has tritonclient)."""
     return subprocess.run([str(env.venv / "bin" / "python"), "-m", "odelt.serving.validate", str(repo)],
@@ -59,11 +72,4 @@ def validate(env, repo) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def server(serving_env, cpu_repo, tmp_path_factory):
-    from odelt.serving.server import TritonServer
-
-    s = TritonServer(serving_env, cpu_repo, tmp_path_factory.mktemp("triton"), code=checkout())
-    try:
-        s.start().wait_ready(180)
-        yield s
-    finally:
-        s.stop()
+    yield from running_server(serving_env, cpu_repo, tmp_path_factory.mktemp("triton"))

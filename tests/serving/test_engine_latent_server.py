@@ -12,7 +12,7 @@ import pytest
 
 from odelt.runtime.generate import GenerateOptions, generate_from_bundle
 from odelt.serving.client import Client, ServingError
-from tests.serving.conftest import checkout
+from tests.serving.conftest import running_server
 from tests.serving.helpers import make_latent_serving_bundle
 from tests.serving.test_engine_decode import IMAGE, budgets
 from tests.serving.test_engine_server import _concurrently
@@ -29,14 +29,7 @@ def latent_engine(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def latent_server(serving_env, latent_engine, tmp_path_factory):
-    from odelt.serving.server import TritonServer
-
-    s = TritonServer(serving_env, latent_engine[1], tmp_path_factory.mktemp("triton-latent"), code=checkout())
-    try:
-        s.start().wait_ready(180)
-        yield s
-    finally:
-        s.stop()
+    yield from running_server(serving_env, latent_engine[1], tmp_path_factory.mktemp("triton-latent"))
 
 
 def test_the_repository_holds_the_decoders_beside_the_layout(latent_engine, serving_env):

@@ -21,21 +21,14 @@ from odelt.runtime.budget.predict import QuantilePredictor
 from odelt.runtime.budget.profile import load_profile
 from odelt.runtime.generate import GenerateOptions, generate_from_bundle
 from odelt.serving.client import Client, ServingError
-from tests.serving.conftest import checkout
+from tests.serving.conftest import running_server
 
 SHAPE = (1, 8, 8)
 
 
 @pytest.fixture(scope="module")
 def engine_server(serving_env, engine_repo, tmp_path_factory):
-    from odelt.serving.server import TritonServer
-
-    s = TritonServer(serving_env, engine_repo, tmp_path_factory.mktemp("triton-engine"), code=checkout())
-    try:
-        s.start().wait_ready(180)
-        yield s
-    finally:
-        s.stop()
+    yield from running_server(serving_env, engine_repo, tmp_path_factory.mktemp("triton-engine"))
 
 
 def _budgets(bundle, n: int) -> list[float]:

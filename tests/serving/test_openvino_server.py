@@ -20,7 +20,7 @@ from odelt.runtime.budget.plans import load_candidates  # noqa: E402
 from odelt.runtime.budget.predict import QuantilePredictor  # noqa: E402
 from odelt.runtime.budget.profile import load_profile, profile_bundle, save_profile  # noqa: E402
 from odelt.runtime.generate import GenerateOptions, generate_from_bundle  # noqa: E402
-from tests.serving.conftest import checkout  # noqa: E402
+from tests.serving.conftest import running_server  # noqa: E402
 
 FP32_ATOL = 1e-4          # OpenVINO fp32 vs itself at other batch sizes: kernel order only
 SHAPE = (1, 8, 8)
@@ -59,7 +59,6 @@ def ov_bundle(serve_bundle, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ov_server(serving_env, ov_bundle, tmp_path_factory):
-    from odelt.serving.server import TritonServer
 
     probe = subprocess.run([str(serving_env.venv / "bin" / "python"), "-c", "import openvino"], capture_output=True)
     if probe.returncode != 0:
@@ -68,12 +67,8 @@ def ov_server(serving_env, ov_bundle, tmp_path_factory):
 
     repo = write_repository(ov_bundle, tmp_path_factory.mktemp("repo-ov") / "ov",
                             RepoOptions(sampler="engine", backend="openvino"))
-    s = TritonServer(serving_env, repo, tmp_path_factory.mktemp("triton-ov"), code=checkout())
-    try:
-        s.start().wait_ready(180)
+    for s in running_server(serving_env, repo, tmp_path_factory.mktemp("triton-ov")):
         yield s, repo
-    finally:
-        s.stop()
 
 
 def test_the_repository_holds_the_openvino_set_not_onnx(ov_server):

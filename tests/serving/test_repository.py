@@ -137,3 +137,6 @@ def test_cli_engine_mode_takes_threads_and_window(serve_bundle, tmp_path, capsys
         assert re.search(rf'key: "{key}"\s*value\s*{{\s*string_value: "{re.escape(value)}"', config), (key, config)
     assert "--window-ms must be >= 0" in _error(
         ["triton", str(serve_bundle), "--out", str(tmp_path / "w"), "--window-ms", "-1"], capsys)
+    assert "--refill-ms must be >= 0, found -1.0" in _error(
+        ["triton", str(serve_bundle), "--out", str(tmp_path / "r"), "--refill-ms", "-1"], capsys)
+    assert not (tmp_path / "r").exists()

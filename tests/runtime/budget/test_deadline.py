@@ -18,7 +18,7 @@ from odelt.runtime.budget.predict import QuantilePredictor, call_quantile
 from odelt.runtime.sampler import Sampler
 from odelt.runtime.budget.stream import Stream
 from odelt.runtime.budget.tracker import Planned, Replanner, SpeedTracker
-from tests.runtime.fake_clock import (FakeClock, amb_stream, FakeDecoder, FakeHog, FakeSegmentBackend, FakeTimedBackend,
+from tests.runtime.fake_clock import (FakeClock, amb_stream, run_batches, FakeDecoder, FakeHog, FakeSegmentBackend, FakeTimedBackend,
                                      decoder_timings, fake_bundle, synthetic_profile)
 
 A = Candidate("a-4xl8", "a", "euler", (8, 8, 8, 8), "fp32", error=0.1)
@@ -357,15 +357,7 @@ def _hog_stream(control, tail_only=False):
     clock = FakeClock()
     hog = FakeHog(run_ms=20.0, slice_ms=25.0)
     be = FakeTimedBackend(clock, stall=hog)
-    stream = amb_stream(clock, be, 40.0, control, reads=2 if tail_only else None)
-    x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
-    for i in range(40):
-        if i == 10:
-            hog.start()
-        if i == 25:
-            hog.stop()
-        stream.run(x0, y)
-    return stream.stats
+    return run_batches(amb_stream(clock, be, 40.0, control, reads=2 if tail_only else None), hog, 10, 25)
 
 
 def test_stream_under_a_time_sliced_competitor():

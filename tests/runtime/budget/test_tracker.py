@@ -4,13 +4,12 @@ competitor is forgotten moves nothing (issue 23: what held the deadline controll
 
 import math
 
-import numpy as np
 import pytest
 
 from odelt.runtime.budget.planner import Candidate
 from odelt.runtime.budget.predict import QuantilePredictor
 from odelt.runtime.budget.tracker import Replanner, SpeedTracker
-from tests.runtime.fake_clock import FakeClock, FakeHog, FakeTimedBackend, amb_stream, synthetic_profile
+from tests.runtime.fake_clock import FakeClock, FakeHog, FakeTimedBackend, amb_stream, run_batches, synthetic_profile
 
 
 # the plans of test_deadline.py: 4 Euler steps at l8, l4, l2 (32, 16, 8 ms median on the synthetic profile)
@@ -84,16 +83,7 @@ def test_a_stream_climbs_back_when_the_competitor_stops_and_a_stray_stall_after_
         return hog(call, ms) + extra
     be = FakeTimedBackend(clock, stall=stall)
     stream = amb_stream(clock, be, 40.0)
-    x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
-    for i in range(40):
-        if i == 10:
-            hog.start()
-        if i == 25:
-            hog.stop()
-        if i == 28:
-            stray["ms"] = 10.0
-        stream.run(x0, y)
-    recs = stream.stats.records
+    recs = run_batches(stream, hog, 10, 25, at={28: lambda: stray.update(ms=10.0)}).records
     assert [r.index for r in recs if r.missed] == [10, 11, 28]
     assert [r.plan for r in recs[22:26]] == ["b-4xl2"] * 4 and recs[25].replanned_to == "a-4xl8"
     assert [r.plan for r in recs[26:]] == ["a-4xl8"] * 14
@@ -118,14 +108,7 @@ def _recurring_stream(one_wait_per_batch=False):
     hog = FakeHog(run_ms=12.0, slice_ms=10.0)
     be = FakeTimedBackend(clock, stall=hog)
     stream = amb_stream(clock, be, 30.0, reads=3 if one_wait_per_batch else None)
-    x0, y = np.zeros((1, 1, 4, 4), np.float32), np.zeros(1, np.int32)
-    for i in range(40):
-        if i == 5:
-            hog.start()
-        if i == 30:
-            hog.stop()
-        stream.run(x0, y)
-    return stream.stats.records
+    return run_batches(stream, hog, 5, 30).records
 
 
 def test_a_stream_under_a_competitor_that_recurs_within_a_plan_holds_the_plan_that_absorbs_it():
